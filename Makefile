@@ -1,0 +1,27 @@
+# The two commands in the README are the contract: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench bench-engine install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/tickline serve
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench-engine: $(STAMP)
+	$(PY) -m bench.engine
+
+clean:
+	rm -rf $(VENV) var

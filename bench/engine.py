@@ -1,0 +1,98 @@
+"""Engine benchmark: the exchange-core mix through the matching core and the naive book.
+
+    python -m bench.engine [--commands N] [--seed S]
+
+Prints commands/s and per-command latency for exchange.book.Book and for the plain
+reference book from the tests, on the same stream in the same run, and their ratio
+(absolute figures on these machines drift ~20% run to run; the ratio is what compares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from bench.mix import BENCH_INSTRUMENT, generate
+from exchange.book import Book
+from protocol.messages import Command, Trade
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.naive_book import NaiveBook  # noqa: E402  (the reference lives with the tests)
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def run_throughput(make: Callable[[], object], stream: list[tuple[int, Command]]) -> float:
+    book = make()
+    apply = book.apply  # type: ignore[attr-defined]
+    gc.collect()
+    start = time.perf_counter()
+    for seq, cmd in stream:
+        apply(seq, cmd)
+    return len(stream) / (time.perf_counter() - start)
+
+
+def run_latency(make: Callable[[], object], stream: list[tuple[int, Command]]) -> list[int]:
+    book = make()
+    apply = book.apply  # type: ignore[attr-defined]
+    clock = time.perf_counter_ns
+    samples = [0] * len(stream)
+    gc.collect()
+    for i, (seq, cmd) in enumerate(stream):
+        t0 = clock()
+        apply(seq, cmd)
+        samples[i] = clock() - t0
+    samples.sort()
+    return samples
+
+
+def describe(stream: list[tuple[int, Command]]) -> str:
+    book = Book(BENCH_INSTRUMENT)
+    trading = trades = 0
+    for seq, cmd in stream:
+        events = book.apply(seq, cmd)
+        n = sum(1 for e in events if type(e) is Trade)
+        trades += n
+        trading += n > 0
+    return (
+        f"stream: {len(stream):,} commands, {trading / len(stream):.1%} of them trade ({trades:,} trades); "
+        f"at the end {len(book.orders):,} resting orders on {len(book.bid_prices) + len(book.ask_prices):,} levels"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    stream = generate(args.commands, args.seed)
+    print(f"generated in {time.perf_counter() - t0:.1f}s; {describe(stream)}")
+
+    books: list[tuple[str, Callable[[], object]]] = [
+        ("engine (exchange.book.Book)", lambda: Book(BENCH_INSTRUMENT)),
+        ("naive  (tests.naive_book)", lambda: NaiveBook(BENCH_INSTRUMENT)),
+    ]
+    rates: dict[str, float] = {}
+    print(f"{'book':30} {'commands/s':>12} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9}")
+    for name, make in books:
+        rates[name] = run_throughput(make, stream)
+        lat = run_latency(make, stream)
+        print(
+            f"{name:30} {rates[name]:12,.0f} {percentile(lat, 0.5) / 1000:8.2f} "
+            f"{percentile(lat, 0.99) / 1000:8.2f} {percentile(lat, 0.999) / 1000:9.2f}"
+        )
+    engine, naive = rates.values()
+    print(f"ratio engine/naive: {engine / naive:.2f}x (target >= 1.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The exchange-core benchmark mix as a seeded command stream (see ../shared/REFERENCE.md).
+
+One symbol; 9% new GTC limit, 3% IOC/market, 6% cancel, 82% move (replace price);
+about 1,000 resting orders over about 750 price levels; 1,000 owners; a few percent
+of commands trade. The stream is generated against a live Book so that cancels and
+moves name orders that are really open; timing runs then replay it on fresh books.
+"""
+
+from __future__ import annotations
+
+import random
+
+from exchange.book import Book
+from exchange.instruments import Instrument, InstrumentSpec
+from protocol.messages import TIF, Cancel, Command, NewOrder, Replace, Side
+
+BENCH_INSTRUMENT = Instrument("BENCH", InstrumentSpec(tick="0.01", lot="1"))
+MID = 100_000  # ticks
+HALF_SPREAD = 375  # resting prices within MID +- this: ~750 levels
+TARGET_RESTING = 1_000
+
+
+def generate(n: int, seed: int = 1, owners: int = 1_000) -> list[tuple[int, Command]]:
+    """n (sequence, command) pairs; sequences start at 1 like the journal's."""
+    rng = random.Random(seed)
+    book = Book(BENCH_INSTRUMENT)
+    symbol = BENCH_INSTRUMENT.symbol
+    names = [f"u{i}" for i in range(owners)]
+    live: list[int] = []  # open order ids, for picking cancel/move targets in O(1)
+    where: dict[int, int] = {}  # order id -> index in live
+    stream: list[tuple[int, Command]] = []
+
+    def forget(order_id: int) -> None:
+        i = where.pop(order_id)
+        last = live.pop()
+        if last != order_id:
+            live[i] = last
+            where[last] = i
+
+    for seq in range(1, n + 1):
+        roll = rng.random()
+        if not live:
+            roll = 0.0
+        elif len(live) < TARGET_RESTING * 0.9:
+            roll = min(roll, 0.08) if rng.random() < 0.5 else roll
+        elif len(live) > TARGET_RESTING * 1.1:
+            roll = 0.13 if roll < 0.09 else roll  # turn new orders into cancels
+        cmd: Command
+        if roll < 0.09:  # new GTC limit, resting around the mid
+            side = Side.BUY if rng.random() < 0.5 else Side.SELL
+            offset = rng.randint(1, HALF_SPREAD)
+            price = MID - offset if side is Side.BUY else MID + offset
+            cmd = NewOrder(symbol, side, rng.randint(1, 100), price, TIF.GTC, rng.choice(names))
+        elif roll < 0.12:  # IOC or market, taking near the top of the book
+            side = Side.BUY if rng.random() < 0.5 else Side.SELL
+            price = None if rng.random() < 0.3 else (MID + 20 if side is Side.BUY else MID - 20)
+            cmd = NewOrder(symbol, side, rng.randint(1, 50), price, TIF.IOC, rng.choice(names))
+        elif roll < 0.18:  # cancel
+            order = book.orders[live[rng.randrange(len(live))]]
+            cmd = Cancel(symbol, order.order_id, order.owner)
+        else:  # move: replace the price, keep the quantity
+            order = book.orders[live[rng.randrange(len(live))]]
+            step = rng.randint(-8, 8) or 1
+            price = max(1, order.price + step)  # type: ignore[operator]
+            # Drift back towards the mid so the book keeps its shape over a million moves.
+            if order.side is Side.BUY and price > MID + 2:
+                price = MID - rng.randint(1, HALF_SPREAD)
+            elif order.side is Side.SELL and price < MID - 2:
+                price = MID + rng.randint(1, HALF_SPREAD)
+            cmd = Replace(symbol, order.order_id, order.leaves, price, order.owner)
+        stream.append((seq, cmd))
+        for event in book.apply(seq, cmd):
+            name = type(event).__name__
+            if name == "Accepted":
+                pass
+            elif name == "Fill" and event.leaves == 0 and event.order_id in where:  # type: ignore[union-attr]
+                forget(event.order_id)  # type: ignore[union-attr]
+            elif name == "Canceled" and event.order_id in where:  # type: ignore[union-attr]
+                forget(event.order_id)  # type: ignore[union-attr]
+        if type(cmd) is NewOrder and seq in book.orders and seq not in where:
+            where[seq] = len(live)
+            live.append(seq)
+    return stream

@@ -1,0 +1,187 @@
+"""Instruments: tick and lot sizes, exact decimal <-> integer conversion, static checks.
+
+A price is carried as an integer count of ticks and a quantity as a count of lots.
+Conversion from text is exact: "150.255" on a 0.01 tick is refused, never rounded.
+No floats anywhere: the decimal string is split into digits and scaled as integers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+
+from protocol.messages import RejectReason
+
+# ASCII digits only: str.isdigit() and int() accept other scripts' digits, which we refuse.
+_DECIMAL = re.compile(r"([0-9]+)(?:\.([0-9]+))?", re.ASCII)
+MAX_TEXT = 24  # characters in a price or quantity; anything longer is refused unread
+MAX_STEPS = 10**15  # the largest count of ticks or lots an order may carry
+
+
+class Step:
+    """A positive decimal increment (a tick or a lot) and counting in units of it."""
+
+    __slots__ = ("text", "decimals", "units", "_pow")
+
+    def __init__(self, text: str) -> None:
+        match = _DECIMAL.fullmatch(text)
+        if match is None:
+            raise ValueError(f"step {text!r} is not a positive decimal")
+        whole, frac = match.group(1), (match.group(2) or "").rstrip("0")
+        self.text = text
+        self.decimals = len(frac)
+        self._pow = 10**self.decimals
+        self.units = int(whole) * self._pow + (int(frac) if frac else 0)
+        if self.units <= 0:
+            raise ValueError(f"step {text!r} must be positive")
+
+    def count(self, text: str) -> int | None:
+        """Exact count of steps in text; -1 if off the step; None if not a positive decimal."""
+        if len(text) > MAX_TEXT:
+            return None
+        match = _DECIMAL.fullmatch(text)
+        if match is None:
+            return None
+        whole, frac = match.group(1), match.group(2) or ""
+        extra = frac[self.decimals :]
+        if extra.strip("0"):
+            return -1  # digits finer than the step's decimals
+        frac = frac[: self.decimals].ljust(self.decimals, "0")
+        units = int(whole) * self._pow + (int(frac) if frac else 0)
+        steps, rem = divmod(units, self.units)
+        if rem:
+            return -1
+        if steps <= 0 or steps > MAX_STEPS:
+            return None
+        return steps
+
+    def format(self, steps: int) -> str:
+        """Canonical text: always exactly the step's number of decimals."""
+        units = steps * self.units
+        if not self.decimals:
+            return str(units)
+        whole, frac = divmod(units, self._pow)
+        return f"{whole}.{frac:0{self.decimals}d}"
+
+
+class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One instrument as written in the instruments TOML file (all decimal strings)."""
+
+    tick: str
+    lot: str
+    min_qty: str | None = None
+    max_qty: str | None = None
+    min_price: str | None = None
+    max_price: str | None = None
+
+
+class InstrumentsFile(msgspec.Struct, forbid_unknown_fields=True):
+    instruments: dict[str, InstrumentSpec]
+
+
+class Instrument:
+    """A tradable symbol with its tick, lot, quantity limits and price band (as integers)."""
+
+    __slots__ = ("symbol", "tick", "lot", "min_qty", "max_qty", "min_price", "max_price")
+
+    def __init__(self, symbol: str, spec: InstrumentSpec) -> None:
+        self.symbol = symbol
+        self.tick = Step(spec.tick)
+        self.lot = Step(spec.lot)
+        self.min_qty = self._limit(self.lot, spec.min_qty, 1)
+        self.max_qty = self._limit(self.lot, spec.max_qty, MAX_STEPS)
+        self.min_price = self._limit(self.tick, spec.min_price, 1)
+        self.max_price = self._limit(self.tick, spec.max_price, MAX_STEPS)
+
+    @staticmethod
+    def _limit(step: Step, text: str | None, default: int) -> int:
+        if text is None:
+            return default
+        steps = step.count(text)
+        if steps is None or steps < 0:
+            raise ValueError(f"limit {text!r} is not a positive multiple of {step.text}")
+        return steps
+
+    # ---- text -> integers (the gateway's job, before anything is journaled)
+
+    def parse_qty(self, text: str) -> int | tuple[RejectReason, str]:
+        lots = self.lot.count(text)
+        if lots is None:
+            return RejectReason.BAD_QTY, f"quantity {_show(text)} is not a positive decimal number"
+        if lots < 0:
+            return RejectReason.BAD_LOT, f"quantity {_show(text)} is not a multiple of the lot {self.lot.text}"
+        return lots
+
+    def parse_price(self, text: str) -> int | tuple[RejectReason, str]:
+        ticks = self.tick.count(text)
+        if ticks is None:
+            return RejectReason.BAD_PRICE, f"price {_show(text)} is not a positive decimal number"
+        if ticks < 0:
+            return RejectReason.BAD_TICK, f"price {_show(text)} is not on the tick {self.tick.text}"
+        return ticks
+
+    # ---- integer checks (also applied by the matching core, so replay is self-contained)
+
+    def check(self, qty: int, price: int | None) -> tuple[RejectReason, str] | None:
+        if qty < self.min_qty or qty > self.max_qty:
+            return RejectReason.QTY_RANGE, (
+                f"quantity {self.format_qty(qty)} is outside "
+                f"{self.format_qty(self.min_qty)}..{self.format_qty(self.max_qty)}"
+            )
+        if price is not None and (price < self.min_price or price > self.max_price):
+            return RejectReason.PRICE_BAND, (
+                f"price {self.format_price(price)} is outside the band "
+                f"{self.format_price(self.min_price)}..{self.format_price(self.max_price)}"
+            )
+        return None
+
+    def format_qty(self, lots: int) -> str:
+        return self.lot.format(lots)
+
+    def format_price(self, ticks: int) -> str:
+        return self.tick.format(ticks)
+
+
+def _show(text: str) -> str:
+    """Quote client text in a reply without letting it run long or break the line."""
+    shown = text if len(text) <= 32 else text[:29] + "..."
+    return repr(shown) if not shown.isprintable() or " " in shown else shown
+
+
+# An equity, a crypto pair, a future and an FX pair: the engine is asset-agnostic.
+DEFAULT_INSTRUMENTS_TOML = """\
+[instruments.AAPL]
+tick = "0.01"
+lot = "1"
+max_qty = "1000000"
+
+[instruments.BTC-USD]
+tick = "0.01"
+lot = "0.00001"
+max_qty = "1000"
+
+[instruments.ES]
+tick = "0.25"
+lot = "1"
+max_qty = "10000"
+
+[instruments.EUR-USD]
+tick = "0.00001"
+lot = "1000"
+min_qty = "1000"
+max_qty = "100000000"
+"""
+
+
+def parse_instruments(toml_text: str | bytes) -> dict[str, Instrument]:
+    spec = msgspec.toml.decode(toml_text, type=InstrumentsFile)
+    return {symbol: Instrument(symbol, s) for symbol, s in sorted(spec.instruments.items())}
+
+
+def load_instruments(path: str | Path | None = None) -> dict[str, Instrument]:
+    """The instruments from a TOML file, or the built-in default set."""
+    if path is None:
+        return parse_instruments(DEFAULT_INSTRUMENTS_TOML)
+    return parse_instruments(Path(path).read_bytes())

@@ -1,0 +1,185 @@
+"""The exchange's vocabulary: every command and event as a frozen msgspec Struct.
+
+Prices and quantities here are integers: ticks and lots of the symbol's instrument.
+Decimal strings exist only at the edges (the wire codecs), converted by the instrument.
+
+Commands and events are tagged unions, so one msgspec encoder/decoder serves the
+journal (msgpack) and the network (JSON) alike.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class Side(enum.Enum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class TIF(enum.Enum):
+    GTC = "GTC"  # the remainder rests on the book
+    IOC = "IOC"  # the remainder is canceled
+    FOK = "FOK"  # fills completely or not at all, decided before any fill
+    POST = "POST"  # post-only: canceled if it would take liquidity
+
+
+class Liquidity(enum.Enum):
+    ADDED = "A"  # the resting (maker) side of a trade
+    REMOVED = "R"  # the incoming (taker) side of a trade
+
+
+class RejectReason(enum.Enum):
+    """Why a command was refused before it was accepted. Values are stable wire codes."""
+
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    BAD_PRICE = "bad_price"  # not a positive decimal number
+    BAD_TICK = "bad_tick"  # a price off the instrument's tick
+    BAD_QTY = "bad_qty"  # not a positive decimal number
+    BAD_LOT = "bad_lot"  # a quantity off the instrument's lot
+    QTY_RANGE = "qty_range"  # outside the instrument's min/max quantity
+    PRICE_BAND = "price_band"  # outside the instrument's price band
+    BAD_TIF = "bad_tif"  # e.g. a post-only or GTC market order
+    UNKNOWN_ORDER = "unknown_order"  # not on the book (never existed, filled or canceled)
+    NOT_OWNER = "not_owner"  # the order belongs to someone else
+    DUPLICATE_ID = "duplicate_id"  # the client order id is already used by an open order
+    SHUTTING_DOWN = "shutting_down"
+
+
+class CancelReason(enum.Enum):
+    """Why an accepted order (or its remainder) left the book. Values are stable wire codes."""
+
+    USER = "user"  # canceled by its owner
+    EXPIRED = "expired"  # the unfilled remainder of an IOC
+    FOK_UNFILLED = "fok_unfilled"  # a FOK that could not fill completely
+    NO_LIQUIDITY = "no_liquidity"  # the unfilled remainder of a market order
+    SELF_TRADE = "self_trade"  # self-trade prevention canceled the resting order
+    WOULD_CROSS = "would_cross"  # a post-only order that would have taken liquidity
+
+
+# ---------------------------------------------------------------- commands
+
+
+class NewOrder(msgspec.Struct, frozen=True, tag="new"):
+    symbol: str
+    side: Side
+    qty: int  # lots
+    price: int | None  # ticks; None is a market order
+    tif: TIF
+    owner: str
+    client_id: str | None = None
+
+
+class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
+    symbol: str
+    order_id: int
+    owner: str
+
+
+class Replace(msgspec.Struct, frozen=True, tag="replace"):
+    """Change an open order's remaining quantity and/or price.
+
+    qty is the new open (leaves) quantity. Decreasing it at the same price keeps time
+    priority; a price change or an increase sends the order to the back of its level.
+    """
+
+    symbol: str
+    order_id: int
+    qty: int
+    price: int | None  # None keeps the current price
+    owner: str
+
+
+Command = NewOrder | Cancel | Replace
+
+
+# ---------------------------------------------------------------- events
+
+
+class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
+    order_id: int
+    symbol: str
+    side: Side
+    qty: int
+    price: int | None
+    tif: TIF
+    owner: str
+    client_id: str | None = None
+
+
+class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
+    reason: RejectReason
+    text: str
+    owner: str
+    client_id: str | None = None
+    order_id: int | None = None  # set when a cancel or replace was refused
+
+
+class Fill(msgspec.Struct, frozen=True, tag="fill"):
+    """One side of a trade, sent to that side's owner."""
+
+    order_id: int
+    symbol: str
+    side: Side
+    qty: int
+    price: int
+    leaves: int
+    trade_id: str
+    liquidity: Liquidity
+    owner: str
+    client_id: str | None = None
+
+
+class Trade(msgspec.Struct, frozen=True, tag="trade"):
+    """The public record of a trade (one per match, both sides in it)."""
+
+    trade_id: str
+    seq: int  # the journal sequence of the command that caused it
+    symbol: str
+    qty: int
+    price: int
+    aggressor: Side
+    maker_order_id: int
+    taker_order_id: int
+    maker_owner: str
+    taker_owner: str
+
+
+class Canceled(msgspec.Struct, frozen=True, tag="canceled"):
+    order_id: int
+    symbol: str
+    side: Side
+    leaves: int  # the quantity that was canceled
+    reason: CancelReason
+    owner: str
+    client_id: str | None = None
+
+
+class Replaced(msgspec.Struct, frozen=True, tag="replaced"):
+    order_id: int
+    symbol: str
+    side: Side
+    qty: int  # new open quantity
+    price: int
+    priority_kept: bool
+    owner: str
+    client_id: str | None = None
+
+
+class BookLevelChanged(msgspec.Struct, frozen=True, tag="level"):
+    """A price level's total open quantity after a command (0: the level is gone)."""
+
+    symbol: str
+    side: Side
+    price: int
+    qty: int
+
+
+Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChanged
+
+
+def trade_id(seq: int, match_no: int) -> str:
+    """Trade ids derive from the causing command's sequence, so replay reproduces them."""
+    return f"{seq}-{match_no}"

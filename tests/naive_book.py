@@ -1,0 +1,203 @@
+"""A deliberately plain reference order book, written from the rulebook, not for speed.
+
+It is the straightforward design: a SortedDict of price -> deque per side and a dict of
+orders; cancels search the deque. The differential tests run random command streams
+through it and through exchange.book.Book and demand identical events; bench/engine.py
+times both on the same stream and prints the ratio.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from sortedcontainers import SortedDict
+
+from exchange.instruments import Instrument
+from protocol.messages import (
+    TIF,
+    Accepted,
+    Cancel,
+    Canceled,
+    CancelReason,
+    Command,
+    Event,
+    Fill,
+    Liquidity,
+    NewOrder,
+    Rejected,
+    RejectReason,
+    Replace,
+    Replaced,
+    Side,
+    Trade,
+)
+
+
+class NaiveOrder:
+    def __init__(self, order_id: int, side: Side, price: int | None, leaves: int, tif: TIF, owner: str, client_id: str | None):
+        self.order_id, self.side, self.price, self.leaves = order_id, side, price, leaves
+        self.tif, self.owner, self.client_id = tif, owner, client_id
+
+
+class NaiveBook:
+    def __init__(self, instrument: Instrument) -> None:
+        self.instrument = instrument
+        self.symbol = instrument.symbol
+        self.bids: SortedDict = SortedDict()  # price -> deque[NaiveOrder]
+        self.asks: SortedDict = SortedDict()
+        self.orders: dict[int, NaiveOrder] = {}
+
+    def apply(self, seq: int, cmd: Command) -> list[Event]:
+        out: list[Event] = []
+        if isinstance(cmd, NewOrder):
+            self.new(seq, cmd, out)
+        elif isinstance(cmd, Cancel):
+            order = self.find(cmd.order_id, cmd.owner, out)
+            if order is not None:
+                self.remove(order)
+                self.cancel(order, CancelReason.USER, out)
+        elif isinstance(cmd, Replace):
+            self.replace(seq, cmd, out)
+        return out
+
+    def new(self, seq: int, cmd: NewOrder, out: list[Event]) -> None:
+        problem = None
+        if cmd.symbol != self.symbol:
+            problem = (RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
+        elif cmd.qty <= 0:
+            problem = (RejectReason.BAD_QTY, "quantity must be positive")
+        elif cmd.price is not None and cmd.price <= 0:
+            problem = (RejectReason.BAD_PRICE, "price must be positive")
+        elif cmd.price is None and cmd.tif in (TIF.GTC, TIF.POST):
+            problem = (RejectReason.BAD_TIF, f"a market order cannot be {cmd.tif.value}")
+        else:
+            problem = self.instrument.check(cmd.qty, cmd.price)
+        if problem:
+            out.append(Rejected(problem[0], problem[1], cmd.owner, cmd.client_id))
+            return
+        out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.owner, cmd.client_id))
+        order = NaiveOrder(seq, cmd.side, cmd.price, cmd.qty, cmd.tif, cmd.owner, cmd.client_id)
+        if cmd.tif == TIF.POST and self.would_cross(order):
+            self.cancel(order, CancelReason.WOULD_CROSS, out)
+        elif cmd.tif == TIF.FOK and self.available(order) < order.leaves:
+            self.cancel(order, CancelReason.FOK_UNFILLED, out)
+        else:
+            self.match(seq, order, out)
+            if order.leaves > 0:
+                if order.price is None:
+                    self.cancel(order, CancelReason.NO_LIQUIDITY, out)
+                elif order.tif in (TIF.GTC, TIF.POST):
+                    self.add(order)
+                else:
+                    self.cancel(order, CancelReason.EXPIRED, out)
+
+    def replace(self, seq: int, cmd: Replace, out: list[Event]) -> None:
+        order = self.find(cmd.order_id, cmd.owner, out)
+        if order is None:
+            return
+        price = cmd.price if cmd.price is not None else order.price
+        if cmd.qty <= 0:
+            problem = (RejectReason.BAD_QTY, "quantity must be positive")
+        elif price <= 0:
+            problem = (RejectReason.BAD_PRICE, "price must be positive")
+        else:
+            problem = self.instrument.check(cmd.qty, price)
+        if problem:
+            out.append(Rejected(problem[0], problem[1], cmd.owner, order.client_id, order.order_id))
+            return
+        keeps_priority = price == order.price and cmd.qty <= order.leaves
+        if keeps_priority:
+            order.leaves = cmd.qty
+        else:
+            self.remove(order)
+            order.price, order.leaves = price, cmd.qty
+        out.append(Replaced(order.order_id, self.symbol, order.side, cmd.qty, price, keeps_priority, order.owner, order.client_id))
+        if keeps_priority:
+            return
+        if order.tif == TIF.POST and self.would_cross(order):
+            self.cancel(order, CancelReason.WOULD_CROSS, out)
+            return
+        self.match(seq, order, out)
+        if order.leaves > 0:
+            self.add(order)
+
+    def find(self, order_id: int, owner: str, out: list[Event]) -> NaiveOrder | None:
+        order = self.orders.get(order_id)
+        if order is None:
+            out.append(Rejected(RejectReason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id))
+        elif order.owner != owner:
+            out.append(Rejected(RejectReason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id))
+            return None
+        return order
+
+    def acceptable(self, taker: NaiveOrder, price: int) -> bool:
+        if taker.price is None:
+            return True
+        return price <= taker.price if taker.side == Side.BUY else price >= taker.price
+
+    def best_opposite(self, taker: NaiveOrder) -> int | None:
+        book = self.asks if taker.side == Side.BUY else self.bids
+        if not book:
+            return None
+        return book.keys()[0] if taker.side == Side.BUY else book.keys()[-1]
+
+    def would_cross(self, order: NaiveOrder) -> bool:
+        best = self.best_opposite(order)
+        return best is not None and self.acceptable(order, best)
+
+    def available(self, taker: NaiveOrder) -> int:
+        book = self.asks if taker.side == Side.BUY else self.bids
+        prices = list(book.keys()) if taker.side == Side.BUY else list(reversed(book.keys()))
+        total = 0
+        for price in prices:
+            if not self.acceptable(taker, price):
+                break
+            total += sum(o.leaves for o in book[price] if o.owner != taker.owner)
+        return total
+
+    def match(self, seq: int, taker: NaiveOrder, out: list[Event]) -> None:
+        book = self.asks if taker.side == Side.BUY else self.bids
+        maker_side = Side.SELL if taker.side == Side.BUY else Side.BUY
+        match_no = 0
+        while taker.leaves > 0:
+            price = self.best_opposite(taker)
+            if price is None or not self.acceptable(taker, price):
+                return
+            queue = book[price]
+            maker = queue[0]
+            if maker.owner == taker.owner:
+                self.remove(maker)
+                self.cancel(maker, CancelReason.SELF_TRADE, out)
+                continue
+            qty = min(taker.leaves, maker.leaves)
+            match_no += 1
+            trade_id = f"{seq}-{match_no}"
+            maker.leaves -= qty
+            taker.leaves -= qty
+            out.append(Trade(trade_id, seq, self.symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, taker.owner))
+            out.append(Fill(maker.order_id, self.symbol, maker_side, qty, price, maker.leaves, trade_id, Liquidity.ADDED, maker.owner, maker.client_id))
+            out.append(Fill(taker.order_id, self.symbol, taker.side, qty, price, taker.leaves, trade_id, Liquidity.REMOVED, taker.owner, taker.client_id))
+            if maker.leaves == 0:
+                self.remove(maker)
+
+    def add(self, order: NaiveOrder) -> None:
+        book = self.bids if order.side == Side.BUY else self.asks
+        book.setdefault(order.price, deque()).append(order)
+        self.orders[order.order_id] = order
+
+    def remove(self, order: NaiveOrder) -> None:
+        book = self.bids if order.side == Side.BUY else self.asks
+        queue = book[order.price]
+        queue.remove(order)
+        if not queue:
+            del book[order.price]
+        del self.orders[order.order_id]
+
+    def cancel(self, order: NaiveOrder, reason: CancelReason, out: list[Event]) -> None:
+        out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id))
+        order.leaves = 0
+
+    def depth(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        bids = [(p, sum(o.leaves for o in self.bids[p])) for p in reversed(self.bids.keys())]
+        asks = [(p, sum(o.leaves for o in self.asks[p])) for p in self.asks.keys()]
+        return bids, asks
