@@ -16,7 +16,7 @@ from protocol.messages import TIF, Cancel, Command, NewOrder, Replace, Side
 
 BENCH_INSTRUMENT = Instrument("BENCH", InstrumentSpec(tick="0.01", lot="1"))
 MID = 100_000  # ticks
-HALF_SPREAD = 375  # resting prices within MID +- this: ~750 levels
+HALF_SPREAD = 750  # resting prices within MID +- this: ~750 distinct levels for ~1,000 orders
 TARGET_RESTING = 1_000
 
 
@@ -60,12 +60,14 @@ def generate(n: int, seed: int = 1, owners: int = 1_000) -> list[tuple[int, Comm
             cmd = Cancel(symbol, order.order_id, order.owner)
         else:  # move: replace the price, keep the quantity
             order = book.orders[live[rng.randrange(len(live))]]
-            step = rng.randint(-8, 8) or 1
-            price = max(1, order.price + step)  # type: ignore[operator]
+            if rng.random() < 0.07:  # an aggressive move across the mid: it may trade
+                price = MID + 10 if order.side is Side.BUY else MID - 10
+            else:
+                price = max(1, order.price + (rng.randint(-8, 8) or 1))  # type: ignore[operator]
             # Drift back towards the mid so the book keeps its shape over a million moves.
-            if order.side is Side.BUY and price > MID + 2:
+            if order.side is Side.BUY and MID - 1 <= price < MID + 10:
                 price = MID - rng.randint(1, HALF_SPREAD)
-            elif order.side is Side.SELL and price < MID - 2:
+            elif order.side is Side.SELL and MID - 10 < price <= MID + 1:
                 price = MID + rng.randint(1, HALF_SPREAD)
             cmd = Replace(symbol, order.order_id, order.leaves, price, order.owner)
         stream.append((seq, cmd))

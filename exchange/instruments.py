@@ -175,8 +175,14 @@ max_qty = "100000000"
 """
 
 
+SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}", re.ASCII)
+
+
 def parse_instruments(toml_text: str | bytes) -> dict[str, Instrument]:
     spec = msgspec.toml.decode(toml_text, type=InstrumentsFile)
+    for symbol in spec.instruments:
+        if not SYMBOL.fullmatch(symbol):
+            raise ValueError(f"symbol {symbol!r}: use 1-16 of A-Z 0-9 . _ -, starting with a letter or digit")
     return {symbol: Instrument(symbol, s) for symbol, s in sorted(spec.instruments.items())}
 
 

@@ -1,0 +1,210 @@
+"""The exchange rulebook as a table: book before, command, events, book after.
+
+Notation in tests/rulebook.py. Order ids are the command's sequence number, so in each
+scenario the orders of `before` are 1, 2, ... and the command under test is the next one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.rulebook import Runner, book_lines
+
+SCENARIOS: list[tuple[str, list[str], str, list[str], list[str]]] = [
+    # (rule, book before, command, events, book after)
+    ("a GTC limit that meets nothing rests",
+     [], "a BUY 10 @100",
+     ["accepted 1"],
+     ["BUY 100: 1a:10"]),
+    ("a crossing buy trades at the resting order's price, not its own",
+     ["a SELL 10 @100"], "b BUY 4 @105",
+     ["accepted 2", "trade 2-1 4@100 maker=1 taker=2", "fill 1 4@100 leaves=6 A", "fill 2 4@100 leaves=0 R"],
+     ["SELL 100: 1a:6"]),
+    ("a buy sweeps levels best price first and rests its remainder at its limit",
+     ["a SELL 3 @101", "b SELL 3 @100", "c SELL 3 @103"], "d BUY 8 @102",
+     ["accepted 4",
+      "trade 4-1 3@100 maker=2 taker=4", "fill 2 3@100 leaves=0 A", "fill 4 3@100 leaves=5 R",
+      "trade 4-2 3@101 maker=1 taker=4", "fill 1 3@101 leaves=0 A", "fill 4 3@101 leaves=2 R"],
+     ["BUY 102: 4d:2", "SELL 103: 3c:3"]),
+    ("at one price the older order fills first (time priority)",
+     ["a SELL 5 @100", "b SELL 5 @100"], "c BUY 7 @100",
+     ["accepted 3",
+      "trade 3-1 5@100 maker=1 taker=3", "fill 1 5@100 leaves=0 A", "fill 3 5@100 leaves=2 R",
+      "trade 3-2 2@100 maker=2 taker=3", "fill 2 2@100 leaves=3 A", "fill 3 2@100 leaves=0 R"],
+     ["SELL 100: 2b:3"]),
+    ("a sell takes the highest bid first",
+     ["a BUY 5 @99", "b BUY 5 @98"], "c SELL 6 @90",
+     ["accepted 3",
+      "trade 3-1 5@99 maker=1 taker=3", "fill 1 5@99 leaves=0 A", "fill 3 5@99 leaves=1 R",
+      "trade 3-2 1@98 maker=2 taker=3", "fill 2 1@98 leaves=4 A", "fill 3 1@98 leaves=0 R"],
+     ["BUY 98: 2b:4"]),
+    ("an IOC fills what it can and its remainder expires",
+     ["a SELL 3 @100"], "b BUY 5 @100 IOC",
+     ["accepted 2", "trade 2-1 3@100 maker=1 taker=2", "fill 1 3@100 leaves=0 A", "fill 2 3@100 leaves=2 R",
+      "canceled 2 leaves=2 expired"],
+     []),
+    ("an IOC that meets nothing expires whole",
+     ["a SELL 3 @101"], "b BUY 5 @100 IOC",
+     ["accepted 2", "canceled 2 leaves=5 expired"],
+     ["SELL 101: 1a:3"]),
+    ("a FOK that can fill completely does",
+     ["a SELL 3 @100", "b SELL 3 @101"], "c BUY 5 @101 FOK",
+     ["accepted 3",
+      "trade 3-1 3@100 maker=1 taker=3", "fill 1 3@100 leaves=0 A", "fill 3 3@100 leaves=2 R",
+      "trade 3-2 2@101 maker=2 taker=3", "fill 2 2@101 leaves=1 A", "fill 3 2@101 leaves=0 R"],
+     ["SELL 101: 2b:1"]),
+    ("a FOK that cannot fill completely is killed before any fill",
+     ["a SELL 3 @100", "b SELL 3 @102"], "c BUY 5 @101 FOK",
+     ["accepted 3", "canceled 3 leaves=5 fok_unfilled"],
+     ["SELL 100: 1a:3", "SELL 102: 2b:3"]),
+    ("a FOK does not count its own owner's orders as liquidity",
+     ["c SELL 3 @100", "b SELL 3 @100"], "c BUY 5 @100 FOK",
+     ["accepted 3", "canceled 3 leaves=5 fok_unfilled"],
+     ["SELL 100: 1c:3 2b:3"]),
+    ("a market order takes liquidity at any price and never rests",
+     ["a SELL 2 @100", "b SELL 2 @500"], "c BUY 3 MKT",
+     ["accepted 3",
+      "trade 3-1 2@100 maker=1 taker=3", "fill 1 2@100 leaves=0 A", "fill 3 2@100 leaves=1 R",
+      "trade 3-2 1@500 maker=2 taker=3", "fill 2 1@500 leaves=1 A", "fill 3 1@500 leaves=0 R"],
+     ["SELL 500: 2b:1"]),
+    ("a market order's remainder is canceled for lack of liquidity",
+     ["a BUY 2 @100"], "b SELL 5 MKT",
+     ["accepted 2", "trade 2-1 2@100 maker=1 taker=2", "fill 1 2@100 leaves=0 A", "fill 2 2@100 leaves=3 R",
+      "canceled 2 leaves=3 no_liquidity"],
+     []),
+    ("a market order on an empty book is canceled whole",
+     [], "b SELL 5 MKT",
+     ["accepted 1", "canceled 1 leaves=5 no_liquidity"],
+     []),
+    ("a post-only order that would take is canceled",
+     ["a SELL 5 @100"], "b BUY 5 @100 POST",
+     ["accepted 2", "canceled 2 leaves=5 would_cross"],
+     ["SELL 100: 1a:5"]),
+    ("a post-only order that would not take rests",
+     ["a SELL 5 @100"], "b BUY 5 @99 POST",
+     ["accepted 2"],
+     ["BUY 99: 2b:5", "SELL 100: 1a:5"]),
+    ("self-trade prevention cancels the resting order of the same owner (cancel-oldest) and goes on",
+     ["a SELL 2 @100", "b SELL 2 @100"], "a BUY 3 @100",
+     ["accepted 3", "canceled 1 leaves=2 self_trade",
+      "trade 3-1 2@100 maker=2 taker=3", "fill 2 2@100 leaves=0 A", "fill 3 2@100 leaves=1 R"],
+     ["BUY 100: 3a:1"]),
+    ("the owner cancels a resting order",
+     ["a BUY 5 @99"], "a CANCEL 1",
+     ["canceled 1 leaves=5 user"],
+     []),
+    ("nobody else can cancel it",
+     ["a BUY 5 @99"], "b CANCEL 1",
+     ["rejected not_owner"],
+     ["BUY 99: 1a:5"]),
+    ("a filled order cannot be canceled",
+     ["a BUY 5 @99", "b SELL 5 @99"], "a CANCEL 1",
+     ["rejected unknown_order"],
+     []),
+    ("a quantity decrease at the same price keeps time priority",
+     ["a BUY 5 @99", "b BUY 5 @99"], "a REPLACE 1 3",
+     ["replaced 1 3@99 kept"],
+     ["BUY 99: 1a:3 2b:5"]),
+    ("a replace to the same quantity and price keeps time priority",
+     ["a BUY 5 @99", "b BUY 5 @99"], "a REPLACE 1 5",
+     ["replaced 1 5@99 kept"],
+     ["BUY 99: 1a:5 2b:5"]),
+    ("a quantity increase loses time priority",
+     ["a BUY 5 @99", "b BUY 5 @99"], "a REPLACE 1 6",
+     ["replaced 1 6@99 lost"],
+     ["BUY 99: 2b:5 1a:6"]),
+    ("a price change loses time priority",
+     ["a BUY 5 @99", "b BUY 5 @98"], "a REPLACE 1 5 @98",
+     ["replaced 1 5@98 lost"],
+     ["BUY 98: 2b:5 1a:5"]),
+    ("a replace to a crossing price trades, with trade ids from the replace's sequence",
+     ["a BUY 5 @99", "b SELL 3 @100"], "a REPLACE 1 5 @100",
+     ["replaced 1 5@100 lost", "trade 3-1 3@100 maker=2 taker=1", "fill 2 3@100 leaves=0 A",
+      "fill 1 3@100 leaves=2 R"],
+     ["BUY 100: 1a:2"]),
+    ("a post-only order replaced to a crossing price is canceled",
+     ["a BUY 5 @99 POST", "b SELL 3 @100"], "a REPLACE 1 5 @100",
+     ["replaced 1 5@100 lost", "canceled 1 leaves=5 would_cross"],
+     ["SELL 100: 2b:3"]),
+    ("a replace of a filled order is rejected",
+     ["a BUY 5 @99", "b SELL 5 @99"], "a REPLACE 1 3",
+     ["rejected unknown_order"],
+     []),
+    ("a replace by someone else is rejected",
+     ["a BUY 5 @99"], "b REPLACE 1 3",
+     ["rejected not_owner"],
+     ["BUY 99: 1a:5"]),
+    ("a replace to zero quantity is rejected (cancel instead)",
+     ["a BUY 5 @99"], "a REPLACE 1 0",
+     ["rejected bad_qty"],
+     ["BUY 99: 1a:5"]),
+    ("a replace outside the price band is rejected and changes nothing",
+     ["a BUY 5 @99"], "a REPLACE 1 5 @10001",
+     ["rejected price_band"],
+     ["BUY 99: 1a:5"]),
+    ("a zero quantity is rejected",
+     [], "a BUY 0 @100",
+     ["rejected bad_qty"],
+     []),
+    ("a quantity over the instrument's maximum is rejected",
+     [], "a BUY 1001 @100",
+     ["rejected qty_range"],
+     []),
+    ("a price outside the band is rejected",
+     [], "a SELL 1 @10001",
+     ["rejected price_band"],
+     []),
+    ("a GTC market order is rejected",
+     [], "a BUY 1 MKT GTC",
+     ["rejected bad_tif"],
+     []),
+    ("a post-only market order is rejected",
+     [], "a BUY 1 MKT POST",
+     ["rejected bad_tif"],
+     []),
+]
+
+
+@pytest.mark.parametrize(
+    "before, cmd, events, after", [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
+)
+def test_rulebook(before: list[str], cmd: str, events: list[str], after: list[str]) -> None:
+    run = Runner()
+    for text in before:
+        run(text)
+    assert run(cmd) == events
+    assert book_lines(run.book) == after
+
+
+def test_level_changes_are_one_per_level_per_command_with_the_final_total() -> None:
+    run = Runner()
+    run("a SELL 2 @100")
+    run("b SELL 3 @100")
+    run("c SELL 4 @101")
+    events = run("d BUY 6 @101", levels=True)
+    assert [e for e in events if e.startswith("level")] == ["level SELL 100=0", "level SELL 101=3"]
+
+
+def test_unknown_symbol_is_rejected_by_the_engine() -> None:
+    from exchange.engine import Engine
+    from exchange.instruments import load_instruments
+    from protocol.messages import TIF, NewOrder, Rejected, RejectReason, Side
+
+    engine = Engine(load_instruments())
+    [event] = engine.apply(1, NewOrder("NOPE", Side.BUY, 1, 100, TIF.GTC, "a"))
+    assert isinstance(event, Rejected) and event.reason is RejectReason.UNKNOWN_SYMBOL
+
+
+def test_depth_bbo_and_state_hash() -> None:
+    run = Runner()
+    for text in ["a BUY 5 @98", "b BUY 2 @99", "c BUY 1 @99", "a SELL 4 @101", "b SELL 6 @103"]:
+        run(text)
+    book = run.book
+    assert book.depth(1) == ([(99, 3)], [(101, 4)])
+    assert book.depth() == ([(99, 3), (98, 5)], [(101, 4), (103, 6)])
+    assert book.bbo() == ((99, 3), (101, 4))
+    before = book.state_hash()
+    run("c REPLACE 3 1")  # same quantity, same price: nothing changes
+    assert book.state_hash() == before
+    run("c REPLACE 3 1 @98")
+    assert book.state_hash() != before
