@@ -152,7 +152,7 @@ class Book:
         price, tif = cmd.price, cmd.tif
         problem = self._check_new(cmd)
         if problem is not None:
-            out.append(Rejected(problem[0], problem[1], cmd.owner, cmd.client_id))
+            out.append(Rejected(problem[0], problem[1], cmd.owner, cmd.client_id, seq))
             return
         out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, price, tif, cmd.owner, cmd.client_id))
         order = Order(seq, cmd.side, price, cmd.qty, tif, cmd.owner, cmd.client_id)

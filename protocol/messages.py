@@ -45,6 +45,7 @@ class RejectReason(enum.Enum):
     UNKNOWN_ORDER = "unknown_order"  # not on the book (never existed, filled or canceled)
     NOT_OWNER = "not_owner"  # the order belongs to someone else
     DUPLICATE_ID = "duplicate_id"  # the client order id is already used by an open order
+    BAD_ID = "bad_id"  # a client order id must be 1-32 of A-Z a-z 0-9 . _ : -
     SHUTTING_DOWN = "shutting_down"
 
 
@@ -114,7 +115,7 @@ class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
     text: str
     owner: str
     client_id: str | None = None
-    order_id: int | None = None  # set when a cancel or replace was refused
+    order_id: int | None = None  # the order concerned (for a new order: the id it would have had)
 
 
 class Fill(msgspec.Struct, frozen=True, tag="fill"):

@@ -73,7 +73,7 @@ class NaiveBook:
         else:
             problem = self.instrument.check(cmd.qty, cmd.price)
         if problem:
-            out.append(Rejected(problem[0], problem[1], cmd.owner, cmd.client_id))
+            out.append(Rejected(problem[0], problem[1], cmd.owner, cmd.client_id, seq))
             return
         out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.owner, cmd.client_id))
         order = NaiveOrder(seq, cmd.side, cmd.price, cmd.qty, cmd.tif, cmd.owner, cmd.client_id)

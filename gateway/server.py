@@ -1,0 +1,199 @@
+"""The order-entry server: sessions by owner, ACK release after fsync, report routing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+import structlog
+
+from exchange.book import Book
+from exchange.instruments import Instrument
+from protocol import replies as R
+from protocol.messages import Canceled, Command, Event, Fill, Rejected, Replaced
+
+from gateway.orders import OpenOrder, OpenOrders
+from gateway.session import Session
+
+log = structlog.get_logger("gateway")
+
+
+class Gateway:
+    def __init__(
+        self,
+        instruments: dict[str, Instrument],
+        books: dict[str, Book],
+        append: Callable[[Command], int],
+        settled: Callable[[int], bool],
+        *,
+        version: str,
+        max_sessions: int = 5_000,
+    ) -> None:
+        self.instruments = instruments
+        self.books = books  # read-only here: BOOK replies and rebuilding open orders
+        self.append = append  # journal a command; returns its sequence number
+        self.settled = settled  # whether every command up to a seq is durable and matched
+        self._quitting: dict[Session, None] = {}
+        self.version = version
+        self.max_sessions = max_sessions
+        self.orders = OpenOrders()
+        self.sessions: dict[Session, None] = {}
+        self.by_owner: dict[str, dict[Session, None]] = {}
+        self._waiting: dict[Session, None] = {}  # sessions with replies held for the journal
+        self._server: asyncio.AbstractServer | None = None
+        self.closing = False
+        for book in books.values():
+            for o in book.resting():
+                self.orders.add(OpenOrder(o.order_id, o.owner, book.symbol, o.side, o.price, o.leaves, o.tif, o.client_id, False))
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Session(self), host, port, reuse_address=True, backlog=1024)
+        address = self._server.sockets[0].getsockname()
+        return address[0], address[1]
+
+    # ------------------------------------------------------------------ sessions
+
+    def admit(self, session: Session) -> bool:
+        if session not in self.sessions and len(self.sessions) >= self.max_sessions:
+            return False
+        self.sessions[session] = None
+        self.by_owner.setdefault(session.owner, {})[session] = None
+        return True
+
+    def forget(self, session: Session) -> None:
+        self.sessions.pop(session, None)
+        self._waiting.pop(session, None)
+        self._quitting.pop(session, None)
+        mine = self.by_owner.get(session.owner)
+        if mine is not None:
+            mine.pop(session, None)
+            if not mine:
+                del self.by_owner[session.owner]
+
+    def wait_for_durable(self, session: Session) -> None:
+        self._waiting[session] = None
+
+    def quit_when_settled(self, session: Session) -> None:
+        """QUIT: say BYE after the reports of everything the session sent before it."""
+        self._quitting[session] = None
+        asyncio.get_running_loop().call_soon(self._finish_quits)
+
+    def _finish_quits(self) -> None:
+        for session in list(self._quitting):
+            if session not in self._waiting and self.settled(session.last_seq):
+                del self._quitting[session]
+                session.say_bye("goodbye")
+
+    def on_durable(self, durable_seq: int) -> None:
+        """The journal has synced everything up to durable_seq: release those replies."""
+        for session in list(self._waiting):
+            if not session.release(durable_seq):
+                del self._waiting[session]
+        if self._quitting:
+            # Not now: this batch is about to be handed to matching, not matched yet.
+            asyncio.get_running_loop().call_soon(self._finish_quits)
+
+    # ------------------------------------------------------------------ reports
+
+    def deliver(self, events: list[Event]) -> None:
+        """Execution reports from a matching task, to every live session of each owner.
+
+        Each report is formatted once (per form) and each session gets one write per batch.
+        """
+        orders, instruments = self.orders, self.instruments
+        outgoing: dict[Session, list[bytes]] = {}
+        for e in events:
+            kind = type(e)
+            if kind is Fill:
+                order = orders.by_id.get(e.order_id)  # type: ignore[union-attr]
+                inst = instruments[e.symbol]  # type: ignore[union-attr]
+                reply: R.Reply = R.FillReport(
+                    e.order_id, inst.format_qty(e.qty), inst.format_price(e.price),  # type: ignore[union-attr]
+                    inst.format_qty(e.leaves), e.trade_id, e.liquidity.value, e.client_id,  # type: ignore[union-attr]
+                )  # fmt: skip
+                if order is not None:
+                    order.leaves = e.leaves  # type: ignore[union-attr]
+                    if not order.leaves:
+                        orders.remove(order.order_id)
+            elif kind is Canceled:
+                order = orders.remove(e.order_id)  # type: ignore[union-attr]
+                inst = instruments[e.symbol]  # type: ignore[union-attr]
+                reply = R.CanceledReport(e.order_id, inst.format_qty(e.leaves), e.reason.value, e.client_id)  # type: ignore[union-attr]
+            elif kind is Replaced:
+                order = orders.by_id.get(e.order_id)  # type: ignore[union-attr]
+                inst = instruments[e.symbol]  # type: ignore[union-attr]
+                if order is not None:
+                    order.leaves, order.price = e.qty, e.price  # type: ignore[union-attr]
+                priority = "kept" if e.priority_kept else "lost"  # type: ignore[union-attr]
+                reply = R.ReplacedReport(e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)  # type: ignore[union-attr]
+            elif kind is Rejected:
+                # The engine refused a command the gateway let through: a cancel or replace
+                # that lost the race with a fill, or (never expected) a new order.
+                order = orders.by_id.get(e.order_id) if e.order_id is not None else None  # type: ignore[union-attr]
+                if order is not None and order.order_id not in self.books[order.symbol].orders:
+                    orders.remove(order.order_id)
+                reply = R.Reject(e.reason.value, e.text, e.client_id, e.order_id)  # type: ignore[union-attr]
+            else:
+                continue
+            sessions = self.by_owner.get(e.owner)  # type: ignore[union-attr]
+            if not sessions:
+                continue
+            text = json = b""
+            for session in sessions:
+                as_json = order.json if order is not None else session.json_mode
+                if as_json:
+                    json = json or R.to_json(reply)
+                    outgoing.setdefault(session, []).append(json)
+                else:
+                    text = text or R.to_text(reply)
+                    outgoing.setdefault(session, []).append(text)
+        for session, chunks in outgoing.items():
+            session.write(b"".join(chunks))
+        if self._quitting:
+            self._finish_quits()
+
+    # ------------------------------------------------------------------ queries
+
+    def orders_reply(self, owner: str) -> R.OrdersReply:
+        rows = []
+        for o in self.orders.of_owner(owner):
+            inst = self.instruments[o.symbol]
+            price = "MKT" if o.price is None else inst.format_price(o.price)
+            rows.append(R.OpenOrder(o.order_id, o.side.value, o.symbol, inst.format_qty(o.leaves), price, o.tif.value, o.client_id))
+        return R.OrdersReply(rows)
+
+    def symbols_reply(self) -> R.SymbolsReply:
+        return R.SymbolsReply(
+            [
+                R.SymbolInfo(
+                    s, i.tick.text, i.lot.text, i.format_qty(i.min_qty), i.format_qty(i.max_qty),
+                    i.format_price(i.min_price), i.format_price(i.max_price),
+                )  # fmt: skip
+                for s, i in self.instruments.items()
+            ]
+        )
+
+    # ------------------------------------------------------------------ shutdown
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket and stop reading from every session."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session._update_reading()
+
+    async def say_bye(self, text: str, timeout: float = 2.0) -> None:
+        """BYE to every session, then wait (bounded) for their buffers to flush and close."""
+        for session in list(self.sessions):
+            session.say_bye(text)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()

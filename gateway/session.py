@@ -1,0 +1,342 @@
+"""One order-entry connection: bytes in, requests handled, replies out, in order.
+
+Replies keep request order. A batch of lines (one data_received) that journaled a command
+is held until the journal says that command is durable; later batches queue behind it.
+Execution reports (FILL, CANCELED, REPLACED) are written as the matching tasks produce
+them: an order's ACK is always released before its command reaches matching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from collections import deque
+from typing import TYPE_CHECKING
+
+import structlog
+
+from protocol import replies as R
+from protocol.messages import TIF, Cancel, Command, NewOrder, RejectReason, Replace, Side
+from protocol.requests import (
+    BadRequest,
+    BookQuery,
+    Buy,
+    CancelOrder,
+    Help,
+    OrdersQuery,
+    Ping,
+    Quit,
+    ReplaceOrder,
+    Request,
+    Resume,
+    Sell,
+    SymbolsQuery,
+    decode_json,
+)
+from protocol.text import HELP_LINES, TOO_LONG, LineSplitter, parse_line
+
+from gateway.orders import OpenOrder
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+log = structlog.get_logger("gateway")
+
+CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,32}", re.ASCII)
+TOKEN = re.compile(r"[0-9a-f]{32}", re.ASCII)
+TIF_BY_NAME = {t.value: t for t in TIF}
+MAX_BOOK_LEVELS = 1000
+# Flow control. A client may have this many commands waiting for the disk before we stop
+# reading from it; and its unread replies may reach WRITE_HIGH before we stop reading
+# (it can't make us buffer more of its own replies), and WRITE_CAP before we hang up
+# (execution reports from others' trades still arrive for a client that never reads).
+MAX_INFLIGHT = 20_000
+WRITE_HIGH = 256 * 1024
+WRITE_CAP = 16 * 1024 * 1024
+
+
+def owner_of(token: str) -> str:
+    """The owner id recorded on orders: derived from the secret token, not the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.token = secrets.token_hex(16)
+        self.owner = owner_of(self.token)
+        self.json_mode = False  # the form of the last request: for reports with no order to go by
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.splitter = LineSplitter()
+        self.held: deque[tuple[int, list[bytes]]] = deque()  # (seq that must be durable, replies)
+        self.inflight = 0  # commands journaled and not yet durable
+        self._inflight_seqs: deque[tuple[int, int]] = deque()  # (last seq, count) per held batch
+        self._paused_for_writes = False
+        self._paused_for_inflight = False
+        self._reading_paused = False
+        self.quitting = False  # QUIT received: BYE once all its commands have been matched
+        self.last_seq = 0  # the last command this session journaled
+
+    # ------------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if not self.gw.admit(self):
+            transport.write(R.to_text(R.Error("too_many_connections", "the server is full; try again later")))
+            transport.close()
+            return
+        log.info("session_open", peer=self.peer, owner=self.owner)
+        transport.write(R.to_text(R.Hello(self.gw.version, self.token, self.owner)))  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gw.forget(self)
+        self.held.clear()
+        log.info("session_closed", peer=self.peer, owner=self.owner, error=str(exc) if exc else None)
+
+    def pause_writing(self) -> None:
+        self._paused_for_writes = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._paused_for_writes = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        want_paused = self._paused_for_writes or self._paused_for_inflight or self.gw.closing
+        if self.transport is None or want_paused == self._reading_paused or self.transport.is_closing():
+            return
+        self._reading_paused = want_paused
+        if want_paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ requests
+
+    def data_received(self, data: bytes) -> None:
+        out: list[bytes] = []
+        last_seq = count = 0
+        for line in self.splitter.feed(data):
+            if self.quitting:
+                break
+            if line is TOO_LONG:
+                out.append(R.to_text(R.Error("line_too_long", f"a line may be at most {self.splitter.limit} bytes; discarded up to its end")))
+                continue
+            is_json = line[:1] == b"{"
+            request = decode_json(line) if is_json else parse_line(line)
+            if request is None:
+                continue
+            self.json_mode = is_json
+            try:
+                seq = self.handle(request, is_json, out)
+            except Exception:  # a bug must cost one request, never the session or the server
+                log.exception("request_failed", peer=self.peer, line=line[:200])
+                out.append(R.to_text(R.Error("internal", "the request failed inside the server; it was not executed")))
+                continue
+            if seq:
+                last_seq, count = seq, count + 1
+        self._emit(out, last_seq, count)
+
+    def handle(self, req: Request | BadRequest, is_json: bool, out: list[bytes]) -> int:
+        """Handle one request; append its immediate replies; return the seq it journaled, or 0."""
+        fmt = R.to_json if is_json else R.to_text
+        kind = type(req)
+        if kind is Buy or kind is Sell:
+            reply, seq = self._new_order(req, is_json)  # type: ignore[arg-type]
+            out.append(fmt(reply))
+            return seq
+        if kind is CancelOrder:
+            reply, seq = self._cancel(req)  # type: ignore[arg-type]
+        elif kind is ReplaceOrder:
+            reply, seq = self._replace(req)  # type: ignore[arg-type]
+        else:
+            reply, seq = self._query(req), 0
+        if reply is not None:
+            out.append(fmt(reply))
+        return seq
+
+    def _new_order(self, req: Buy, is_json: bool) -> tuple[R.Reply, int]:
+        cid = req.id
+        if cid is not None and not CLIENT_ID.fullmatch(cid):
+            return R.Reject(RejectReason.BAD_ID.value, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), 0
+        symbol = req.symbol.upper()
+        inst = self.gw.instruments.get(symbol)
+        if inst is None:
+            return R.Reject(RejectReason.UNKNOWN_SYMBOL.value, f"no such symbol {_clip(req.symbol)}; type SYMBOLS", cid), 0
+        qty = inst.parse_qty(req.qty)
+        if type(qty) is tuple:
+            return R.Reject(qty[0].value, qty[1], cid), 0
+        price = None
+        if req.price is not None:
+            price = inst.parse_price(req.price)
+            if type(price) is tuple:
+                return R.Reject(price[0].value, price[1], cid), 0
+        tif_name = req.tif.upper() if req.tif is not None else ("GTC" if price is not None else "IOC")
+        tif = TIF_BY_NAME.get(tif_name)
+        if tif is None:
+            return R.Reject(RejectReason.BAD_TIF.value, f"time in force {_clip(tif_name)} is not GTC, IOC, FOK or POST", cid), 0
+        if price is None and (tif is TIF.GTC or tif is TIF.POST):
+            return R.Reject(RejectReason.BAD_TIF.value, f"a market order cannot be {tif_name}", cid), 0
+        problem = inst.check(qty, price)  # type: ignore[arg-type]
+        if problem is not None:
+            return R.Reject(problem[0].value, problem[1], cid), 0
+        if cid is not None and self.gw.orders.find_client_id(self.owner, cid) is not None:
+            return R.Reject(RejectReason.DUPLICATE_ID.value, f"an open order already has id {cid}", cid), 0
+        if self.gw.closing:
+            return R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid), 0
+        side = Side.BUY if type(req) is Buy else Side.SELL
+        seq = self._journal(NewOrder(symbol, side, qty, price, tif, self.owner, cid))  # type: ignore[arg-type]
+        self.gw.orders.add(OpenOrder(seq, self.owner, symbol, side, price, qty, tif, cid, is_json))  # type: ignore[arg-type]
+        price_text = "MKT" if price is None else inst.format_price(price)  # type: ignore[arg-type]
+        return R.Ack(seq, side.value, symbol, inst.format_qty(qty), price_text, tif.value, cid), seq  # type: ignore[arg-type]
+
+    def _journal(self, cmd: Command) -> int:
+        self.last_seq = seq = self.gw.append(cmd)
+        return seq
+
+    def _owned(self, order_id: int | None, cid: str | None) -> tuple[OpenOrder | None, R.Reject | None]:
+        orders = self.gw.orders
+        if order_id is None:
+            if cid is None:
+                return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
+            order_id = orders.find_client_id(self.owner, cid)
+            if order_id is None:
+                return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {_clip(cid)}")
+        order = orders.by_id.get(order_id)
+        if order is None:
+            return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
+        if order.owner != self.owner:
+            return None, R.Reject(RejectReason.NOT_OWNER.value, f"order {order_id} is not yours", cid, order_id)
+        if self.gw.closing:
+            return None, R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
+        return order, None
+
+    def _cancel(self, req: CancelOrder) -> tuple[R.Reply | None, int]:
+        order, reject = self._owned(req.order_id, req.id)
+        if order is None:
+            return reject, 0
+        # The CANCELED (or a REJ if it filled first) comes back from the matching task.
+        return None, self._journal(Cancel(order.symbol, order.order_id, self.owner))
+
+    def _replace(self, req: ReplaceOrder) -> tuple[R.Reply | None, int]:
+        order, reject = self._owned(req.order_id, None)
+        if order is None:
+            return reject, 0
+        inst = self.gw.instruments[order.symbol]
+        qty = inst.parse_qty(req.qty)
+        if type(qty) is tuple:
+            return R.Reject(qty[0].value, qty[1], order.client_id, order.order_id), 0
+        price = None
+        if req.price is not None:
+            price = inst.parse_price(req.price)
+            if type(price) is tuple:
+                return R.Reject(price[0].value, price[1], order.client_id, order.order_id), 0
+        problem = inst.check(qty, price if price is not None else order.price)  # type: ignore[arg-type]
+        if problem is not None:
+            return R.Reject(problem[0].value, problem[1], order.client_id, order.order_id), 0
+        return None, self._journal(Replace(order.symbol, order.order_id, qty, price, self.owner))  # type: ignore[arg-type]
+
+    def _query(self, req: Request | BadRequest) -> R.Reply | None:
+        kind = type(req)
+        if kind is BadRequest:
+            return R.Error(req.code, req.text)  # type: ignore[union-attr]
+        if kind is Ping:
+            return R.Pong()
+        if kind is BookQuery:
+            return self._book(req)  # type: ignore[arg-type]
+        if kind is OrdersQuery:
+            return self.gw.orders_reply(self.owner)
+        if kind is SymbolsQuery:
+            return self.gw.symbols_reply()
+        if kind is Help:
+            return R.HelpReply(HELP_LINES)
+        if kind is Resume:
+            return self._resume(req)  # type: ignore[arg-type]
+        if kind is Quit:
+            self.quitting = True
+            self.gw.quit_when_settled(self)
+            return None
+        raise TypeError(f"unhandled request {req!r}")
+
+    def _book(self, req: BookQuery) -> R.Reply:
+        book = self.gw.books.get(req.symbol.upper())
+        if book is None:
+            return R.Reject(RejectReason.UNKNOWN_SYMBOL.value, f"no such symbol {_clip(req.symbol)}; type SYMBOLS")
+        if not 1 <= req.levels <= MAX_BOOK_LEVELS:
+            return R.Error("bad_request", f"levels must be 1..{MAX_BOOK_LEVELS}")
+        inst = book.instrument
+        bids, asks = book.depth(req.levels)
+        return R.BookReply(
+            book.symbol,
+            [(inst.format_price(p), inst.format_qty(q)) for p, q in bids],
+            [(inst.format_price(p), inst.format_qty(q)) for p, q in asks],
+        )
+
+    def _resume(self, req: Resume) -> R.Reply:
+        if not TOKEN.fullmatch(req.token):
+            return R.Error("bad_request", "a session token is the 32 hex digits from a HELLO line")
+        self.gw.forget(self)
+        self.token, self.owner = req.token, owner_of(req.token)
+        self.gw.admit(self)
+        log.info("session_resumed", peer=self.peer, owner=self.owner)
+        return R.Resumed(self.token, self.owner, len(self.gw.orders.of_owner(self.owner)))
+
+    # ------------------------------------------------------------------ replies
+
+    def _emit(self, out: list[bytes], last_seq: int, count: int) -> None:
+        if last_seq or self.held:
+            if count:
+                self.inflight += count
+                self._inflight_seqs.append((last_seq, count))
+                if self.inflight > MAX_INFLIGHT and not self._paused_for_inflight:
+                    self._paused_for_inflight = True
+                    self._update_reading()
+            need = last_seq or self.held[-1][0]
+            if out:
+                self.held.append((need, out))
+            self.gw.wait_for_durable(self)
+        elif out:
+            self.write(b"".join(out))
+
+    def release(self, durable_seq: int) -> bool:
+        """Write the held replies now on disk; True while some are still held."""
+        held = self.held
+        if held and held[0][0] <= durable_seq:
+            chunks: list[bytes] = []
+            while held and held[0][0] <= durable_seq:
+                chunks += held.popleft()[1]
+            self.write(b"".join(chunks))
+        seqs = self._inflight_seqs
+        while seqs and seqs[0][0] <= durable_seq:
+            self.inflight -= seqs.popleft()[1]
+        if self._paused_for_inflight and self.inflight <= MAX_INFLIGHT // 2:
+            self._paused_for_inflight = False
+            self._update_reading()
+        return bool(held) or bool(seqs)
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > WRITE_CAP:
+            log.warning("session_slow_consumer", peer=self.peer, owner=self.owner, buffered=transport.get_write_buffer_size())
+            transport.abort()
+
+    def say_bye(self, text: str) -> None:
+        """Flush whatever is held, say BYE and close (QUIT, and everyone at shutdown)."""
+        self.release(1 << 62)
+        self.write(R.to_json(R.Bye(text)) if self.json_mode else R.to_text(R.Bye(text)))
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _clip(text: str) -> str:
+    shown = text if len(text) <= 24 else text[:21] + "..."
+    return shown if shown.isprintable() and " " not in shown else repr(shown)

@@ -1,0 +1,189 @@
+"""The text line codec: bytes in, lines out; a line in, a typed request out. No I/O.
+
+One request per line, ASCII, LF or CRLF; keywords and symbols are case-insensitive;
+tokens are separated by spaces. Telnet option negotiation (IAC ...) is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+
+from protocol.requests import (
+    BadRequest,
+    BookQuery,
+    Buy,
+    CancelOrder,
+    Help,
+    OrdersQuery,
+    Ping,
+    Quit,
+    ReplaceOrder,
+    Request,
+    Resume,
+    Sell,
+    SymbolsQuery,
+)
+
+MAX_LINE = 4096
+TOO_LONG = None  # the marker LineSplitter.feed emits for a line over MAX_LINE
+
+# IAC SB ... IAC SE | IAC WILL/WONT/DO/DONT <option> | IAC <command>
+_TELNET = re.compile(rb"\xff\xfa.*?\xff\xf0|\xff[\xfb-\xfe].|\xff[\xf0-\xff]", re.DOTALL)
+TIFS = frozenset(("GTC", "IOC", "FOK", "POST"))
+
+
+class LineSplitter:
+    """Splits a byte stream into lines, bounded: no line grows past MAX_LINE in memory.
+
+    feed() returns the complete lines (without CR/LF); a line that passes the limit yields
+    one TOO_LONG marker as soon as it does, and the rest of it is discarded up to its LF.
+    """
+
+    __slots__ = ("limit", "_partial", "_discarding")
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self.limit = limit
+        self._partial = b""
+        self._discarding = False
+
+    def feed(self, data: bytes) -> list[bytes | None]:
+        parts = data.split(b"\n")
+        tail = parts.pop()  # after the last LF: an incomplete line (often b"")
+        out: list[bytes | None] = []
+        if parts:
+            first = self._partial + parts[0] if self._partial else parts[0]
+            parts[0] = first
+            self._partial = b""
+            for line in parts:
+                if self._discarding:
+                    self._discarding = False  # this LF ends the long line
+                    continue
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if len(line) > self.limit:
+                    out.append(TOO_LONG)
+                    continue
+                if b"\xff" in line:
+                    line = _TELNET.sub(b"", line)
+                out.append(line)
+        if self._discarding:
+            return out
+        partial = self._partial + tail if self._partial else tail
+        if len(partial) > self.limit:
+            out.append(TOO_LONG)
+            self._partial = b""
+            self._discarding = True
+        else:
+            self._partial = partial
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for an incomplete line."""
+        return len(self._partial)
+
+
+def _order(side: type[Buy] | type[Sell], args: list[str]) -> Request | BadRequest:
+    if len(args) < 2:
+        verb = side.__name__.upper()
+        return BadRequest("bad_request", f"usage: {verb} <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]")
+    symbol, qty = args[0].upper(), args[1]
+    price = tif = cid = None
+    for token in args[2:]:
+        upper = token.upper()
+        if upper.startswith("ID="):
+            if cid is not None:
+                return BadRequest("bad_request", "id= given twice")
+            cid = token[3:]
+        elif upper in TIFS:
+            if tif is not None:
+                return BadRequest("bad_request", f"time in force given twice ({tif} and {upper})")
+            tif = upper
+        elif upper == "MKT" and price is None:
+            price = "MKT"
+        elif price is None and tif is None and cid is None:
+            price = token
+        else:
+            return BadRequest("bad_request", f"unexpected {_show(token)}; expected [<price>] [GTC|IOC|FOK|POST] [id=...]")
+    return side(symbol, qty, None if price == "MKT" else price, tif, cid)
+
+
+def _int_arg(text: str, what: str) -> int | BadRequest:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return BadRequest("bad_request", f"{what} {_show(text)} is not a number")
+    return int(text)
+
+
+def parse_line(line: bytes) -> Request | BadRequest | None:
+    """One text line to a request; None for a blank line (ignored, no reply)."""
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError:
+        return BadRequest("bad_encoding", "the line is not ASCII text")
+    args = text.split()
+    if not args:
+        return None
+    verb = args.pop(0).upper()
+    if verb == "BUY":
+        return _order(Buy, args)
+    if verb == "SELL":
+        return _order(Sell, args)
+    if verb == "CANCEL":
+        if len(args) != 1:
+            return BadRequest("bad_request", "usage: CANCEL <order-id> | CANCEL id=<client-order-id>")
+        if args[0].upper().startswith("ID="):
+            return CancelOrder(None, args[0][3:])
+        order_id = _int_arg(args[0], "order id")
+        return order_id if isinstance(order_id, BadRequest) else CancelOrder(order_id)
+    if verb == "REPLACE":
+        if len(args) not in (2, 3):
+            return BadRequest("bad_request", "usage: REPLACE <order-id> <qty> [<price>]")
+        order_id = _int_arg(args[0], "order id")
+        if isinstance(order_id, BadRequest):
+            return order_id
+        return ReplaceOrder(order_id, args[1], args[2] if len(args) == 3 else None)
+    if verb == "BOOK":
+        if len(args) not in (1, 2):
+            return BadRequest("bad_request", "usage: BOOK <symbol> [<levels>]")
+        levels = _int_arg(args[1], "levels") if len(args) == 2 else 10
+        return levels if isinstance(levels, BadRequest) else BookQuery(args[0].upper(), levels)
+    if verb == "RESUME":
+        if len(args) != 1:
+            return BadRequest("bad_request", "usage: RESUME <session-token>")
+        return Resume(args[0])
+    simple = _SIMPLE.get(verb)
+    if simple is not None:
+        if args:
+            return BadRequest("bad_request", f"{verb} takes no arguments")
+        return simple
+    return BadRequest("unknown_command", f"unknown command {_show(verb)}; type HELP")
+
+
+_SIMPLE: dict[str, Request] = {
+    "ORDERS": OrdersQuery(),
+    "SYMBOLS": SymbolsQuery(),
+    "PING": Ping(),
+    "HELP": Help(),
+    "QUIT": Quit(),
+    "EXIT": Quit(),
+}
+
+
+def _show(token: str) -> str:
+    shown = token if len(token) <= 24 else token[:21] + "..."
+    return repr(shown) if not shown.isprintable() else f"'{shown}'"
+
+
+HELP_LINES = [
+    "BUY  <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]   no price: market order",
+    "SELL <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]",
+    "CANCEL <order-id> | CANCEL id=<client-order-id>",
+    "REPLACE <order-id> <qty> [<price>]     qty is the new open quantity",
+    "BOOK <symbol> [<levels>]               price levels, best first (default 10)",
+    "ORDERS                                 your open orders",
+    "SYMBOLS                                what trades here, with tick and lot sizes",
+    "RESUME <session-token>                 take back the identity of an earlier session",
+    "PING | HELP | QUIT",
+    "A line starting with { is a JSON request, e.g.",
+    '{"op":"buy","symbol":"AAPL","qty":"10","price":"150.25","tif":"IOC","id":"c1"}',
+]

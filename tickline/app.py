@@ -1,0 +1,86 @@
+"""The composition root: the one module that wires every package, in the order data flows.
+
+    clients --TCP lines--> gateway --journal (fsync, group commit)--> ACK
+                               |--> per-symbol queue --> matching task
+                                                          |--> execution reports to sessions
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from exchange.engine import Engine
+from exchange.instruments import load_instruments
+from exchange.matching import SymbolMatcher
+from gateway.server import Gateway
+from journal.journal import Batch, Journal, read_journal
+from tickline import __version__
+
+log = structlog.get_logger("tickline")
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 7001
+    data_dir: Path = Path("var")
+    instruments: Path | None = None
+
+
+async def serve(config: Config) -> int:
+    # 1. Instruments, and one empty book per symbol.
+    engine = Engine(load_instruments(config.instruments))
+
+    # 2. Open the journal (cutting a torn tail) and replay it: the journal is the truth.
+    def on_durable(batch: Batch) -> None:
+        # ACKs first, then matching: an order's FILL can never overtake its ACK.
+        gateway.on_durable(batch[-1][0])
+        for seq, cmd in batch:
+            matchers[cmd.symbol].submit(seq, cmd)
+
+    journal = Journal(config.data_dir / "journal", on_durable)
+    replayed = 0
+    for seq, cmd in read_journal(journal.directory):
+        engine.apply(seq, cmd)
+        replayed += 1
+    log.info("journal_replayed", commands=replayed, next_seq=journal.next_seq, state=engine.state_hash())
+    gc.collect()
+    gc.freeze()  # the rebuilt books are long-lived: keep them out of every collection
+
+    # 3. The gateway: sessions, validation, open orders rebuilt from the books.
+    def settled(seq: int) -> bool:
+        return journal.durable_seq >= seq and not any(m.inbox for m in matchers.values())
+
+    gateway = Gateway(engine.instruments, engine.books, journal.append, settled, version=__version__)
+
+    # 4. One matching task per symbol; its events go back to the owners' sessions.
+    matchers = {symbol: SymbolMatcher(book, [gateway.deliver]) for symbol, book in engine.books.items()}
+    tasks = [asyncio.create_task(m.run(), name=f"match-{s}") for s, m in matchers.items()]
+    journal.start()
+
+    # 5. Listen, and wait for SIGINT or SIGTERM.
+    host, port = await gateway.start(config.host, config.port)
+    log.info("order_entry_listening", host=host, port=port, data_dir=str(config.data_dir))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # 6. Shut down in reverse: stop taking requests, make everything received durable,
+    #    let matching finish, tell every session, close.
+    log.info("shutting_down", sessions=len(gateway.sessions))
+    gateway.stop_accepting()
+    await journal.close()
+    for m in matchers.values():
+        m.stop()
+    await asyncio.gather(*tasks)
+    await gateway.say_bye("shutting down")
+    log.info("stopped", last_seq=journal.durable_seq, fsyncs=journal.commits)
+    return 0
