@@ -86,6 +86,12 @@ def _recover_segment(path: Path) -> int:
     return next_seq
 
 
+def repair(directory: Path) -> int:
+    """Cut a torn tail off the newest segment (if any); return the next sequence number."""
+    segments = segment_paths(directory)
+    return _recover_segment(segments[-1]) if segments else 1
+
+
 class Journal:
     def __init__(
         self,
@@ -100,8 +106,8 @@ class Journal:
         self.on_durable = on_durable
         self.segment_bytes = segment_bytes
         self.fsync = fsync
+        self.next_seq = repair(self.directory)
         segments = segment_paths(self.directory)
-        self.next_seq = _recover_segment(segments[-1]) if segments else 1
         self.durable_seq = self.next_seq - 1
         self._path = segments[-1] if segments else self._segment_path(self.next_seq)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

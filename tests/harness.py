@@ -1,0 +1,137 @@
+"""Run the real server in a subprocess and talk to it over real sockets."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    """`tickline serve` on a free port with its own data directory."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 15.0) -> Server:
+        cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--data-dir", str(self.data_dir), *self.extra]
+        self.log = []
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc and self.proc.stderr
+            for raw in self.proc.stderr:
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.log.append(line)
+                m = re.search(r"event='order_entry_listening' .*port=(\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout):
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "\n".join(self.log))
+        return self
+
+    def client(self) -> Client:
+        return Client(self.port)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        assert self.proc
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def rss_kib(self) -> int:
+        assert self.proc
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+class Client:
+    """A line client with a read buffer; every read has a deadline."""
+
+    def __init__(self, port: int, greet: bool = True) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.hello = self.line() if greet else ""
+        m = re.search(r"session=([0-9a-f]+) owner=([0-9a-f]+)", self.hello)
+        self.token, self.owner = (m.group(1), m.group(2)) if m else ("", "")
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def line(self, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no line within {timeout}s; have {self.buf[:200]!r}")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError(f"connection closed; have {self.buf[:200]!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def lines(self, n: int, timeout: float = 10.0) -> list[str]:
+        return [self.line(timeout) for _ in range(n)]
+
+    def until(self, last: str, timeout: float = 10.0) -> list[str]:
+        out = []
+        while True:
+            out.append(self.line(timeout))
+            if out[-1] == last:
+                return out
+
+    def ask(self, request: str, n: int = 1) -> list[str]:
+        self.send(request + "\n")
+        return self.lines(n)
+
+    def quiet(self, wait: float = 0.3) -> bool:
+        """True if nothing more arrives within `wait` seconds."""
+        if self.buf:
+            return False
+        self.sock.settimeout(wait)
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return True
+        self.buf += chunk
+        return False
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except (TimeoutError, ConnectionResetError):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,151 @@
+"""What clients do to a server: pipelining, dribbling, garbage, hanging up, not reading, kill -9."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+from journal.journal import read_journal, repair
+from protocol.messages import NewOrder
+from tests.harness import Client, Server
+
+
+def test_ten_thousand_orders_pipelined_in_one_write(server: Server) -> None:
+    client = server.client()
+    lines = "".join(f"BUY AAPL {1 + i % 7} {100 + (i % 50) / 100:.2f} id=p{i}\n" for i in range(10_000))
+    client.send(lines + "PING\n")
+    replies = client.lines(10_001, timeout=60)
+    assert replies[-1] == "PONG"
+    for i, reply in enumerate(replies[:-1]):
+        assert reply == f"ACK {i + 1} BUY AAPL {1 + i % 7} {100 + (i % 50) / 100:.2f} GTC id=p{i}"
+    orders = client.ask("ORDERS", 2)
+    assert orders[0] == "ORDERS 10000"
+
+
+def test_a_line_split_one_byte_per_packet(server: Server) -> None:
+    client = server.client()
+    for byte in b"BUY AAPL 3 99.5 id=slow\r\n":
+        client.send(bytes([byte]))
+        time.sleep(0.002)
+    assert client.line() == "ACK 1 BUY AAPL 3 99.50 GTC id=slow"
+
+
+def test_lines_split_anywhere_across_packets(server: Server) -> None:
+    client = server.client()
+    stream = b"PING\r\nBUY AAPL 1 10\nSELL AAPL 1 11\r\nPING\n"
+    for cut in range(1, len(stream), 5):
+        client.send(stream[:cut])
+        time.sleep(0.01)
+        client.send(stream[cut:])
+        got = client.lines(4)
+        assert got[0] == "PONG" and got[3] == "PONG" and got[1].startswith("ACK") and got[2].startswith("ACK")
+
+
+def test_a_ten_megabyte_line_gets_one_error_and_the_session_goes_on(server: Server) -> None:
+    client = server.client()
+    client.send(b"BUY AAPL " + b"9" * (10 * 1024 * 1024) + b"\nPING\n")
+    assert client.lines(2) == [
+        "ERR line_too_long a line may be at most 4096 bytes; discarded up to its end",
+        "PONG",
+    ]
+    assert server.rss_kib() < 200_000
+
+
+def test_garbage_bytes_get_an_error_and_the_session_goes_on(server: Server) -> None:
+    client = server.client()
+    client.send(b"\x80\x81\xc3\x28 junk\n\x00\x01\x02\nPING\n")
+    assert client.lines(3) == [
+        "ERR bad_encoding the line is not ASCII text",
+        "ERR unknown_command unknown command '\\x00\\x01\\x02'; type HELP",
+        "PONG",
+    ]
+
+
+def test_telnet_negotiation_bytes_are_ignored(server: Server) -> None:
+    client = server.client()
+    # IAC WILL ECHO, IAC SB NAWS ... IAC SE, then a command typed in telnet (CRLF).
+    client.send(b"\xff\xfb\x01\xff\xfa\x1f\x00\x50\x00\x18\xff\xf0PING\r\n")
+    assert client.line() == "PONG"
+
+
+def test_a_client_that_hangs_up_mid_line_changes_nothing(server: Server) -> None:
+    quitter = server.client()
+    quitter.send("BUY AAPL 5 100\nSELL AAPL 7 1")
+    assert quitter.line() == "ACK 1 BUY AAPL 5 100.00 GTC"
+    quitter.close()
+    other = server.client()
+    assert other.ask("BOOK AAPL", 3) == ["BOOK AAPL bids=1 asks=0", "BID 100.00 5", "END"]
+    assert other.ask("SELL AAPL 1 200") == ["ACK 2 SELL AAPL 1 200.00 GTC"]
+
+
+def test_a_client_that_never_reads_is_paused_and_bounded(server: Server) -> None:
+    hog = socket.create_connection(("127.0.0.1", server.port))
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.setblocking(False)
+    request = b"SYMBOLS\n" * 1000  # ~600 bytes of reply per 8 bytes sent
+    sent = 0
+    deadline = time.monotonic() + 10
+    stalled_since = None
+    while time.monotonic() < deadline:
+        try:
+            sent += hog.send(request)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break  # the server stopped reading from us
+            time.sleep(0.01)
+    assert stalled_since is not None, "the server kept reading from a client that never reads"
+    # Unread replies are bounded: the server holds a few hundred KiB for it, not gigabytes.
+    assert server.rss_kib() < 200_000
+    other = server.client()
+    start = time.monotonic()
+    assert other.ask("PING") == ["PONG"]
+    assert time.monotonic() - start < 1.0
+    hog.close()
+
+
+def _acked_ids(client: Client, n: int) -> set[int]:
+    ids = set()
+    try:
+        for _ in range(n):
+            m = re.match(r"ACK (\d+) ", client.line(timeout=5))
+            if m:
+                ids.add(int(m.group(1)))
+    except (EOFError, TimeoutError, ConnectionResetError):
+        pass
+    return ids
+
+
+def test_every_acked_order_survives_kill_9(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = Server(data).start()
+    client = server.client()
+    acked: set[int] = set()
+    batches = 0
+    try:
+        while batches < 200:
+            client.send("".join(f"BUY AAPL 1 {10 + i % 90}.00\n" for i in range(200)))
+            batches += 1
+            if batches == 20:
+                server.proc.kill()  # type: ignore[union-attr]  # kill -9 while orders are in flight
+                break
+            acked |= _acked_ids(client, 200)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    acked |= _acked_ids(client, 200 * 20)
+    server.kill()
+    assert len(acked) >= 19 * 200
+    repair(data / "journal")  # cut a torn tail, as the server does when it opens the journal
+    journaled = {seq for seq, cmd in read_journal(data / "journal") if isinstance(cmd, NewOrder)}
+    assert acked <= journaled
+    # The restarted server rebuilds the book from the journal, and the owner can resume.
+    again = Server(data).start()
+    try:
+        resumed = again.client()
+        assert resumed.ask(f"RESUME {client.token}")[0] == f"RESUMED session={client.token} owner={client.owner} open={len(journaled)}"
+        assert resumed.ask("ORDERS")[0] == f"ORDERS {len(journaled)}"
+    finally:
+        again.kill()

@@ -1,0 +1,168 @@
+"""Order entry against the real server process, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from tests.harness import Client, Server
+
+
+def test_the_readme_netcat_session(server: Server) -> None:
+    alice, bob = server.client(), server.client()
+    assert re.fullmatch(r"HELLO tickline \S+ session=[0-9a-f]{32} owner=[0-9a-f]{16} type HELP for commands", alice.hello)
+    assert alice.ask("SELL AAPL 10 150.25\r") == ["ACK 1 SELL AAPL 10 150.25 GTC"]
+    assert bob.ask("buy aapl 4 151 id=b1\r", 2) == [
+        "ACK 2 BUY AAPL 4 151.00 GTC id=b1",
+        "FILL 2 4 150.25 leaves=0 trade=2-1 liq=R id=b1",
+    ]
+    assert alice.line() == "FILL 1 4 150.25 leaves=6 trade=2-1 liq=A"
+    assert bob.ask("BOOK AAPL", 3) == ["BOOK AAPL bids=0 asks=1", "ASK 150.25 6", "END"]
+    assert alice.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 1 SELL AAPL 6 150.25 GTC", "END"]
+    assert bob.ask("ORDERS", 2) == ["ORDERS 0", "END"]
+    assert alice.ask("CANCEL 1") == ["CANCELED 1 leaves=6 reason=user"]
+    assert alice.ask("QUIT") == ["BYE goodbye"]
+    assert alice.closed()
+
+
+def test_json_requests_get_json_replies_and_reports(server: Server) -> None:
+    maker, taker = server.client(), server.client()
+    maker.ask("SELL BTC-USD 0.5 64000.01")
+    req = {"op": "buy", "symbol": "BTC-USD", "qty": "0.2", "price": "64000.01", "tif": "IOC", "id": "j1"}
+    taker.send(json.dumps(req) + "\n")
+    assert [json.loads(line) for line in taker.lines(2)] == [
+        {"type": "ack", "order_id": 2, "side": "BUY", "symbol": "BTC-USD", "qty": "0.20000", "price": "64000.01", "tif": "IOC", "id": "j1"},
+        {"type": "fill", "order_id": 2, "qty": "0.20000", "price": "64000.01", "leaves": "0.00000", "trade": "2-1", "liq": "R", "id": "j1"},
+    ]
+    assert maker.line() == "FILL 1 0.20000 64000.01 leaves=0.30000 trade=2-1 liq=A"
+    assert taker.ask('{"op":"ping"}') == ['{"type":"pong"}']
+    assert json.loads(taker.ask('{"op":"book","symbol":"BTC-USD","levels":1}')[0]) == {
+        "type": "book", "symbol": "BTC-USD", "bids": [], "asks": [["64000.01", "0.30000"]]
+    }
+    assert json.loads(taker.ask('{"op":"cancel","order_id":1}')[0])["reason"] == "not_owner"
+    assert json.loads(taker.ask('{"op":"buy","symbol":"BTC-USD","qty":1}')[0]) == {
+        "type": "err", "code": "bad_request", "text": "Expected `str`, got `int` - at `$.qty`"
+    }
+    assert json.loads(taker.ask('{"op":')[0])["code"] == "bad_json"
+    # The text form still works on the same connection.
+    assert taker.ask("PING") == ["PONG"]
+
+
+REPLIES = [
+    ("FROB", "ERR unknown_command unknown command 'FROB'; type HELP"),
+    ("BUY", "ERR bad_request usage: BUY <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]"),
+    ("BUY AAPL 1 100 GTC IOC", "ERR bad_request time in force given twice (GTC and IOC)"),
+    ("BUY AAPL 1 100 id=a id=b", "ERR bad_request id= given twice"),
+    ("BUY AAPL 1 GTC 100", "ERR bad_request unexpected '100'; expected [<price>] [GTC|IOC|FOK|POST] [id=...]"),
+    ("CANCEL", "ERR bad_request usage: CANCEL <order-id> | CANCEL id=<client-order-id>"),
+    ("CANCEL x1", "ERR bad_request order id 'x1' is not a number"),
+    ("REPLACE 1", "ERR bad_request usage: REPLACE <order-id> <qty> [<price>]"),
+    ("BOOK", "ERR bad_request usage: BOOK <symbol> [<levels>]"),
+    ("BOOK AAPL 0", "ERR bad_request levels must be 1..1000"),
+    ("PING now", "ERR bad_request PING takes no arguments"),
+    ("RESUME nope", "ERR bad_request a session token is the 32 hex digits from a HELLO line"),
+    ("BUY NOPE 1 1", "REJ unknown_symbol no such symbol NOPE; type SYMBOLS"),
+    ("BOOK NOPE", "REJ unknown_symbol no such symbol NOPE; type SYMBOLS"),
+    ("BUY AAPL 1 150.001 id=t1", "REJ bad_tick id=t1 price 150.001 is not on the tick 0.01"),
+    ("BUY ES 1 4500.10", "REJ bad_tick price 4500.10 is not on the tick 0.25"),
+    ("BUY AAPL 1.5 150", "REJ bad_lot quantity 1.5 is not a multiple of the lot 1"),
+    ("BUY EUR-USD 1500 1.1", "REJ bad_lot quantity 1500 is not a multiple of the lot 1000"),
+    ("BUY AAPL 0 150", "REJ bad_qty quantity 0 is not a positive decimal number"),
+    ("BUY AAPL -5 150", "REJ bad_qty quantity -5 is not a positive decimal number"),
+    ("BUY AAPL 1 NaN", "REJ bad_price price NaN is not a positive decimal number"),
+    ("BUY AAPL 1 1e3", "REJ bad_price price 1e3 is not a positive decimal number"),
+    ("BUY AAPL 2000000 150", "REJ qty_range quantity 2000000 is outside 1..1000000"),
+    ("BUY AAPL 1 GTC", "REJ bad_tif a market order cannot be GTC"),
+    ("BUY AAPL 1 POST", "REJ bad_tif a market order cannot be POST"),
+    ("BUY AAPL 1 150 id=has/slash", "REJ bad_id a client order id is 1-32 of A-Z a-z 0-9 . _ : -"),
+    ("CANCEL 999", "REJ unknown_order order=999 order 999 is not open"),
+    ("CANCEL id=zz", "REJ unknown_order no open order has id zz"),
+    ("REPLACE 999 1", "REJ unknown_order order=999 order 999 is not open"),
+]
+
+
+def test_every_err_and_rej_is_one_clear_line_and_the_session_goes_on(server: Server) -> None:
+    client = server.client()
+    for request, reply in REPLIES:
+        assert client.ask(request) == [reply], request
+    assert client.ask("PING") == ["PONG"]
+    assert client.quiet()
+
+
+def test_rejects_that_need_an_open_order(server: Server) -> None:
+    alice, bob = server.client(), server.client()
+    assert alice.ask("BUY AAPL 5 100 id=x") == ["ACK 1 BUY AAPL 5 100.00 GTC id=x"]
+    assert alice.ask("BUY AAPL 5 100 id=x") == ["REJ duplicate_id id=x an open order already has id x"]
+    assert bob.ask("CANCEL 1") == ["REJ not_owner order=1 order 1 is not yours"]
+    assert bob.ask("REPLACE 1 3") == ["REJ not_owner order=1 order 1 is not yours"]
+    assert alice.ask("REPLACE 1 3 100.001") == ["REJ bad_tick order=1 id=x price 100.001 is not on the tick 0.01"]
+    assert alice.ask("REPLACE 1 3") == ["REPLACED 1 3 100.00 priority=kept id=x"]
+    assert alice.ask("REPLACE 1 4 101") == ["REPLACED 1 4 101.00 priority=lost id=x"]
+    assert alice.ask("CANCEL id=x") == ["CANCELED 1 leaves=4 reason=user id=x"]
+    # Once the order is gone its client id may be used again (cancel and replaces took 2-4).
+    assert alice.ask("SELL AAPL 1 120 id=x") == ["ACK 5 SELL AAPL 1 120.00 GTC id=x"]
+
+
+def test_order_types_over_the_wire(server: Server) -> None:
+    maker, taker = server.client(), server.client()
+    maker.ask("SELL ES 3 4500.25")
+    assert taker.ask("BUY ES 5 4500.25 FOK", 2) == ["ACK 2 BUY ES 5 4500.25 FOK", "CANCELED 2 leaves=5 reason=fok_unfilled"]
+    assert taker.ask("BUY ES 5 4500.25 POST", 2) == ["ACK 3 BUY ES 5 4500.25 POST", "CANCELED 3 leaves=5 reason=would_cross"]
+    assert taker.ask("BUY ES 5", 3) == [
+        "ACK 4 BUY ES 5 MKT IOC",
+        "FILL 4 3 4500.25 leaves=2 trade=4-1 liq=R",
+        "CANCELED 4 leaves=2 reason=no_liquidity",
+    ]
+    assert maker.line() == "FILL 1 3 4500.25 leaves=0 trade=4-1 liq=A"
+    assert maker.ask("BUY ES 1 4400 IOC", 2) == ["ACK 5 BUY ES 1 4400.00 IOC", "CANCELED 5 leaves=1 reason=expired"]
+    assert maker.ask("SELL ES 1 4600") == ["ACK 6 SELL ES 1 4600.00 GTC"]
+    assert maker.ask("BUY ES 1 4600", 2) == ["ACK 7 BUY ES 1 4600.00 GTC", "CANCELED 6 leaves=1 reason=self_trade"]
+    assert maker.ask("BOOK ES", 3) == ["BOOK ES bids=1 asks=0", "BID 4600.00 1", "END"]
+
+
+def test_symbols_help_and_case_insensitive_keywords(server: Server) -> None:
+    client = server.client()
+    assert client.ask("symbols", 6) == [
+        "SYMBOLS 4",
+        "SYMBOL AAPL tick=0.01 lot=1 min_qty=1 max_qty=1000000 min_price=0.01 max_price=10000000000000.00",
+        "SYMBOL BTC-USD tick=0.01 lot=0.00001 min_qty=0.00001 max_qty=1000.00000 min_price=0.01 max_price=10000000000000.00",
+        "SYMBOL ES tick=0.25 lot=1 min_qty=1 max_qty=10000 min_price=0.25 max_price=250000000000000.00",
+        "SYMBOL EUR-USD tick=0.00001 lot=1000 min_qty=1000 max_qty=100000000 min_price=0.00001 max_price=10000000000.00000",
+        "END",
+    ]
+    help_lines = client.ask("Help", 1)
+    assert help_lines == ["HELP"]
+    rest = client.until("END")
+    assert rest[0].strip().startswith("BUY  <symbol> <qty>")
+    assert client.ask("pInG") == ["PONG"]
+    assert client.ask("\n\r\n   \nPING") == ["PONG"]  # blank lines get no reply
+
+
+def test_resume_takes_back_an_identity(server: Server) -> None:
+    first = server.client()
+    first.ask("BUY AAPL 5 100")
+    second = server.client()
+    assert second.ask("CANCEL 1") == ["REJ not_owner order=1 order 1 is not yours"]
+    assert second.ask(f"RESUME {first.token}") == [f"RESUMED session={first.token} owner={first.owner} open=1"]
+    # Reports go to every live connection of the owner.
+    assert second.ask("CANCEL 1") == ["CANCELED 1 leaves=5 reason=user"]
+    assert first.line() == "CANCELED 1 leaves=5 reason=user"
+
+
+def test_shutdown_says_bye_to_every_session_and_exits_zero(server: Server) -> None:
+    a, b = server.client(), server.client()
+    a.ask("BUY AAPL 1 100")
+    assert server.stop() == 0
+    assert a.line() == "BYE shutting down"
+    assert b.line() == "BYE shutting down"
+    assert a.closed() and b.closed()
+
+
+def test_quit_waits_for_the_reports_of_what_came_before(server: Server) -> None:
+    client = server.client()
+    client.send("BUY AAPL 5 100\nCANCEL 1\nQUIT\n")
+    assert client.lines(3) == ["ACK 1 BUY AAPL 5 100.00 GTC", "CANCELED 1 leaves=5 reason=user", "BYE goodbye"]
+    assert client.closed()
