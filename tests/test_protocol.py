@@ -1,0 +1,73 @@
+"""The sans-I/O codecs: bytes to lines, lines to requests, replies to bytes."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol import replies as R
+from protocol.requests import BadRequest, BookQuery, Buy, CancelOrder, ReplaceOrder, Sell, decode_json
+from protocol.text import TOO_LONG, LineSplitter, parse_line
+
+
+def test_splitter_joins_lines_across_feeds_and_strips_cr() -> None:
+    s = LineSplitter()
+    assert s.feed(b"PI") == []
+    assert s.feed(b"NG\r\nBU") == [b"PING"]
+    assert s.feed(b"Y\n\n") == [b"BUY", b""]
+    assert s.pending == 0
+
+
+def test_splitter_bounds_a_long_line_and_resynchronises_at_its_end() -> None:
+    s = LineSplitter(limit=10)
+    assert s.feed(b"x" * 8) == []
+    assert s.feed(b"x" * 8) == [TOO_LONG]
+    assert s.pending == 0
+    assert s.feed(b"y" * 1000) == []  # still discarding, nothing held
+    assert s.pending == 0
+    assert s.feed(b"z\nPING\n") == [b"PING"]
+    assert s.feed(b"0123456789\n" + b"a" * 11 + b"\nok\n") == [b"0123456789", TOO_LONG, b"ok"]
+
+
+@given(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"").replace(b"\xff", b"")), max_size=20), st.data())
+def test_splitter_gives_the_same_lines_however_the_stream_is_cut(lines: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    s, got, last = LineSplitter(), [], 0
+    for cut in cuts + [len(stream)]:
+        got += s.feed(stream[last:cut])
+        last = cut
+    assert got == lines
+
+
+def test_text_requests() -> None:
+    assert parse_line(b"buy aapl 10 150.25 ioc id=c1") == Buy("AAPL", "10", "150.25", "IOC", "c1")
+    assert parse_line(b"SELL es 2") == Sell("ES", "2", None, None, None)
+    assert parse_line(b"SELL es 2 MKT FOK") == Sell("ES", "2", None, "FOK", None)
+    assert parse_line(b"  CANCEL   42 ") == CancelOrder(42)
+    assert parse_line(b"cancel ID=abc") == CancelOrder(None, "abc")
+    assert parse_line(b"REPLACE 7 5 99.5") == ReplaceOrder(7, "5", "99.5")
+    assert parse_line(b"book btc-usd 3") == BookQuery("BTC-USD", 3)
+    assert parse_line(b"") is None
+    assert parse_line(b"   ") is None
+    assert isinstance(parse_line(b"\xe2\x82\xac"), BadRequest)
+
+
+def test_json_requests_decode_into_the_same_structs() -> None:
+    assert decode_json(b'{"op":"buy","symbol":"AAPL","qty":"10","price":"150.25","tif":"IOC","id":"c1"}') == Buy(
+        "AAPL", "10", "150.25", "IOC", "c1"
+    )
+    assert decode_json(b'{"op":"cancel","order_id":3}') == CancelOrder(3)
+    assert decode_json(b'{"op":"buy","symbol":"AAPL","qty":"1","colour":"red"}') == BadRequest(
+        "bad_request", "Object contains unknown field `colour`"
+    )
+
+
+def test_replies_as_text_and_json() -> None:
+    ack = R.Ack(5, "BUY", "AAPL", "10", "150.25", "GTC", "c1")
+    assert R.to_text(ack) == b"ACK 5 BUY AAPL 10 150.25 GTC id=c1\n"
+    assert R.to_json(ack) == b'{"type":"ack","order_id":5,"side":"BUY","symbol":"AAPL","qty":"10","price":"150.25","tif":"GTC","id":"c1"}\n'
+    assert R.to_text(R.Reject("bad_tick", "price 1.001 is not on the tick 0.01", "c2")) == (
+        b"REJ bad_tick id=c2 price 1.001 is not on the tick 0.01\n"
+    )
+    assert R.to_text(R.BookReply("ES", [("4500.00", "3")], [])) == b"BOOK ES bids=1 asks=0\nBID 4500.00 3\nEND\n"
