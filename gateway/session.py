@@ -207,7 +207,8 @@ class Session(asyncio.Protocol):
                 return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
             order_id = orders.find_client_id(self.owner, cid)
             if order_id is None:
-                return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {_clip(cid)}")
+                shown = cid if CLIENT_ID.fullmatch(cid) else None
+                return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {_clip(cid)}", shown)
         order = orders.by_id.get(order_id)
         if order is None:
             return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
@@ -225,7 +226,7 @@ class Session(asyncio.Protocol):
         return None, self._journal(Cancel(order.symbol, order.order_id, self.owner))
 
     def _replace(self, req: ReplaceOrder) -> tuple[R.Reply | None, int]:
-        order, reject = self._owned(req.order_id, None)
+        order, reject = self._owned(req.order_id, req.id)
         if order is None:
             return reject, 0
         inst = self.gw.instruments[order.symbol]

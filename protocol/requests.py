@@ -35,9 +35,10 @@ class CancelOrder(msgspec.Struct, tag="cancel", **_OPTS):  # type: ignore[call-a
 
 
 class ReplaceOrder(msgspec.Struct, tag="replace", **_OPTS):  # type: ignore[call-arg]
-    order_id: int
     qty: str
+    order_id: int | None = None
     price: str | None = None  # None keeps the price
+    id: str | None = None  # replace by client order id instead
 
 
 class BookQuery(msgspec.Struct, tag="book", **_OPTS):  # type: ignore[call-arg]

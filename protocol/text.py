@@ -137,11 +137,14 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
         return order_id if isinstance(order_id, BadRequest) else CancelOrder(order_id)
     if verb == "REPLACE":
         if len(args) not in (2, 3):
-            return BadRequest("bad_request", "usage: REPLACE <order-id> <qty> [<price>]")
+            return BadRequest("bad_request", "usage: REPLACE <order-id> <qty> [<price>] | REPLACE id=<client-order-id> <qty> [<price>]")
+        price = args[2] if len(args) == 3 else None
+        if args[0].upper().startswith("ID="):
+            return ReplaceOrder(args[1], price=price, id=args[0][3:])
         order_id = _int_arg(args[0], "order id")
         if isinstance(order_id, BadRequest):
             return order_id
-        return ReplaceOrder(order_id, args[1], args[2] if len(args) == 3 else None)
+        return ReplaceOrder(args[1], order_id, price)
     if verb == "BOOK":
         if len(args) not in (1, 2):
             return BadRequest("bad_request", "usage: BOOK <symbol> [<levels>]")
@@ -178,7 +181,7 @@ HELP_LINES = [
     "BUY  <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]   no price: market order",
     "SELL <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]",
     "CANCEL <order-id> | CANCEL id=<client-order-id>",
-    "REPLACE <order-id> <qty> [<price>]     qty is the new open quantity",
+    "REPLACE <order-id> <qty> [<price>]     qty is the new open quantity (or REPLACE id=<cid> ...)",
     "BOOK <symbol> [<levels>]               price levels, best first (default 10)",
     "ORDERS                                 your open orders",
     "SYMBOLS                                what trades here, with tick and lot sizes",

@@ -59,7 +59,7 @@ REPLIES = [
     ("BUY AAPL 1 GTC 100", "ERR bad_request unexpected '100'; expected [<price>] [GTC|IOC|FOK|POST] [id=...]"),
     ("CANCEL", "ERR bad_request usage: CANCEL <order-id> | CANCEL id=<client-order-id>"),
     ("CANCEL x1", "ERR bad_request order id 'x1' is not a number"),
-    ("REPLACE 1", "ERR bad_request usage: REPLACE <order-id> <qty> [<price>]"),
+    ("REPLACE 1", "ERR bad_request usage: REPLACE <order-id> <qty> [<price>] | REPLACE id=<client-order-id> <qty> [<price>]"),
     ("BOOK", "ERR bad_request usage: BOOK <symbol> [<levels>]"),
     ("BOOK AAPL 0", "ERR bad_request levels must be 1..1000"),
     ("PING now", "ERR bad_request PING takes no arguments"),
@@ -79,7 +79,8 @@ REPLIES = [
     ("BUY AAPL 1 POST", "REJ bad_tif a market order cannot be POST"),
     ("BUY AAPL 1 150 id=has/slash", "REJ bad_id a client order id is 1-32 of A-Z a-z 0-9 . _ : -"),
     ("CANCEL 999", "REJ unknown_order order=999 order 999 is not open"),
-    ("CANCEL id=zz", "REJ unknown_order no open order has id zz"),
+    ("CANCEL id=zz", "REJ unknown_order id=zz no open order has id zz"),
+    ("REPLACE id=zz 5", "REJ unknown_order id=zz no open order has id zz"),
     ("REPLACE 999 1", "REJ unknown_order order=999 order 999 is not open"),
 ]
 
@@ -100,7 +101,7 @@ def test_rejects_that_need_an_open_order(server: Server) -> None:
     assert bob.ask("REPLACE 1 3") == ["REJ not_owner order=1 order 1 is not yours"]
     assert alice.ask("REPLACE 1 3 100.001") == ["REJ bad_tick order=1 id=x price 100.001 is not on the tick 0.01"]
     assert alice.ask("REPLACE 1 3") == ["REPLACED 1 3 100.00 priority=kept id=x"]
-    assert alice.ask("REPLACE 1 4 101") == ["REPLACED 1 4 101.00 priority=lost id=x"]
+    assert alice.ask("REPLACE id=x 4 101") == ["REPLACED 1 4 101.00 priority=lost id=x"]
     assert alice.ask("CANCEL id=x") == ["CANCELED 1 leaves=4 reason=user id=x"]
     # Once the order is gone its client id may be used again (cancel and replaces took 2-4).
     assert alice.ask("SELL AAPL 1 120 id=x") == ["ACK 5 SELL AAPL 1 120.00 GTC id=x"]

@@ -46,7 +46,8 @@ def test_text_requests() -> None:
     assert parse_line(b"SELL es 2 MKT FOK") == Sell("ES", "2", None, "FOK", None)
     assert parse_line(b"  CANCEL   42 ") == CancelOrder(42)
     assert parse_line(b"cancel ID=abc") == CancelOrder(None, "abc")
-    assert parse_line(b"REPLACE 7 5 99.5") == ReplaceOrder(7, "5", "99.5")
+    assert parse_line(b"REPLACE 7 5 99.5") == ReplaceOrder("5", 7, "99.5")
+    assert parse_line(b"REPLACE id=x 5") == ReplaceOrder("5", id="x")
     assert parse_line(b"book btc-usd 3") == BookQuery("BTC-USD", 3)
     assert parse_line(b"") is None
     assert parse_line(b"   ") is None
@@ -58,6 +59,7 @@ def test_json_requests_decode_into_the_same_structs() -> None:
         "AAPL", "10", "150.25", "IOC", "c1"
     )
     assert decode_json(b'{"op":"cancel","order_id":3}') == CancelOrder(3)
+    assert decode_json(b'{"op":"replace","id":"c1","qty":"5"}') == ReplaceOrder("5", id="c1")
     assert decode_json(b'{"op":"buy","symbol":"AAPL","qty":"1","colour":"red"}') == BadRequest(
         "bad_request", "Object contains unknown field `colour`"
     )
