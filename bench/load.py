@@ -1,0 +1,409 @@
+"""Load generator and benchmark report: the exchange against the machine's own ceiling.
+
+    python -m bench.load                      # the standard run (make bench), under 2 minutes
+    python -m bench.load --rates 50000 --duration 30 --plot out.png
+
+For each phase it drives two servers with the same seeded streams: a minimal uvloop line
+server that does no work (bench/baseline.py, the ceiling of this machine) and the real
+exchange (durable: every ACK after fsync). Phases:
+- closed loop: a window of N requests in flight per connection; finds maximum throughput;
+- open loop at fixed rates: each request has a planned send time and latency is measured
+  from it, so a stalled server cannot hide its stall (no coordinated omission).
+Latency is request -> ACK (or REJ) of new orders, and a marketable order -> its first FILL.
+Prints a table, the ratio exchange/baseline (absolute figures drift ~20% run to run on
+these machines; ratios from one run compare), and the fsync floor of the data disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import uvloop
+from hdrh.histogram import HdrHistogram
+
+from bench.fsync_probe import fsync_latency_us
+from bench.workload import Stream, make_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+PERCENTILES = (50, 90, 99, 99.9)
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(1, 120_000_000, 3)  # microseconds, up to two minutes
+
+
+class Stats:
+    """Shared by every connection of a phase (one process, one thread)."""
+
+    def __init__(self) -> None:
+        self.ack = new_histogram()
+        self.fill = new_histogram()
+        self.interval = new_histogram()  # ACK latency since the last progress line
+        self.sent = 0
+        self.completed = 0  # primary replies: ACK, REJ, ERR, REPLACED, CANCELED reason=user
+        self.rejected = 0
+        self.errors = 0
+        self.fills = 0
+        self.first_send = 0.0
+        self.last_completion = 0.0
+        self.timeline: list[tuple[float, int, float]] = []  # (t, completions/s, p99 ms)
+
+
+class LoadConnection(asyncio.Protocol):
+    def __init__(self, stream: Stream, stats: Stats, window: int) -> None:
+        self.lines = stream.lines
+        self.planned = [0.0] * len(stream.lines)
+        self.acked = bytearray(len(stream.lines))
+        self.filled = bytearray(len(stream.lines))
+        self.stats = stats
+        self.window = window  # 0: open loop
+        self.next = 0
+        self.completed = 0
+        self.partial = b""
+        self.transport: asyncio.Transport | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def send_upto(self, end: int, at: float | None = None, interval: float = 0.0) -> None:
+        """Send lines [next, end) in one write; planned time `at + k*interval`, or now."""
+        start = self.next
+        if end <= start:
+            return
+        now = time.perf_counter()
+        planned = self.planned
+        if at is None:
+            for k in range(start, end):
+                planned[k] = now
+        else:
+            for k in range(start, end):
+                planned[k] = at + k * interval
+        if not self.stats.first_send:
+            self.stats.first_send = now
+        self.transport.write(b"".join(self.lines[start:end]))  # type: ignore[union-attr]
+        self.stats.sent += end - start
+        self.next = end
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        lines = (self.partial + data).split(b"\n") if self.partial else data.split(b"\n")
+        self.partial = lines.pop()
+        stats, planned, acked, filled = self.stats, self.planned, self.acked, self.filled
+        completed = 0
+        for line in lines:
+            kind = line[:3]
+            if kind == b"FIL":
+                stats.fills += 1
+                i = _cid(line)
+                # Only the taker's fill measures latency; a resting order fills whenever
+                # someone else comes along.
+                if i >= 0 and not filled[i] and b"liq=R" in line:
+                    filled[i] = 1
+                    stats.fill.record_value(max(1, int((now - planned[i]) * 1e6)))
+                continue
+            if kind == b"ACK" or kind == b"REJ":
+                completed += 1
+                if kind == b"REJ":
+                    stats.rejected += 1
+                i = _cid(line)
+                if i >= 0 and not acked[i]:
+                    acked[i] = 1
+                    us = max(1, int((now - planned[i]) * 1e6))
+                    stats.ack.record_value(us)
+                    stats.interval.record_value(us)
+            elif kind == b"REP" or kind == b"ERR" or (kind == b"CAN" and b"reason=user" in line):
+                completed += 1
+                if kind == b"ERR":
+                    stats.errors += 1
+        if completed:
+            self.completed += completed
+            stats.completed += completed
+            stats.last_completion = now
+            if self.window:
+                self.send_upto(min(len(self.lines), self.next + completed))
+            if self.completed >= len(self.lines) and not self.done.done():
+                self.done.set_result(None)
+
+
+def _cid(line: bytes) -> int:
+    j = line.find(b" id=c")
+    if j < 0:
+        return -1
+    k = line.find(b" ", j + 5)
+    digits = line[j + 5 : k] if k > 0 else line[j + 5 :]
+    return int(digits) if digits.isdigit() else -1
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    server: str
+    connections: int
+    target_rate: int | None
+    window: int | None
+    requests: int
+    completed: int
+    rejected: int
+    errors: int
+    fills: int
+    seconds: float
+    rate: float
+    ack_ms: dict[str, float] = field(default_factory=dict)
+    fill_ms: dict[str, float] = field(default_factory=dict)
+    timeline: list[tuple[float, int, float]] = field(default_factory=list)
+
+
+def _summary(h: HdrHistogram) -> dict[str, float]:
+    if not h.get_total_count():
+        return {}
+    out = {f"p{p:g}": h.get_value_at_percentile(p) / 1000 for p in PERCENTILES}
+    out["max"] = h.get_max_value() / 1000
+    return out
+
+
+async def run_phase(
+    port: int, streams: list[Stream], label: str, server: str, rate: int | None, window: int, drain_s: float = 15.0
+) -> PhaseResult:
+    """Drive one server with the streams; rate=None is closed loop with `window` in flight."""
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    conns = []
+    for stream in streams:
+        _, conn = await loop.create_connection(
+            lambda s=stream: LoadConnection(s, stats, 0 if rate else window), "127.0.0.1", port
+        )
+        conns.append(conn)
+    await asyncio.sleep(0.2)  # HELLO lines in; a quiet start
+    total = sum(len(s.lines) for s in streams)
+    progress = loop.create_task(_progress(stats, f"{server:8} {label}", total))
+    t0 = time.perf_counter() + 0.01
+    if rate:
+        interval = len(conns) / rate
+        await asyncio.gather(*(_pace(c, t0, interval) for c in conns))
+    else:
+        for c in conns:
+            c.send_upto(min(window, len(c.lines)))
+    await asyncio.wait([c.done for c in conns], timeout=drain_s + total / max(rate or 1, 1))
+    progress.cancel()
+    for c in conns:
+        c.transport.close()  # type: ignore[union-attr]
+    await asyncio.wait([c.closed for c in conns], timeout=5)
+    elapsed = max(stats.last_completion - stats.first_send, 1e-9)
+    return PhaseResult(
+        label, server, len(conns), rate, None if rate else window, total, stats.completed, stats.rejected,
+        stats.errors, stats.fills, elapsed, stats.completed / elapsed, _summary(stats.ack), _summary(stats.fill),
+        stats.timeline,
+    )  # fmt: skip
+
+
+async def _pace(conn: LoadConnection, t0: float, interval: float) -> None:
+    n = len(conn.lines)
+    while conn.next < n and not conn.closed.done():
+        due = min(n, int((time.perf_counter() - t0) / interval) + 1)
+        conn.send_upto(due, t0, interval)
+        await asyncio.sleep(0.0005)
+
+
+async def _progress(stats: Stats, label: str, total: int) -> None:
+    last, t_last = 0, time.perf_counter()
+    start = t_last
+    tty = sys.stderr.isatty()
+    while True:
+        await asyncio.sleep(1.0)
+        now = time.perf_counter()
+        rate = (stats.completed - last) / (now - t_last)
+        p99 = stats.interval.get_value_at_percentile(99) / 1000 if stats.interval.get_total_count() else 0.0
+        stats.timeline.append((round(now - start, 2), int(rate), p99))
+        stats.interval.reset()
+        last, t_last = stats.completed, now
+        line = f"  {label}: {stats.completed:,}/{total:,} done, {rate:,.0f}/s, ACK p99 {p99:.2f} ms"
+        sys.stderr.write(("\r" + line.ljust(100)) if tty else line + "\n")
+        sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------- servers
+
+
+class ServerProcess:
+    def __init__(self, kind: str, data_dir: Path) -> None:
+        self.kind = kind
+        if kind == "exchange":
+            cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--data-dir", str(data_dir)]
+            pattern, stream = r"port=(\d+)", "stderr"
+        else:
+            cmd = [sys.executable, "-m", "bench.baseline", "--port", "0"]
+            pattern, stream = r"port=(\d+)", "stdout"
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pipe = self.proc.stderr if stream == "stderr" else self.proc.stdout
+        deadline = time.monotonic() + 20
+        self.port = 0
+        while time.monotonic() < deadline:
+            raw = pipe.readline()  # type: ignore[union-attr]
+            if not raw:
+                break
+            m = re.search(pattern, raw.decode(errors="replace"))
+            if m and (kind != "exchange" or b"order_entry_listening" in raw):
+                self.port = int(m.group(1))
+                break
+        if not self.port:
+            self.proc.kill()
+            raise RuntimeError(f"{kind} server did not start")
+        # Keep its pipes drained so its logging can never block it.
+        for p in (self.proc.stdout, self.proc.stderr):
+            asyncio.get_running_loop().run_in_executor(None, _drain, p)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _drain(pipe: object) -> None:
+    for _ in pipe:  # type: ignore[attr-defined]
+        pass
+
+
+# ---------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} vCPU {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def table(results: list[PhaseResult]) -> str:
+    head = f"{'phase':34} {'server':9} {'req/s':>10} {'ACK p50':>8} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'fill p99':>9}  {'vs ceiling':>10}"
+    rows = [head, "-" * len(head)]
+    by_phase: dict[str, dict[str, PhaseResult]] = {}
+    for r in results:
+        by_phase.setdefault(r.phase, {})[r.server] = r
+    for r in results:
+        a, f = r.ack_ms, r.fill_ms
+        base = by_phase[r.phase].get("baseline")
+        ratio = f"{r.rate / base.rate:.2f}x" if base and r.server != "baseline" and base.rate else ""
+        rows.append(
+            f"{r.phase:34} {r.server:9} {r.rate:10,.0f} {a.get('p50', 0):8.2f} {a.get('p90', 0):7.2f} "
+            f"{a.get('p99', 0):7.2f} {a.get('p99.9', 0):7.2f} {a.get('max', 0):7.1f} {f.get('p99', 0):9.2f}  {ratio:>10}"
+        )
+    rows.append("latencies in ms; req/s = requests answered per second; open-loop latency from the planned send time")
+    return "\n".join(rows)
+
+
+def plot(results: list[PhaseResult], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.stderr.write("--plot needs matplotlib: .venv/bin/pip install matplotlib\n")
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for r in results:
+        ts = [t for t, _, _ in r.timeline]
+        ax1.plot(ts, [rate for _, rate, _ in r.timeline], label=f"{r.server} {r.phase}")
+        ax2.plot(ts, [p99 for _, _, p99 in r.timeline], label=f"{r.server} {r.phase}")
+    ax1.set(title="throughput over time", xlabel="s", ylabel="requests answered / s")
+    ax2.set(title="ACK latency p99 per second", xlabel="s", ylabel="ms", yscale="log")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+async def main_async(args: argparse.Namespace) -> list[PhaseResult]:
+    servers = ["baseline", "exchange"] if args.only is None else [args.only]
+    t0 = time.perf_counter()
+    phases: list[tuple[str, int | None, int]] = []  # (label, rate, requests per connection)
+    if args.window:
+        phases.append((f"closed loop, {args.window} in flight x {args.connections}", None, args.orders // args.connections))
+    for rate in args.rates:
+        phases.append((f"open loop {rate:,}/s for {args.duration:g}s", rate, int(rate * args.duration) // args.connections))
+    streams_by_size: dict[int, list[Stream]] = {}
+    for _, _, per_conn in phases:
+        if per_conn not in streams_by_size:
+            streams_by_size[per_conn] = [make_stream(per_conn, args.seed, c) for c in range(args.connections)]
+    sys.stderr.write(f"generated {sum(len(s.lines) for v in streams_by_size.values() for s in v):,} request lines in {time.perf_counter() - t0:.1f}s\n")
+    results = []
+    for label, rate, per_conn in phases:
+        for kind in servers:
+            data = Path(tempfile.mkdtemp(prefix="tickline-bench-", dir=args.data_dir))
+            server = ServerProcess(kind, data)
+            try:
+                results.append(await run_phase(server.port, streams_by_size[per_conn], label, kind, rate, args.window))
+            finally:
+                server.stop()
+                shutil.rmtree(data, ignore_errors=True)
+            sys.stderr.write("\n" if sys.stderr.isatty() else "")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--window", type=int, default=256, help="closed loop: requests in flight per connection (0: skip)")
+    parser.add_argument("--orders", type=int, default=400_000, help="closed loop: requests in all")
+    parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",") if x], default=[10_000, 100_000], help="open loop rates, comma-separated ('' to skip)")
+    parser.add_argument("--duration", type=float, default=10.0, help="open loop: seconds per rate")
+    parser.add_argument("--only", choices=["baseline", "exchange"])
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "bench", help="where the exchange's journal goes (its disk is probed)")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "load.json")
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args(argv)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+
+    fsync = fsync_latency_us(args.data_dir)
+    fsync_ms = {"p50": fsync[len(fsync) // 2] / 1000, "p99": fsync[int(len(fsync) * 0.99)] / 1000}
+    results = uvloop.run(main_async(args))
+
+    print(f"machine: {machine()}")
+    print(f"fsync floor ({args.data_dir}, 4 KiB append + fdatasync): p50 {fsync_ms['p50']:.2f} ms, p99 {fsync_ms['p99']:.2f} ms")
+    print(f"{args.connections} connections, seed {args.seed}; baseline = bench/baseline.py (no work, same generator)")
+    print(table(results))
+    for r in results:
+        if r.completed < r.requests:
+            print(f"  note: {r.server} {r.phase}: {r.requests - r.completed:,} requests unanswered at the end")
+        if r.errors:
+            print(f"  note: {r.server} {r.phase}: {r.errors:,} ERR replies")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine(), "fsync_ms": fsync_ms, "args": {k: str(v) for k, v in vars(args).items()}, "results": [asdict(r) for r in results]}, indent=1))
+    print(f"all figures: {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
