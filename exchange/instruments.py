@@ -20,10 +20,17 @@ MAX_TEXT = 24  # characters in a price or quantity; anything longer is refused u
 MAX_STEPS = 10**15  # the largest count of ticks or lots an order may carry
 
 
-class Step:
-    """A positive decimal increment (a tick or a lot) and counting in units of it."""
+CACHE_SIZE = 65_536  # distinct texts remembered per step; prices and sizes repeat a lot
 
-    __slots__ = ("text", "decimals", "units", "_pow")
+
+class Step:
+    """A positive decimal increment (a tick or a lot) and counting in units of it.
+
+    count() and format() are on every order's path, and a market quotes the same few
+    thousand prices and sizes over and over: both keep a bounded memo (cleared when full).
+    """
+
+    __slots__ = ("text", "decimals", "units", "_pow", "_counted", "_formatted")
 
     def __init__(self, text: str) -> None:
         match = _DECIMAL.fullmatch(text)
@@ -36,9 +43,22 @@ class Step:
         self.units = int(whole) * self._pow + (int(frac) if frac else 0)
         if self.units <= 0:
             raise ValueError(f"step {text!r} must be positive")
+        self._counted: dict[str, int | None] = {}
+        self._formatted: dict[int, str] = {}
 
     def count(self, text: str) -> int | None:
         """Exact count of steps in text; -1 if off the step; None if not a positive decimal."""
+        try:
+            return self._counted[text]
+        except KeyError:
+            pass
+        steps = self._count(text)
+        if len(self._counted) >= CACHE_SIZE:
+            self._counted.clear()
+        self._counted[text] = steps
+        return steps
+
+    def _count(self, text: str) -> int | None:
         if len(text) > MAX_TEXT:
             return None
         match = _DECIMAL.fullmatch(text)
@@ -59,11 +79,20 @@ class Step:
 
     def format(self, steps: int) -> str:
         """Canonical text: always exactly the step's number of decimals."""
+        try:
+            return self._formatted[steps]
+        except KeyError:
+            pass
         units = steps * self.units
         if not self.decimals:
-            return str(units)
-        whole, frac = divmod(units, self._pow)
-        return f"{whole}.{frac:0{self.decimals}d}"
+            text = str(units)
+        else:
+            whole, frac = divmod(units, self._pow)
+            text = f"{whole}.{frac:0{self.decimals}d}"
+        if len(self._formatted) >= CACHE_SIZE:
+            self._formatted.clear()
+        self._formatted[steps] = text
+        return text
 
 
 class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
