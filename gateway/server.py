@@ -10,12 +10,13 @@ import structlog
 from exchange.book import Book
 from exchange.instruments import Instrument
 from protocol import replies as R
-from protocol.messages import Canceled, Command, Event, Fill, Rejected, Replaced
+from protocol.messages import Canceled, Command, Event, Fill, Liquidity, Rejected, Replaced
 
 from gateway.orders import OpenOrder, OpenOrders
 from gateway.session import Session
 
 log = structlog.get_logger("gateway")
+ADDED = Liquidity.ADDED
 
 
 class Gateway:
@@ -99,19 +100,21 @@ class Gateway:
     def deliver(self, events: list[Event]) -> None:
         """Execution reports from a matching task, to every live session of each owner.
 
-        Each report is formatted once (per form) and each session gets one write per batch.
+        Each report is formatted once per form (text, JSON) and each session gets one
+        write per batch. A report is (text formatter, reply Struct, its fields).
         """
-        orders, instruments = self.orders, self.instruments
+        orders, by_id, instruments = self.orders, self.orders.by_id, self.instruments
         outgoing: dict[Session, list[bytes]] = {}
         for e in events:
             kind = type(e)
             if kind is Fill:
-                order = orders.by_id.get(e.order_id)  # type: ignore[union-attr]
+                order = by_id.get(e.order_id)  # type: ignore[union-attr]
                 inst = instruments[e.symbol]  # type: ignore[union-attr]
-                reply: R.Reply = R.FillReport(
-                    e.order_id, inst.format_qty(e.qty), inst.format_price(e.price),  # type: ignore[union-attr]
-                    inst.format_qty(e.leaves), e.trade_id, e.liquidity.value, e.client_id,  # type: ignore[union-attr]
+                fields: tuple = (
+                    e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),  # type: ignore[union-attr]
+                    e.trade_id, "A" if e.liquidity is ADDED else "R", e.client_id,  # type: ignore[union-attr]
                 )  # fmt: skip
+                text_of, struct = R.fill_text, R.FillReport
                 if order is not None:
                     order.leaves = e.leaves  # type: ignore[union-attr]
                     if not order.leaves:
@@ -119,21 +122,24 @@ class Gateway:
             elif kind is Canceled:
                 order = orders.remove(e.order_id)  # type: ignore[union-attr]
                 inst = instruments[e.symbol]  # type: ignore[union-attr]
-                reply = R.CanceledReport(e.order_id, inst.format_qty(e.leaves), e.reason.value, e.client_id)  # type: ignore[union-attr]
+                fields = (e.order_id, inst.format_qty(e.leaves), e.reason._value_, e.client_id)  # type: ignore[union-attr]
+                text_of, struct = R.canceled_text, R.CanceledReport
             elif kind is Replaced:
-                order = orders.by_id.get(e.order_id)  # type: ignore[union-attr]
+                order = by_id.get(e.order_id)  # type: ignore[union-attr]
                 inst = instruments[e.symbol]  # type: ignore[union-attr]
                 if order is not None:
                     order.leaves, order.price = e.qty, e.price  # type: ignore[union-attr]
                 priority = "kept" if e.priority_kept else "lost"  # type: ignore[union-attr]
-                reply = R.ReplacedReport(e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)  # type: ignore[union-attr]
+                fields = (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)  # type: ignore[union-attr]
+                text_of, struct = R.replaced_text, R.ReplacedReport
             elif kind is Rejected:
                 # The engine refused a command the gateway let through: a cancel or replace
                 # that lost the race with a fill, or (never expected) a new order.
-                order = orders.by_id.get(e.order_id) if e.order_id is not None else None  # type: ignore[union-attr]
+                order = by_id.get(e.order_id) if e.order_id is not None else None  # type: ignore[union-attr]
                 if order is not None and order.order_id not in self.books[order.symbol].orders:
                     orders.remove(order.order_id)
-                reply = R.Reject(e.reason.value, e.text, e.client_id, e.order_id)  # type: ignore[union-attr]
+                fields = (e.reason._value_, e.text, e.client_id, e.order_id)  # type: ignore[union-attr]
+                text_of, struct = R.reject_text, R.Reject
             else:
                 continue
             sessions = self.by_owner.get(e.owner)  # type: ignore[union-attr]
@@ -141,12 +147,11 @@ class Gateway:
                 continue
             text = json = b""
             for session in sessions:
-                as_json = order.json if order is not None else session.json_mode
-                if as_json:
-                    json = json or R.to_json(reply)
+                if order.json if order is not None else session.json_mode:
+                    json = json or R.to_json(struct(*fields))
                     outgoing.setdefault(session, []).append(json)
                 else:
-                    text = text or R.to_text(reply)
+                    text = text or text_of(*fields)
                     outgoing.setdefault(session, []).append(text)
         for session, chunks in outgoing.items():
             session.write(b"".join(chunks))

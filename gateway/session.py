@@ -145,56 +145,61 @@ class Session(asyncio.Protocol):
 
     def handle(self, req: Request | BadRequest, is_json: bool, out: list[bytes]) -> int:
         """Handle one request; append its immediate replies; return the seq it journaled, or 0."""
-        fmt = R.to_json if is_json else R.to_text
         kind = type(req)
         if kind is Buy or kind is Sell:
             reply, seq = self._new_order(req, is_json)  # type: ignore[arg-type]
-            out.append(fmt(reply))
+            out.append(reply)
             return seq
         if kind is CancelOrder:
-            reply, seq = self._cancel(req)  # type: ignore[arg-type]
+            reject, seq = self._cancel(req)  # type: ignore[arg-type]
         elif kind is ReplaceOrder:
-            reply, seq = self._replace(req)  # type: ignore[arg-type]
+            reject, seq = self._replace(req)  # type: ignore[arg-type]
         else:
-            reply, seq = self._query(req), 0
-        if reply is not None:
-            out.append(fmt(reply))
+            reject, seq = self._query(req), 0
+        if reject is not None:
+            out.append(R.to_json(reject) if is_json else R.to_text(reject))
         return seq
 
-    def _new_order(self, req: Buy, is_json: bool) -> tuple[R.Reply, int]:
+    def _new_order(self, req: Buy | Sell, is_json: bool) -> tuple[bytes, int]:
+        """Validate, journal and ACK a new order (the ACK goes out once it is durable)."""
         cid = req.id
+        problem = None
+        inst = self.gw.instruments.get(req.symbol.upper())
         if cid is not None and not CLIENT_ID.fullmatch(cid):
-            return R.Reject(RejectReason.BAD_ID.value, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), 0
-        symbol = req.symbol.upper()
-        inst = self.gw.instruments.get(symbol)
-        if inst is None:
-            return R.Reject(RejectReason.UNKNOWN_SYMBOL.value, f"no such symbol {_clip(req.symbol)}; type SYMBOLS", cid), 0
-        qty = inst.parse_qty(req.qty)
-        if type(qty) is tuple:
-            return R.Reject(qty[0].value, qty[1], cid), 0
-        price = None
-        if req.price is not None:
-            price = inst.parse_price(req.price)
-            if type(price) is tuple:
-                return R.Reject(price[0].value, price[1], cid), 0
-        tif_name = req.tif.upper() if req.tif is not None else ("GTC" if price is not None else "IOC")
-        tif = TIF_BY_NAME.get(tif_name)
-        if tif is None:
-            return R.Reject(RejectReason.BAD_TIF.value, f"time in force {_clip(tif_name)} is not GTC, IOC, FOK or POST", cid), 0
-        if price is None and (tif is TIF.GTC or tif is TIF.POST):
-            return R.Reject(RejectReason.BAD_TIF.value, f"a market order cannot be {tif_name}", cid), 0
-        problem = inst.check(qty, price)  # type: ignore[arg-type]
+            problem, cid = (RejectReason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), None
+        elif inst is None:
+            problem = RejectReason.UNKNOWN_SYMBOL, f"no such symbol {_clip(req.symbol)}; type SYMBOLS"
+        else:
+            qty = inst.parse_qty(req.qty)
+            price = None if req.price is None else inst.parse_price(req.price)
+            tif_name = req.tif.upper() if req.tif is not None else ("GTC" if req.price is not None else "IOC")
+            tif = TIF_BY_NAME.get(tif_name)
+            if type(qty) is tuple:
+                problem = qty
+            elif type(price) is tuple:
+                problem = price
+            elif tif is None:
+                problem = RejectReason.BAD_TIF, f"time in force {_clip(tif_name)} is not GTC, IOC, FOK or POST"
+            elif price is None and (tif is TIF.GTC or tif is TIF.POST):
+                problem = RejectReason.BAD_TIF, f"a market order cannot be {tif_name}"
+            elif cid is not None and self.gw.orders.find_client_id(self.owner, cid) is not None:
+                problem = RejectReason.DUPLICATE_ID, f"an open order already has id {cid}"
+            elif self.gw.closing:
+                problem = RejectReason.SHUTTING_DOWN, "the exchange is shutting down"
+            else:
+                problem = inst.check(qty, price)  # type: ignore[arg-type]
         if problem is not None:
-            return R.Reject(problem[0].value, problem[1], cid), 0
-        if cid is not None and self.gw.orders.find_client_id(self.owner, cid) is not None:
-            return R.Reject(RejectReason.DUPLICATE_ID.value, f"an open order already has id {cid}", cid), 0
-        if self.gw.closing:
-            return R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid), 0
+            reject = R.Reject(problem[0]._value_, problem[1], cid)
+            return (R.to_json(reject) if is_json else R.to_text(reject)), 0
+        symbol = inst.symbol  # type: ignore[union-attr]
         side = Side.BUY if type(req) is Buy else Side.SELL
         seq = self._journal(NewOrder(symbol, side, qty, price, tif, self.owner, cid))  # type: ignore[arg-type]
         self.gw.orders.add(OpenOrder(seq, self.owner, symbol, side, price, qty, tif, cid, is_json))  # type: ignore[arg-type]
-        price_text = "MKT" if price is None else inst.format_price(price)  # type: ignore[arg-type]
-        return R.Ack(seq, side.value, symbol, inst.format_qty(qty), price_text, tif.value, cid), seq  # type: ignore[arg-type]
+        fields = (
+            seq, side._value_, symbol, inst.format_qty(qty),  # type: ignore[union-attr, arg-type]
+            "MKT" if price is None else inst.format_price(price), tif._value_, cid,  # type: ignore[union-attr, arg-type]
+        )  # fmt: skip
+        return (R.to_json(R.Ack(*fields)) if is_json else R.ack_text(*fields)), seq
 
     def _journal(self, cmd: Command) -> int:
         self.last_seq = seq = self.gw.append(cmd)
@@ -218,14 +223,14 @@ class Session(asyncio.Protocol):
             return None, R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
         return order, None
 
-    def _cancel(self, req: CancelOrder) -> tuple[R.Reply | None, int]:
+    def _cancel(self, req: CancelOrder) -> tuple[R.Reject | None, int]:
         order, reject = self._owned(req.order_id, req.id)
         if order is None:
             return reject, 0
         # The CANCELED (or a REJ if it filled first) comes back from the matching task.
         return None, self._journal(Cancel(order.symbol, order.order_id, self.owner))
 
-    def _replace(self, req: ReplaceOrder) -> tuple[R.Reply | None, int]:
+    def _replace(self, req: ReplaceOrder) -> tuple[R.Reject | None, int]:
         order, reject = self._owned(req.order_id, req.id)
         if order is None:
             return reject, 0

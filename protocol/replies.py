@@ -128,21 +128,49 @@ def _id(cid: str | None) -> str:
     return f" id={cid}" if cid is not None else ""
 
 
+# The hot replies also have direct formatters, used by to_text and by the gateway's
+# per-order paths (no Struct built just to be formatted and dropped).
+
+
+def ack_text(order_id: int, side: str, symbol: str, qty: str, price: str, tif: str, cid: str | None) -> bytes:
+    if cid is None:
+        return f"ACK {order_id} {side} {symbol} {qty} {price} {tif}\n".encode()
+    return f"ACK {order_id} {side} {symbol} {qty} {price} {tif} id={cid}\n".encode()
+
+
+def fill_text(order_id: int, qty: str, price: str, leaves: str, trade: str, liq: str, cid: str | None) -> bytes:
+    if cid is None:
+        return f"FILL {order_id} {qty} {price} leaves={leaves} trade={trade} liq={liq}\n".encode()
+    return f"FILL {order_id} {qty} {price} leaves={leaves} trade={trade} liq={liq} id={cid}\n".encode()
+
+
+def canceled_text(order_id: int, leaves: str, reason: str, cid: str | None) -> bytes:
+    return f"CANCELED {order_id} leaves={leaves} reason={reason}{_id(cid)}\n".encode()
+
+
+def replaced_text(order_id: int, qty: str, price: str, priority: str, cid: str | None) -> bytes:
+    return f"REPLACED {order_id} {qty} {price} priority={priority}{_id(cid)}\n".encode()
+
+
+def reject_text(reason: str, text: str, cid: str | None = None, order_id: int | None = None) -> bytes:
+    order = f" order={order_id}" if order_id is not None else ""
+    return f"REJ {reason}{order}{_id(cid)} {text}\n".encode()
+
+
 def to_text(r: Reply) -> bytes:
     """One reply as text, ending in LF (several lines for BOOK, ORDERS, SYMBOLS, HELP)."""
     kind = type(r)
     if kind is Ack:
-        s = f"ACK {r.order_id} {r.side} {r.symbol} {r.qty} {r.price} {r.tif}{_id(r.id)}\n"  # type: ignore[union-attr]
-    elif kind is FillReport:
-        s = f"FILL {r.order_id} {r.qty} {r.price} leaves={r.leaves} trade={r.trade} liq={r.liq}{_id(r.id)}\n"  # type: ignore[union-attr]
-    elif kind is CanceledReport:
-        s = f"CANCELED {r.order_id} leaves={r.leaves} reason={r.reason}{_id(r.id)}\n"  # type: ignore[union-attr]
-    elif kind is ReplacedReport:
-        s = f"REPLACED {r.order_id} {r.qty} {r.price} priority={r.priority}{_id(r.id)}\n"  # type: ignore[union-attr]
-    elif kind is Reject:
-        order = f" order={r.order_id}" if r.order_id is not None else ""  # type: ignore[union-attr]
-        s = f"REJ {r.reason}{order}{_id(r.id)} {r.text}\n"  # type: ignore[union-attr]
-    elif kind is Error:
+        return ack_text(r.order_id, r.side, r.symbol, r.qty, r.price, r.tif, r.id)  # type: ignore[union-attr]
+    if kind is FillReport:
+        return fill_text(r.order_id, r.qty, r.price, r.leaves, r.trade, r.liq, r.id)  # type: ignore[union-attr]
+    if kind is CanceledReport:
+        return canceled_text(r.order_id, r.leaves, r.reason, r.id)  # type: ignore[union-attr]
+    if kind is ReplacedReport:
+        return replaced_text(r.order_id, r.qty, r.price, r.priority, r.id)  # type: ignore[union-attr]
+    if kind is Reject:
+        return reject_text(r.reason, r.text, r.id, r.order_id)  # type: ignore[union-attr]
+    if kind is Error:
         s = f"ERR {r.code} {r.text}\n"  # type: ignore[union-attr]
     elif kind is Pong:
         s = "PONG\n"
