@@ -1,67 +1,55 @@
 """The gateway's view of open orders: who owns what, by exchange id and by client id.
 
 It lets the gateway route a CANCEL to its symbol, refuse one for someone else's order
-before journaling it, keep client order ids unique per owner, and answer ORDERS. It is
-kept up to date from the ACKs the gateway sends and the events the matching tasks return.
+before journaling it, keep client order ids unique per owner, and answer ORDERS. An entry
+is the order's NewOrder command (and the form its reports take); the live quantity and
+price are the book's. Entries come in with ACKs and leave with the final FILL or CANCELED.
 """
 
 from __future__ import annotations
 
-from protocol.messages import TIF, Side
+from protocol.messages import NewOrder
 
 
-class OpenOrder:
-    __slots__ = ("order_id", "owner", "symbol", "side", "price", "leaves", "tif", "client_id", "json")
+class OwnerOrders:
+    __slots__ = ("by_id", "by_client_id")
 
-    def __init__(
-        self,
-        order_id: int,
-        owner: str,
-        symbol: str,
-        side: Side,
-        price: int | None,
-        leaves: int,
-        tif: TIF,
-        client_id: str | None,
-        json: bool,
-    ) -> None:
-        self.order_id = order_id
-        self.owner = owner
-        self.symbol = symbol
-        self.side = side
-        self.price = price
-        self.leaves = leaves
-        self.tif = tif
-        self.client_id = client_id
-        self.json = json  # its execution reports go out as JSON lines
+    def __init__(self) -> None:
+        self.by_id: dict[int, NewOrder] = {}  # in order id order: ORDERS lists them so
+        self.by_client_id: dict[str, int] = {}
 
 
 class OpenOrders:
     def __init__(self) -> None:
-        self.by_id: dict[int, OpenOrder] = {}
-        self.by_owner: dict[str, dict[int, OpenOrder]] = {}
-        self.by_client_id: dict[tuple[str, str], int] = {}
+        self.by_id: dict[int, tuple[NewOrder, bool]] = {}  # order id -> (command, reports as JSON)
+        self.owners: dict[str, OwnerOrders] = {}
 
-    def add(self, order: OpenOrder) -> None:
-        self.by_id[order.order_id] = order
-        self.by_owner.setdefault(order.owner, {})[order.order_id] = order
-        if order.client_id is not None:
-            self.by_client_id[(order.owner, order.client_id)] = order.order_id
+    def add(self, order_id: int, cmd: NewOrder, json: bool) -> None:
+        self.by_id[order_id] = (cmd, json)
+        mine = self.owners.get(cmd.owner)
+        if mine is None:
+            mine = self.owners[cmd.owner] = OwnerOrders()
+        mine.by_id[order_id] = cmd
+        if cmd.client_id is not None:
+            mine.by_client_id[cmd.client_id] = order_id
 
-    def remove(self, order_id: int) -> OpenOrder | None:
-        order = self.by_id.pop(order_id, None)
-        if order is None:
+    def remove(self, order_id: int) -> tuple[NewOrder, bool] | None:
+        entry = self.by_id.pop(order_id, None)
+        if entry is None:
             return None
-        mine = self.by_owner[order.owner]
-        del mine[order_id]
-        if not mine:
-            del self.by_owner[order.owner]
-        if order.client_id is not None:
-            self.by_client_id.pop((order.owner, order.client_id), None)
-        return order
+        cmd = entry[0]
+        mine = self.owners[cmd.owner]
+        del mine.by_id[order_id]
+        if cmd.client_id is not None:
+            del mine.by_client_id[cmd.client_id]
+        if not mine.by_id:
+            del self.owners[cmd.owner]
+        return entry
 
     def find_client_id(self, owner: str, client_id: str) -> int | None:
-        return self.by_client_id.get((owner, client_id))
+        mine = self.owners.get(owner)
+        return None if mine is None else mine.by_client_id.get(client_id)
 
-    def of_owner(self, owner: str) -> list[OpenOrder]:
-        return list(self.by_owner.get(owner, {}).values())
+    def of_owner(self, owner: str) -> dict[int, NewOrder]:
+        mine = self.owners.get(owner)
+        return {} if mine is None else mine.by_id

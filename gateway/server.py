@@ -10,9 +10,9 @@ import structlog
 from exchange.book import Book
 from exchange.instruments import Instrument
 from protocol import replies as R
-from protocol.messages import Canceled, Command, Event, Fill, Liquidity, Rejected, Replaced
+from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Rejected, Replaced
 
-from gateway.orders import OpenOrder, OpenOrders
+from gateway.orders import OpenOrders
 from gateway.session import Session
 
 log = structlog.get_logger("gateway")
@@ -45,7 +45,7 @@ class Gateway:
         self.closing = False
         for book in books.values():
             for o in book.resting():
-                self.orders.add(OpenOrder(o.order_id, o.owner, book.symbol, o.side, o.price, o.leaves, o.tif, o.client_id, False))
+                self.orders.add(o.order_id, NewOrder(book.symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id), False)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -108,36 +108,30 @@ class Gateway:
         for e in events:
             kind = type(e)
             if kind is Fill:
-                order = by_id.get(e.order_id)  # type: ignore[union-attr]
+                entry = by_id.get(e.order_id) if e.leaves else orders.remove(e.order_id)  # type: ignore[union-attr]
                 inst = instruments[e.symbol]  # type: ignore[union-attr]
                 fields: tuple = (
                     e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),  # type: ignore[union-attr]
                     e.trade_id, "A" if e.liquidity is ADDED else "R", e.client_id,  # type: ignore[union-attr]
                 )  # fmt: skip
                 text_of, struct = R.fill_text, R.FillReport
-                if order is not None:
-                    order.leaves = e.leaves  # type: ignore[union-attr]
-                    if not order.leaves:
-                        orders.remove(order.order_id)
             elif kind is Canceled:
-                order = orders.remove(e.order_id)  # type: ignore[union-attr]
+                entry = orders.remove(e.order_id)  # type: ignore[union-attr]
                 inst = instruments[e.symbol]  # type: ignore[union-attr]
                 fields = (e.order_id, inst.format_qty(e.leaves), e.reason._value_, e.client_id)  # type: ignore[union-attr]
                 text_of, struct = R.canceled_text, R.CanceledReport
             elif kind is Replaced:
-                order = by_id.get(e.order_id)  # type: ignore[union-attr]
+                entry = by_id.get(e.order_id)  # type: ignore[union-attr]
                 inst = instruments[e.symbol]  # type: ignore[union-attr]
-                if order is not None:
-                    order.leaves, order.price = e.qty, e.price  # type: ignore[union-attr]
                 priority = "kept" if e.priority_kept else "lost"  # type: ignore[union-attr]
                 fields = (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)  # type: ignore[union-attr]
                 text_of, struct = R.replaced_text, R.ReplacedReport
             elif kind is Rejected:
                 # The engine refused a command the gateway let through: a cancel or replace
                 # that lost the race with a fill, or (never expected) a new order.
-                order = by_id.get(e.order_id) if e.order_id is not None else None  # type: ignore[union-attr]
-                if order is not None and order.order_id not in self.books[order.symbol].orders:
-                    orders.remove(order.order_id)
+                entry = by_id.get(e.order_id) if e.order_id is not None else None  # type: ignore[union-attr]
+                if entry is not None and e.order_id not in self.books[entry[0].symbol].orders:  # type: ignore[union-attr]
+                    orders.remove(e.order_id)  # type: ignore[union-attr]
                 fields = (e.reason._value_, e.text, e.client_id, e.order_id)  # type: ignore[union-attr]
                 text_of, struct = R.reject_text, R.Reject
             else:
@@ -147,7 +141,7 @@ class Gateway:
                 continue
             text = json = b""
             for session in sessions:
-                if order.json if order is not None else session.json_mode:
+                if entry[1] if entry is not None else session.json_mode:
                     json = json or R.to_json(struct(*fields))
                     outgoing.setdefault(session, []).append(json)
                 else:
@@ -162,10 +156,12 @@ class Gateway:
 
     def orders_reply(self, owner: str) -> R.OrdersReply:
         rows = []
-        for o in self.orders.of_owner(owner):
-            inst = self.instruments[o.symbol]
-            price = "MKT" if o.price is None else inst.format_price(o.price)
-            rows.append(R.OpenOrder(o.order_id, o.side.value, o.symbol, inst.format_qty(o.leaves), price, o.tif.value, o.client_id))
+        for order_id, cmd in self.orders.of_owner(owner).items():
+            inst = self.instruments[cmd.symbol]
+            live = self.books[cmd.symbol].orders.get(order_id)  # None: not matched yet
+            qty, price = (cmd.qty, cmd.price) if live is None else (live.leaves, live.price)
+            price_text = "MKT" if price is None else inst.format_price(price)
+            rows.append(R.OpenOrder(order_id, cmd.side.value, cmd.symbol, inst.format_qty(qty), price_text, cmd.tif.value, cmd.client_id))
         return R.OrdersReply(rows)
 
     def symbols_reply(self) -> R.SymbolsReply:

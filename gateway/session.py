@@ -37,7 +37,6 @@ from protocol.requests import (
 )
 from protocol.text import HELP_LINES, TOO_LONG, LineSplitter, parse_line
 
-from gateway.orders import OpenOrder
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -193,8 +192,9 @@ class Session(asyncio.Protocol):
             return (R.to_json(reject) if is_json else R.to_text(reject)), 0
         symbol = inst.symbol  # type: ignore[union-attr]
         side = Side.BUY if type(req) is Buy else Side.SELL
-        seq = self._journal(NewOrder(symbol, side, qty, price, tif, self.owner, cid))  # type: ignore[arg-type]
-        self.gw.orders.add(OpenOrder(seq, self.owner, symbol, side, price, qty, tif, cid, is_json))  # type: ignore[arg-type]
+        cmd = NewOrder(symbol, side, qty, price, tif, self.owner, cid)  # type: ignore[arg-type]
+        seq = self._journal(cmd)
+        self.gw.orders.add(seq, cmd, is_json)
         fields = (
             seq, side._value_, symbol, inst.format_qty(qty),  # type: ignore[union-attr, arg-type]
             "MKT" if price is None else inst.format_price(price), tif._value_, cid,  # type: ignore[union-attr, arg-type]
@@ -205,48 +205,53 @@ class Session(asyncio.Protocol):
         self.last_seq = seq = self.gw.append(cmd)
         return seq
 
-    def _owned(self, order_id: int | None, cid: str | None) -> tuple[OpenOrder | None, R.Reject | None]:
+    def _owned(self, order_id: int | None, cid: str | None) -> tuple[int, NewOrder | None, R.Reject | None]:
+        """The open order a cancel or replace names, if it is this session's owner's."""
         orders = self.gw.orders
         if order_id is None:
             if cid is None:
-                return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
+                return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
             order_id = orders.find_client_id(self.owner, cid)
             if order_id is None:
                 shown = cid if CLIENT_ID.fullmatch(cid) else None
-                return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {_clip(cid)}", shown)
-        order = orders.by_id.get(order_id)
-        if order is None:
-            return None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
+                return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {_clip(cid)}", shown)
+        entry = orders.by_id.get(order_id)
+        if entry is None:
+            return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
+        order = entry[0]
         if order.owner != self.owner:
-            return None, R.Reject(RejectReason.NOT_OWNER.value, f"order {order_id} is not yours", cid, order_id)
+            return 0, None, R.Reject(RejectReason.NOT_OWNER.value, f"order {order_id} is not yours", cid, order_id)
         if self.gw.closing:
-            return None, R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
-        return order, None
+            return 0, None, R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
+        return order_id, order, None
 
     def _cancel(self, req: CancelOrder) -> tuple[R.Reject | None, int]:
-        order, reject = self._owned(req.order_id, req.id)
+        order_id, order, reject = self._owned(req.order_id, req.id)
         if order is None:
             return reject, 0
         # The CANCELED (or a REJ if it filled first) comes back from the matching task.
-        return None, self._journal(Cancel(order.symbol, order.order_id, self.owner))
+        return None, self._journal(Cancel(order.symbol, order_id, self.owner))
 
     def _replace(self, req: ReplaceOrder) -> tuple[R.Reject | None, int]:
-        order, reject = self._owned(req.order_id, req.id)
+        order_id, order, reject = self._owned(req.order_id, req.id)
         if order is None:
             return reject, 0
         inst = self.gw.instruments[order.symbol]
         qty = inst.parse_qty(req.qty)
         if type(qty) is tuple:
-            return R.Reject(qty[0].value, qty[1], order.client_id, order.order_id), 0
-        price = None
-        if req.price is not None:
+            return R.Reject(qty[0].value, qty[1], order.client_id, order_id), 0
+        if req.price is None:
+            live = self.gw.books[order.symbol].orders.get(order_id)
+            price = order.price if live is None else live.price
+        else:
             price = inst.parse_price(req.price)
             if type(price) is tuple:
-                return R.Reject(price[0].value, price[1], order.client_id, order.order_id), 0
-        problem = inst.check(qty, price if price is not None else order.price)  # type: ignore[arg-type]
+                return R.Reject(price[0].value, price[1], order.client_id, order_id), 0
+        problem = inst.check(qty, price)  # type: ignore[arg-type]
         if problem is not None:
-            return R.Reject(problem[0].value, problem[1], order.client_id, order.order_id), 0
-        return None, self._journal(Replace(order.symbol, order.order_id, qty, price, self.owner))  # type: ignore[arg-type]
+            return R.Reject(problem[0].value, problem[1], order.client_id, order_id), 0
+        new_price = None if req.price is None else price
+        return None, self._journal(Replace(order.symbol, order_id, qty, new_price, self.owner))  # type: ignore[arg-type]
 
     def _query(self, req: Request | BadRequest) -> R.Reply | None:
         kind = type(req)

@@ -1,9 +1,10 @@
 """The order journal: every accepted command is on disk (fsync'd) before its ACK.
 
-Group commit: append() only encodes into a buffer and returns the command's sequence
-number; the commit loop (`_commit_loop`) writes everything buffered with one write and
-one fdatasync in a worker thread, then hands the whole batch to on_durable. Commands that
-arrive while an fsync is in flight go into the next one, so one fsync serves them all.
+Group commit: append() only queues the command and returns its sequence number; the
+commit loop (`_commit_loop`) encodes everything queued as one record (journal/records.py),
+writes it with one write and one fdatasync in a worker thread, then hands the whole batch
+to on_durable. Commands that arrive while an fsync is in flight go into the next one, so
+one fsync serves them all.
 
 Files: <dir>/seg-<first seq, 20 digits>.tlj, rotated by size. On open, a torn last record
 (a crash mid-write) is detected by its checksum and cut off; since a write is not ACKed
@@ -20,12 +21,12 @@ from typing import Callable, Iterator
 
 import structlog
 
-from journal.records import decode_records, encode_record
+from journal.records import decode_records, encode_batch
 from protocol.messages import Command
 
 log = structlog.get_logger("journal")
 
-Batch = list[tuple[int, Command]]
+OnDurable = Callable[[int, list[Command]], None]  # (first seq, commands), all now on disk
 # A torn tail is at most the last unsynced write; more undecodable bytes than this at the
 # end of a segment means damage in the middle, and we refuse to guess.
 MAX_TORN_TAIL = 64 * 1024 * 1024
@@ -61,10 +62,12 @@ def read_journal(directory: Path, after: int = 0) -> Iterator[tuple[int, Command
             continue
         data = path.read_bytes()
         end = 0
-        for seq, cmd, end in decode_records(data, first):
-            expect = seq + 1
-            if seq > after:
-                yield seq, cmd
+        for first_seq, cmds, end in decode_records(data, first):
+            expect = first_seq + len(cmds)
+            if expect - 1 > after:
+                for i, cmd in enumerate(cmds):
+                    if first_seq + i > after:
+                        yield first_seq + i, cmd
         if end != len(data) and i + 1 < len(paths):
             raise JournalCorrupt(f"{path.name}: undecodable bytes at offset {end}")
 
@@ -73,8 +76,8 @@ def _recover_segment(path: Path) -> int:
     """Cut a torn tail off the last segment; return the next sequence number."""
     data = path.read_bytes()
     next_seq, good = _first_seq(path), 0
-    for seq, _, end in decode_records(data, next_seq):
-        next_seq, good = seq + 1, end
+    for first_seq, cmds, end in decode_records(data, next_seq):
+        next_seq, good = first_seq + len(cmds), end
     torn = len(data) - good
     if torn > MAX_TORN_TAIL:
         raise JournalCorrupt(f"{path}: {torn} undecodable bytes after offset {good}")
@@ -96,7 +99,7 @@ class Journal:
     def __init__(
         self,
         directory: str | Path,
-        on_durable: Callable[[Batch], None],
+        on_durable: OnDurable,
         *,
         segment_bytes: int = 256 * 1024 * 1024,
         fsync: bool = True,
@@ -114,8 +117,7 @@ class Journal:
         self._size = os.fstat(self._fd).st_size
         if not segments:
             _fsync_dir(self.directory)
-        self._buf = bytearray()
-        self._batch: Batch = []
+        self._batch: list[Command] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -132,11 +134,10 @@ class Journal:
         return self.next_seq - 1 - self.durable_seq
 
     def append(self, cmd: Command) -> int:
-        """Buffer a command for the next group commit; return its sequence number."""
+        """Queue a command for the next group commit; return its sequence number."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        self._buf += encode_record(seq, cmd)
-        self._batch.append((seq, cmd))
+        self._batch.append(cmd)
         self._wake.set()
         return seq
 
@@ -154,16 +155,16 @@ class Journal:
                 if self._closing:
                     return
                 continue
-            buf, batch = self._buf, self._batch
-            self._buf, self._batch = bytearray(), []
-            await loop.run_in_executor(self._io, self._write, buf, batch[0][0])
+            batch, first_seq = self._batch, self.durable_seq + 1
+            self._batch = []
+            await loop.run_in_executor(self._io, self._write, encode_batch(first_seq, batch), first_seq)
             self.commits += 1
-            self.durable_seq = batch[-1][0]
-            self.on_durable(batch)
+            self.durable_seq = first_seq + len(batch) - 1
+            self.on_durable(first_seq, batch)
             if self._batch or self._closing:
                 self._wake.set()
 
-    def _write(self, buf: bytearray, first_seq: int) -> None:
+    def _write(self, buf: bytes, first_seq: int) -> None:
         """Worker thread: append and sync; rotate to a new segment first if this one is full."""
         if self._size >= self.segment_bytes:
             os.close(self._fd)

@@ -1,59 +1,70 @@
-"""The journal's record format: framed, sequenced, checksummed msgpack commands. No I/O.
+"""The journal's record format: framed, checksummed batches of msgpack commands. No I/O.
 
-    record = header(length u32, crc32 u32, seq u64) + payload (msgpack of a Command)
+    record = header(length u32, crc32 u32, first seq u64, count u32) + payload
 
-The checksum covers the sequence number and the payload, so a torn or overwritten record
-is detected, never misread. Records are read until the first one that does not verify.
+The payload is a msgpack array of `count` commands with sequence numbers first_seq,
+first_seq + 1, ...: one record per group commit (split at MAX_BATCH), encoded in one
+call. The checksum covers the header's sequence fields and the payload, so a torn or
+overwritten record is detected, never misread. Reading stops at the first record that
+does not verify.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import msgspec
 
 from protocol.messages import Command
 
-HEADER = struct.Struct("<IIQ")
-SEQ = struct.Struct("<Q")
-MAX_PAYLOAD = 64 * 1024  # a command is ~100 bytes; anything bigger is corruption
+HEADER = struct.Struct("<IIQI")
+SEQS = struct.Struct("<QI")
+MAX_BATCH = 4096  # commands per record
+MAX_PAYLOAD = 16 * 1024 * 1024  # MAX_BATCH commands are ~0.5 MiB; anything bigger is corruption
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(Command).decode
+_decode = msgspec.msgpack.Decoder(list[Command]).decode
 
 
-def checksum(seq: int, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(SEQ.pack(seq)))
+def checksum(first_seq: int, count: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(SEQS.pack(first_seq, count)))
 
 
-def encode_record(seq: int, cmd: Command) -> bytes:
-    payload = _encode(cmd)
-    return HEADER.pack(len(payload), checksum(seq, payload), seq) + payload
+def encode_batch(first_seq: int, cmds: Sequence[Command]) -> bytes:
+    """Records for commands numbered first_seq..., MAX_BATCH commands per record."""
+    out = []
+    for i in range(0, len(cmds), MAX_BATCH):
+        chunk = cmds[i : i + MAX_BATCH]
+        payload = _encode(chunk)
+        out.append(HEADER.pack(len(payload), checksum(first_seq + i, len(chunk), payload), first_seq + i, len(chunk)))
+        out.append(payload)
+    return b"".join(out)
 
 
-def decode_records(data: bytes | memoryview, expect_seq: int | None = None) -> Iterator[tuple[int, Command, int]]:
-    """Yield (seq, command, end offset) for each valid record from the start of data.
+def decode_records(data: bytes | memoryview, expect_seq: int) -> Iterator[tuple[int, list[Command], int]]:
+    """Yield (first seq, commands, end offset) for each valid record from the start of data.
 
-    Stops silently at the first incomplete or invalid record (or one out of sequence);
-    the caller compares the last end offset with len(data) to see what was dropped.
+    Stops silently at the first incomplete, invalid or out-of-sequence record; the caller
+    compares the last end offset with len(data) to see what was left.
     """
     view = memoryview(data)
     offset, size = 0, len(view)
     while offset + HEADER.size <= size:
-        length, crc, seq = HEADER.unpack_from(view, offset)
+        length, crc, first_seq, count = HEADER.unpack_from(view, offset)
         start = offset + HEADER.size
-        if length > MAX_PAYLOAD or start + length > size:
+        if length > MAX_PAYLOAD or start + length > size or first_seq != expect_seq:
             return
         payload = view[start : start + length]
-        if checksum(seq, payload) != crc or (expect_seq is not None and seq != expect_seq):
+        if checksum(first_seq, count, payload) != crc:
             return
         try:
-            cmd = _decode(payload)
+            cmds = _decode(payload)
         except msgspec.DecodeError:
             return
+        if len(cmds) != count:
+            return
         offset = start + length
-        yield seq, cmd, offset
-        if expect_seq is not None:
-            expect_seq += 1
+        yield first_seq, cmds, offset
+        expect_seq += count

@@ -19,7 +19,8 @@ from exchange.engine import Engine
 from exchange.instruments import load_instruments
 from exchange.matching import SymbolMatcher
 from gateway.server import Gateway
-from journal.journal import Batch, Journal, read_journal
+from journal.journal import Journal, read_journal
+from protocol.messages import Command
 from tickline import __version__
 
 log = structlog.get_logger("tickline")
@@ -38,10 +39,10 @@ async def serve(config: Config) -> int:
     engine = Engine(load_instruments(config.instruments))
 
     # 2. Open the journal (cutting a torn tail) and replay it: the journal is the truth.
-    def on_durable(batch: Batch) -> None:
+    def on_durable(first_seq: int, cmds: list[Command]) -> None:
         # ACKs first, then matching: an order's FILL can never overtake its ACK.
-        gateway.on_durable(batch[-1][0])
-        for seq, cmd in batch:
+        gateway.on_durable(first_seq + len(cmds) - 1)
+        for seq, cmd in enumerate(cmds, first_seq):
             matchers[cmd.symbol].submit(seq, cmd)
 
     journal = Journal(config.data_dir / "journal", on_durable)
