@@ -48,10 +48,9 @@ class Step:
 
     def count(self, text: str) -> int | None:
         """Exact count of steps in text; -1 if off the step; None if not a positive decimal."""
-        try:
-            return self._counted[text]
-        except KeyError:
-            pass
+        steps = self._counted.get(text, self)  # self: not seen (None is a valid answer)
+        if steps is not self:
+            return steps  # type: ignore[return-value]
         steps = self._count(text)
         if len(self._counted) >= CACHE_SIZE:
             self._counted.clear()
@@ -79,10 +78,9 @@ class Step:
 
     def format(self, steps: int) -> str:
         """Canonical text: always exactly the step's number of decimals."""
-        try:
-            return self._formatted[steps]
-        except KeyError:
-            pass
+        text = self._formatted.get(steps)
+        if text is not None:
+            return text
         units = steps * self.units
         if not self.decimals:
             text = str(units)

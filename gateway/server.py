@@ -41,6 +41,7 @@ class Gateway:
         self.sessions: dict[Session, None] = {}
         self.by_owner: dict[str, dict[Session, None]] = {}
         self._waiting: dict[Session, None] = {}  # sessions with replies held for the journal
+        self._dirty: dict[Session, None] = {}  # sessions with bytes queued for this iteration
         self._server: asyncio.AbstractServer | None = None
         self.closing = False
         for book in books.values():
@@ -71,6 +72,17 @@ class Gateway:
             mine.pop(session, None)
             if not mine:
                 del self.by_owner[session.owner]
+
+    def schedule_flush(self, session: Session) -> None:
+        """Write the session's queued bytes once this loop iteration's work is done."""
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._dirty[session] = None
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for session in dirty:
+            session.flush()
 
     def wait_for_durable(self, session: Session) -> None:
         self._waiting[session] = None
@@ -148,7 +160,7 @@ class Gateway:
                     text = text or text_of(*fields)
                     outgoing.setdefault(session, []).append(text)
         for session, chunks in outgoing.items():
-            session.write(b"".join(chunks))
+            session.send(b"".join(chunks))
         if self._quitting:
             self._finish_quits()
 

@@ -71,6 +71,7 @@ class Session(asyncio.Protocol):
         self.peer = "?"
         self.splitter = LineSplitter()
         self.held: deque[tuple[int, list[bytes]]] = deque()  # (seq that must be durable, replies)
+        self.outbuf: list[bytes] = []  # ready to go out at the end of this loop iteration
         self.inflight = 0  # commands journaled and not yet durable
         self._inflight_seqs: deque[tuple[int, int]] = deque()  # (last seq, count) per held batch
         self._paused_for_writes = False
@@ -133,7 +134,12 @@ class Session(asyncio.Protocol):
                 continue
             self.json_mode = is_json
             try:
-                seq = self.handle(request, is_json, out)
+                kind = type(request)
+                if kind is Buy or kind is Sell:  # most requests: skip a call
+                    reply, seq = self._new_order(request, is_json)  # type: ignore[arg-type]
+                    out.append(reply)
+                else:
+                    seq = self.handle(request, is_json, out)
             except Exception:  # a bug must cost one request, never the session or the server
                 log.exception("request_failed", peer=self.peer, line=line[:200])
                 out.append(R.to_text(R.Error("internal", "the request failed inside the server; it was not executed")))
@@ -313,7 +319,7 @@ class Session(asyncio.Protocol):
                 self.held.append((need, out))
             self.gw.wait_for_durable(self)
         elif out:
-            self.write(b"".join(out))
+            self.send(b"".join(out))
 
     def release(self, durable_seq: int) -> bool:
         """Write the held replies now on disk; True while some are still held."""
@@ -322,7 +328,7 @@ class Session(asyncio.Protocol):
             chunks: list[bytes] = []
             while held and held[0][0] <= durable_seq:
                 chunks += held.popleft()[1]
-            self.write(b"".join(chunks))
+            self.send(b"".join(chunks))
         seqs = self._inflight_seqs
         while seqs and seqs[0][0] <= durable_seq:
             self.inflight -= seqs.popleft()[1]
@@ -331,19 +337,32 @@ class Session(asyncio.Protocol):
             self._update_reading()
         return bool(held) or bool(seqs)
 
-    def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
+    def send(self, data: bytes) -> None:
+        """Queue bytes for this session; everything queued in one loop iteration goes out
+        in one write (ACKs, FILLs from every symbol, replies), see Gateway.flush."""
+        if self.transport is None or self.transport.is_closing():
             return
+        self.outbuf.append(data)
+        if len(self.outbuf) == 1:
+            self.gw.schedule_flush(self)
+
+    def flush(self) -> None:
+        transport = self.transport
+        if not self.outbuf or transport is None or transport.is_closing():
+            self.outbuf.clear()
+            return
+        data = b"".join(self.outbuf) if len(self.outbuf) > 1 else self.outbuf[0]
+        self.outbuf.clear()
         transport.write(data)
         if transport.get_write_buffer_size() > WRITE_CAP:
             log.warning("session_slow_consumer", peer=self.peer, owner=self.owner, buffered=transport.get_write_buffer_size())
             transport.abort()
 
     def say_bye(self, text: str) -> None:
-        """Flush whatever is held, say BYE and close (QUIT, and everyone at shutdown)."""
+        """Send whatever is held or queued, then BYE, and close (QUIT, and everyone at shutdown)."""
         self.release(1 << 62)
-        self.write(R.to_json(R.Bye(text)) if self.json_mode else R.to_text(R.Bye(text)))
+        self.send(R.to_json(R.Bye(text)) if self.json_mode else R.to_text(R.Bye(text)))
+        self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 

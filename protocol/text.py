@@ -49,6 +49,12 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[bytes | None]:
         parts = data.split(b"\n")
         tail = parts.pop()  # after the last LF: an incomplete line (often b"")
+        if (
+            parts and not self._partial and not self._discarding and not tail
+            and b"\r" not in data and b"\xff" not in data
+            and (len(data) <= self.limit or max(map(len, parts)) <= self.limit)
+        ):  # fmt: skip
+            return parts  # type: ignore[return-value]  # the common case: whole plain lines, none too long
         out: list[bytes | None] = []
         if parts:
             first = self._partial + parts[0] if self._partial else parts[0]
@@ -87,9 +93,11 @@ def _order(side: type[Buy] | type[Sell], args: list[str]) -> Request | BadReques
     if len(args) < 2:
         verb = side.__name__.upper()
         return BadRequest("bad_request", f"usage: {verb} <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]")
-    symbol, qty = args[0].upper(), args[1]
     price = tif = cid = None
     for token in args[2:]:
+        if token[0] in _PRICE_START and price is None and tif is None and cid is None:
+            price = token  # validated against the tick by the instrument
+            continue
         upper = token.upper()
         if upper.startswith("ID="):
             if cid is not None:
@@ -105,7 +113,10 @@ def _order(side: type[Buy] | type[Sell], args: list[str]) -> Request | BadReques
             price = token
         else:
             return BadRequest("bad_request", f"unexpected {_show(token)}; expected [<price>] [GTC|IOC|FOK|POST] [id=...]")
-    return side(symbol, qty, None if price == "MKT" else price, tif, cid)
+    return side(args[0].upper(), args[1], None if price == "MKT" else price, tif, cid)
+
+
+_PRICE_START = frozenset("0123456789.-+")
 
 
 def _int_arg(text: str, what: str) -> int | BadRequest:

@@ -40,10 +40,13 @@ async def serve(config: Config) -> int:
 
     # 2. Open the journal (cutting a torn tail) and replay it: the journal is the truth.
     def on_durable(first_seq: int, cmds: list[Command]) -> None:
-        # ACKs first, then matching: an order's FILL can never overtake its ACK.
-        gateway.on_durable(first_seq + len(cmds) - 1)
+        # Queue the commands for matching and release their ACKs. Matching tasks run
+        # later in this loop iteration, so an order's FILL never overtakes its ACK, and
+        # the session's flush (scheduled by the release, after the tasks) sends both in
+        # one write.
         for seq, cmd in enumerate(cmds, first_seq):
             matchers[cmd.symbol].submit(seq, cmd)
+        gateway.on_durable(first_seq + len(cmds) - 1)
 
     journal = Journal(config.data_dir / "journal", on_durable)
     replayed = 0
