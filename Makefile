@@ -20,6 +20,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+bench: $(STAMP)
+	$(PY) -m bench.load
+
 bench-engine: $(STAMP)
 	$(PY) -m bench.engine
 

@@ -17,20 +17,21 @@ these machines; ratios from one run compare), and the fsync floor of the data di
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import re
+import select
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import uvloop
 from hdrh.histogram import HdrHistogram
 
 from bench.fsync_probe import fsync_latency_us
@@ -61,8 +62,13 @@ class Stats:
         self.timeline: list[tuple[float, int, float]] = []  # (t, completions/s, p99 ms)
 
 
-class LoadConnection(asyncio.Protocol):
-    def __init__(self, stream: Stream, stats: Stats, window: int) -> None:
+class LoadConnection:
+    """One order-entry connection: pre-encoded lines out, replies scanned as they come."""
+
+    def __init__(self, port: int, stream: Stream, stats: Stats, window: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
         self.lines = stream.lines
         self.planned = [0.0] * len(stream.lines)
         self.acked = bytearray(len(stream.lines))
@@ -72,23 +78,17 @@ class LoadConnection(asyncio.Protocol):
         self.next = 0
         self.completed = 0
         self.partial = b""
-        self.transport: asyncio.Transport | None = None
-        self.done = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
+        self.unsent = b""  # what the socket did not take yet (the server is not reading)
+        self.open = True
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        if not self.done.done():
-            self.done.set_result(None)
+    @property
+    def done(self) -> bool:
+        return not self.open or self.completed >= len(self.lines)
 
     def send_upto(self, end: int, at: float | None = None, interval: float = 0.0) -> None:
         """Send lines [next, end) in one write; planned time `at + k*interval`, or now."""
         start = self.next
-        if end <= start:
+        if end <= start or not self.open:
             return
         now = time.perf_counter()
         planned = self.planned
@@ -100,12 +100,31 @@ class LoadConnection(asyncio.Protocol):
                 planned[k] = at + k * interval
         if not self.stats.first_send:
             self.stats.first_send = now
-        self.transport.write(b"".join(self.lines[start:end]))  # type: ignore[union-attr]
+        self.unsent += b"".join(self.lines[start:end])
         self.stats.sent += end - start
         self.next = end
+        self.flush()
 
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+    def flush(self) -> None:
+        try:
+            sent = self.sock.send(self.unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.open = False
+            return
+        self.unsent = self.unsent[sent:]
+
+    def readable(self, now: float) -> None:
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.open = False
+            return
         lines = (self.partial + data).split(b"\n") if self.partial else data.split(b"\n")
         self.partial = lines.pop()
         stats, planned, acked, filled = self.stats, self.planned, self.acked, self.filled
@@ -141,8 +160,9 @@ class LoadConnection(asyncio.Protocol):
             stats.last_completion = now
             if self.window:
                 self.send_upto(min(len(self.lines), self.next + completed))
-            if self.completed >= len(self.lines) and not self.done.done():
-                self.done.set_result(None)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _cid(line: bytes) -> int:
@@ -181,33 +201,52 @@ def _summary(h: HdrHistogram) -> dict[str, float]:
     return out
 
 
-async def run_phase(
-    port: int, streams: list[Stream], label: str, server: str, rate: int | None, window: int, drain_s: float = 15.0
-) -> PhaseResult:
+# The generator is a plain select() loop, not asyncio: uvloop's timers tick in whole
+# milliseconds (a shorter sleep returns at once, a busy loop that steals the server's
+# CPU), while select() sleeps to the microsecond and wakes the moment a reply arrives,
+# so send times follow the plan and replies are timestamped when they land. In open loop
+# a connection writes what is due at most every `gap` seconds (default 1 ms, like a
+# client that flushes each tick; a write per order costs the server a read syscall per
+# order); latency counts from each line's own planned time, so batching can only make
+# the figures worse.
+def run_phase(
+    port: int, streams: list[Stream], label: str, server: str, rate: int | None, window: int,
+    drain_s: float = 15.0, gap: float = 0.001,
+) -> PhaseResult:  # fmt: skip
     """Drive one server with the streams; rate=None is closed loop with `window` in flight."""
-    loop = asyncio.get_running_loop()
     stats = Stats()
-    conns = []
-    for stream in streams:
-        _, conn = await loop.create_connection(
-            lambda s=stream: LoadConnection(s, stats, 0 if rate else window), "127.0.0.1", port
-        )
-        conns.append(conn)
-    await asyncio.sleep(0.2)  # HELLO lines in; a quiet start
+    conns = [LoadConnection(port, stream, stats, 0 if rate else window) for stream in streams]
+    by_fd = {c.sock.fileno(): c for c in conns}
+    _quiet(conns, 0.2)  # HELLO lines in
     total = sum(len(s.lines) for s in streams)
-    progress = loop.create_task(_progress(stats, f"{server:8} {label}", total))
+    interval = len(conns) / rate if rate else 0.0
     t0 = time.perf_counter() + 0.01
-    if rate:
-        interval = len(conns) / rate
-        await asyncio.gather(*(_pace(c, t0, interval) for c in conns))
-    else:
+    if not rate:
         for c in conns:
             c.send_upto(min(window, len(c.lines)))
-    await asyncio.wait([c.done for c in conns], timeout=drain_s + total / max(rate or 1, 1))
-    progress.cancel()
+    deadline = t0 + drain_s + (total / rate if rate else total / 20_000)
+    next_report, last_done = t0 + 1, 0
+    due = 0
+    while time.perf_counter() < deadline and not all(c.done for c in conns):
+        now = time.perf_counter()
+        timeout = 0.05
+        if rate and due < total:
+            due = int((now - t0) / interval) + 1 if now >= t0 else 0
+            for c in conns:
+                c.send_upto(min(len(c.lines), due), t0, interval)
+            timeout = max(t0 + due * interval - time.perf_counter(), gap)
+        writers = [c.sock for c in conns if c.unsent and c.open]
+        readable, writable, _ = select.select([c.sock for c in conns if c.open], writers, [], timeout)
+        now = time.perf_counter()
+        for sock in readable:
+            by_fd[sock.fileno()].readable(now)
+        for sock in writable:
+            by_fd[sock.fileno()].flush()
+        if now >= next_report:
+            last_done = _progress(stats, f"{server:8} {label}", total, now - t0, last_done)
+            next_report += 1
     for c in conns:
-        c.transport.close()  # type: ignore[union-attr]
-    await asyncio.wait([c.closed for c in conns], timeout=5)
+        c.close()
     elapsed = max(stats.last_completion - stats.first_send, 1e-9)
     return PhaseResult(
         label, server, len(conns), rate, None if rate else window, total, stats.completed, stats.rejected,
@@ -216,29 +255,23 @@ async def run_phase(
     )  # fmt: skip
 
 
-async def _pace(conn: LoadConnection, t0: float, interval: float) -> None:
-    n = len(conn.lines)
-    while conn.next < n and not conn.closed.done():
-        due = min(n, int((time.perf_counter() - t0) / interval) + 1)
-        conn.send_upto(due, t0, interval)
-        await asyncio.sleep(0.0005)
+def _quiet(conns: list[LoadConnection], seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while (left := end - time.perf_counter()) > 0:
+        readable, _, _ = select.select([c.sock for c in conns], [], [], left)
+        for sock in readable:
+            next(c for c in conns if c.sock is sock).readable(time.perf_counter())
 
 
-async def _progress(stats: Stats, label: str, total: int) -> None:
-    last, t_last = 0, time.perf_counter()
-    start = t_last
-    tty = sys.stderr.isatty()
-    while True:
-        await asyncio.sleep(1.0)
-        now = time.perf_counter()
-        rate = (stats.completed - last) / (now - t_last)
-        p99 = stats.interval.get_value_at_percentile(99) / 1000 if stats.interval.get_total_count() else 0.0
-        stats.timeline.append((round(now - start, 2), int(rate), p99))
-        stats.interval.reset()
-        last, t_last = stats.completed, now
-        line = f"  {label}: {stats.completed:,}/{total:,} done, {rate:,.0f}/s, ACK p99 {p99:.2f} ms"
-        sys.stderr.write(("\r" + line.ljust(100)) if tty else line + "\n")
-        sys.stderr.flush()
+def _progress(stats: Stats, label: str, total: int, t: float, last_done: int) -> int:
+    rate = stats.completed - last_done
+    p99 = stats.interval.get_value_at_percentile(99) / 1000 if stats.interval.get_total_count() else 0.0
+    stats.timeline.append((round(t, 2), rate, p99))
+    stats.interval.reset()
+    line = f"  {label}: {stats.completed:,}/{total:,} done, {rate:,.0f}/s, ACK p99 {p99:.2f} ms"
+    sys.stderr.write(("\r" + line.ljust(100)) if sys.stderr.isatty() else line + "\n")
+    sys.stderr.flush()
+    return stats.completed
 
 
 # ---------------------------------------------------------------------- servers
@@ -270,7 +303,7 @@ class ServerProcess:
             raise RuntimeError(f"{kind} server did not start")
         # Keep its pipes drained so its logging can never block it.
         for p in (self.proc.stdout, self.proc.stderr):
-            asyncio.get_running_loop().run_in_executor(None, _drain, p)
+            threading.Thread(target=_drain, args=(p,), daemon=True).start()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -341,7 +374,7 @@ def plot(results: list[PhaseResult], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-async def main_async(args: argparse.Namespace) -> list[PhaseResult]:
+def run_all(args: argparse.Namespace) -> list[PhaseResult]:
     servers = ["baseline", "exchange"] if args.only is None else [args.only]
     t0 = time.perf_counter()
     phases: list[tuple[str, int | None, int]] = []  # (label, rate, requests per connection)
@@ -360,7 +393,8 @@ async def main_async(args: argparse.Namespace) -> list[PhaseResult]:
             data = Path(tempfile.mkdtemp(prefix="tickline-bench-", dir=args.data_dir))
             server = ServerProcess(kind, data)
             try:
-                results.append(await run_phase(server.port, streams_by_size[per_conn], label, kind, rate, args.window))
+                gap = args.send_every_ms if args.send_every_ms is not None else (0.1 if (rate or 0) <= 20_000 else 1.0)
+                results.append(run_phase(server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000))
             finally:
                 server.stop()
                 shutil.rmtree(data, ignore_errors=True)
@@ -376,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=400_000, help="closed loop: requests in all")
     parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",") if x], default=[10_000, 100_000], help="open loop rates, comma-separated ('' to skip)")
     parser.add_argument("--duration", type=float, default=10.0, help="open loop: seconds per rate")
+    parser.add_argument(
+        "--send-every-ms", type=float, default=None,
+        help="open loop: each connection writes what is due this often (default: 0.1 up to 20,000/s, like a client that "
+        "sends each order as it decides it; 1 above, like one that flushes each millisecond)",
+    )  # fmt: skip
     parser.add_argument("--only", choices=["baseline", "exchange"])
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "bench", help="where the exchange's journal goes (its disk is probed)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "load.json")
@@ -385,11 +424,12 @@ def main(argv: list[str] | None = None) -> int:
 
     fsync = fsync_latency_us(args.data_dir)
     fsync_ms = {"p50": fsync[len(fsync) // 2] / 1000, "p99": fsync[int(len(fsync) * 0.99)] / 1000}
-    results = uvloop.run(main_async(args))
+    results = run_all(args)
 
     print(f"machine: {machine()}")
     print(f"fsync floor ({args.data_dir}, 4 KiB append + fdatasync): p50 {fsync_ms['p50']:.2f} ms, p99 {fsync_ms['p99']:.2f} ms")
-    print(f"{args.connections} connections, seed {args.seed}; baseline = bench/baseline.py (no work, same generator)")
+    every = f"{args.send_every_ms:g} ms" if args.send_every_ms is not None else "0.1 ms up to 20,000/s, 1 ms above"
+    print(f"{args.connections} connections, seed {args.seed}, open loop writes every {every}; baseline = bench/baseline.py (no work, same generator)")
     print(table(results))
     for r in results:
         if r.completed < r.requests:
