@@ -1,0 +1,38 @@
+"""The benchmarks themselves run and report (tiny sizes; the figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_load_generator_drives_both_servers_and_writes_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--orders", "4000", "--rates", "2000", "--duration", "1",
+         "--connections", "2", "--data-dir", str(tmp_path / "data"), "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "fsync floor" in run.stdout and "vs ceiling" in run.stdout
+    report = json.loads(out.read_text())
+    assert [r["server"] for r in report["results"]] == ["baseline", "exchange"] * 2
+    for row in report["results"]:
+        # Every request was answered, by both servers, with no protocol errors.
+        assert row["completed"] == row["requests"], row
+        assert row["errors"] == 0
+        assert row["ack_ms"]["p50"] > 0
+    exchange = [r for r in report["results"] if r["server"] == "exchange"]
+    assert all(r["fills"] > 0 for r in exchange)  # the mix really trades
+
+
+def test_engine_benchmark_prints_the_ratio() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.engine", "--commands", "20000"], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert run.returncode == 0, run.stderr
+    assert "ratio engine/naive:" in run.stdout
