@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from heapq import heapify, heappop, heappush
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from exchange.instruments import Instrument
 from protocol.messages import (
@@ -341,6 +341,12 @@ class Book:
         self.orders[order.order_id] = order
         touched[level] = None
 
+    def load(self, orders: Iterable[Order]) -> None:
+        """Rest orders as they were (restoring a snapshot): in the given order, no matching."""
+        touched: dict[Level, None] = {}
+        for order in orders:
+            self._rest(order, touched)
+
     def _unrest(self, order: Order, touched: dict) -> None:
         half = self.bids if order.side is BUY else self.asks
         level = half.levels[order.price]  # type: ignore[index]
@@ -380,8 +386,20 @@ class Book:
 
     def state_hash(self) -> str:
         """A digest of everything that decides future matching: levels, FIFO order, leaves."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(self.symbol.encode())
-        for o in self.resting():
-            h.update(f"|{o.order_id},{o.side.value},{o.price},{o.leaves},{o.tif.value},{o.owner},{o.client_id}".encode())
-        return h.hexdigest()
+        return hash_book(self.symbol, (as_tuple(o) for o in self.resting()))
+
+
+RestingTuple = tuple[int, Side, int, int, TIF, str, "str | None"]
+
+
+def as_tuple(o: Order) -> RestingTuple:
+    return (o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id)  # type: ignore[return-value]
+
+
+def hash_book(symbol: str, orders: Iterable[RestingTuple]) -> str:
+    """The state hash of one book from its resting orders in priority order (bids, asks)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(symbol.encode())
+    for order_id, side, price, leaves, tif, owner, client_id in orders:
+        h.update(f"|{order_id},{side.value},{price},{leaves},{tif.value},{owner},{client_id}".encode())
+    return h.hexdigest()

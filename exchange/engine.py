@@ -7,6 +7,7 @@ same thing in one piece, for replay, verification and tests.
 from __future__ import annotations
 
 import hashlib
+from typing import Iterable
 
 from exchange.book import Book
 from exchange.instruments import Instrument
@@ -26,7 +27,12 @@ class Engine:
         return book.apply(seq, cmd)
 
     def state_hash(self) -> str:
-        h = hashlib.blake2b(digest_size=16)
-        for symbol in sorted(self.books):
-            h.update(self.books[symbol].state_hash().encode())
-        return h.hexdigest()
+        return combine_hashes(self.books[symbol].state_hash() for symbol in sorted(self.books))
+
+
+def combine_hashes(book_hashes: Iterable[str]) -> str:
+    """The engine's state hash from its books' hashes, in symbol order."""
+    h = hashlib.blake2b(digest_size=16)
+    for book_hash in book_hashes:
+        h.update(book_hash.encode())
+    return h.hexdigest()

@@ -29,6 +29,7 @@ class Gateway:
         *,
         version: str,
         max_sessions: int = 5_000,
+        audit: Callable[..., None] | None = None,
     ) -> None:
         self.instruments = instruments
         self.books = books  # read-only here: BOOK replies and rebuilding open orders
@@ -37,6 +38,7 @@ class Gateway:
         self._quitting: dict[Session, None] = {}
         self.version = version
         self.max_sessions = max_sessions
+        self.audit = audit  # audit(owner, symbol, side, qty, price, tif, client_id, reason, text) for refused orders
         self.orders = OpenOrders()
         self.sessions: dict[Session, None] = {}
         self.by_owner: dict[str, dict[Session, None]] = {}

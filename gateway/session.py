@@ -194,7 +194,11 @@ class Session(asyncio.Protocol):
             else:
                 problem = inst.check(qty, price)  # type: ignore[arg-type]
         if problem is not None:
-            reject = R.Reject(problem[0]._value_, problem[1], cid)
+            reason = problem[0]._value_
+            if self.gw.audit is not None:
+                side_name = "BUY" if type(req) is Buy else "SELL"
+                self.gw.audit(self.owner, req.symbol[:16], side_name, req.qty[:32], req.price and req.price[:32], req.tif, cid, reason, problem[1])
+            reject = R.Reject(reason, problem[1], cid)
             return (R.to_json(reject) if is_json else R.to_text(reject)), 0
         symbol = inst.symbol  # type: ignore[union-attr]
         side = Side.BUY if type(req) is Buy else Side.SELL

@@ -27,7 +27,7 @@ from protocol.messages import Command
 
 log = structlog.get_logger("journal")
 
-OnDurable = Callable[[int, list[Command]], None]  # (first seq, commands), all now on disk
+OnDurable = Callable[[int, list[Command], int], None]  # (first seq, commands, commit time ns), now on disk
 # A torn tail is at most the last unsynced write; more undecodable bytes than this at the
 # end of a segment means damage in the middle, and we refuse to guess.
 MAX_TORN_TAIL = 64 * 1024 * 1024
@@ -45,11 +45,12 @@ def _first_seq(path: Path) -> int:
     return int(path.stem.removeprefix("seg-"))
 
 
-def read_journal(directory: Path, after: int = 0) -> Iterator[tuple[int, Command]]:
-    """Every valid command with seq > after, in order, across segments (read-only).
+def read_batches(directory: Path, after: int = 0) -> Iterator[tuple[int, list[Command], int]]:
+    """(first seq, commands, commit time ns) of every record holding a seq > after, in order.
 
     Only the last segment may end in an undecodable tail (a torn write, cut off when the
-    Journal opens); a gap or damage anywhere else raises JournalCorrupt.
+    Journal opens); a gap or damage anywhere else raises JournalCorrupt. The first batch
+    may start at or before `after`: callers skip what they have.
     """
     paths = segment_paths(directory)
     expect: int | None = None
@@ -63,21 +64,27 @@ def read_journal(directory: Path, after: int = 0) -> Iterator[tuple[int, Command
             continue
         data = path.read_bytes()
         end = 0
-        for first_seq, cmds, end in decode_records(data, first):
+        for first_seq, cmds, ts_ns, end in decode_records(data, first):
             expect = first_seq + len(cmds)
             if expect - 1 > after:
-                for i, cmd in enumerate(cmds):
-                    if first_seq + i > after:
-                        yield first_seq + i, cmd
+                yield first_seq, cmds, ts_ns
         if end != len(data) and i + 1 < len(paths):
             raise JournalCorrupt(f"{path.name}: undecodable bytes at offset {end}")
+
+
+def read_journal(directory: Path, after: int = 0) -> Iterator[tuple[int, Command]]:
+    """Every command with seq > after, in order, with its sequence number."""
+    for first_seq, cmds, _ in read_batches(directory, after):
+        for seq, cmd in enumerate(cmds, first_seq):
+            if seq > after:
+                yield seq, cmd
 
 
 def _recover_segment(path: Path) -> int:
     """Cut a torn tail off the last segment; return the next sequence number."""
     data = path.read_bytes()
     next_seq, good = _first_seq(path), 0
-    for first_seq, cmds, end in decode_records(data, next_seq):
+    for first_seq, cmds, _, end in decode_records(data, next_seq):
         next_seq, good = first_seq + len(cmds), end
     torn = len(data) - good
     if torn > MAX_TORN_TAIL:
@@ -198,9 +205,10 @@ class Journal:
                 rate += 0.2 * (len(batch) / max(now - last_start, self.min_interval) - rate)
                 self.interval = min(max(rate / self.RATE_PER_MS_OF_INTERVAL / 1000, self.min_interval), self.max_interval)
                 last_start = now
-                self._write(encode_batch(first_seq, batch), first_seq)
+                ts_ns = time.time_ns()
+                self._write(encode_batch(first_seq, batch, ts_ns), first_seq)
                 self.commits += 1
-                loop.call_soon_threadsafe(self._durable, first_seq, batch)
+                loop.call_soon_threadsafe(self._durable, first_seq, batch, ts_ns)
         except BaseException as exc:  # the disk failed: nothing more can be acknowledged
             log.critical("journal_write_failed", error=repr(exc))
             if self.on_failure is not None:
@@ -208,9 +216,9 @@ class Journal:
         finally:
             loop.call_soon_threadsafe(self._stopped.set_result, None)  # type: ignore[union-attr]
 
-    def _durable(self, first_seq: int, batch: list[Command]) -> None:
+    def _durable(self, first_seq: int, batch: list[Command], ts_ns: int) -> None:
         self.durable_seq = first_seq + len(batch) - 1
-        self.on_durable(first_seq, batch)
+        self.on_durable(first_seq, batch, ts_ns)
 
     def _write(self, buf: bytes, first_seq: int) -> None:
         """Append and sync; rotate to a new segment first if this one is full."""

@@ -1,10 +1,11 @@
 """The journal's record format: framed, checksummed batches of msgpack commands. No I/O.
 
-    record = header(length u32, crc32 u32, first seq u64, count u32) + payload
+    record = header(length u32, crc32 u32, first seq u64, count u32, time ns u64) + payload
 
 The payload is a msgpack array of `count` commands with sequence numbers first_seq,
 first_seq + 1, ...: one record per group commit (split at MAX_BATCH), encoded in one
-call. The checksum covers the header's sequence fields and the payload, so a torn or
+call. The time is the wall clock of the commit: the exchange's timestamp for those
+commands (and their trades), so replay reproduces timestamps too; matching never reads it. The checksum covers the header's sequence fields and the payload, so a torn or
 overwritten record is detected, never misread. Reading stops at the first record that
 does not verify.
 """
@@ -19,8 +20,8 @@ import msgspec
 
 from protocol.messages import Command
 
-HEADER = struct.Struct("<IIQI")
-SEQS = struct.Struct("<QI")
+HEADER = struct.Struct("<IIQIQ")
+SEQS = struct.Struct("<QIQ")
 MAX_BATCH = 4096  # commands per record
 MAX_PAYLOAD = 16 * 1024 * 1024  # MAX_BATCH commands are ~0.5 MiB; anything bigger is corruption
 
@@ -28,23 +29,24 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[Command]).decode
 
 
-def checksum(first_seq: int, count: int, payload: bytes | memoryview) -> int:
-    return zlib.crc32(payload, zlib.crc32(SEQS.pack(first_seq, count)))
+def checksum(first_seq: int, count: int, ts_ns: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(SEQS.pack(first_seq, count, ts_ns)))
 
 
-def encode_batch(first_seq: int, cmds: Sequence[Command]) -> bytes:
+def encode_batch(first_seq: int, cmds: Sequence[Command], ts_ns: int) -> bytes:
     """Records for commands numbered first_seq..., MAX_BATCH commands per record."""
     out = []
     for i in range(0, len(cmds), MAX_BATCH):
         chunk = cmds[i : i + MAX_BATCH]
         payload = _encode(chunk)
-        out.append(HEADER.pack(len(payload), checksum(first_seq + i, len(chunk), payload), first_seq + i, len(chunk)))
+        seq = first_seq + i
+        out.append(HEADER.pack(len(payload), checksum(seq, len(chunk), ts_ns, payload), seq, len(chunk), ts_ns))
         out.append(payload)
     return b"".join(out)
 
 
-def decode_records(data: bytes | memoryview, expect_seq: int) -> Iterator[tuple[int, list[Command], int]]:
-    """Yield (first seq, commands, end offset) for each valid record from the start of data.
+def decode_records(data: bytes | memoryview, expect_seq: int) -> Iterator[tuple[int, list[Command], int, int]]:
+    """Yield (first seq, commands, time ns, end offset) for each valid record from the start.
 
     Stops silently at the first incomplete, invalid or out-of-sequence record; the caller
     compares the last end offset with len(data) to see what was left.
@@ -52,12 +54,12 @@ def decode_records(data: bytes | memoryview, expect_seq: int) -> Iterator[tuple[
     view = memoryview(data)
     offset, size = 0, len(view)
     while offset + HEADER.size <= size:
-        length, crc, first_seq, count = HEADER.unpack_from(view, offset)
+        length, crc, first_seq, count, ts_ns = HEADER.unpack_from(view, offset)
         start = offset + HEADER.size
         if length > MAX_PAYLOAD or start + length > size or first_seq != expect_seq:
             return
         payload = view[start : start + length]
-        if checksum(first_seq, count, payload) != crc:
+        if checksum(first_seq, count, ts_ns, payload) != crc:
             return
         try:
             cmds = _decode(payload)
@@ -66,5 +68,5 @@ def decode_records(data: bytes | memoryview, expect_seq: int) -> Iterator[tuple[
         if len(cmds) != count:
             return
         offset = start + length
-        yield first_seq, cmds, offset
+        yield first_seq, cmds, ts_ns, offset
         expect_seq += count

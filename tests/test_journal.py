@@ -21,7 +21,7 @@ def write(directory: Path, n: int, every: int = 100, pause: float = 0, **kw: int
     batches: list[list[int]] = []
 
     async def main() -> None:
-        journal = Journal(directory, lambda first, cmds: batches.append(list(range(first, first + len(cmds)))), **kw)
+        journal = Journal(directory, lambda first, cmds, ts: batches.append(list(range(first, first + len(cmds)))), **kw)
         journal.start()
         for i in range(n):
             journal.append(order(i))
@@ -46,7 +46,7 @@ def test_a_torn_tail_is_cut_and_sequence_continues(tmp_path: Path) -> None:
     [segment] = segment_paths(tmp_path)
     size = segment.stat().st_size
     with open(segment, "ab") as f:
-        f.write(HEADER.pack(40, 123, 11, 1) + b"half a rec")  # a crash mid-write
+        f.write(HEADER.pack(40, 123, 11, 1, 0) + b"half a rec")  # a crash mid-write
     assert repair(tmp_path) == 11
     assert segment.stat().st_size == size
     write(tmp_path, 5)
@@ -78,7 +78,7 @@ def test_segments_rotate_and_damage_before_the_last_is_refused(tmp_path: Path) -
 
 def test_cancel_records_round_trip(tmp_path: Path) -> None:
     async def main() -> None:
-        journal = Journal(tmp_path, lambda first, cmds: None)
+        journal = Journal(tmp_path, lambda first, cmds, ts: None)
         journal.start()
         journal.append(Cancel("ES", 7, "o"))
         await journal.close()

@@ -3,6 +3,7 @@
     clients --TCP lines--> gateway --journal (fsync, group commit)--> ACK
                                |--> per-symbol queue --> matching task
                                                           |--> execution reports to sessions
+                                                          |--> trade log (SQLite WAL)
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import structlog
 
-from exchange.engine import Engine
 from exchange.instruments import load_instruments
 from exchange.matching import SymbolMatcher
 from gateway.server import Gateway
-from journal.journal import Journal, read_journal
+from journal.journal import Journal
+from journal.recovery import recover
+from journal.snapshotter import Snapshotter
+from journal.tradelog import TradeLog
 from protocol.messages import Command
 from tickline import __version__
 
@@ -33,33 +36,25 @@ class Config:
     port: int = 7001
     data_dir: Path = Path("var")
     instruments: Path | None = None
+    snapshot_every: int = 1_000_000  # commands between snapshots
+    retention: str = "keep"  # journal segments a snapshot covers: keep | delete
+    tradelog_max_rows: int = 500_000  # rows waiting for SQLite before they are dropped
 
 
 async def serve(config: Config) -> int:
-    # 1. Instruments, and one empty book per symbol.
-    engine = Engine(load_instruments(config.instruments))
-
-    # 2. Open the journal (cutting a torn tail) and replay it: the journal is the truth.
-    def on_durable(first_seq: int, cmds: list[Command]) -> None:
-        # Queue the commands for matching and release their ACKs. Matching tasks run
-        # later in this loop iteration, so an order's FILL never overtakes its ACK, and
-        # the session's flush (scheduled by the release, after the tasks) sends both in
-        # one write.
-        for seq, cmd in enumerate(cmds, first_seq):
-            matchers[cmd.symbol].submit(seq, cmd)
-        gateway.on_durable(first_seq + len(cmds) - 1)
-
-    stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
-    journal = Journal(config.data_dir / "journal", on_durable, on_failure=lambda exc: stop.set())
-    replayed = 0
-    for seq, cmd in read_journal(journal.directory):
-        engine.apply(seq, cmd)
-        replayed += 1
-    log.info("journal_replayed", commands=replayed, next_seq=journal.next_seq, state=engine.state_hash())
+    # 1. Instruments; the trade log; the books from the newest snapshot + the journal tail.
+    instruments = load_instruments(config.instruments)
+    db_path = config.data_dir / "trades.sqlite"
+    fresh_log = not db_path.exists()
+    tradelog = TradeLog(db_path, instruments, max_rows=config.tradelog_max_rows)
+    await tradelog.open()
+    writer = asyncio.create_task(tradelog.run(), name="tradelog-writer")
+    recovered = await recover(config.data_dir, instruments, tradelog, fresh_log=fresh_log)
+    engine = recovered.engine
     # The books hold hundreds of thousands of long-lived, acyclic objects, and every order
     # allocates a dozen short-lived ones: with the default thresholds the collector spends
     # a quarter of the server's time rescanning the books (bench/load.py: 60k -> 76k req/s
-    # with it off). Freeze what replay built, and collect young objects less often.
+    # with it off). Freeze what recovery built, and collect young objects less often.
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
@@ -69,27 +64,49 @@ async def serve(config: Config) -> int:
     # at 0.5 ms).
     sys.setswitchinterval(0.0005)
 
+    # 2. The journal: durable before ACK; each durable batch goes to matching, ACKs, logs.
+    stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
+
+    def on_durable(first_seq: int, cmds: list[Command], ts_ns: int) -> None:
+        # Queue the commands for matching and release their ACKs. Matching tasks run
+        # later in this loop iteration, so an order's FILL never overtakes its ACK, and
+        # the session's flush (scheduled by the release, after the tasks) sends both in
+        # one write.
+        for seq, cmd in enumerate(cmds, first_seq):
+            matchers[cmd.symbol].submit(seq, cmd)
+        gateway.on_durable(first_seq + len(cmds) - 1)
+        tradelog.on_durable(first_seq, cmds, ts_ns)
+
+    journal = Journal(config.data_dir / "journal", on_durable, on_failure=lambda exc: stop.set())
+
     # 3. The gateway: sessions, validation, open orders rebuilt from the books.
     def settled(seq: int) -> bool:
         return journal.durable_seq >= seq and not any(m.inbox for m in matchers.values())
 
-    gateway = Gateway(engine.instruments, engine.books, journal.append, settled, version=__version__)
+    gateway = Gateway(engine.instruments, engine.books, journal.append, settled, version=__version__, audit=tradelog.on_reject)
 
-    # 4. One matching task per symbol; its events go back to the owners' sessions.
-    matchers = {symbol: SymbolMatcher(book, [gateway.deliver]) for symbol, book in engine.books.items()}
+    # 4. One matching task per symbol; its events go to the owners' sessions and the trade log.
+    matchers = {s: SymbolMatcher(book, [gateway.deliver, tradelog.on_events]) for s, book in engine.books.items()}
     tasks = [asyncio.create_task(m.run(), name=f"match-{s}") for s, m in matchers.items()]
     journal.start()
 
-    # 5. Listen, and wait for SIGINT or SIGTERM.
+    # 5. Snapshots every so many commands (and at shutdown), so a restart replays little.
+    snapshotter = Snapshotter(
+        config.data_dir, engine.books, lambda: journal.durable_seq, lambda: settled(journal.durable_seq), tradelog,
+        every=config.snapshot_every, retention=config.retention, last_seq=recovered.snapshot_seq,
+    )  # fmt: skip
+    snapshots = asyncio.create_task(snapshotter.run(), name="snapshots")
+
+    # 6. Listen, and wait for SIGINT or SIGTERM.
     host, port = await gateway.start(config.host, config.port)
-    log.info("order_entry_listening", host=host, port=port, data_dir=str(config.data_dir))
+    log.info("order_entry_listening", host=host, port=port, data_dir=str(config.data_dir), next_seq=journal.next_seq)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    # 6. Shut down in reverse: stop taking requests, make everything received durable,
-    #    let matching finish, tell every session, close.
+    # 7. Shut down in reverse: stop taking requests, make everything received durable,
+    #    let matching finish, tell every session, snapshot, close the logs.
     log.info("shutting_down", sessions=len(gateway.sessions))
     gateway.stop_accepting()
     await journal.close()
@@ -97,5 +114,10 @@ async def serve(config: Config) -> int:
         m.stop()
     await asyncio.gather(*tasks)
     await gateway.say_bye("shutting down")
+    snapshots.cancel()
+    await snapshotter.take()
+    await tradelog.close()
+    await writer
+    await tradelog.closed()
     log.info("stopped", last_seq=journal.durable_seq, fsyncs=journal.commits)
     return 0

@@ -1,12 +1,21 @@
-"""The command line: `tickline serve` and friends. Flags default from TICKLINE_* env vars."""
+"""The command line: serve, replay --verify, trades, orders. Flags default from TICKLINE_* env."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from tickline import __version__
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--data-dir", type=Path, default=Path(env("TICKLINE_DATA", "var")), help="journal, snapshots, trade log (TICKLINE_DATA)")
+    parser.add_argument(
+        "--instruments", type=Path, default=env("TICKLINE_INSTRUMENTS"), help="instruments TOML file (TICKLINE_INSTRUMENTS); default: built-in set"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,24 +25,82 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the exchange")
+    _common(serve)
     serve.add_argument("--host", default=env("TICKLINE_HOST", "127.0.0.1"), help="order-entry address (TICKLINE_HOST)")
     serve.add_argument("--port", type=int, default=int(env("TICKLINE_PORT", "7001")), help="order-entry port, 0 for any (TICKLINE_PORT)")
-    serve.add_argument("--data-dir", type=Path, default=Path(env("TICKLINE_DATA", "var")), help="journal and logs (TICKLINE_DATA)")
-    serve.add_argument("--instruments", type=Path, default=env("TICKLINE_INSTRUMENTS"), help="instruments TOML file (TICKLINE_INSTRUMENTS); default: built-in set")
+    serve.add_argument("--snapshot-every", type=int, default=int(env("TICKLINE_SNAPSHOT_EVERY", "1000000")), help="commands between snapshots")
+    serve.add_argument("--retention", choices=["keep", "delete"], default=env("TICKLINE_RETENTION", "keep"), help="journal segments covered by snapshots")
+    serve.add_argument("--tradelog-max-rows", type=int, default=int(env("TICKLINE_TRADELOG_MAX_ROWS", "500000")), help="trade log queue bound")
     serve.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
 
+    replay = commands.add_parser("replay", help="rebuild state from the journal")
+    _common(replay)
+    replay.add_argument("--verify", action="store_true", help="check snapshot + tail and the trade log against a full replay")
+
+    trades = commands.add_parser("trades", help="print trades from the trade log")
+    _common(trades)
+    trades.add_argument("--symbol")
+    trades.add_argument("--since", help="a journal sequence number or an ISO-8601 UTC time")
+    trades.add_argument("--limit", type=int)
+
+    orders = commands.add_parser("orders", help="print the order audit log (accepted and rejected)")
+    _common(orders)
+    orders.add_argument("--owner")
+    orders.add_argument("--symbol")
+    orders.add_argument("--status", choices=["accepted", "rejected"])
+    orders.add_argument("--since", help="an order id or an ISO-8601 UTC time")
+    orders.add_argument("--limit", type=int)
+
     args = parser.parse_args(argv)
+    from tickline.logs import configure
+
+    configure(getattr(args, "log_level", "warning"))
     if args.command == "serve":
         import uvloop
 
         from tickline.app import Config, serve as run_server
-        from tickline.logs import configure
 
-        configure(args.log_level)
-        config = Config(args.host, args.port, args.data_dir, args.instruments)
+        config = Config(
+            args.host, args.port, args.data_dir, args.instruments,
+            snapshot_every=args.snapshot_every, retention=args.retention, tradelog_max_rows=args.tradelog_max_rows,
+        )  # fmt: skip
         return uvloop.run(run_server(config))
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "trades":
+        from journal.queries import trade_line, trades as query
+
+        for row in query(args.data_dir / "trades.sqlite", args.symbol, args.since, args.limit):
+            sys.stdout.write(trade_line(row) + "\n")
+        return 0
+    if args.command == "orders":
+        from journal.queries import order_line, orders as query
+
+        for row in query(args.data_dir / "trades.sqlite", args.owner, args.symbol, args.status, args.since, args.limit):
+            sys.stdout.write(order_line(row) + "\n")
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from exchange.instruments import load_instruments
+    from journal.verify import verify
+
+    v = verify(args.data_dir, load_instruments(args.instruments))
+    out = sys.stdout.write
+    out(f"journal: {v.commands:,} commands; full replay state {v.full_hash}\n")
+    if v.snapshot_seq:
+        out(f"snapshot {v.snapshot_seq:,} + tail: state {v.snapshot_hash}\n")
+    else:
+        out("no valid snapshot\n")
+    out(f"trades: {v.trades_replayed:,} replayed, {v.trades_logged:,} in the trade log\n")
+    if not args.verify:
+        return 0
+    for problem in v.problems:
+        out(f"MISMATCH {problem}\n")
+    out("OK: journal, snapshot and trade log agree\n" if v.ok else "FAILED\n")
+    return 0 if v.ok else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""Read the trade log and the order audit (plain sqlite3: for the command line and tests)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Iterator
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    if not db.exists():
+        raise FileNotFoundError(f"no trade log at {db}")
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _since(value: str | None) -> tuple[str, list]:
+    """--since: a journal sequence number, or an ISO-8601 time (UTC)."""
+    if value is None:
+        return "", []
+    if value.isdigit():
+        return " AND seq >= ?", [int(value)]
+    return " AND ts >= ?", [value]
+
+
+def trades(db: Path, symbol: str | None = None, since: str | None = None, limit: int | None = None) -> Iterator[sqlite3.Row]:
+    where, args = "WHERE 1=1", []
+    if symbol:
+        where, args = where + " AND symbol = ?", [symbol.upper()]
+    clause, more = _since(since)
+    sql = f"SELECT * FROM trades {where}{clause} ORDER BY seq, match_no"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    with _connect(db) as conn:
+        yield from conn.execute(sql, args + more)
+
+
+def orders(
+    db: Path, owner: str | None = None, symbol: str | None = None, status: str | None = None, since: str | None = None, limit: int | None = None
+) -> Iterator[sqlite3.Row]:
+    where, args = "WHERE 1=1", []
+    for column, value in (("owner", owner), ("symbol", symbol and symbol.upper()), ("status", status)):
+        if value:
+            where += f" AND {column} = ?"
+            args.append(value)
+    clause, more = _since(since)
+    clause = clause.replace("seq", "order_id")
+    sql = f"SELECT * FROM orders {where}{clause} ORDER BY id"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    with _connect(db) as conn:
+        yield from conn.execute(sql, args + more)
+
+
+def trade_line(row: sqlite3.Row) -> str:
+    return (
+        f"TRADE {row['trade_id']} {row['ts']} {row['symbol']} {row['qty']} {row['price']} aggressor={row['aggressor']} "
+        f"maker={row['maker_order_id']} taker={row['taker_order_id']}"
+    )
+
+
+def order_line(row: sqlite3.Row) -> str:
+    head = f"ORDER {row['order_id'] if row['order_id'] is not None else '-'} {row['ts']} {row['status']}"
+    body = f"{row['side']} {row['symbol']} {row['qty']} {row['price']} {row['tif'] or '-'} owner={row['owner']}"
+    cid = f" id={row['client_id']}" if row["client_id"] else ""
+    why = f" reason={row['reason']} {row['text']}" if row["reason"] else ""
+    return f"{head} {body}{cid}{why}"

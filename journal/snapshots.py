@@ -1,0 +1,145 @@
+"""Snapshots of every book at one journal sequence: restart = newest valid snapshot + tail.
+
+A file is `MAGIC + header(crc32 u32, length u64) + msgpack(Snapshot)`, written to a
+temporary name, fsync'd, renamed into place, and the directory fsync'd: a reader sees a
+whole snapshot or none. A snapshot that fails its checksum, does not decode, or whose
+books do not hash to the state it recorded is skipped for an older one, with a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import msgspec
+import structlog
+
+from exchange.book import Book, Order, RestingTuple, as_tuple, hash_book
+from exchange.engine import Engine, combine_hashes
+from exchange.instruments import Instrument
+from protocol.messages import TIF, Side
+
+log = structlog.get_logger("snapshots")
+
+MAGIC = b"TLSNAP1\n"
+HEADER = struct.Struct("<IQ")
+
+
+class RestingOrder(msgspec.Struct, array_like=True, frozen=True):
+    order_id: int
+    side: Side
+    price: int
+    leaves: int
+    tif: TIF
+    owner: str
+    client_id: str | None
+
+
+class BookState(msgspec.Struct, array_like=True, frozen=True):
+    symbol: str
+    orders: list[RestingOrder]  # bids best first, then asks best first; FIFO within a level
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    seq: int  # every command up to and including this one is applied, none after
+    taken_ns: int
+    state_hash: str
+    books: list[BookState]
+
+
+_decode = msgspec.msgpack.Decoder(Snapshot).decode
+
+
+Captured = tuple[int, int, list[tuple[str, list[RestingTuple]]]]
+
+
+def capture(books: dict[str, Book], seq: int) -> Captured:
+    """The books as plain tuples, taken on the event loop (fast); hash and encode elsewhere."""
+    return seq, time.time_ns(), [(symbol, [as_tuple(o) for o in book.resting()]) for symbol, book in sorted(books.items())]
+
+
+def path_for(directory: Path, seq: int) -> Path:
+    return directory / f"snap-{seq:020d}.tls"
+
+
+def write_snapshot(directory: Path, captured: Captured) -> Path:
+    """Hash, encode and write a captured snapshot atomically (runs in a worker thread)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    seq, taken_ns, books = captured
+    state_hash = combine_hashes(hash_book(symbol, orders) for symbol, orders in books)
+    payload = msgspec.msgpack.encode({"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": books})
+    final = path_for(directory, seq)
+    tmp = final.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + HEADER.pack(zlib.crc32(payload), len(payload)) + payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return final
+
+
+def snapshot_paths(directory: Path) -> list[Path]:
+    """Newest first."""
+    return sorted(directory.glob("snap-*.tls"), reverse=True) if directory.exists() else []
+
+
+def read_snapshot(path: Path) -> Snapshot | None:
+    data = path.read_bytes()
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + HEADER.size:
+        log.warning("snapshot_skipped", file=path.name, why="truncated or not a snapshot")
+        return None
+    crc, length = HEADER.unpack_from(data, len(MAGIC))
+    payload = data[len(MAGIC) + HEADER.size :]
+    if len(payload) != length or zlib.crc32(payload) != crc:
+        log.warning("snapshot_skipped", file=path.name, why="checksum or length mismatch")
+        return None
+    try:
+        return _decode(payload)
+    except msgspec.DecodeError as exc:
+        log.warning("snapshot_skipped", file=path.name, why=f"does not decode: {exc}")
+        return None
+
+
+def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None:
+    """An engine holding the snapshot's books, or None if they do not hash as recorded."""
+    engine = Engine(instruments)
+    for state in snap.books:
+        book = engine.books.get(state.symbol)
+        if book is None:
+            log.warning("snapshot_symbol_unknown", symbol=state.symbol, orders=len(state.orders))
+            return None
+        book.load(Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in state.orders)
+    if engine.state_hash() != snap.state_hash:
+        log.warning("snapshot_skipped", seq=snap.seq, why="books do not match the recorded state hash")
+        return None
+    return engine
+
+
+def newest_valid(directory: Path, instruments: dict[str, Instrument], at_most: int | None = None) -> Iterator[tuple[Snapshot, Engine]]:
+    """Valid snapshots with their restored engines, newest first (seq <= at_most if given)."""
+    for path in snapshot_paths(directory):
+        snap = read_snapshot(path)
+        if snap is None or (at_most is not None and snap.seq > at_most):
+            continue
+        engine = restore(snap, instruments)
+        if engine is not None:
+            yield snap, engine
+
+
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` snapshots (and stray temporaries); return what is kept."""
+    paths = snapshot_paths(directory)
+    for old in paths[keep:]:
+        old.unlink(missing_ok=True)
+    for tmp in directory.glob("snap-*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return paths[:keep]

@@ -1,0 +1,86 @@
+"""Takes snapshots while the exchange runs: every `every` commands, and at shutdown.
+
+A snapshot must show the books after exactly the commands up to some seq: it is captured
+when every matching task has drained its queue (then everything durable is applied). It
+is published (written, fsync'd, renamed) only once the trade log has committed every row
+handed to it before the capture, so that restarting from it never loses a trade. Older
+snapshots beyond `keep` are deleted; with retention "delete", journal segments that the
+oldest kept snapshot covers are deleted too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+import structlog
+
+from exchange.book import Book
+from journal.journal import segment_paths
+from journal.snapshots import capture, prune, write_snapshot
+from journal.tradelog import TradeLog
+
+log = structlog.get_logger("snapshots")
+
+
+class Snapshotter:
+    def __init__(
+        self,
+        data_dir: Path,
+        books: dict[str, Book],
+        durable_seq: Callable[[], int],
+        quiescent: Callable[[], bool],
+        tradelog: TradeLog,
+        *,
+        every: int = 1_000_000,
+        keep: int = 3,
+        retention: str = "keep",
+        last_seq: int = 0,
+    ) -> None:
+        self.directory = data_dir / "snapshots"
+        self.journal_dir = data_dir / "journal"
+        self.books = books
+        self.durable_seq = durable_seq
+        self.quiescent = quiescent  # every matching task has applied everything durable
+        self.tradelog = tradelog
+        self.every = every
+        self.keep = keep
+        self.retention = retention
+        self.last_seq = last_seq
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.durable_seq() - self.last_seq >= self.every:
+                await self.take()
+
+    async def take(self) -> Path | None:
+        while not self.quiescent():
+            await asyncio.sleep(0.001)
+        seq = self.durable_seq()
+        if seq <= self.last_seq:
+            return None  # nothing new since the last one
+        behind = self.tradelog.behind_from
+        if behind is not None and behind <= seq:
+            log.warning("snapshot_held_back", seq=seq, tradelog_behind_from=behind)
+            return None
+        captured = capture(self.books, seq)
+        rows = self.tradelog.queued
+        while self.tradelog.committed < rows:
+            await asyncio.sleep(0.005)
+        path = await asyncio.to_thread(write_snapshot, self.directory, captured)
+        self.last_seq = seq
+        kept = prune(self.directory, self.keep)
+        log.info("snapshot_written", seq=seq, file=path.name, orders=sum(len(o) for _, o in captured[2]))
+        if self.retention == "delete" and len(kept) >= self.keep:
+            self._delete_covered(int(kept[-1].stem.removeprefix("snap-")))
+        return path
+
+    def _delete_covered(self, covered: int) -> None:
+        """Delete journal segments wholly at or before `covered` (the oldest kept snapshot)."""
+        segments = segment_paths(self.journal_dir)
+        for seg, nxt in zip(segments, segments[1:]):
+            if int(nxt.stem.removeprefix("seg-")) - 1 <= covered:
+                seg.unlink()
+                log.info("journal_segment_deleted", segment=seg.name, covered_by=covered)
