@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-engine install clean
+.PHONY: run test bench bench-engine bench-restart install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ bench: $(STAMP)
 
 bench-engine: $(STAMP)
 	$(PY) -m bench.engine
+
+bench-restart: $(STAMP)
+	$(PY) -m bench.restart
 
 clean:
 	rm -rf $(VENV) var

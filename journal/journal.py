@@ -64,9 +64,9 @@ def read_batches(directory: Path, after: int = 0) -> Iterator[tuple[int, list[Co
             continue
         data = path.read_bytes()
         end = 0
-        for first_seq, cmds, ts_ns, end in decode_records(data, first):
-            expect = first_seq + len(cmds)
-            if expect - 1 > after:
+        for first_seq, count, cmds, ts_ns, end in decode_records(data, first, skip_through=after):
+            expect = first_seq + count
+            if cmds is not None:
                 yield first_seq, cmds, ts_ns
         if end != len(data) and i + 1 < len(paths):
             raise JournalCorrupt(f"{path.name}: undecodable bytes at offset {end}")
@@ -84,8 +84,8 @@ def _recover_segment(path: Path) -> int:
     """Cut a torn tail off the last segment; return the next sequence number."""
     data = path.read_bytes()
     next_seq, good = _first_seq(path), 0
-    for first_seq, cmds, _, end in decode_records(data, next_seq):
-        next_seq, good = first_seq + len(cmds), end
+    for first_seq, count, _, _, end in decode_records(data, next_seq, skip_through=1 << 62):
+        next_seq, good = first_seq + count, end
     torn = len(data) - good
     if torn > MAX_TORN_TAIL:
         raise JournalCorrupt(f"{path}: {torn} undecodable bytes after offset {good}")

@@ -45,8 +45,13 @@ def encode_batch(first_seq: int, cmds: Sequence[Command], ts_ns: int) -> bytes:
     return b"".join(out)
 
 
-def decode_records(data: bytes | memoryview, expect_seq: int) -> Iterator[tuple[int, list[Command], int, int]]:
-    """Yield (first seq, commands, time ns, end offset) for each valid record from the start.
+def decode_records(
+    data: bytes | memoryview, expect_seq: int, skip_through: int = 0
+) -> Iterator[tuple[int, int, list[Command] | None, int, int]]:
+    """Yield (first seq, count, commands, time ns, end offset) for each valid record.
+
+    Records wholly at or before `skip_through` are checksummed but not decoded (commands
+    None): a restart from a snapshot reads past what the snapshot covers at disk speed.
 
     Stops silently at the first incomplete, invalid or out-of-sequence record; the caller
     compares the last end offset with len(data) to see what was left.
@@ -61,12 +66,14 @@ def decode_records(data: bytes | memoryview, expect_seq: int) -> Iterator[tuple[
         payload = view[start : start + length]
         if checksum(first_seq, count, ts_ns, payload) != crc:
             return
-        try:
-            cmds = _decode(payload)
-        except msgspec.DecodeError:
-            return
-        if len(cmds) != count:
-            return
+        cmds = None
+        if first_seq + count - 1 > skip_through:
+            try:
+                cmds = _decode(payload)
+            except msgspec.DecodeError:
+                return
+            if len(cmds) != count:
+                return
         offset = start + length
-        yield first_seq, cmds, ts_ns, offset
+        yield first_seq, count, cmds, ts_ns, offset
         expect_seq += count

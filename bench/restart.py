@@ -1,0 +1,106 @@
+"""Restart time with a long journal: full replay, and from a snapshot.
+
+    python -m bench.restart [--commands 1000000]
+
+Writes a journal of N commands (the exchange-core mix, seeded), then times what the
+server does on start: (1) replay the whole journal into fresh books, (2) the same while
+rebuilding the trade log and order audit (a restart whose trade log is lost), (3) load the
+snapshot taken at the end, verify its hash, and replay the (empty) tail; (4) the same
+with the last 10% of the journal as tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.mix import BENCH_INSTRUMENT, generate
+from exchange.instruments import load_instruments
+from journal.recovery import recover
+from journal.records import encode_batch
+from journal.snapshots import capture, write_snapshot
+from journal.tradelog import TradeLog
+
+
+def write_journal(directory: Path, stream: list, batch: int = 1000) -> None:
+    directory.mkdir(parents=True)
+    with open(directory / f"seg-{1:020d}.tlj", "wb") as f:
+        for i in range(0, len(stream), batch):
+            chunk = stream[i : i + batch]
+            f.write(encode_batch(chunk[0][0], [cmd for _, cmd in chunk], time.time_ns()))
+
+
+async def timed_recover(data: Path, instruments: dict, with_log: bool) -> tuple[float, int]:
+    tradelog = None
+    if with_log:
+        tradelog = TradeLog(data / "trades.sqlite", instruments, max_rows=10**9)
+        await tradelog.open()
+        writer = asyncio.create_task(tradelog.run())
+    t0 = time.perf_counter()
+    rec = await recover(data, instruments, tradelog, fresh_log=False)
+    took = time.perf_counter() - t0
+    if tradelog is not None:
+        await tradelog.close()
+        await writer
+        await tradelog.closed()
+    return took, rec.replayed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    from tickline.logs import configure
+
+    configure("warning")
+    instruments = {**load_instruments(), "BENCH": BENCH_INSTRUMENT}
+    root = Path(tempfile.mkdtemp(prefix="tickline-restart-"))
+    try:
+        t0 = time.perf_counter()
+        stream = generate(args.commands, args.seed)
+        data = root / "data"
+        write_journal(data / "journal", stream)
+        size = sum(p.stat().st_size for p in (data / "journal").iterdir())
+        print(f"journal: {args.commands:,} commands, {size / 1e6:.0f} MB, written in {time.perf_counter() - t0:.1f}s")
+        full, n = asyncio.run(timed_recover(data, instruments, with_log=False))
+        print(f"full replay, books only:                 {full:6.2f}s  ({n / full:,.0f} commands/s)")
+        full_log, _ = asyncio.run(timed_recover(data, instruments, with_log=True))
+        print(f"full replay, rebuilding the trade log:   {full_log:6.2f}s")
+
+        from journal.recovery import load_state  # noqa: F401  (the same path the server takes)
+        engine = asyncio.run(recover(data, instruments, None)).engine
+        write_snapshot(data / "snapshots", capture(engine.books, args.commands))
+        snap_size = next((data / "snapshots").iterdir()).stat().st_size
+        from_snap, n = asyncio.run(timed_recover(data, instruments, with_log=True))
+        print(f"from the snapshot at {args.commands:,} ({snap_size / 1e3:.0f} kB), empty tail: {from_snap:6.2f}s  (target < 3 s)")
+
+        shutil.rmtree(data / "snapshots")
+        tail_at = args.commands - args.commands // 10
+        engine = asyncio.run(_replay_until(data, instruments, tail_at))
+        write_snapshot(data / "snapshots", capture(engine.books, tail_at))
+        with_tail, n = asyncio.run(timed_recover(data, instruments, with_log=True))
+        print(f"from a snapshot at {tail_at:,} + {n:,} tail commands: {with_tail:6.2f}s")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+async def _replay_until(data: Path, instruments: dict, last: int):  # type: ignore[no-untyped-def]
+    from exchange.engine import Engine
+    from journal.journal import read_journal
+
+    engine = Engine(instruments)
+    for seq, cmd in read_journal(data / "journal"):
+        if seq > last:
+            break
+        engine.apply(seq, cmd)
+    return engine
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
