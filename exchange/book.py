@@ -33,6 +33,7 @@ from protocol.messages import (
     Fill,
     Liquidity,
     NewOrder,
+    Quote,
     Rejected,
     RejectReason,
     Replace,
@@ -124,6 +125,8 @@ class Book:
         self.orders: dict[int, Order] = {}
         self.bids = Half(BUY)
         self.asks = Half(SELL)
+        self.md_seq = 0  # the last market-data sequence number used (see protocol.messages)
+        self.quote: tuple[int | None, int, int | None, int] = (None, 0, None, 0)  # last published top
 
     # ------------------------------------------------------------------ commands
 
@@ -143,10 +146,32 @@ class Book:
         else:
             raise TypeError(f"not a command: {cmd!r}")
         if touched:
-            symbol = self.symbol
+            symbol, md_seq = self.symbol, self.md_seq
+            bid, _, ask, _ = self.quote
+            at_top = False  # only a change at or inside the last quote can move it
             for level in touched:
-                out.append(BookLevelChanged(symbol, level.side, level.price, level.total))
+                md_seq += 1
+                out.append(BookLevelChanged(md_seq, symbol, level.side, level.price, level.total))
+                if level.side is BUY:
+                    at_top = at_top or bid is None or level.price >= bid
+                else:
+                    at_top = at_top or ask is None or level.price <= ask
+            self.md_seq = md_seq
+            if at_top:
+                self._publish_quote(out)
         return out
+
+    def _publish_quote(self, out: list[Event]) -> None:
+        """A Quote if the best bid or offer (price or size) changed."""
+        bid, ask = self.bids.best(), self.asks.best()
+        quote = (
+            bid, 0 if bid is None else self.bids.levels[bid].total,
+            ask, 0 if ask is None else self.asks.levels[ask].total,
+        )  # fmt: skip
+        if quote != self.quote:
+            self.quote = quote
+            self.md_seq += 1
+            out.append(Quote(self.md_seq, self.symbol, *quote))
 
     def _new(self, seq: int, cmd: NewOrder, out: list[Event], touched: dict) -> None:
         price, tif = cmd.price, cmd.tif
@@ -213,8 +238,9 @@ class Book:
         half = self.bids if side is BUY else self.asks
         level = half.levels[order.price]  # type: ignore[index]
         if price == order.price:
-            level.total += qty - order.leaves
-            touched[level] = None
+            if qty != order.leaves:
+                level.total += qty - order.leaves
+                touched[level] = None
             if qty <= order.leaves:
                 # A pure decrease keeps time priority: shrink in place.
                 order.leaves = qty
@@ -286,11 +312,12 @@ class Book:
                     continue
                 qty = taker.leaves if taker.leaves < maker.leaves else maker.leaves
                 match_no += 1
+                self.md_seq += 1
                 tid = f"{seq}-{match_no}"
                 maker.leaves -= qty
                 taker.leaves -= qty
                 level.total -= qty
-                out.append(Trade(tid, seq, symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, owner))
+                out.append(Trade(self.md_seq, tid, seq, symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, owner))
                 out.append(Fill(maker.order_id, symbol, maker_side, qty, price, maker.leaves, tid, ADDED, maker.owner, maker.client_id))
                 out.append(Fill(taker.order_id, symbol, taker.side, qty, price, taker.leaves, tid, REMOVED, owner, taker.client_id))
                 if not maker.leaves:
@@ -341,11 +368,14 @@ class Book:
         self.orders[order.order_id] = order
         touched[level] = None
 
-    def load(self, orders: Iterable[Order]) -> None:
+    def load(self, orders: Iterable[Order], md_seq: int) -> None:
         """Rest orders as they were (restoring a snapshot): in the given order, no matching."""
         touched: dict[Level, None] = {}
         for order in orders:
             self._rest(order, touched)
+        self.md_seq = md_seq
+        bid, ask = self.bids.best(), self.asks.best()
+        self.quote = (bid, 0 if bid is None else self.bids.levels[bid].total, ask, 0 if ask is None else self.asks.levels[ask].total)
 
     def _unrest(self, order: Order, touched: dict) -> None:
         half = self.bids if order.side is BUY else self.asks
@@ -386,7 +416,7 @@ class Book:
 
     def state_hash(self) -> str:
         """A digest of everything that decides future matching: levels, FIFO order, leaves."""
-        return hash_book(self.symbol, (as_tuple(o) for o in self.resting()))
+        return hash_book(self.symbol, self.md_seq, (as_tuple(o) for o in self.resting()))
 
 
 RestingTuple = tuple[int, Side, int, int, TIF, str, "str | None"]
@@ -396,10 +426,10 @@ def as_tuple(o: Order) -> RestingTuple:
     return (o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id)  # type: ignore[return-value]
 
 
-def hash_book(symbol: str, orders: Iterable[RestingTuple]) -> str:
-    """The state hash of one book from its resting orders in priority order (bids, asks)."""
+def hash_book(symbol: str, md_seq: int, orders: Iterable[RestingTuple]) -> str:
+    """The state hash of one book: its market-data sequence and resting orders in priority order."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(symbol.encode())
+    h.update(f"{symbol}#{md_seq}".encode())
     for order_id, side, price, leaves, tif, owner, client_id in orders:
         h.update(f"|{order_id},{side.value},{price},{leaves},{tif.value},{owner},{client_id}".encode())
     return h.hexdigest()

@@ -41,6 +41,7 @@ class RestingOrder(msgspec.Struct, array_like=True, frozen=True):
 
 class BookState(msgspec.Struct, array_like=True, frozen=True):
     symbol: str
+    md_seq: int
     orders: list[RestingOrder]  # bids best first, then asks best first; FIFO within a level
 
 
@@ -54,12 +55,12 @@ class Snapshot(msgspec.Struct, frozen=True):
 _decode = msgspec.msgpack.Decoder(Snapshot).decode
 
 
-Captured = tuple[int, int, list[tuple[str, list[RestingTuple]]]]
+Captured = tuple[int, int, list[tuple[str, int, list[RestingTuple]]]]
 
 
 def capture(books: dict[str, Book], seq: int) -> Captured:
     """The books as plain tuples, taken on the event loop (fast); hash and encode elsewhere."""
-    return seq, time.time_ns(), [(symbol, [as_tuple(o) for o in book.resting()]) for symbol, book in sorted(books.items())]
+    return seq, time.time_ns(), [(s, b.md_seq, [as_tuple(o) for o in b.resting()]) for s, b in sorted(books.items())]
 
 
 def path_for(directory: Path, seq: int) -> Path:
@@ -70,7 +71,7 @@ def write_snapshot(directory: Path, captured: Captured) -> Path:
     """Hash, encode and write a captured snapshot atomically (runs in a worker thread)."""
     directory.mkdir(parents=True, exist_ok=True)
     seq, taken_ns, books = captured
-    state_hash = combine_hashes(hash_book(symbol, orders) for symbol, orders in books)
+    state_hash = combine_hashes(hash_book(symbol, md_seq, orders) for symbol, md_seq, orders in books)
     payload = msgspec.msgpack.encode({"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": books})
     final = path_for(directory, seq)
     tmp = final.with_suffix(".tmp")
@@ -117,7 +118,7 @@ def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None
         if book is None:
             log.warning("snapshot_symbol_unknown", symbol=state.symbol, orders=len(state.orders))
             return None
-        book.load(Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in state.orders)
+        book.load((Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in state.orders), state.md_seq)
     if engine.state_hash() != snap.state_hash:
         log.warning("snapshot_skipped", seq=snap.seq, why="books do not match the recorded state hash")
         return None

@@ -72,7 +72,7 @@ class Snapshotter:
         path = await asyncio.to_thread(write_snapshot, self.directory, captured)
         self.last_seq = seq
         kept = prune(self.directory, self.keep)
-        log.info("snapshot_written", seq=seq, file=path.name, orders=sum(len(o) for _, o in captured[2]))
+        log.info("snapshot_written", seq=seq, file=path.name, orders=sum(len(o) for _, _, o in captured[2]))
         if self.retention == "delete" and len(kept) >= self.keep:
             self._delete_covered(int(kept[-1].stem.removeprefix("snap-")))
         return path

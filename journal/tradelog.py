@@ -43,9 +43,10 @@ CREATE TABLE IF NOT EXISTS trades (
     taker_order_id INTEGER NOT NULL,
     maker_owner    TEXT    NOT NULL,
     taker_owner    TEXT    NOT NULL,
+    md_seq         INTEGER NOT NULL,  -- the symbol's market-data sequence number (REPLAY)
     PRIMARY KEY (seq, match_no)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS trades_by_symbol ON trades (symbol, seq);
+CREATE INDEX IF NOT EXISTS trades_by_symbol ON trades (symbol, md_seq);
 CREATE INDEX IF NOT EXISTS trades_by_ts ON trades (ts);
 CREATE TABLE IF NOT EXISTS orders (
     id        INTEGER PRIMARY KEY,  -- row id
@@ -66,7 +67,7 @@ CREATE INDEX IF NOT EXISTS orders_by_owner ON orders (owner, id);
 CREATE INDEX IF NOT EXISTS orders_by_symbol ON orders (symbol, id);
 """
 
-INSERT_TRADE = "INSERT OR IGNORE INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+INSERT_TRADE = "INSERT OR IGNORE INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_ORDER = "INSERT OR IGNORE INTO orders (order_id, ts, owner, symbol, side, qty, price, tif, client_id, status, reason, text) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 MAX_TIMES = 100_000  # commit times remembered to stamp trades (seconds of history)
 
@@ -151,7 +152,7 @@ class TradeLog:
             match_no = int(t.trade_id.rsplit("-", 1)[1])
             yield (
                 t.seq, match_no, t.trade_id, self._time_of(t.seq), t.symbol, inst.format_qty(t.qty), inst.format_price(t.price),
-                t.aggressor.value, t.maker_order_id, t.taker_order_id, t.maker_owner, t.taker_owner,
+                t.aggressor.value, t.maker_order_id, t.taker_order_id, t.maker_owner, t.taker_owner, t.md_seq,
             )  # fmt: skip
 
     def _order_rows(self, batches: list[tuple[int, list[Command], int]]) -> Iterable[tuple]:

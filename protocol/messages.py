@@ -136,6 +136,7 @@ class Fill(msgspec.Struct, frozen=True, tag="fill"):
 class Trade(msgspec.Struct, frozen=True, tag="trade"):
     """The public record of a trade (one per match, both sides in it)."""
 
+    md_seq: int  # the symbol's market-data sequence number
     trade_id: str
     seq: int  # the journal sequence of the command that caused it
     symbol: str
@@ -172,13 +173,29 @@ class Replaced(msgspec.Struct, frozen=True, tag="replaced"):
 class BookLevelChanged(msgspec.Struct, frozen=True, tag="level"):
     """A price level's total open quantity after a command (0: the level is gone)."""
 
+    md_seq: int
     symbol: str
     side: Side
     price: int
     qty: int
 
 
-Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChanged
+class Quote(msgspec.Struct, frozen=True, tag="quote"):
+    """The best bid and offer after a command that changed them (None: that side is empty)."""
+
+    md_seq: int
+    symbol: str
+    bid: int | None
+    bid_qty: int
+    ask: int | None
+    ask_qty: int
+
+
+# Trades, level changes and quotes are the public market data. Each book numbers them in
+# one gap-free sequence per symbol (md_seq), in the order the matching core produces them:
+# trades as they match, then each changed level, then the quote if the top changed. The
+# numbering is part of the book's state, so replay reproduces it.
+Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChanged | Quote
 
 
 def trade_id(seq: int, match_no: int) -> str:

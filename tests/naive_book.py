@@ -174,7 +174,7 @@ class NaiveBook:
             trade_id = f"{seq}-{match_no}"
             maker.leaves -= qty
             taker.leaves -= qty
-            out.append(Trade(trade_id, seq, self.symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, taker.owner))
+            out.append(Trade(0, trade_id, seq, self.symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, taker.owner))
             out.append(Fill(maker.order_id, self.symbol, maker_side, qty, price, maker.leaves, trade_id, Liquidity.ADDED, maker.owner, maker.client_id))
             out.append(Fill(taker.order_id, self.symbol, taker.side, qty, price, taker.leaves, trade_id, Liquidity.REMOVED, taker.owner, taker.client_id))
             if maker.leaves == 0:

@@ -21,6 +21,7 @@ from protocol.messages import (
     Event,
     Fill,
     NewOrder,
+    Quote,
     Rejected,
     Replace,
     Replaced,
@@ -62,6 +63,8 @@ def event(e: Event) -> str:
         return f"replaced {e.order_id} {e.qty}@{e.price} {'kept' if e.priority_kept else 'lost'}"
     if isinstance(e, BookLevelChanged):
         return f"level {e.side.value} {e.price}={e.qty}"
+    if isinstance(e, Quote):
+        return f"quote {e.bid}x{e.bid_qty} {e.ask}x{e.ask_qty}"
     raise TypeError(e)
 
 
@@ -84,4 +87,4 @@ class Runner:
     def __call__(self, text: str, levels: bool = False) -> list[str]:
         self.seq += 1
         events = self.book.apply(self.seq, command(text))
-        return [event(e) for e in events if levels or not isinstance(e, BookLevelChanged)]
+        return [event(e) for e in events if levels or not isinstance(e, (BookLevelChanged, Quote))]
