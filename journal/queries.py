@@ -66,3 +66,15 @@ def order_line(row: sqlite3.Row) -> str:
     cid = f" id={row['client_id']}" if row["client_id"] else ""
     why = f" reason={row['reason']} {row['text']}" if row["reason"] else ""
     return f"{head} {body}{cid}{why}"
+
+
+def trades_from(db: Path, symbol: str, md_seq: int, limit: int = 100_000) -> list[tuple[int, str, str, str, str]]:
+    """(md_seq, qty, price, aggressor, trade_id) of a symbol's trades from a market-data seq on."""
+    if not db.exists():
+        return []
+    with _connect(db) as conn:
+        rows = conn.execute(
+            "SELECT md_seq, qty, price, aggressor, trade_id FROM trades WHERE symbol = ? AND md_seq >= ? ORDER BY md_seq LIMIT ?",
+            (symbol, md_seq, limit),
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]

@@ -22,10 +22,11 @@ class Server:
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.md_port = 0
         self.log: list[str] = []
 
     def start(self, timeout: float = 15.0) -> Server:
-        cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--data-dir", str(self.data_dir), *self.extra]
+        cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(self.data_dir), *self.extra]
         self.log = []
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         ready = threading.Event()
@@ -35,6 +36,9 @@ class Server:
             for raw in self.proc.stderr:
                 line = raw.decode(errors="replace").rstrip("\n")
                 self.log.append(line)
+                md = re.search(r"event='market_data_listening' .*port=(\d+)", line)
+                if md:
+                    self.md_port = int(md.group(1))
                 m = re.search(r"event='order_entry_listening' .*port=(\d+)", line)
                 if m:
                     self.port = int(m.group(1))
@@ -48,6 +52,9 @@ class Server:
 
     def client(self) -> Client:
         return Client(self.port)
+
+    def subscriber(self) -> Client:
+        return Client(self.md_port)
 
     def stop(self, timeout: float = 10.0) -> int:
         assert self.proc

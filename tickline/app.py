@@ -4,6 +4,7 @@
                                |--> per-symbol queue --> matching task
                                                           |--> execution reports to sessions
                                                           |--> trade log (SQLite WAL)
+                                                          |--> notifier --TCP lines--> subscribers
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from exchange.instruments import load_instruments
 from exchange.matching import SymbolMatcher
 from gateway.server import Gateway
 from journal.journal import Journal
+from journal.queries import trades_from
 from journal.recovery import recover
 from journal.snapshotter import Snapshotter
 from journal.tradelog import TradeLog
+from notifier.server import Notifier
 from protocol.messages import Command
 from tickline import __version__
 
@@ -39,6 +42,8 @@ class Config:
     snapshot_every: int = 1_000_000  # commands between snapshots
     retention: str = "keep"  # journal segments a snapshot covers: keep | delete
     tradelog_max_rows: int = 500_000  # rows waiting for SQLite before they are dropped
+    md_host: str = "127.0.0.1"
+    md_port: int = 7002
 
 
 async def serve(config: Config) -> int:
@@ -85,19 +90,29 @@ async def serve(config: Config) -> int:
 
     gateway = Gateway(engine.instruments, engine.books, journal.append, settled, version=__version__, audit=tradelog.on_reject)
 
-    # 4. One matching task per symbol; its events go to the owners' sessions and the trade log.
-    matchers = {s: SymbolMatcher(book, [gateway.deliver, tradelog.on_events]) for s, book in engine.books.items()}
+    # 4. The notifier: market data for subscribers, older trades for REPLAY from the trade log.
+    async def replay_source(symbol: str, from_seq: int) -> list[tuple[int, str, str, str, str]]:
+        return await asyncio.to_thread(trades_from, db_path, symbol, from_seq)
+
+    notifier = Notifier(engine.books, replay_source, version=__version__)
+
+    # 5. One matching task per symbol; its events go to the owners' sessions, the trade log
+    #    and the notifier.
+    sinks = [gateway.deliver, tradelog.on_events, notifier.on_events]
+    matchers = {s: SymbolMatcher(book, sinks) for s, book in engine.books.items()}
     tasks = [asyncio.create_task(m.run(), name=f"match-{s}") for s, m in matchers.items()]
     journal.start()
 
-    # 5. Snapshots every so many commands (and at shutdown), so a restart replays little.
+    # 6. Snapshots every so many commands (and at shutdown), so a restart replays little.
     snapshotter = Snapshotter(
         config.data_dir, engine.books, lambda: journal.durable_seq, lambda: settled(journal.durable_seq), tradelog,
         every=config.snapshot_every, retention=config.retention, last_seq=recovered.snapshot_seq,
     )  # fmt: skip
     snapshots = asyncio.create_task(snapshotter.run(), name="snapshots")
 
-    # 6. Listen, and wait for SIGINT or SIGTERM.
+    # 7. Listen, and wait for SIGINT or SIGTERM.
+    md_host, md_port = await notifier.start(config.md_host, config.md_port)
+    log.info("market_data_listening", host=md_host, port=md_port)
     host, port = await gateway.start(config.host, config.port)
     log.info("order_entry_listening", host=host, port=port, data_dir=str(config.data_dir), next_seq=journal.next_seq)
     loop = asyncio.get_running_loop()
@@ -105,7 +120,7 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
-    # 7. Shut down in reverse: stop taking requests, make everything received durable,
+    # 8. Shut down in reverse: stop taking requests, make everything received durable,
     #    let matching finish, tell every session, snapshot, close the logs.
     log.info("shutting_down", sessions=len(gateway.sessions))
     gateway.stop_accepting()
@@ -114,6 +129,7 @@ async def serve(config: Config) -> int:
         m.stop()
     await asyncio.gather(*tasks)
     await gateway.say_bye("shutting down")
+    await notifier.stop("shutting down")
     snapshots.cancel()
     await snapshotter.take()
     await tradelog.close()

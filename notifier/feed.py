@@ -1,0 +1,96 @@
+"""One symbol's public feed: its L2 levels and top as subscribers see them, and updates to send.
+
+The matching core numbers every trade, level change and quote per symbol (md_seq). A
+SymbolFeed follows those events in order, keeps the L2 it implies (so a SNAPSHOT is
+exactly the state at its seq), encodes each update once per form (text, and JSON only
+if some subscriber wants it), and keeps recent trades for REPLAY.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import structlog
+
+from exchange.book import Book
+from exchange.instruments import Instrument
+from protocol import marketdata as M
+from protocol.messages import BookLevelChanged, Event, Quote, Side, Trade
+
+log = structlog.get_logger("notifier")
+
+RECENT_TRADES = 10_000  # per symbol, served from memory by REPLAY; older ones from the trade log
+
+
+class Update:
+    """One sequenced update, encoded once; kind is trades | quotes | book."""
+
+    __slots__ = ("seq", "kind", "text", "_json", "_fields", "_to_json")
+
+    def __init__(self, seq: int, kind: str, text: bytes, fields: tuple, to_json) -> None:  # type: ignore[no-untyped-def]
+        self.seq, self.kind, self.text = seq, kind, text
+        self._json: bytes | None = None
+        self._fields, self._to_json = fields, to_json
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = self._to_json(*self._fields)
+        return self._json
+
+
+class SymbolFeed:
+    def __init__(self, book: Book) -> None:
+        self.symbol = book.symbol
+        self.inst: Instrument = book.instrument
+        self.seq = book.md_seq
+        bids, asks = book.depth(10**9)
+        self.levels: dict[Side, dict[int, int]] = {Side.BUY: dict(bids), Side.SELL: dict(asks)}
+        self.quote = book.quote
+        self.pending: list[Update] = []
+        self.recent: deque[Update] = deque(maxlen=RECENT_TRADES)
+
+    def follow(self, e: Event) -> None:
+        """Take one market-data event (in md_seq order) into the state and the pending list."""
+        if e.md_seq != self.seq + 1:  # type: ignore[union-attr]
+            log.error("md_sequence_gap", symbol=self.symbol, expected=self.seq + 1, got=e.md_seq)  # type: ignore[union-attr]
+        self.seq = e.md_seq  # type: ignore[union-attr]
+        inst, kind = self.inst, type(e)
+        if kind is Trade:
+            fields: tuple = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor._value_, e.trade_id, e.md_seq)  # type: ignore[union-attr]
+            update = Update(e.md_seq, "trades", M.trade_text(*fields), fields, M.trade_json)  # type: ignore[union-attr]
+            self.recent.append(update)
+        elif kind is BookLevelChanged:
+            side_levels = self.levels[e.side]  # type: ignore[union-attr]
+            if e.qty:  # type: ignore[union-attr]
+                side_levels[e.price] = e.qty  # type: ignore[union-attr]
+            else:
+                side_levels.pop(e.price, None)  # type: ignore[union-attr]
+            fields = (self.symbol, e.side._value_, inst.format_price(e.price), inst.format_qty(e.qty), e.md_seq)  # type: ignore[union-attr]
+            update = Update(e.md_seq, "book", M.level_text(*fields), fields, M.level_json)  # type: ignore[union-attr]
+        else:
+            assert kind is Quote
+            self.quote = (e.bid, e.bid_qty, e.ask, e.ask_qty)  # type: ignore[union-attr]
+            fields = self.quote_fields(e.md_seq)  # type: ignore[union-attr]
+            update = Update(e.md_seq, "quotes", M.quote_text(*fields), fields, M.quote_json)  # type: ignore[union-attr]
+        self.pending.append(update)
+
+    def quote_fields(self, seq: int) -> tuple:
+        bid, bid_qty, ask, ask_qty = self.quote
+        inst = self.inst
+        return (
+            self.symbol,
+            "-" if bid is None else inst.format_price(bid), inst.format_qty(bid_qty) if bid is not None else "-",
+            "-" if ask is None else inst.format_price(ask), inst.format_qty(ask_qty) if ask is not None else "-",
+            seq,
+        )  # fmt: skip
+
+    def snapshot(self, as_json: bool) -> bytes:
+        """The full L2 at the current seq (includes updates not yet flushed)."""
+        inst = self.inst
+        bids = [(inst.format_price(p), inst.format_qty(q)) for p, q in sorted(self.levels[Side.BUY].items(), reverse=True)]
+        asks = [(inst.format_price(p), inst.format_qty(q)) for p, q in sorted(self.levels[Side.SELL].items())]
+        return (M.snapshot_json if as_json else M.snapshot_text)(self.symbol, self.seq, bids, asks)
+
+    def current_quote(self, as_json: bool) -> bytes:
+        return (M.quote_json if as_json else M.quote_text)(*self.quote_fields(self.seq))

@@ -1,0 +1,168 @@
+"""The market-data server: subscriptions, and the fan-out loop (`Notifier.flush`).
+
+Events reach the notifier synchronously from the matching tasks (`on_events`): each is
+numbered already, applied to its SymbolFeed and encoded once. The fan-out runs once per
+event-loop iteration (call_soon), so everything produced in one iteration goes to each
+subscriber in one write, in one synchronous pass over the subscribers (no await per
+subscriber: a slow one cannot hold up the rest), starting one place further each time.
+
+The queue between matching and fan-out is the feeds' pending lists: they are emptied by
+the next flush, so they hold at most one iteration's output. Per subscriber:
+- its socket buffer may hold HIGH bytes; past that (pause_writing) it gets trades only,
+  book and quote increments are conflated, and on resume_writing it gets a fresh SNAPSHOT
+  and QUOTE for what it follows;
+- past HARD_CAP, or paused longer than PAUSE_DEADLINE, it is told why in one line and
+  disconnected: trades are never skipped silently (it can reconnect and REPLAY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Awaitable, Callable
+
+import structlog
+
+from exchange.book import Book
+from protocol import marketdata as M
+from protocol.messages import BookLevelChanged, Event, Quote, Trade
+
+from notifier.feed import SymbolFeed
+from notifier.session import Subscriber
+
+log = structlog.get_logger("notifier")
+
+HIGH = 256 * 1024
+HARD_CAP = 8 * 1024 * 1024
+PAUSE_DEADLINE = 10.0
+# REPLAY's older trades: (symbol, from seq) -> rows of (md_seq, qty, price, aggressor, trade_id)
+ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str]]]]
+
+
+class Notifier:
+    def __init__(self, books: dict[str, Book], replay_source: ReplaySource | None, *, version: str, max_subscribers: int = 10_000) -> None:
+        self.feeds = {symbol: SymbolFeed(book) for symbol, book in books.items()}
+        self.replay_source = replay_source
+        self.version = version
+        self.max_subscribers = max_subscribers
+        self.subscribers: dict[Subscriber, None] = {}
+        self._dirty: dict[str, SymbolFeed] = {}
+        self._scheduled = False
+        self._rotation = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self.flushes = 0
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Subscriber(self), host, port, reuse_address=True, backlog=1024)
+        self._watchdog = loop.create_task(self._watch_paused(), name="md-watchdog")
+        address = self._server.sockets[0].getsockname()
+        return address[0], address[1]
+
+    # ------------------------------------------------------------ from matching
+
+    def on_events(self, events: list[Event]) -> None:
+        feeds, dirty = self.feeds, self._dirty
+        for e in events:
+            kind = type(e)
+            if kind is Trade or kind is BookLevelChanged or kind is Quote:
+                feed = feeds[e.symbol]  # type: ignore[union-attr]
+                feed.follow(e)
+                dirty[feed.symbol] = feed
+        if dirty and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    # ------------------------------------------------------------ the fan-out loop
+
+    def flush(self) -> None:
+        """Send this iteration's updates: one write per subscriber, one pass, rotating start."""
+        self._scheduled = False
+        updates = {symbol: feed.pending for symbol, feed in self._dirty.items()}
+        for feed in self._dirty.values():
+            feed.pending = []
+        self._dirty = {}
+        subscribers = list(self.subscribers)
+        if not subscribers or not updates:
+            return
+        self.flushes += 1
+        start = self._rotation % len(subscribers)
+        self._rotation += 1
+        encoded: dict[tuple[str, frozenset[str], bool], bytes] = {}  # each selection joined once
+        for i in range(len(subscribers)):
+            sub = subscribers[(start + i) % len(subscribers)]
+            chunks = []
+            for symbol, ups in updates.items():
+                kinds = sub.kinds_for(symbol)
+                if not kinds:
+                    continue
+                if sub.paused:
+                    kinds = kinds & {"trades"}  # conflate increments while it cannot keep up
+                    if not kinds:
+                        continue
+                since = sub.since.get(symbol, 0)
+                if since >= ups[0].seq:  # subscribed mid-iteration: skip what its snapshot covers
+                    chunks.append(self._join([u for u in ups if u.seq > since], kinds, sub.json))
+                    continue
+                key = (symbol, kinds, sub.json)
+                data = encoded.get(key)
+                if data is None:
+                    data = encoded[key] = self._join(ups, kinds, sub.json)
+                chunks.append(data)
+            if chunks:
+                sub.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+
+    @staticmethod
+    def _join(ups: list, kinds: frozenset[str], as_json: bool) -> bytes:
+        if as_json:
+            return b"".join([u.json for u in ups if u.kind in kinds])
+        return b"".join([u.text for u in ups if u.kind in kinds])
+
+    # ------------------------------------------------------------ subscribers
+
+    def admit(self, sub: Subscriber) -> bool:
+        if len(self.subscribers) >= self.max_subscribers:
+            return False
+        self.subscribers[sub] = None
+        return True
+
+    def forget(self, sub: Subscriber) -> None:
+        self.subscribers.pop(sub, None)
+
+    def recent_trades(self, symbol: str, from_seq: int, as_json: bool) -> list[bytes] | None:
+        """TRADE lines with seq >= from_seq if memory still has them all, else None."""
+        recent = self.feeds[symbol].recent
+        if recent and recent[0].seq <= from_seq or not recent and self.replay_source is None:
+            return [u.json if as_json else u.text for u in recent if u.seq >= from_seq]
+        return None
+
+    async def older_trades(self, symbol: str, from_seq: int, as_json: bool) -> list[bytes]:
+        """TRADE lines with seq >= from_seq: the trade log's, then memory's newer ones."""
+        rows = await self.replay_source(symbol, from_seq) if self.replay_source is not None else []
+        encode = M.trade_json if as_json else M.trade_text
+        older = [encode(symbol, qty, price, aggr, tid, seq) for seq, qty, price, aggr, tid in rows]
+        last = rows[-1][0] if rows else from_seq - 1
+        return older + [u.json if as_json else u.text for u in self.feeds[symbol].recent if u.seq > last]
+
+    async def _watch_paused(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for sub in list(self.subscribers):
+                if sub.paused and now - sub.paused_since > PAUSE_DEADLINE:
+                    sub.drop(f"slow_consumer not reading for {PAUSE_DEADLINE:g}s; reconnect and REPLAY trades from your last seq")
+
+    async def stop(self, text: str) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self.flush()
+        for sub in list(self.subscribers):
+            sub.bye(text)
+        deadline = time.monotonic() + 2.0
+        while self.subscribers and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for sub in list(self.subscribers):
+            sub.abort()

@@ -1,0 +1,151 @@
+"""The market-data protocol: subscription requests in, sequenced updates out. No I/O.
+
+Requests (text, case-insensitive, or a JSON object with "op"):
+    SUB <symbol|*> [trades|quotes|book|all] [json]       {"op":"sub","symbol":"AAPL","kinds":"all"}
+    UNSUB <symbol|*> [trades|quotes|book|all]
+    REPLAY <symbol> from=<seq>                           trades from that sequence number on
+    PING | HELP | QUIT
+Updates, one line each, the symbol's sequence number last:
+    TRADE <symbol> <qty> <price> <BUY|SELL> trade=<id> seq=<n>
+    QUOTE <symbol> <bid> <bid-qty> <ask> <ask-qty> seq=<n>      (- for an empty side)
+    BOOK <symbol> <BUY|SELL> <price> <total-qty> seq=<n>        (0: the level is gone)
+    SNAPSHOT <symbol> seq=<n> bids=<k> asks=<m>, then BID/ASK <price> <qty> lines, then END
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from protocol.requests import BadRequest
+
+KINDS = ("trades", "quotes", "book")
+
+
+class Subscribe(msgspec.Struct, frozen=True, tag="sub", tag_field="op", forbid_unknown_fields=True):
+    symbol: str  # a symbol or "*"
+    kinds: str = "all"
+    json: bool = False
+
+
+class Unsubscribe(msgspec.Struct, frozen=True, tag="unsub", tag_field="op", forbid_unknown_fields=True):
+    symbol: str
+    kinds: str = "all"
+
+
+class ReplayTrades(msgspec.Struct, frozen=True, tag="replay", tag_field="op", forbid_unknown_fields=True):
+    symbol: str
+    from_seq: int = msgspec.field(name="from", default=1)
+
+
+class MdPing(msgspec.Struct, frozen=True, tag="ping", tag_field="op"):
+    pass
+
+
+class MdHelp(msgspec.Struct, frozen=True, tag="help", tag_field="op"):
+    pass
+
+
+class MdQuit(msgspec.Struct, frozen=True, tag="quit", tag_field="op"):
+    pass
+
+
+MdRequest = Subscribe | Unsubscribe | ReplayTrades | MdPing | MdHelp | MdQuit
+_decode_json = msgspec.json.Decoder(MdRequest).decode
+
+MD_HELP = [
+    "SUB <symbol|*> [trades|quotes|book|all] [json]   book and quote subscriptions start with a SNAPSHOT / QUOTE",
+    "UNSUB <symbol|*> [trades|quotes|book|all]",
+    "REPLAY <symbol> from=<seq>                        resend trades from a sequence number (gap recovery)",
+    "PING | HELP | QUIT",
+    "Every update ends in seq=<n>: one gap-free sequence per symbol across its trades, quotes and book.",
+]
+
+
+def kinds_of(text: str) -> frozenset[str] | None:
+    text = text.lower()
+    if text == "all":
+        return frozenset(KINDS)
+    return frozenset((text,)) if text in KINDS else None
+
+
+def parse_md_line(line: bytes) -> MdRequest | BadRequest | None:
+    if line[:1] == b"{":
+        try:
+            return _decode_json(line)
+        except msgspec.ValidationError as exc:
+            return BadRequest("bad_request", str(exc))
+        except msgspec.DecodeError as exc:
+            return BadRequest("bad_json", str(exc))
+    try:
+        args = line.decode("ascii").split()
+    except UnicodeDecodeError:
+        return BadRequest("bad_encoding", "the line is not ASCII text")
+    if not args:
+        return None
+    verb = args.pop(0).upper()
+    if verb in ("SUB", "UNSUB"):
+        as_json = bool(args) and args[-1].lower() == "json" and verb == "SUB"
+        if as_json:
+            args.pop()
+        if len(args) not in (1, 2) or (len(args) == 2 and kinds_of(args[1]) is None):
+            return BadRequest("bad_request", f"usage: {verb} <symbol|*> [trades|quotes|book|all]" + (" [json]" if verb == "SUB" else ""))
+        kinds = args[1].lower() if len(args) == 2 else "all"
+        return Subscribe(args[0].upper(), kinds, as_json) if verb == "SUB" else Unsubscribe(args[0].upper(), kinds)
+    if verb == "REPLAY":
+        if len(args) != 2 or not args[1].lower().startswith("from=") or not args[1][5:].isdigit() or len(args[1]) > 23:
+            return BadRequest("bad_request", "usage: REPLAY <symbol> from=<seq>")
+        return ReplayTrades(args[0].upper(), int(args[1][5:]))
+    simple = {"PING": MdPing(), "HELP": MdHelp(), "QUIT": MdQuit()}.get(verb)
+    if simple is not None and not args:
+        return simple
+    return BadRequest("unknown_command", f"unknown command {verb[:24]!r}; type HELP")
+
+
+# ---------------------------------------------------------------- updates, text and JSON
+
+
+def trade_text(symbol: str, qty: str, price: str, aggressor: str, trade_id: str, seq: int) -> bytes:
+    return f"TRADE {symbol} {qty} {price} {aggressor} trade={trade_id} seq={seq}\n".encode()
+
+
+def quote_text(symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, seq: int) -> bytes:
+    return f"QUOTE {symbol} {bid} {bid_qty} {ask} {ask_qty} seq={seq}\n".encode()
+
+
+def level_text(symbol: str, side: str, price: str, qty: str, seq: int) -> bytes:
+    return f"BOOK {symbol} {side} {price} {qty} seq={seq}\n".encode()
+
+
+def snapshot_text(symbol: str, seq: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:
+    lines = [f"SNAPSHOT {symbol} seq={seq} bids={len(bids)} asks={len(asks)}"]
+    lines += [f"BID {p} {q}" for p, q in bids]
+    lines += [f"ASK {p} {q}" for p, q in asks]
+    return ("\n".join(lines) + "\nEND\n").encode()
+
+
+_json = msgspec.json.Encoder()
+
+
+def trade_json(symbol: str, qty: str, price: str, aggressor: str, trade_id: str, seq: int) -> bytes:
+    return _json.encode({"type": "trade", "symbol": symbol, "qty": qty, "price": price, "aggressor": aggressor, "trade": trade_id, "seq": seq}) + b"\n"
+
+
+def quote_json(symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, seq: int) -> bytes:
+    return _json.encode({"type": "quote", "symbol": symbol, "bid": bid, "bid_qty": bid_qty, "ask": ask, "ask_qty": ask_qty, "seq": seq}) + b"\n"
+
+
+def level_json(symbol: str, side: str, price: str, qty: str, seq: int) -> bytes:
+    return _json.encode({"type": "book", "symbol": symbol, "side": side, "price": price, "qty": qty, "seq": seq}) + b"\n"
+
+
+def snapshot_json(symbol: str, seq: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:
+    return _json.encode({"type": "snapshot", "symbol": symbol, "seq": seq, "bids": bids, "asks": asks}) + b"\n"
+
+
+def line_text(kind: str, text: str) -> bytes:
+    """SUBSCRIBED / UNSUBSCRIBED / ERR / PONG / BYE and the like: one plain line."""
+    return f"{kind} {text}\n".encode() if text else f"{kind}\n".encode()
+
+
+def line_json(kind: str, text: str) -> bytes:
+    return _json.encode({"type": kind.lower(), "text": text}) + b"\n"
