@@ -33,6 +33,7 @@ from notifier.session import Subscriber
 log = structlog.get_logger("notifier")
 
 HIGH = 256 * 1024
+SNDBUF = 128 * 1024
 HARD_CAP = 8 * 1024 * 1024
 PAUSE_DEADLINE = 10.0
 # REPLAY's older trades: (symbol, from seq) -> rows of (md_seq, qty, price, aggressor, trade_id)
@@ -40,11 +41,22 @@ ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str
 
 
 class Notifier:
-    def __init__(self, books: dict[str, Book], replay_source: ReplaySource | None, *, version: str, max_subscribers: int = 10_000) -> None:
+    def __init__(
+        self,
+        books: dict[str, Book],
+        replay_source: ReplaySource | None,
+        *,
+        version: str,
+        max_subscribers: int = 10_000,
+        hard_cap: int = HARD_CAP,
+        pause_deadline: float = PAUSE_DEADLINE,
+    ) -> None:
         self.feeds = {symbol: SymbolFeed(book) for symbol, book in books.items()}
         self.replay_source = replay_source
         self.version = version
         self.max_subscribers = max_subscribers
+        self.hard_cap = hard_cap
+        self.pause_deadline = pause_deadline
         self.subscribers: dict[Subscriber, None] = {}
         self._dirty: dict[str, SymbolFeed] = {}
         self._scheduled = False
@@ -150,8 +162,8 @@ class Notifier:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for sub in list(self.subscribers):
-                if sub.paused and now - sub.paused_since > PAUSE_DEADLINE:
-                    sub.drop(f"slow_consumer not reading for {PAUSE_DEADLINE:g}s; reconnect and REPLAY trades from your last seq")
+                if sub.paused and now - sub.paused_since > self.pause_deadline:
+                    sub.drop(f"slow_consumer not reading for {self.pause_deadline:g}s; reconnect and REPLAY trades from your last seq")
 
     async def stop(self, text: str) -> None:
         if self._server is not None:

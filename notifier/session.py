@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import TYPE_CHECKING
 
@@ -33,10 +34,15 @@ class Subscriber(asyncio.Protocol):
     # ------------------------------------------------------------ connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        from notifier.server import HIGH
+        from notifier.server import HIGH, SNDBUF
 
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=HIGH)  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # The kernel's send buffer is a buffer too: without a bound a subscriber that
+            # does not read could park megabytes there before flow control ever noticed.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         if not self.nf.admit(self):
@@ -152,14 +158,12 @@ class Subscriber(asyncio.Protocol):
         self.write(self._line(kind, text))
 
     def write(self, data: bytes) -> None:
-        from notifier.server import HARD_CAP
-
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         transport.write(data)
-        if transport.get_write_buffer_size() > HARD_CAP:
-            self.drop(f"slow_consumer more than {HARD_CAP // (1024 * 1024)} MiB unread; reconnect and REPLAY trades from your last seq")
+        if transport.get_write_buffer_size() > self.nf.hard_cap:
+            self.drop(f"slow_consumer more than {self.nf.hard_cap} bytes unread; reconnect and REPLAY trades from your last seq")
 
     def drop(self, reason: str) -> None:
         """Disconnect a subscriber that cannot keep up, with a one-line reason."""

@@ -44,6 +44,8 @@ class Config:
     tradelog_max_rows: int = 500_000  # rows waiting for SQLite before they are dropped
     md_host: str = "127.0.0.1"
     md_port: int = 7002
+    md_hard_cap: int = 8 * 1024 * 1024  # unread bytes before a subscriber is disconnected
+    md_pause_deadline: float = 10.0  # seconds a subscriber may stop reading
 
 
 async def serve(config: Config) -> int:
@@ -94,7 +96,9 @@ async def serve(config: Config) -> int:
     async def replay_source(symbol: str, from_seq: int) -> list[tuple[int, str, str, str, str]]:
         return await asyncio.to_thread(trades_from, db_path, symbol, from_seq)
 
-    notifier = Notifier(engine.books, replay_source, version=__version__)
+    notifier = Notifier(
+        engine.books, replay_source, version=__version__, hard_cap=config.md_hard_cap, pause_deadline=config.md_pause_deadline
+    )
 
     # 5. One matching task per symbol; its events go to the owners' sessions, the trade log
     #    and the notifier.

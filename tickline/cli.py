@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=int(env("TICKLINE_PORT", "7001")), help="order-entry port, 0 for any (TICKLINE_PORT)")
     serve.add_argument("--md-host", default=env("TICKLINE_MD_HOST", "127.0.0.1"), help="market-data address (TICKLINE_MD_HOST)")
     serve.add_argument("--md-port", type=int, default=int(env("TICKLINE_MD_PORT", "7002")), help="market-data port, 0 for any (TICKLINE_MD_PORT)")
+    serve.add_argument("--md-hard-cap", type=int, default=8 * 1024 * 1024, help="unread bytes before a subscriber is disconnected")
+    serve.add_argument("--md-pause-deadline", type=float, default=10.0, help="seconds a subscriber may stop reading")
     serve.add_argument("--snapshot-every", type=int, default=int(env("TICKLINE_SNAPSHOT_EVERY", "1000000")), help="commands between snapshots")
     serve.add_argument("--retention", choices=["keep", "delete"], default=env("TICKLINE_RETENTION", "keep"), help="journal segments covered by snapshots")
     serve.add_argument("--tradelog-max-rows", type=int, default=int(env("TICKLINE_TRADELOG_MAX_ROWS", "500000")), help="trade log queue bound")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Config(
             args.host, args.port, args.data_dir, args.instruments,
             snapshot_every=args.snapshot_every, retention=args.retention, tradelog_max_rows=args.tradelog_max_rows,
-            md_host=args.md_host, md_port=args.md_port,
+            md_host=args.md_host, md_port=args.md_port, md_hard_cap=args.md_hard_cap, md_pause_deadline=args.md_pause_deadline,
         )  # fmt: skip
         return uvloop.run(run_server(config))
     if args.command == "replay":
