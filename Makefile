@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-engine bench-restart install clean
+.PHONY: run test bench bench-engine bench-restart bench-fanout install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench-engine: $(STAMP)
 
 bench-restart: $(STAMP)
 	$(PY) -m bench.restart
+
+bench-fanout: $(STAMP)
+	$(PY) -m bench.fanout
 
 clean:
 	rm -rf $(VENV) var

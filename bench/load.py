@@ -289,12 +289,14 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         pipe = self.proc.stderr if stream == "stderr" else self.proc.stdout
         deadline = time.monotonic() + 20
-        self.port = 0
+        self.port = self.md_port = 0
         while time.monotonic() < deadline:
             raw = pipe.readline()  # type: ignore[union-attr]
             if not raw:
                 break
             m = re.search(pattern, raw.decode(errors="replace"))
+            if m and b"market_data_listening" in raw:
+                self.md_port = int(m.group(1))
             if m and (kind != "exchange" or b"order_entry_listening" in raw):
                 self.port = int(m.group(1))
                 break

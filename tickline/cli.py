@@ -60,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(getattr(args, "log_level", "warning"))
     if args.command == "serve":
+        import resource
+
         import uvloop
+
+        # Thousands of subscribers and sessions are thousands of descriptors.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
         from tickline.app import Config, serve as run_server
 
