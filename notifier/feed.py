@@ -23,19 +23,26 @@ RECENT_TRADES = 10_000  # per symbol, served from memory by REPLAY; older ones f
 
 
 class Update:
-    """One sequenced update, encoded once; kind is trades | quotes | book."""
+    """One sequenced update; kind is trades | quotes | book. Encoded only when first sent
+    (once per form): with nobody subscribed, following the market costs almost nothing."""
 
-    __slots__ = ("seq", "kind", "text", "_json", "_fields", "_to_json")
+    __slots__ = ("seq", "kind", "_event", "_feed", "_text", "_json")
 
-    def __init__(self, seq: int, kind: str, text: bytes, fields: tuple, to_json) -> None:  # type: ignore[no-untyped-def]
-        self.seq, self.kind, self.text = seq, kind, text
+    def __init__(self, seq: int, kind: str, event: Event, feed: SymbolFeed) -> None:
+        self.seq, self.kind, self._event, self._feed = seq, kind, event, feed
+        self._text: bytes | None = None
         self._json: bytes | None = None
-        self._fields, self._to_json = fields, to_json
+
+    @property
+    def text(self) -> bytes:
+        if self._text is None:
+            self._text = self._feed.encode(self._event, False)
+        return self._text
 
     @property
     def json(self) -> bytes:
         if self._json is None:
-            self._json = self._to_json(*self._fields)
+            self._json = self._feed.encode(self._event, True)
         return self._json
 
 
@@ -52,13 +59,13 @@ class SymbolFeed:
 
     def follow(self, e: Event) -> None:
         """Take one market-data event (in md_seq order) into the state and the pending list."""
-        if e.md_seq != self.seq + 1:  # type: ignore[union-attr]
-            log.error("md_sequence_gap", symbol=self.symbol, expected=self.seq + 1, got=e.md_seq)  # type: ignore[union-attr]
-        self.seq = e.md_seq  # type: ignore[union-attr]
-        inst, kind = self.inst, type(e)
+        seq = e.md_seq  # type: ignore[union-attr]
+        if seq != self.seq + 1:
+            log.error("md_sequence_gap", symbol=self.symbol, expected=self.seq + 1, got=seq)
+        self.seq = seq
+        kind = type(e)
         if kind is Trade:
-            fields: tuple = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor._value_, e.trade_id, e.md_seq)  # type: ignore[union-attr]
-            update = Update(e.md_seq, "trades", M.trade_text(*fields), fields, M.trade_json)  # type: ignore[union-attr]
+            update = Update(seq, "trades", e, self)
             self.recent.append(update)
         elif kind is BookLevelChanged:
             side_levels = self.levels[e.side]  # type: ignore[union-attr]
@@ -66,14 +73,29 @@ class SymbolFeed:
                 side_levels[e.price] = e.qty  # type: ignore[union-attr]
             else:
                 side_levels.pop(e.price, None)  # type: ignore[union-attr]
-            fields = (self.symbol, e.side._value_, inst.format_price(e.price), inst.format_qty(e.qty), e.md_seq)  # type: ignore[union-attr]
-            update = Update(e.md_seq, "book", M.level_text(*fields), fields, M.level_json)  # type: ignore[union-attr]
+            update = Update(seq, "book", e, self)
         else:
-            assert kind is Quote
             self.quote = (e.bid, e.bid_qty, e.ask, e.ask_qty)  # type: ignore[union-attr]
-            fields = self.quote_fields(e.md_seq)  # type: ignore[union-attr]
-            update = Update(e.md_seq, "quotes", M.quote_text(*fields), fields, M.quote_json)  # type: ignore[union-attr]
+            update = Update(seq, "quotes", e, self)
         self.pending.append(update)
+
+    def encode(self, e: Event, as_json: bool) -> bytes:
+        inst, kind = self.inst, type(e)
+        if kind is Trade:
+            fields: tuple = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor._value_, e.trade_id, e.md_seq)  # type: ignore[union-attr]
+            return (M.trade_json if as_json else M.trade_text)(*fields)
+        if kind is BookLevelChanged:
+            fields = (self.symbol, e.side._value_, inst.format_price(e.price), inst.format_qty(e.qty), e.md_seq)  # type: ignore[union-attr]
+            return (M.level_json if as_json else M.level_text)(*fields)
+        assert kind is Quote
+        bid, ask = e.bid, e.ask  # type: ignore[union-attr]
+        fields = (
+            self.symbol,
+            "-" if bid is None else inst.format_price(bid), "-" if bid is None else inst.format_qty(e.bid_qty),  # type: ignore[union-attr]
+            "-" if ask is None else inst.format_price(ask), "-" if ask is None else inst.format_qty(e.ask_qty),  # type: ignore[union-attr]
+            e.md_seq,  # type: ignore[union-attr]
+        )  # fmt: skip
+        return (M.quote_json if as_json else M.quote_text)(*fields)
 
     def quote_fields(self, seq: int) -> tuple:
         bid, bid_qty, ask, ask_qty = self.quote

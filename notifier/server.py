@@ -76,6 +76,14 @@ class Notifier:
 
     def on_events(self, events: list[Event]) -> None:
         feeds, dirty = self.feeds, self._dirty
+        if not self.subscribers:  # follow the state only; nobody to send updates to
+            for e in events:
+                kind = type(e)
+                if kind is Trade or kind is BookLevelChanged or kind is Quote:
+                    feeds[e.symbol].follow(e)  # type: ignore[union-attr]
+            for feed in feeds.values():
+                feed.pending.clear()
+            return
         for e in events:
             kind = type(e)
             if kind is Trade or kind is BookLevelChanged or kind is Quote:
