@@ -68,6 +68,9 @@ class Snapshotter:
         captured = capture(self.books, seq)
         rows = self.tradelog.queued
         while self.tradelog.committed < rows:
+            if not self.tradelog.healthy:
+                log.error("snapshot_held_back", seq=seq, why="the trade log writer is not running")
+                return None
             await asyncio.sleep(0.005)
         path = await asyncio.to_thread(write_snapshot, self.directory, captured)
         self.last_seq = seq
