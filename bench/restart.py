@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         full_log, _ = asyncio.run(timed_recover(data, instruments, with_log=True))
         print(f"full replay, rebuilding the trade log:   {full_log:6.2f}s")
 
-        from journal.recovery import load_state  # noqa: F401  (the same path the server takes)
         engine = asyncio.run(recover(data, instruments, None)).engine
         write_snapshot(data / "snapshots", capture(engine.books, args.commands))
         snap_size = next((data / "snapshots").iterdir()).stat().st_size

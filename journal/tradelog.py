@@ -19,23 +19,18 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import msgspec
 import structlog
 
 from exchange.instruments import Instrument
-from journal.tradelog_writer import LENGTH, UNITS, Frame
+from journal.tradelog_writer import LENGTH, UNITS, Frame, iso
 from protocol.messages import Command, Event, Trade
 
 log = structlog.get_logger("tradelog")
 
 BATCH_WINDOW = 0.02  # seconds between frames: few, large transactions
-
-
-def iso(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).isoformat(timespec="microseconds")
 
 
 class TradeLog:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
-import pytest
 
-from tests.harness import Client, Server
+from tests.harness import Server
 
 
 def test_the_readme_netcat_session(server: Server) -> None:
