@@ -110,18 +110,28 @@ class TradeLog:
             if self._pending:
                 frame = Frame(self._pending, self._batches, self._trades, self._rejects)
                 self._batches, self._trades, self._rejects, self._pending = [], [], [], 0
-                await self._send(frame)
+                try:
+                    await self._send(frame)
+                except (BrokenPipeError, ConnectionResetError, RuntimeError) as exc:
+                    # The writer process died: the rows are in the journal; the next
+                    # restart puts them in (snapshots are held back meanwhile).
+                    if self.behind_from is None:
+                        log.error("tradelog_writer_died", error=repr(exc))
+                        self.behind_from = frame.batches[0][0] if frame.batches else 1
             if self._closing and not self._pending:
                 break
             await asyncio.sleep(BATCH_WINDOW)
         assert self._proc is not None and self._proc.stdin is not None
-        self._proc.stdin.close()
+        if not self._proc.stdin.is_closing():
+            self._proc.stdin.close()
         await self._proc.wait()
         if self._acks is not None:
             await self._acks
 
     async def _send(self, frame: Frame) -> None:
         assert self._proc is not None and self._proc.stdin is not None
+        if self._proc.returncode is not None or self._proc.stdin.is_closing():
+            raise BrokenPipeError(f"the trade log writer exited ({self._proc.returncode})")
         payload = self._encode(frame)
         self._proc.stdin.write(LENGTH.pack(len(payload)) + payload)
         await self._proc.stdin.drain()  # only this task waits on a slow writer process

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -178,4 +180,26 @@ def test_an_overloaded_trade_log_drops_rows_and_the_next_restart_fills_the_gap(t
     server = Server(data).start()  # default bound: recovery replays and fills the gap
     server.stop()
     assert len(list(trades(data / "trades.sqlite"))) == 30
+    assert replay_verify(data).returncode == 0
+
+
+def test_a_dead_trade_log_writer_costs_no_order_and_the_restart_fills_the_log(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = Server(data).start()
+    maker, taker = server.client(), server.client()
+    maker.ask("SELL ES 10 4500")
+    assert server.proc is not None
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    assert children, "the trade log writer process"
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(0.2)
+    assert taker.ask("BUY ES 3", 2) == ["ACK 2 BUY ES 3 MKT IOC", "FILL 2 3 4500.00 leaves=0 trade=2-1 liq=R"]
+    assert maker.line() == "FILL 1 3 4500.00 leaves=7 trade=2-1 liq=A"
+    assert server.stop() == 0
+    assert any("tradelog_writer_died" in line or "snapshot_held_back" in line for line in server.log)
+
+    server = Server(data).start()
+    server.stop()
+    assert [row["trade_id"] for row in trades(data / "trades.sqlite")] == ["2-1"]
     assert replay_verify(data).returncode == 0
