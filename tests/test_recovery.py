@@ -134,7 +134,7 @@ def test_a_torn_journal_tail_and_a_corrupt_snapshot_are_survived(tmp_path: Path)
     for i in range(3):
         client.send("".join(f"BUY AAPL 1 {90 + i}.{j:02d}\nSELL AAPL 1 {95 + i}.{j:02d}\n" for j in range(40)))
         client.lines(80)
-        time.sleep(1.3)  # let the snapshotter see each burst
+        time.sleep(2.2)  # let the snapshotter (it looks once a second) see each burst
     assert server.stop() == 0
     snaps = snapshot_paths(data / "snapshots")
     assert len(snaps) >= 2
