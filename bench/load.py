@@ -9,7 +9,7 @@ exchange (durable: every ACK after fsync). Phases:
 - closed loop: a window of N requests in flight per connection; finds maximum throughput;
 - open loop at fixed rates: each request has a planned send time and latency is measured
   from it, so a stalled server cannot hide its stall (no coordinated omission).
-Latency is request -> ACK (or REJ) of new orders, and a marketable order -> its first FILL.
+Latency is request -> ACK (or REJ) of new orders, and an IOC or market order -> its first FILL.
 Prints a table, the ratio exchange/baseline (absolute figures drift ~20% run to run on
 these machines; ratios from one run compare), and the fsync floor of the data disk.
 """
@@ -60,6 +60,11 @@ class Stats:
         self.first_send = 0.0
         self.last_completion = 0.0
         self.timeline: list[tuple[float, int, float]] = []  # (t, completions/s, p99 ms)
+        self.track_md = False  # with --subscribers: remember ACK times by order id
+        self.ack_at: dict[bytes, float] = {}
+        self.md_first: dict[bytes, float] = {}  # taker order id -> first/last subscriber's TRADE
+        self.md_last: dict[bytes, float] = {}
+        self.md_count: dict[bytes, int] = {}
 
 
 class LoadConnection:
@@ -73,6 +78,7 @@ class LoadConnection:
         self.planned = [0.0] * len(stream.lines)
         self.acked = bytearray(len(stream.lines))
         self.filled = bytearray(len(stream.lines))
+        self.takes = stream.takes
         self.stats = stats
         self.window = window  # 0: open loop
         self.next = 0
@@ -134,9 +140,9 @@ class LoadConnection:
             if kind == b"FIL":
                 stats.fills += 1
                 i = _cid(line)
-                # Only the taker's fill measures latency; a resting order fills whenever
-                # someone else comes along.
-                if i >= 0 and not filled[i] and b"liq=R" in line:
+                # Only an IOC or market order's fill measures latency: a resting order
+                # (or one replaced across the spread later) fills whenever it meets someone.
+                if i >= 0 and not filled[i] and self.takes[i]:
                     filled[i] = 1
                     stats.fill.record_value(max(1, int((now - planned[i]) * 1e6)))
                 continue
@@ -144,6 +150,8 @@ class LoadConnection:
                 completed += 1
                 if kind == b"REJ":
                     stats.rejected += 1
+                if stats.track_md and kind == b"ACK":
+                    stats.ack_at[line.split(b" ", 2)[1]] = now
                 i = _cid(line)
                 if i >= 0 and not acked[i]:
                     acked[i] = 1
@@ -163,6 +171,49 @@ class LoadConnection:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class MdSubscriber:
+    """A market-data subscriber (SUB * trades): when each trade reaches it."""
+
+    def __init__(self, port: int, stats: Stats) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(b"SUB * trades\n")
+        self.sock.setblocking(False)
+        self.stats = stats
+        self.partial = b""
+
+    def readable(self, now: float) -> None:
+        try:
+            data = self.sock.recv(1 << 20)
+        except (BlockingIOError, OSError):
+            return
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        stats = self.stats
+        for line in lines:
+            if line[:5] == b"TRADE":
+                j = line.find(b" trade=")
+                taker = line[j + 7 : line.index(b"-", j)]  # trade id <seq>-<n>: seq is the taker's order id
+                if taker not in stats.md_first:
+                    stats.md_first[taker] = now
+                stats.md_last[taker] = now
+                stats.md_count[taker] = stats.md_count.get(taker, 0) + 1
+
+
+def _md_summary(stats: Stats, subscribers: int) -> dict[str, float]:
+    full = [t for t, n in stats.md_count.items() if n >= subscribers]
+    spread = sorted((stats.md_last[t] - stats.md_first[t]) * 1000 for t in full)
+    e2e = sorted((stats.md_last[t] - stats.ack_at[t]) * 1000 for t in full if t in stats.ack_at)
+
+    def q(values: list[float], p: float) -> float:
+        return values[min(len(values) - 1, int(p * len(values)))] if values else 0.0
+
+    return {
+        "subscribers": subscribers, "trades": len(full),
+        "spread_p50": q(spread, 0.5), "spread_p99": q(spread, 0.99),
+        "ack_to_last_trade_p50": q(e2e, 0.5), "ack_to_last_trade_p99": q(e2e, 0.99),
+    }  # fmt: skip
 
 
 def _cid(line: bytes) -> int:
@@ -191,6 +242,7 @@ class PhaseResult:
     ack_ms: dict[str, float] = field(default_factory=dict)
     fill_ms: dict[str, float] = field(default_factory=dict)
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
+    market_data: dict[str, float] = field(default_factory=dict)  # with --subscribers
 
 
 def _summary(h: HdrHistogram) -> dict[str, float]:
@@ -211,10 +263,20 @@ def _summary(h: HdrHistogram) -> dict[str, float]:
 # the figures worse.
 def run_phase(
     port: int, streams: list[Stream], label: str, server: str, rate: int | None, window: int,
-    drain_s: float = 15.0, gap: float = 0.001,
+    drain_s: float = 15.0, gap: float = 0.001, md_port: int = 0, subscribers: int = 0,
 ) -> PhaseResult:  # fmt: skip
-    """Drive one server with the streams; rate=None is closed loop with `window` in flight."""
+    """Drive one server with the streams; rate=None is closed loop with `window` in flight.
+
+    With subscribers (and the exchange's md_port), that many market-data connections
+    follow every trade; they are polled between sends, so their times are to ~1 ms
+    (bench/fanout.py measures fan-out precisely, with kernel timestamps)."""
     stats = Stats()
+    stats.track_md = bool(subscribers and md_port)
+    subs = [MdSubscriber(md_port, stats) for _ in range(subscribers if md_port else 0)]
+    poller = select.poll()
+    by_sub = {m.sock.fileno(): m for m in subs}
+    for m in subs:
+        poller.register(m.sock.fileno(), select.POLLIN)
     conns = [LoadConnection(port, stream, stats, 0 if rate else window) for stream in streams]
     by_fd = {c.sock.fileno(): c for c in conns}
     _quiet(conns, 0.2)  # HELLO lines in
@@ -242,16 +304,25 @@ def run_phase(
             by_fd[sock.fileno()].readable(now)
         for sock in writable:
             by_fd[sock.fileno()].flush()
+        if subs:
+            for fd, _ in poller.poll(0):
+                by_sub[fd].readable(now)
         if now >= next_report:
             last_done = _progress(stats, f"{server:8} {label}", total, now - t0, last_done)
             next_report += 1
+    end = time.perf_counter() + (1.0 if subs else 0)
+    while time.perf_counter() < end:  # the last trades' way to every subscriber
+        for fd, _ in poller.poll(50):
+            by_sub[fd].readable(time.perf_counter())
     for c in conns:
         c.close()
+    for m in subs:
+        m.sock.close()
     elapsed = max(stats.last_completion - stats.first_send, 1e-9)
     return PhaseResult(
         label, server, len(conns), rate, None if rate else window, total, stats.completed, stats.rejected,
         stats.errors, stats.fills, elapsed, stats.completed / elapsed, _summary(stats.ack), _summary(stats.fill),
-        stats.timeline,
+        stats.timeline, _md_summary(stats, len(subs)) if subs else {},
     )  # fmt: skip
 
 
@@ -396,7 +467,12 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
             server = ServerProcess(kind, data)
             try:
                 gap = args.send_every_ms if args.send_every_ms is not None else (0.1 if (rate or 0) <= 20_000 else 1.0)
-                results.append(run_phase(server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000))
+                results.append(
+                    run_phase(
+                        server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000,
+                        md_port=server.md_port, subscribers=args.subscribers,
+                    )  # fmt: skip
+                )
             finally:
                 server.stop()
                 shutil.rmtree(data, ignore_errors=True)
@@ -417,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         help="open loop: each connection writes what is due this often (default: 0.1 up to 20,000/s, like a client that "
         "sends each order as it decides it; 1 above, like one that flushes each millisecond)",
     )  # fmt: skip
+    parser.add_argument("--subscribers", type=int, default=0, help="market-data subscribers following every trade (exchange only)")
     parser.add_argument("--only", choices=["baseline", "exchange"])
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "bench", help="where the exchange's journal goes (its disk is probed)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "load.json")
@@ -434,6 +511,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.connections} connections, seed {args.seed}, open loop writes every {every}; baseline = bench/baseline.py (no work, same generator)")
     print(table(results))
     for r in results:
+        md = r.market_data
+        if md:
+            print(
+                f"  market data, {r.phase}: {md['subscribers']:g} subscribers, {md['trades']:,.0f} trades reached all; "
+                f"spread first->last p50 {md['spread_p50']:.2f} ms p99 {md['spread_p99']:.2f} ms; "
+                f"ACK -> last subscriber p50 {md['ack_to_last_trade_p50']:.2f} ms p99 {md['ack_to_last_trade_p99']:.2f} ms"
+            )
         if r.completed < r.requests:
             print(f"  note: {r.server} {r.phase}: {r.requests - r.completed:,} requests unanswered at the end")
         if r.errors:

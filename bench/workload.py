@@ -35,6 +35,7 @@ MIXES = [
 class Stream:
     lines: list[bytes]  # one request each, LF-terminated
     new_order_at: list[int]  # indexes (= client id numbers) of the lines that are new orders
+    takes: bytearray  # 1 at the index of an IOC or market order: its fill latency is measured
 
 
 def make_stream(n: int, seed: int, conn: int, instruments: dict[str, Instrument] | None = None) -> Stream:
@@ -45,6 +46,7 @@ def make_stream(n: int, seed: int, conn: int, instruments: dict[str, Instrument]
     live: list[tuple[int, SymbolMix, str]] = []  # (client id number, mix, side) of GTC orders sent
     lines: list[bytes] = []
     new_at: list[int] = []
+    takes = bytearray(n)
     for i in range(n):
         mix = rng.choices(mixes, weights)[0]
         inst = instruments[mix.symbol]
@@ -73,7 +75,9 @@ def make_stream(n: int, seed: int, conn: int, instruments: dict[str, Instrument]
             elif kind < 0.95:  # a marketable IOC limit: takes what rests near the mid
                 price = mid + sign * rng.randint(0, 10)
                 lines.append(f"{side} {mix.symbol} {qty} {inst.format_price(price)} IOC id=c{i}\n".encode())
+                takes[i] = 1
             else:  # a market order
                 lines.append(f"{side} {mix.symbol} {qty} id=c{i}\n".encode())
+                takes[i] = 1
             new_at.append(i)
-    return Stream(lines, new_at)
+    return Stream(lines, new_at, takes)

@@ -14,7 +14,7 @@ def test_load_generator_drives_both_servers_and_writes_its_report(tmp_path: Path
     out = tmp_path / "load.json"
     run = subprocess.run(
         [sys.executable, "-m", "bench.load", "--orders", "4000", "--rates", "2000", "--duration", "1",
-         "--connections", "2", "--data-dir", str(tmp_path / "data"), "--json", str(out)],
+         "--connections", "2", "--subscribers", "3", "--data-dir", str(tmp_path / "data"), "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -28,6 +28,8 @@ def test_load_generator_drives_both_servers_and_writes_its_report(tmp_path: Path
         assert row["ack_ms"]["p50"] > 0
     exchange = [r for r in report["results"] if r["server"] == "exchange"]
     assert all(r["fills"] > 0 for r in exchange)  # the mix really trades
+    assert all(r["market_data"]["subscribers"] == 3 and r["market_data"]["trades"] > 0 for r in exchange)
+    assert "market data," in run.stdout
 
 
 def test_engine_benchmark_prints_the_ratio() -> None:
