@@ -135,7 +135,7 @@ class Session(asyncio.Protocol):
             self.json_mode = is_json
             try:
                 kind = type(request)
-                if kind is Buy or kind is Sell:  # most requests: skip a call
+                if kind is Buy or kind is Sell:
                     reply, seq = self._new_order(request, is_json)  # type: ignore[arg-type]
                     out.append(reply)
                 else:
@@ -149,20 +149,16 @@ class Session(asyncio.Protocol):
         self._emit(out, last_seq, count)
 
     def handle(self, req: Request | BadRequest, is_json: bool, out: list[bytes]) -> int:
-        """Handle one request; append its immediate replies; return the seq it journaled, or 0."""
+        """Any request but a new order: append its immediate reply; return the seq it journaled, or 0."""
         kind = type(req)
-        if kind is Buy or kind is Sell:
-            reply, seq = self._new_order(req, is_json)  # type: ignore[arg-type]
-            out.append(reply)
-            return seq
         if kind is CancelOrder:
-            reject, seq = self._cancel(req)  # type: ignore[arg-type]
+            reply, seq = self._cancel(req)  # type: ignore[arg-type]
         elif kind is ReplaceOrder:
-            reject, seq = self._replace(req)  # type: ignore[arg-type]
+            reply, seq = self._replace(req)  # type: ignore[arg-type]
         else:
-            reject, seq = self._query(req), 0
-        if reject is not None:
-            out.append(R.to_json(reject) if is_json else R.to_text(reject))
+            reply, seq = self._query(req), 0
+        if reply is not None:
+            out.append(R.to_json(reply) if is_json else R.to_text(reply))
         return seq
 
     def _new_order(self, req: Buy | Sell, is_json: bool) -> tuple[bytes, int]:
