@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import structlog
 
 from bench.mix import BENCH_INSTRUMENT, generate
 from exchange.instruments import load_instruments
@@ -55,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    from tickline.logs import configure
-
-    configure("warning")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # quiet recovery logs
     instruments = {**load_instruments(), "BENCH": BENCH_INSTRUMENT}
     root = Path(tempfile.mkdtemp(prefix="tickline-restart-"))
     try:
