@@ -71,7 +71,9 @@ def kinds_of(text: str) -> frozenset[str] | None:
 def parse_md_line(line: bytes) -> MdRequest | BadRequest | None:
     if line[:1] == b"{":
         try:
-            return _decode_json(line)
+            req = _decode_json(line)
+            symbol = getattr(req, "symbol", None)
+            return msgspec.structs.replace(req, symbol=symbol.upper()) if symbol else req  # type: ignore[type-var]
         except msgspec.ValidationError as exc:
             return BadRequest("bad_request", str(exc))
         except msgspec.DecodeError as exc:

@@ -69,7 +69,8 @@ def test_md_requests_parse() -> None:
     assert parse_md_line(b"SUB * trades json") == Subscribe("*", "trades", True)
     assert parse_md_line(b"UNSUB ES book") == Unsubscribe("ES", "book")
     assert parse_md_line(b"REPLAY ES from=17") == ReplayTrades("ES", 17)
-    assert parse_md_line(b'{"op":"replay","symbol":"ES","from":3}') == ReplayTrades("ES", 3)
+    assert parse_md_line(b'{"op":"replay","symbol":"es","from":3}') == ReplayTrades("ES", 3)
+    assert parse_md_line(b'{"op":"sub","symbol":"aapl","kinds":"book","json":true}') == Subscribe("AAPL", "book", True)
     assert parse_md_line(b"PING") == MdPing()
     assert isinstance(parse_md_line(b"SUB AAPL candles"), BadRequest)
 
