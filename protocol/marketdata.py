@@ -133,7 +133,9 @@ def trade_json(symbol: str, qty: str, price: str, aggressor: str, trade_id: str,
 
 
 def quote_json(symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, seq: int) -> bytes:
-    return _json.encode({"type": "quote", "symbol": symbol, "bid": bid, "bid_qty": bid_qty, "ask": ask, "ask_qty": ask_qty, "seq": seq}) + b"\n"
+    """An empty side is null in JSON (the text form's "-")."""
+    side = {"bid": bid, "bid_qty": bid_qty, "ask": ask, "ask_qty": ask_qty}
+    return _json.encode({"type": "quote", "symbol": symbol, **{k: (None if v == "-" else v) for k, v in side.items()}, "seq": seq}) + b"\n"
 
 
 def level_json(symbol: str, side: str, price: str, qty: str, seq: int) -> bytes:
