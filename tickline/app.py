@@ -75,9 +75,9 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
 
     def on_durable(first_seq: int, cmds: list[Command], ts_ns: int) -> None:
-        # Queue the commands for matching and release their ACKs. Matching tasks run
+        # Queue the commands for matching and release their ACKs. Matching steps run
         # later in this loop iteration, so an order's FILL never overtakes its ACK, and
-        # the session's flush (scheduled by the release, after the tasks) sends both in
+        # the session's flush (scheduled by the release, after the steps) sends both in
         # one write.
         for seq, cmd in enumerate(cmds, first_seq):
             matchers[cmd.symbol].submit(seq, cmd)
@@ -100,11 +100,11 @@ async def serve(config: Config) -> int:
         engine.books, replay_source, version=__version__, hard_cap=config.md_hard_cap, pause_deadline=config.md_pause_deadline
     )
 
-    # 5. One matching task per symbol; its events go to the owners' sessions, the trade log
-    #    and the notifier.
+    # 5. One matching queue per symbol, drained in its own steps of the event loop; its
+    #    events go to the owners' sessions, the trade log and the notifier.
+    loop = asyncio.get_running_loop()
     sinks = [gateway.deliver, tradelog.on_events, notifier.on_events]
-    matchers = {s: SymbolMatcher(book, sinks) for s, book in engine.books.items()}
-    tasks = [asyncio.create_task(m.run(), name=f"match-{s}") for s, m in matchers.items()]
+    matchers = {s: SymbolMatcher(book, sinks, loop.call_soon) for s, book in engine.books.items()}
     journal.start()
 
     # 6. Snapshots every so many commands (and at shutdown), so a restart replays little.
@@ -119,7 +119,6 @@ async def serve(config: Config) -> int:
     log.info("market_data_listening", host=md_host, port=md_port)
     host, port = await gateway.start(config.host, config.port)
     log.info("order_entry_listening", host=host, port=port, data_dir=str(config.data_dir), next_seq=journal.next_seq)
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -130,8 +129,7 @@ async def serve(config: Config) -> int:
     gateway.stop_accepting()
     await journal.close()
     for m in matchers.values():
-        m.stop()
-    await asyncio.gather(*tasks)
+        m.drain_all()
     await gateway.say_bye("shutting down")
     await notifier.stop("shutting down")
     snapshots.cancel()
