@@ -49,7 +49,6 @@ async def timed_recover(data: Path, instruments: dict, with_log: bool) -> tuple[
     if tradelog is not None:
         await tradelog.close()
         await writer
-        await tradelog.closed()
     return took, rec.replayed
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 from protocol.messages import RejectReason
+from protocol.text import clip
 
 # ASCII digits only: str.isdigit() and int() accept other scripts' digits, which we refuse.
 _DECIMAL = re.compile(r"([0-9]+)(?:\.([0-9]+))?", re.ASCII)
@@ -136,17 +137,17 @@ class Instrument:
     def parse_qty(self, text: str) -> int | tuple[RejectReason, str]:
         lots = self.lot.count(text)
         if lots is None:
-            return RejectReason.BAD_QTY, f"quantity {_show(text)} is not a positive decimal number"
+            return RejectReason.BAD_QTY, f"quantity {clip(text)} is not a positive decimal number"
         if lots < 0:
-            return RejectReason.BAD_LOT, f"quantity {_show(text)} is not a multiple of the lot {self.lot.text}"
+            return RejectReason.BAD_LOT, f"quantity {clip(text)} is not a multiple of the lot {self.lot.text}"
         return lots
 
     def parse_price(self, text: str) -> int | tuple[RejectReason, str]:
         ticks = self.tick.count(text)
         if ticks is None:
-            return RejectReason.BAD_PRICE, f"price {_show(text)} is not a positive decimal number"
+            return RejectReason.BAD_PRICE, f"price {clip(text)} is not a positive decimal number"
         if ticks < 0:
-            return RejectReason.BAD_TICK, f"price {_show(text)} is not on the tick {self.tick.text}"
+            return RejectReason.BAD_TICK, f"price {clip(text)} is not on the tick {self.tick.text}"
         return ticks
 
     # ---- integer checks (also applied by the matching core, so replay is self-contained)
@@ -169,12 +170,6 @@ class Instrument:
 
     def format_price(self, ticks: int) -> str:
         return self.tick.format(ticks)
-
-
-def _show(text: str) -> str:
-    """Quote client text in a reply without letting it run long or break the line."""
-    shown = text if len(text) <= 32 else text[:29] + "..."
-    return repr(shown) if not shown.isprintable() or " " in shown else shown
 
 
 # An equity, a crypto pair, a future and an FX pair: the engine is asset-agnostic.

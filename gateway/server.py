@@ -172,11 +172,15 @@ class Gateway:
         rows = []
         for order_id, cmd in self.orders.of_owner(owner).items():
             inst = self.instruments[cmd.symbol]
-            live = self.books[cmd.symbol].orders.get(order_id)  # None: not matched yet
-            qty, price = (cmd.qty, cmd.price) if live is None else (live.leaves, live.price)
+            qty, price = self.open_qty_price(order_id, cmd)
             price_text = "MKT" if price is None else inst.format_price(price)
             rows.append(R.OpenOrder(order_id, cmd.side.value, cmd.symbol, inst.format_qty(qty), price_text, cmd.tif.value, cmd.client_id))
         return R.OrdersReply(rows)
+
+    def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]:
+        """An open order's quantity and price now: the book's, or as sent if not matched yet."""
+        live = self.books[cmd.symbol].orders.get(order_id)
+        return (cmd.qty, cmd.price) if live is None else (live.leaves, live.price)
 
     def symbols_reply(self) -> R.SymbolsReply:
         return R.SymbolsReply(

@@ -35,7 +35,7 @@ from protocol.requests import (
     SymbolsQuery,
     decode_json,
 )
-from protocol.text import HELP_LINES, TOO_LONG, LineSplitter, parse_line
+from protocol.text import HELP_LINES, TOO_LONG, LineSplitter, clip, parse_line
 
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class Session(asyncio.Protocol):
         if cid is not None and not CLIENT_ID.fullmatch(cid):
             problem, cid = (RejectReason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), None
         elif inst is None:
-            problem = RejectReason.UNKNOWN_SYMBOL, f"no such symbol {_clip(req.symbol)}; type SYMBOLS"
+            problem = RejectReason.UNKNOWN_SYMBOL, f"no such symbol {clip(req.symbol)}; type SYMBOLS"
         else:
             qty = inst.parse_qty(req.qty)
             price = None if req.price is None else inst.parse_price(req.price)
@@ -180,7 +180,7 @@ class Session(asyncio.Protocol):
             elif type(price) is tuple:
                 problem = price
             elif tif is None:
-                problem = RejectReason.BAD_TIF, f"time in force {_clip(tif_name)} is not GTC, IOC, FOK or POST"
+                problem = RejectReason.BAD_TIF, f"time in force {clip(tif_name)} is not GTC, IOC, FOK or POST"
             elif price is None and (tif is TIF.GTC or tif is TIF.POST):
                 problem = RejectReason.BAD_TIF, f"a market order cannot be {tif_name}"
             elif cid is not None and self.gw.orders.find_client_id(self.owner, cid) is not None:
@@ -220,7 +220,7 @@ class Session(asyncio.Protocol):
             order_id = orders.find_client_id(self.owner, cid)
             if order_id is None:
                 shown = cid if CLIENT_ID.fullmatch(cid) else None
-                return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {_clip(cid)}", shown)
+                return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {clip(cid)}", shown)
         entry = orders.by_id.get(order_id)
         if entry is None:
             return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
@@ -247,8 +247,7 @@ class Session(asyncio.Protocol):
         if type(qty) is tuple:
             return R.Reject(qty[0].value, qty[1], order.client_id, order_id), 0
         if req.price is None:
-            live = self.gw.books[order.symbol].orders.get(order_id)
-            price = order.price if live is None else live.price
+            price = self.gw.open_qty_price(order_id, order)[1]
         else:
             price = inst.parse_price(req.price)
             if type(price) is tuple:
@@ -284,7 +283,7 @@ class Session(asyncio.Protocol):
     def _book(self, req: BookQuery) -> R.Reply:
         book = self.gw.books.get(req.symbol.upper())
         if book is None:
-            return R.Reject(RejectReason.UNKNOWN_SYMBOL.value, f"no such symbol {_clip(req.symbol)}; type SYMBOLS")
+            return R.Reject(RejectReason.UNKNOWN_SYMBOL.value, f"no such symbol {clip(req.symbol)}; type SYMBOLS")
         if not 1 <= req.levels <= MAX_BOOK_LEVELS:
             return R.Error("bad_request", f"levels must be 1..{MAX_BOOK_LEVELS}")
         inst = book.instrument
@@ -365,8 +364,3 @@ class Session(asyncio.Protocol):
         self.flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-
-
-def _clip(text: str) -> str:
-    shown = text if len(text) <= 24 else text[:21] + "..."
-    return shown if shown.isprintable() and " " not in shown else repr(shown)

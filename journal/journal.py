@@ -41,8 +41,8 @@ def segment_paths(directory: Path) -> list[Path]:
     return sorted(directory.glob("seg-*.tlj"))
 
 
-def _first_seq(path: Path) -> int:
-    return int(path.stem.removeprefix("seg-"))
+def first_seq_of(segment: Path) -> int:
+    return int(segment.stem.removeprefix("seg-"))
 
 
 def read_batches(directory: Path, after: int = 0) -> Iterator[tuple[int, list[Command], int]]:
@@ -55,12 +55,12 @@ def read_batches(directory: Path, after: int = 0) -> Iterator[tuple[int, list[Co
     paths = segment_paths(directory)
     expect: int | None = None
     for i, path in enumerate(paths):
-        first = _first_seq(path)
+        first = first_seq_of(path)
         if expect is not None and first != expect:
             raise JournalCorrupt(f"{path.name}: starts at {first}, expected {expect}")
         expect = first
-        if i + 1 < len(paths) and _first_seq(paths[i + 1]) <= after + 1:
-            expect = _first_seq(paths[i + 1])  # wholly covered: skip without reading
+        if i + 1 < len(paths) and first_seq_of(paths[i + 1]) <= after + 1:
+            expect = first_seq_of(paths[i + 1])  # wholly covered: skip without reading
             continue
         data = path.read_bytes()
         end = 0
@@ -83,7 +83,7 @@ def read_journal(directory: Path, after: int = 0) -> Iterator[tuple[int, Command
 def _recover_segment(path: Path) -> int:
     """Cut a torn tail off the last segment; return the next sequence number."""
     data = path.read_bytes()
-    next_seq, good = _first_seq(path), 0
+    next_seq, good = first_seq_of(path), 0
     for first_seq, count, _, _, end in decode_records(data, next_seq, skip_through=1 << 62):
         next_seq, good = first_seq + count, end
     torn = len(data) - good
@@ -126,7 +126,6 @@ class Journal:
         on_durable: OnDurable,
         *,
         segment_bytes: int = 256 * 1024 * 1024,
-        fsync: bool = True,
         min_interval: float = 0.00025,
         max_interval: float = 0.002,
         on_failure: Callable[[BaseException], None] | None = None,
@@ -136,7 +135,6 @@ class Journal:
         self.on_durable = on_durable
         self.on_failure = on_failure
         self.segment_bytes = segment_bytes
-        self.fsync = fsync
         self.min_interval, self.max_interval = min_interval, max_interval
         self.interval = min_interval  # the current pacing, adapted after every commit
         self.next_seq = repair(self.directory)
@@ -158,11 +156,6 @@ class Journal:
 
     def _segment_path(self, first_seq: int) -> Path:
         return self.directory / f"seg-{first_seq:020d}.tlj"
-
-    @property
-    def pending(self) -> int:
-        """Commands appended but not yet durable."""
-        return self.next_seq - 1 - self.durable_seq
 
     def append(self, cmd: Command) -> int:
         """Queue a command for the next group commit; return its sequence number."""
@@ -232,8 +225,7 @@ class Journal:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        if self.fsync:
-            os.fdatasync(self._fd)
+        os.fdatasync(self._fd)
         self._size += len(buf)
 
     async def close(self) -> None:

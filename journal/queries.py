@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _connect(db: Path) -> sqlite3.Connection:
+def connect_readonly(db: Path) -> sqlite3.Connection:
     if not db.exists():
         raise FileNotFoundError(f"no trade log at {db}")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -32,7 +32,7 @@ def trades(db: Path, symbol: str | None = None, since: str | None = None, limit:
     sql = f"SELECT * FROM trades {where}{clause} ORDER BY seq, match_no"
     if limit:
         sql += f" LIMIT {int(limit)}"
-    with _connect(db) as conn:
+    with connect_readonly(db) as conn:
         yield from conn.execute(sql, args + more)
 
 
@@ -49,7 +49,7 @@ def orders(
     sql = f"SELECT * FROM orders {where}{clause} ORDER BY id"
     if limit:
         sql += f" LIMIT {int(limit)}"
-    with _connect(db) as conn:
+    with connect_readonly(db) as conn:
         yield from conn.execute(sql, args + more)
 
 
@@ -72,7 +72,7 @@ def trades_from(db: Path, symbol: str, md_seq: int, limit: int = 100_000) -> lis
     """(md_seq, qty, price, aggressor, trade_id) of a symbol's trades from a market-data seq on."""
     if not db.exists():
         return []
-    with _connect(db) as conn:
+    with connect_readonly(db) as conn:
         rows = conn.execute(
             "SELECT md_seq, qty, price, aggressor, trade_id FROM trades WHERE symbol = ? AND md_seq >= ? ORDER BY md_seq LIMIT ?",
             (symbol, md_seq, limit),

@@ -88,6 +88,10 @@ def write_snapshot(directory: Path, captured: Captured) -> Path:
     return final
 
 
+def seq_of(snapshot: Path) -> int:
+    return int(snapshot.stem.removeprefix("snap-"))
+
+
 def snapshot_paths(directory: Path) -> list[Path]:
     """Newest first."""
     return sorted(directory.glob("snap-*.tls"), reverse=True) if directory.exists() else []
@@ -125,11 +129,11 @@ def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None
     return engine
 
 
-def newest_valid(directory: Path, instruments: dict[str, Instrument], at_most: int | None = None) -> Iterator[tuple[Snapshot, Engine]]:
-    """Valid snapshots with their restored engines, newest first (seq <= at_most if given)."""
+def newest_valid(directory: Path, instruments: dict[str, Instrument]) -> Iterator[tuple[Snapshot, Engine]]:
+    """Valid snapshots with their restored engines, newest first."""
     for path in snapshot_paths(directory):
         snap = read_snapshot(path)
-        if snap is None or (at_most is not None and snap.seq > at_most):
+        if snap is None:
             continue
         engine = restore(snap, instruments)
         if engine is not None:

@@ -17,8 +17,8 @@ from typing import Callable
 import structlog
 
 from exchange.book import Book
-from journal.journal import segment_paths
-from journal.snapshots import capture, prune, write_snapshot
+from journal.journal import first_seq_of, segment_paths
+from journal.snapshots import capture, prune, seq_of, write_snapshot
 from journal.tradelog import TradeLog
 
 log = structlog.get_logger("snapshots")
@@ -77,13 +77,13 @@ class Snapshotter:
         kept = prune(self.directory, self.keep)
         log.info("snapshot_written", seq=seq, file=path.name, orders=sum(len(o) for _, _, o in captured[2]))
         if self.retention == "delete" and len(kept) >= self.keep:
-            self._delete_covered(int(kept[-1].stem.removeprefix("snap-")))
+            self._delete_covered(seq_of(kept[-1]))
         return path
 
     def _delete_covered(self, covered: int) -> None:
         """Delete journal segments wholly at or before `covered` (the oldest kept snapshot)."""
         segments = segment_paths(self.journal_dir)
         for seg, nxt in zip(segments, segments[1:]):
-            if int(nxt.stem.removeprefix("seg-")) - 1 <= covered:
+            if first_seq_of(nxt) - 1 <= covered:
                 seg.unlink()
                 log.info("journal_segment_deleted", segment=seg.name, covered_by=covered)

@@ -162,6 +162,3 @@ class TradeLog:
         """Send what is left; run() then ends the writer process."""
         self._closing = True
         self._wake.set()
-
-    async def closed(self) -> None:
-        pass

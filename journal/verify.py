@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exchange.engine import Engine
 from exchange.instruments import Instrument
 from journal.journal import read_journal, repair
+from journal.queries import connect_readonly
 from journal.recovery import load_state
 from protocol.messages import Trade
 
@@ -63,7 +63,7 @@ def verify(data_dir: Path, instruments: dict[str, Instrument]) -> Verdict:
     if not db.exists():
         v.problems.append(f"no trade log at {db}")
         return v
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with connect_readonly(db) as conn:
         logged = {
             row[0]: tuple(row[1:])
             for row in conn.execute("SELECT trade_id, symbol, qty, price, aggressor, maker_order_id, taker_order_id FROM trades")

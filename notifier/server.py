@@ -63,7 +63,6 @@ class Notifier:
         self._rotation = 0
         self._server: asyncio.AbstractServer | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self.flushes = 0
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -106,7 +105,6 @@ class Notifier:
         subscribers = list(self.subscribers)
         if not subscribers or not updates:
             return
-        self.flushes += 1
         start = self._rotation % len(subscribers)
         self._rotation += 1
         encoded: dict[tuple[str, frozenset[str], bool], bytes] = {}  # each selection joined once

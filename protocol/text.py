@@ -183,9 +183,16 @@ _SIMPLE: dict[str, Request] = {
 }
 
 
+def clip(text: str, limit: int = 24) -> str:
+    """Client text fit to stand in a reply: cut short, repr'd if it could break the line."""
+    shown = text if len(text) <= limit else text[: limit - 3] + "..."
+    return shown if shown.isprintable() and " " not in shown else repr(shown)
+
+
 def _show(token: str) -> str:
-    shown = token if len(token) <= 24 else token[:21] + "..."
-    return repr(shown) if not shown.isprintable() else f"'{shown}'"
+    """A token in quotes (tokens never hold spaces)."""
+    shown = clip(token)
+    return shown if shown[:1] in ("'", '"') else f"'{shown}'"
 
 
 HELP_LINES = [

@@ -136,6 +136,5 @@ async def serve(config: Config) -> int:
     await snapshotter.take()
     await tradelog.close()
     await writer
-    await tradelog.closed()
     log.info("stopped", last_seq=journal.durable_seq, fsyncs=journal.commits)
     return 0
