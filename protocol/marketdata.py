@@ -152,4 +152,5 @@ def line_text(kind: str, text: str) -> bytes:
 
 
 def line_json(kind: str, text: str) -> bytes:
-    return _json.encode({"type": kind.lower(), "text": text}) + b"\n"
+    """The same as a JSON object: {"type": kind, "text": text}, no text when there is none."""
+    return _json.encode({"type": kind.lower(), "text": text} if text else {"type": kind.lower()}) + b"\n"
