@@ -18,10 +18,8 @@ from typing import Callable
 
 from bench.mix import BENCH_INSTRUMENT, generate
 from exchange.book import Book
+from exchange.naive_book import NaiveBook
 from protocol.messages import Command, Trade
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.naive_book import NaiveBook  # noqa: E402  (the reference lives with the tests)
 
 
 def percentile(sorted_values: list[int], q: float) -> int:
@@ -82,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     books: list[tuple[str, Callable[[], object]]] = [
         ("engine (exchange.book.Book)", lambda: Book(BENCH_INSTRUMENT)),
-        ("naive  (tests.naive_book)", lambda: NaiveBook(BENCH_INSTRUMENT)),
+        ("naive  (exchange.naive_book)", lambda: NaiveBook(BENCH_INSTRUMENT)),
     ]
     rates: dict[str, float] = {}
     print(f"{'book':30} {'commands/s':>12} {'p50 us':>8} {'p99 us':>8} {'p99.9 us':>9}")

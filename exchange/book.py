@@ -21,6 +21,7 @@ from heapq import heapify, heappop, heappush
 from typing import Iterable, Iterator
 
 from exchange.instruments import Instrument
+from exchange.rules import Problem, check_order, check_replace
 from protocol.messages import (
     TIF,
     Accepted,
@@ -198,16 +199,10 @@ class Book:
             else:
                 self._kill(order, CancelReason.EXPIRED, out)
 
-    def _check_new(self, cmd: NewOrder) -> tuple[RejectReason, str] | None:
+    def _check_new(self, cmd: NewOrder) -> Problem | None:
         if cmd.symbol != self.symbol:
             return RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}"
-        if cmd.qty <= 0:
-            return RejectReason.BAD_QTY, "quantity must be positive"
-        if cmd.price is not None and cmd.price <= 0:
-            return RejectReason.BAD_PRICE, "price must be positive"
-        if cmd.price is None and (cmd.tif is GTC or cmd.tif is POST):
-            return RejectReason.BAD_TIF, f"a market order cannot be {cmd.tif.value}"
-        return self.instrument.check(cmd.qty, cmd.price)
+        return check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
 
     def _cancel(self, cmd: Cancel, out: list[Event], touched: dict) -> None:
         order = self._owned(cmd.order_id, cmd.owner, out)
@@ -222,16 +217,8 @@ class Book:
             return
         price = order.price if cmd.price is None else cmd.price
         qty = cmd.qty
-        inst = self.instrument
-        if not (
-            0 < qty and inst.min_qty <= qty <= inst.max_qty and 0 < price and inst.min_price <= price <= inst.max_price  # type: ignore[operator]
-        ):
-            problem = (
-                (RejectReason.BAD_QTY, "quantity must be positive") if qty <= 0
-                else (RejectReason.BAD_PRICE, "price must be positive") if price <= 0  # type: ignore[operator]
-                else inst.check(qty, price)
-            )  # fmt: skip
-            assert problem is not None
+        problem = check_replace(self.instrument, qty, price)  # type: ignore[arg-type]
+        if problem is not None:
             out.append(Rejected(problem[0], problem[1], cmd.owner, order.client_id, order.order_id))
             return
         side = order.side
@@ -413,6 +400,9 @@ class Book:
         for half in (self.bids, self.asks):
             for price in half.prices():
                 yield from half.levels[price].orders.values()
+
+    def order(self, order_id: int) -> Order | None:
+        return self.orders.get(order_id)
 
     def state_hash(self) -> str:
         """A digest of everything that decides future matching: levels, FIFO order, leaves."""

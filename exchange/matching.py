@@ -29,7 +29,6 @@ class SymbolMatcher:
         self.sinks = sinks
         self.schedule = schedule
         self.inbox: deque[tuple[int, Command]] = deque()
-        self.applied_seq = 0  # the last journal sequence applied to this book
         self._scheduled = False
 
     def submit(self, seq: int, cmd: Command) -> None:
@@ -46,7 +45,6 @@ class SymbolMatcher:
         for _ in range(min(len(inbox), DRAIN_SLICE)):
             seq, cmd = inbox.popleft()
             events += apply(seq, cmd)
-            self.applied_seq = seq
         for sink in self.sinks:
             sink(events)
         if inbox and not self._scheduled:
@@ -57,3 +55,38 @@ class SymbolMatcher:
         """Apply everything queued now (shutdown)."""
         while self.inbox:
             self.drain()
+
+
+class Matching:
+    """Every symbol's matcher, and the one question the gateway asks of them all: has
+    every command up to a sequence number been applied (its reports produced)?"""
+
+    def __init__(self, books: dict[str, Book], schedule: Schedule) -> None:
+        self.sinks: list[Sink] = []  # shared by every matcher; filled by send_to
+        self.matchers = {symbol: SymbolMatcher(book, self.sinks, schedule) for symbol, book in books.items()}
+
+    def send_to(self, sinks: list[Sink]) -> None:
+        """Where each drained batch's events go, in this order."""
+        self.sinks[:] = sinks
+
+    def submit(self, first_seq: int, cmds: list[Command]) -> None:
+        """A durable journal batch: each command to its symbol's queue, in journal order."""
+        matchers = self.matchers
+        for seq, cmd in enumerate(cmds, first_seq):
+            matchers[cmd.symbol].submit(seq, cmd)
+
+    def applied(self, seq: int) -> bool:
+        """Whether every command with a sequence <= seq that reached matching is applied.
+
+        Each queue is in journal order, so it suffices that no queue's head is <= seq;
+        this holds under continuous load too (unlike waiting for every queue to empty).
+        """
+        return all(not m.inbox or m.inbox[0][0] > seq for m in self.matchers.values())
+
+    def idle(self) -> bool:
+        return not any(m.inbox for m in self.matchers.values())
+
+    def drain_all(self) -> None:
+        """Apply everything queued now (shutdown)."""
+        for m in self.matchers.values():
+            m.drain_all()

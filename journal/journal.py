@@ -1,7 +1,7 @@
 """The order journal: every accepted command is on disk (fsync'd) before its ACK.
 
 Group commit: append() only queues the command and returns its sequence number; the
-commit loop (`Journal._writer`, a thread) encodes everything queued as one record
+commit loop (`Journal._commit_loop`, a thread) encodes everything queued as one record
 (journal/records.py), writes it with one write and one fdatasync, then hands the whole
 batch to on_durable on the event loop. Commands that arrive while an fsync is in flight
 go into the next one, so one fsync serves them all.
@@ -104,7 +104,7 @@ def repair(directory: Path) -> int:
 
 
 class Journal:
-    """Append-only, group-committed journal; `_writer` is the commit loop (its own thread).
+    """Append-only, group-committed journal; `_commit_loop` runs in its own thread.
 
     The event loop only appends (no I/O); the writer thread waits for work, takes
     everything appended so far, encodes it as one record, writes it, fdatasyncs once and
@@ -123,7 +123,6 @@ class Journal:
     def __init__(
         self,
         directory: str | Path,
-        on_durable: OnDurable,
         *,
         segment_bytes: int = 256 * 1024 * 1024,
         min_interval: float = 0.00025,
@@ -132,7 +131,7 @@ class Journal:
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.on_durable = on_durable
+        self.on_durable: OnDurable | None = None
         self.on_failure = on_failure
         self.segment_bytes = segment_bytes
         self.min_interval, self.max_interval = min_interval, max_interval
@@ -167,13 +166,15 @@ class Journal:
             self._work.set()
         return seq
 
-    def start(self) -> None:
+    def start(self, on_durable: OnDurable) -> None:
+        """Start committing; each durable batch goes to on_durable, on the event loop."""
+        self.on_durable = on_durable
         self._loop = asyncio.get_running_loop()
         self._stopped = self._loop.create_future()
-        self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
+        self._thread = threading.Thread(target=self._commit_loop, name="journal-commit", daemon=True)
         self._thread.start()
 
-    def _writer(self) -> None:
+    def _commit_loop(self) -> None:
         """The group commit: one write + one fsync for everything appended, then ACK it all."""
         loop = self._loop
         assert loop is not None
@@ -211,6 +212,7 @@ class Journal:
 
     def _durable(self, first_seq: int, batch: list[Command], ts_ns: int) -> None:
         self.durable_seq = first_seq + len(batch) - 1
+        assert self.on_durable is not None
         self.on_durable(first_seq, batch, ts_ns)
 
     def _write(self, buf: bytes, first_seq: int) -> None:

@@ -16,7 +16,8 @@ import structlog
 
 from exchange.engine import Engine
 from exchange.instruments import Instrument
-from journal.journal import JournalCorrupt, read_batches, repair
+from journal.journal import JournalCorrupt, read_batches
+from journal.layout import DataDir
 from journal.snapshots import newest_valid
 from journal.tradelog import TradeLog
 from protocol.messages import Trade
@@ -36,16 +37,15 @@ class Recovered:
 def load_state(data_dir: Path, instruments: dict[str, Instrument], use_snapshots: bool = True) -> tuple[Engine, int]:
     """The engine from the newest valid snapshot (or empty) and the seq it covers."""
     if use_snapshots:
-        for snap, engine in newest_valid(data_dir / "snapshots", instruments):
+        for snap, engine in newest_valid(DataDir(data_dir).snapshots, instruments):
             return engine, snap.seq
     return Engine(instruments), 0
 
 
 async def recover(data_dir: Path, instruments: dict[str, Instrument], tradelog: TradeLog | None, *, fresh_log: bool = False) -> Recovered:
     t0 = time.perf_counter()
-    journal_dir = data_dir / "journal"
+    journal_dir = DataDir(data_dir).journal
     journal_dir.mkdir(parents=True, exist_ok=True)
-    repair(journal_dir)
     engine, start = load_state(data_dir, instruments, use_snapshots=not fresh_log)
     if fresh_log and start == 0:
         log.info("recovery_full_replay", why="the trade log is new: rebuilding it from the whole journal")

@@ -18,6 +18,7 @@ import structlog
 
 from exchange.book import Book
 from journal.journal import first_seq_of, segment_paths
+from journal.layout import DataDir
 from journal.snapshots import capture, prune, seq_of, write_snapshot
 from journal.tradelog import TradeLog
 
@@ -38,8 +39,8 @@ class Snapshotter:
         retention: str = "keep",
         last_seq: int = 0,
     ) -> None:
-        self.directory = data_dir / "snapshots"
-        self.journal_dir = data_dir / "journal"
+        self.directory = DataDir(data_dir).snapshots
+        self.journal_dir = DataDir(data_dir).journal
         self.books = books
         self.durable_seq = durable_seq
         self.quiescent = quiescent  # every matching task has applied everything durable

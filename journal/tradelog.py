@@ -26,7 +26,7 @@ import structlog
 
 from exchange.instruments import Instrument
 from journal.tradelog_writer import LENGTH, UNITS, Frame, iso
-from protocol.messages import Command, Event, Trade
+from protocol.messages import Command, Event, Refusal, Trade
 
 log = structlog.get_logger("tradelog")
 
@@ -75,10 +75,11 @@ class TradeLog:
         if trades and self._admit(len(trades), trades[0].seq):  # type: ignore[union-attr]
             self._trades += trades  # type: ignore[arg-type]
 
-    def on_reject(self, owner: str, symbol: str, side: str, qty: str, price: str | None, tif: str | None, client_id: str | None, reason: str, text: str) -> None:
+    def on_refusal(self, r: Refusal) -> None:
         """The gateway refused an order (never journaled): an audit row, best effort."""
         if self._admit(1, None):
-            self._rejects.append((None, iso(time.time_ns()), owner, symbol, side, qty, price or "MKT", tif or "", client_id, "rejected", reason, text))
+            row = (None, iso(time.time_ns()), r.owner, r.symbol, r.side, r.qty, r.price or "MKT", r.tif or "", r.client_id, "rejected", r.reason, r.text)
+            self._rejects.append(row)
 
     def recover_batch(self, first_seq: int, cmds: list[Command], ts_ns: int, trades: list[Trade]) -> None:
         """Rows for a replayed journal batch (INSERT OR IGNORE keeps what is already there)."""

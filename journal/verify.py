@@ -12,6 +12,7 @@ from pathlib import Path
 
 from exchange.engine import Engine
 from exchange.instruments import Instrument
+from journal.layout import DataDir
 from journal.journal import read_journal, repair
 from journal.queries import connect_readonly
 from journal.recovery import load_state
@@ -35,7 +36,7 @@ class Verdict:
 
 def verify(data_dir: Path, instruments: dict[str, Instrument]) -> Verdict:
     v = Verdict()
-    journal_dir = data_dir / "journal"
+    journal_dir = DataDir(data_dir).journal
     repair(journal_dir)
     full = Engine(instruments)
     expected: dict[str, tuple] = {}
@@ -59,7 +60,7 @@ def verify(data_dir: Path, instruments: dict[str, Instrument]) -> Verdict:
         if v.snapshot_hash != v.full_hash:
             v.problems.append(f"snapshot {v.snapshot_seq} + tail gives state {v.snapshot_hash}, full replay {v.full_hash}")
 
-    db = data_dir / "trades.sqlite"
+    db = DataDir(data_dir).trades
     if not db.exists():
         v.problems.append(f"no trade log at {db}")
         return v

@@ -27,15 +27,11 @@ from exchange.book import Book
 from protocol import marketdata as M
 from protocol.messages import BookLevelChanged, Event, Quote, Trade
 
+from netio.plumbing import close_all, listen
 from notifier.feed import SymbolFeed
-from notifier.session import Subscriber
+from notifier.session import Limits, Subscriber
 
 log = structlog.get_logger("notifier")
-
-HIGH = 256 * 1024
-SNDBUF = 128 * 1024
-HARD_CAP = 8 * 1024 * 1024
-PAUSE_DEADLINE = 10.0
 # REPLAY's older trades: (symbol, from seq) -> rows of (md_seq, qty, price, aggressor, trade_id)
 ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str]]]]
 
@@ -48,15 +44,13 @@ class Notifier:
         *,
         version: str,
         max_subscribers: int = 10_000,
-        hard_cap: int = HARD_CAP,
-        pause_deadline: float = PAUSE_DEADLINE,
+        limits: Limits = Limits(),
     ) -> None:
         self.feeds = {symbol: SymbolFeed(book) for symbol, book in books.items()}
         self.replay_source = replay_source
         self.version = version
         self.max_subscribers = max_subscribers
-        self.hard_cap = hard_cap
-        self.pause_deadline = pause_deadline
+        self.limits = limits
         self.subscribers: dict[Subscriber, None] = {}
         self._dirty: dict[str, SymbolFeed] = {}
         self._scheduled = False
@@ -65,11 +59,9 @@ class Notifier:
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: Subscriber(self), host, port, reuse_address=True, backlog=1024)
-        self._watchdog = loop.create_task(self._watch_paused(), name="md-watchdog")
-        address = self._server.sockets[0].getsockname()
-        return address[0], address[1]
+        self._server, host, port = await listen(lambda: Subscriber(self, self.limits), host, port)
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_paused(), name="md-watchdog")
+        return host, port
 
     # ------------------------------------------------------------ from matching
 
@@ -166,21 +158,14 @@ class Notifier:
     async def _watch_paused(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            now = time.monotonic()
+            now, deadline = time.monotonic(), self.limits.pause_deadline
             for sub in list(self.subscribers):
-                if sub.paused and now - sub.paused_since > self.pause_deadline:
-                    sub.drop(f"slow_consumer not reading for {self.pause_deadline:g}s; reconnect and REPLAY trades from your last seq")
+                if sub.paused and now - sub.paused_since > deadline:
+                    sub.drop(f"slow_consumer not reading for {deadline:g}s; reconnect and REPLAY trades from your last seq")
 
-    async def stop(self, text: str) -> None:
-        if self._server is not None:
-            self._server.close()
+    async def close(self, text: str, grace: float) -> None:
+        """Send what is pending, BYE to every subscriber, close within the grace period."""
         if self._watchdog is not None:
             self._watchdog.cancel()
         self.flush()
-        for sub in list(self.subscribers):
-            sub.bye(text)
-        deadline = time.monotonic() + 2.0
-        while self.subscribers and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for sub in list(self.subscribers):
-            sub.abort()
+        await close_all(self._server, lambda: self.subscribers, text, grace)

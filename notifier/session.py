@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import cast, TYPE_CHECKING
 
 import structlog
 
+from netio.plumbing import capped_write, limit_buffers, peer_name
 from protocol import marketdata as M
 from protocol.requests import BadRequest
 from protocol.text import TOO_LONG, LineSplitter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type hints only: the server passes itself in
     from notifier.server import Notifier
 
 log = structlog.get_logger("notifier")
 
 
+@dataclass(frozen=True)
+class Limits:
+    """A subscriber's buffers: user-space high-water mark (past it: conflate), the kernel's
+    send buffer, the hard cap of unread bytes and how long it may stop reading (past
+    either: disconnected with a reason)."""
+
+    high: int = 256 * 1024
+    sndbuf: int = 128 * 1024
+    hard_cap: int = 8 * 1024 * 1024
+    pause_deadline: float = 10.0
+
+
 class Subscriber(asyncio.Protocol):
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, limits: Limits) -> None:
         self.nf = notifier
+        self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.subs: dict[str, frozenset[str]] = {}  # symbol or "*" -> kinds
         self.since: dict[str, int] = {}  # symbol -> seq its snapshot/subscription starts after
@@ -34,22 +48,15 @@ class Subscriber(asyncio.Protocol):
     # ------------------------------------------------------------ connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        from notifier.server import HIGH, SNDBUF
-
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=HIGH)  # type: ignore[attr-defined]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # The kernel's send buffer is a buffer too: without a bound a subscriber that
-            # does not read could park megabytes there before flow control ever noticed.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        limit_buffers(transport, self.limits.high, self.limits.sndbuf)
+        self.peer = peer_name(transport)
         if not self.nf.admit(self):
-            transport.write(M.line_text("ERR", "too_many_connections the server is full; try again later"))  # type: ignore[attr-defined]
+            transport.write(M.line_text("ERR", "too_many_connections the server is full; try again later"))
             transport.close()
             return
-        transport.write(M.line_text("HELLO", f"tickline-md {self.nf.version} type HELP for commands"))  # type: ignore[attr-defined]
+        transport.write(M.line_text("HELLO", f"tickline-md {self.nf.version} type HELP for commands"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.nf.forget(self)
@@ -94,7 +101,7 @@ class Subscriber(asyncio.Protocol):
             elif isinstance(req, M.MdHelp):
                 self.write(("HELP\n" + "".join(f"  {h}\n" for h in M.MD_HELP) + "END\n").encode())
             elif isinstance(req, M.MdQuit):
-                self.bye("goodbye")
+                self.goodbye("goodbye")
 
     def _subscribe(self, req: M.Subscribe) -> None:
         kinds = M.kinds_of(req.kinds)
@@ -161,9 +168,8 @@ class Subscriber(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(data)
-        if transport.get_write_buffer_size() > self.nf.hard_cap:
-            self.drop(f"slow_consumer more than {self.nf.hard_cap} bytes unread; reconnect and REPLAY trades from your last seq")
+        if not capped_write(transport, data, self.limits.hard_cap):
+            self.drop(f"slow_consumer more than {self.limits.hard_cap} bytes unread; reconnect and REPLAY trades from your last seq")
 
     def drop(self, reason: str) -> None:
         """Disconnect a subscriber that cannot keep up, with a one-line reason."""
@@ -173,7 +179,7 @@ class Subscriber(asyncio.Protocol):
             self.transport.abort()
             self.nf.forget(self)
 
-    def bye(self, text: str) -> None:
+    def goodbye(self, text: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(self._line("BYE", text))
             self.transport.close()

@@ -198,6 +198,18 @@ class Quote(msgspec.Struct, frozen=True, tag="quote"):
 Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChanged | Quote
 
 
-def trade_id(seq: int, match_no: int) -> str:
-    """Trade ids derive from the causing command's sequence, so replay reproduces them."""
-    return f"{seq}-{match_no}"
+class Refusal(msgspec.Struct, frozen=True):
+    """A new order the gateway refused before journaling: its row in the order audit.
+
+    Fields are the client's text, clipped: a refused order may not parse at all.
+    """
+
+    owner: str
+    symbol: str
+    side: str  # BUY | SELL
+    qty: str
+    price: str | None  # None: a market order
+    tif: str | None
+    client_id: str | None
+    reason: str  # a RejectReason code
+    text: str

@@ -9,7 +9,11 @@ Book:      "BUY 100: 1a:5 2b:3"  one line per level, best first, bids then asks;
 
 from __future__ import annotations
 
+from typing import Callable
+
 from exchange.book import Book
+from exchange.naive_book import NaiveBook
+from exchange.orderbook import OrderBook
 from exchange.instruments import Instrument, InstrumentSpec
 from protocol.messages import (
     TIF,
@@ -68,20 +72,22 @@ def event(e: Event) -> str:
     raise TypeError(e)
 
 
-def book_lines(book: Book) -> list[str]:
-    lines = []
-    for half in (book.bids, book.asks):
-        for price in half.prices():
-            orders = " ".join(f"{o.order_id}{o.owner}:{o.leaves}" for o in half.levels[price].orders.values())
-            lines.append(f"{half.side.value} {price}: {orders}")
-    return lines
+def book_lines(book: OrderBook) -> list[str]:
+    """The book through its contract (resting orders in priority order), one line per level."""
+    levels: dict[tuple[str, int | None], list[str]] = {}
+    for o in book.resting():
+        levels.setdefault((o.side.value, o.price), []).append(f"{o.order_id}{o.owner}:{o.leaves}")
+    return [f"{side} {price}: {' '.join(orders)}" for (side, price), orders in levels.items()]
+
+
+BOOKS: dict[str, Callable[[], OrderBook]] = {"fast": lambda: Book(TEST), "naive": lambda: NaiveBook(TEST)}
 
 
 class Runner:
     """Applies rulebook commands with consecutive sequence numbers (order id = sequence)."""
 
-    def __init__(self, book: Book | None = None) -> None:
-        self.book = book or Book(TEST)
+    def __init__(self, book: OrderBook | None = None) -> None:
+        self.book: OrderBook = book or Book(TEST)
         self.seq = 0
 
     def __call__(self, text: str, levels: bool = False) -> list[str]:

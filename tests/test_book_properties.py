@@ -26,7 +26,7 @@ from protocol.messages import (
     Side,
     Trade,
 )
-from tests.naive_book import NaiveBook
+from exchange.naive_book import NaiveBook
 from tests.rulebook import TEST
 
 OWNERS = ["a", "b", "c"]
@@ -151,7 +151,7 @@ def test_engine_and_naive_reference_agree(stream: list[Command]) -> None:
             if not isinstance(e, (BookLevelChanged, Quote))
         ]
         assert mine == naive.apply(seq, cmd), f"command {seq}: {cmd}"
-        assert book.depth(10**6) == naive.depth()
+        assert book.depth(10**6) == naive.depth(10**6)
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,6 +1,7 @@
 """The exchange rulebook as a table: book before, command, events, book after.
 
-Notation in tests/rulebook.py. Order ids are the command's sequence number, so in each
+Notation in tests/rulebook.py. Every rule runs against both books of the contract
+(exchange/orderbook.py): the fast exchange.book.Book and the naive reference. Order ids are the command's sequence number, so in each
 scenario the orders of `before` are 1, 2, ... and the command under test is the next one.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.rulebook import Runner, book_lines
+from tests.rulebook import BOOKS, Runner, book_lines
 
 SCENARIOS: list[tuple[str, list[str], str, list[str], list[str]]] = [
     # (rule, book before, command, events, book after)
@@ -168,8 +169,9 @@ SCENARIOS: list[tuple[str, list[str], str, list[str], list[str]]] = [
 @pytest.mark.parametrize(
     "before, cmd, events, after", [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
 )
-def test_rulebook(before: list[str], cmd: str, events: list[str], after: list[str]) -> None:
-    run = Runner()
+@pytest.mark.parametrize("book", BOOKS)
+def test_rulebook(book: str, before: list[str], cmd: str, events: list[str], after: list[str]) -> None:
+    run = Runner(BOOKS[book]())
     for text in before:
         run(text)
     assert run(cmd) == events
@@ -195,8 +197,9 @@ def test_unknown_symbol_is_rejected_by_the_engine() -> None:
     assert isinstance(event, Rejected) and event.reason is RejectReason.UNKNOWN_SYMBOL
 
 
-def test_depth_bbo_and_state_hash() -> None:
-    run = Runner()
+@pytest.mark.parametrize("book", BOOKS)
+def test_depth_bbo_and_state_hash(book: str) -> None:
+    run = Runner(BOOKS[book]())
     for text in ["a BUY 5 @98", "b BUY 2 @99", "c BUY 1 @99", "a SELL 4 @101", "b SELL 6 @103"]:
         run(text)
     book = run.book

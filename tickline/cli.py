@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from journal.layout import DataDir
 from tickline import __version__
 
 
@@ -81,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "trades":
         from journal.queries import trade_line, trades as query
 
-        for row in query(args.data_dir / "trades.sqlite", args.symbol, args.since, args.limit):
+        for row in query(DataDir(args.data_dir).trades, args.symbol, args.since, args.limit):
             sys.stdout.write(trade_line(row) + "\n")
         return 0
     if args.command == "orders":
         from journal.queries import order_line, orders as query
 
-        for row in query(args.data_dir / "trades.sqlite", args.owner, args.symbol, args.status, args.since, args.limit):
+        for row in query(DataDir(args.data_dir).trades, args.owner, args.symbol, args.status, args.since, args.limit):
             sys.stdout.write(order_line(row) + "\n")
         return 0
     parser.error(f"unknown command {args.command}")

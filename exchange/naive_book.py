@@ -1,18 +1,24 @@
 """A deliberately plain reference order book, written from the rulebook, not for speed.
 
 It is the straightforward design: a SortedDict of price -> deque per side and a dict of
-orders; cancels search the deque. The differential tests run random command streams
-through it and through exchange.book.Book and demand identical events; bench/engine.py
+orders; cancels search the deque. It keeps the same contract as exchange.book.Book
+(exchange/orderbook.py) and the same rules (exchange/rules.py), minus market data: it
+numbers no level changes or quotes. The contract tests run the rulebook against both,
+the differential tests demand identical events from random streams, and bench/engine.py
 times both on the same stream and prints the ratio.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Iterator
 
 from sortedcontainers import SortedDict
 
+from exchange.book import hash_book
 from exchange.instruments import Instrument
+from exchange.orderbook import PriceLevel
+from exchange.rules import check_order, check_replace
 from protocol.messages import (
     TIF,
     Accepted,
@@ -61,17 +67,10 @@ class NaiveBook:
         return out
 
     def new(self, seq: int, cmd: NewOrder, out: list[Event]) -> None:
-        problem = None
         if cmd.symbol != self.symbol:
             problem = (RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
-        elif cmd.qty <= 0:
-            problem = (RejectReason.BAD_QTY, "quantity must be positive")
-        elif cmd.price is not None and cmd.price <= 0:
-            problem = (RejectReason.BAD_PRICE, "price must be positive")
-        elif cmd.price is None and cmd.tif in (TIF.GTC, TIF.POST):
-            problem = (RejectReason.BAD_TIF, f"a market order cannot be {cmd.tif.value}")
         else:
-            problem = self.instrument.check(cmd.qty, cmd.price)
+            problem = check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
         if problem:
             out.append(Rejected(problem[0], problem[1], cmd.owner, cmd.client_id, seq))
             return
@@ -96,12 +95,7 @@ class NaiveBook:
         if order is None:
             return
         price = cmd.price if cmd.price is not None else order.price
-        if cmd.qty <= 0:
-            problem = (RejectReason.BAD_QTY, "quantity must be positive")
-        elif price <= 0:
-            problem = (RejectReason.BAD_PRICE, "price must be positive")
-        else:
-            problem = self.instrument.check(cmd.qty, price)
+        problem = check_replace(self.instrument, cmd.qty, price)
         if problem:
             out.append(Rejected(problem[0], problem[1], cmd.owner, order.client_id, order.order_id))
             return
@@ -197,7 +191,26 @@ class NaiveBook:
         out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id))
         order.leaves = 0
 
-    def depth(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    # ---- the views of the contract
+
+    def depth(self, levels: int = 10) -> tuple[list[PriceLevel], list[PriceLevel]]:
         bids = [(p, sum(o.leaves for o in self.bids[p])) for p in reversed(self.bids.keys())]
         asks = [(p, sum(o.leaves for o in self.asks[p])) for p in self.asks.keys()]
-        return bids, asks
+        return bids[: max(levels, 0)], asks[: max(levels, 0)]
+
+    def bbo(self) -> tuple[PriceLevel | None, PriceLevel | None]:
+        bids, asks = self.depth(1)
+        return (bids[0] if bids else None, asks[0] if asks else None)
+
+    def resting(self) -> Iterator[NaiveOrder]:
+        for price in reversed(self.bids.keys()):
+            yield from self.bids[price]
+        for price in self.asks.keys():
+            yield from self.asks[price]
+
+    def order(self, order_id: int) -> NaiveOrder | None:
+        return self.orders.get(order_id)
+
+    def state_hash(self) -> str:
+        rows = ((o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in self.resting())
+        return hash_book(self.symbol, 0, rows)  # type: ignore[arg-type]

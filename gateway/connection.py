@@ -1,0 +1,407 @@
+"""One order-entry connection as a state machine: bytes in, bytes out, no I/O.
+
+Shaped like h11's Connection: the asyncio side (gateway/server.py) only moves bytes. It
+calls `receive(data)` with what the socket read, `eof()` when the peer half-closes,
+`durable(seq)` when the journal has synced up to seq, `settle()` when matching has made
+progress, `report(data)` for an execution report; each returns the bytes to write now.
+What to do next is read off the state: `waiting` (replies held for the journal or for
+matching), `over_inflight` (stop reading: too many commands not yet on disk), `done`
+(write what was returned, then close).
+
+Replies keep request order:
+- a reply to a command (ACK, or nothing for a CANCEL/REPLACE whose report comes from
+  matching) is held until the command is durable;
+- a query (ORDERS, BOOK, SYMBOLS, PING, HELP) answers only once everything this
+  connection sent before it has been matched, so a client reads its own writes;
+- everything after a held reply queues behind it.
+After QUIT (BYE) or an EOF (no BYE) the connection finishes once every reply and report
+for what it sent before is out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections import deque
+from typing import Callable, Protocol
+
+import structlog
+
+from exchange.instruments import Instrument
+from exchange.rules import order_terms, replace_terms
+from gateway.orders import OpenOrders
+from protocol import replies as R
+from protocol.messages import Cancel, Command, NewOrder, Refusal, RejectReason, Replace, Side
+from protocol.requests import (
+    BadRequest,
+    BookQuery,
+    Buy,
+    CancelOrder,
+    Help,
+    OrdersQuery,
+    Ping,
+    Quit,
+    ReplaceOrder,
+    Request,
+    Resume,
+    Sell,
+    SymbolsQuery,
+    decode_json,
+)
+from protocol.text import HELP_LINES, TOO_LONG, LineSplitter, clip, parse_line
+
+log = structlog.get_logger("gateway")
+
+CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,32}", re.ASCII)
+TOKEN = re.compile(r"[0-9a-f]{32}", re.ASCII)
+# Commands a client may have waiting for the disk before we stop reading from it.
+MAX_INFLIGHT = 20_000
+
+
+class Desk(Protocol):
+    """What a connection needs of the exchange (gateway/desk.py is the real one)."""
+
+    instruments: dict[str, Instrument]
+    orders: OpenOrders
+    closing: bool
+    version: str
+
+    refused: Callable[[Refusal], None] | None  # the order audit's row for a refused order
+
+    def append(self, cmd: Command) -> int: ...
+    def durable_seq(self) -> int: ...
+    def settled(self, seq: int) -> bool: ...
+    def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]: ...
+    def orders_reply(self, owner: str) -> R.OrdersReply: ...
+    def book_reply(self, symbol: str, levels: int) -> R.Reply: ...
+    def symbols_reply(self) -> R.SymbolsReply: ...
+
+
+def owner_of(token: str) -> str:
+    """The owner id recorded on orders: derived from the secret token, not the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+Query = OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | BadRequest
+
+
+class Held:
+    """Replies waiting, in request order, for `seq` to be durable (or, if `settle`, matched).
+
+    `items` are bytes, or a query (with its form) to answer when released."""
+
+    __slots__ = ("seq", "settle", "items")
+
+    def __init__(self, seq: int, settle: bool) -> None:
+        self.seq, self.settle = seq, settle
+        self.items: list[bytes | tuple[Query, bool]] = []
+
+
+class Connection:
+    def __init__(self, desk: Desk, *, max_inflight: int = MAX_INFLIGHT) -> None:
+        self.desk = desk
+        self.max_inflight = max_inflight
+        self.token = secrets.token_hex(16)
+        self.owner = owner_of(self.token)
+        self.json_mode = False  # the form of the last request: for reports with no order to go by
+        self.splitter = LineSplitter()
+        self.held: deque[Held] = deque()
+        self.inflight = 0  # commands journaled and not yet durable
+        self._inflight_seqs: deque[tuple[int, int]] = deque()  # (last seq, count) per batch
+        self.last_seq = 0  # the last command this connection journaled
+        self.quitting = False  # QUIT read: BYE once everything before it is out
+        self.input_closed = False  # EOF read: close once everything before it is out
+        self.done = False  # nothing more to send after what the last call returned
+        self.backlog: list[bytes | None] = []  # lines read after a query that is waiting
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def waiting(self) -> bool:
+        """Replies held, commands in flight, or a QUIT/EOF to finish: call durable/settle."""
+        return bool(self.held or self._inflight_seqs) or ((self.quitting or self.input_closed) and not self.done)
+
+    @property
+    def over_inflight(self) -> bool:
+        """Stop reading: too many commands wait for the disk, or lines wait behind a query."""
+        return self.inflight > self.max_inflight or bool(self.backlog)
+
+    def hello(self) -> bytes:
+        return R.to_text(R.Hello(self.desk.version, self.token, self.owner))
+
+    # ------------------------------------------------------------------ events in
+
+    def receive(self, data: bytes) -> bytes:
+        """Bytes from the peer: the replies to write now (others are held)."""
+        if self.quitting or self.input_closed or self.done:
+            return b""
+        lines = self.splitter.feed(data)
+        if self.backlog:  # a query is waiting: what comes after it waits too
+            self.backlog += lines
+            return b""
+        return self._process(lines)
+
+    def _process(self, lines: list[bytes | None]) -> bytes:
+        """Handle lines in order until a query must wait; the rest go to the backlog."""
+        out: list[bytes] = []  # replies not held (nothing held before them)
+        held = self.held
+        tail: Held | None = None  # the held entry this call appends to (made in this call)
+        count = 0
+        for i, line in enumerate(lines):
+            reply: bytes | tuple[Query, bool] | None
+            if line is TOO_LONG:
+                error = R.Error("line_too_long", f"a line may be at most {self.splitter.limit} bytes; discarded up to its end")
+                reply, seq = R.to_text(error), 0
+            else:
+                is_json = line[:1] == b"{"
+                request = decode_json(line) if is_json else parse_line(line)
+                if request is None:
+                    continue
+                self.json_mode = is_json
+                reply, seq = self._handle(request, is_json)
+            if seq:  # a journaled command: its reply waits until it is durable
+                count += 1
+                if tail is None:
+                    tail = Held(seq, False)
+                    held.append(tail)
+                tail.seq = seq
+                if reply is not None:
+                    tail.items.append(reply)
+            elif type(reply) is tuple:
+                # A query reads state: it answers once everything before it has been matched
+                # and before anything after it is journaled (that waits in the backlog).
+                if not held and self.desk.settled(self.last_seq):
+                    out.append(self._answer(*reply))
+                    continue
+                waiting = Held(self.last_seq, True)
+                waiting.items.append(reply)
+                held.append(waiting)
+                self.backlog = lines[i + 1 :]
+                break
+            elif reply is not None:  # an immediate reply (an error, a refusal): in its place
+                if not held:
+                    out.append(reply)  # type: ignore[arg-type]
+                else:
+                    if tail is None:
+                        tail = Held(self.last_seq, False)  # ready as soon as what is before it
+                        held.append(tail)
+                    tail.items.append(reply)
+            if self.quitting:
+                self.backlog = []
+                break
+        if count:
+            self.inflight += count
+            self._inflight_seqs.append((self.last_seq, count))
+        if not self.backlog and self.input_closed and self.splitter.pending:
+            out.append(self._incomplete_line())
+        if self.quitting or self.input_closed:
+            out.append(self._finish())
+        return b"".join(out)
+
+    def eof(self) -> bytes:
+        """The peer will send no more. An unfinished last line is refused, not guessed at;
+        replies and reports for everything before it still go out, then the connection closes."""
+        if self.input_closed or self.done:
+            return b""
+        self.input_closed = True
+        if self.backlog:
+            return b""  # the backlog's end says it (see _process)
+        return (self._incomplete_line() if self.splitter.pending else b"") + self._finish()
+
+    def _incomplete_line(self) -> bytes:
+        self.splitter = LineSplitter()  # said once
+        if self.quitting:
+            return b""
+        err = R.Error("incomplete_line", "the connection closed in the middle of a line; it was not executed")
+        encoded = R.to_json(err) if self.json_mode else R.to_text(err)
+        if not self.held:
+            return encoded
+        tail = Held(self.last_seq, False)
+        tail.items.append(encoded)
+        self.held.append(tail)
+        return b""
+
+    def durable(self, durable_seq: int) -> bytes:
+        """The journal has synced every command up to durable_seq: release those replies."""
+        seqs = self._inflight_seqs
+        while seqs and seqs[0][0] <= durable_seq:
+            self.inflight -= seqs.popleft()[1]
+        return self._release(durable_seq)
+
+    def settle(self) -> bytes:
+        """Matching has made progress: release queries (and a QUIT/EOF) that waited for it."""
+        return self._release(self.desk.durable_seq())
+
+    def report(self, data: bytes) -> bytes:
+        """An execution report for this connection's owner: sent as it comes (not a reply)."""
+        return b"" if self.done else data
+
+    def goodbye(self, text: str) -> bytes:
+        """The server is closing: everything held (all durable by now), then BYE."""
+        out = self._release(1 << 62, force=True)
+        self.done = True
+        bye = R.Bye(text)
+        return out + (R.to_json(bye) if self.json_mode else R.to_text(bye))
+
+    # ------------------------------------------------------------------ release
+
+    def _release(self, durable_seq: int, force: bool = False) -> bytes:
+        held = self.held
+        out: list[bytes] = []
+        while held:
+            h = held[0]
+            if not force and (not self.desk.settled(h.seq) if h.settle else h.seq > durable_seq):
+                break
+            held.popleft()
+            for item in h.items:
+                out.append(self._answer(*item) if type(item) is tuple else item)  # type: ignore[arg-type]
+            if not held and self.backlog:  # the query that stopped reading has answered
+                backlog, self.backlog = self.backlog, []
+                out.append(self._process(backlog))
+        if not held and (self.quitting or self.input_closed) and not self.done:
+            out.append(self._finish())
+        return b"".join(out)
+
+    def _finish(self) -> bytes:
+        """After QUIT or EOF: done once nothing is held and every command is matched."""
+        if self.held or self.backlog or self.done or not self.desk.settled(self.last_seq):
+            return b""
+        self.done = True
+        if not self.quitting:
+            return b""
+        bye = R.Bye("goodbye")
+        return R.to_json(bye) if self.json_mode else R.to_text(bye)
+
+    # ------------------------------------------------------------------ requests
+
+    def _handle(self, req: Request | BadRequest, is_json: bool) -> tuple[bytes | tuple[Query, bool] | None, int]:
+        """(immediate reply, a query to answer in order, or None; the seq journaled or 0)."""
+        try:
+            match req:
+                case Buy() | Sell():
+                    return self._new_order(req, is_json)
+                case CancelOrder():
+                    reject, seq = self._cancel(req)
+                case ReplaceOrder():
+                    reject, seq = self._replace(req)
+                case Quit():
+                    self.quitting = True
+                    return None, 0
+                case Resume(token=token):  # takes effect at once: later lines act as that owner
+                    reply = self._resume(token)
+                    return (R.to_json(reply) if is_json else R.to_text(reply)), 0
+                case _:
+                    return (req, is_json), 0
+        except Exception:  # a bug must cost one request, never the session or the server
+            log.exception("request_failed", owner=self.owner, request=repr(req)[:200])
+            err = R.Error("internal", "the request failed inside the server; it was not executed")
+            return R.to_text(err), 0
+        if reject is None:
+            return None, seq
+        return (R.to_json(reject) if is_json else R.to_text(reject)), seq
+
+    def _journal(self, cmd: Command) -> int:
+        self.last_seq = seq = self.desk.append(cmd)
+        return seq
+
+    def _new_order(self, req: Buy | Sell, is_json: bool) -> tuple[bytes, int]:
+        """Validate, journal and ACK a new order (the ACK goes out once it is durable)."""
+        desk, cid = self.desk, req.id
+        side = Side.BUY if type(req) is Buy else Side.SELL
+        inst = desk.instruments.get(req.symbol.upper())
+        problem = None
+        if cid is not None and not CLIENT_ID.fullmatch(cid):
+            problem, cid = (RejectReason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), None
+        elif inst is None:
+            problem = RejectReason.UNKNOWN_SYMBOL, f"no such symbol {clip(req.symbol)}; type SYMBOLS"
+        else:
+            terms = order_terms(inst, req.qty, req.price, req.tif)
+            if type(terms[0]) is RejectReason:
+                problem = terms  # type: ignore[assignment]
+            elif cid is not None and desk.orders.find_client_id(self.owner, cid) is not None:
+                problem = RejectReason.DUPLICATE_ID, f"an open order already has id {cid}"
+            elif desk.closing:
+                problem = RejectReason.SHUTTING_DOWN, "the exchange is shutting down"
+        if problem is not None or inst is None:
+            assert problem is not None
+            reason = problem[0].value
+            if desk.refused is not None:
+                desk.refused(
+                    Refusal(self.owner, req.symbol[:16], side.value, req.qty[:32], req.price and req.price[:32], req.tif, cid, reason, problem[1])
+                )
+            reject = R.Reject(reason, problem[1], cid)
+            return (R.to_json(reject) if is_json else R.to_text(reject)), 0
+        qty, price, tif = terms  # type: ignore[misc]
+        cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
+        seq = self._journal(cmd)
+        desk.orders.add(seq, cmd, is_json)
+        fields = (
+            seq, side.value, inst.symbol, inst.format_qty(qty),
+            "MKT" if price is None else inst.format_price(price), tif.value, cid,
+        )  # fmt: skip
+        return (R.to_json(R.Ack(*fields)) if is_json else R.ack_text(*fields)), seq
+
+    def _owned(self, order_id: int | None, cid: str | None) -> tuple[int, NewOrder | None, R.Reject | None]:
+        """The open order a cancel or replace names, if it is this connection's owner's."""
+        desk = self.desk
+        if order_id is None:
+            if cid is None:
+                return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
+            order_id = desk.orders.find_client_id(self.owner, cid)
+            if order_id is None:
+                shown = cid if CLIENT_ID.fullmatch(cid) else None
+                return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {clip(cid)}", shown)
+        entry = desk.orders.by_id.get(order_id)
+        if entry is None:
+            return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
+        order = entry[0]
+        if order.owner != self.owner:
+            return 0, None, R.Reject(RejectReason.NOT_OWNER.value, f"order {order_id} is not yours", cid, order_id)
+        if desk.closing:
+            return 0, None, R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
+        return order_id, order, None
+
+    def _cancel(self, req: CancelOrder) -> tuple[R.Reject | None, int]:
+        order_id, order, reject = self._owned(req.order_id, req.id)
+        if order is None:
+            return reject, 0
+        # The CANCELED (or a REJ if it filled first) comes back from matching.
+        return None, self._journal(Cancel(order.symbol, order_id, self.owner))
+
+    def _replace(self, req: ReplaceOrder) -> tuple[R.Reject | None, int]:
+        order_id, order, reject = self._owned(req.order_id, req.id)
+        if order is None:
+            return reject, 0
+        inst = self.desk.instruments[order.symbol]
+        terms = replace_terms(inst, req.qty, req.price, self.desk.open_qty_price(order_id, order)[1])
+        if type(terms[0]) is RejectReason:
+            return R.Reject(terms[0].value, terms[1], order.client_id, order_id), 0  # type: ignore[union-attr, arg-type]
+        qty, price = terms  # type: ignore[misc]
+        return None, self._journal(Replace(order.symbol, order_id, qty, price, self.owner))
+
+    def _answer(self, req: Query, is_json: bool) -> bytes:
+        """A query's reply, computed now (when everything before it has taken effect)."""
+        reply: R.Reply
+        match req:
+            case BadRequest(code=code, text=text):
+                reply = R.Error(code, text)
+            case Ping():
+                reply = R.Pong()
+            case BookQuery(symbol=symbol, levels=levels):
+                reply = self.desk.book_reply(symbol, levels)
+            case OrdersQuery():
+                reply = self.desk.orders_reply(self.owner)
+            case SymbolsQuery():
+                reply = self.desk.symbols_reply()
+            case Help():
+                reply = R.HelpReply(HELP_LINES)
+            case _:
+                raise TypeError(f"not a query: {req!r}")
+        return R.to_json(reply) if is_json else R.to_text(reply)
+
+    def _resume(self, token: str) -> R.Reply:
+        if not TOKEN.fullmatch(token):
+            return R.Error("bad_request", "a session token is the 32 hex digits from a HELLO line")
+        self.token, self.owner = token, owner_of(token)
+        return R.Resumed(self.token, self.owner, len(self.desk.orders.of_owner(self.owner)))

@@ -1,0 +1,151 @@
+"""The order desk: what every order-entry connection shares, and nothing about sockets.
+
+It holds the instruments, the open orders, the journal's append, read-only books for
+queries, and turns matching events into execution reports for their owners. A
+Connection (gateway/connection.py) talks to it through the `Desk` protocol declared
+there; tests drive both without a network.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from exchange.instruments import Instrument
+from exchange.orderbook import OrderBook
+from gateway.orders import OpenOrders
+from protocol import replies as R
+from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Refusal, Rejected, Replaced, RejectReason
+from protocol.text import clip
+
+ADDED = Liquidity.ADDED
+MAX_BOOK_LEVELS = 1000
+
+
+class Report:
+    """One execution report for one owner, formatted at most once per form (text, JSON).
+
+    `json` is the form of the order it concerns (the form the order was placed in), or
+    None when there is no such order: then each session's own last form decides.
+    """
+
+    __slots__ = ("owner", "json", "_text_of", "_struct", "_fields", "_text", "_json")
+
+    def __init__(self, owner: str, json: bool | None, text_of: Callable[..., bytes], struct: type[R.Reply], fields: tuple) -> None:
+        self.owner, self.json = owner, json
+        self._text_of, self._struct, self._fields = text_of, struct, fields
+        self._text = self._json = b""
+
+    def encoded(self, json: bool) -> bytes:
+        if json:
+            if not self._json:
+                self._json = R.to_json(self._struct(*self._fields))
+            return self._json
+        if not self._text:
+            self._text = self._text_of(*self._fields)
+        return self._text
+
+
+class OrderDesk:
+    def __init__(
+        self,
+        instruments: dict[str, Instrument],
+        books: dict[str, OrderBook],
+        append: Callable[[Command], int],
+        durable_seq: Callable[[], int],
+        applied: Callable[[int], bool],
+        *,
+        version: str,
+        refused: Callable[[Refusal], None] | None = None,
+    ) -> None:
+        self.instruments = instruments
+        self.books = books  # read-only here: BOOK replies and the live state of open orders
+        self.append = append  # journal a command; returns its sequence number
+        self.durable_seq = durable_seq  # the last sequence number on disk
+        self.applied = applied  # whether every command up to a seq has been matched
+        self.version = version
+        self.refused = refused  # the order audit's row for an order refused here
+        self.orders = OpenOrders()
+        self.closing = False  # shutting down: no new commands
+        for book in books.values():
+            for o in book.resting():
+                self.orders.add(o.order_id, NewOrder(book.symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id), False)
+
+    def settled(self, seq: int) -> bool:
+        """Everything up to seq is on disk and matched: its reports are out, state reflects it."""
+        return self.durable_seq() >= seq and self.applied(seq)
+
+    # ------------------------------------------------------------------ queries
+
+    def orders_reply(self, owner: str) -> R.OrdersReply:
+        rows = []
+        for order_id, cmd in self.orders.of_owner(owner).items():
+            inst = self.instruments[cmd.symbol]
+            qty, price = self.open_qty_price(order_id, cmd)
+            price_text = "MKT" if price is None else inst.format_price(price)
+            rows.append(R.OpenOrder(order_id, cmd.side.value, cmd.symbol, inst.format_qty(qty), price_text, cmd.tif.value, cmd.client_id))
+        return R.OrdersReply(rows)
+
+    def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]:
+        """An open order's quantity and price now: the book's, or as sent if not matched yet."""
+        live = self.books[cmd.symbol].order(order_id)
+        return (cmd.qty, cmd.price) if live is None else (live.leaves, live.price)
+
+    def book_reply(self, symbol: str, levels: int) -> R.Reply:
+        book = self.books.get(symbol.upper())
+        if book is None:
+            return R.Reject(RejectReason.UNKNOWN_SYMBOL.value, f"no such symbol {clip(symbol)}; type SYMBOLS")
+        if not 1 <= levels <= MAX_BOOK_LEVELS:
+            return R.Error("bad_request", f"levels must be 1..{MAX_BOOK_LEVELS}")
+        inst = book.instrument
+        bids, asks = book.depth(levels)
+        return R.BookReply(
+            book.symbol,
+            [(inst.format_price(p), inst.format_qty(q)) for p, q in bids],
+            [(inst.format_price(p), inst.format_qty(q)) for p, q in asks],
+        )
+
+    def symbols_reply(self) -> R.SymbolsReply:
+        return R.SymbolsReply(
+            [
+                R.SymbolInfo(
+                    s, i.tick.text, i.lot.text, i.format_qty(i.min_qty), i.format_qty(i.max_qty),
+                    i.format_price(i.min_price), i.format_price(i.max_price),
+                )  # fmt: skip
+                for s, i in self.instruments.items()
+            ]
+        )
+
+    # ------------------------------------------------------------------ reports
+
+    def reports(self, events: list[Event]) -> list[Report]:
+        """Execution reports for a matching batch, in order; open orders follow the events."""
+        orders, by_id, instruments = self.orders, self.orders.by_id, self.instruments
+        out: list[Report] = []
+        for e in events:
+            if type(e) is Fill:
+                entry = by_id.get(e.order_id) if e.leaves else orders.remove(e.order_id)
+                inst = instruments[e.symbol]
+                fields: tuple = (
+                    e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),
+                    e.trade_id, "A" if e.liquidity is ADDED else "R", e.client_id,
+                )  # fmt: skip
+                out.append(Report(e.owner, None if entry is None else entry[1], R.fill_text, R.FillReport, fields))
+            elif type(e) is Canceled:
+                entry = orders.remove(e.order_id)
+                fields = (e.order_id, instruments[e.symbol].format_qty(e.leaves), e.reason.value, e.client_id)
+                out.append(Report(e.owner, None if entry is None else entry[1], R.canceled_text, R.CanceledReport, fields))
+            elif type(e) is Replaced:
+                entry = by_id.get(e.order_id)
+                inst = instruments[e.symbol]
+                priority = "kept" if e.priority_kept else "lost"
+                fields = (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)
+                out.append(Report(e.owner, None if entry is None else entry[1], R.replaced_text, R.ReplacedReport, fields))
+            elif type(e) is Rejected:
+                # The engine refused a command the gateway let through: a cancel or replace
+                # that lost the race with a fill, or (never expected) a new order.
+                entry = by_id.get(e.order_id) if e.order_id is not None else None
+                if entry is not None and e.order_id is not None and self.books[entry[0].symbol].order(e.order_id) is None:
+                    orders.remove(e.order_id)
+                fields = (e.reason.value, e.text, e.client_id, e.order_id)
+                out.append(Report(e.owner, None if entry is None else entry[1], R.reject_text, R.Reject, fields))
+        return out
