@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 from bench.mix import BENCH_INSTRUMENT, generate

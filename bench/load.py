@@ -523,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         if r.errors:
             print(f"  note: {r.server} {r.phase}: {r.errors:,} ERR replies")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": machine(), "fsync_ms": fsync_ms, "args": {k: str(v) for k, v in vars(args).items()}, "results": [asdict(r) for r in results]}, indent=1))
+    report = {"machine": machine(), "fsync_ms": fsync_ms, "args": {k: str(v) for k, v in vars(args).items()}, "results": [asdict(r) for r in results]}
+    args.json.write_text(json.dumps(report, indent=1))
     print(f"all figures: {args.json}")
     if args.plot:
         plot(results, args.plot)

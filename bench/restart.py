@@ -23,8 +23,8 @@ import structlog
 
 from bench.mix import BENCH_INSTRUMENT, generate
 from exchange.instruments import load_instruments
-from journal.recovery import recover
 from journal.records import encode_batch
+from journal.recovery import recover
 from journal.snapshots import capture, write_snapshot
 from journal.tradelog import TradeLog
 

@@ -21,7 +21,7 @@ from heapq import heapify, heappop, heappush
 from typing import Iterable, Iterator
 
 from exchange.instruments import Instrument
-from exchange.rules import Problem, check_order, check_replace
+from exchange.rules import check_order, check_replace
 from protocol.messages import (
     TIF,
     Accepted,
@@ -34,6 +34,7 @@ from protocol.messages import (
     Fill,
     Liquidity,
     NewOrder,
+    Problem,
     Quote,
     Rejected,
     RejectReason,
@@ -137,13 +138,12 @@ class Book:
         # Levels this command changed, in the order it changed them: one BookLevelChanged
         # each at the end, however many fills hit them (a dict is an ordered set here).
         touched: dict[Level, None] = {}
-        kind = type(cmd)
-        if kind is Replace:
-            self._replace(seq, cmd, out, touched)  # type: ignore[arg-type]
-        elif kind is NewOrder:
-            self._new(seq, cmd, out, touched)  # type: ignore[arg-type]
-        elif kind is Cancel:
-            self._cancel(cmd, out, touched)  # type: ignore[arg-type]
+        if type(cmd) is Replace:
+            self._replace(seq, cmd, out, touched)
+        elif type(cmd) is NewOrder:
+            self._new(seq, cmd, out, touched)
+        elif type(cmd) is Cancel:
+            self._cancel(cmd, out, touched)
         else:
             raise TypeError(f"not a command: {cmd!r}")
         if touched:
@@ -178,7 +178,7 @@ class Book:
         price, tif = cmd.price, cmd.tif
         problem = self._check_new(cmd)
         if problem is not None:
-            out.append(Rejected(problem[0], problem[1], cmd.owner, cmd.client_id, seq))
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq))
             return
         out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, price, tif, cmd.owner, cmd.client_id))
         order = Order(seq, cmd.side, price, cmd.qty, tif, cmd.owner, cmd.client_id)
@@ -201,7 +201,7 @@ class Book:
 
     def _check_new(self, cmd: NewOrder) -> Problem | None:
         if cmd.symbol != self.symbol:
-            return RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}"
+            return Problem(RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
         return check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
 
     def _cancel(self, cmd: Cancel, out: list[Event], touched: dict) -> None:
@@ -215,16 +215,18 @@ class Book:
         order = self._owned(cmd.order_id, cmd.owner, out)
         if order is None:
             return
-        price = order.price if cmd.price is None else cmd.price
+        old_price = order.price
+        assert old_price is not None  # a resting order has a price
+        price = old_price if cmd.price is None else cmd.price
         qty = cmd.qty
-        problem = check_replace(self.instrument, qty, price)  # type: ignore[arg-type]
+        problem = check_replace(self.instrument, qty, price)
         if problem is not None:
-            out.append(Rejected(problem[0], problem[1], cmd.owner, order.client_id, order.order_id))
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id))
             return
         side = order.side
         half = self.bids if side is BUY else self.asks
-        level = half.levels[order.price]  # type: ignore[index]
-        if price == order.price:
+        level = half.levels[old_price]
+        if price == old_price:
             if qty != order.leaves:
                 level.total += qty - order.leaves
                 touched[level] = None
@@ -244,7 +246,7 @@ class Book:
         level.total -= order.leaves
         touched[level] = None
         if not level.orders:
-            del half.levels[order.price]  # type: ignore[arg-type]
+            del half.levels[old_price]
         order.price = price
         order.leaves = qty
         out.append(Replaced(order.order_id, self.symbol, side, qty, price, False, order.owner, order.client_id))
@@ -365,14 +367,16 @@ class Book:
         self.quote = (bid, 0 if bid is None else self.bids.levels[bid].total, ask, 0 if ask is None else self.asks.levels[ask].total)
 
     def _unrest(self, order: Order, touched: dict) -> None:
+        price = order.price
+        assert price is not None  # a resting order has a price
         half = self.bids if order.side is BUY else self.asks
-        level = half.levels[order.price]  # type: ignore[index]
+        level = half.levels[price]
         del level.orders[order.order_id]
         level.total -= order.leaves
         del self.orders[order.order_id]
         touched[level] = None
         if not level.orders:
-            del half.levels[order.price]  # type: ignore[arg-type]
+            del half.levels[price]
 
     def _kill(self, order: Order, reason: CancelReason, out: list[Event]) -> None:
         out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id))
@@ -409,11 +413,11 @@ class Book:
         return hash_book(self.symbol, self.md_seq, (as_tuple(o) for o in self.resting()))
 
 
-RestingTuple = tuple[int, Side, int, int, TIF, str, "str | None"]
+RestingTuple = tuple[int, Side, "int | None", int, TIF, str, "str | None"]
 
 
 def as_tuple(o: Order) -> RestingTuple:
-    return (o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id)  # type: ignore[return-value]
+    return (o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id)
 
 
 def hash_book(symbol: str, md_seq: int, orders: Iterable[RestingTuple]) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.messages import RejectReason
+from protocol.messages import Problem, RejectReason
 from protocol.text import clip
 
 # ASCII digits only: str.isdigit() and int() accept other scripts' digits, which we refuse.
@@ -21,6 +21,7 @@ MAX_TEXT = 24  # characters in a price or quantity; anything longer is refused u
 MAX_STEPS = 10**15  # the largest count of ticks or lots an order may carry
 
 
+_UNSEEN = -2  # not a count(): those are None, -1 or positive
 CACHE_SIZE = 65_536  # distinct texts remembered per step; prices and sizes repeat a lot
 
 
@@ -49,9 +50,9 @@ class Step:
 
     def count(self, text: str) -> int | None:
         """Exact count of steps in text; -1 if off the step; None if not a positive decimal."""
-        steps = self._counted.get(text, self)  # self: not seen (None is a valid answer)
-        if steps is not self:
-            return steps  # type: ignore[return-value]
+        steps = self._counted.get(text, _UNSEEN)  # None is a valid answer
+        if steps != _UNSEEN:
+            return steps
         steps = self._count(text)
         if len(self._counted) >= CACHE_SIZE:
             self._counted.clear()
@@ -134,34 +135,34 @@ class Instrument:
 
     # ---- text -> integers (the gateway's job, before anything is journaled)
 
-    def parse_qty(self, text: str) -> int | tuple[RejectReason, str]:
+    def parse_qty(self, text: str) -> int | Problem:
         lots = self.lot.count(text)
         if lots is None:
-            return RejectReason.BAD_QTY, f"quantity {clip(text)} is not a positive decimal number"
+            return Problem(RejectReason.BAD_QTY, f"quantity {clip(text)} is not a positive decimal number")
         if lots < 0:
-            return RejectReason.BAD_LOT, f"quantity {clip(text)} is not a multiple of the lot {self.lot.text}"
+            return Problem(RejectReason.BAD_LOT, f"quantity {clip(text)} is not a multiple of the lot {self.lot.text}")
         return lots
 
-    def parse_price(self, text: str) -> int | tuple[RejectReason, str]:
+    def parse_price(self, text: str) -> int | Problem:
         ticks = self.tick.count(text)
         if ticks is None:
-            return RejectReason.BAD_PRICE, f"price {clip(text)} is not a positive decimal number"
+            return Problem(RejectReason.BAD_PRICE, f"price {clip(text)} is not a positive decimal number")
         if ticks < 0:
-            return RejectReason.BAD_TICK, f"price {clip(text)} is not on the tick {self.tick.text}"
+            return Problem(RejectReason.BAD_TICK, f"price {clip(text)} is not on the tick {self.tick.text}")
         return ticks
 
     # ---- integer checks (also applied by the matching core, so replay is self-contained)
 
-    def check(self, qty: int, price: int | None) -> tuple[RejectReason, str] | None:
+    def check(self, qty: int, price: int | None) -> Problem | None:
         if qty < self.min_qty or qty > self.max_qty:
-            return RejectReason.QTY_RANGE, (
-                f"quantity {self.format_qty(qty)} is outside "
-                f"{self.format_qty(self.min_qty)}..{self.format_qty(self.max_qty)}"
+            return Problem(
+                RejectReason.QTY_RANGE,
+                f"quantity {self.format_qty(qty)} is outside {self.format_qty(self.min_qty)}..{self.format_qty(self.max_qty)}",
             )
         if price is not None and (price < self.min_price or price > self.max_price):
-            return RejectReason.PRICE_BAND, (
-                f"price {self.format_price(price)} is outside the band "
-                f"{self.format_price(self.min_price)}..{self.format_price(self.max_price)}"
+            return Problem(
+                RejectReason.PRICE_BAND,
+                f"price {self.format_price(price)} is outside the band {self.format_price(self.min_price)}..{self.format_price(self.max_price)}",
             )
         return None
 

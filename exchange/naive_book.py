@@ -30,6 +30,7 @@ from protocol.messages import (
     Fill,
     Liquidity,
     NewOrder,
+    Problem,
     Rejected,
     RejectReason,
     Replace,
@@ -68,11 +69,11 @@ class NaiveBook:
 
     def new(self, seq: int, cmd: NewOrder, out: list[Event]) -> None:
         if cmd.symbol != self.symbol:
-            problem = (RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
+            problem: Problem | None = Problem(RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
         else:
             problem = check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
         if problem:
-            out.append(Rejected(problem[0], problem[1], cmd.owner, cmd.client_id, seq))
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq))
             return
         out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.owner, cmd.client_id))
         order = NaiveOrder(seq, cmd.side, cmd.price, cmd.qty, cmd.tif, cmd.owner, cmd.client_id)
@@ -95,9 +96,10 @@ class NaiveBook:
         if order is None:
             return
         price = cmd.price if cmd.price is not None else order.price
+        assert price is not None  # a resting order has a price
         problem = check_replace(self.instrument, cmd.qty, price)
         if problem:
-            out.append(Rejected(problem[0], problem[1], cmd.owner, order.client_id, order.order_id))
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id))
             return
         keeps_priority = price == order.price and cmd.qty <= order.leaves
         if keeps_priority:
@@ -213,4 +215,4 @@ class NaiveBook:
 
     def state_hash(self) -> str:
         rows = ((o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in self.resting())
-        return hash_book(self.symbol, 0, rows)  # type: ignore[arg-type]
+        return hash_book(self.symbol, 0, rows)

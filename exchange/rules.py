@@ -10,10 +10,9 @@ self-contained (a journal written by an older, laxer gateway still replays the s
 from __future__ import annotations
 
 from exchange.instruments import Instrument
-from protocol.messages import TIF, RejectReason
+from protocol.messages import TIF, Problem, RejectReason
 from protocol.text import clip
 
-Problem = tuple[RejectReason, str]
 GTC, POST = TIF.GTC, TIF.POST
 TIF_BY_NAME = {t.value: t for t in TIF}
 
@@ -24,11 +23,11 @@ TIF_BY_NAME = {t.value: t for t in TIF}
 def check_order(inst: Instrument, qty: int, price: int | None, tif: TIF) -> Problem | None:
     """A new order's integer terms: positive, on the instrument's ranges, a valid tif."""
     if qty <= 0:
-        return RejectReason.BAD_QTY, "quantity must be positive"
+        return Problem(RejectReason.BAD_QTY, "quantity must be positive")
     if price is not None and price <= 0:
-        return RejectReason.BAD_PRICE, "price must be positive"
+        return Problem(RejectReason.BAD_PRICE, "price must be positive")
     if price is None and (tif is GTC or tif is POST):
-        return RejectReason.BAD_TIF, f"a market order cannot be {tif.value}"
+        return Problem(RejectReason.BAD_TIF, f"a market order cannot be {tif.value}")
     return inst.check(qty, price)
 
 
@@ -37,13 +36,23 @@ def check_replace(inst: Instrument, qty: int, price: int) -> Problem | None:
     if 0 < qty and inst.min_qty <= qty <= inst.max_qty and 0 < price and inst.min_price <= price <= inst.max_price:
         return None  # the common case, decided in one expression (replace is 82% of a busy book)
     if qty <= 0:
-        return RejectReason.BAD_QTY, "quantity must be positive"
+        return Problem(RejectReason.BAD_QTY, "quantity must be positive")
     if price <= 0:
-        return RejectReason.BAD_PRICE, "price must be positive"
+        return Problem(RejectReason.BAD_PRICE, "price must be positive")
     return inst.check(qty, price)
 
 
 # ---------------------------------------------------------------- wire text -> terms (gateway)
+
+
+def _quantity_and_price(inst: Instrument, qty_text: str, price_text: str | None) -> tuple[int, int | None] | Problem:
+    qty = inst.parse_qty(qty_text)
+    if isinstance(qty, Problem):
+        return qty
+    if price_text is None:
+        return qty, None
+    price = inst.parse_price(price_text)
+    return price if isinstance(price, Problem) else (qty, price)
 
 
 def order_terms(inst: Instrument, qty_text: str, price_text: str | None, tif_text: str | None) -> tuple[int, int | None, TIF] | Problem:
@@ -51,19 +60,14 @@ def order_terms(inst: Instrument, qty_text: str, price_text: str | None, tif_tex
 
     A limit order defaults to GTC, a market order to IOC; a market order may be IOC or FOK.
     """
-    qty = inst.parse_qty(qty_text)
-    if isinstance(qty, tuple):
-        return qty
-    price: int | None = None
-    if price_text is not None:
-        parsed = inst.parse_price(price_text)
-        if isinstance(parsed, tuple):
-            return parsed
-        price = parsed
-    tif_name = tif_text.upper() if tif_text is not None else ("GTC" if price_text is not None else "IOC")
+    parsed = _quantity_and_price(inst, qty_text, price_text)
+    if isinstance(parsed, Problem):
+        return parsed
+    qty, price = parsed
+    tif_name = tif_text.upper() if tif_text is not None else ("GTC" if price is not None else "IOC")
     tif = TIF_BY_NAME.get(tif_name)
     if tif is None:
-        return RejectReason.BAD_TIF, f"time in force {clip(tif_name)} is not GTC, IOC, FOK or POST"
+        return Problem(RejectReason.BAD_TIF, f"time in force {clip(tif_name)} is not GTC, IOC, FOK or POST")
     problem = check_order(inst, qty, price, tif)
     return (qty, price, tif) if problem is None else problem
 
@@ -74,15 +78,10 @@ def replace_terms(inst: Instrument, qty_text: str, price_text: str | None, curre
     current_price is None for an order not priced yet (a market order still in flight):
     then only the quantity is checked here, and the book decides the rest.
     """
-    qty = inst.parse_qty(qty_text)
-    if isinstance(qty, tuple):
-        return qty
-    price: int | None = None
-    if price_text is not None:
-        parsed = inst.parse_price(price_text)
-        if isinstance(parsed, tuple):
-            return parsed
-        price = parsed
+    parsed = _quantity_and_price(inst, qty_text, price_text)
+    if isinstance(parsed, Problem):
+        return parsed
+    qty, price = parsed
     new_price = current_price if price is None else price
     problem = inst.check(qty, None) if new_price is None else check_replace(inst, qty, new_price)
-    return (qty, price) if problem is None else problem
+    return parsed if problem is None else problem

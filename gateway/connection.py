@@ -24,7 +24,7 @@ import hashlib
 import re
 import secrets
 from collections import deque
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import structlog
 
@@ -32,7 +32,7 @@ from exchange.instruments import Instrument
 from exchange.rules import order_terms, replace_terms
 from gateway.orders import OpenOrders
 from protocol import replies as R
-from protocol.messages import Cancel, Command, NewOrder, Refusal, RejectReason, Replace, Side
+from protocol.messages import TIF, Cancel, Command, NewOrder, Problem, Refusal, RejectReason, Replace, Side
 from protocol.requests import (
     BadRequest,
     BookQuery,
@@ -138,11 +138,11 @@ class Connection:
             return b""
         lines = self.splitter.feed(data)
         if self.backlog:  # a query is waiting: what comes after it waits too
-            self.backlog += lines
+            self.backlog.extend(lines)
             return b""
         return self._process(lines)
 
-    def _process(self, lines: list[bytes | None]) -> bytes:
+    def _process(self, lines: Sequence[bytes | None]) -> bytes:
         """Handle lines in order until a query must wait; the rest go to the backlog."""
         out: list[bytes] = []  # replies not held (nothing held before them)
         held = self.held
@@ -168,7 +168,7 @@ class Connection:
                 tail.seq = seq
                 if reply is not None:
                     tail.items.append(reply)
-            elif type(reply) is tuple:
+            elif isinstance(reply, tuple):
                 # A query reads state: it answers once everything before it has been matched
                 # and before anything after it is journaled (that waits in the backlog).
                 if not held and self.desk.settled(self.last_seq):
@@ -177,11 +177,11 @@ class Connection:
                 waiting = Held(self.last_seq, True)
                 waiting.items.append(reply)
                 held.append(waiting)
-                self.backlog = lines[i + 1 :]
+                self.backlog = list(lines[i + 1 :])
                 break
             elif reply is not None:  # an immediate reply (an error, a refusal): in its place
                 if not held:
-                    out.append(reply)  # type: ignore[arg-type]
+                    out.append(reply)
                 else:
                     if tail is None:
                         tail = Held(self.last_seq, False)  # ready as soon as what is before it
@@ -255,7 +255,7 @@ class Connection:
                 break
             held.popleft()
             for item in h.items:
-                out.append(self._answer(*item) if type(item) is tuple else item)  # type: ignore[arg-type]
+                out.append(item if isinstance(item, bytes) else self._answer(*item))
             if not held and self.backlog:  # the query that stopped reading has answered
                 backlog, self.backlog = self.backlog, []
                 out.append(self._process(backlog))
@@ -307,40 +307,46 @@ class Connection:
 
     def _new_order(self, req: Buy | Sell, is_json: bool) -> tuple[bytes, int]:
         """Validate, journal and ACK a new order (the ACK goes out once it is durable)."""
-        desk, cid = self.desk, req.id
         side = Side.BUY if type(req) is Buy else Side.SELL
-        inst = desk.instruments.get(req.symbol.upper())
-        problem = None
-        if cid is not None and not CLIENT_ID.fullmatch(cid):
-            problem, cid = (RejectReason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), None
-        elif inst is None:
-            problem = RejectReason.UNKNOWN_SYMBOL, f"no such symbol {clip(req.symbol)}; type SYMBOLS"
-        else:
-            terms = order_terms(inst, req.qty, req.price, req.tif)
-            if type(terms[0]) is RejectReason:
-                problem = terms  # type: ignore[assignment]
-            elif cid is not None and desk.orders.find_client_id(self.owner, cid) is not None:
-                problem = RejectReason.DUPLICATE_ID, f"an open order already has id {cid}"
-            elif desk.closing:
-                problem = RejectReason.SHUTTING_DOWN, "the exchange is shutting down"
-        if problem is not None or inst is None:
-            assert problem is not None
-            reason = problem[0].value
-            if desk.refused is not None:
-                desk.refused(
-                    Refusal(self.owner, req.symbol[:16], side.value, req.qty[:32], req.price and req.price[:32], req.tif, cid, reason, problem[1])
-                )
-            reject = R.Reject(reason, problem[1], cid)
-            return (R.to_json(reject) if is_json else R.to_text(reject)), 0
-        qty, price, tif = terms  # type: ignore[misc]
-        cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
+        terms = self._order_terms(req)
+        if isinstance(terms, Problem):
+            return self._refuse(req, side, terms, is_json), 0
+        inst, qty, price, tif = terms
+        cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, req.id)
         seq = self._journal(cmd)
-        desk.orders.add(seq, cmd, is_json)
+        self.desk.orders.add(seq, cmd, is_json)
         fields = (
             seq, side.value, inst.symbol, inst.format_qty(qty),
-            "MKT" if price is None else inst.format_price(price), tif.value, cid,
+            "MKT" if price is None else inst.format_price(price), tif.value, req.id,
         )  # fmt: skip
         return (R.to_json(R.Ack(*fields)) if is_json else R.ack_text(*fields)), seq
+
+    def _order_terms(self, req: Buy | Sell) -> tuple[Instrument, int, int | None, TIF] | Problem:
+        """The order in integers, or the first rule it breaks (the rulebook's, then the desk's)."""
+        cid = req.id
+        if cid is not None and not CLIENT_ID.fullmatch(cid):
+            return Problem(RejectReason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -")
+        inst = self.desk.instruments.get(req.symbol.upper())
+        if inst is None:
+            return Problem(RejectReason.UNKNOWN_SYMBOL, f"no such symbol {clip(req.symbol)}; type SYMBOLS")
+        terms = order_terms(inst, req.qty, req.price, req.tif)
+        if isinstance(terms, Problem):
+            return terms
+        if cid is not None and self.desk.orders.find_client_id(self.owner, cid) is not None:
+            return Problem(RejectReason.DUPLICATE_ID, f"an open order already has id {cid}")
+        if self.desk.closing:
+            return Problem(RejectReason.SHUTTING_DOWN, "the exchange is shutting down")
+        return inst, *terms
+
+    def _refuse(self, req: Buy | Sell, side: Side, problem: Problem, is_json: bool) -> bytes:
+        """REJ for an order that is not journaled, and its row in the order audit."""
+        cid = req.id if req.id is not None and CLIENT_ID.fullmatch(req.id) else None
+        reason = problem.reason.value
+        if self.desk.refused is not None:
+            price = req.price and req.price[:32]
+            self.desk.refused(Refusal(self.owner, req.symbol[:16], side.value, req.qty[:32], price, req.tif, cid, reason, problem.text))
+        reject = R.Reject(reason, problem.text, cid)
+        return R.to_json(reject) if is_json else R.to_text(reject)
 
     def _owned(self, order_id: int | None, cid: str | None) -> tuple[int, NewOrder | None, R.Reject | None]:
         """The open order a cancel or replace names, if it is this connection's owner's."""
@@ -375,9 +381,9 @@ class Connection:
             return reject, 0
         inst = self.desk.instruments[order.symbol]
         terms = replace_terms(inst, req.qty, req.price, self.desk.open_qty_price(order_id, order)[1])
-        if type(terms[0]) is RejectReason:
-            return R.Reject(terms[0].value, terms[1], order.client_id, order_id), 0  # type: ignore[union-attr, arg-type]
-        qty, price = terms  # type: ignore[misc]
+        if isinstance(terms, Problem):
+            return R.Reject(terms.reason.value, terms.text, order.client_id, order_id), 0
+        qty, price = terms
         return None, self._journal(Replace(order.symbol, order_id, qty, price, self.owner))
 
     def _answer(self, req: Query, is_json: bool) -> bytes:

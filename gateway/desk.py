@@ -14,7 +14,7 @@ from exchange.instruments import Instrument
 from exchange.orderbook import OrderBook
 from gateway.orders import OpenOrders
 from protocol import replies as R
-from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Refusal, Rejected, Replaced, RejectReason
+from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Refusal, Rejected, RejectReason, Replaced
 from protocol.text import clip
 
 ADDED = Liquidity.ADDED

@@ -10,7 +10,7 @@ symbol, replies: one write).
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Callable, cast
 
 import structlog
 
@@ -97,15 +97,15 @@ class Session(asyncio.Protocol):
         if conn.waiting:
             self.gw.wait(self)
         if conn.done:
-            self.gw.schedule_flush(self)  # the flush closes
+            self.gw.schedule_write(self)  # write_out closes
 
     def send(self, data: bytes) -> None:
         """Queue bytes; everything queued in one loop iteration goes out in one write."""
         self.outbuf.append(data)
         if len(self.outbuf) == 1:
-            self.gw.schedule_flush(self)
+            self.gw.schedule_write(self)
 
-    def flush(self) -> None:
+    def write_out(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             self.outbuf.clear()
@@ -125,7 +125,7 @@ class Session(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing() or self.conn.done:
             return
         self.send(self.conn.goodbye(text))
-        self.flush()
+        self.write_out()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -179,16 +179,16 @@ class Gateway:
     def wait(self, session: Session) -> None:
         self._waiting[session] = None
 
-    def schedule_flush(self, session: Session) -> None:
+    def schedule_write(self, session: Session) -> None:
         """Write the session's queued bytes once this loop iteration's work is done."""
         if not self._dirty:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._write_out)
         self._dirty[session] = None
 
-    def _flush(self) -> None:
+    def _write_out(self) -> None:
         dirty, self._dirty = self._dirty, {}
         for session in dirty:
-            session.flush()
+            session.write_out()
 
     # ------------------------------------------------------------------ progress
 
@@ -201,14 +201,14 @@ class Gateway:
         if self._waiting:
             self._progress(Connection.settle)
 
-    def _progress(self, step) -> None:  # type: ignore[no-untyped-def]
+    def _progress(self, step: Callable[[Connection], bytes]) -> None:
         for session in list(self._waiting):
             conn = session.conn
             data = step(conn)
             if data:
                 session.send(data)
             if conn.done:
-                self.schedule_flush(session)
+                self.schedule_write(session)
             if not conn.waiting:
                 del self._waiting[session]
             if session.flow is not None:

@@ -64,7 +64,7 @@ def read_batches(directory: Path, after: int = 0) -> Iterator[tuple[int, list[Co
             continue
         data = path.read_bytes()
         end = 0
-        for first_seq, count, cmds, ts_ns, end in decode_records(data, first, skip_through=after):
+        for first_seq, count, cmds, ts_ns, end in decode_records(data, first, skip_through=after):  # noqa: B007 (end is read after the loop)
             expect = first_seq + count
             if cmds is not None:
                 yield first_seq, cmds, ts_ns
@@ -176,8 +176,8 @@ class Journal:
 
     def _commit_loop(self) -> None:
         """The group commit: one write + one fsync for everything appended, then ACK it all."""
-        loop = self._loop
-        assert loop is not None
+        loop, stopped = self._loop, self._stopped
+        assert loop is not None and stopped is not None
         last_start = 0.0
         rate = 0.0  # commands per second, smoothed over recent commits
         try:
@@ -208,7 +208,7 @@ class Journal:
             if self.on_failure is not None:
                 loop.call_soon_threadsafe(self.on_failure, exc)
         finally:
-            loop.call_soon_threadsafe(self._stopped.set_result, None)  # type: ignore[union-attr]
+            loop.call_soon_threadsafe(stopped.set_result, None)
 
     def _durable(self, first_seq: int, batch: list[Command], ts_ns: int) -> None:
         self.durable_seq = first_seq + len(batch) - 1

@@ -77,4 +77,4 @@ def trades_from(db: Path, symbol: str, md_seq: int, limit: int = 100_000) -> lis
             "SELECT md_seq, qty, price, aggressor, trade_id FROM trades WHERE symbol = ? AND md_seq >= ? ORDER BY md_seq LIMIT ?",
             (symbol, md_seq, limit),
         )
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]

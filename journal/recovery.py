@@ -57,15 +57,15 @@ async def recover(data_dir: Path, instruments: dict[str, Instrument], tradelog: 
         trades: list[Trade] = []
         for seq, cmd in enumerate(cmds, first_seq):
             if seq > start:
-                trades += [e for e in engine.apply(seq, cmd) if type(e) is Trade]  # type: ignore[misc]
+                trades += [e for e in engine.apply(seq, cmd) if isinstance(e, Trade)]
                 replayed += 1
         last = first_seq + len(cmds) - 1
         if tradelog is not None:
             tradelog.recover_batch(first_seq, cmds, ts_ns, trades)
             if tradelog.queued - tradelog.committed > 200_000:
-                await tradelog.flush()  # bound memory: let the writer catch up
+                await tradelog.wait_committed()  # bound memory: let the writer catch up
     if tradelog is not None:
-        await tradelog.flush()
+        await tradelog.wait_committed()
     took = time.perf_counter() - t0
     log.info("recovered", snapshot_seq=start, replayed=replayed, last_seq=last, seconds=round(took, 3), state=engine.state_hash())
     return Recovered(engine, start, replayed, last, took)

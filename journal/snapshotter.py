@@ -84,7 +84,7 @@ class Snapshotter:
     def _delete_covered(self, covered: int) -> None:
         """Delete journal segments wholly at or before `covered` (the oldest kept snapshot)."""
         segments = segment_paths(self.journal_dir)
-        for seg, nxt in zip(segments, segments[1:]):
+        for seg, nxt in zip(segments, segments[1:], strict=False):
             if first_seq_of(nxt) - 1 <= covered:
                 seg.unlink()
                 log.info("journal_segment_deleted", segment=seg.name, covered_by=covered)

@@ -71,9 +71,9 @@ class TradeLog:
 
     def on_events(self, events: list[Event]) -> None:
         """Events from a matching task: keep the trades."""
-        trades = [e for e in events if type(e) is Trade]
-        if trades and self._admit(len(trades), trades[0].seq):  # type: ignore[union-attr]
-            self._trades += trades  # type: ignore[arg-type]
+        trades = [e for e in events if isinstance(e, Trade)]
+        if trades and self._admit(len(trades), trades[0].seq):
+            self._trades += trades
 
     def on_refusal(self, r: Refusal) -> None:
         """The gateway refused an order (never journaled): an audit row, best effort."""
@@ -150,7 +150,7 @@ class TradeLog:
     def healthy(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
-    async def flush(self) -> None:
+    async def wait_committed(self) -> None:
         """Wait until everything handed over so far is committed."""
         target = self.queued
         while self.committed < target:

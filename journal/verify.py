@@ -12,8 +12,8 @@ from pathlib import Path
 
 from exchange.engine import Engine
 from exchange.instruments import Instrument
-from journal.layout import DataDir
 from journal.journal import read_journal, repair
+from journal.layout import DataDir
 from journal.queries import connect_readonly
 from journal.recovery import load_state
 from protocol.messages import Trade

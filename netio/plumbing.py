@@ -62,10 +62,10 @@ def capped_write(transport: asyncio.Transport, data: bytes, cap: int) -> bool:
     return transport.get_write_buffer_size() <= cap
 
 
-def limit_buffers(transport: asyncio.BaseTransport, high: int, sndbuf: int | None = None) -> None:
+def limit_buffers(transport: asyncio.WriteTransport, high: int, sndbuf: int | None = None) -> None:
     """The user-space high-water mark, and optionally a bound on the kernel's send buffer:
     without one, a peer that does not read parks megabytes there before flow control notices."""
-    transport.set_write_buffer_limits(high=high)  # type: ignore[attr-defined]
+    transport.set_write_buffer_limits(high=high)
     sock = transport.get_extra_info("socket")
     if sndbuf is not None and sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)

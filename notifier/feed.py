@@ -15,7 +15,9 @@ import structlog
 from exchange.book import Book
 from exchange.instruments import Instrument
 from protocol import marketdata as M
-from protocol.messages import BookLevelChanged, Event, Quote, Side, Trade
+from protocol.messages import BookLevelChanged, Quote, Side, Trade
+
+MarketData = Trade | BookLevelChanged | Quote
 
 log = structlog.get_logger("notifier")
 
@@ -28,7 +30,7 @@ class Update:
 
     __slots__ = ("seq", "kind", "_event", "_feed", "_text", "_json")
 
-    def __init__(self, seq: int, kind: str, event: Event, feed: SymbolFeed) -> None:
+    def __init__(self, seq: int, kind: str, event: MarketData, feed: SymbolFeed) -> None:
         self.seq, self.kind, self._event, self._feed = seq, kind, event, feed
         self._text: bytes | None = None
         self._json: bytes | None = None
@@ -57,48 +59,42 @@ class SymbolFeed:
         self.pending: list[Update] = []
         self.recent: deque[Update] = deque(maxlen=RECENT_TRADES)
 
-    def follow(self, e: Event) -> None:
+    def follow(self, e: MarketData) -> None:
         """Take one market-data event (in md_seq order) into the state and the pending list."""
-        seq = e.md_seq  # type: ignore[union-attr]
+        seq = e.md_seq
         if seq != self.seq + 1:
             log.error("md_sequence_gap", symbol=self.symbol, expected=self.seq + 1, got=seq)
         self.seq = seq
-        kind = type(e)
-        if kind is Trade:
-            update = Update(seq, "trades", e, self)
-            self.recent.append(update)
-        elif kind is BookLevelChanged:
-            side_levels = self.levels[e.side]  # type: ignore[union-attr]
-            if e.qty:  # type: ignore[union-attr]
-                side_levels[e.price] = e.qty  # type: ignore[union-attr]
-            else:
-                side_levels.pop(e.price, None)  # type: ignore[union-attr]
-            update = Update(seq, "book", e, self)
-        else:
-            self.quote = (e.bid, e.bid_qty, e.ask, e.ask_qty)  # type: ignore[union-attr]
-            update = Update(seq, "quotes", e, self)
+        match e:
+            case Trade():
+                update = Update(seq, "trades", e, self)
+                self.recent.append(update)
+            case BookLevelChanged(side=side, price=price, qty=qty):
+                if qty:
+                    self.levels[side][price] = qty
+                else:
+                    self.levels[side].pop(price, None)
+                update = Update(seq, "book", e, self)
+            case Quote():
+                self.quote = (e.bid, e.bid_qty, e.ask, e.ask_qty)
+                update = Update(seq, "quotes", e, self)
         self.pending.append(update)
 
-    def encode(self, e: Event, as_json: bool) -> bytes:
-        inst, kind = self.inst, type(e)
-        if kind is Trade:
-            fields: tuple = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor._value_, e.trade_id, e.md_seq)  # type: ignore[union-attr]
-            return (M.trade_json if as_json else M.trade_text)(*fields)
-        if kind is BookLevelChanged:
-            fields = (self.symbol, e.side._value_, inst.format_price(e.price), inst.format_qty(e.qty), e.md_seq)  # type: ignore[union-attr]
-            return (M.level_json if as_json else M.level_text)(*fields)
-        assert kind is Quote
-        bid, ask = e.bid, e.ask  # type: ignore[union-attr]
-        fields = (
-            self.symbol,
-            "-" if bid is None else inst.format_price(bid), "-" if bid is None else inst.format_qty(e.bid_qty),  # type: ignore[union-attr]
-            "-" if ask is None else inst.format_price(ask), "-" if ask is None else inst.format_qty(e.ask_qty),  # type: ignore[union-attr]
-            e.md_seq,  # type: ignore[union-attr]
-        )  # fmt: skip
-        return (M.quote_json if as_json else M.quote_text)(*fields)
+    def encode(self, e: MarketData, as_json: bool) -> bytes:
+        inst = self.inst
+        match e:
+            case Trade():
+                trade = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor.value, e.trade_id, e.md_seq)
+                return (M.trade_json if as_json else M.trade_text)(*trade)
+            case BookLevelChanged():
+                level = (self.symbol, e.side.value, inst.format_price(e.price), inst.format_qty(e.qty), e.md_seq)
+                return (M.level_json if as_json else M.level_text)(*level)
+            case Quote():
+                quote = self._quote_fields((e.bid, e.bid_qty, e.ask, e.ask_qty), e.md_seq)
+                return (M.quote_json if as_json else M.quote_text)(*quote)
 
-    def quote_fields(self, seq: int) -> tuple:
-        bid, bid_qty, ask, ask_qty = self.quote
+    def _quote_fields(self, quote: tuple[int | None, int, int | None, int], seq: int) -> tuple[str, str, str, str, str, int]:
+        bid, bid_qty, ask, ask_qty = quote
         inst = self.inst
         return (
             self.symbol,
@@ -108,11 +104,11 @@ class SymbolFeed:
         )  # fmt: skip
 
     def snapshot(self, as_json: bool) -> bytes:
-        """The full L2 at the current seq (includes updates not yet flushed)."""
+        """The full L2 at the current seq (includes updates not yet fanned out)."""
         inst = self.inst
         bids = [(inst.format_price(p), inst.format_qty(q)) for p, q in sorted(self.levels[Side.BUY].items(), reverse=True)]
         asks = [(inst.format_price(p), inst.format_qty(q)) for p, q in sorted(self.levels[Side.SELL].items())]
         return (M.snapshot_json if as_json else M.snapshot_text)(self.symbol, self.seq, bids, asks)
 
     def current_quote(self, as_json: bool) -> bytes:
-        return (M.quote_json if as_json else M.quote_text)(*self.quote_fields(self.seq))
+        return (M.quote_json if as_json else M.quote_text)(*self._quote_fields(self.quote, self.seq))

@@ -1,4 +1,4 @@
-"""The market-data server: subscriptions, and the fan-out loop (`Notifier.flush`).
+"""The market-data server: subscriptions, and the fan-out loop (`Notifier.fan_out`).
 
 Events reach the notifier synchronously from the matching tasks (`on_events`): each is
 numbered already, applied to its SymbolFeed and encoded once. The fan-out runs once per
@@ -7,7 +7,7 @@ subscriber in one write, in one synchronous pass over the subscribers (no await 
 subscriber: a slow one cannot hold up the rest), starting one place further each time.
 
 The queue between matching and fan-out is the feeds' pending lists: they are emptied by
-the next flush, so they hold at most one iteration's output. Per subscriber:
+the next fan-out, so they hold at most one iteration's output. Per subscriber:
 - its socket buffer may hold HIGH bytes; past that (pause_writing) it gets trades only,
   book and quote increments are conflated, and on resume_writing it gets a fresh SNAPSHOT
   and QUOTE for what it follows;
@@ -24,14 +24,14 @@ from typing import Awaitable, Callable
 import structlog
 
 from exchange.book import Book
-from protocol import marketdata as M
-from protocol.messages import BookLevelChanged, Event, Quote, Trade
-
 from netio.plumbing import close_all, listen
 from notifier.feed import SymbolFeed
 from notifier.session import Limits, Subscriber
+from protocol import marketdata as M
+from protocol.messages import BookLevelChanged, Event, Quote, Trade
 
 log = structlog.get_logger("notifier")
+MARKET_DATA = (Trade, BookLevelChanged, Quote)
 # REPLAY's older trades: (symbol, from seq) -> rows of (md_seq, qty, price, aggressor, trade_id)
 ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str]]]]
 
@@ -44,13 +44,13 @@ class Notifier:
         *,
         version: str,
         max_subscribers: int = 10_000,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
     ) -> None:
         self.feeds = {symbol: SymbolFeed(book) for symbol, book in books.items()}
         self.replay_source = replay_source
         self.version = version
         self.max_subscribers = max_subscribers
-        self.limits = limits
+        self.limits = limits or Limits()
         self.subscribers: dict[Subscriber, None] = {}
         self._dirty: dict[str, SymbolFeed] = {}
         self._scheduled = False
@@ -69,25 +69,23 @@ class Notifier:
         feeds, dirty = self.feeds, self._dirty
         if not self.subscribers:  # follow the state only; nobody to send updates to
             for e in events:
-                kind = type(e)
-                if kind is Trade or kind is BookLevelChanged or kind is Quote:
-                    feeds[e.symbol].follow(e)  # type: ignore[union-attr]
+                if isinstance(e, MARKET_DATA):
+                    feeds[e.symbol].follow(e)
             for feed in feeds.values():
                 feed.pending.clear()
             return
         for e in events:
-            kind = type(e)
-            if kind is Trade or kind is BookLevelChanged or kind is Quote:
-                feed = feeds[e.symbol]  # type: ignore[union-attr]
+            if isinstance(e, MARKET_DATA):
+                feed = feeds[e.symbol]
                 feed.follow(e)
                 dirty[feed.symbol] = feed
         if dirty and not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.fan_out)
 
     # ------------------------------------------------------------ the fan-out loop
 
-    def flush(self) -> None:
+    def fan_out(self) -> None:
         """Send this iteration's updates: one write per subscriber, one pass, rotating start."""
         self._scheduled = False
         updates = {symbol: feed.pending for symbol, feed in self._dirty.items()}
@@ -167,5 +165,5 @@ class Notifier:
         """Send what is pending, BYE to every subscriber, close within the grace period."""
         if self._watchdog is not None:
             self._watchdog.cancel()
-        self.flush()
+        self.fan_out()
         await close_all(self._server, lambda: self.subscribers, text, grace)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import cast, TYPE_CHECKING
+from typing import Protocol, cast
 
 import structlog
 
 from netio.plumbing import capped_write, limit_buffers, peer_name
+from notifier.feed import SymbolFeed
 from protocol import marketdata as M
 from protocol.requests import BadRequest
 from protocol.text import TOO_LONG, LineSplitter
-
-if TYPE_CHECKING:  # for type hints only: the server passes itself in
-    from notifier.server import Notifier
 
 log = structlog.get_logger("notifier")
 
@@ -32,8 +30,20 @@ class Limits:
     pause_deadline: float = 10.0
 
 
+class Hub(Protocol):
+    """What a subscriber needs of the market-data server (notifier/server.py's Notifier)."""
+
+    version: str
+    feeds: dict[str, SymbolFeed]
+
+    def admit(self, sub: Subscriber) -> bool: ...
+    def forget(self, sub: Subscriber) -> None: ...
+    def recent_trades(self, symbol: str, from_seq: int, as_json: bool) -> list[bytes] | None: ...
+    async def older_trades(self, symbol: str, from_seq: int, as_json: bool) -> list[bytes]: ...
+
+
 class Subscriber(asyncio.Protocol):
-    def __init__(self, notifier: Notifier, limits: Limits) -> None:
+    def __init__(self, notifier: Hub, limits: Limits) -> None:
         self.nf = notifier
         self.limits = limits
         self.transport: asyncio.Transport | None = None

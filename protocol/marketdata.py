@@ -72,8 +72,9 @@ def parse_md_line(line: bytes) -> MdRequest | BadRequest | None:
     if line[:1] == b"{":
         try:
             req = _decode_json(line)
-            symbol = getattr(req, "symbol", None)
-            return msgspec.structs.replace(req, symbol=symbol.upper()) if symbol else req  # type: ignore[type-var]
+            if isinstance(req, (Subscribe, Unsubscribe, ReplayTrades)):
+                return msgspec.structs.replace(req, symbol=req.symbol.upper())
+            return req
         except msgspec.ValidationError as exc:
             return BadRequest("bad_request", str(exc))
         except msgspec.DecodeError as exc:
@@ -97,7 +98,8 @@ def parse_md_line(line: bytes) -> MdRequest | BadRequest | None:
         if len(args) != 2 or not args[1].lower().startswith("from=") or not args[1][5:].isdigit() or len(args[1]) > 23:
             return BadRequest("bad_request", "usage: REPLAY <symbol> from=<seq>")
         return ReplayTrades(args[0].upper(), int(args[1][5:]))
-    simple = {"PING": MdPing(), "HELP": MdHelp(), "QUIT": MdQuit()}.get(verb)
+    simples: dict[str, MdPing | MdHelp | MdQuit] = {"PING": MdPing(), "HELP": MdHelp(), "QUIT": MdQuit()}
+    simple = simples.get(verb)
     if simple is not None and not args:
         return simple
     return BadRequest("unknown_command", f"unknown command {verb[:24]!r}; type HELP")

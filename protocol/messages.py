@@ -10,6 +10,7 @@ journal (msgpack) and the network (JSON) alike.
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 import msgspec
 
@@ -47,6 +48,13 @@ class RejectReason(enum.Enum):
     DUPLICATE_ID = "duplicate_id"  # the client order id is already used by an open order
     BAD_ID = "bad_id"  # a client order id must be 1-32 of A-Z a-z 0-9 . _ : -
     SHUTTING_DOWN = "shutting_down"
+
+
+class Problem(NamedTuple):
+    """A rule an order breaks: the code and a sentence for the client."""
+
+    reason: RejectReason
+    text: str
 
 
 class CancelReason(enum.Enum):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import msgspec
 
-_OPTS = dict(frozen=True, tag_field="type", omit_defaults=True)
+
+class _Reply(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+    """Every reply is a JSON object tagged by "type"; absent optional fields are left out."""
 
 
-class Ack(msgspec.Struct, tag="ack", **_OPTS):  # type: ignore[call-arg]
+class Ack(_Reply, frozen=True, tag="ack"):
     order_id: int
     side: str
     symbol: str
@@ -23,7 +25,7 @@ class Ack(msgspec.Struct, tag="ack", **_OPTS):  # type: ignore[call-arg]
     id: str | None = None
 
 
-class FillReport(msgspec.Struct, tag="fill", **_OPTS):  # type: ignore[call-arg]
+class FillReport(_Reply, frozen=True, tag="fill"):
     order_id: int
     qty: str
     price: str
@@ -33,14 +35,14 @@ class FillReport(msgspec.Struct, tag="fill", **_OPTS):  # type: ignore[call-arg]
     id: str | None = None
 
 
-class CanceledReport(msgspec.Struct, tag="canceled", **_OPTS):  # type: ignore[call-arg]
+class CanceledReport(_Reply, frozen=True, tag="canceled"):
     order_id: int
     leaves: str
     reason: str
     id: str | None = None
 
 
-class ReplacedReport(msgspec.Struct, tag="replaced", **_OPTS):  # type: ignore[call-arg]
+class ReplacedReport(_Reply, frozen=True, tag="replaced"):
     order_id: int
     qty: str
     price: str
@@ -48,39 +50,39 @@ class ReplacedReport(msgspec.Struct, tag="replaced", **_OPTS):  # type: ignore[c
     id: str | None = None
 
 
-class Reject(msgspec.Struct, tag="rej", **_OPTS):  # type: ignore[call-arg]
+class Reject(_Reply, frozen=True, tag="rej"):
     reason: str
     text: str
     id: str | None = None
     order_id: int | None = None
 
 
-class Error(msgspec.Struct, tag="err", **_OPTS):  # type: ignore[call-arg]
+class Error(_Reply, frozen=True, tag="err"):
     code: str
     text: str
 
 
-class Hello(msgspec.Struct, tag="hello", **_OPTS):  # type: ignore[call-arg]
+class Hello(_Reply, frozen=True, tag="hello"):
     version: str
     session: str
     owner: str
 
 
-class Resumed(msgspec.Struct, tag="resumed", **_OPTS):  # type: ignore[call-arg]
+class Resumed(_Reply, frozen=True, tag="resumed"):
     session: str
     owner: str
     open_orders: int
 
 
-class Pong(msgspec.Struct, tag="pong", **_OPTS):  # type: ignore[call-arg]
+class Pong(_Reply, frozen=True, tag="pong"):
     pass
 
 
-class Bye(msgspec.Struct, tag="bye", **_OPTS):  # type: ignore[call-arg]
+class Bye(_Reply, frozen=True, tag="bye"):
     text: str
 
 
-class BookReply(msgspec.Struct, tag="book", **_OPTS):  # type: ignore[call-arg]
+class BookReply(_Reply, frozen=True, tag="book"):
     symbol: str
     bids: list[tuple[str, str]]  # (price, total qty), best first
     asks: list[tuple[str, str]]
@@ -96,7 +98,7 @@ class OpenOrder(msgspec.Struct, frozen=True, omit_defaults=True):
     id: str | None = None
 
 
-class OrdersReply(msgspec.Struct, tag="orders", **_OPTS):  # type: ignore[call-arg]
+class OrdersReply(_Reply, frozen=True, tag="orders"):
     orders: list[OpenOrder]
 
 
@@ -110,11 +112,11 @@ class SymbolInfo(msgspec.Struct, frozen=True):
     max_price: str
 
 
-class SymbolsReply(msgspec.Struct, tag="symbols", **_OPTS):  # type: ignore[call-arg]
+class SymbolsReply(_Reply, frozen=True, tag="symbols"):
     symbols: list[SymbolInfo]
 
 
-class HelpReply(msgspec.Struct, tag="help", **_OPTS):  # type: ignore[call-arg]
+class HelpReply(_Reply, frozen=True, tag="help"):
     lines: list[str]
 
 
@@ -159,48 +161,46 @@ def reject_text(reason: str, text: str, cid: str | None = None, order_id: int | 
 
 def to_text(r: Reply) -> bytes:
     """One reply as text, ending in LF (several lines for BOOK, ORDERS, SYMBOLS, HELP)."""
-    kind = type(r)
-    if kind is Ack:
-        return ack_text(r.order_id, r.side, r.symbol, r.qty, r.price, r.tif, r.id)  # type: ignore[union-attr]
-    if kind is FillReport:
-        return fill_text(r.order_id, r.qty, r.price, r.leaves, r.trade, r.liq, r.id)  # type: ignore[union-attr]
-    if kind is CanceledReport:
-        return canceled_text(r.order_id, r.leaves, r.reason, r.id)  # type: ignore[union-attr]
-    if kind is ReplacedReport:
-        return replaced_text(r.order_id, r.qty, r.price, r.priority, r.id)  # type: ignore[union-attr]
-    if kind is Reject:
-        return reject_text(r.reason, r.text, r.id, r.order_id)  # type: ignore[union-attr]
-    if kind is Error:
-        s = f"ERR {r.code} {r.text}\n"  # type: ignore[union-attr]
-    elif kind is Pong:
-        s = "PONG\n"
-    elif kind is Hello:
-        s = f"HELLO tickline {r.version} session={r.session} owner={r.owner} type HELP for commands\n"  # type: ignore[union-attr]
-    elif kind is Resumed:
-        s = f"RESUMED session={r.session} owner={r.owner} open={r.open_orders}\n"  # type: ignore[union-attr]
-    elif kind is Bye:
-        s = f"BYE {r.text}\n"  # type: ignore[union-attr]
-    elif kind is BookReply:
-        lines = [f"BOOK {r.symbol} bids={len(r.bids)} asks={len(r.asks)}"]  # type: ignore[union-attr]
-        lines += [f"BID {p} {q}" for p, q in r.bids]  # type: ignore[union-attr]
-        lines += [f"ASK {p} {q}" for p, q in r.asks]  # type: ignore[union-attr]
-        s = "\n".join(lines) + "\nEND\n"
-    elif kind is OrdersReply:
-        lines = [f"ORDERS {len(r.orders)}"]  # type: ignore[union-attr]
-        lines += [f"ORDER {o.order_id} {o.side} {o.symbol} {o.qty} {o.price} {o.tif}{_id(o.id)}" for o in r.orders]  # type: ignore[union-attr]
-        s = "\n".join(lines) + "\nEND\n"
-    elif kind is SymbolsReply:
-        lines = [f"SYMBOLS {len(r.symbols)}"]  # type: ignore[union-attr]
-        lines += [
-            f"SYMBOL {i.symbol} tick={i.tick} lot={i.lot} min_qty={i.min_qty} max_qty={i.max_qty} "
-            f"min_price={i.min_price} max_price={i.max_price}"
-            for i in r.symbols  # type: ignore[union-attr]
-        ]
-        s = "\n".join(lines) + "\nEND\n"
-    elif kind is HelpReply:
-        s = "HELP\n" + "".join(f"  {line}\n" for line in r.lines) + "END\n"  # type: ignore[union-attr]
-    else:
-        raise TypeError(f"not a reply: {r!r}")
+    match r:
+        case Ack():
+            return ack_text(r.order_id, r.side, r.symbol, r.qty, r.price, r.tif, r.id)
+        case FillReport():
+            return fill_text(r.order_id, r.qty, r.price, r.leaves, r.trade, r.liq, r.id)
+        case CanceledReport():
+            return canceled_text(r.order_id, r.leaves, r.reason, r.id)
+        case ReplacedReport():
+            return replaced_text(r.order_id, r.qty, r.price, r.priority, r.id)
+        case Reject():
+            return reject_text(r.reason, r.text, r.id, r.order_id)
+        case Error():
+            s = f"ERR {r.code} {r.text}\n"
+        case Pong():
+            s = "PONG\n"
+        case Hello():
+            s = f"HELLO tickline {r.version} session={r.session} owner={r.owner} type HELP for commands\n"
+        case Resumed():
+            s = f"RESUMED session={r.session} owner={r.owner} open={r.open_orders}\n"
+        case Bye():
+            s = f"BYE {r.text}\n"
+        case BookReply():
+            lines = [f"BOOK {r.symbol} bids={len(r.bids)} asks={len(r.asks)}"]
+            lines += [f"BID {p} {q}" for p, q in r.bids]
+            lines += [f"ASK {p} {q}" for p, q in r.asks]
+            s = "\n".join(lines) + "\nEND\n"
+        case OrdersReply():
+            lines = [f"ORDERS {len(r.orders)}"]
+            lines += [f"ORDER {o.order_id} {o.side} {o.symbol} {o.qty} {o.price} {o.tif}{_id(o.id)}" for o in r.orders]
+            s = "\n".join(lines) + "\nEND\n"
+        case SymbolsReply():
+            lines = [f"SYMBOLS {len(r.symbols)}"]
+            lines += [
+                f"SYMBOL {i.symbol} tick={i.tick} lot={i.lot} min_qty={i.min_qty} max_qty={i.max_qty} "
+                f"min_price={i.min_price} max_price={i.max_price}"
+                for i in r.symbols
+            ]
+            s = "\n".join(lines) + "\nEND\n"
+        case HelpReply():
+            s = "HELP\n" + "".join(f"  {line}\n" for line in r.lines) + "END\n"
     return s.encode()
 
 

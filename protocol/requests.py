@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import msgspec
 
-_OPTS = dict(frozen=True, tag_field="op", forbid_unknown_fields=True)
+
+class _Request(msgspec.Struct, frozen=True, tag_field="op", forbid_unknown_fields=True):
+    """Every request is a JSON object tagged by "op"; unknown fields are refused."""
 
 
-class Buy(msgspec.Struct, tag="buy", **_OPTS):  # type: ignore[call-arg]
+class Buy(_Request, frozen=True, tag="buy"):
     symbol: str
     qty: str
     price: str | None = None  # None: a market order
@@ -21,7 +23,7 @@ class Buy(msgspec.Struct, tag="buy", **_OPTS):  # type: ignore[call-arg]
     id: str | None = None  # the client's order id
 
 
-class Sell(msgspec.Struct, tag="sell", **_OPTS):  # type: ignore[call-arg]
+class Sell(_Request, frozen=True, tag="sell"):
     symbol: str
     qty: str
     price: str | None = None
@@ -29,49 +31,48 @@ class Sell(msgspec.Struct, tag="sell", **_OPTS):  # type: ignore[call-arg]
     id: str | None = None
 
 
-class CancelOrder(msgspec.Struct, tag="cancel", **_OPTS):  # type: ignore[call-arg]
+class CancelOrder(_Request, frozen=True, tag="cancel"):
     order_id: int | None = None
     id: str | None = None  # cancel by client order id instead
 
 
-class ReplaceOrder(msgspec.Struct, tag="replace", **_OPTS):  # type: ignore[call-arg]
+class ReplaceOrder(_Request, frozen=True, tag="replace"):
     qty: str
     order_id: int | None = None
     price: str | None = None  # None keeps the price
     id: str | None = None  # replace by client order id instead
 
 
-class BookQuery(msgspec.Struct, tag="book", **_OPTS):  # type: ignore[call-arg]
+class BookQuery(_Request, frozen=True, tag="book"):
     symbol: str
     levels: int = 10
 
 
-class OrdersQuery(msgspec.Struct, tag="orders", **_OPTS):  # type: ignore[call-arg]
+class OrdersQuery(_Request, frozen=True, tag="orders"):
     pass
 
 
-class SymbolsQuery(msgspec.Struct, tag="symbols", **_OPTS):  # type: ignore[call-arg]
+class SymbolsQuery(_Request, frozen=True, tag="symbols"):
     pass
 
 
-class Ping(msgspec.Struct, tag="ping", **_OPTS):  # type: ignore[call-arg]
+class Ping(_Request, frozen=True, tag="ping"):
     pass
 
 
-class Help(msgspec.Struct, tag="help", **_OPTS):  # type: ignore[call-arg]
+class Help(_Request, frozen=True, tag="help"):
     pass
 
 
-class Quit(msgspec.Struct, tag="quit", **_OPTS):  # type: ignore[call-arg]
+class Quit(_Request, frozen=True, tag="quit"):
     pass
 
 
-class Resume(msgspec.Struct, tag="resume", **_OPTS):  # type: ignore[call-arg]
+class Resume(_Request, frozen=True, tag="resume"):
     token: str
 
 
 Request = Buy | Sell | CancelOrder | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Resume
-OrderRequest = Buy | Sell
 
 
 class BadRequest(msgspec.Struct, frozen=True):

@@ -7,6 +7,7 @@ tokens are separated by spaces. Telnet option negotiation (IAC ...) is dropped.
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 from protocol.requests import (
     BadRequest,
@@ -46,7 +47,7 @@ class LineSplitter:
         self._partial = b""
         self._discarding = False
 
-    def feed(self, data: bytes) -> list[bytes | None]:
+    def feed(self, data: bytes) -> Sequence[bytes | None]:
         parts = data.split(b"\n")
         tail = parts.pop()  # after the last LF: an incomplete line (often b"")
         if (
@@ -54,7 +55,7 @@ class LineSplitter:
             and b"\r" not in data and b"\xff" not in data
             and (len(data) <= self.limit or max(map(len, parts)) <= self.limit)
         ):  # fmt: skip
-            return parts  # type: ignore[return-value]  # the common case: whole plain lines, none too long
+            return parts  # the common case: whole plain lines, none too long
         out: list[bytes | None] = []
         if parts:
             first = self._partial + parts[0] if self._partial else parts[0]

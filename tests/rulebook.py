@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 from exchange.book import Book
+from exchange.instruments import Instrument, InstrumentSpec
 from exchange.naive_book import NaiveBook
 from exchange.orderbook import OrderBook
-from exchange.instruments import Instrument, InstrumentSpec
 from protocol.messages import (
     TIF,
     Accepted,

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exchange.book import Book
+from exchange.naive_book import NaiveBook
 from protocol.messages import (
     TIF,
     Accepted,
@@ -26,7 +27,6 @@ from protocol.messages import (
     Side,
     Trade,
 )
-from exchange.naive_book import NaiveBook
 from tests.rulebook import TEST
 
 OWNERS = ["a", "b", "c"]

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
-        from tickline.app import Config, serve as run_server
+        from tickline.app import Config
+        from tickline.app import serve as run_server
 
         config = Config(
             args.host, args.port, args.data_dir, args.instruments,
@@ -80,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args)
     if args.command == "trades":
-        from journal.queries import trade_line, trades as query
+        from journal.queries import trade_line
+        from journal.queries import trades as query
 
         for row in query(DataDir(args.data_dir).trades, args.symbol, args.since, args.limit):
             sys.stdout.write(trade_line(row) + "\n")
         return 0
     if args.command == "orders":
-        from journal.queries import order_line, orders as query
+        from journal.queries import order_line
+        from journal.queries import orders as query
 
         for row in query(DataDir(args.data_dir).trades, args.owner, args.symbol, args.status, args.since, args.limit):
             sys.stdout.write(order_line(row) + "\n")

@@ -1,0 +1,198 @@
+"""The order-entry Connection as a state machine: no sockets, no event loop.
+
+A Bench wires the real desk, books and matching with a fake journal (durable when the
+test says so) and a manual scheduler (matching runs when the test says so), and plays
+the server's part: it routes reports to the connection and tells it about progress.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from exchange.engine import Engine
+from exchange.instruments import load_instruments
+from exchange.matching import Matching
+from gateway.connection import Connection
+from gateway.desk import OrderDesk
+from protocol.messages import Command, Event, Refusal
+
+
+class Bench:
+    def __init__(self, max_inflight: int = 20_000) -> None:
+        self.max_inflight = max_inflight
+        self.engine = Engine(load_instruments())
+        self.journaled: list[Command] = []
+        self.durable = 0
+        self.steps: list[Callable[[], None]] = []
+        self.matching = Matching(self.engine.books, self.steps.append)
+        self.refusals: list[Refusal] = []
+        self.desk = OrderDesk(
+            self.engine.instruments, self.engine.books, self.append, lambda: self.durable, self.matching.applied,
+            version="test", refused=self.refusals.append,
+        )  # fmt: skip
+        self.conns: list[Connection] = []
+        self.matching.send_to([self.deliver])
+        self.out: dict[Connection, bytes] = {}
+
+    def connect(self) -> Connection:
+        conn = Connection(self.desk, max_inflight=self.max_inflight)
+        self.conns.append(conn)
+        self.out[conn] = b""
+        return conn
+
+    def append(self, cmd: Command) -> int:
+        self.journaled.append(cmd)
+        return len(self.journaled)
+
+    def sync(self) -> None:
+        """The journal commits everything appended: matching is queued, replies released."""
+        first = self.durable + 1
+        self.durable = len(self.journaled)
+        self.matching.submit(first, self.journaled[first - 1 :])
+        for conn in self.conns:
+            self.out[conn] += conn.durable(self.durable)
+
+    def match(self) -> None:
+        """Run the scheduled matching steps."""
+        while self.steps:
+            self.steps.pop(0)()
+
+    def deliver(self, events: list[Event]) -> None:
+        for report in self.desk.reports(events):
+            for conn in self.conns:
+                if conn.owner == report.owner:
+                    self.out[conn] += conn.report(report.encoded(bool(report.json)))
+        for conn in self.conns:
+            self.out[conn] += conn.settle()
+
+    def send(self, conn: Connection, text: str) -> None:
+        self.out[conn] += conn.receive(text.encode())
+
+    def take(self, conn: Connection) -> list[str]:
+        data, self.out[conn] = self.out[conn], b""
+        return data.decode().splitlines()
+
+
+def test_an_ack_goes_out_only_once_the_order_is_durable() -> None:
+    b = Bench()
+    c = b.connect()
+    b.send(c, "BUY AAPL 10 150.25 id=a\n")
+    assert b.take(c) == []  # journaled, not yet on disk
+    assert c.waiting
+    b.sync()
+    assert b.take(c) == ["ACK 1 BUY AAPL 10 150.25 GTC id=a"]
+
+
+def test_a_bad_line_answers_at_once_when_nothing_is_held() -> None:
+    b = Bench()
+    c = b.connect()
+    b.send(c, "BUY AAPL 10 150.255\nFLY\n")
+    assert b.take(c) == [
+        "REJ bad_tick price 150.255 is not on the tick 0.01",
+        "ERR unknown_command unknown command 'FLY'; type HELP",
+    ]
+    assert [r.reason for r in b.refusals] == ["bad_tick"]
+    assert not c.waiting
+
+
+def test_replies_keep_request_order_and_queries_read_the_sessions_own_writes() -> None:
+    b = Bench()
+    c = b.connect()
+    b.send(c, "BUY AAPL 1 96.00 id=o1\nCANCEL id=o1\nORDERS\nBOOK AAPL 10\nPING\n")
+    assert b.take(c) == []
+    assert b.journaled and len(b.journaled) == 2  # the BUY and the CANCEL; ORDERS waits
+    b.sync()
+    assert b.take(c) == ["ACK 1 BUY AAPL 1 96.00 GTC id=o1"]
+    b.match()
+    assert b.take(c) == [
+        "CANCELED 1 leaves=1 reason=user id=o1",
+        "ORDERS 0", "END",
+        "BOOK AAPL bids=0 asks=0", "END",
+        "PONG",
+    ]  # fmt: skip
+
+
+def test_commands_after_a_waiting_query_are_not_journaled_before_it_answers() -> None:
+    b = Bench()
+    c = b.connect()
+    b.send(c, "BUY AAPL 1 96.00 id=o1\nORDERS\nCANCEL id=o1\nORDERS\n")
+    assert len(b.journaled) == 1
+    assert c.over_inflight  # reading stops while lines wait behind the query
+    b.sync()
+    b.match()
+    assert b.take(c) == ["ACK 1 BUY AAPL 1 96.00 GTC id=o1", "ORDERS 1", "ORDER 1 BUY AAPL 1 96.00 GTC id=o1", "END"]
+    assert len(b.journaled) == 2 and not c.over_inflight
+    b.sync()
+    b.match()
+    assert b.take(c) == ["CANCELED 1 leaves=1 reason=user id=o1", "ORDERS 0", "END"]
+
+
+def test_quit_says_bye_after_the_reports_of_everything_before_it() -> None:
+    b = Bench()
+    seller, buyer = b.connect(), b.connect()
+    b.send(seller, "SELL AAPL 5 100\n")
+    b.sync()
+    b.match()
+    b.send(buyer, "BUY AAPL 5 100 IOC\nQUIT\nBUY AAPL 1 1\n")
+    assert len(b.journaled) == 2  # nothing after QUIT
+    assert b.take(buyer) == [] and not buyer.done
+    b.sync()
+    assert b.take(buyer) == ["ACK 2 BUY AAPL 5 100.00 IOC"]
+    assert not buyer.done  # the fill has not happened yet
+    b.match()
+    assert b.take(buyer) == ["FILL 2 5 100.00 leaves=0 trade=2-1 liq=R", "BYE goodbye"]
+    assert buyer.done
+    assert b.take(seller) == ["ACK 1 SELL AAPL 5 100.00 GTC", "FILL 1 5 100.00 leaves=0 trade=2-1 liq=A"]
+
+
+def test_eof_delivers_every_reply_and_report_then_closes_without_bye() -> None:
+    b = Bench()
+    c = b.connect()
+    b.send(c, "BUY AAPL 1 100.10 IOC\n")
+    b.out[c] += c.eof()
+    assert not c.done and c.waiting
+    b.sync()
+    b.match()
+    assert b.take(c) == ["ACK 1 BUY AAPL 1 100.10 IOC", "CANCELED 1 leaves=1 reason=expired"]
+    assert c.done
+
+
+def test_eof_in_the_middle_of_a_line_refuses_it() -> None:
+    b = Bench()
+    c = b.connect()
+    b.send(c, "PING\nBUY AAPL 10")
+    b.out[c] += c.eof()
+    assert b.take(c) == ["PONG", "ERR incomplete_line the connection closed in the middle of a line; it was not executed"]
+    assert b.journaled == [] and c.done
+
+
+def test_reading_pauses_past_the_inflight_bound_and_resumes_when_durable() -> None:
+    b = Bench(max_inflight=3)
+    c = b.connect()
+    b.send(c, "".join(f"BUY AAPL 1 {90 + i}\n" for i in range(4)))
+    assert c.over_inflight
+    b.sync()
+    assert not c.over_inflight
+    assert len(b.take(c)) == 4
+
+
+def test_json_requests_get_json_replies_in_order() -> None:
+    b = Bench()
+    c = b.connect()
+    b.send(c, '{"op":"buy","symbol":"AAPL","qty":"2","price":"99.5","id":"j1"}\n{"op":"ping"}\n')
+    b.sync()
+    b.match()
+    assert b.take(c) == [
+        '{"type":"ack","order_id":1,"side":"BUY","symbol":"AAPL","qty":"2","price":"99.50","tif":"GTC","id":"j1"}',
+        '{"type":"pong"}',
+    ]
+
+
+def test_an_owner_cannot_cancel_anothers_order() -> None:
+    b = Bench()
+    alice, mallory = b.connect(), b.connect()
+    b.send(alice, "BUY AAPL 1 99\n")
+    b.sync()
+    b.send(mallory, "CANCEL 1\n")
+    assert b.take(mallory) == ["REJ not_owner order=1 order 1 is not yours"]
+    assert len(b.journaled) == 1
