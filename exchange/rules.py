@@ -22,6 +22,12 @@ TIF_BY_NAME = {t.value: t for t in TIF}
 
 def check_order(inst: Instrument, qty: int, price: int | None, tif: TIF) -> Problem | None:
     """A new order's integer terms: positive, on the instrument's ranges, a valid tif."""
+    if 0 < qty and inst.min_qty <= qty <= inst.max_qty:  # the common case in one expression
+        if price is None:
+            if tif is not GTC and tif is not POST:
+                return None
+        elif 0 < price and inst.min_price <= price <= inst.max_price:
+            return None
     if qty <= 0:
         return Problem(RejectReason.BAD_QTY, "quantity must be positive")
     if price is not None and price <= 0:
@@ -45,25 +51,17 @@ def check_replace(inst: Instrument, qty: int, price: int) -> Problem | None:
 # ---------------------------------------------------------------- wire text -> terms (gateway)
 
 
-def _quantity_and_price(inst: Instrument, qty_text: str, price_text: str | None) -> tuple[int, int | None] | Problem:
-    qty = inst.parse_qty(qty_text)
-    if isinstance(qty, Problem):
-        return qty
-    if price_text is None:
-        return qty, None
-    price = inst.parse_price(price_text)
-    return price if isinstance(price, Problem) else (qty, price)
-
-
 def order_terms(inst: Instrument, qty_text: str, price_text: str | None, tif_text: str | None) -> tuple[int, int | None, TIF] | Problem:
     """A new order's decimal text to (lots, ticks or None for market, tif), or the rule it breaks.
 
     A limit order defaults to GTC, a market order to IOC; a market order may be IOC or FOK.
     """
-    parsed = _quantity_and_price(inst, qty_text, price_text)
-    if isinstance(parsed, Problem):
-        return parsed
-    qty, price = parsed
+    qty = inst.parse_qty(qty_text)
+    if isinstance(qty, Problem):
+        return qty
+    price = None if price_text is None else inst.parse_price(price_text)
+    if isinstance(price, Problem):
+        return price
     tif_name = tif_text.upper() if tif_text is not None else ("GTC" if price is not None else "IOC")
     tif = TIF_BY_NAME.get(tif_name)
     if tif is None:
@@ -78,10 +76,12 @@ def replace_terms(inst: Instrument, qty_text: str, price_text: str | None, curre
     current_price is None for an order not priced yet (a market order still in flight):
     then only the quantity is checked here, and the book decides the rest.
     """
-    parsed = _quantity_and_price(inst, qty_text, price_text)
-    if isinstance(parsed, Problem):
-        return parsed
-    qty, price = parsed
+    qty = inst.parse_qty(qty_text)
+    if isinstance(qty, Problem):
+        return qty
+    price = None if price_text is None else inst.parse_price(price_text)
+    if isinstance(price, Problem):
+        return price
     new_price = current_price if price is None else price
     problem = inst.check(qty, None) if new_price is None else check_replace(inst, qty, new_price)
-    return parsed if problem is None else problem
+    return (qty, price) if problem is None else problem

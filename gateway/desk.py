@@ -21,28 +21,11 @@ ADDED = Liquidity.ADDED
 MAX_BOOK_LEVELS = 1000
 
 
-class Report:
-    """One execution report for one owner, formatted at most once per form (text, JSON).
-
-    `json` is the form of the order it concerns (the form the order was placed in), or
-    None when there is no such order: then each session's own last form decides.
-    """
-
-    __slots__ = ("owner", "json", "_text_of", "_struct", "_fields", "_text", "_json")
-
-    def __init__(self, owner: str, json: bool | None, text_of: Callable[..., bytes], struct: type[R.Reply], fields: tuple) -> None:
-        self.owner, self.json = owner, json
-        self._text_of, self._struct, self._fields = text_of, struct, fields
-        self._text = self._json = b""
-
-    def encoded(self, json: bool) -> bytes:
-        if json:
-            if not self._json:
-                self._json = R.to_json(self._struct(*self._fields))
-            return self._json
-        if not self._text:
-            self._text = self._text_of(*self._fields)
-        return self._text
+# An execution report for one owner: (owner, form, text formatter, reply Struct, fields).
+# The form is that of the order it concerns (True: JSON), or None when there is no such
+# order: then each session's own last form decides. The server formats each report at
+# most once per form, and only for owners with a live session.
+Report = tuple[str, "bool | None", Callable[..., bytes], type[R.Reply], tuple]
 
 
 class OrderDesk:
@@ -118,7 +101,9 @@ class OrderDesk:
     # ------------------------------------------------------------------ reports
 
     def reports(self, events: list[Event]) -> list[Report]:
-        """Execution reports for a matching batch, in order; open orders follow the events."""
+        """Execution reports for a matching batch, in order; open orders follow the events.
+
+        Hot path: enums are read as ._value_ (.value is a slow descriptor)."""
         orders, by_id, instruments = self.orders, self.orders.by_id, self.instruments
         out: list[Report] = []
         for e in events:
@@ -129,23 +114,23 @@ class OrderDesk:
                     e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),
                     e.trade_id, "A" if e.liquidity is ADDED else "R", e.client_id,
                 )  # fmt: skip
-                out.append(Report(e.owner, None if entry is None else entry[1], R.fill_text, R.FillReport, fields))
+                out.append((e.owner, None if entry is None else entry[1], R.fill_text, R.FillReport, fields))
             elif type(e) is Canceled:
                 entry = orders.remove(e.order_id)
-                fields = (e.order_id, instruments[e.symbol].format_qty(e.leaves), e.reason.value, e.client_id)
-                out.append(Report(e.owner, None if entry is None else entry[1], R.canceled_text, R.CanceledReport, fields))
+                fields = (e.order_id, instruments[e.symbol].format_qty(e.leaves), e.reason._value_, e.client_id)
+                out.append((e.owner, None if entry is None else entry[1], R.canceled_text, R.CanceledReport, fields))
             elif type(e) is Replaced:
                 entry = by_id.get(e.order_id)
                 inst = instruments[e.symbol]
                 priority = "kept" if e.priority_kept else "lost"
                 fields = (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)
-                out.append(Report(e.owner, None if entry is None else entry[1], R.replaced_text, R.ReplacedReport, fields))
+                out.append((e.owner, None if entry is None else entry[1], R.replaced_text, R.ReplacedReport, fields))
             elif type(e) is Rejected:
                 # The engine refused a command the gateway let through: a cancel or replace
                 # that lost the race with a fill, or (never expected) a new order.
                 entry = by_id.get(e.order_id) if e.order_id is not None else None
                 if entry is not None and e.order_id is not None and self.books[entry[0].symbol].order(e.order_id) is None:
                     orders.remove(e.order_id)
-                fields = (e.reason.value, e.text, e.client_id, e.order_id)
-                out.append(Report(e.owner, None if entry is None else entry[1], R.reject_text, R.Reject, fields))
+                fields = (e.reason._value_, e.text, e.client_id, e.order_id)
+                out.append((e.owner, None if entry is None else entry[1], R.reject_text, R.Reject, fields))
         return out

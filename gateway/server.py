@@ -10,7 +10,7 @@ symbol, replies: one write).
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, cast
+from typing import cast
 
 import structlog
 
@@ -39,6 +39,7 @@ class Session(asyncio.Protocol):
         self.flow: FlowControl | None = None
         self.peer = "?"
         self.outbuf: list[bytes] = []
+        self._over_inflight = False  # the last state told to flow control
 
     @property
     def owner(self) -> str:
@@ -87,17 +88,22 @@ class Session(asyncio.Protocol):
 
     # ------------------------------------------------------------------ output
 
-    def _after(self, data: bytes) -> None:
-        """Act on a Connection call: queue its bytes, follow its state."""
+    def _after(self, data: bytes) -> bool:
+        """Act on a Connection call: queue its bytes, follow its state; True while it waits
+        for the journal or matching."""
         conn = self.conn
         if data:
             self.send(data)
-        if self.flow is not None:
-            self.flow.set("inflight", conn.over_inflight)
-        if conn.waiting:
-            self.gw.wait(self)
+        over = conn.over_inflight
+        if over is not self._over_inflight and self.flow is not None:
+            self._over_inflight = over
+            self.flow.set("inflight", over)
         if conn.done:
             self.gw.schedule_write(self)  # write_out closes
+        if conn.waiting:
+            self.gw.wait(self)
+            return True
+        return False
 
     def send(self, data: bytes) -> None:
         """Queue bytes; everything queued in one loop iteration goes out in one write."""
@@ -194,37 +200,34 @@ class Gateway:
 
     def on_durable(self, durable_seq: int) -> None:
         """The journal has synced everything up to durable_seq: release those replies."""
-        self._progress(lambda c: c.durable(durable_seq))
+        waiting = self._waiting
+        for session in list(waiting):
+            if not session._after(session.conn.durable(durable_seq)):
+                del waiting[session]
 
     def on_matched(self) -> None:
         """A matching step ran: queries, QUITs and EOFs waiting for it may go."""
-        if self._waiting:
-            self._progress(Connection.settle)
-
-    def _progress(self, step: Callable[[Connection], bytes]) -> None:
-        for session in list(self._waiting):
-            conn = session.conn
-            data = step(conn)
-            if data:
-                session.send(data)
-            if conn.done:
-                self.schedule_write(session)
-            if not conn.waiting:
-                del self._waiting[session]
-            if session.flow is not None:
-                session.flow.set("inflight", conn.over_inflight)
+        waiting = self._waiting
+        for session in list(waiting):
+            if session.conn.needs_settle and not session._after(session.conn.settle()):
+                del waiting[session]
 
     def deliver(self, events: list[Event]) -> None:
         """Execution reports from a matching step, to every live session of each owner."""
         outgoing: dict[Session, list[bytes]] = {}
         by_owner = self.by_owner
-        for report in self.desk.reports(events):
-            sessions = by_owner.get(report.owner)
+        for owner, form, text_of, struct, fields in self.desk.reports(events):
+            sessions = by_owner.get(owner)
             if not sessions:
                 continue
+            text = json = b""
             for session in sessions:
-                json = report.json if report.json is not None else session.conn.json_mode
-                outgoing.setdefault(session, []).append(report.encoded(json))
+                if form if form is not None else session.conn.json_mode:
+                    json = json or R.to_json(struct(*fields))
+                    outgoing.setdefault(session, []).append(json)
+                else:
+                    text = text or text_of(*fields)
+                    outgoing.setdefault(session, []).append(text)
         for session, chunks in outgoing.items():
             data = session.conn.report(b"".join(chunks))
             if data:

@@ -65,33 +65,35 @@ class SymbolFeed:
         if seq != self.seq + 1:
             log.error("md_sequence_gap", symbol=self.symbol, expected=self.seq + 1, got=seq)
         self.seq = seq
-        match e:
-            case Trade():
-                update = Update(seq, "trades", e, self)
-                self.recent.append(update)
-            case BookLevelChanged(side=side, price=price, qty=qty):
-                if qty:
-                    self.levels[side][price] = qty
-                else:
-                    self.levels[side].pop(price, None)
-                update = Update(seq, "book", e, self)
-            case Quote():
-                self.quote = (e.bid, e.bid_qty, e.ask, e.ask_qty)
-                update = Update(seq, "quotes", e, self)
+        # type(e) is C, not match: class patterns are isinstance calls, slower on this path.
+        if type(e) is BookLevelChanged:
+            if e.qty:
+                self.levels[e.side][e.price] = e.qty
+            else:
+                self.levels[e.side].pop(e.price, None)
+            update = Update(seq, "book", e, self)
+        elif type(e) is Trade:
+            update = Update(seq, "trades", e, self)
+            self.recent.append(update)
+        elif type(e) is Quote:
+            self.quote = (e.bid, e.bid_qty, e.ask, e.ask_qty)
+            update = Update(seq, "quotes", e, self)
+        else:
+            raise TypeError(f"not market data: {e!r}")
         self.pending.append(update)
 
     def encode(self, e: MarketData, as_json: bool) -> bytes:
+        # Enums as ._value_: .value is a descriptor, slow on a path taken for every update.
         inst = self.inst
-        match e:
-            case Trade():
-                trade = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor.value, e.trade_id, e.md_seq)
-                return (M.trade_json if as_json else M.trade_text)(*trade)
-            case BookLevelChanged():
-                level = (self.symbol, e.side.value, inst.format_price(e.price), inst.format_qty(e.qty), e.md_seq)
-                return (M.level_json if as_json else M.level_text)(*level)
-            case Quote():
-                quote = self._quote_fields((e.bid, e.bid_qty, e.ask, e.ask_qty), e.md_seq)
-                return (M.quote_json if as_json else M.quote_text)(*quote)
+        if type(e) is BookLevelChanged:
+            level = (self.symbol, e.side._value_, inst.format_price(e.price), inst.format_qty(e.qty), e.md_seq)
+            return (M.level_json if as_json else M.level_text)(*level)
+        if type(e) is Trade:
+            trade = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor._value_, e.trade_id, e.md_seq)
+            return (M.trade_json if as_json else M.trade_text)(*trade)
+        assert type(e) is Quote
+        quote = self._quote_fields((e.bid, e.bid_qty, e.ask, e.ask_qty), e.md_seq)
+        return (M.quote_json if as_json else M.quote_text)(*quote)
 
     def _quote_fields(self, quote: tuple[int | None, int, int | None, int], seq: int) -> tuple[str, str, str, str, str, int]:
         bid, bid_qty, ask, ask_qty = quote

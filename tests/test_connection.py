@@ -14,6 +14,7 @@ from exchange.instruments import load_instruments
 from exchange.matching import Matching
 from gateway.connection import Connection
 from gateway.desk import OrderDesk
+from protocol import replies as R
 from protocol.messages import Command, Event, Refusal
 
 
@@ -58,10 +59,11 @@ class Bench:
             self.steps.pop(0)()
 
     def deliver(self, events: list[Event]) -> None:
-        for report in self.desk.reports(events):
+        for owner, form, text_of, struct, fields in self.desk.reports(events):
             for conn in self.conns:
-                if conn.owner == report.owner:
-                    self.out[conn] += conn.report(report.encoded(bool(report.json)))
+                if conn.owner == owner:
+                    json = form if form is not None else conn.json_mode
+                    self.out[conn] += conn.report(R.to_json(struct(*fields)) if json else text_of(*fields))
         for conn in self.conns:
             self.out[conn] += conn.settle()
 
