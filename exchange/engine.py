@@ -10,8 +10,8 @@ import hashlib
 from typing import Iterable
 
 from exchange.book import Book
-from exchange.instruments import Instrument
-from protocol.messages import Command, Event, NewOrder, Rejected, RejectReason
+from exchange.instruments import Instrument, MissingInstrument
+from protocol.messages import Command, Event
 
 
 class Engine:
@@ -22,8 +22,12 @@ class Engine:
     def apply(self, seq: int, cmd: Command) -> list[Event]:
         book = self.books.get(cmd.symbol)
         if book is None:
-            client_id = cmd.client_id if isinstance(cmd, NewOrder) else None
-            return [Rejected(RejectReason.UNKNOWN_SYMBOL, f"no such symbol {cmd.symbol}", cmd.owner, client_id)]
+            # The gateway journals only known symbols: the instruments file lost one since.
+            # Replaying on would rewrite history (its orders rejected), so refuse.
+            raise MissingInstrument(
+                f"journal command {seq} trades {cmd.symbol}, which the instruments file does not define; "
+                "restore it there (an instrument cannot be removed while the journal holds its orders)"
+            )
         return book.apply(seq, cmd)
 
     def state_hash(self) -> str:

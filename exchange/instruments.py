@@ -95,6 +95,10 @@ class Step:
         return text
 
 
+class MissingInstrument(Exception):
+    """The journal or a snapshot names a symbol the instruments file no longer has."""
+
+
 class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One instrument as written in the instruments TOML file (all decimal strings)."""
 
@@ -209,8 +213,15 @@ def parse_instruments(toml_text: str | bytes) -> dict[str, Instrument]:
     return {symbol: Instrument(symbol, s) for symbol, s in sorted(spec.instruments.items())}
 
 
+class InstrumentsFileError(Exception):
+    """The instruments file is missing or wrong."""
+
+
 def load_instruments(path: str | Path | None = None) -> dict[str, Instrument]:
     """The instruments from a TOML file, or the built-in default set."""
     if path is None:
         return parse_instruments(DEFAULT_INSTRUMENTS_TOML)
-    return parse_instruments(Path(path).read_bytes())
+    try:
+        return parse_instruments(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:  # msgspec's decode and validation errors are ValueErrors
+        raise InstrumentsFileError(f"instruments file {path}: {exc}") from None

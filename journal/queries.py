@@ -7,9 +7,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+class NoTradeLog(Exception):
+    """The data directory has no trade log (no server has run there)."""
+
+
 def connect_readonly(db: Path) -> sqlite3.Connection:
     if not db.exists():
-        raise FileNotFoundError(f"no trade log at {db}")
+        raise NoTradeLog(f"no trade log at {db}: is --data-dir (or TICKLINE_DATA) the server's data directory?")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     return conn

@@ -20,7 +20,7 @@ import structlog
 
 from exchange.book import Book, Order, RestingTuple, as_tuple, hash_book
 from exchange.engine import Engine, combine_hashes
-from exchange.instruments import Instrument
+from exchange.instruments import Instrument, MissingInstrument
 from protocol.messages import TIF, Side
 
 log = structlog.get_logger("snapshots")
@@ -120,8 +120,10 @@ def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None
     for state in snap.books:
         book = engine.books.get(state.symbol)
         if book is None:
-            log.warning("snapshot_symbol_unknown", symbol=state.symbol, orders=len(state.orders))
-            return None
+            raise MissingInstrument(
+                f"snapshot {snap.seq} holds orders of {state.symbol}, which the instruments file does not define; "
+                "restore it there (an instrument cannot be removed while the journal or snapshots hold it)"
+            )
         book.load((Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in state.orders), state.md_seq)
     if engine.state_hash() != snap.state_hash:
         log.warning("snapshot_skipped", seq=snap.seq, why="books do not match the recorded state hash")

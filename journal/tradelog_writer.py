@@ -157,8 +157,11 @@ def main(argv: list[str]) -> int:
             return 0
         frame = decode(payload)
         writer.write(frame)
-        stdout.write(UNITS.pack(frame.units))
-        stdout.flush()
+        try:
+            stdout.write(UNITS.pack(frame.units))
+            stdout.flush()
+        except BrokenPipeError:
+            return 0  # the server is gone (killed): what it sent is committed; its restart refills the rest
 
 
 if __name__ == "__main__":

@@ -187,14 +187,14 @@ def test_level_changes_are_one_per_level_per_command_with_the_final_total() -> N
     assert [e for e in events if e.startswith("level")] == ["level SELL 100=0", "level SELL 101=3"]
 
 
-def test_unknown_symbol_is_rejected_by_the_engine() -> None:
+def test_a_journaled_command_for_an_unknown_symbol_stops_replay() -> None:
     from exchange.engine import Engine
-    from exchange.instruments import load_instruments
-    from protocol.messages import TIF, NewOrder, Rejected, RejectReason, Side
+    from exchange.instruments import MissingInstrument, load_instruments
+    from protocol.messages import TIF, NewOrder, Side
 
     engine = Engine(load_instruments())
-    [event] = engine.apply(1, NewOrder("NOPE", Side.BUY, 1, 100, TIF.GTC, "a"))
-    assert isinstance(event, Rejected) and event.reason is RejectReason.UNKNOWN_SYMBOL
+    with pytest.raises(MissingInstrument, match="journal command 1 trades NOPE"):
+        engine.apply(1, NewOrder("NOPE", Side.BUY, 1, 100, TIF.GTC, "a"))
 
 
 @pytest.mark.parametrize("book", BOOKS)

@@ -24,7 +24,7 @@ from exchange.matching import Matching
 from gateway.desk import OrderDesk
 from gateway.server import Gateway
 from journal.journal import Journal
-from journal.layout import DataDir
+from journal.layout import DataDir, DataDirLock
 from journal.queries import trades_from
 from journal.recovery import recover
 from journal.snapshotter import Snapshotter
@@ -74,8 +74,11 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
     data = DataDir(config.data_dir)
 
-    # 1. The journal, the truth: opening it cuts a torn tail (a crash mid-write) once.
+    # 1. The journal, the truth: one server per data directory (an OS lock), and opening
+    #    the journal cuts a torn tail (a crash mid-write) once.
     instruments = load_instruments(config.instruments)
+    lock = DataDirLock(data)
+    lock.acquire()
     journal = Journal(data.journal, on_failure=lambda exc: stop.set())
 
     # 2. The trade log, then the books: the newest snapshot + the journal tail, whose
@@ -145,6 +148,7 @@ async def serve(config: Config) -> int:
     await tradelog.close()
     await tradelog_task
     log.info("stopped", last_seq=journal.durable_seq, fsyncs=journal.commits)
+    lock.release()
     return 0
 
 

@@ -60,6 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     from tickline.logs import configure
 
     configure(getattr(args, "log_level", "warning"))
+    from exchange.instruments import InstrumentsFileError, MissingInstrument
+    from journal.journal import JournalCorrupt
+    from journal.layout import DataDirInUse
+    from journal.queries import NoTradeLog
+
+    try:
+        return _run(args)
+    except (DataDirInUse, JournalCorrupt, MissingInstrument, InstrumentsFileError, NoTradeLog) as exc:
+        # Conditions an operator can name and fix: one line, no traceback.
+        sys.stderr.write(f"tickline: {exc}\n")
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         import resource
 
@@ -94,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in query(DataDir(args.data_dir).trades, args.owner, args.symbol, args.status, args.since, args.limit):
             sys.stdout.write(order_line(row) + "\n")
         return 0
-    parser.error(f"unknown command {args.command}")
-    return 2
+    raise AssertionError(f"unknown command {args.command}")
 
 
 def _replay(args: argparse.Namespace) -> int:

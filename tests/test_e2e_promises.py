@@ -1,0 +1,128 @@
+"""Promises docs/PROTOCOL.md and OPERATIONS.md make, each against the real server process.
+
+Each test here reproduced a broken promise first (issue: step 7), then the fix made it pass.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.harness import ROOT, Client, Server
+
+
+def read_all(sock: socket.socket, timeout: float = 10.0) -> list[str]:
+    """Everything until the server closes the connection."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(1 << 16):
+        data += chunk
+    return data.decode().splitlines()
+
+
+def test_a_client_that_half_closes_gets_every_reply_then_the_close(server: Server) -> None:
+    # What `printf '...' | nc -q 2 localhost 7001` does: send, shut the write side, read.
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"BUY AAPL 1 100.10 IOC\nPING\nQUIT\n")
+    sock.shutdown(socket.SHUT_WR)
+    lines = read_all(sock)
+    assert lines[1:] == ["ACK 1 BUY AAPL 1 100.10 IOC", "CANCELED 1 leaves=1 reason=expired", "PONG", "BYE goodbye"]
+
+
+def test_a_half_close_without_quit_still_gets_replies_and_reports(server: Server) -> None:
+    maker = server.client()
+    maker.ask("SELL AAPL 5 100")
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"BUY AAPL 2 100\nBUY AAPL 1")  # the last line never ends
+    sock.shutdown(socket.SHUT_WR)
+    assert read_all(sock)[1:] == [
+        "ACK 2 BUY AAPL 2 100.00 GTC",
+        "ERR incomplete_line the connection closed in the middle of a line; it was not executed",  # replies in order
+        "FILL 2 2 100.00 leaves=0 trade=2-1 liq=R",  # the order's report, once matched
+    ]
+    assert maker.line() == "FILL 1 2 100.00 leaves=3 trade=2-1 liq=A"
+
+
+def test_pipelined_replies_come_in_request_order_and_read_the_sessions_own_writes(server: Server) -> None:
+    c = server.client()
+    c.send("BUY AAPL 1 96.00 id=o1\nCANCEL id=o1\nORDERS\nBOOK AAPL 10\nPING\n")
+    assert c.lines(7) == [
+        "ACK 1 BUY AAPL 1 96.00 GTC id=o1",
+        "CANCELED 1 leaves=1 reason=user id=o1",
+        "ORDERS 0", "END",
+        "BOOK AAPL bids=0 asks=0", "END",
+        "PONG",
+    ]  # fmt: skip
+
+
+def test_a_query_between_commands_sees_exactly_the_commands_before_it(server: Server) -> None:
+    c = server.client()
+    c.send("BUY AAPL 1 96.00 id=a\nORDERS\nCANCEL id=a\nORDERS\n")
+    assert c.lines(7) == [
+        "ACK 1 BUY AAPL 1 96.00 GTC id=a",
+        "ORDERS 1", "ORDER 1 BUY AAPL 1 96.00 GTC id=a", "END",
+        "CANCELED 1 leaves=1 reason=user id=a",
+        "ORDERS 0", "END",
+    ]  # fmt: skip
+
+
+def test_a_second_server_on_a_data_directory_in_use_exits_with_one_line(tmp_path: Path) -> None:
+    first = Server(tmp_path / "data").start()
+    try:
+        c = first.client()
+        assert c.ask("BUY AAPL 1 99") == ["ACK 1 BUY AAPL 1 99.00 GTC"]
+        second = subprocess.run(
+            [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(tmp_path / "data")],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode != 0
+        errors = second.stderr.strip().splitlines()
+        assert len(errors) == 1, second.stderr
+        assert str(tmp_path / "data") in errors[0] and f"pid {first.proc.pid}" in errors[0]  # type: ignore[union-attr]
+        assert "Traceback" not in second.stderr
+        # The first server is untouched: it goes on, with the next sequence number.
+        assert c.ask("BUY AAPL 1 98") == ["ACK 2 BUY AAPL 1 98.00 GTC"]
+        # Read-only tools work beside it.
+        orders = subprocess.run([sys.executable, "-m", "tickline.cli", "orders", "--data-dir", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert orders.returncode == 0, orders.stderr
+    finally:
+        first.kill()
+
+
+def tickline(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tickline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_operator_errors_are_one_line_and_a_nonzero_exit(tmp_path: Path) -> None:
+    gold = tmp_path / "gold.toml"
+    gold.write_text('[instruments.GOLD]\ntick = "0.1"\nlot = "1"\n[instruments.AAPL]\ntick = "0.01"\nlot = "1"\n')
+    aapl = tmp_path / "aapl.toml"
+    aapl.write_text('[instruments.AAPL]\ntick = "0.01"\nlot = "1"\n')
+    srv = Server(tmp_path / "data", "--instruments", str(gold)).start()
+    assert srv.client().ask("BUY GOLD 1 100") == ["ACK 1 BUY GOLD 1 100.0 GTC"]
+    srv.stop()
+    runs = {
+        "journal names a dropped instrument": tickline("serve", "--port", "0", "--md-port", "0", "--data-dir", str(tmp_path / "data"), "--instruments", str(aapl)),
+        "no trade log": tickline("trades", "--data-dir", str(tmp_path / "nowhere")),
+        "no instruments file": tickline("serve", "--data-dir", str(tmp_path / "d2"), "--instruments", str(tmp_path / "missing.toml")),
+        "verify with a dropped instrument": tickline("replay", "--verify", "--data-dir", str(tmp_path / "data"), "--instruments", str(aapl)),
+    }
+    for what, run in runs.items():
+        assert run.returncode == 1, what
+        assert "Traceback" not in run.stderr, what
+        assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith("tickline: "), (what, run.stderr)
+    assert "GOLD" in runs["journal names a dropped instrument"].stderr
+    assert "nowhere" in runs["no trade log"].stderr
+
+
+def test_killing_the_server_leaves_no_traceback_from_the_trade_log_writer(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data").start()
+    c = srv.client()
+    c.send("".join(f"BUY AAPL 1 {90 + i % 10}\n" for i in range(2000)))
+    c.lines(1000)
+    srv.kill()
+    time.sleep(1.0)  # the writer notices its parent is gone
+    assert not any("Traceback" in line or "Error" in line for line in srv.log), "\n".join(srv.log[-20:])
