@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness import ROOT, Client, Server
+from tests.harness import ROOT, Server
 
 
 def read_all(sock: socket.socket, timeout: float = 10.0) -> list[str]:
