@@ -299,9 +299,9 @@ class Connection:
         """(immediate reply, a query to answer in order, or None; the seq journaled or 0)."""
         match req:
             case ReplaceOrder():
-                reject, seq = self._replace(req)
+                reject, seq = self._replace(req, is_json)
             case CancelOrder():
-                reject, seq = self._cancel(req)
+                reject, seq = self._cancel(req, is_json)
             case Buy() | Sell():
                 return self._new_order(req, is_json)
             case Quit():
@@ -381,17 +381,19 @@ class Connection:
             return 0, None, R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
         return order_id, order, None
 
-    def _cancel(self, req: CancelOrder) -> tuple[R.Reject | None, int]:
+    def _cancel(self, req: CancelOrder, is_json: bool) -> tuple[R.Reject | None, int]:
         order_id, order, reject = self._owned(req.order_id, req.id)
         if order is None:
             return reject, 0
+        self.desk.orders.set_form(order_id, is_json)
         # The CANCELED (or a REJ if it filled first) comes back from matching.
         return None, self._journal(Cancel(order.symbol, order_id, self.owner))
 
-    def _replace(self, req: ReplaceOrder) -> tuple[R.Reject | None, int]:
+    def _replace(self, req: ReplaceOrder, is_json: bool) -> tuple[R.Reject | None, int]:
         order_id, order, reject = self._owned(req.order_id, req.id)
         if order is None:
             return reject, 0
+        self.desk.orders.set_form(order_id, is_json)
         inst = self.desk.instruments[order.symbol]
         current = self.desk.open_qty_price(order_id, order)[1] if req.price is None else None
         terms = replace_terms(inst, req.qty, req.price, current)

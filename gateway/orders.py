@@ -46,6 +46,13 @@ class OpenOrders:
             del self.owners[cmd.owner]
         return entry
 
+    def set_form(self, order_id: int, json: bool) -> None:
+        """Reports about the order follow the form of the latest request about it: a JSON
+        CANCEL of an order placed in text answers (CANCELED) in JSON."""
+        entry = self.by_id.get(order_id)
+        if entry is not None and entry[1] is not json:
+            self.by_id[order_id] = (entry[0], json)
+
     def find_client_id(self, owner: str, client_id: str) -> int | None:
         mine = self.owners.get(owner)
         return None if mine is None else mine.by_client_id.get(client_id)

@@ -72,13 +72,30 @@ def order_line(row: sqlite3.Row) -> str:
     return f"{head} {body}{cid}{why}"
 
 
-def trades_from(db: Path, symbol: str, md_seq: int, limit: int = 100_000) -> list[tuple[int, str, str, str, str]]:
-    """(md_seq, qty, price, aggressor, trade_id) of a symbol's trades from a market-data seq on."""
+TradeRow = tuple[int, str, str, str, str, int]  # (md_seq, qty, price, aggressor, trade_id, prev)
+
+
+def trades_from(db: Path, symbol: str, md_seq: int, limit: int = 100_000) -> list[TradeRow]:
+    """A symbol's trades from a market-data seq on, each with the seq of the trade before it."""
     if not db.exists():
         return []
     with connect_readonly(db) as conn:
+        before = conn.execute("SELECT MAX(md_seq) FROM trades WHERE symbol = ? AND md_seq < ?", (symbol, md_seq)).fetchone()[0]
         rows = conn.execute(
             "SELECT md_seq, qty, price, aggressor, trade_id FROM trades WHERE symbol = ? AND md_seq >= ? ORDER BY md_seq LIMIT ?",
             (symbol, md_seq, limit),
         )
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        out: list[TradeRow] = []
+        prev = before or 0
+        for r in rows:
+            out.append((r[0], r[1], r[2], r[3], r[4], prev))
+            prev = r[0]
+        return out
+
+
+def last_trade_seqs(db: Path) -> dict[str, int]:
+    """Each symbol's newest trade seq: where its trades channel goes on after a restart."""
+    if not db.exists():
+        return {}
+    with connect_readonly(db) as conn:
+        return {r[0]: r[1] for r in conn.execute("SELECT symbol, MAX(md_seq) FROM trades GROUP BY symbol")}

@@ -2,8 +2,9 @@
 
 The matching core numbers every trade, level change and quote per symbol (md_seq). A
 SymbolFeed follows those events in order, keeps the L2 it implies (so a SNAPSHOT is
-exactly the state at its seq), encodes each update once per form (text, and JSON only
-if some subscriber wants it), and keeps recent trades for REPLAY.
+exactly the state at its seq), names each update's channel predecessor (prev: the seq of
+the previous update of the same kind), encodes each update once per form (text, and JSON
+only if some subscriber wants it), and keeps recent trades for REPLAY.
 """
 
 from __future__ import annotations
@@ -28,31 +29,34 @@ class Update:
     """One sequenced update; kind is trades | quotes | book. Encoded only when first sent
     (once per form): with nobody subscribed, following the market costs almost nothing."""
 
-    __slots__ = ("seq", "kind", "_event", "_feed", "_text", "_json")
+    __slots__ = ("seq", "prev", "kind", "_event", "_feed", "_text", "_json")
 
-    def __init__(self, seq: int, kind: str, event: MarketData, feed: SymbolFeed) -> None:
-        self.seq, self.kind, self._event, self._feed = seq, kind, event, feed
+    def __init__(self, seq: int, prev: int, kind: str, event: MarketData, feed: SymbolFeed) -> None:
+        self.seq, self.prev, self.kind, self._event, self._feed = seq, prev, kind, event, feed
         self._text: bytes | None = None
         self._json: bytes | None = None
 
     @property
     def text(self) -> bytes:
         if self._text is None:
-            self._text = self._feed.encode(self._event, False)
+            self._text = self._feed.encode(self._event, self.prev, False)
         return self._text
 
     @property
     def json(self) -> bytes:
         if self._json is None:
-            self._json = self._feed.encode(self._event, True)
+            self._json = self._feed.encode(self._event, self.prev, True)
         return self._json
 
 
 class SymbolFeed:
-    def __init__(self, book: Book) -> None:
+    def __init__(self, book: Book, last_trade_seq: int = 0) -> None:
+        """last_trade_seq: the newest trade's seq (from the trade log), so the trades
+        channel's prev links across a restart; book and quotes restart at a snapshot."""
         self.symbol = book.symbol
         self.inst: Instrument = book.instrument
         self.seq = book.md_seq
+        self.last = {"trades": last_trade_seq, "book": book.md_seq, "quotes": book.md_seq}  # seq of each channel's last update
         bids, asks = book.depth(10**9)
         self.levels: dict[Side, dict[int, int]] = {Side.BUY: dict(bids), Side.SELL: dict(asks)}
         self.quote = book.quote
@@ -66,43 +70,47 @@ class SymbolFeed:
             log.error("md_sequence_gap", symbol=self.symbol, expected=self.seq + 1, got=seq)
         self.seq = seq
         # type(e) is C, not match: class patterns are isinstance calls, slower on this path.
+        last = self.last
         if type(e) is BookLevelChanged:
             if e.qty:
                 self.levels[e.side][e.price] = e.qty
             else:
                 self.levels[e.side].pop(e.price, None)
-            update = Update(seq, "book", e, self)
+            update = Update(seq, last["book"], "book", e, self)
+            last["book"] = seq
         elif type(e) is Trade:
-            update = Update(seq, "trades", e, self)
+            update = Update(seq, last["trades"], "trades", e, self)
+            last["trades"] = seq
             self.recent.append(update)
         elif type(e) is Quote:
             self.quote = (e.bid, e.bid_qty, e.ask, e.ask_qty)
-            update = Update(seq, "quotes", e, self)
+            update = Update(seq, last["quotes"], "quotes", e, self)
+            last["quotes"] = seq
         else:
             raise TypeError(f"not market data: {e!r}")
         self.pending.append(update)
 
-    def encode(self, e: MarketData, as_json: bool) -> bytes:
+    def encode(self, e: MarketData, prev: int, as_json: bool) -> bytes:
         # Enums as ._value_: .value is a descriptor, slow on a path taken for every update.
         inst = self.inst
         if type(e) is BookLevelChanged:
-            level = (self.symbol, e.side._value_, inst.format_price(e.price), inst.format_qty(e.qty), e.md_seq)
+            level = (self.symbol, e.side._value_, inst.format_price(e.price), inst.format_qty(e.qty), prev, e.md_seq)
             return (M.level_json if as_json else M.level_text)(*level)
         if type(e) is Trade:
-            trade = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor._value_, e.trade_id, e.md_seq)
+            trade = (self.symbol, inst.format_qty(e.qty), inst.format_price(e.price), e.aggressor._value_, e.trade_id, prev, e.md_seq)
             return (M.trade_json if as_json else M.trade_text)(*trade)
         assert type(e) is Quote
-        quote = self._quote_fields((e.bid, e.bid_qty, e.ask, e.ask_qty), e.md_seq)
+        quote = self._quote_fields((e.bid, e.bid_qty, e.ask, e.ask_qty), prev, e.md_seq)
         return (M.quote_json if as_json else M.quote_text)(*quote)
 
-    def _quote_fields(self, quote: tuple[int | None, int, int | None, int], seq: int) -> tuple[str, str, str, str, str, int]:
+    def _quote_fields(self, quote: tuple[int | None, int, int | None, int], prev: int, seq: int) -> tuple[str, str, str, str, str, int, int]:
         bid, bid_qty, ask, ask_qty = quote
         inst = self.inst
         return (
             self.symbol,
             "-" if bid is None else inst.format_price(bid), inst.format_qty(bid_qty) if bid is not None else "-",
             "-" if ask is None else inst.format_price(ask), inst.format_qty(ask_qty) if ask is not None else "-",
-            seq,
+            prev, seq,
         )  # fmt: skip
 
     def snapshot(self, as_json: bool) -> bytes:
@@ -113,4 +121,5 @@ class SymbolFeed:
         return (M.snapshot_json if as_json else M.snapshot_text)(self.symbol, self.seq, bids, asks)
 
     def current_quote(self, as_json: bool) -> bytes:
-        return (M.quote_json if as_json else M.quote_text)(*self._quote_fields(self.quote, self.seq))
+        """The top of book as state at the current seq (sent on SUB and after a resume)."""
+        return (M.quote_json if as_json else M.quote_text)(*self._quote_fields(self.quote, self.last["quotes"], self.seq))

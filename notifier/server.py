@@ -32,8 +32,8 @@ from protocol.messages import BookLevelChanged, Event, Quote, Trade
 
 log = structlog.get_logger("notifier")
 MARKET_DATA = (Trade, BookLevelChanged, Quote)
-# REPLAY's older trades: (symbol, from seq) -> rows of (md_seq, qty, price, aggressor, trade_id)
-ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str]]]]
+# REPLAY's older trades: (symbol, from seq) -> rows of (md_seq, qty, price, aggressor, trade_id, prev)
+ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str, int]]]]
 
 
 class Notifier:
@@ -45,8 +45,10 @@ class Notifier:
         version: str,
         max_subscribers: int = 10_000,
         limits: Limits | None = None,
+        last_trade_seqs: dict[str, int] | None = None,
     ) -> None:
-        self.feeds = {symbol: SymbolFeed(book) for symbol, book in books.items()}
+        last = last_trade_seqs or {}
+        self.feeds = {symbol: SymbolFeed(book, last.get(symbol, 0)) for symbol, book in books.items()}
         self.replay_source = replay_source
         self.version = version
         self.max_subscribers = max_subscribers
@@ -149,7 +151,7 @@ class Notifier:
         """TRADE lines with seq >= from_seq: the trade log's, then memory's newer ones."""
         rows = await self.replay_source(symbol, from_seq) if self.replay_source is not None else []
         encode = M.trade_json if as_json else M.trade_text
-        older = [encode(symbol, qty, price, aggr, tid, seq) for seq, qty, price, aggr, tid in rows]
+        older = [encode(symbol, qty, price, aggr, tid, prev, seq) for seq, qty, price, aggr, tid, prev in rows]
         last = rows[-1][0] if rows else from_seq - 1
         return older + [u.json if as_json else u.text for u in self.feeds[symbol].recent if u.seq > last]
 
@@ -159,7 +161,7 @@ class Notifier:
             now, deadline = time.monotonic(), self.limits.pause_deadline
             for sub in list(self.subscribers):
                 if sub.paused and now - sub.paused_since > deadline:
-                    sub.drop(f"slow_consumer not reading for {deadline:g}s; reconnect and REPLAY trades from your last seq")
+                    sub.drop("slow_consumer", f"not reading for {deadline:g}s; reconnect and REPLAY trades from your last seq")
 
     async def close(self, text: str, grace: float) -> None:
         """Send what is pending, BYE to every subscriber, close within the grace period."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Iterator, Protocol, cast
 
 import structlog
 
-from netio.plumbing import capped_write, limit_buffers, peer_name
+from netio.plumbing import FlowControl, capped_write, limit_buffers, peer_name
 from notifier.feed import SymbolFeed
 from protocol import marketdata as M
 from protocol.requests import BadRequest
@@ -54,22 +54,34 @@ class Subscriber(asyncio.Protocol):
         self.paused_since = 0.0
         self.splitter = LineSplitter(512)
         self.peer = "?"
+        self.flow: FlowControl | None = None
+        self.replaying = False  # a REPLAY waits for the trade log; later requests wait behind it
+        self.backlog: list[bytes | None] = []
+        self.input_closed = False
 
     # ------------------------------------------------------------ connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self.transport = transport = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(transport)
         limit_buffers(transport, self.limits.high, self.limits.sndbuf)
         self.peer = peer_name(transport)
         if not self.nf.admit(self):
-            transport.write(M.line_text("ERR", "too_many_connections the server is full; try again later"))
+            transport.write(M.md_text(M.MdError("too_many_connections", "the server is full; try again later")))
             transport.close()
             return
-        transport.write(M.line_text("HELLO", f"tickline-md {self.nf.version} type HELP for commands"))
+        transport.write(M.md_text(M.MdHello(self.nf.version)))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.nf.forget(self)
+
+    def eof_received(self) -> bool:
+        # Half-close: answer what was asked (a REPLAY may still be reading the trade log), then close.
+        self.input_closed = True
+        if self.replaying:
+            return True
+        return False
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -88,76 +100,113 @@ class Subscriber(asyncio.Protocol):
         if out:
             self.write(b"".join(out))
 
-    # ------------------------------------------------------------ requests
+    # ------------------------------------------------------------ requests, answered in order
 
     def data_received(self, data: bytes) -> None:
-        for line in self.splitter.feed(data):
+        lines = self.splitter.feed(data)
+        if self.replaying:  # a REPLAY is reading the trade log: what comes after waits
+            self.backlog.extend(lines)
+            return
+        self._process(iter(lines))
+
+    def _process(self, lines: Iterator[bytes | None]) -> None:
+        for line in lines:
             if line is TOO_LONG:
-                self._say("ERR", "line_too_long a request is one short line")
+                self._reply(M.MdError("line_too_long", "a request is one short line"), False)
                 continue
             req = M.parse_md_line(line)
             if req is None:
                 continue
+            is_json = line[:1] == b"{"
             if isinstance(req, BadRequest):
-                self._say("ERR", f"{req.code} {req.text}")
+                self._reply(M.MdError(req.code, req.text), is_json)
             elif isinstance(req, M.Subscribe):
-                self._subscribe(req)
+                self._subscribe(req, is_json)
             elif isinstance(req, M.Unsubscribe):
-                self._unsubscribe(req)
+                self._unsubscribe(req, is_json)
             elif isinstance(req, M.ReplayTrades):
-                self._replay(req)
+                if self._replay(req, is_json):  # waiting for the trade log: stop here
+                    self.backlog = list(lines)
+                    assert self.flow is not None
+                    self.flow.pause("replay")
+                    return
             elif isinstance(req, M.MdPing):
-                self._say("PONG", "")
+                self._reply(M.MdPong(), is_json)
             elif isinstance(req, M.MdHelp):
-                self.write(("HELP\n" + "".join(f"  {h}\n" for h in M.MD_HELP) + "END\n").encode())
+                self._reply(M.MdHelpReply(M.MD_HELP), is_json)
             elif isinstance(req, M.MdQuit):
-                self.goodbye("goodbye")
+                self.goodbye("goodbye", is_json)
+                return
+        if self.input_closed and self.transport is not None:
+            self.transport.close()
 
-    def _subscribe(self, req: M.Subscribe) -> None:
+    def _subscribe(self, req: M.Subscribe, is_json: bool) -> None:
         kinds = M.kinds_of(req.kinds)
         symbols = list(self.nf.feeds) if req.symbol == "*" else [req.symbol]
-        if kinds is None or (req.symbol != "*" and req.symbol not in self.nf.feeds):
-            self._say("ERR", f"unknown_symbol no such symbol {req.symbol[:16]}" if kinds else "bad_request kinds are trades, quotes, book or all")
+        if kinds is None:
+            self._reply(M.MdError("bad_request", "kinds are trades, quotes, book or all"), is_json)
             return
-        self.json = req.json or self.json
+        if req.symbol != "*" and req.symbol not in self.nf.feeds:
+            self._reply(M.MdError("unknown_symbol", f"no such symbol {req.symbol[:16]}"), is_json)
+            return
+        self.json = req.json or is_json or self.json  # a JSON SUB gets JSON updates
         self.subs[req.symbol] = self.subs.get(req.symbol, frozenset()) | kinds
+        named = ",".join(sorted(kinds))
         out = []
+        if req.symbol == "*":
+            out.append(self._encode(M.Subscribed("*", named, symbols=len(symbols)), is_json))
         for symbol in symbols:
             feed = self.nf.feeds[symbol]
             self.since[symbol] = feed.seq  # updates up to here are in what we send now
             if req.symbol != "*" or len(symbols) == 1:
-                out.append(self._line("SUBSCRIBED", f"{symbol} {','.join(sorted(kinds))} seq={feed.seq}"))
+                out.append(self._encode(M.Subscribed(symbol, named, feed.seq), is_json))
             if "book" in kinds:
                 out.append(feed.snapshot(self.json))
             if "quotes" in kinds:
                 out.append(feed.current_quote(self.json))
-        if req.symbol == "*":
-            out.insert(0, self._line("SUBSCRIBED", f"* {','.join(sorted(kinds))} symbols={len(symbols)}"))
         self.write(b"".join(out))
 
-    def _unsubscribe(self, req: M.Unsubscribe) -> None:
+    def _unsubscribe(self, req: M.Unsubscribe, is_json: bool) -> None:
         kinds = M.kinds_of(req.kinds) or frozenset()
         left = self.subs.get(req.symbol, frozenset()) - kinds
         if left:
             self.subs[req.symbol] = left
         else:
             self.subs.pop(req.symbol, None)
-        self._say("UNSUBSCRIBED", f"{req.symbol} {req.kinds.lower()}")
+        self._reply(M.Unsubscribed(req.symbol, req.kinds.lower()), is_json)
 
-    def _replay(self, req: M.ReplayTrades) -> None:
+    def _replay(self, req: M.ReplayTrades, is_json: bool) -> bool:
+        """Send the trades from a seq on; True if that waits for the trade log (off the loop)."""
         if req.symbol not in self.nf.feeds:
-            self._say("ERR", f"unknown_symbol no such symbol {req.symbol[:16]}")
-            return
-        lines = self.nf.recent_trades(req.symbol, req.from_seq, self.json)
+            self._reply(M.MdError("unknown_symbol", f"no such symbol {req.symbol[:16]}"), is_json)
+            return False
+        lines = self.nf.recent_trades(req.symbol, req.from_seq, is_json)
         if lines is not None:
-            self._send_replay(req, lines)
-        else:  # older than memory: from the trade log, off the event loop
-            task = asyncio.get_running_loop().create_task(self.nf.older_trades(req.symbol, req.from_seq, self.json))
-            task.add_done_callback(lambda t: self._send_replay(req, t.result()))
+            self._send_replay(req, lines, is_json)
+            return False
+        self.replaying = True
+        task = asyncio.get_running_loop().create_task(self.nf.older_trades(req.symbol, req.from_seq, is_json))
+        task.add_done_callback(lambda t: self._replayed(req, t, is_json))
+        return True
 
-    def _send_replay(self, req: M.ReplayTrades, lines: list[bytes]) -> None:
-        head = self._line("REPLAY", f"{req.symbol} from={req.from_seq} count={len(lines)}")
-        self.write(head + b"".join(lines) + self._line("END", ""))
+    def _replayed(self, req: M.ReplayTrades, task: asyncio.Task[list[bytes]], is_json: bool) -> None:
+        """The trade log answered: the REPLAY block, then the requests that waited behind it."""
+        self.replaying = False
+        if task.cancelled() or self.transport is None or self.transport.is_closing():
+            return
+        if task.exception() is not None:
+            log.error("replay_failed", peer=self.peer, error=repr(task.exception()))
+            self._reply(M.MdError("internal", "the trade log could not be read; try again"), is_json)
+        else:
+            self._send_replay(req, task.result(), is_json)
+        assert self.flow is not None
+        self.flow.resume("replay")
+        backlog, self.backlog = self.backlog, []
+        self._process(iter(backlog))
+
+    def _send_replay(self, req: M.ReplayTrades, lines: list[bytes], is_json: bool) -> None:
+        head = self._encode(M.ReplayHead(req.symbol, req.from_seq, len(lines)), is_json)
+        self.write(head + b"".join(lines) + self._encode(M.End(), is_json))
 
     def kinds_for(self, symbol: str) -> frozenset[str]:
         subs = self.subs
@@ -168,30 +217,30 @@ class Subscriber(asyncio.Protocol):
 
     # ------------------------------------------------------------ output
 
-    def _line(self, kind: str, text: str) -> bytes:
-        return M.line_json(kind, text) if self.json else M.line_text(kind, text)
+    def _encode(self, r: M.MdReply, is_json: bool) -> bytes:
+        return M.md_json(r) if is_json else M.md_text(r)
 
-    def _say(self, kind: str, text: str) -> None:
-        self.write(self._line(kind, text))
+    def _reply(self, r: M.MdReply, is_json: bool) -> None:
+        self.write(self._encode(r, is_json))
 
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         if not capped_write(transport, data, self.limits.hard_cap):
-            self.drop(f"slow_consumer more than {self.limits.hard_cap} bytes unread; reconnect and REPLAY trades from your last seq")
+            self.drop("slow_consumer", f"more than {self.limits.hard_cap} bytes unread; reconnect and REPLAY trades from your last seq")
 
-    def drop(self, reason: str) -> None:
+    def drop(self, code: str, text: str) -> None:
         """Disconnect a subscriber that cannot keep up, with a one-line reason."""
-        log.warning("subscriber_dropped", peer=self.peer, reason=reason.split()[0])
+        log.warning("subscriber_dropped", peer=self.peer, reason=code)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self._line("ERR", reason))
+            self.transport.write(self._encode(M.MdError(code, text), self.json))
             self.transport.abort()
             self.nf.forget(self)
 
-    def goodbye(self, text: str) -> None:
+    def goodbye(self, text: str, is_json: bool | None = None) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self._line("BYE", text))
+            self.transport.write(self._encode(M.MdBye(text), self.json if is_json is None else is_json))
             self.transport.close()
 
     def abort(self) -> None:

@@ -6,10 +6,15 @@ Requests (text, case-insensitive, or a JSON object with "op"):
     REPLAY <symbol> from=<seq>                           trades from that sequence number on
     PING | HELP | QUIT
 Updates, one line each, the symbol's sequence number last:
-    TRADE <symbol> <qty> <price> <BUY|SELL> trade=<id> seq=<n>
-    QUOTE <symbol> <bid> <bid-qty> <ask> <ask-qty> seq=<n>      (- for an empty side)
-    BOOK <symbol> <BUY|SELL> <price> <total-qty> seq=<n>        (0: the level is gone)
+    TRADE <symbol> <qty> <price> <BUY|SELL> trade=<id> prev=<p> seq=<n>
+    QUOTE <symbol> <bid> <bid-qty> <ask> <ask-qty> prev=<p> seq=<n>      (- for an empty side)
+    BOOK <symbol> <BUY|SELL> <price> <total-qty> prev=<p> seq=<n>        (0: the level is gone)
     SNAPSHOT <symbol> seq=<n> bids=<k> asks=<m>, then BID/ASK <price> <qty> lines, then END
+seq numbers a symbol's trades, quotes and book changes together; prev is the seq of the
+previous update of the same kind (its channel), so a subscriber to any subset tells a
+lost update (prev greater than the last seq it saw in that channel) from one it did not
+ask for. Replies (SUBSCRIBED, REPLAY, PONG, ERR, ...) are typed Structs with a text and
+a JSON form (every reply to a JSON request is JSON).
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ MD_HELP = [
     "UNSUB <symbol|*> [trades|quotes|book|all]",
     "REPLAY <symbol> from=<seq>                        resend trades from a sequence number (gap recovery)",
     "PING | HELP | QUIT",
-    "Every update ends in seq=<n>: one gap-free sequence per symbol across its trades, quotes and book.",
+    "Every update ends in prev=<p> seq=<n>: seq numbers a symbol's updates; prev is the seq of the",
+    "previous update of the same kind. Lost one: prev > the last seq you saw of that kind; REPLAY or SUB again.",
 ]
 
 
@@ -105,19 +111,100 @@ def parse_md_line(line: bytes) -> MdRequest | BadRequest | None:
     return BadRequest("unknown_command", f"unknown command {verb[:24]!r}; type HELP")
 
 
+# ---------------------------------------------------------------- replies
+
+
+class MdReply(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+    """A reply on the market-data port: text and JSON forms (md_text, md_json)."""
+
+
+class MdHello(MdReply, frozen=True, tag="hello"):
+    version: str
+
+
+class Subscribed(MdReply, frozen=True, tag="subscribed"):
+    symbol: str  # a symbol, or "*"
+    kinds: str  # comma-separated, sorted
+    seq: int | None = None  # the symbol's sequence the subscription starts after
+    symbols: int | None = None  # for "*": how many symbols
+
+
+class Unsubscribed(MdReply, frozen=True, tag="unsubscribed"):
+    symbol: str
+    kinds: str
+
+
+class ReplayHead(MdReply, frozen=True, tag="replay"):
+    """Followed by `count` TRADE updates and an End."""
+
+    symbol: str
+    from_seq: int = msgspec.field(name="from")
+    count: int = 0
+
+
+class End(MdReply, frozen=True, tag="end"):
+    pass
+
+
+class MdError(MdReply, frozen=True, tag="err"):
+    code: str
+    text: str
+
+
+class MdPong(MdReply, frozen=True, tag="pong"):
+    pass
+
+
+class MdBye(MdReply, frozen=True, tag="bye"):
+    text: str
+
+
+class MdHelpReply(MdReply, frozen=True, tag="help"):
+    lines: list[str]
+
+
+def md_text(r: MdReply) -> bytes:
+    if type(r) is Subscribed:
+        tail = f"symbols={r.symbols}" if r.symbols is not None else f"seq={r.seq}"
+        s = f"SUBSCRIBED {r.symbol} {r.kinds} {tail}\n"
+    elif type(r) is Unsubscribed:
+        s = f"UNSUBSCRIBED {r.symbol} {r.kinds}\n"
+    elif type(r) is ReplayHead:
+        s = f"REPLAY {r.symbol} from={r.from_seq} count={r.count}\n"
+    elif type(r) is End:
+        s = "END\n"
+    elif type(r) is MdError:
+        s = f"ERR {r.code} {r.text}\n"
+    elif type(r) is MdPong:
+        s = "PONG\n"
+    elif type(r) is MdBye:
+        s = f"BYE {r.text}\n"
+    elif type(r) is MdHello:
+        s = f"HELLO tickline-md {r.version} type HELP for commands\n"
+    elif type(r) is MdHelpReply:
+        s = "HELP\n" + "".join(f"  {line}\n" for line in r.lines) + "END\n"
+    else:
+        raise TypeError(f"not a market-data reply: {r!r}")
+    return s.encode()
+
+
+def md_json(r: MdReply) -> bytes:
+    return _json.encode(r) + b"\n"
+
+
 # ---------------------------------------------------------------- updates, text and JSON
 
 
-def trade_text(symbol: str, qty: str, price: str, aggressor: str, trade_id: str, seq: int) -> bytes:
-    return f"TRADE {symbol} {qty} {price} {aggressor} trade={trade_id} seq={seq}\n".encode()
+def trade_text(symbol: str, qty: str, price: str, aggressor: str, trade_id: str, prev: int, seq: int) -> bytes:
+    return f"TRADE {symbol} {qty} {price} {aggressor} trade={trade_id} prev={prev} seq={seq}\n".encode()
 
 
-def quote_text(symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, seq: int) -> bytes:
-    return f"QUOTE {symbol} {bid} {bid_qty} {ask} {ask_qty} seq={seq}\n".encode()
+def quote_text(symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, prev: int, seq: int) -> bytes:
+    return f"QUOTE {symbol} {bid} {bid_qty} {ask} {ask_qty} prev={prev} seq={seq}\n".encode()
 
 
-def level_text(symbol: str, side: str, price: str, qty: str, seq: int) -> bytes:
-    return f"BOOK {symbol} {side} {price} {qty} seq={seq}\n".encode()
+def level_text(symbol: str, side: str, price: str, qty: str, prev: int, seq: int) -> bytes:
+    return f"BOOK {symbol} {side} {price} {qty} prev={prev} seq={seq}\n".encode()
 
 
 def snapshot_text(symbol: str, seq: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:
@@ -130,29 +217,20 @@ def snapshot_text(symbol: str, seq: int, bids: list[tuple[str, str]], asks: list
 _json = msgspec.json.Encoder()
 
 
-def trade_json(symbol: str, qty: str, price: str, aggressor: str, trade_id: str, seq: int) -> bytes:
-    return _json.encode({"type": "trade", "symbol": symbol, "qty": qty, "price": price, "aggressor": aggressor, "trade": trade_id, "seq": seq}) + b"\n"
+def trade_json(symbol: str, qty: str, price: str, aggressor: str, trade_id: str, prev: int, seq: int) -> bytes:
+    trade = {"type": "trade", "symbol": symbol, "qty": qty, "price": price, "aggressor": aggressor, "trade": trade_id, "prev": prev, "seq": seq}
+    return _json.encode(trade) + b"\n"
 
 
-def quote_json(symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, seq: int) -> bytes:
+def quote_json(symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, prev: int, seq: int) -> bytes:
     """An empty side is null in JSON (the text form's "-")."""
     side = {"bid": bid, "bid_qty": bid_qty, "ask": ask, "ask_qty": ask_qty}
-    return _json.encode({"type": "quote", "symbol": symbol, **{k: (None if v == "-" else v) for k, v in side.items()}, "seq": seq}) + b"\n"
+    return _json.encode({"type": "quote", "symbol": symbol, **{k: (None if v == "-" else v) for k, v in side.items()}, "prev": prev, "seq": seq}) + b"\n"
 
 
-def level_json(symbol: str, side: str, price: str, qty: str, seq: int) -> bytes:
-    return _json.encode({"type": "book", "symbol": symbol, "side": side, "price": price, "qty": qty, "seq": seq}) + b"\n"
+def level_json(symbol: str, side: str, price: str, qty: str, prev: int, seq: int) -> bytes:
+    return _json.encode({"type": "book", "symbol": symbol, "side": side, "price": price, "qty": qty, "prev": prev, "seq": seq}) + b"\n"
 
 
 def snapshot_json(symbol: str, seq: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:
     return _json.encode({"type": "snapshot", "symbol": symbol, "seq": seq, "bids": bids, "asks": asks}) + b"\n"
-
-
-def line_text(kind: str, text: str) -> bytes:
-    """SUBSCRIBED / UNSUBSCRIBED / ERR / PONG / BYE and the like: one plain line."""
-    return f"{kind} {text}\n".encode() if text else f"{kind}\n".encode()
-
-
-def line_json(kind: str, text: str) -> bytes:
-    """The same as a JSON object: {"type": kind, "text": text}, no text when there is none."""
-    return _json.encode({"type": kind.lower(), "text": text} if text else {"type": kind.lower()}) + b"\n"

@@ -126,3 +126,96 @@ def test_killing_the_server_leaves_no_traceback_from_the_trade_log_writer(tmp_pa
     srv.kill()
     time.sleep(1.0)  # the writer notices its parent is gone
     assert not any("Traceback" in line or "Error" in line for line in srv.log), "\n".join(srv.log[-20:])
+
+
+def test_market_data_replies_keep_request_order_and_quit_waits_for_a_replay(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data").start()
+    a, b = srv.client(), srv.client()
+    a.ask("SELL AAPL 3 100")
+    b.ask("BUY AAPL 3 100", 2)
+    srv.stop()
+    srv.start()  # memory holds no trades now: a REPLAY from 1 reads the trade log
+    try:
+        sub = srv.subscriber()
+        sub.send("REPLAY AAPL from=1\nPING\n")
+        assert sub.lines(4) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 3 100.00 BUY trade=2-1 prev=0 seq=3", "END", "PONG"]
+        quitter = srv.subscriber()
+        quitter.send("REPLAY AAPL from=1\nQUIT\n")
+        assert quitter.lines(4) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 3 100.00 BUY trade=2-1 prev=0 seq=3", "END", "BYE goodbye"]
+        assert quitter.closed()
+    finally:
+        srv.kill()
+
+
+def channel_gaps(lines: list[str], start: int) -> list[str]:
+    """Lost updates by the documented rule: an update whose prev is above the last seq seen
+    in its channel (its kind) means one was lost; the subscription's seq starts each channel."""
+    last: dict[str, int] = {}
+    gaps = []
+    for line in lines:
+        kind = line.split()[0]
+        if kind not in ("TRADE", "BOOK", "QUOTE"):
+            continue
+        fields = dict(f.split("=") for f in line.split() if "=" in f and not f.startswith("trade="))
+        prev, seq = int(fields["prev"]), int(fields["seq"])
+        if prev > last.get(kind, start):
+            gaps.append(line)
+        last[kind] = seq
+    return gaps
+
+
+def test_a_subscriber_to_a_subset_sees_no_false_gaps_and_a_real_one_shows(server: Server) -> None:
+    subs = {kinds: server.subscriber() for kinds in ("book", "trades", "quotes", "book,trades")}
+    starts = {}
+    for kinds, sub in subs.items():
+        for kind in kinds.split(","):
+            sub.send(f"SUB ES {kind}\n")
+        head = sub.until("END") if "book" in kinds else [sub.line()]
+        if kinds == "quotes":
+            head.append(sub.line())
+        starts[kinds] = int(head[0].rsplit("seq=", 1)[1])
+        if kinds == "book,trades":
+            sub.line()  # the second SUBSCRIBED
+    a, b = server.client(), server.client()
+    for i in range(30):
+        a.ask(f"SELL ES 1 {4500 + (i % 3) * 0.25:.2f}")
+        b.ask(f"BUY ES 1 {4500 + (i % 4) * 0.25:.2f}", 1)
+    b.send("PING\n")
+    b.until("PONG")
+    last = int(server.subscriber().ask("SUB ES book", 1)[0].rsplit("seq=", 1)[1])
+    got = {}
+    for kinds, sub in subs.items():
+        lines = []
+        while not sub.quiet(0.5):
+            lines.append(sub.line())
+        got[kinds] = lines
+        assert channel_gaps(lines, starts[kinds]) == [], kinds
+    assert any(line.startswith("TRADE") for line in got["trades"]) and all(line.startswith("TRADE") for line in got["trades"])
+    assert all(line.startswith("BOOK") for line in got["book"]) and len(got["book"]) > 10
+    # Numbers are shared by the symbol's kinds: a book-only subscriber skips seqs, yet sees no gap.
+    seqs = [int(line.rsplit("seq=", 1)[1]) for line in got["book"]]
+    assert seqs != list(range(seqs[0], seqs[0] + len(seqs))) and seqs[-1] <= last
+    # A real loss shows: drop one book update from the stream.
+    assert channel_gaps(got["book"][:3] + got["book"][4:], starts["book"]) == [got["book"][4]]
+
+
+def test_json_is_a_full_second_protocol_on_both_ports(server: Server) -> None:
+    import json
+
+    c = server.client()
+    c.ask("BUY AAPL 1 99 id=t1")
+    assert json.loads(c.ask('{"op":"cancel","id":"t1"}')[0]) == {"type": "canceled", "order_id": 1, "leaves": "1", "reason": "user", "id": "t1"}
+    assert json.loads(c.ask('{"op":"help"}')[0])["type"] == "help"
+    md = server.subscriber()
+    assert json.loads(md.ask('{"op":"sub","symbol":"es","kinds":"trades"}')[0]) == {"type": "subscribed", "symbol": "ES", "kinds": "trades", "seq": 0}
+    assert json.loads(md.ask('{"op":"sub","symbol":"NOPE"}')[0]) == {"type": "err", "code": "unknown_symbol", "text": "no such symbol NOPE"}
+    assert json.loads(md.ask('{"op":"ping"}')[0]) == {"type": "pong"}
+    assert json.loads(md.ask('{"op":"help"}')[0])["type"] == "help"
+    assert json.loads(md.ask('{"op":"unsub","symbol":"ES","kinds":"trades"}')[0]) == {"type": "unsubscribed", "symbol": "ES", "kinds": "trades"}
+    assert json.loads(md.ask("{nonsense")[0])["code"] == "bad_json"
+    c.ask("SELL ES 1 4500")
+    c2 = server.client()
+    c2.ask("BUY ES 1 4500")
+    md.send('{"op":"sub","symbol":"ES","kinds":"trades"}\n{"op":"replay","symbol":"ES","from":1}\n')
+    md.line()
+    assert [json.loads(x)["type"] for x in md.lines(3)] == ["replay", "trade", "end"]

@@ -25,7 +25,7 @@ from gateway.desk import OrderDesk
 from gateway.server import Gateway
 from journal.journal import Journal
 from journal.layout import DataDir, DataDirLock
-from journal.queries import trades_from
+from journal.queries import TradeRow, last_trade_seqs, trades_from
 from journal.recovery import recover
 from journal.snapshotter import Snapshotter
 from journal.tradelog import TradeLog
@@ -103,11 +103,12 @@ async def serve(config: Config) -> int:
     gateway = Gateway(desk)
 
     # 5. The notifier: market data for subscribers; REPLAY of older trades from the trade log.
-    async def older_trades(symbol: str, from_seq: int) -> list[tuple[int, str, str, str, str]]:
+    async def older_trades(symbol: str, from_seq: int) -> list[TradeRow]:
         return await asyncio.to_thread(trades_from, data.trades, symbol, from_seq)
 
     limits = Limits(hard_cap=config.md_hard_cap, pause_deadline=config.md_pause_deadline)
-    notifier = Notifier(books, older_trades, version=__version__, limits=limits)
+    last_trades = await asyncio.to_thread(last_trade_seqs, data.trades)
+    notifier = Notifier(books, older_trades, version=__version__, limits=limits, last_trade_seqs=last_trades)
 
     # 6. Matching's output: execution reports to the owners' sessions, trades to the log,
     #    market data to the notifier. Then the journal starts committing into matching.
