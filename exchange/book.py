@@ -129,11 +129,13 @@ class Book:
         self.asks = Half(SELL)
         self.md_seq = 0  # the last market-data sequence number used (see protocol.messages)
         self.quote: tuple[int | None, int, int | None, int] = (None, 0, None, 0)  # last published top
+        self._cause = 0  # the journal sequence of the command being applied
 
     # ------------------------------------------------------------------ commands
 
     def apply(self, seq: int, cmd: Command) -> list[Event]:
         """Apply one command; seq is its journal sequence number (and a new order's id)."""
+        self._cause = seq  # every report this command causes names it
         out: list[Event] = []
         # Levels this command changed, in the order it changed them: one BookLevelChanged
         # each at the end, however many fills hit them (a dict is an ordered set here).
@@ -178,7 +180,7 @@ class Book:
         price, tif = cmd.price, cmd.tif
         problem = self._check_new(cmd)
         if problem is not None:
-            out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq))
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq, seq))
             return
         out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, price, tif, cmd.owner, cmd.client_id))
         order = Order(seq, cmd.side, price, cmd.qty, tif, cmd.owner, cmd.client_id)
@@ -221,7 +223,7 @@ class Book:
         qty = cmd.qty
         problem = check_replace(self.instrument, qty, price)
         if problem is not None:
-            out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id))
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id, self._cause))
             return
         side = order.side
         half = self.bids if side is BUY else self.asks
@@ -233,11 +235,11 @@ class Book:
             if qty <= order.leaves:
                 # A pure decrease keeps time priority: shrink in place.
                 order.leaves = qty
-                out.append(Replaced(order.order_id, self.symbol, side, qty, price, True, order.owner, order.client_id))
+                out.append(Replaced(order.order_id, self.symbol, side, qty, price, True, order.owner, order.client_id, self._cause))
                 return
             # An increase goes to the back of its level.
             order.leaves = qty
-            out.append(Replaced(order.order_id, self.symbol, side, qty, price, False, order.owner, order.client_id))
+            out.append(Replaced(order.order_id, self.symbol, side, qty, price, False, order.owner, order.client_id, self._cause))
             del level.orders[order.order_id]
             level.orders[order.order_id] = order
             return
@@ -249,7 +251,7 @@ class Book:
             del half.levels[old_price]
         order.price = price
         order.leaves = qty
-        out.append(Replaced(order.order_id, self.symbol, side, qty, price, False, order.owner, order.client_id))
+        out.append(Replaced(order.order_id, self.symbol, side, qty, price, False, order.owner, order.client_id, self._cause))
         if self._crosses(order):
             if order.tif is POST:
                 del self.orders[order.order_id]
@@ -267,10 +269,10 @@ class Book:
     def _owned(self, order_id: int, owner: str, out: list[Event]) -> Order | None:
         order = self.orders.get(order_id)
         if order is None:
-            out.append(Rejected(RejectReason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id))
+            out.append(Rejected(RejectReason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
             return None
         if order.owner != owner:
-            out.append(Rejected(RejectReason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id))
+            out.append(Rejected(RejectReason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id, self._cause))
             return None
         return order
 
@@ -307,8 +309,8 @@ class Book:
                 taker.leaves -= qty
                 level.total -= qty
                 out.append(Trade(self.md_seq, tid, seq, symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, owner))
-                out.append(Fill(maker.order_id, symbol, maker_side, qty, price, maker.leaves, tid, ADDED, maker.owner, maker.client_id))
-                out.append(Fill(taker.order_id, symbol, taker.side, qty, price, taker.leaves, tid, REMOVED, owner, taker.client_id))
+                out.append(Fill(maker.order_id, symbol, maker_side, qty, price, maker.leaves, tid, ADDED, maker.owner, maker.client_id, seq))
+                out.append(Fill(taker.order_id, symbol, taker.side, qty, price, taker.leaves, tid, REMOVED, owner, taker.client_id, seq))
                 if not maker.leaves:
                     gone.append(maker)
                 if not taker.leaves:
@@ -379,7 +381,7 @@ class Book:
             del half.levels[price]
 
     def _kill(self, order: Order, reason: CancelReason, out: list[Event]) -> None:
-        out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id))
+        out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id, self._cause))
         order.leaves = 0
 
     # ------------------------------------------------------------------ views

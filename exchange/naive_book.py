@@ -53,8 +53,10 @@ class NaiveBook:
         self.bids: SortedDict = SortedDict()  # price -> deque[NaiveOrder]
         self.asks: SortedDict = SortedDict()
         self.orders: dict[int, NaiveOrder] = {}
+        self._cause = 0  # the journal sequence of the command being applied
 
     def apply(self, seq: int, cmd: Command) -> list[Event]:
+        self._cause = seq
         out: list[Event] = []
         if isinstance(cmd, NewOrder):
             self.new(seq, cmd, out)
@@ -73,7 +75,7 @@ class NaiveBook:
         else:
             problem = check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
         if problem:
-            out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq))
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq, seq))
             return
         out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.owner, cmd.client_id))
         order = NaiveOrder(seq, cmd.side, cmd.price, cmd.qty, cmd.tif, cmd.owner, cmd.client_id)
@@ -99,7 +101,7 @@ class NaiveBook:
         assert price is not None  # a resting order has a price
         problem = check_replace(self.instrument, cmd.qty, price)
         if problem:
-            out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id))
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id, self._cause))
             return
         keeps_priority = price == order.price and cmd.qty <= order.leaves
         if keeps_priority:
@@ -107,7 +109,7 @@ class NaiveBook:
         else:
             self.remove(order)
             order.price, order.leaves = price, cmd.qty
-        out.append(Replaced(order.order_id, self.symbol, order.side, cmd.qty, price, keeps_priority, order.owner, order.client_id))
+        out.append(Replaced(order.order_id, self.symbol, order.side, cmd.qty, price, keeps_priority, order.owner, order.client_id, self._cause))
         if keeps_priority:
             return
         if order.tif == TIF.POST and self.would_cross(order):
@@ -120,9 +122,9 @@ class NaiveBook:
     def find(self, order_id: int, owner: str, out: list[Event]) -> NaiveOrder | None:
         order = self.orders.get(order_id)
         if order is None:
-            out.append(Rejected(RejectReason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id))
+            out.append(Rejected(RejectReason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
         elif order.owner != owner:
-            out.append(Rejected(RejectReason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id))
+            out.append(Rejected(RejectReason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id, self._cause))
             return None
         return order
 
@@ -171,8 +173,8 @@ class NaiveBook:
             maker.leaves -= qty
             taker.leaves -= qty
             out.append(Trade(0, trade_id, seq, self.symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, taker.owner))
-            out.append(Fill(maker.order_id, self.symbol, maker_side, qty, price, maker.leaves, trade_id, Liquidity.ADDED, maker.owner, maker.client_id))
-            out.append(Fill(taker.order_id, self.symbol, taker.side, qty, price, taker.leaves, trade_id, Liquidity.REMOVED, taker.owner, taker.client_id))
+            out.append(Fill(maker.order_id, self.symbol, maker_side, qty, price, maker.leaves, trade_id, Liquidity.ADDED, maker.owner, maker.client_id, seq))
+            out.append(Fill(taker.order_id, self.symbol, taker.side, qty, price, taker.leaves, trade_id, Liquidity.REMOVED, taker.owner, taker.client_id, seq))
             if maker.leaves == 0:
                 self.remove(maker)
 
@@ -190,7 +192,7 @@ class NaiveBook:
         del self.orders[order.order_id]
 
     def cancel(self, order: NaiveOrder, reason: CancelReason, out: list[Event]) -> None:
-        out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id))
+        out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id, self._cause))
         order.leaves = 0
 
     # ---- the views of the contract

@@ -43,6 +43,7 @@ from protocol.requests import (
     Ping,
     Quit,
     ReplaceOrder,
+    ReportsQuery,
     Request,
     Resume,
     Sell,
@@ -76,6 +77,8 @@ class Desk(Protocol):
     def orders_reply(self, owner: str) -> R.OrdersReply: ...
     def book_reply(self, symbol: str, levels: int) -> R.Reply: ...
     def symbols_reply(self) -> R.SymbolsReply: ...
+    def fetch_reports(self, owner: str, since: int, done: Callable[[R.Reply], None]) -> None:
+        """Look the owner's reports up (off the event loop); call done with them later."""
 
 
 def owner_of(token: str) -> str:
@@ -83,19 +86,22 @@ def owner_of(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-Query = OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | BadRequest
+Query = OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | ReportsQuery | BadRequest
 
 
 class Held:
     """Replies waiting, in request order, for `seq` to be durable (or, if `settle`, matched).
 
-    `items` are bytes, or a query (with its form) to answer when released."""
+    `items` are bytes, or a query (with its form) to answer when released. A query that
+    needs a lookup off the event loop (REPORTS) keeps its entry at the head, `fetching`,
+    until the answer comes back."""
 
-    __slots__ = ("seq", "settle", "items")
+    __slots__ = ("seq", "settle", "items", "fetching")
 
     def __init__(self, seq: int, settle: bool) -> None:
         self.seq, self.settle = seq, settle
         self.items: list[bytes | tuple[Query, bool]] = []
+        self.fetching = False
 
 
 class Connection:
@@ -114,6 +120,7 @@ class Connection:
         self.input_closed = False  # EOF read: close once everything before it is out
         self.done = False  # nothing more to send after what the last call returned
         self.backlog: list[bytes | None] = []  # lines read after a query that is waiting
+        self.on_ready: Callable[[], None] = lambda: None  # a lookup came back: call settle() again
 
     # ------------------------------------------------------------------ state
 
@@ -182,7 +189,7 @@ class Connection:
             elif isinstance(reply, tuple):
                 # A query reads state: it answers once everything before it has been matched
                 # and before anything after it is journaled (that waits in the backlog).
-                if not held and not need and self.desk.settled(self.last_seq):
+                if not held and not need and type(reply[0]) is not ReportsQuery and self.desk.settled(self.last_seq):
                     items.append(self._answer(*reply))
                     continue
                 self._hold(items, need, count)
@@ -198,6 +205,8 @@ class Connection:
                 self.backlog = []
                 break
         out = self._hold(items, need, count)
+        if held and held[0].settle and not held[0].fetching and self.desk.settled(held[0].seq):
+            out += self._release(self.desk.durable_seq())  # a REPORTS lookup can start now
         if not self.backlog and self.input_closed and self.splitter.pending:
             out += self._incomplete_line()
         if self.quitting or self.input_closed:
@@ -271,8 +280,13 @@ class Connection:
         out: list[bytes] = []
         while held:
             h = held[0]
-            if not force and (not self.desk.settled(h.seq) if h.settle else h.seq > durable_seq):
-                break
+            if not force:
+                if h.fetching or (not self.desk.settled(h.seq) if h.settle else h.seq > durable_seq):
+                    break
+                first = h.items[0] if h.items else None
+                if isinstance(first, tuple) and type(first[0]) is ReportsQuery:
+                    self._fetch(h, first[0], first[1])
+                    break
             held.popleft()
             for item in h.items:
                 out.append(item if isinstance(item, bytes) else self._answer(*item))
@@ -282,6 +296,17 @@ class Connection:
         if not held and (self.quitting or self.input_closed) and not self.done:
             out.append(self._finish())
         return b"".join(out)
+
+    def _fetch(self, h: Held, req: ReportsQuery, is_json: bool) -> None:
+        """Start the REPORTS lookup; its entry stays first (replies keep their order) until done."""
+        h.fetching = True
+
+        def done(reply: R.Reply) -> None:
+            h.items = [R.to_json(reply) if is_json else R.to_text(reply)]
+            h.fetching = False
+            self.on_ready()
+
+        self.desk.fetch_reports(self.owner, req.since, done)
 
     def _finish(self) -> bytes:
         """After QUIT or EOF: done once nothing is held and every command is matched."""
@@ -361,6 +386,15 @@ class Connection:
         reject = R.Reject(reason, problem.text, cid)
         return R.to_json(reject) if is_json else R.to_text(reject)
 
+    def _audit_refusal(
+        self, kind: str, order_id: int | None, cid: str | None, qty: str, price: str | None, reject: R.Reject | None, symbol: str = ""
+    ) -> None:
+        """The audit row of a cancel or replace refused before journaling."""
+        if self.desk.refused is not None and reject is not None:
+            cid = cid if cid is not None and CLIENT_ID.fullmatch(cid) else None
+            refusal = Refusal(self.owner, symbol, "", qty[:32], price and price[:32], None, cid, reject.reason, reject.text, kind, order_id)
+            self.desk.refused(refusal)
+
     def _owned(self, order_id: int | None, cid: str | None) -> tuple[int, NewOrder | None, R.Reject | None]:
         """The open order a cancel or replace names, if it is this connection's owner's."""
         desk = self.desk
@@ -384,6 +418,7 @@ class Connection:
     def _cancel(self, req: CancelOrder, is_json: bool) -> tuple[R.Reject | None, int]:
         order_id, order, reject = self._owned(req.order_id, req.id)
         if order is None:
+            self._audit_refusal("cancel", req.order_id, req.id, "", None, reject)
             return reject, 0
         self.desk.orders.set_form(order_id, is_json)
         # The CANCELED (or a REJ if it filled first) comes back from matching.
@@ -392,13 +427,16 @@ class Connection:
     def _replace(self, req: ReplaceOrder, is_json: bool) -> tuple[R.Reject | None, int]:
         order_id, order, reject = self._owned(req.order_id, req.id)
         if order is None:
+            self._audit_refusal("replace", req.order_id, req.id, req.qty, req.price, reject)
             return reject, 0
         self.desk.orders.set_form(order_id, is_json)
         inst = self.desk.instruments[order.symbol]
         current = self.desk.open_qty_price(order_id, order)[1] if req.price is None else None
         terms = replace_terms(inst, req.qty, req.price, current)
         if isinstance(terms, Problem):
-            return R.Reject(terms.reason.value, terms.text, order.client_id, order_id), 0
+            reject = R.Reject(terms.reason.value, terms.text, order.client_id, order_id)
+            self._audit_refusal("replace", order_id, order.client_id, req.qty, req.price, reject, order.symbol)
+            return reject, 0
         qty, price = terms
         return None, self._journal(Replace(order.symbol, order_id, qty, price, self.owner))
 
@@ -418,6 +456,8 @@ class Connection:
                 reply = self.desk.symbols_reply()
             case Help():
                 reply = R.HelpReply(HELP_LINES)
+            case ReportsQuery():  # only at shutdown: the lookup cannot come back any more
+                reply = R.Error("shutting_down", "the exchange is shutting down; ask again after it restarts")
             case _:
                 raise TypeError(f"not a query: {req!r}")
         return R.to_json(reply) if is_json else R.to_text(reply)

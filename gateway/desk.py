@@ -8,7 +8,10 @@ there; tests drive both without a network.
 
 from __future__ import annotations
 
-from typing import Callable
+import asyncio
+from typing import Awaitable, Callable
+
+import structlog
 
 from exchange.instruments import Instrument
 from exchange.orderbook import OrderBook
@@ -17,7 +20,10 @@ from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Refusal, Rejected, RejectReason, Replaced
 from protocol.text import clip
 
+log = structlog.get_logger("gateway")
 ADDED = Liquidity.ADDED
+# REPORTS: (owner, since) -> (report rows of journal/queries.reports_of, the seq they run through)
+ReportsSource = Callable[[str, int], Awaitable[tuple[list[tuple], int]]]
 MAX_BOOK_LEVELS = 1000
 
 
@@ -39,6 +45,7 @@ class OrderDesk:
         *,
         version: str,
         refused: Callable[[Refusal], None] | None = None,
+        reports_source: ReportsSource | None = None,
     ) -> None:
         self.instruments = instruments
         self.books = books  # read-only here: BOOK replies and the live state of open orders
@@ -47,8 +54,10 @@ class OrderDesk:
         self.applied = applied  # whether every command up to a seq has been matched
         self.version = version
         self.refused = refused  # the order audit's row for an order refused here
+        self.reports_source = reports_source  # REPORTS: the trade log's report rows (async)
         self.orders = OpenOrders()
         self.closing = False  # shutting down: no new commands
+        self._fetches: set[asyncio.Task[None]] = set()
         for book in books.values():
             for o in book.resting():
                 self.orders.add(o.order_id, NewOrder(book.symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id), False)
@@ -98,6 +107,26 @@ class OrderDesk:
             ]
         )
 
+    def fetch_reports(self, owner: str, since: int, done: Callable[[R.Reply], None]) -> None:
+        """REPORTS: the owner's reports caused by commands after `since`, from the trade log."""
+        source = self.reports_source
+        if source is None:
+            done(R.Error("unavailable", "this server keeps no report log"))
+            return
+
+        async def fetch() -> None:
+            try:
+                rows, through = await source(owner, since)
+            except Exception as exc:  # the trade log is unreadable: say so, keep the session
+                log.error("reports_failed", owner=owner, error=repr(exc))
+                done(R.Error("internal", "the report log could not be read; try again"))
+                return
+            done(R.ReportsReply(since, through, [report_of(row) for row in rows]))
+
+        task = asyncio.get_running_loop().create_task(fetch())
+        self._fetches.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._fetches.discard)
+
     # ------------------------------------------------------------------ reports
 
     def reports(self, events: list[Event]) -> list[Report]:
@@ -111,7 +140,7 @@ class OrderDesk:
                 entry = by_id.get(e.order_id) if e.leaves else orders.remove(e.order_id)
                 inst = instruments[e.symbol]
                 fields: tuple = (
-                    e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),
+                    e.order_id, e.symbol, e.side._value_, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),
                     e.trade_id, "A" if e.liquidity is ADDED else "R", e.client_id,
                 )  # fmt: skip
                 out.append((e.owner, None if entry is None else entry[1], R.fill_text, R.FillReport, fields))
@@ -134,3 +163,15 @@ class OrderDesk:
                 fields = (e.reason._value_, e.text, e.client_id, e.order_id)
                 out.append((e.owner, None if entry is None else entry[1], R.reject_text, R.Reject, fields))
         return out
+
+
+def report_of(row: tuple) -> R.FillReport | R.CanceledReport | R.ReplacedReport | R.Reject:
+    """A stored report (journal/queries.reports_of) as the reply Struct it was sent as live."""
+    _seq, _n, _owner, kind, order_id, symbol, side, qty, price, leaves, trade_id, liq, reason, text, cid = row
+    if kind == "fill":
+        return R.FillReport(order_id, symbol, side, qty, price, leaves, trade_id, liq, cid)
+    if kind == "canceled":
+        return R.CanceledReport(order_id, qty, reason, cid)
+    if kind == "replaced":
+        return R.ReplacedReport(order_id, qty, price, liq, cid)
+    return R.Reject(reason, text, cid, order_id)

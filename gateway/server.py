@@ -35,6 +35,7 @@ class Session(asyncio.Protocol):
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.conn = Connection(gateway.desk)
+        self.conn.on_ready = self._ready
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.peer = "?"
@@ -104,6 +105,11 @@ class Session(asyncio.Protocol):
             self.gw.wait(self)
             return True
         return False
+
+    def _ready(self) -> None:
+        """A lookup the connection waited for (REPORTS) came back."""
+        if not self._after(self.conn.settle()):
+            self.gw.done_waiting(self)
 
     def send(self, data: bytes) -> None:
         """Queue bytes; everything queued in one loop iteration goes out in one write."""
@@ -184,6 +190,9 @@ class Gateway:
 
     def wait(self, session: Session) -> None:
         self._waiting[session] = None
+
+    def done_waiting(self, session: Session) -> None:
+        self._waiting.pop(session, None)
 
     def schedule_write(self, session: Session) -> None:
         """Write the session's queued bytes once this loop iteration's work is done."""

@@ -50,7 +50,7 @@ def orders(
             args.append(value)
     clause, more = _since(since)
     clause = clause.replace("seq", "order_id")
-    sql = f"SELECT * FROM orders {where}{clause} ORDER BY id"
+    sql = f"SELECT * FROM orders {where}{clause} ORDER BY ts, id"
     if limit:
         sql += f" LIMIT {int(limit)}"
     with connect_readonly(db) as conn:
@@ -65,11 +65,28 @@ def trade_line(row: sqlite3.Row) -> str:
 
 
 def order_line(row: sqlite3.Row) -> str:
-    head = f"ORDER {row['order_id'] if row['order_id'] is not None else '-'} {row['ts']} {row['status']}"
-    body = f"{row['side']} {row['symbol']} {row['qty']} {row['price']} {row['tif'] or '-'} owner={row['owner']}"
+    """One audited request: what it asked, whether it was journaled, and what matching made of it."""
+    kind = row["kind"]
+    head = f"{kind.upper() if kind != 'new' else 'ORDER'} {row['order_id'] if row['order_id'] is not None else '-'} {row['ts']} {row['status']}"
+    if kind == "cancel":
+        body = f"{row['symbol']} order={row['target']}"
+    elif kind == "replace":
+        body = f"{row['symbol']} order={row['target']} qty={row['qty']}" + (f" price={row['price']}" if row["price"] else "")
+    else:
+        body = f"{row['side']} {row['symbol']} {row['qty']} {row['price']} {row['tif'] or '-'}"
     cid = f" id={row['client_id']}" if row["client_id"] else ""
     why = f" reason={row['reason']} {row['text']}" if row["reason"] else ""
-    return f"{head} {body}{cid}{why}"
+    outcome = f" -> {row['outcome']}" if row["outcome"] else ""
+    return f"{head} {body} owner={row['owner']}{cid}{why}{outcome}"
+
+
+def reports_of(db: Path, owner: str, since: int, through: int) -> list[tuple]:
+    """An owner's execution reports caused by commands with since < seq <= through, in order."""
+    if not db.exists():
+        return []
+    with connect_readonly(db) as conn:
+        rows = conn.execute("SELECT * FROM reports WHERE owner = ? AND seq > ? AND seq <= ? ORDER BY seq, n", (owner, since, through))
+        return [tuple(r) for r in rows]
 
 
 TradeRow = tuple[int, str, str, str, str, int]  # (md_seq, qty, price, aggressor, trade_id, prev)

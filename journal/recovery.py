@@ -20,7 +20,7 @@ from journal.journal import JournalCorrupt, read_batches
 from journal.layout import DataDir
 from journal.snapshots import newest_valid
 from journal.tradelog import TradeLog
-from protocol.messages import Trade
+from protocol.messages import Event
 
 log = structlog.get_logger("recovery")
 
@@ -54,14 +54,14 @@ async def recover(data_dir: Path, instruments: dict[str, Instrument], tradelog: 
         if first_batch and first_seq > start + 1:
             raise JournalCorrupt(f"the journal starts at {first_seq}; the state needs everything after {start}")
         first_batch = False
-        trades: list[Trade] = []
+        events: list[Event] = []
         for seq, cmd in enumerate(cmds, first_seq):
             if seq > start:
-                trades += [e for e in engine.apply(seq, cmd) if isinstance(e, Trade)]
+                events += engine.apply(seq, cmd)
                 replayed += 1
         last = first_seq + len(cmds) - 1
         if tradelog is not None:
-            tradelog.recover_batch(first_seq, cmds, ts_ns, trades)
+            tradelog.recover_batch(first_seq, cmds, ts_ns, events)
             if tradelog.queued - tradelog.committed > 200_000:
                 await tradelog.wait_committed()  # bound memory: let the writer catch up
     if tradelog is not None:

@@ -20,17 +20,26 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import structlog
 
 from exchange.instruments import Instrument
-from journal.tradelog_writer import LENGTH, UNITS, Frame, iso
-from protocol.messages import Command, Event, Refusal, Trade
+from journal.tradelog_writer import LENGTH, UNITS, Frame, Report, iso
+from protocol.messages import Canceled, Command, Event, Fill, Refusal, Rejected, Replaced, Trade
 
 log = structlog.get_logger("tradelog")
 
 BATCH_WINDOW = 0.02  # seconds between frames: few, large transactions
+REPORTS = frozenset((Fill, Canceled, Replaced, Rejected))
+
+
+def split(events: list[Event]) -> tuple[list[Trade], list[Report]]:
+    """The trades and the execution reports among a matching step's events."""
+    trades = [e for e in events if type(e) is Trade]
+    reports = [e for e in events if type(e) in REPORTS]
+    return trades, cast(list[Report], reports)  # filtered by exact type
 
 
 class TradeLog:
@@ -41,6 +50,7 @@ class TradeLog:
         self._proc: asyncio.subprocess.Process | None = None
         self._acks: asyncio.Task[None] | None = None
         self._trades: list[Trade] = []
+        self._reports: list[Report] = []
         self._batches: list[tuple[int, list[Command], int]] = []
         self._rejects: list[tuple] = []
         self._pending = 0  # units waiting to be sent
@@ -60,7 +70,7 @@ class TradeLog:
         )  # fmt: skip
         self._acks = asyncio.get_running_loop().create_task(self._read_acks(), name="tradelog-acks")
         specs = {s: (i.tick.text, i.lot.text) for s, i in self.instruments.items()}
-        await self._send(Frame(0, [], [], [], specs))
+        await self._send(Frame(0, [], [], [], [], specs))
 
     # ------------------------------------------------------------ hand-over (event loop)
 
@@ -70,23 +80,29 @@ class TradeLog:
             self._batches.append((first_seq, cmds, ts_ns))
 
     def on_events(self, events: list[Event]) -> None:
-        """Events from a matching task: keep the trades."""
-        trades = [e for e in events if isinstance(e, Trade)]
-        if trades and self._admit(len(trades), trades[0].seq):
+        """Events from a matching step: trades, and the execution reports (REPORTS, audit outcomes)."""
+        trades, reports = split(events)
+        units = len(trades) + len(reports)
+        if units and self._admit(units, trades[0].seq if trades else reports[0].seq):
             self._trades += trades
+            self._reports += reports
 
     def on_refusal(self, r: Refusal) -> None:
         """The gateway refused an order (never journaled): an audit row, best effort."""
         if self._admit(1, None):
-            row = (None, iso(time.time_ns()), r.owner, r.symbol, r.side, r.qty, r.price or "MKT", r.tif or "", r.client_id, "rejected", r.reason, r.text)
+            price = r.price or ("MKT" if r.kind == "new" else "")
+            row = (None, iso(time.time_ns()), r.owner, r.symbol, r.side, r.qty, price, r.tif or "", r.client_id, "rejected", r.reason, r.text, r.kind, r.target)
             self._rejects.append(row)
 
-    def recover_batch(self, first_seq: int, cmds: list[Command], ts_ns: int, trades: list[Trade]) -> None:
+    def recover_batch(self, first_seq: int, cmds: list[Command], ts_ns: int, events: list[Event]) -> None:
         """Rows for a replayed journal batch (INSERT OR IGNORE keeps what is already there)."""
+        trades, reports = split(events)
         self._batches.append((first_seq, cmds, ts_ns))
         self._trades += trades
-        self._pending += len(cmds) + len(trades)
-        self.queued += len(cmds) + len(trades)
+        self._reports += reports
+        units = len(cmds) + len(trades) + len(reports)
+        self._pending += units
+        self.queued += units
         self._wake.set()
 
     def _admit(self, units: int, seq: int | None) -> bool:
@@ -109,8 +125,8 @@ class TradeLog:
             await self._wake.wait()
             self._wake.clear()
             if self._pending:
-                frame = Frame(self._pending, self._batches, self._trades, self._rejects)
-                self._batches, self._trades, self._rejects, self._pending = [], [], [], 0
+                frame = Frame(self._pending, self._batches, self._trades, self._reports, self._rejects)
+                self._batches, self._trades, self._reports, self._rejects, self._pending = [], [], [], [], 0
                 try:
                     await self._send(frame)
                 except (BrokenPipeError, ConnectionResetError, RuntimeError) as exc:

@@ -1,4 +1,4 @@
-"""The trade log's writer process: frames of journal batches and trades in, SQLite rows out.
+"""The trade log's writer process: frames of journal batches, trades and reports in, SQLite rows out.
 
     python -m journal.tradelog_writer <db path>      (started by journal.tradelog.TradeLog)
 
@@ -25,7 +25,7 @@ from typing import BinaryIO, Iterable
 import msgspec
 
 from exchange.instruments import Instrument, InstrumentSpec
-from protocol.messages import Command, NewOrder, Trade
+from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, Rejected, Replace, Replaced, Trade
 
 LENGTH = struct.Struct("<I")
 UNITS = struct.Struct("<Q")
@@ -49,29 +49,56 @@ CREATE TABLE IF NOT EXISTS trades (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS trades_by_symbol ON trades (symbol, md_seq);
 CREATE INDEX IF NOT EXISTS trades_by_ts ON trades (ts);
-CREATE TABLE IF NOT EXISTS orders (
+CREATE TABLE IF NOT EXISTS orders (  -- the audit: every request journaled or refused
     id        INTEGER PRIMARY KEY,  -- row id
-    order_id  INTEGER UNIQUE,       -- journal sequence; NULL for orders the gateway refused
+    order_id  INTEGER UNIQUE,       -- journal sequence (a new order's id); NULL for requests the gateway refused
     ts        TEXT    NOT NULL,
-    owner     TEXT    NOT NULL,
+    owner     TEXT    NOT NULL,     -- the session's identity (owner id)
     symbol    TEXT    NOT NULL,
-    side      TEXT    NOT NULL,
-    qty       TEXT    NOT NULL,
-    price     TEXT    NOT NULL,     -- MKT for a market order
+    side      TEXT    NOT NULL,     -- "" for a cancel
+    qty       TEXT    NOT NULL,     -- a replace: the new open quantity; "" for a cancel
+    price     TEXT    NOT NULL,     -- MKT for a market order; "" for a cancel or a replace keeping its price
     tif       TEXT    NOT NULL,
     client_id TEXT,
-    status    TEXT    NOT NULL,     -- accepted | rejected
+    status    TEXT    NOT NULL,     -- accepted (journaled) | rejected (refused by the gateway)
     reason    TEXT,                 -- reject code
-    text      TEXT
+    text      TEXT,
+    kind      TEXT    NOT NULL DEFAULT 'new',  -- new | cancel | replace
+    target    INTEGER,              -- the order a cancel or replace names
+    outcome   TEXT                  -- what matching made of it, e.g. "fill 4@150.25, canceled expired"
 );
 CREATE INDEX IF NOT EXISTS orders_by_owner ON orders (owner, id);
 CREATE INDEX IF NOT EXISTS orders_by_symbol ON orders (symbol, id);
+CREATE TABLE IF NOT EXISTS reports (  -- execution reports, as sent live (REPORTS since=<seq>)
+    seq       INTEGER NOT NULL,     -- journal sequence of the command that caused it
+    n         INTEGER NOT NULL,     -- n-th report of that command
+    owner     TEXT    NOT NULL,
+    kind      TEXT    NOT NULL,     -- fill | canceled | replaced | rej
+    order_id  INTEGER,
+    symbol    TEXT    NOT NULL,
+    side      TEXT,
+    qty       TEXT,                 -- fill: traded; canceled: what was left; replaced: new open qty
+    price     TEXT,
+    leaves    TEXT,
+    trade_id  TEXT,
+    liq       TEXT,
+    reason    TEXT,                 -- canceled: why; rej: the code
+    text      TEXT,
+    client_id TEXT,
+    PRIMARY KEY (seq, n)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reports_by_owner ON reports (owner, seq, n);
 """
+# Columns added after the first release: a log made before gets them on open.
+ADDED_COLUMNS = {"orders": ["kind TEXT NOT NULL DEFAULT 'new'", "target INTEGER", "outcome TEXT"]}
 INSERT_TRADE = "INSERT OR IGNORE INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_ORDER = (
-    "INSERT OR IGNORE INTO orders (order_id, ts, owner, symbol, side, qty, price, tif, client_id, status, reason, text) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    "INSERT OR IGNORE INTO orders (order_id, ts, owner, symbol, side, qty, price, tif, client_id, status, reason, text, kind, target) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+INSERT_REPORT = "INSERT OR IGNORE INTO reports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+SET_OUTCOME = "UPDATE orders SET outcome = ? WHERE order_id = ? AND owner = ?"
+Report = Fill | Canceled | Replaced | Rejected
 MAX_TIMES = 100_000  # journal batch times remembered to stamp trades
 
 
@@ -79,6 +106,7 @@ class Frame(msgspec.Struct, array_like=True):
     units: int  # what the server counts this frame as; echoed back once committed
     batches: list[tuple[int, list[Command], int]]  # (first seq, commands, commit time ns)
     trades: list[Trade]
+    reports: list[Report]  # execution reports, in the order matching made them
     rejects: list[tuple]  # order audit rows the gateway made for refused orders
     instruments: dict[str, tuple[str, str]] | None = None  # symbol -> (tick, lot): first frame
 
@@ -95,6 +123,11 @@ class Writer:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         self.instruments: dict[str, Instrument] = {}
         self.last_seqs: list[int] = []
         self.times: list[int] = []
@@ -111,6 +144,9 @@ class Writer:
         self.conn.executemany(INSERT_TRADE, self.trade_rows(frame.trades))
         self.conn.executemany(INSERT_ORDER, self.order_rows(frame.batches))
         self.conn.executemany(INSERT_ORDER, frame.rejects)
+        rows = list(self.report_rows(frame.reports))
+        self.conn.executemany(INSERT_REPORT, rows)
+        self.conn.executemany(SET_OUTCOME, outcomes(rows))
         self.conn.execute("COMMIT")
 
     def time_of(self, seq: int) -> str:
@@ -127,16 +163,60 @@ class Writer:
             )  # fmt: skip
 
     def order_rows(self, batches: list[tuple[int, list[Command], int]]) -> Iterable[tuple]:
+        """An audit row for every journaled command (status accepted: it reached matching)."""
         for first_seq, cmds, ts_ns in batches:
             ts = iso(ts_ns)
             for seq, cmd in enumerate(cmds, first_seq):
+                inst = self.instruments[cmd.symbol]
                 if type(cmd) is NewOrder:
-                    inst = self.instruments[cmd.symbol]
                     price = "MKT" if cmd.price is None else inst.format_price(cmd.price)
                     yield (
                         seq, ts, cmd.owner, cmd.symbol, cmd.side.value, inst.format_qty(cmd.qty), price,
-                        cmd.tif.value, cmd.client_id, "accepted", None, None,
+                        cmd.tif.value, cmd.client_id, "accepted", None, None, "new", None,
                     )  # fmt: skip
+                elif type(cmd) is Cancel:
+                    yield (seq, ts, cmd.owner, cmd.symbol, "", "", "", "", None, "accepted", None, None, "cancel", cmd.order_id)
+                elif type(cmd) is Replace:
+                    price = "" if cmd.price is None else inst.format_price(cmd.price)
+                    yield (seq, ts, cmd.owner, cmd.symbol, "", inst.format_qty(cmd.qty), price, "", None, "accepted", None, None, "replace", cmd.order_id)
+
+    def report_rows(self, reports: list[Report]) -> Iterable[tuple]:
+        """(seq, n, owner, kind, order_id, symbol, side, qty, price, leaves, trade_id, liq, reason, text, client_id)."""
+        n, last_seq = 0, -1
+        for r in reports:
+            n = n + 1 if r.seq == last_seq else 1
+            last_seq = r.seq
+            if type(r) is Fill:
+                inst = self.instruments[r.symbol]
+                yield (
+                    r.seq, n, r.owner, "fill", r.order_id, r.symbol, r.side.value, inst.format_qty(r.qty), inst.format_price(r.price),
+                    inst.format_qty(r.leaves), r.trade_id, r.liquidity.value, None, None, r.client_id,
+                )  # fmt: skip
+            elif type(r) is Canceled:
+                inst = self.instruments[r.symbol]
+                yield (r.seq, n, r.owner, "canceled", r.order_id, r.symbol, r.side.value, inst.format_qty(r.leaves), None, None, None, None, r.reason.value, None, r.client_id)
+            elif type(r) is Replaced:
+                inst = self.instruments[r.symbol]
+                yield (
+                    r.seq, n, r.owner, "replaced", r.order_id, r.symbol, r.side.value, inst.format_qty(r.qty), inst.format_price(r.price),
+                    None, None, "kept" if r.priority_kept else "lost", None, None, r.client_id,
+                )  # fmt: skip
+            elif type(r) is Rejected:
+                yield (r.seq, n, r.owner, "rej", r.order_id, "", None, None, None, None, None, None, r.reason.value, r.text, r.client_id)
+
+
+def outcomes(rows: list[tuple]) -> list[tuple[str, int, str]]:
+    """(outcome, seq, owner) for the audit: what each command's reports to its owner said."""
+    said: dict[tuple[int, str], list[str]] = {}
+    for seq, _n, owner, kind, _oid, _sym, _side, qty, price, _leaves, _tid, _liq, reason, _text, _cid in rows:
+        if kind == "fill":
+            part = f"fill {qty}@{price}"
+        elif kind == "replaced":
+            part = f"replaced {qty}@{price}"
+        else:
+            part = f"{kind} {reason}"
+        said.setdefault((seq, owner), []).append(part)
+    return [(", ".join(parts), seq, owner) for (seq, owner), parts in said.items()]
 
 
 def read_exactly(stream: BinaryIO, n: int) -> bytes | None:

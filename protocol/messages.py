@@ -124,6 +124,7 @@ class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
     owner: str
     client_id: str | None = None
     order_id: int | None = None  # the order concerned (for a new order: the id it would have had)
+    seq: int = 0  # the journal sequence of the command refused
 
 
 class Fill(msgspec.Struct, frozen=True, tag="fill"):
@@ -139,6 +140,7 @@ class Fill(msgspec.Struct, frozen=True, tag="fill"):
     liquidity: Liquidity
     owner: str
     client_id: str | None = None
+    seq: int = 0  # the journal sequence of the command that traded
 
 
 class Trade(msgspec.Struct, frozen=True, tag="trade"):
@@ -165,6 +167,7 @@ class Canceled(msgspec.Struct, frozen=True, tag="canceled"):
     reason: CancelReason
     owner: str
     client_id: str | None = None
+    seq: int = 0  # the journal sequence of the command that canceled it
 
 
 class Replaced(msgspec.Struct, frozen=True, tag="replaced"):
@@ -176,6 +179,7 @@ class Replaced(msgspec.Struct, frozen=True, tag="replaced"):
     priority_kept: bool
     owner: str
     client_id: str | None = None
+    seq: int = 0  # the journal sequence of the replace
 
 
 class BookLevelChanged(msgspec.Struct, frozen=True, tag="level"):
@@ -207,17 +211,19 @@ Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChan
 
 
 class Refusal(msgspec.Struct, frozen=True):
-    """A new order the gateway refused before journaling: its row in the order audit.
+    """A request the gateway refused before journaling: its row in the audit.
 
-    Fields are the client's text, clipped: a refused order may not parse at all.
+    Fields are the client's text, clipped: a refused request may not parse at all.
     """
 
     owner: str
     symbol: str
-    side: str  # BUY | SELL
+    side: str  # BUY | SELL; "" for a cancel or replace
     qty: str
-    price: str | None  # None: a market order
+    price: str | None  # None: a market order (or a replace keeping its price)
     tif: str | None
     client_id: str | None
     reason: str  # a RejectReason code
     text: str
+    kind: str = "new"  # new | cancel | replace
+    target: int | None = None  # the order a cancel or replace named

@@ -27,6 +27,8 @@ class Ack(_Reply, frozen=True, tag="ack"):
 
 class FillReport(_Reply, frozen=True, tag="fill"):
     order_id: int
+    symbol: str
+    side: str
     qty: str
     price: str
     leaves: str
@@ -120,9 +122,17 @@ class HelpReply(_Reply, frozen=True, tag="help"):
     lines: list[str]
 
 
+class ReportsReply(_Reply, frozen=True, tag="reports"):
+    """Execution reports caused by commands with seq in (since, through], oldest first."""
+
+    since: int
+    through: int  # pass it as since= next time to get only what is newer
+    reports: list[FillReport | CanceledReport | ReplacedReport | Reject]
+
+
 Reply = (
     Ack | FillReport | CanceledReport | ReplacedReport | Reject | Error | Hello | Resumed | Pong | Bye
-    | BookReply | OrdersReply | SymbolsReply | HelpReply
+    | BookReply | OrdersReply | SymbolsReply | HelpReply | ReportsReply
 )  # fmt: skip
 
 
@@ -140,10 +150,10 @@ def ack_text(order_id: int, side: str, symbol: str, qty: str, price: str, tif: s
     return f"ACK {order_id} {side} {symbol} {qty} {price} {tif} id={cid}\n".encode()
 
 
-def fill_text(order_id: int, qty: str, price: str, leaves: str, trade: str, liq: str, cid: str | None) -> bytes:
+def fill_text(order_id: int, symbol: str, side: str, qty: str, price: str, leaves: str, trade: str, liq: str, cid: str | None) -> bytes:
     if cid is None:
-        return f"FILL {order_id} {qty} {price} leaves={leaves} trade={trade} liq={liq}\n".encode()
-    return f"FILL {order_id} {qty} {price} leaves={leaves} trade={trade} liq={liq} id={cid}\n".encode()
+        return f"FILL {order_id} {symbol} {side} {qty} {price} leaves={leaves} trade={trade} liq={liq}\n".encode()
+    return f"FILL {order_id} {symbol} {side} {qty} {price} leaves={leaves} trade={trade} liq={liq} id={cid}\n".encode()
 
 
 def canceled_text(order_id: int, leaves: str, reason: str, cid: str | None) -> bytes:
@@ -165,7 +175,7 @@ def to_text(r: Reply) -> bytes:
     if type(r) is Ack:
         return ack_text(r.order_id, r.side, r.symbol, r.qty, r.price, r.tif, r.id)
     elif type(r) is FillReport:
-        return fill_text(r.order_id, r.qty, r.price, r.leaves, r.trade, r.liq, r.id)
+        return fill_text(r.order_id, r.symbol, r.side, r.qty, r.price, r.leaves, r.trade, r.liq, r.id)
     elif type(r) is CanceledReport:
         return canceled_text(r.order_id, r.leaves, r.reason, r.id)
     elif type(r) is ReplacedReport:
@@ -201,6 +211,9 @@ def to_text(r: Reply) -> bytes:
         s = "\n".join(lines) + "\nEND\n"
     elif type(r) is HelpReply:
         s = "HELP\n" + "".join(f"  {line}\n" for line in r.lines) + "END\n"
+    elif type(r) is ReportsReply:
+        head = f"REPORTS since={r.since} through={r.through} count={len(r.reports)}\n".encode()
+        return head + b"".join(to_text(x) for x in r.reports) + b"END\n"
     else:
         raise TypeError(f"not a reply: {r!r}")
     return s.encode()

@@ -72,7 +72,13 @@ class Resume(_Request, frozen=True, tag="resume"):
     token: str
 
 
-Request = Buy | Sell | CancelOrder | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Resume
+class ReportsQuery(_Request, frozen=True, tag="reports"):
+    """Every execution report for this owner caused by commands with a journal seq > since."""
+
+    since: int = 0
+
+
+Request = Buy | Sell | CancelOrder | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Resume | ReportsQuery
 
 
 class BadRequest(msgspec.Struct, frozen=True):

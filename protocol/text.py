@@ -19,6 +19,7 @@ from protocol.requests import (
     Ping,
     Quit,
     ReplaceOrder,
+    ReportsQuery,
     Request,
     Resume,
     Sell,
@@ -162,6 +163,11 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
             return BadRequest("bad_request", "usage: BOOK <symbol> [<levels>]")
         levels = _int_arg(args[1], "levels") if len(args) == 2 else 10
         return levels if isinstance(levels, BadRequest) else BookQuery(args[0].upper(), levels)
+    if verb == "REPORTS":
+        if len(args) != 1 or not args[0].lower().startswith("since="):
+            return BadRequest("bad_request", "usage: REPORTS since=<seq>   (0: all; a seq from an order id, a trade id or a REPORTS reply's through=)")
+        since = _int_arg(args[0][6:], "since")
+        return since if isinstance(since, BadRequest) else ReportsQuery(since)
     if verb == "RESUME":
         if len(args) != 1:
             return BadRequest("bad_request", "usage: RESUME <session-token>")
@@ -205,6 +211,7 @@ HELP_LINES = [
     "ORDERS                                 your open orders",
     "SYMBOLS                                what trades here, with tick and lot sizes",
     "RESUME <session-token>                 take back the identity of an earlier session",
+    "REPORTS since=<seq>                    your execution reports since a journal seq (after RESUME: what you missed)",
     "PING | HELP | QUIT",
     "A line starting with { is a JSON request, e.g.",
     '{"op":"buy","symbol":"AAPL","qty":"10","price":"150.25","tif":"IOC","id":"c1"}',

@@ -142,9 +142,9 @@ def test_quit_says_bye_after_the_reports_of_everything_before_it() -> None:
     assert b.take(buyer) == ["ACK 2 BUY AAPL 5 100.00 IOC"]
     assert not buyer.done  # the fill has not happened yet
     b.match()
-    assert b.take(buyer) == ["FILL 2 5 100.00 leaves=0 trade=2-1 liq=R", "BYE goodbye"]
+    assert b.take(buyer) == ["FILL 2 AAPL BUY 5 100.00 leaves=0 trade=2-1 liq=R", "BYE goodbye"]
     assert buyer.done
-    assert b.take(seller) == ["ACK 1 SELL AAPL 5 100.00 GTC", "FILL 1 5 100.00 leaves=0 trade=2-1 liq=A"]
+    assert b.take(seller) == ["ACK 1 SELL AAPL 5 100.00 GTC", "FILL 1 AAPL SELL 5 100.00 leaves=0 trade=2-1 liq=A"]
 
 
 def test_eof_delivers_every_reply_and_report_then_closes_without_bye() -> None:

@@ -41,9 +41,9 @@ def test_a_half_close_without_quit_still_gets_replies_and_reports(server: Server
     assert read_all(sock)[1:] == [
         "ACK 2 BUY AAPL 2 100.00 GTC",
         "ERR incomplete_line the connection closed in the middle of a line; it was not executed",  # replies in order
-        "FILL 2 2 100.00 leaves=0 trade=2-1 liq=R",  # the order's report, once matched
+        "FILL 2 AAPL BUY 2 100.00 leaves=0 trade=2-1 liq=R",  # the order's report, once matched
     ]
-    assert maker.line() == "FILL 1 2 100.00 leaves=3 trade=2-1 liq=A"
+    assert maker.line() == "FILL 1 AAPL SELL 2 100.00 leaves=3 trade=2-1 liq=A"
 
 
 def test_pipelined_replies_come_in_request_order_and_read_the_sessions_own_writes(server: Server) -> None:
@@ -219,3 +219,47 @@ def test_json_is_a_full_second_protocol_on_both_ports(server: Server) -> None:
     md.send('{"op":"sub","symbol":"ES","kinds":"trades"}\n{"op":"replay","symbol":"ES","from":1}\n')
     md.line()
     assert [json.loads(x)["type"] for x in md.lines(3)] == ["replay", "trade", "end"]
+
+
+def test_a_resumed_identity_gets_the_reports_it_missed_in_the_live_format(server: Server) -> None:
+    alice = server.client()
+    assert alice.ask("SELL AAPL 10 150.25 id=a1") == ["ACK 1 SELL AAPL 10 150.25 GTC id=a1"]
+    assert alice.ask("SELL AAPL 5 151 id=a2") == ["ACK 2 SELL AAPL 5 151.00 GTC id=a2"]
+    alice.close()
+    bob = server.client()
+    bob.ask("BUY AAPL 4 150.25", 2)  # fills a1 while alice is away
+    back = server.client()
+    assert back.ask(f"RESUME {alice.token}")[0].startswith("RESUMED")
+    back.send("CANCEL id=a2\nREPORTS since=0\n")
+    assert back.until("END") == [
+        "CANCELED 2 leaves=5 reason=user id=a2",
+        "REPORTS since=0 through=4 count=2",
+        "FILL 1 AAPL SELL 4 150.25 leaves=6 trade=3-1 liq=A id=a1",
+        "CANCELED 2 leaves=5 reason=user id=a2",
+        "END",
+    ]
+    assert back.ask("REPORTS since=4", 2) == ["REPORTS since=4 through=4 count=0", "END"]
+    assert bob.ask("REPORTS since=0", 3) == ["REPORTS since=0 through=4 count=1", "FILL 3 AAPL BUY 4 150.25 leaves=0 trade=3-1 liq=R", "END"]
+
+
+def test_the_audit_lists_every_request_with_its_outcome(server: Server) -> None:
+    c = server.client()
+    c.ask("SELL AAPL 10 150.25 id=s1")
+    c.ask("REPLACE id=s1 8 150.30")
+    c.ask("CANCEL 99")  # refused by the gateway: no such open order
+    c.ask("BUY AAPL 1 150.255")  # refused: off the tick
+    c.ask("CANCEL id=s1")
+    server.client().ask("BUY AAPL 2 150.25 IOC", 2)
+    time.sleep(0.5)  # the trade log commits every 20 ms
+    run = tickline("orders", "--data-dir", str(server.data_dir))
+    rows = sorted(line.split(" ", 4)[:4:3] + line.split(" ", 4)[1:2] for line in run.stdout.splitlines())
+    assert sorted((kind, oid, rest.split()[0]) for kind, rest, oid in rows) == [
+        ("CANCEL", "-", "rejected"), ("CANCEL", "3", "accepted"),
+        ("ORDER", "-", "rejected"), ("ORDER", "1", "accepted"), ("ORDER", "4", "accepted"), ("REPLACE", "2", "accepted"),
+    ]  # fmt: skip
+    text = run.stdout
+    assert "CANCEL - " in text and "order=99" in text and "reason=unknown_order" in text
+    assert "order=1 qty=8 price=150.30" in text and "-> replaced 8@150.30" in text
+    assert "reason=bad_tick" in text
+    assert "CANCEL 3" in text and "-> canceled user" in text
+    assert "-> canceled expired" in text  # the IOC met nothing at 150.25 any more

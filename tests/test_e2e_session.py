@@ -14,9 +14,9 @@ def test_the_readme_netcat_session(server: Server) -> None:
     assert alice.ask("SELL AAPL 10 150.25\r") == ["ACK 1 SELL AAPL 10 150.25 GTC"]
     assert bob.ask("buy aapl 4 151 id=b1\r", 2) == [
         "ACK 2 BUY AAPL 4 151.00 GTC id=b1",
-        "FILL 2 4 150.25 leaves=0 trade=2-1 liq=R id=b1",
+        "FILL 2 AAPL BUY 4 150.25 leaves=0 trade=2-1 liq=R id=b1",
     ]
-    assert alice.line() == "FILL 1 4 150.25 leaves=6 trade=2-1 liq=A"
+    assert alice.line() == "FILL 1 AAPL SELL 4 150.25 leaves=6 trade=2-1 liq=A"
     assert bob.ask("BOOK AAPL", 3) == ["BOOK AAPL bids=0 asks=1", "ASK 150.25 6", "END"]
     assert alice.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 1 SELL AAPL 6 150.25 GTC", "END"]
     assert bob.ask("ORDERS", 2) == ["ORDERS 0", "END"]
@@ -32,9 +32,9 @@ def test_json_requests_get_json_replies_and_reports(server: Server) -> None:
     taker.send(json.dumps(req) + "\n")
     assert [json.loads(line) for line in taker.lines(2)] == [
         {"type": "ack", "order_id": 2, "side": "BUY", "symbol": "BTC-USD", "qty": "0.20000", "price": "64000.01", "tif": "IOC", "id": "j1"},
-        {"type": "fill", "order_id": 2, "qty": "0.20000", "price": "64000.01", "leaves": "0.00000", "trade": "2-1", "liq": "R", "id": "j1"},
+        {"type": "fill", "order_id": 2, "symbol": "BTC-USD", "side": "BUY", "qty": "0.20000", "price": "64000.01", "leaves": "0.00000", "trade": "2-1", "liq": "R", "id": "j1"},
     ]
-    assert maker.line() == "FILL 1 0.20000 64000.01 leaves=0.30000 trade=2-1 liq=A"
+    assert maker.line() == "FILL 1 BTC-USD SELL 0.20000 64000.01 leaves=0.30000 trade=2-1 liq=A"
     assert taker.ask('{"op":"ping"}') == ['{"type":"pong"}']
     assert json.loads(taker.ask('{"op":"book","symbol":"BTC-USD","levels":1}')[0]) == {
         "type": "book", "symbol": "BTC-USD", "bids": [], "asks": [["64000.01", "0.30000"]]
@@ -111,10 +111,10 @@ def test_order_types_over_the_wire(server: Server) -> None:
     assert taker.ask("BUY ES 5 4500.25 POST", 2) == ["ACK 3 BUY ES 5 4500.25 POST", "CANCELED 3 leaves=5 reason=would_cross"]
     assert taker.ask("BUY ES 5", 3) == [
         "ACK 4 BUY ES 5 MKT IOC",
-        "FILL 4 3 4500.25 leaves=2 trade=4-1 liq=R",
+        "FILL 4 ES BUY 3 4500.25 leaves=2 trade=4-1 liq=R",
         "CANCELED 4 leaves=2 reason=no_liquidity",
     ]
-    assert maker.line() == "FILL 1 3 4500.25 leaves=0 trade=4-1 liq=A"
+    assert maker.line() == "FILL 1 ES SELL 3 4500.25 leaves=0 trade=4-1 liq=A"
     assert maker.ask("BUY ES 1 4400 IOC", 2) == ["ACK 5 BUY ES 1 4400.00 IOC", "CANCELED 5 leaves=1 reason=expired"]
     assert maker.ask("SELL ES 1 4600") == ["ACK 6 SELL ES 1 4600.00 GTC"]
     assert maker.ask("BUY ES 1 4600", 2) == ["ACK 7 BUY ES 1 4600.00 GTC", "CANCELED 6 leaves=1 reason=self_trade"]

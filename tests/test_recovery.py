@@ -59,8 +59,8 @@ def test_clean_restart_continues_exactly_where_it_was(tmp_path: Path) -> None:
         # Order ids continue; the resting order still trades with its old owner's reports.
         bob2 = server.client()
         bob2.ask(f"RESUME {bob.token}")
-        assert bob2.ask("BUY AAPL 6 150.25", 2) == ["ACK 5 BUY AAPL 6 150.25 GTC", "FILL 5 6 150.25 leaves=0 trade=5-1 liq=R"]
-        assert again.line() == "FILL 1 6 150.25 leaves=0 trade=5-1 liq=A id=a1"
+        assert bob2.ask("BUY AAPL 6 150.25", 2) == ["ACK 5 BUY AAPL 6 150.25 GTC", "FILL 5 AAPL BUY 6 150.25 leaves=0 trade=5-1 liq=R"]
+        assert again.line() == "FILL 1 AAPL SELL 6 150.25 leaves=0 trade=5-1 liq=A id=a1"
     finally:
         server.stop()
     assert replay_verify(data).returncode == 0
@@ -194,8 +194,8 @@ def test_a_dead_trade_log_writer_costs_no_order_and_the_restart_fills_the_log(tm
     for pid in children:
         os.kill(int(pid), signal.SIGKILL)
     time.sleep(0.2)
-    assert taker.ask("BUY ES 3", 2) == ["ACK 2 BUY ES 3 MKT IOC", "FILL 2 3 4500.00 leaves=0 trade=2-1 liq=R"]
-    assert maker.line() == "FILL 1 3 4500.00 leaves=7 trade=2-1 liq=A"
+    assert taker.ask("BUY ES 3", 2) == ["ACK 2 BUY ES 3 MKT IOC", "FILL 2 ES BUY 3 4500.00 leaves=0 trade=2-1 liq=R"]
+    assert maker.line() == "FILL 1 ES SELL 3 4500.00 leaves=7 trade=2-1 liq=A"
     assert server.stop() == 0
     assert any("tradelog_writer_died" in line or "snapshot_held_back" in line for line in server.log)
 

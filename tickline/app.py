@@ -25,7 +25,7 @@ from gateway.desk import OrderDesk
 from gateway.server import Gateway
 from journal.journal import Journal
 from journal.layout import DataDir, DataDirLock
-from journal.queries import TradeRow, last_trade_seqs, trades_from
+from journal.queries import TradeRow, last_trade_seqs, reports_of, trades_from
 from journal.recovery import recover
 from journal.snapshotter import Snapshotter
 from journal.tradelog import TradeLog
@@ -96,9 +96,17 @@ async def serve(config: Config) -> int:
 
     # 4. The gateway: sessions turn lines into journaled commands; the desk they share
     #    knows the open orders and asks matching whether a command has taken effect.
+    async def reports_since(owner: str, since: int) -> tuple[list[tuple], int]:
+        # Everything durable up to now, matched and committed to the trade log, then read.
+        through = journal.durable_seq
+        while not matching.applied(through):
+            await asyncio.sleep(0.001)
+        await tradelog.wait_committed()
+        return await asyncio.to_thread(reports_of, data.trades, owner, since, through), through
+
     desk = OrderDesk(
         instruments, books, journal.append, lambda: journal.durable_seq, matching.applied,
-        version=__version__, refused=tradelog.on_refusal,
+        version=__version__, refused=tradelog.on_refusal, reports_source=reports_since,
     )  # fmt: skip
     gateway = Gateway(desk)
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     trades.add_argument("--since", help="a journal sequence number or an ISO-8601 UTC time")
     trades.add_argument("--limit", type=int)
 
-    orders = commands.add_parser("orders", help="print the order audit log (accepted and rejected)")
+    orders = commands.add_parser("orders", help="print the audit: every request (new, cancel, replace), journaled or refused, with its outcome")
     _common(orders)
     orders.add_argument("--owner")
     orders.add_argument("--symbol")
