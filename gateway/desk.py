@@ -9,7 +9,7 @@ there; tests drive both without a network.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, cast
 
 import structlog
 
@@ -22,8 +22,8 @@ from protocol.text import clip
 
 log = structlog.get_logger("gateway")
 ADDED = Liquidity.ADDED
-# REPORTS: (owner, since) -> (report rows of journal/queries.reports_of, the seq they run through)
-ReportsSource = Callable[[str, int], Awaitable[tuple[list[tuple], int]]]
+# REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
+ReportsSource = Callable[[str, int], Awaitable[tuple[list["ReportEvent"], int]]]
 MAX_BOOK_LEVELS = 1000
 
 
@@ -116,12 +116,16 @@ class OrderDesk:
 
         async def fetch() -> None:
             try:
-                rows, through = await source(owner, since)
+                events, through = await source(owner, since)
             except Exception as exc:  # the trade log is unreadable: say so, keep the session
                 log.error("reports_failed", owner=owner, error=repr(exc))
                 done(R.Error("internal", "the report log could not be read; try again"))
                 return
-            done(R.ReportsReply(since, through, [report_of(row) for row in rows]))
+            structs = []
+            for e in events:
+                _, struct, fields = report_fields(e, self.instruments)
+                structs.append(cast(R.ReportStruct, struct(*fields)))
+            done(R.ReportsReply(since, through, structs))
 
         task = asyncio.get_running_loop().create_task(fetch())
         self._fetches.add(task)  # keep a reference until it is done
@@ -130,48 +134,46 @@ class OrderDesk:
     # ------------------------------------------------------------------ reports
 
     def reports(self, events: list[Event]) -> list[Report]:
-        """Execution reports for a matching batch, in order; open orders follow the events.
-
-        Hot path: enums are read as ._value_ (.value is a slow descriptor)."""
+        """Execution reports for a matching batch, in order; open orders follow the events."""
         orders, by_id, instruments = self.orders, self.orders.by_id, self.instruments
         out: list[Report] = []
         for e in events:
             if type(e) is Fill:
                 entry = by_id.get(e.order_id) if e.leaves else orders.remove(e.order_id)
-                inst = instruments[e.symbol]
-                fields: tuple = (
-                    e.order_id, e.symbol, e.side._value_, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),
-                    e.trade_id, "A" if e.liquidity is ADDED else "R", e.client_id,
-                )  # fmt: skip
-                out.append((e.owner, None if entry is None else entry[1], R.fill_text, R.FillReport, fields))
             elif type(e) is Canceled:
                 entry = orders.remove(e.order_id)
-                fields = (e.order_id, instruments[e.symbol].format_qty(e.leaves), e.reason._value_, e.client_id)
-                out.append((e.owner, None if entry is None else entry[1], R.canceled_text, R.CanceledReport, fields))
             elif type(e) is Replaced:
                 entry = by_id.get(e.order_id)
-                inst = instruments[e.symbol]
-                priority = "kept" if e.priority_kept else "lost"
-                fields = (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)
-                out.append((e.owner, None if entry is None else entry[1], R.replaced_text, R.ReplacedReport, fields))
             elif type(e) is Rejected:
                 # The engine refused a command the gateway let through: a cancel or replace
                 # that lost the race with a fill, or (never expected) a new order.
                 entry = by_id.get(e.order_id) if e.order_id is not None else None
                 if entry is not None and e.order_id is not None and self.books[entry[0].symbol].order(e.order_id) is None:
                     orders.remove(e.order_id)
-                fields = (e.reason._value_, e.text, e.client_id, e.order_id)
-                out.append((e.owner, None if entry is None else entry[1], R.reject_text, R.Reject, fields))
+            else:
+                continue
+            out.append((e.owner, None if entry is None else entry[1], *report_fields(e, instruments)))
         return out
 
 
-def report_of(row: tuple) -> R.FillReport | R.CanceledReport | R.ReplacedReport | R.Reject:
-    """A stored report (journal/queries.reports_of) as the reply Struct it was sent as live."""
-    _seq, _n, _owner, kind, order_id, symbol, side, qty, price, leaves, trade_id, liq, reason, text, cid = row
-    if kind == "fill":
-        return R.FillReport(order_id, symbol, side, qty, price, leaves, trade_id, liq, cid)
-    if kind == "canceled":
-        return R.CanceledReport(order_id, qty, reason, cid)
-    if kind == "replaced":
-        return R.ReplacedReport(order_id, qty, price, liq, cid)
-    return R.Reject(reason, text, cid, order_id)
+ReportEvent = Fill | Canceled | Replaced | Rejected
+
+
+def report_fields(e: ReportEvent, instruments: dict[str, Instrument]) -> tuple[Callable[..., bytes], type[R.Reply], tuple]:
+    """(text formatter, reply Struct, fields) of one report: live, and for REPORTS from the log.
+    Hot path: enums are read as ._value_ (.value is a slow descriptor)."""
+    if type(e) is Fill:
+        inst = instruments[e.symbol]
+        fields: tuple = (
+            e.order_id, e.symbol, e.side._value_, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),
+            e.trade_id, "A" if e.liquidity is ADDED else "R", e.client_id,
+        )  # fmt: skip
+        return R.fill_text, R.FillReport, fields
+    if type(e) is Canceled:
+        return R.canceled_text, R.CanceledReport, (e.order_id, instruments[e.symbol].format_qty(e.leaves), e.reason._value_, e.client_id)
+    if type(e) is Replaced:
+        inst = instruments[e.symbol]
+        priority = "kept" if e.priority_kept else "lost"
+        return R.replaced_text, R.ReplacedReport, (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)
+    assert type(e) is Rejected
+    return R.reject_text, R.Reject, (e.reason._value_, e.text, e.client_id, e.order_id)

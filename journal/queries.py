@@ -6,6 +6,13 @@ import sqlite3
 from pathlib import Path
 from typing import Iterator
 
+import msgspec
+
+from exchange.instruments import Instrument, InstrumentSpec
+from protocol.messages import Canceled, Fill, Rejected, Replaced
+
+Report = Fill | Canceled | Replaced | Rejected
+
 
 class NoTradeLog(Exception):
     """The data directory has no trade log (no server has run there)."""
@@ -42,7 +49,8 @@ def trades(db: Path, symbol: str | None = None, since: str | None = None, limit:
 
 def orders(
     db: Path, owner: str | None = None, symbol: str | None = None, status: str | None = None, since: str | None = None, limit: int | None = None
-) -> Iterator[sqlite3.Row]:
+) -> Iterator[dict]:
+    """Audit rows, oldest first, each with its outcome ("result")."""
     where, args = "WHERE 1=1", []
     for column, value in (("owner", owner), ("symbol", symbol and symbol.upper()), ("status", status)):
         if value:
@@ -54,7 +62,10 @@ def orders(
     if limit:
         sql += f" LIMIT {int(limit)}"
     with connect_readonly(db) as conn:
-        yield from conn.execute(sql, args + more)
+        instruments = stored_instruments(conn)
+        for row in conn.execute(sql, args + more):
+            result = outcome(conn, row["order_id"], row["owner"], instruments) if row["order_id"] is not None else ""
+            yield {**dict(row), "result": result}
 
 
 def trade_line(row: sqlite3.Row) -> str:
@@ -64,7 +75,7 @@ def trade_line(row: sqlite3.Row) -> str:
     )
 
 
-def order_line(row: sqlite3.Row) -> str:
+def order_line(row: dict) -> str:
     """One audited request: what it asked, whether it was journaled, and what matching made of it."""
     kind = row["kind"]
     head = f"{kind.upper() if kind != 'new' else 'ORDER'} {row['order_id'] if row['order_id'] is not None else '-'} {row['ts']} {row['status']}"
@@ -76,17 +87,43 @@ def order_line(row: sqlite3.Row) -> str:
         body = f"{row['side']} {row['symbol']} {row['qty']} {row['price']} {row['tif'] or '-'}"
     cid = f" id={row['client_id']}" if row["client_id"] else ""
     why = f" reason={row['reason']} {row['text']}" if row["reason"] else ""
-    outcome = f" -> {row['outcome']}" if row["outcome"] else ""
+    outcome = f" -> {row['result']}" if row["result"] else ""
     return f"{head} {body} owner={row['owner']}{cid}{why}{outcome}"
 
 
-def reports_of(db: Path, owner: str, since: int, through: int) -> list[tuple]:
+_decode_report = msgspec.msgpack.Decoder(Report).decode
+
+
+def reports_of(db: Path, owner: str, since: int, through: int) -> list[Report]:
     """An owner's execution reports caused by commands with since < seq <= through, in order."""
     if not db.exists():
         return []
     with connect_readonly(db) as conn:
-        rows = conn.execute("SELECT * FROM reports WHERE owner = ? AND seq > ? AND seq <= ? ORDER BY seq, n", (owner, since, through))
-        return [tuple(r) for r in rows]
+        rows = conn.execute("SELECT report FROM reports WHERE owner = ? AND seq > ? AND seq <= ? ORDER BY seq, n", (owner, since, through))
+        return [_decode_report(r[0]) for r in rows]
+
+
+def outcome(conn: sqlite3.Connection, seq: int, owner: str, instruments: dict[str, Instrument]) -> str:
+    """What a command's reports to its owner said, e.g. "fill 4@150.25, canceled expired"."""
+    parts = []
+    for (blob,) in conn.execute("SELECT report FROM reports WHERE seq = ? AND owner = ? ORDER BY n", (seq, owner)):
+        r = _decode_report(blob)
+        if type(r) is Fill:
+            inst = instruments[r.symbol]
+            parts.append(f"fill {inst.format_qty(r.qty)}@{inst.format_price(r.price)}")
+        elif type(r) is Replaced:
+            inst = instruments[r.symbol]
+            parts.append(f"replaced {inst.format_qty(r.qty)}@{inst.format_price(r.price)}")
+        elif type(r) is Canceled:
+            parts.append(f"canceled {r.reason.value}")
+        elif type(r) is Rejected:
+            parts.append(f"rejected {r.reason.value}")
+    return ", ".join(parts)
+
+
+def stored_instruments(conn: sqlite3.Connection) -> dict[str, Instrument]:
+    """The tick and lot of each symbol, as the writer recorded them."""
+    return {s: Instrument(s, InstrumentSpec(tick, lot)) for s, tick, lot in conn.execute("SELECT symbol, tick, lot FROM instruments")}
 
 
 TradeRow = tuple[int, str, str, str, str, int]  # (md_seq, qty, price, aggressor, trade_id, prev)

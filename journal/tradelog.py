@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import cast
 
@@ -26,12 +27,13 @@ import msgspec
 import structlog
 
 from exchange.instruments import Instrument
-from journal.tradelog_writer import LENGTH, UNITS, Frame, Report, iso
+from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report
 from protocol.messages import Canceled, Command, Event, Fill, Refusal, Rejected, Replaced, Trade
 
 log = structlog.get_logger("tradelog")
 
 BATCH_WINDOW = 0.02  # seconds between frames: few, large transactions
+FRAME_UNITS = 8_000  # rows per frame (one writer transaction): joining its encoded pieces is a copy
 REPORTS = frozenset((Fill, Canceled, Replaced, Rejected))
 
 
@@ -49,10 +51,10 @@ class TradeLog:
         self.max_rows = max_rows
         self._proc: asyncio.subprocess.Process | None = None
         self._acks: asyncio.Task[None] | None = None
-        self._trades: list[Trade] = []
-        self._reports: list[Report] = []
-        self._batches: list[tuple[int, list[Command], int]] = []
-        self._rejects: list[tuple] = []
+        # What waits for the writer, already encoded (one Piece per hand-over): bytes are not
+        # objects the garbage collector traces, however far behind the writer falls, and no
+        # frame is ever encoded whole on the event loop. (units, first journal seq, piece)
+        self._queue: deque[tuple[int, int | None, bytes]] = deque()
         self._pending = 0  # units waiting to be sent
         self._wake = asyncio.Event()
         self._closing = False
@@ -70,39 +72,38 @@ class TradeLog:
         )  # fmt: skip
         self._acks = asyncio.get_running_loop().create_task(self._read_acks(), name="tradelog-acks")
         specs = {s: (i.tick.text, i.lot.text) for s, i in self.instruments.items()}
-        await self._send(Frame(0, [], [], [], [], specs))
+        await self._send(Frame(0, [], specs))
 
     # ------------------------------------------------------------ hand-over (event loop)
 
     def on_durable(self, first_seq: int, cmds: list[Command], ts_ns: int) -> None:
-        """A journal batch is on disk: its new orders are accepted (and its time stamps trades)."""
+        """A journal batch is on disk: audit rows for its commands (and times for its trades)."""
         if self._admit(len(cmds), first_seq):
-            self._batches.append((first_seq, cmds, ts_ns))
+            self._put(len(cmds), first_seq, Piece(batches=[(first_seq, cmds, ts_ns)]))
 
     def on_events(self, events: list[Event]) -> None:
         """Events from a matching step: trades, and the execution reports (REPORTS, audit outcomes)."""
         trades, reports = split(events)
         units = len(trades) + len(reports)
-        if units and self._admit(units, trades[0].seq if trades else reports[0].seq):
-            self._trades += trades
-            self._reports += reports
+        first = trades[0].seq if trades else reports[0].seq if reports else None
+        if units and self._admit(units, first):
+            self._put(units, first, Piece(trades=trades, reports=reports))
 
     def on_refusal(self, r: Refusal) -> None:
-        """The gateway refused an order (never journaled): an audit row, best effort."""
+        """The gateway refused a request (never journaled): an audit row, best effort."""
         if self._admit(1, None):
-            price = r.price or ("MKT" if r.kind == "new" else "")
-            row = (None, iso(time.time_ns()), r.owner, r.symbol, r.side, r.qty, price, r.tif or "", r.client_id, "rejected", r.reason, r.text, r.kind, r.target)
-            self._rejects.append(row)
+            self._put(1, None, Piece(refusals=[(time.time_ns(), r)]))
 
     def recover_batch(self, first_seq: int, cmds: list[Command], ts_ns: int, events: list[Event]) -> None:
         """Rows for a replayed journal batch (INSERT OR IGNORE keeps what is already there)."""
         trades, reports = split(events)
-        self._batches.append((first_seq, cmds, ts_ns))
-        self._trades += trades
-        self._reports += reports
         units = len(cmds) + len(trades) + len(reports)
         self._pending += units
         self.queued += units
+        self._put(units, first_seq, Piece([(first_seq, cmds, ts_ns)], trades, reports))
+
+    def _put(self, units: int, first_seq: int | None, piece: Piece) -> None:
+        self._queue.append((units, first_seq, self._encode(piece)))
         self._wake.set()
 
     def _admit(self, units: int, seq: int | None) -> bool:
@@ -119,14 +120,27 @@ class TradeLog:
 
     # ------------------------------------------------------------ the writer task
 
+    def _next_frame(self) -> tuple[Frame, int | None]:
+        """Pieces up to FRAME_UNITS rows (at least one): a frame is one transaction in the
+        writer, and the writer acknowledges it whole. Returns it with its first journal seq."""
+        queue, units, first = self._queue, 0, None
+        pieces: list[msgspec.Raw] = []
+        while queue and (units < FRAME_UNITS or not pieces):
+            n, seq, data = queue.popleft()
+            pieces.append(msgspec.Raw(data))
+            units += n
+            if first is None:
+                first = seq
+        self._pending -= units
+        return Frame(units, pieces), first
+
     async def run(self) -> None:
-        """Every BATCH_WINDOW, everything handed over goes to the writer process as one frame."""
+        """Every BATCH_WINDOW, what was handed over goes to the writer process, in frames."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._pending:
-                frame = Frame(self._pending, self._batches, self._trades, self._reports, self._rejects)
-                self._batches, self._trades, self._reports, self._rejects, self._pending = [], [], [], [], 0
+            while self._queue:
+                frame, first = self._next_frame()
                 try:
                     await self._send(frame)
                 except (BrokenPipeError, ConnectionResetError, RuntimeError) as exc:
@@ -134,8 +148,10 @@ class TradeLog:
                     # restart puts them in (snapshots are held back meanwhile).
                     if self.behind_from is None:
                         log.error("tradelog_writer_died", error=repr(exc))
-                        self.behind_from = frame.batches[0][0] if frame.batches else 1
-            if self._closing and not self._pending:
+                        self.behind_from = first or 1
+                    self._pending = 0
+                    self._queue.clear()
+            if self._closing and not self._queue:
                 break
             await asyncio.sleep(BATCH_WINDOW)
         assert self._proc is not None and self._proc.stdin is not None

@@ -15,6 +15,7 @@ stdout: u64 units, once per committed frame.
 from __future__ import annotations
 
 import bisect
+import os
 import sqlite3
 import struct
 import sys
@@ -25,7 +26,7 @@ from typing import BinaryIO, Iterable
 import msgspec
 
 from exchange.instruments import Instrument, InstrumentSpec
-from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, Rejected, Replace, Replaced, Trade
+from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, Refusal, Rejected, Replace, Replaced, Trade
 
 LENGTH = struct.Struct("<I")
 UNITS = struct.Struct("<Q")
@@ -64,50 +65,44 @@ CREATE TABLE IF NOT EXISTS orders (  -- the audit: every request journaled or re
     reason    TEXT,                 -- reject code
     text      TEXT,
     kind      TEXT    NOT NULL DEFAULT 'new',  -- new | cancel | replace
-    target    INTEGER,              -- the order a cancel or replace names
-    outcome   TEXT                  -- what matching made of it, e.g. "fill 4@150.25, canceled expired"
-);
+    target    INTEGER               -- the order a cancel or replace names
+);                                  -- the outcome: the reports of the same seq and owner (journal/queries.py)
 CREATE INDEX IF NOT EXISTS orders_by_owner ON orders (owner, id);
-CREATE INDEX IF NOT EXISTS orders_by_symbol ON orders (symbol, id);
-CREATE TABLE IF NOT EXISTS reports (  -- execution reports, as sent live (REPORTS since=<seq>)
+CREATE TABLE IF NOT EXISTS reports (  -- execution reports (REPORTS since=<seq>, audit outcomes)
     seq       INTEGER NOT NULL,     -- journal sequence of the command that caused it
     n         INTEGER NOT NULL,     -- n-th report of that command
     owner     TEXT    NOT NULL,
-    kind      TEXT    NOT NULL,     -- fill | canceled | replaced | rej
-    order_id  INTEGER,
-    symbol    TEXT    NOT NULL,
-    side      TEXT,
-    qty       TEXT,                 -- fill: traded; canceled: what was left; replaced: new open qty
-    price     TEXT,
-    leaves    TEXT,
-    trade_id  TEXT,
-    liq       TEXT,
-    reason    TEXT,                 -- canceled: why; rej: the code
-    text      TEXT,
-    client_id TEXT,
-    PRIMARY KEY (seq, n)
+    report    BLOB    NOT NULL,     -- the event (Fill, Canceled, Replaced, Rejected) as msgpack: formatted when read
+    PRIMARY KEY (owner, seq, n)     -- one B-tree, in the order REPORTS and the audit read it
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reports_by_owner ON reports (owner, seq, n);
+CREATE TABLE IF NOT EXISTS instruments (symbol TEXT PRIMARY KEY, tick TEXT NOT NULL, lot TEXT NOT NULL);
 """
 # Columns added after the first release: a log made before gets them on open.
-ADDED_COLUMNS = {"orders": ["kind TEXT NOT NULL DEFAULT 'new'", "target INTEGER", "outcome TEXT"]}
+ADDED_COLUMNS = {"orders": ["kind TEXT NOT NULL DEFAULT 'new'", "target INTEGER"]}
 INSERT_TRADE = "INSERT OR IGNORE INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_ORDER = (
     "INSERT OR IGNORE INTO orders (order_id, ts, owner, symbol, side, qty, price, tif, client_id, status, reason, text, kind, target) "
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-INSERT_REPORT = "INSERT OR IGNORE INTO reports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-SET_OUTCOME = "UPDATE orders SET outcome = ? WHERE order_id = ? AND owner = ?"
+INSERT_REPORT = "INSERT OR IGNORE INTO reports (seq, n, owner, report) VALUES (?,?,?,?)"
 Report = Fill | Canceled | Replaced | Rejected
 MAX_TIMES = 100_000  # journal batch times remembered to stamp trades
 
 
+class Piece(msgspec.Struct, array_like=True):
+    """One hand-over from the server, encoded when it was handed over."""
+
+    batches: list[tuple[int, list[Command], int]] = []  # (first seq, commands, commit time ns)
+    trades: list[Trade] = []
+    reports: list[Report] = []  # execution reports, in the order matching made them
+    refusals: list[tuple[int, Refusal]] = []  # (time ns, request) the gateway refused: audit rows
+
+
 class Frame(msgspec.Struct, array_like=True):
+    """What the writer commits in one transaction: pieces, still encoded (msgspec.Raw)."""
+
     units: int  # what the server counts this frame as; echoed back once committed
-    batches: list[tuple[int, list[Command], int]]  # (first seq, commands, commit time ns)
-    trades: list[Trade]
-    reports: list[Report]  # execution reports, in the order matching made them
-    rejects: list[tuple]  # order audit rows the gateway made for refused orders
+    pieces: list[msgspec.Raw]
     instruments: dict[str, tuple[str, str]] | None = None  # symbol -> (tick, lot): first frame
 
 
@@ -131,22 +126,31 @@ class Writer:
         self.instruments: dict[str, Instrument] = {}
         self.last_seqs: list[int] = []
         self.times: list[int] = []
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.decode_piece = msgspec.msgpack.Decoder(Piece).decode
 
     def write(self, frame: Frame) -> None:
+        piece = Piece([], [], [], [])
+        for raw in frame.pieces:
+            p = self.decode_piece(raw)
+            piece.batches += p.batches
+            piece.trades += p.trades
+            piece.reports += p.reports
+            piece.refusals += p.refusals
         if frame.instruments:
             self.instruments = {s: Instrument(s, InstrumentSpec(tick, lot)) for s, (tick, lot) in frame.instruments.items()}
-        for first_seq, cmds, ts_ns in frame.batches:
+            rows = [(s, tick, lot) for s, (tick, lot) in frame.instruments.items()]
+            self.conn.executemany("INSERT OR REPLACE INTO instruments VALUES (?,?,?)", rows)
+        for first_seq, cmds, ts_ns in piece.batches:
             self.last_seqs.append(first_seq + len(cmds) - 1)
             self.times.append(ts_ns)
         if len(self.last_seqs) > MAX_TIMES:
             del self.last_seqs[: MAX_TIMES // 2], self.times[: MAX_TIMES // 2]
         self.conn.execute("BEGIN")
-        self.conn.executemany(INSERT_TRADE, self.trade_rows(frame.trades))
-        self.conn.executemany(INSERT_ORDER, self.order_rows(frame.batches))
-        self.conn.executemany(INSERT_ORDER, frame.rejects)
-        rows = list(self.report_rows(frame.reports))
-        self.conn.executemany(INSERT_REPORT, rows)
-        self.conn.executemany(SET_OUTCOME, outcomes(rows))
+        self.conn.executemany(INSERT_TRADE, self.trade_rows(piece.trades))
+        self.conn.executemany(INSERT_ORDER, self.order_rows(piece.batches))
+        self.conn.executemany(INSERT_ORDER, self.refusal_rows(piece.refusals))
+        self.conn.executemany(INSERT_REPORT, self.report_rows(piece.reports))
         self.conn.execute("COMMIT")
 
     def time_of(self, seq: int) -> str:
@@ -181,42 +185,19 @@ class Writer:
                     yield (seq, ts, cmd.owner, cmd.symbol, "", inst.format_qty(cmd.qty), price, "", None, "accepted", None, None, "replace", cmd.order_id)
 
     def report_rows(self, reports: list[Report]) -> Iterable[tuple]:
-        """(seq, n, owner, kind, order_id, symbol, side, qty, price, leaves, trade_id, liq, reason, text, client_id)."""
+        """(seq, n, owner, the report as msgpack): kept raw, every report of a busy book costs little."""
+        encode = self.encode
         n, last_seq = 0, -1
         for r in reports:
             n = n + 1 if r.seq == last_seq else 1
             last_seq = r.seq
-            if type(r) is Fill:
-                inst = self.instruments[r.symbol]
-                yield (
-                    r.seq, n, r.owner, "fill", r.order_id, r.symbol, r.side.value, inst.format_qty(r.qty), inst.format_price(r.price),
-                    inst.format_qty(r.leaves), r.trade_id, r.liquidity.value, None, None, r.client_id,
-                )  # fmt: skip
-            elif type(r) is Canceled:
-                inst = self.instruments[r.symbol]
-                yield (r.seq, n, r.owner, "canceled", r.order_id, r.symbol, r.side.value, inst.format_qty(r.leaves), None, None, None, None, r.reason.value, None, r.client_id)
-            elif type(r) is Replaced:
-                inst = self.instruments[r.symbol]
-                yield (
-                    r.seq, n, r.owner, "replaced", r.order_id, r.symbol, r.side.value, inst.format_qty(r.qty), inst.format_price(r.price),
-                    None, None, "kept" if r.priority_kept else "lost", None, None, r.client_id,
-                )  # fmt: skip
-            elif type(r) is Rejected:
-                yield (r.seq, n, r.owner, "rej", r.order_id, "", None, None, None, None, None, None, r.reason.value, r.text, r.client_id)
+            yield (r.seq, n, r.owner, encode(r))
 
-
-def outcomes(rows: list[tuple]) -> list[tuple[str, int, str]]:
-    """(outcome, seq, owner) for the audit: what each command's reports to its owner said."""
-    said: dict[tuple[int, str], list[str]] = {}
-    for seq, _n, owner, kind, _oid, _sym, _side, qty, price, _leaves, _tid, _liq, reason, _text, _cid in rows:
-        if kind == "fill":
-            part = f"fill {qty}@{price}"
-        elif kind == "replaced":
-            part = f"replaced {qty}@{price}"
-        else:
-            part = f"{kind} {reason}"
-        said.setdefault((seq, owner), []).append(part)
-    return [(", ".join(parts), seq, owner) for (seq, owner), parts in said.items()]
+    @staticmethod
+    def refusal_rows(refusals: list[tuple[int, Refusal]]) -> Iterable[tuple]:
+        for ts_ns, r in refusals:
+            price = r.price or ("MKT" if r.kind == "new" else "")
+            yield (None, iso(ts_ns), r.owner, r.symbol, r.side, r.qty, price, r.tif or "", r.client_id, "rejected", r.reason, r.text, r.kind, r.target)
 
 
 def read_exactly(stream: BinaryIO, n: int) -> bytes | None:
@@ -225,6 +206,8 @@ def read_exactly(stream: BinaryIO, n: int) -> bytes | None:
 
 
 def main(argv: list[str]) -> int:
+    # Derived data, bounded backlog: when the cores are busy, matching and ACKs go first.
+    os.nice(19)
     writer = Writer(argv[0])
     decode = msgspec.msgpack.Decoder(Frame).decode
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer

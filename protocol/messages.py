@@ -105,9 +105,11 @@ Command = NewOrder | Cancel | Replace
 
 
 # ---------------------------------------------------------------- events
+# Events are never journaled (replay makes them again); they go to the trade log writer
+# as msgpack arrays (array_like), not maps: a third of the bytes and of the encoding time.
 
 
-class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
+class Accepted(msgspec.Struct, frozen=True, array_like=True, tag="accepted"):
     order_id: int
     symbol: str
     side: Side
@@ -118,7 +120,7 @@ class Accepted(msgspec.Struct, frozen=True, tag="accepted"):
     client_id: str | None = None
 
 
-class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
+class Rejected(msgspec.Struct, frozen=True, array_like=True, tag="rejected"):
     reason: RejectReason
     text: str
     owner: str
@@ -127,7 +129,7 @@ class Rejected(msgspec.Struct, frozen=True, tag="rejected"):
     seq: int = 0  # the journal sequence of the command refused
 
 
-class Fill(msgspec.Struct, frozen=True, tag="fill"):
+class Fill(msgspec.Struct, frozen=True, array_like=True, tag="fill"):
     """One side of a trade, sent to that side's owner."""
 
     order_id: int
@@ -143,7 +145,7 @@ class Fill(msgspec.Struct, frozen=True, tag="fill"):
     seq: int = 0  # the journal sequence of the command that traded
 
 
-class Trade(msgspec.Struct, frozen=True, tag="trade"):
+class Trade(msgspec.Struct, frozen=True, array_like=True, tag="trade"):
     """The public record of a trade (one per match, both sides in it)."""
 
     md_seq: int  # the symbol's market-data sequence number
@@ -159,7 +161,7 @@ class Trade(msgspec.Struct, frozen=True, tag="trade"):
     taker_owner: str
 
 
-class Canceled(msgspec.Struct, frozen=True, tag="canceled"):
+class Canceled(msgspec.Struct, frozen=True, array_like=True, tag="canceled"):
     order_id: int
     symbol: str
     side: Side
@@ -170,7 +172,7 @@ class Canceled(msgspec.Struct, frozen=True, tag="canceled"):
     seq: int = 0  # the journal sequence of the command that canceled it
 
 
-class Replaced(msgspec.Struct, frozen=True, tag="replaced"):
+class Replaced(msgspec.Struct, frozen=True, array_like=True, tag="replaced"):
     order_id: int
     symbol: str
     side: Side
@@ -182,7 +184,7 @@ class Replaced(msgspec.Struct, frozen=True, tag="replaced"):
     seq: int = 0  # the journal sequence of the replace
 
 
-class BookLevelChanged(msgspec.Struct, frozen=True, tag="level"):
+class BookLevelChanged(msgspec.Struct, frozen=True, array_like=True, tag="level"):
     """A price level's total open quantity after a command (0: the level is gone)."""
 
     md_seq: int
@@ -192,7 +194,7 @@ class BookLevelChanged(msgspec.Struct, frozen=True, tag="level"):
     qty: int
 
 
-class Quote(msgspec.Struct, frozen=True, tag="quote"):
+class Quote(msgspec.Struct, frozen=True, array_like=True, tag="quote"):
     """The best bid and offer after a command that changed them (None: that side is empty)."""
 
     md_seq: int

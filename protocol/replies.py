@@ -122,12 +122,15 @@ class HelpReply(_Reply, frozen=True, tag="help"):
     lines: list[str]
 
 
+ReportStruct = FillReport | CanceledReport | ReplacedReport | Reject
+
+
 class ReportsReply(_Reply, frozen=True, tag="reports"):
     """Execution reports caused by commands with seq in (since, through], oldest first."""
 
     since: int
     through: int  # pass it as since= next time to get only what is newer
-    reports: list[FillReport | CanceledReport | ReplacedReport | Reject]
+    reports: list[ReportStruct]
 
 
 Reply = (

@@ -21,7 +21,7 @@ import structlog
 
 from exchange.instruments import load_instruments
 from exchange.matching import Matching
-from gateway.desk import OrderDesk
+from gateway.desk import OrderDesk, ReportEvent
 from gateway.server import Gateway
 from journal.journal import Journal
 from journal.layout import DataDir, DataDirLock
@@ -96,7 +96,7 @@ async def serve(config: Config) -> int:
 
     # 4. The gateway: sessions turn lines into journaled commands; the desk they share
     #    knows the open orders and asks matching whether a command has taken effect.
-    async def reports_since(owner: str, since: int) -> tuple[list[tuple], int]:
+    async def reports_since(owner: str, since: int) -> tuple[list[ReportEvent], int]:
         # Everything durable up to now, matched and committed to the trade log, then read.
         through = journal.durable_seq
         while not matching.applied(through):
