@@ -1,4 +1,6 @@
-"""Takes snapshots while the exchange runs: every `every` commands, and at shutdown.
+"""Takes snapshots while the exchange runs: every `every` commands or `interval` seconds
+(whichever comes first, if anything happened), and at shutdown. Together they bound the
+journal tail a restart after kill -9 must replay, and so the time to restart.
 
 A snapshot must show the books after exactly the commands up to some seq: it is captured
 when every matching task has drained its queue (then everything durable is applied). It
@@ -34,7 +36,8 @@ class Snapshotter:
         quiescent: Callable[[], bool],
         tradelog: TradeLog,
         *,
-        every: int = 1_000_000,
+        every: int = 200_000,
+        interval: float = 10.0,
         keep: int = 3,
         retention: str = "keep",
         last_seq: int = 0,
@@ -46,15 +49,20 @@ class Snapshotter:
         self.quiescent = quiescent  # every matching task has applied everything durable
         self.tradelog = tradelog
         self.every = every
+        self.interval = interval
         self.keep = keep
         self.retention = retention
         self.last_seq = last_seq
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_time = loop.time()
         while True:
-            await asyncio.sleep(1.0)
-            if self.durable_seq() - self.last_seq >= self.every:
-                await self.take()
+            await asyncio.sleep(min(1.0, self.interval))
+            behind = self.durable_seq() - self.last_seq
+            if behind >= self.every or (behind > 0 and loop.time() - last_time >= self.interval):
+                if await self.take() is not None:
+                    last_time = loop.time()
 
     async def take(self) -> Path | None:
         while not self.quiescent():

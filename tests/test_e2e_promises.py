@@ -263,3 +263,27 @@ def test_the_audit_lists_every_request_with_its_outcome(server: Server) -> None:
     assert "reason=bad_tick" in text
     assert "CANCEL 3" in text and "-> canceled user" in text
     assert "-> canceled expired" in text  # the IOC met nothing at 150.25 any more
+
+
+def test_snapshots_come_on_time_too_and_segments_rotate_at_a_set_size(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    srv = Server(data, "--snapshot-every", "1000000", "--snapshot-interval", "1", "--segment-mb", "1").start()
+    try:
+        c = srv.client()
+        c.send("".join(f"BUY AAPL 1 {50 + i % 400}.00 id=c{i}\n" for i in range(20_000)))
+        acks = c.lines(20_000, timeout=60)
+        assert acks[-1].startswith("ACK 20000 ")
+        deadline = time.monotonic() + 10
+        while not list((data / "snapshots").glob("snap-*.tls")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list((data / "snapshots").glob("snap-*.tls")), "no snapshot within the interval"
+        assert len(list((data / "journal").glob("seg-*.tlj"))) >= 2, "the journal did not rotate at 1 MiB"
+    finally:
+        srv.kill()
+    srv.start()  # after kill -9: from the snapshot, every acknowledged order is back
+    try:
+        assert srv.client().ask(f"RESUME {c.token}")[0].endswith("open=20000")
+    finally:
+        srv.kill()
+    verify = tickline("replay", "--verify", "--data-dir", str(data))
+    assert verify.returncode == 0, verify.stdout + verify.stderr

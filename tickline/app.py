@@ -44,7 +44,9 @@ class Config:
     port: int = 7001
     data_dir: Path = Path("var")
     instruments: Path | None = None
-    snapshot_every: int = 1_000_000  # commands between snapshots
+    snapshot_every: int = 200_000  # commands between snapshots (at most)...
+    snapshot_interval: float = 10.0  # ...or seconds, whichever comes first: bounds the restart
+    segment_bytes: int = 64 * 1024 * 1024  # journal segment size before rotating
     retention: str = "keep"  # journal segments a snapshot covers: keep | delete
     tradelog_max_rows: int = 500_000  # rows waiting for SQLite before they are dropped
     md_host: str = "127.0.0.1"
@@ -79,7 +81,7 @@ async def serve(config: Config) -> int:
     instruments = load_instruments(config.instruments)
     lock = DataDirLock(data)
     lock.acquire()
-    journal = Journal(data.journal, on_failure=lambda exc: stop.set())
+    journal = Journal(data.journal, segment_bytes=config.segment_bytes, on_failure=lambda exc: stop.set())
 
     # 2. The trade log, then the books: the newest snapshot + the journal tail, whose
     #    trades the log gets again (INSERT OR IGNORE) in case a crash lost them.
@@ -126,7 +128,7 @@ async def serve(config: Config) -> int:
     # 7. Snapshots every so many commands (and at shutdown), so a restart replays little.
     snapshotter = Snapshotter(
         config.data_dir, books, lambda: journal.durable_seq, lambda: desk.settled(journal.durable_seq), tradelog,
-        every=config.snapshot_every, retention=config.retention, last_seq=recovered.snapshot_seq,
+        every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention, last_seq=recovered.snapshot_seq,
     )  # fmt: skip
     snapshots = asyncio.create_task(snapshotter.run(), name="snapshots")
 

@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--md-port", type=int, default=int(env("TICKLINE_MD_PORT", "7002")), help="market-data port, 0 for any (TICKLINE_MD_PORT)")
     serve.add_argument("--md-hard-cap", type=int, default=8 * 1024 * 1024, help="unread bytes before a subscriber is disconnected")
     serve.add_argument("--md-pause-deadline", type=float, default=10.0, help="seconds a subscriber may stop reading")
-    serve.add_argument("--snapshot-every", type=int, default=int(env("TICKLINE_SNAPSHOT_EVERY", "1000000")), help="commands between snapshots")
+    serve.add_argument("--snapshot-every", type=int, default=int(env("TICKLINE_SNAPSHOT_EVERY", "200000")), help="commands between snapshots, at most")
+    serve.add_argument(
+        "--snapshot-interval", type=float, default=float(env("TICKLINE_SNAPSHOT_INTERVAL", "10")), help="seconds between snapshots, at most (when busy)"
+    )
+    serve.add_argument("--segment-mb", type=int, default=int(env("TICKLINE_SEGMENT_MB", "64")), help="journal segment size in MiB before rotating")
     serve.add_argument("--retention", choices=["keep", "delete"], default=env("TICKLINE_RETENTION", "keep"), help="journal segments covered by snapshots")
     serve.add_argument("--tradelog-max-rows", type=int, default=int(env("TICKLINE_TRADELOG_MAX_ROWS", "500000")), help="trade log queue bound")
     serve.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
@@ -88,7 +92,8 @@ def _run(args: argparse.Namespace) -> int:
 
         config = Config(
             args.host, args.port, args.data_dir, args.instruments,
-            snapshot_every=args.snapshot_every, retention=args.retention, tradelog_max_rows=args.tradelog_max_rows,
+            snapshot_every=args.snapshot_every, snapshot_interval=args.snapshot_interval, segment_bytes=args.segment_mb * 1024 * 1024,
+            retention=args.retention, tradelog_max_rows=args.tradelog_max_rows,
             md_host=args.md_host, md_port=args.md_port, md_hard_cap=args.md_hard_cap, md_pause_deadline=args.md_pause_deadline,
         )  # fmt: skip
         return uvloop.run(run_server(config))
