@@ -74,6 +74,8 @@ class Durable:
 async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
+    for sig in (signal.SIGINT, signal.SIGTERM):  # from the start: a signal during recovery waits for it
+        loop.add_signal_handler(sig, stop.set)
     data = DataDir(config.data_dir)
 
     # 1. The journal, the truth: one server per data directory (an OS lock), and opening
@@ -137,8 +139,6 @@ async def serve(config: Config) -> int:
     log.info("market_data_listening", host=md_host, port=md_port)
     host, port = await gateway.start(config.host, config.port)
     log.info("order_entry_listening", host=host, port=port, data_dir=str(config.data_dir), next_seq=journal.next_seq)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _exit_now)
