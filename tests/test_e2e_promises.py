@@ -5,6 +5,7 @@ Each test here reproduced a broken promise first (issue: step 7), then the fix m
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -263,6 +264,15 @@ def test_the_audit_lists_every_request_with_its_outcome(server: Server) -> None:
     assert "reason=bad_tick" in text
     assert "CANCEL 3" in text and "-> canceled user" in text
     assert "-> canceled expired" in text  # the IOC met nothing at 150.25 any more
+    # docs/OPERATIONS.md shows this very session's audit: the same lines, times and owners aside.
+    doc = (ROOT / "docs" / "OPERATIONS.md").read_text().split("prints one line per request, oldest first:")[1].split("```")[1]
+
+    def masked(lines: str) -> list[str]:
+        out = [re.sub(r"\S+\+00:00", "<ts>", line) for line in lines.strip().splitlines()]
+        owners: dict[str, str] = {}
+        return [re.sub(r"owner=(\w+)", lambda m: f"owner={owners.setdefault(m.group(1), str(len(owners)))}", line) for line in out]
+
+    assert masked(text) == masked(doc)
 
 
 def test_snapshots_come_on_time_too_and_segments_rotate_at_a_set_size(tmp_path: Path) -> None:

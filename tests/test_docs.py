@@ -1,0 +1,81 @@
+"""Every sample session in README.md and docs/*.md, replayed against the real server.
+
+A sample is a fenced block marked `session`. Each line is `<who>> <request>` (sent on
+that connection, opened on first use; a name ending in `@md` connects to the market-data
+port) or `<who>< <reply>` (the next line that connection receives must equal it). In a
+reply, `*` matches any run of characters (session tokens differ each run), and the
+`{alice.session}` / `{alice.owner}` of an earlier HELLO stand for their values, in
+requests too. Each block runs on a fresh server and data directory.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.harness import ROOT, Client, Server
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"^```session\n(.*?)^```", re.M | re.S)
+LINE = re.compile(r"^(\S+?)([<>]) ?(.*)$")
+
+
+def sessions() -> list[tuple[str, str]]:
+    found = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for i, m in enumerate(BLOCK.finditer(text), 1):
+            found.append((f"{doc.name}#{i}", m.group(1)))
+    return found
+
+
+def matches(pattern: str, line: str) -> bool:
+    return re.fullmatch(".*".join(re.escape(part) for part in pattern.split("*")), line) is not None
+
+
+def run_session(server: Server, transcript: str) -> None:
+    conns: dict[str, Client] = {}
+    values: dict[str, str] = {}
+
+    def fill(text: str) -> str:
+        return re.sub(r"\{(\w+\.\w+)\}", lambda m: values[m.group(1)], text)
+
+    for n, raw in enumerate(transcript.splitlines(), 1):
+        if not raw.strip():
+            continue
+        m = LINE.match(raw)
+        assert m, f"line {n}: not '<who>> request' or '<who>< reply': {raw!r}"
+        who, arrow, text = m.groups()
+        if who not in conns:
+            conns[who] = Client(server.md_port if who.endswith("@md") else server.port, greet=False)
+        conn = conns[who]
+        if arrow == ">":
+            conn.send(fill(text) + "\n")
+            continue
+        got = conn.line()
+        assert matches(fill(text), got), f"line {n} ({who}): expected {text!r}, got {got!r}"
+        for key in ("session", "owner"):
+            found = re.search(rf"\b{key}=([0-9a-f]+)", got)
+            if found and got.startswith("HELLO"):
+                values[f"{who}.{key}"] = found.group(1)
+
+
+@pytest.mark.parametrize("name, transcript", sessions(), ids=[name for name, _ in sessions()])
+def test_sample_session(name: str, transcript: str, tmp_path: Path) -> None:
+    server = Server(tmp_path / "data").start()
+    try:
+        run_session(server, transcript)
+    finally:
+        server.kill()
+
+
+def test_the_docs_have_samples_and_the_checker_can_fail(tmp_path: Path) -> None:
+    assert len(sessions()) >= 5
+    server = Server(tmp_path / "data").start()
+    try:
+        with pytest.raises(AssertionError, match="expected"):
+            run_session(server, "a< HELLO *\na> PING\na< PONG!\n")
+    finally:
+        server.kill()
