@@ -29,7 +29,7 @@ from bench.load import ServerProcess
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("qq")
-TRADE = re.compile(rb"^TRADE AAPL \S+ \S+ \S+ trade=(\d+)-1 seq=\d+$", re.M)
+TRADE = re.compile(rb"^TRADE AAPL \S+ \S+ \S+ trade=(\d+)-1 prev=\d+ seq=\d+$", re.M)
 ACK = re.compile(rb"^ACK (\d+) ", re.M)
 
 

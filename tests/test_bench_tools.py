@@ -38,3 +38,21 @@ def test_engine_benchmark_prints_the_ratio() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "ratio engine/naive:" in run.stdout
+
+
+def test_fanout_benchmark_sees_every_trade_at_every_subscriber() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.fanout", "--subscribers", "20", "--rate", "50", "--duration", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "50/50 trades reached every subscriber" in run.stdout, run.stdout
+
+
+def test_restart_benchmark_times_the_worst_case_on_the_real_server() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.restart", "--commands", "20000", "--snapshot-every", "5000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "worst case after kill -9 (snapshot at 15,000, 5,000 tail commands)" in run.stdout, run.stdout
