@@ -25,6 +25,7 @@ import structlog
 
 from bench.mix import BENCH_INSTRUMENT, generate
 from exchange.instruments import DEFAULT_INSTRUMENTS_TOML, load_instruments
+from journal.layout import DataDir
 from journal.records import encode_batch
 from journal.recovery import recover
 from journal.snapshots import capture, write_snapshot
@@ -44,7 +45,7 @@ def write_journal(directory: Path, stream: list, batch: int = 1000) -> None:
 async def timed_recover(data: Path, instruments: dict, with_log: bool) -> tuple[float, int]:
     tradelog = None
     if with_log:
-        tradelog = TradeLog(data / "trades.sqlite", instruments, max_rows=10**9)
+        tradelog = TradeLog(DataDir(data).trades, instruments, max_rows=10**9)
         await tradelog.open()
         writer = asyncio.create_task(tradelog.run())
     t0 = time.perf_counter()
@@ -69,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         stream = generate(args.commands, args.seed)
         data = root / "data"
-        write_journal(data / "journal", stream)
-        size = sum(p.stat().st_size for p in (data / "journal").iterdir())
+        write_journal(DataDir(data).journal, stream)
+        size = sum(p.stat().st_size for p in (DataDir(data).journal).iterdir())
         print(f"journal: {args.commands:,} commands, {size / 1e6:.0f} MB, written in {time.perf_counter() - t0:.1f}s")
         full, n = asyncio.run(timed_recover(data, instruments, with_log=False))
         print(f"full replay, books only:                 {full:6.2f}s  ({n / full:,.0f} commands/s)")
@@ -78,25 +79,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"full replay, rebuilding the trade log:   {full_log:6.2f}s")
 
         engine = asyncio.run(recover(data, instruments, None)).engine
-        write_snapshot(data / "snapshots", capture(engine.books, args.commands))
-        snap_size = next((data / "snapshots").iterdir()).stat().st_size
+        write_snapshot(DataDir(data).snapshots, capture(engine.books, args.commands))
+        snap_size = next((DataDir(data).snapshots).iterdir()).stat().st_size
         from_snap, n = asyncio.run(timed_recover(data, instruments, with_log=True))
         print(f"from the snapshot at {args.commands:,} ({snap_size / 1e3:.0f} kB), empty tail: {from_snap:6.2f}s  (target < 3 s)")
 
-        shutil.rmtree(data / "snapshots")
+        shutil.rmtree(DataDir(data).snapshots)
         tail_at = args.commands - args.commands // 10
         engine = asyncio.run(_replay_until(data, instruments, tail_at))
-        write_snapshot(data / "snapshots", capture(engine.books, tail_at))
+        write_snapshot(DataDir(data).snapshots, capture(engine.books, tail_at))
         with_tail, n = asyncio.run(timed_recover(data, instruments, with_log=True))
         print(f"from a snapshot at {tail_at:,} + {n:,} tail commands: {with_tail:6.2f}s")
 
         # The worst case after kill -9: the crash comes just before the next snapshot is
         # due, so the tail is a whole snapshot interval (--snapshot-every) long. Timed on
         # the real server process, from its start to listening.
-        shutil.rmtree(data / "snapshots")
+        shutil.rmtree(DataDir(data).snapshots)
         tail_at = args.commands - args.snapshot_every
         engine = asyncio.run(_replay_until(data, instruments, tail_at))
-        write_snapshot(data / "snapshots", capture(engine.books, tail_at))
+        write_snapshot(DataDir(data).snapshots, capture(engine.books, tail_at))
         took = time_to_listen(data, root / "instruments.toml")
         print(f"worst case after kill -9 (snapshot at {tail_at:,}, {args.snapshot_every:,} tail commands): {took:6.2f}s to listening  (target < 3 s)")
     finally:
@@ -131,7 +132,7 @@ async def _replay_until(data: Path, instruments: dict, last: int):  # type: igno
     from journal.journal import read_journal
 
     engine = Engine(instruments)
-    for seq, cmd in read_journal(data / "journal"):
+    for seq, cmd in read_journal(DataDir(data).journal):
         if seq > last:
             break
         engine.apply(seq, cmd)

@@ -408,7 +408,7 @@ class Connection:
         entry = desk.orders.by_id.get(order_id)
         if entry is None:
             return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
-        order = entry[0]
+        order = entry.cmd
         if order.owner != self.owner:
             return 0, None, R.Reject(RejectReason.NOT_OWNER.value, f"order {order_id} is not yours", cid, order_id)
         if desk.closing:

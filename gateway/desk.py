@@ -148,11 +148,11 @@ class OrderDesk:
                 # The engine refused a command the gateway let through: a cancel or replace
                 # that lost the race with a fill, or (never expected) a new order.
                 entry = by_id.get(e.order_id) if e.order_id is not None else None
-                if entry is not None and e.order_id is not None and self.books[entry[0].symbol].order(e.order_id) is None:
+                if entry is not None and e.order_id is not None and self.books[entry.cmd.symbol].order(e.order_id) is None:
                     orders.remove(e.order_id)
             else:
                 continue
-            out.append((e.owner, None if entry is None else entry[1], *report_fields(e, instruments)))
+            out.append((e.owner, None if entry is None else entry.json, *report_fields(e, instruments)))
         return out
 
 

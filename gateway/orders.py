@@ -11,6 +11,15 @@ from __future__ import annotations
 from protocol.messages import NewOrder
 
 
+class Entry:
+    """An open order as the gateway knows it: its command, and the form of its reports."""
+
+    __slots__ = ("cmd", "json")
+
+    def __init__(self, cmd: NewOrder, json: bool) -> None:
+        self.cmd, self.json = cmd, json
+
+
 class OwnerOrders:
     __slots__ = ("by_id", "by_client_id")
 
@@ -21,11 +30,11 @@ class OwnerOrders:
 
 class OpenOrders:
     def __init__(self) -> None:
-        self.by_id: dict[int, tuple[NewOrder, bool]] = {}  # order id -> (command, reports as JSON)
+        self.by_id: dict[int, Entry] = {}
         self.owners: dict[str, OwnerOrders] = {}
 
     def add(self, order_id: int, cmd: NewOrder, json: bool) -> None:
-        self.by_id[order_id] = (cmd, json)
+        self.by_id[order_id] = Entry(cmd, json)
         mine = self.owners.get(cmd.owner)
         if mine is None:
             mine = self.owners[cmd.owner] = OwnerOrders()
@@ -33,11 +42,11 @@ class OpenOrders:
         if cmd.client_id is not None:
             mine.by_client_id[cmd.client_id] = order_id
 
-    def remove(self, order_id: int) -> tuple[NewOrder, bool] | None:
+    def remove(self, order_id: int) -> Entry | None:
         entry = self.by_id.pop(order_id, None)
         if entry is None:
             return None
-        cmd = entry[0]
+        cmd = entry.cmd
         mine = self.owners[cmd.owner]
         del mine.by_id[order_id]
         if cmd.client_id is not None:
@@ -50,8 +59,8 @@ class OpenOrders:
         """Reports about the order follow the form of the latest request about it: a JSON
         CANCEL of an order placed in text answers (CANCELED) in JSON."""
         entry = self.by_id.get(order_id)
-        if entry is not None and entry[1] is not json:
-            self.by_id[order_id] = (entry[0], json)
+        if entry is not None:
+            entry.json = json
 
     def find_client_id(self, owner: str, client_id: str) -> int | None:
         mine = self.owners.get(owner)
