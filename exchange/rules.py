@@ -51,17 +51,24 @@ def check_replace(inst: Instrument, qty: int, price: int) -> Problem | None:
 # ---------------------------------------------------------------- wire text -> terms (gateway)
 
 
+def quantity_and_price(inst: Instrument, qty_text: str, price_text: str | None) -> tuple[int, int | None] | Problem:
+    """Lots and ticks (None: no price) from decimal text, exactly, or the first rule broken."""
+    qty = inst.parse_qty(qty_text)
+    if isinstance(qty, Problem):
+        return qty
+    price = None if price_text is None else inst.parse_price(price_text)
+    return price if isinstance(price, Problem) else (qty, price)
+
+
 def order_terms(inst: Instrument, qty_text: str, price_text: str | None, tif_text: str | None) -> tuple[int, int | None, TIF] | Problem:
     """A new order's decimal text to (lots, ticks or None for market, tif), or the rule it breaks.
 
     A limit order defaults to GTC, a market order to IOC; a market order may be IOC or FOK.
     """
-    qty = inst.parse_qty(qty_text)
-    if isinstance(qty, Problem):
-        return qty
-    price = None if price_text is None else inst.parse_price(price_text)
-    if isinstance(price, Problem):
-        return price
+    parsed = quantity_and_price(inst, qty_text, price_text)
+    if isinstance(parsed, Problem):
+        return parsed
+    qty, price = parsed
     tif_name = tif_text.upper() if tif_text is not None else ("GTC" if price is not None else "IOC")
     tif = TIF_BY_NAME.get(tif_name)
     if tif is None:
@@ -76,12 +83,10 @@ def replace_terms(inst: Instrument, qty_text: str, price_text: str | None, curre
     current_price is None for an order not priced yet (a market order still in flight):
     then only the quantity is checked here, and the book decides the rest.
     """
-    qty = inst.parse_qty(qty_text)
-    if isinstance(qty, Problem):
-        return qty
-    price = None if price_text is None else inst.parse_price(price_text)
-    if isinstance(price, Problem):
-        return price
+    parsed = quantity_and_price(inst, qty_text, price_text)
+    if isinstance(parsed, Problem):
+        return parsed
+    qty, price = parsed
     new_price = current_price if price is None else price
     problem = inst.check(qty, None) if new_price is None else check_replace(inst, qty, new_price)
-    return (qty, price) if problem is None else problem
+    return parsed if problem is None else problem
