@@ -55,6 +55,7 @@ class TradeLog:
         # objects the garbage collector traces, however far behind the writer falls, and no
         # frame is ever encoded whole on the event loop. (units, first journal seq, piece)
         self._queue: deque[tuple[int, int | None, bytes]] = deque()
+        self._refusals: list[tuple[int, Refusal]] = []  # at most one tick's worth
         self._pending = 0  # units waiting to be sent
         self._wake = asyncio.Event()
         self._closing = False
@@ -90,9 +91,10 @@ class TradeLog:
             self._put(units, first, Piece(trades=trades, reports=reports))
 
     def on_refusal(self, r: Refusal) -> None:
-        """The gateway refused a request (never journaled): an audit row, best effort."""
+        """The gateway refused a request (never journaled): an audit row, best effort.
+        Refusals come one at a time: they are encoded together, once per writer tick."""
         if self._admit(1, None):
-            self._put(1, None, Piece(refusals=[(time.time_ns(), r)]))
+            self._refusals.append((time.time_ns(), r))
 
     def recover_batch(self, first_seq: int, cmds: list[Command], ts_ns: int, events: list[Event]) -> None:
         """Rows for a replayed journal batch (INSERT OR IGNORE keeps what is already there)."""
@@ -139,6 +141,9 @@ class TradeLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._refusals:
+                refusals, self._refusals = self._refusals, []
+                self._queue.append((len(refusals), None, self._encode(Piece(refusals=refusals))))
             while self._queue:
                 frame, first = self._next_frame()
                 try:
@@ -151,7 +156,7 @@ class TradeLog:
                         self.behind_from = first or 1
                     self._pending = 0
                     self._queue.clear()
-            if self._closing and not self._queue:
+            if self._closing and not self._queue and not self._refusals:
                 break
             await asyncio.sleep(BATCH_WINDOW)
         assert self._proc is not None and self._proc.stdin is not None
