@@ -27,7 +27,8 @@ from protocol.messages import Command
 
 log = structlog.get_logger("journal")
 
-OnDurable = Callable[[int, list[Command], int], None]  # (first seq, commands, commit time ns), now on disk
+# (first seq, commands, commit time ns, the record bytes as written), now on disk
+OnDurable = Callable[[int, list[Command], int, bytes], None]
 # A torn tail is at most the last unsynced write; more undecodable bytes than this at the
 # end of a segment means damage in the middle, and we refuse to guess.
 MAX_TORN_TAIL = 64 * 1024 * 1024
@@ -200,9 +201,10 @@ class Journal:
                 self.interval = min(max(rate / self.RATE_PER_MS_OF_INTERVAL / 1000, self.min_interval), self.max_interval)
                 last_start = now
                 ts_ns = time.time_ns()
-                self._write(encode_batch(first_seq, batch, ts_ns), first_seq)
+                record = encode_batch(first_seq, batch, ts_ns)
+                self._write(record, first_seq)
                 self.commits += 1
-                loop.call_soon_threadsafe(self._durable, first_seq, batch, ts_ns)
+                loop.call_soon_threadsafe(self._durable, first_seq, batch, ts_ns, record)
         except BaseException as exc:  # the disk failed: nothing more can be acknowledged
             log.critical("journal_write_failed", error=repr(exc))
             if self.on_failure is not None:
@@ -210,10 +212,10 @@ class Journal:
         finally:
             loop.call_soon_threadsafe(stopped.set_result, None)
 
-    def _durable(self, first_seq: int, batch: list[Command], ts_ns: int) -> None:
+    def _durable(self, first_seq: int, batch: list[Command], ts_ns: int, record: bytes) -> None:
         self.durable_seq = first_seq + len(batch) - 1
         assert self.on_durable is not None
-        self.on_durable(first_seq, batch, ts_ns)
+        self.on_durable(first_seq, batch, ts_ns, record)
 
     def _write(self, buf: bytes, first_seq: int) -> None:
         """Append and sync; rotate to a new segment first if this one is full."""

@@ -27,6 +27,7 @@ import msgspec
 import structlog
 
 from exchange.instruments import Instrument
+from journal.records import encode_batch
 from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report
 from protocol.messages import Canceled, Command, Event, Fill, Refusal, Rejected, Replaced, Trade
 
@@ -77,10 +78,11 @@ class TradeLog:
 
     # ------------------------------------------------------------ hand-over (event loop)
 
-    def on_durable(self, first_seq: int, cmds: list[Command], ts_ns: int) -> None:
-        """A journal batch is on disk: audit rows for its commands (and times for its trades)."""
-        if self._admit(len(cmds), first_seq):
-            self._put(len(cmds), first_seq, Piece(batches=[(first_seq, cmds, ts_ns)]))
+    def on_durable(self, first_seq: int, count: int, record: bytes) -> None:
+        """A journal batch is on disk: audit rows for its commands (and times for its trades).
+        It is handed over as the journal wrote it: its commands are not encoded twice."""
+        if self._admit(count, first_seq):
+            self._put(count, first_seq, Piece(records=[(first_seq, record)]))
 
     def on_events(self, events: list[Event]) -> None:
         """Events from a matching step: trades, and the execution reports (REPORTS, audit outcomes)."""
@@ -102,7 +104,7 @@ class TradeLog:
         units = len(cmds) + len(trades) + len(reports)
         self._pending += units
         self.queued += units
-        self._put(units, first_seq, Piece([(first_seq, cmds, ts_ns)], trades, reports))
+        self._put(units, first_seq, Piece([(first_seq, encode_batch(first_seq, cmds, ts_ns))], trades, reports))
 
     def _put(self, units: int, first_seq: int | None, piece: Piece) -> None:
         self._queue.append((units, first_seq, self._encode(piece)))

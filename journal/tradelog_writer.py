@@ -26,6 +26,7 @@ from typing import BinaryIO, Iterable
 import msgspec
 
 from exchange.instruments import Instrument, InstrumentSpec
+from journal.records import decode_records
 from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, Refusal, Rejected, Replace, Replaced, Trade
 
 LENGTH = struct.Struct("<I")
@@ -92,7 +93,7 @@ MAX_TIMES = 100_000  # journal batch times remembered to stamp trades
 class Piece(msgspec.Struct, array_like=True):
     """One hand-over from the server, encoded when it was handed over."""
 
-    batches: list[tuple[int, list[Command], int]] = []  # (first seq, commands, commit time ns)
+    records: list[tuple[int, bytes]] = []  # (first seq, journal records as written: journal/records.py)
     trades: list[Trade] = []
     reports: list[Report] = []  # execution reports, in the order matching made them
     refusals: list[tuple[int, Refusal]] = []  # (time ns, request) the gateway refused: audit rows
@@ -130,10 +131,12 @@ class Writer:
         self.decode_piece = msgspec.msgpack.Decoder(Piece).decode
 
     def write(self, frame: Frame) -> None:
+        batches: list[tuple[int, list[Command], int]] = []  # (first seq, commands, commit time ns)
         piece = Piece([], [], [], [])
         for raw in frame.pieces:
             p = self.decode_piece(raw)
-            piece.batches += p.batches
+            for first_seq, record in p.records:
+                batches += [(seq, cmds, ts_ns) for seq, _, cmds, ts_ns, _ in decode_records(record, first_seq) if cmds is not None]
             piece.trades += p.trades
             piece.reports += p.reports
             piece.refusals += p.refusals
@@ -141,14 +144,14 @@ class Writer:
             self.instruments = {s: Instrument(s, InstrumentSpec(tick, lot)) for s, (tick, lot) in frame.instruments.items()}
             rows = [(s, tick, lot) for s, (tick, lot) in frame.instruments.items()]
             self.conn.executemany("INSERT OR REPLACE INTO instruments VALUES (?,?,?)", rows)
-        for first_seq, cmds, ts_ns in piece.batches:
+        for first_seq, cmds, ts_ns in batches:
             self.last_seqs.append(first_seq + len(cmds) - 1)
             self.times.append(ts_ns)
         if len(self.last_seqs) > MAX_TIMES:
             del self.last_seqs[: MAX_TIMES // 2], self.times[: MAX_TIMES // 2]
         self.conn.execute("BEGIN")
         self.conn.executemany(INSERT_TRADE, self.trade_rows(piece.trades))
-        self.conn.executemany(INSERT_ORDER, self.order_rows(piece.batches))
+        self.conn.executemany(INSERT_ORDER, self.order_rows(batches))
         self.conn.executemany(INSERT_ORDER, self.refusal_rows(piece.refusals))
         self.conn.executemany(INSERT_REPORT, self.report_rows(piece.reports))
         self.conn.execute("COMMIT")

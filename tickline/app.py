@@ -65,10 +65,10 @@ class Durable:
     def __init__(self, matching: Matching, gateway: Gateway, tradelog: TradeLog) -> None:
         self.matching, self.gateway, self.tradelog = matching, gateway, tradelog
 
-    def __call__(self, first_seq: int, cmds: list[Command], ts_ns: int) -> None:
+    def __call__(self, first_seq: int, cmds: list[Command], ts_ns: int, record: bytes) -> None:
         self.matching.submit(first_seq, cmds)
         self.gateway.on_durable(first_seq + len(cmds) - 1)
-        self.tradelog.on_durable(first_seq, cmds, ts_ns)
+        self.tradelog.on_durable(first_seq, len(cmds), record)
 
 
 async def serve(config: Config) -> int:
