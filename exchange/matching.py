@@ -83,9 +83,6 @@ class Matching:
         """
         return all(not m.inbox or m.inbox[0][0] > seq for m in self.matchers.values())
 
-    def idle(self) -> bool:
-        return not any(m.inbox for m in self.matchers.values())
-
     def drain_all(self) -> None:
         """Apply everything queued now (shutdown)."""
         for m in self.matchers.values():

@@ -81,6 +81,11 @@ class Desk(Protocol):
         """Look the owner's reports up (off the event loop); call done with them later."""
 
 
+def encode(reply: R.Reply, json: bool) -> bytes:
+    """A reply in the form of the request it answers."""
+    return R.to_json(reply) if json else R.to_text(reply)
+
+
 def owner_of(token: str) -> str:
     """The owner id recorded on orders: derived from the secret token, not the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()[:16]
@@ -243,13 +248,7 @@ class Connection:
         if self.quitting:
             return b""
         err = R.Error("incomplete_line", "the connection closed in the middle of a line; it was not executed")
-        encoded = R.to_json(err) if self.json_mode else R.to_text(err)
-        if not self.held:
-            return encoded
-        tail = Held(self.last_seq, False)
-        tail.items.append(encoded)
-        self.held.append(tail)
-        return b""
+        return self._hold([encode(err, self.json_mode)], 0, 0)
 
     def durable(self, durable_seq: int) -> bytes:
         """The journal has synced every command up to durable_seq: release those replies."""
@@ -271,7 +270,7 @@ class Connection:
         out = self._release(1 << 62, force=True)
         self.done = True
         bye = R.Bye(text)
-        return out + (R.to_json(bye) if self.json_mode else R.to_text(bye))
+        return out + encode(bye, self.json_mode)
 
     # ------------------------------------------------------------------ release
 
@@ -302,7 +301,7 @@ class Connection:
         h.fetching = True
 
         def done(reply: R.Reply) -> None:
-            h.items = [R.to_json(reply) if is_json else R.to_text(reply)]
+            h.items = [encode(reply, is_json)]
             h.fetching = False
             self.on_ready()
 
@@ -316,7 +315,7 @@ class Connection:
         if not self.quitting:
             return b""
         bye = R.Bye("goodbye")
-        return R.to_json(bye) if self.json_mode else R.to_text(bye)
+        return encode(bye, self.json_mode)
 
     # ------------------------------------------------------------------ requests
 
@@ -334,12 +333,12 @@ class Connection:
                 return None, 0
             case Resume(token=token):  # takes effect at once: later lines act as that owner
                 reply = self._resume(token)
-                return (R.to_json(reply) if is_json else R.to_text(reply)), 0
+                return encode(reply, is_json), 0
             case _:
                 return (req, is_json), 0
         if reject is None:
             return None, seq
-        return (R.to_json(reject) if is_json else R.to_text(reject)), seq
+        return encode(reject, is_json), seq
 
     def _journal(self, cmd: Command) -> int:
         self.last_seq = seq = self.desk.append(cmd)
@@ -384,7 +383,7 @@ class Connection:
             price = req.price and req.price[:32]
             self.desk.refused(Refusal(self.owner, req.symbol[:16], side.value, req.qty[:32], price, req.tif, cid, reason, problem.text))
         reject = R.Reject(reason, problem.text, cid)
-        return R.to_json(reject) if is_json else R.to_text(reject)
+        return encode(reject, is_json)
 
     def _audit_refusal(
         self, kind: str, order_id: int | None, cid: str | None, qty: str, price: str | None, reject: R.Reject | None, symbol: str = ""
@@ -460,7 +459,7 @@ class Connection:
                 reply = R.Error("shutting_down", "the exchange is shutting down; ask again after it restarts")
             case _:
                 raise TypeError(f"not a query: {req!r}")
-        return R.to_json(reply) if is_json else R.to_text(reply)
+        return encode(reply, is_json)
 
     def _resume(self, token: str) -> R.Reply:
         if not TOKEN.fullmatch(token):
