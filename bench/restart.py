@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"full replay, rebuilding the trade log:   {full_log:6.2f}s")
 
         engine = asyncio.run(recover(data, instruments, None)).engine
-        write_snapshot(DataDir(data).snapshots, capture(engine.books, args.commands))
+        write_snapshot(DataDir(data).snapshots, capture(engine.books, engine.risk, args.commands))
         snap_size = next((DataDir(data).snapshots).iterdir()).stat().st_size
         from_snap, n = asyncio.run(timed_recover(data, instruments, with_log=True))
         print(f"from the snapshot at {args.commands:,} ({snap_size / 1e3:.0f} kB), empty tail: {from_snap:6.2f}s  (target < 3 s)")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(DataDir(data).snapshots)
         tail_at = args.commands - args.commands // 10
         engine = asyncio.run(_replay_until(data, instruments, tail_at))
-        write_snapshot(DataDir(data).snapshots, capture(engine.books, tail_at))
+        write_snapshot(DataDir(data).snapshots, capture(engine.books, engine.risk, tail_at))
         with_tail, n = asyncio.run(timed_recover(data, instruments, with_log=True))
         print(f"from a snapshot at {tail_at:,} + {n:,} tail commands: {with_tail:6.2f}s")
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(DataDir(data).snapshots)
         tail_at = args.commands - args.snapshot_every
         engine = asyncio.run(_replay_until(data, instruments, tail_at))
-        write_snapshot(DataDir(data).snapshots, capture(engine.books, tail_at))
+        write_snapshot(DataDir(data).snapshots, capture(engine.books, engine.risk, tail_at))
         took = time_to_listen(data, root / "instruments.toml")
         print(f"worst case after kill -9 (snapshot at {tail_at:,}, {args.snapshot_every:,} tail commands): {took:6.2f}s to listening  (target < 3 s)")
     finally:

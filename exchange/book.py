@@ -52,7 +52,7 @@ ADDED, REMOVED = Liquidity.ADDED, Liquidity.REMOVED
 class Order:
     """A resting (or matching) order. Mutable: leaves and price change as it lives."""
 
-    __slots__ = ("order_id", "side", "price", "leaves", "tif", "owner", "client_id")
+    __slots__ = ("order_id", "side", "price", "leaves", "tif", "owner", "client_id", "budget")
 
     def __init__(
         self,
@@ -71,6 +71,7 @@ class Order:
         self.tif = tif
         self.owner = owner
         self.client_id = client_id
+        self.budget: int | None = None  # a market BUY's spending limit, lots x ticks
 
 
 class Level:
@@ -184,6 +185,8 @@ class Book:
             return
         out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, price, tif, cmd.owner, cmd.client_id))
         order = Order(seq, cmd.side, price, cmd.qty, tif, cmd.owner, cmd.client_id)
+        if cmd.budget is not None and price is None and cmd.side is BUY:
+            order.budget = cmd.budget
         crosses = self._crosses(order)
         if tif is POST and crosses:
             self._kill(order, CancelReason.WOULD_CROSS, out)
@@ -219,8 +222,8 @@ class Book:
             return
         old_price = order.price
         assert old_price is not None  # a resting order has a price
-        price = old_price if cmd.price is None else cmd.price
-        qty = cmd.qty
+        price = old_price if cmd.price is None or cmd.shrink else cmd.price
+        qty = cmd.qty if not cmd.shrink or cmd.qty < order.leaves else order.leaves
         problem = check_replace(self.instrument, qty, price)
         if problem is not None:
             out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id, self._cause))
@@ -288,6 +291,7 @@ class Book:
         levels, maker_side, buying = half.levels, half.side, taker.side is BUY
         limit = taker.price
         symbol, owner, book_orders = self.symbol, taker.owner, self.orders
+        budget = taker.budget
         match_no = 0
         while True:
             price = half.best()
@@ -302,6 +306,14 @@ class Book:
                     self._kill(maker, CancelReason.SELF_TRADE, out)
                     continue
                 qty = taker.leaves if taker.leaves < maker.leaves else maker.leaves
+                if budget is not None:  # a market BUY spends no more than it locked
+                    if budget < qty * price:
+                        qty = budget // price
+                        if not qty:
+                            taker.budget = 0
+                            break
+                    budget -= qty * price
+                    taker.budget = budget
                 match_no += 1
                 self.md_seq += 1
                 tid = f"{seq}-{match_no}"
@@ -322,7 +334,7 @@ class Book:
             touched[level] = None
             if not level_orders:
                 del levels[price]
-            if not taker.leaves:
+            if not taker.leaves or taker.budget is not None and taker.budget < (half.best() or 0):
                 return
 
     def _crosses(self, order: Order) -> bool:
@@ -335,17 +347,35 @@ class Book:
 
     def _fillable(self, taker: Order) -> int:
         """How much the taker could fill now (own orders excluded), stopping at its quantity."""
-        want, limit, total = taker.leaves, taker.price, 0
+        want, limit, total, budget = taker.leaves, taker.price, 0, taker.budget
         half = self.asks if taker.side is BUY else self.bids
         for price in half.prices():
             if limit is not None and (price > limit if taker.side is BUY else price < limit):
                 break
             for maker in half.levels[price].orders.values():
                 if maker.owner != taker.owner:
-                    total += maker.leaves
+                    qty = maker.leaves
+                    if budget is not None:
+                        qty = min(qty, budget // price)
+                        budget -= qty * price
+                    total += qty
                     if total >= want:
                         return total
         return total
+
+    def sweep_cost(self, qty: int, owner: str) -> int:
+        """What buying qty at market would cost now, in lots x ticks (own orders skipped,
+        as self-trade prevention cancels them); less if the book holds less."""
+        cost = 0
+        for price in self.asks.prices():
+            for maker in self.asks.levels[price].orders.values():
+                if maker.owner != owner:
+                    take = min(qty, maker.leaves)
+                    cost += take * price
+                    qty -= take
+                    if not qty:
+                        return cost
+        return cost
 
     # ------------------------------------------------------------------ resting
 

@@ -1,7 +1,7 @@
-"""The matching core for all symbols: routes each command to its symbol's book.
-
-The server runs one matching task per symbol, each owning one Book; this class is the
-same thing in one piece, for replay, verification and tests.
+"""The matching core for all symbols, in one piece: each command's hold, its book, its
+settlement, in journal order. Replay, verification and tests use it; the server runs the
+same three steps split up (hold at the gateway, one matching task per symbol, settle as
+the first of matching's sinks).
 """
 
 from __future__ import annotations
@@ -11,15 +11,20 @@ from typing import Iterable
 
 from exchange.book import Book
 from exchange.instruments import Instrument, MissingInstrument
-from protocol.messages import Command, Event
+from exchange.risk import Risk
+from protocol.messages import Command, Event, Transfer
 
 
 class Engine:
     def __init__(self, instruments: dict[str, Instrument]) -> None:
         self.instruments = instruments
         self.books: dict[str, Book] = {symbol: Book(inst) for symbol, inst in sorted(instruments.items())}
+        self.risk = Risk(instruments)
 
     def apply(self, seq: int, cmd: Command) -> list[Event]:
+        if isinstance(cmd, Transfer):
+            self.risk.hold(seq, cmd, replay=True)
+            return []
         book = self.books.get(cmd.symbol)
         if book is None:
             # The gateway journals only known symbols: the instruments file lost one since.
@@ -28,15 +33,18 @@ class Engine:
                 f"journal command {seq} trades {cmd.symbol}, which the instruments file does not define; "
                 "restore it there (an instrument cannot be removed while the journal holds its orders)"
             )
-        return book.apply(seq, cmd)
+        self.risk.hold(seq, cmd, replay=True)
+        events = book.apply(seq, cmd)
+        self.risk.settle(events)
+        return events
 
     def state_hash(self) -> str:
-        return combine_hashes(self.books[symbol].state_hash() for symbol in sorted(self.books))
+        return combine_hashes([*(self.books[symbol].state_hash() for symbol in sorted(self.books)), self.risk.state_hash()])
 
 
-def combine_hashes(book_hashes: Iterable[str]) -> str:
-    """The engine's state hash from its books' hashes, in symbol order."""
+def combine_hashes(hashes: Iterable[str]) -> str:
+    """The engine's state hash from its books' hashes, in symbol order, then the balances'."""
     h = hashlib.blake2b(digest_size=16)
-    for book_hash in book_hashes:
-        h.update(book_hash.encode())
+    for part in hashes:
+        h.update(part.encode())
     return h.hexdigest()

@@ -108,16 +108,48 @@ class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_qty: str | None = None
     min_price: str | None = None
     max_price: str | None = None
+    base: str | None = None  # what is bought; default: the symbol's part before "-", or the symbol
+    quote: str | None = None  # what it is paid in; default: the part after "-", or USD
+    maker_fee_bps: int = 0  # fee on what the maker receives, in 1/100 of a percent
+    taker_fee_bps: int = 0  # fee on what the taker receives
 
 
 class InstrumentsFile(msgspec.Struct, forbid_unknown_fields=True):
     instruments: dict[str, InstrumentSpec]
+    # Each asset's smallest unit ("0.01": cents). An asset not listed gets the coarsest unit
+    # that counts every lot and every lot x tick exactly; list it to pin it, since balances
+    # are kept in these units.
+    assets: dict[str, str] = {}
+
+
+class Asset:
+    """Something an account holds; balances count its smallest unit, as integers."""
+
+    __slots__ = ("name", "unit")
+
+    def __init__(self, name: str, unit: str) -> None:
+        self.name = name
+        self.unit = Step(unit)
+
+    def format(self, units: int) -> str:
+        if units < 0:  # never for a balance; said plainly if it ever is
+            return "-" + self.unit.format(-units)
+        return self.unit.format(units) if units else "0" if not self.unit.decimals else "0." + "0" * self.unit.decimals
+
+    def parse(self, text: str) -> int | None:
+        """A positive amount in units, exactly; None if not one (or finer than the unit)."""
+        units = self.unit.count(text)
+        return units if units is not None and units > 0 else None
 
 
 class Instrument:
-    """A tradable symbol with its tick, lot, quantity limits and price band (as integers)."""
+    """A tradable symbol with its tick, lot, quantity limits and price band (as integers),
+    its assets, and what a lot and a lot x tick are worth in them (see exchange/risk.py)."""
 
-    __slots__ = ("symbol", "tick", "lot", "min_qty", "max_qty", "min_price", "max_price")
+    __slots__ = (
+        "symbol", "tick", "lot", "min_qty", "max_qty", "min_price", "max_price",
+        "base", "quote", "base_per_lot", "quote_per_lot_tick", "maker_fee_bps", "taker_fee_bps",
+    )  # fmt: skip
 
     def __init__(self, symbol: str, spec: InstrumentSpec) -> None:
         self.symbol = symbol
@@ -127,6 +159,21 @@ class Instrument:
         self.max_qty = self._limit(self.lot, spec.max_qty, MAX_STEPS)
         self.min_price = self._limit(self.tick, spec.min_price, 1)
         self.max_price = self._limit(self.tick, spec.max_price, MAX_STEPS)
+        default_base, _, default_quote = symbol.partition("-")
+        self.base = spec.base or default_base
+        self.quote = spec.quote or default_quote or "USD"
+        for bps in (spec.maker_fee_bps, spec.taker_fee_bps):
+            if not 0 <= bps <= 10_000:
+                raise ValueError(f"{symbol}: a fee is 0..10000 basis points, not {bps}")
+        self.maker_fee_bps = spec.maker_fee_bps
+        self.taker_fee_bps = spec.taker_fee_bps
+        self.base_per_lot = 0  # set by price_in (the assets' units are known once all are read)
+        self.quote_per_lot_tick = 0
+
+    def price_in(self, base: Asset, quote: Asset) -> None:
+        """Fix what a lot (in base units) and a lot x tick (in quote units) are worth."""
+        self.base_per_lot = _exact_units(self.lot, [], base, f"{self.symbol}: a lot of {self.lot.text}")
+        self.quote_per_lot_tick = _exact_units(self.lot, [self.tick], quote, f"{self.symbol}: a lot x tick of {self.lot.text} x {self.tick.text}")
 
     @staticmethod
     def _limit(step: Step, text: str | None, default: int) -> int:
@@ -177,8 +224,18 @@ class Instrument:
         return self.tick.format(ticks)
 
 
-# An equity, a crypto pair, a future and an FX pair: the engine is asset-agnostic.
+# An equity, a crypto pair, a future and an FX pair: the engine is asset-agnostic. ES is
+# settled like spot (ES/USD: a buyer pays price x qty and holds the contracts; a seller
+# must hold them): no margin, no short selling. Balances count each asset's smallest unit:
+# USD to 1e-7 so that a BTC lot (0.00001) at a cent's tick costs a whole number of units.
 DEFAULT_INSTRUMENTS_TOML = """\
+[assets]
+USD = "0.0000001"
+AAPL = "1"
+BTC = "0.00000001"
+ES = "1"
+EUR = "0.01"
+
 [instruments.AAPL]
 tick = "0.01"
 lot = "1"
@@ -203,6 +260,26 @@ max_qty = "100000000"
 
 
 SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}", re.ASCII)
+ASSET = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}", re.ASCII)
+
+
+def _exact_units(first: Step, more: list[Step], asset: Asset, what: str) -> int:
+    """The product of steps counted in the asset's unit; it must be a whole number."""
+    units, decimals = first.units, first.decimals
+    for step in more:
+        units, decimals = units * step.units, decimals + step.decimals
+    scale = asset.unit.decimals - decimals  # value = units / 10**decimals; unit = u / 10**d
+    num, den = (units * 10**scale, asset.unit.units) if scale >= 0 else (units, asset.unit.units * 10**-scale)
+    count, rem = divmod(num, den)
+    if rem or count <= 0:
+        raise ValueError(f"{what} is not a whole number of {asset.name} units of {asset.unit.text}")
+    return count
+
+
+def _coarsest_unit(steps: list[list[Step]]) -> str:
+    """The largest power-of-ten unit that counts every product of steps exactly."""
+    decimals = max(sum(s.decimals for s in product) for product in steps)
+    return "1" if not decimals else "0." + "0" * (decimals - 1) + "1"
 
 
 def parse_instruments(toml_text: str | bytes) -> dict[str, Instrument]:
@@ -210,7 +287,41 @@ def parse_instruments(toml_text: str | bytes) -> dict[str, Instrument]:
     for symbol in spec.instruments:
         if not SYMBOL.fullmatch(symbol):
             raise ValueError(f"symbol {symbol!r}: use 1-16 of A-Z 0-9 . _ -, starting with a letter or digit")
-    return {symbol: Instrument(symbol, s) for symbol, s in sorted(spec.instruments.items())}
+    instruments = {symbol: Instrument(symbol, s) for symbol, s in sorted(spec.instruments.items())}
+    needs: dict[str, list[list[Step]]] = {}
+    for inst in instruments.values():
+        needs.setdefault(inst.base, []).append([inst.lot])
+        needs.setdefault(inst.quote, []).append([inst.lot, inst.tick])
+    for name in needs:
+        if not ASSET.fullmatch(name):
+            raise ValueError(f"asset {name!r}: use 1-16 of A-Z 0-9 . _ -")
+    assets = {name: Asset(name, spec.assets.get(name) or _coarsest_unit(products)) for name, products in sorted(needs.items())}
+    for inst in instruments.values():
+        inst.price_in(assets[inst.base], assets[inst.quote])
+    return instruments
+
+
+def assets_of(instruments: dict[str, Instrument]) -> dict[str, Asset]:
+    """Every asset the instruments trade, with its unit (rebuilt from what price_in fixed)."""
+    out: dict[str, Asset] = {}
+    for inst in instruments.values():
+        out.setdefault(inst.base, _unit_of(inst.base, inst.lot, [], inst.base_per_lot))
+        out.setdefault(inst.quote, _unit_of(inst.quote, inst.lot, [inst.tick], inst.quote_per_lot_tick))
+    return dict(sorted(out.items()))
+
+
+def _unit_of(name: str, first: Step, more: list[Step], per: int) -> Asset:
+    units, decimals = first.units, first.decimals
+    for step in more:
+        units, decimals = units * step.units, decimals + step.decimals
+    # unit = (units / 10**decimals) / per, written as a decimal (exact: price_in checked it)
+    num, den = units, per * 10**decimals
+    d = 0
+    while num * 10**d % den:
+        d += 1
+    whole = num * 10**d // den
+    text = str(whole) if not d else f"{whole // 10**d}.{whole % 10**d:0{d}d}"
+    return Asset(name, text)
 
 
 class InstrumentsFileError(Exception):

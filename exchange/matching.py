@@ -14,7 +14,7 @@ from collections import deque
 from typing import Callable
 
 from exchange.book import Book
-from protocol.messages import Command, Event
+from protocol.messages import Command, Event, OrderCommand, Transfer
 
 Sink = Callable[[list[Event]], None]
 Schedule = Callable[[Callable[[], None]], object]
@@ -28,10 +28,10 @@ class SymbolMatcher:
         self.book = book
         self.sinks = sinks
         self.schedule = schedule
-        self.inbox: deque[tuple[int, Command]] = deque()
+        self.inbox: deque[tuple[int, OrderCommand]] = deque()
         self._scheduled = False
 
-    def submit(self, seq: int, cmd: Command) -> None:
+    def submit(self, seq: int, cmd: OrderCommand) -> None:
         self.inbox.append((seq, cmd))
         if not self._scheduled:
             self._scheduled = True
@@ -70,10 +70,12 @@ class Matching:
         self.sinks[:] = sinks
 
     def submit(self, first_seq: int, cmds: list[Command]) -> None:
-        """A durable journal batch: each command to its symbol's queue, in journal order."""
+        """A durable journal batch: each order command to its symbol's queue, in journal order
+        (a transfer took effect when it was sequenced: it has nothing to match)."""
         matchers = self.matchers
         for seq, cmd in enumerate(cmds, first_seq):
-            matchers[cmd.symbol].submit(seq, cmd)
+            if not isinstance(cmd, Transfer):
+                matchers[cmd.symbol].submit(seq, cmd)
 
     def applied(self, seq: int) -> bool:
         """Whether every command with a sequence <= seq that reached matching is applied.

@@ -21,11 +21,12 @@ import structlog
 from exchange.book import Book, Order, RestingTuple, as_tuple, hash_book
 from exchange.engine import Engine, combine_hashes
 from exchange.instruments import Instrument, MissingInstrument
+from exchange.risk import BalanceRow, HoldRow, Risk, RiskState, hash_risk
 from protocol.messages import TIF, Side
 
 log = structlog.get_logger("snapshots")
 
-MAGIC = b"TLSNAP1\n"
+MAGIC = b"TLSNAP2\n"  # 2: balances too
 HEADER = struct.Struct("<IQ")
 
 
@@ -50,17 +51,22 @@ class Snapshot(msgspec.Struct, frozen=True):
     taken_ns: int
     state_hash: str
     books: list[BookState]
+    balances: list[BalanceRow]  # (account, asset, available, locked)
+    holds: list[HoldRow]  # (order id, account, asset, locked for it, price)
+    refs: list[tuple[str, int]]  # transfer refs already applied, with their seq
 
 
 _decode = msgspec.msgpack.Decoder(Snapshot).decode
 
 
-Captured = tuple[int, int, list[tuple[str, int, list[RestingTuple]]]]
+Captured = tuple[int, int, list[tuple[str, int, list[RestingTuple]]], RiskState]
 
 
-def capture(books: dict[str, Book], seq: int) -> Captured:
-    """The books as plain tuples, taken on the event loop (fast); hash and encode elsewhere."""
-    return seq, time.time_ns(), [(s, b.md_seq, [as_tuple(o) for o in b.resting()]) for s, b in sorted(books.items())]
+def capture(books: dict[str, Book], risk: Risk, seq: int) -> Captured:
+    """The books and balances as plain tuples after exactly the commands up to seq (every
+    one of them matched), taken on the event loop; hash and encode elsewhere."""
+    books_now = [(s, b.md_seq, [as_tuple(o) for o in b.resting()]) for s, b in sorted(books.items())]
+    return seq, time.time_ns(), books_now, risk.state(through=seq)
 
 
 def path_for(directory: Path, seq: int) -> Path:
@@ -70,9 +76,12 @@ def path_for(directory: Path, seq: int) -> Path:
 def write_snapshot(directory: Path, captured: Captured) -> Path:
     """Hash, encode and write a captured snapshot atomically (runs in a worker thread)."""
     directory.mkdir(parents=True, exist_ok=True)
-    seq, taken_ns, books = captured
-    state_hash = combine_hashes(hash_book(symbol, md_seq, orders) for symbol, md_seq, orders in books)
-    payload = msgspec.msgpack.encode({"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": books})
+    seq, taken_ns, books, risk = captured
+    state_hash = combine_hashes([*(hash_book(symbol, md_seq, orders) for symbol, md_seq, orders in books), hash_risk(risk)])
+    balances, holds, refs = risk
+    payload = msgspec.msgpack.encode(
+        {"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": books, "balances": balances, "holds": holds, "refs": refs}
+    )
     final = path_for(directory, seq)
     tmp = final.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -125,6 +134,12 @@ def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None
                 "restore it there (an instrument cannot be removed while the journal or snapshots hold it)"
             )
         book.load((Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in state.orders), state.md_seq)
+    held_orders = {o.order_id: (state.symbol, o.side is Side.BUY) for state in snap.books for o in state.orders}
+    try:
+        engine.risk.load((snap.balances, snap.holds, snap.refs), held_orders)
+    except KeyError:
+        log.warning("snapshot_skipped", seq=snap.seq, why="a hold names an order that is not on the books")
+        return None
     if engine.state_hash() != snap.state_hash:
         log.warning("snapshot_skipped", seq=snap.seq, why="books do not match the recorded state hash")
         return None

@@ -19,6 +19,7 @@ from typing import Callable
 import structlog
 
 from exchange.book import Book
+from exchange.risk import Risk
 from journal.journal import first_seq_of, segment_paths
 from journal.layout import DataDir
 from journal.snapshots import capture, prune, seq_of, write_snapshot
@@ -32,6 +33,7 @@ class Snapshotter:
         self,
         data_dir: Path,
         books: dict[str, Book],
+        risk: Risk,
         durable_seq: Callable[[], int],
         quiescent: Callable[[], bool],
         tradelog: TradeLog,
@@ -45,6 +47,7 @@ class Snapshotter:
         self.directory = DataDir(data_dir).snapshots
         self.journal_dir = DataDir(data_dir).journal
         self.books = books
+        self.risk = risk
         self.durable_seq = durable_seq
         self.quiescent = quiescent  # every matching task has applied everything durable
         self.tradelog = tradelog
@@ -74,7 +77,7 @@ class Snapshotter:
         if behind is not None and behind <= seq:
             log.warning("snapshot_held_back", seq=seq, tradelog_behind_from=behind)
             return None
-        captured = capture(self.books, seq)
+        captured = capture(self.books, self.risk, seq)
         rows = self.tradelog.queued
         while self.tradelog.committed < rows:
             if not self.tradelog.healthy:

@@ -26,7 +26,7 @@ from typing import cast
 import msgspec
 import structlog
 
-from exchange.instruments import Instrument
+from exchange.instruments import Instrument, assets_of
 from journal.records import encode_batch
 from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report
 from protocol.messages import Canceled, Command, Event, Fill, Refusal, Rejected, Replaced, Trade
@@ -74,7 +74,7 @@ class TradeLog:
         )  # fmt: skip
         self._acks = asyncio.get_running_loop().create_task(self._read_acks(), name="tradelog-acks")
         specs = {s: (i.tick.text, i.lot.text) for s, i in self.instruments.items()}
-        await self._send(Frame(0, [], specs))
+        await self._send(Frame(0, [], specs, {a.name: a.unit.text for a in assets_of(self.instruments).values()}))
 
     # ------------------------------------------------------------ hand-over (event loop)
 

@@ -25,9 +25,9 @@ from typing import BinaryIO, Iterable
 
 import msgspec
 
-from exchange.instruments import Instrument, InstrumentSpec
+from exchange.instruments import Asset, Instrument, InstrumentSpec
 from journal.records import decode_records
-from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, Refusal, Rejected, Replace, Replaced, Trade
+from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, Refusal, Rejected, Replace, Replaced, Trade, Transfer
 
 LENGTH = struct.Struct("<I")
 UNITS = struct.Struct("<Q")
@@ -105,6 +105,7 @@ class Frame(msgspec.Struct, array_like=True):
     units: int  # what the server counts this frame as; echoed back once committed
     pieces: list[msgspec.Raw]
     instruments: dict[str, tuple[str, str]] | None = None  # symbol -> (tick, lot): first frame
+    assets: dict[str, str] | None = None  # asset -> its unit: first frame
 
 
 def iso(ts_ns: int) -> str:
@@ -125,6 +126,7 @@ class Writer:
                 if column.split()[0] not in have:
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         self.instruments: dict[str, Instrument] = {}
+        self.assets: dict[str, Asset] = {}
         self.last_seqs: list[int] = []
         self.times: list[int] = []
         self.encode = msgspec.msgpack.Encoder().encode
@@ -142,6 +144,7 @@ class Writer:
             piece.refusals += p.refusals
         if frame.instruments:
             self.instruments = {s: Instrument(s, InstrumentSpec(tick, lot)) for s, (tick, lot) in frame.instruments.items()}
+            self.assets = {name: Asset(name, unit) for name, unit in (frame.assets or {}).items()}
             rows = [(s, tick, lot) for s, (tick, lot) in frame.instruments.items()]
             self.conn.executemany("INSERT OR REPLACE INTO instruments VALUES (?,?,?)", rows)
         for first_seq, cmds, ts_ns in batches:
@@ -174,6 +177,11 @@ class Writer:
         for first_seq, cmds, ts_ns in batches:
             ts = iso(ts_ns)
             for seq, cmd in enumerate(cmds, first_seq):
+                if isinstance(cmd, Transfer):  # the asset in the symbol column, the ref as the client id
+                    kind = "deposit" if cmd.amount > 0 else "withdrawal"
+                    amount = self.assets[cmd.asset].format(abs(cmd.amount))
+                    yield (seq, ts, cmd.account, cmd.asset, "", amount, "", "", cmd.ref, "accepted", None, None, kind, None)
+                    continue
                 inst = self.instruments[cmd.symbol]
                 if type(cmd) is NewOrder:
                     price = "MKT" if cmd.price is None else inst.format_price(cmd.price)

@@ -48,6 +48,8 @@ class RejectReason(enum.Enum):
     DUPLICATE_ID = "duplicate_id"  # the client order id is already used by an open order
     BAD_ID = "bad_id"  # a client order id must be 1-32 of A-Z a-z 0-9 . _ : -
     SHUTTING_DOWN = "shutting_down"
+    INSUFFICIENT_FUNDS = "insufficient_funds"  # the owner cannot pay for it (see exchange/risk.py)
+    NOT_LOGGED_IN = "not_logged_in"  # orders need an account: LOGIN first
 
 
 class Problem(NamedTuple):
@@ -71,27 +73,36 @@ class CancelReason(enum.Enum):
 # ---------------------------------------------------------------- commands
 
 
-class NewOrder(msgspec.Struct, frozen=True, tag="new"):
+# Commands are journaled as msgpack maps without their defaults (omit_defaults): a field
+# added later with a default reads old journals unchanged.
+
+
+class NewOrder(msgspec.Struct, frozen=True, tag="new", omit_defaults=True):
     symbol: str
     side: Side
     qty: int  # lots
     price: int | None  # ticks; None is a market order
     tif: TIF
-    owner: str
+    owner: str  # the account
     client_id: str | None = None
+    # A market BUY's spending limit in lots x ticks: what the visible book would cost when
+    # it was sequenced, which is what its owner's funds were locked for. It never spends more.
+    budget: int | None = None
 
 
-class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
+class Cancel(msgspec.Struct, frozen=True, tag="cancel", omit_defaults=True):
     symbol: str
     order_id: int
     owner: str
 
 
-class Replace(msgspec.Struct, frozen=True, tag="replace"):
+class Replace(msgspec.Struct, frozen=True, tag="replace", omit_defaults=True):
     """Change an open order's remaining quantity and/or price.
 
     qty is the new open (leaves) quantity. Decreasing it at the same price keeps time
     priority; a price change or an increase sends the order to the back of its level.
+    A `shrink` (a decrease at the same price, which locks no funds) never raises the
+    open quantity: if fills in flight left less than qty, the order keeps what is left.
     """
 
     symbol: str
@@ -99,9 +110,23 @@ class Replace(msgspec.Struct, frozen=True, tag="replace"):
     qty: int
     price: int | None  # None keeps the current price
     owner: str
+    shrink: bool = False
 
 
-Command = NewOrder | Cancel | Replace
+class Transfer(msgspec.Struct, frozen=True, tag="transfer", omit_defaults=True):
+    """A deposit (amount > 0) or withdrawal (amount < 0) of an asset, in its smallest units.
+
+    The ref is the operator's id for it: a ref already journaled is never applied twice.
+    """
+
+    account: str
+    asset: str
+    amount: int
+    ref: str
+
+
+OrderCommand = NewOrder | Cancel | Replace
+Command = NewOrder | Cancel | Replace | Transfer
 
 
 # ---------------------------------------------------------------- events

@@ -66,14 +66,22 @@ class Error(_Reply, frozen=True, tag="err"):
 
 class Hello(_Reply, frozen=True, tag="hello"):
     version: str
-    session: str
-    owner: str
 
 
-class Resumed(_Reply, frozen=True, tag="resumed"):
-    session: str
-    owner: str
+class LoggedIn(_Reply, frozen=True, tag="logged_in"):
+    account: str
     open_orders: int
+
+
+class Balance(msgspec.Struct, frozen=True):
+    asset: str
+    available: str
+    locked: str
+
+
+class BalancesReply(_Reply, frozen=True, tag="balances"):
+    account: str
+    balances: list[Balance]
 
 
 class Pong(_Reply, frozen=True, tag="pong"):
@@ -134,8 +142,8 @@ class ReportsReply(_Reply, frozen=True, tag="reports"):
 
 
 Reply = (
-    Ack | FillReport | CanceledReport | ReplacedReport | Reject | Error | Hello | Resumed | Pong | Bye
-    | BookReply | OrdersReply | SymbolsReply | HelpReply | ReportsReply
+    Ack | FillReport | CanceledReport | ReplacedReport | Reject | Error | Hello | LoggedIn | Pong | Bye
+    | BookReply | OrdersReply | SymbolsReply | HelpReply | ReportsReply | BalancesReply
 )  # fmt: skip
 
 
@@ -190,9 +198,13 @@ def to_text(r: Reply) -> bytes:
     elif type(r) is Pong:
         s = "PONG\n"
     elif type(r) is Hello:
-        s = f"HELLO tickline {r.version} session={r.session} owner={r.owner} type HELP for commands\n"
-    elif type(r) is Resumed:
-        s = f"RESUMED session={r.session} owner={r.owner} open={r.open_orders}\n"
+        s = f"HELLO tickline {r.version} log in with LOGIN <name> <password>; type HELP for commands\n"
+    elif type(r) is LoggedIn:
+        s = f"LOGGED_IN account={r.account} open={r.open_orders}\n"
+    elif type(r) is BalancesReply:
+        lines = [f"BALANCES {r.account} {len(r.balances)}"]
+        lines += [f"BALANCE {b.asset} available={b.available} locked={b.locked}" for b in r.balances]
+        s = "\n".join(lines) + "\nEND\n"
     elif type(r) is Bye:
         s = f"BYE {r.text}\n"
     elif type(r) is BookReply:

@@ -68,8 +68,16 @@ class Quit(_Request, frozen=True, tag="quit"):
     pass
 
 
-class Resume(_Request, frozen=True, tag="resume"):
-    token: str
+class Login(_Request, frozen=True, tag="login"):
+    name: str
+    password: str
+
+    def __repr__(self) -> str:  # a password never reaches a log line
+        return f"Login(name={self.name!r}, password=<hidden>)"
+
+
+class BalancesQuery(_Request, frozen=True, tag="balances"):
+    pass
 
 
 class ReportsQuery(_Request, frozen=True, tag="reports"):
@@ -78,7 +86,7 @@ class ReportsQuery(_Request, frozen=True, tag="reports"):
     since: int = 0
 
 
-Request = Buy | Sell | CancelOrder | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Resume | ReportsQuery
+Request = Buy | Sell | CancelOrder | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Login | BalancesQuery | ReportsQuery
 
 
 class BadRequest(msgspec.Struct, frozen=True):

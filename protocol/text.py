@@ -11,17 +11,18 @@ from typing import Sequence
 
 from protocol.requests import (
     BadRequest,
+    BalancesQuery,
     BookQuery,
     Buy,
     CancelOrder,
     Help,
+    Login,
     OrdersQuery,
     Ping,
     Quit,
     ReplaceOrder,
     ReportsQuery,
     Request,
-    Resume,
     Sell,
     SymbolsQuery,
 )
@@ -168,10 +169,10 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
             return BadRequest("bad_request", "usage: REPORTS since=<seq>   (0: all; a seq from an order id, a trade id or a REPORTS reply's through=)")
         since = _int_arg(args[0][6:], "since")
         return since if isinstance(since, BadRequest) else ReportsQuery(since)
-    if verb == "RESUME":
-        if len(args) != 1:
-            return BadRequest("bad_request", "usage: RESUME <session-token>")
-        return Resume(args[0])
+    if verb == "LOGIN":
+        if len(args) != 2:
+            return BadRequest("bad_request", "usage: LOGIN <name> <password>")
+        return Login(args[0], args[1])
     simple = _SIMPLE.get(verb)
     if simple is not None:
         if args:
@@ -186,6 +187,7 @@ _SIMPLE: dict[str, Request] = {
     "PING": Ping(),
     "HELP": Help(),
     "QUIT": Quit(),
+    "BALANCES": BalancesQuery(),
     "EXIT": Quit(),
 }
 
@@ -210,8 +212,9 @@ HELP_LINES = [
     "BOOK <symbol> [<levels>]               price levels, best first (default 10)",
     "ORDERS                                 your open orders",
     "SYMBOLS                                what trades here, with tick and lot sizes",
-    "RESUME <session-token>                 take back the identity of an earlier session",
-    "REPORTS since=<seq>                    your execution reports since a journal seq (after RESUME: what you missed)",
+    "LOGIN <name> <password>                trade as your account (orders need it)",
+    "BALANCES                               your available and locked amounts per asset",
+    "REPORTS since=<seq>                    your execution reports since a journal seq (after a reconnect: what you missed)",
     "PING | HELP | QUIT",
     "A line starting with { is a JSON request, e.g.",
     '{"op":"buy","symbol":"AAPL","qty":"10","price":"150.25","tif":"IOC","id":"c1"}',

@@ -1,0 +1,186 @@
+"""Balances and pre-trade risk (exchange/risk.py): exact amounts, and the invariants under
+live-like interleavings of per-symbol matching, checked against a serial replay."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exchange.book import Book
+from exchange.engine import Engine
+from exchange.instruments import load_instruments, parse_instruments
+from exchange.risk import FEE_ACCOUNT, Risk, totals
+from protocol.messages import TIF, Cancel, Command, NewOrder, Problem, Replace, Side, Transfer
+
+INSTRUMENTS = load_instruments()
+AAPL = INSTRUMENTS["AAPL"]  # lot 1 share, tick 0.01 USD; USD unit 1e-7: a lot x tick is 100,000 units
+CENT = AAPL.quote_per_lot_tick
+
+
+def funded(engine: Engine, *accounts: str) -> int:
+    seq = 0
+    for account in accounts:
+        for asset, amount in (("USD", 10_000 * 100 * CENT), ("AAPL", 1_000)):
+            seq += 1
+            engine.apply(seq, Transfer(account, asset, amount, f"{account}-{asset}"))
+    return seq
+
+
+def test_a_limit_buy_locks_qty_times_price_and_a_fill_moves_both_sides() -> None:
+    engine = Engine(INSTRUMENTS)
+    seq = funded(engine, "alice", "bob")
+    risk = engine.risk
+    engine.apply(seq + 1, NewOrder("AAPL", Side.BUY, 10, 15000, TIF.GTC, "alice"))  # 10 @ 150.00
+    assert risk.balances[("alice", "USD")] == [(1_000_000 - 150_000) * CENT, 150_000 * CENT]
+    engine.apply(seq + 2, NewOrder("AAPL", Side.SELL, 4, 14900, TIF.GTC, "bob"))  # trades 4 @ 150.00
+    assert risk.balances[("alice", "USD")] == [(1_000_000 - 150_000) * CENT, 6 * 15000 * CENT]
+    assert risk.balances[("alice", "AAPL")] == [1_004, 0]
+    assert risk.balances[("bob", "AAPL")] == [996, 0]
+    assert risk.balances[("bob", "USD")] == [(1_000_000 + 60_000) * CENT, 0]
+    engine.apply(seq + 3, Cancel("AAPL", seq + 1, "alice"))
+    assert risk.balances[("alice", "USD")] == [(1_000_000 - 60_000) * CENT, 0]
+
+
+def test_a_buy_that_trades_better_than_its_limit_gets_the_difference_back() -> None:
+    engine = Engine(INSTRUMENTS)
+    seq = funded(engine, "alice", "bob")
+    engine.apply(seq + 1, NewOrder("AAPL", Side.SELL, 5, 14000, TIF.GTC, "bob"))
+    engine.apply(seq + 2, NewOrder("AAPL", Side.BUY, 5, 15000, TIF.IOC, "alice"))
+    assert engine.risk.balances[("alice", "USD")] == [(1_000_000 - 70_000) * CENT, 0]
+
+
+def test_a_market_buy_spends_at_most_its_budget() -> None:
+    engine = Engine(INSTRUMENTS)
+    seq = funded(engine, "alice", "bob", "carol")
+    engine.apply(seq + 1, NewOrder("AAPL", Side.SELL, 5, 10000, TIF.GTC, "bob"))
+    engine.apply(seq + 2, NewOrder("AAPL", Side.SELL, 5, 20000, TIF.GTC, "carol"))
+    # Locked for 5 @ 100.00 when sequenced; bob's 5 went to someone else meanwhile.
+    engine.apply(seq + 3, NewOrder("AAPL", Side.BUY, 5, 10000, TIF.IOC, "carol"))  # self-trade? no: bob's
+    # Locked 5 x 100.00 = 50,000 lots x ticks when sequenced; only 200.00 asks are left:
+    # it buys the 2 shares that budget pays for, and the rest is released.
+    engine.apply(seq + 4, NewOrder("AAPL", Side.BUY, 5, None, TIF.IOC, "alice", budget=50_000))
+    assert engine.risk.balances[("alice", "AAPL")] == [1_002, 0]
+    assert engine.risk.balances[("alice", "USD")] == [(1_000_000 - 40_000) * CENT, 0]
+
+
+def test_fees_go_to_the_fee_account() -> None:
+    toml = '[instruments.X]\ntick = "1"\nlot = "1"\nmaker_fee_bps = 10\ntaker_fee_bps = 20\n[assets]\nUSD = "0.01"\nX = "0.001"\n'
+    instruments = parse_instruments(toml)
+    engine = Engine(instruments)
+    for n, (account, asset, amount) in enumerate([("a", "USD", 10**9), ("b", "X", 10**9)], 1):
+        engine.apply(n, Transfer(account, asset, amount, str(n)))
+    engine.apply(3, NewOrder("X", Side.SELL, 100, 50, TIF.GTC, "b"))  # maker
+    engine.apply(4, NewOrder("X", Side.BUY, 100, 50, TIF.GTC, "a"))  # taker
+    risk = engine.risk
+    assert risk.balances[("b", "USD")] == [500_000 - 500, 0]  # 5000.00 USD less 10 bps
+    assert risk.balances[("a", "X")] == [100_000 - 200, 0]  # 100.000 X less 20 bps
+    assert risk.balances[(FEE_ACCOUNT, "USD")] == [500, 0] and risk.balances[(FEE_ACCOUNT, "X")] == [200, 0]
+
+
+def test_a_refused_hold_changes_nothing_and_says_what_was_needed() -> None:
+    risk = Risk(INSTRUMENTS)
+    assert risk.hold(1, Transfer("alice", "USD", 100 * 100 * CENT, "r1")) is None
+    problem = risk.hold(2, NewOrder("AAPL", Side.BUY, 1, 15000, TIF.GTC, "alice"))
+    assert problem == Problem(problem.reason, "needs 150.0000000 USD, 100.0000000 available") and problem.reason.value == "insufficient_funds"
+    assert risk.balances[("alice", "USD")] == [100 * 100 * CENT, 0] and not risk.holds
+
+
+# ---------------------------------------------------------------- live interleavings vs replay
+
+ACCOUNTS = ["a", "b", "c"]
+SYMBOLS = ["AAPL", "ES"]
+INITIAL = {"USD": 20_000 * 100 * CENT, "AAPL": 50, "ES": 50}
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[tuple]:
+    n = draw(st.integers(5, 60))
+    out = []
+    for _ in range(n):
+        kind = draw(st.sampled_from(["new", "new", "new", "market", "cancel", "replace", "withdraw"]))
+        out.append((
+            kind, draw(st.sampled_from(ACCOUNTS)), draw(st.sampled_from(SYMBOLS)), draw(st.sampled_from([Side.BUY, Side.SELL])),
+            draw(st.integers(1, 20)), draw(st.integers(95, 105)) * 400, draw(st.sampled_from([TIF.GTC, TIF.GTC, TIF.IOC, TIF.FOK])),
+            draw(st.integers(0, 1000)),
+        ))  # fmt: skip
+    return out
+
+
+def need_of(book: Book, order_id: int) -> tuple[int, int | None] | None:
+    o = book.order(order_id)
+    return None if o is None else (o.leaves, o.price)
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=streams(), order=st.lists(st.integers(0, 3), min_size=200, max_size=200))
+def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: list[tuple], order: list[int]) -> None:
+    live = Engine(INSTRUMENTS)  # books and risk, driven as the server drives them
+    risk, books = live.risk, live.books
+    journal: list[Command] = []
+    queues: dict[str, deque[tuple[int, Command]]] = {s: deque() for s in SYMBOLS}
+    deposits: dict[str, int] = {}
+
+    def sequence(cmd: Command) -> None:
+        seq = len(journal) + 1
+        if risk.hold(seq, cmd) is None:
+            journal.append(cmd)
+            if isinstance(cmd, Transfer):
+                deposits[cmd.asset] = deposits.get(cmd.asset, 0) + cmd.amount
+            else:
+                queues[cmd.symbol].append((seq, cmd))
+
+    def drain_one(symbol: str) -> None:
+        if queues[symbol]:
+            seq, cmd = queues[symbol].popleft()
+            risk.settle(books[symbol].apply(seq, cmd))
+        for (acct, asset), (avail, locked) in risk.balances.items():
+            assert avail >= 0 and locked >= 0, (acct, asset, avail, locked)
+
+    for account in ACCOUNTS:
+        for asset, amount in INITIAL.items():
+            sequence(Transfer(account, asset, amount, f"{account}:{asset}"))
+    steps = iter(order)
+    for kind, account, symbol, side, qty, price, tif, pick in stream:
+        for _ in range(next(steps, 0)):  # matching runs a few steps, in whichever symbol's order
+            drain_one(SYMBOLS[next(steps, 0) % 2])
+        new_orders = [(s, c) for s, c in enumerate(journal, 1) if isinstance(c, NewOrder) and c.owner == account]
+        if kind == "new":
+            sequence(NewOrder(symbol, side, qty, price, tif, account))
+        elif kind == "market":
+            budget = books[symbol].sweep_cost(qty, account) if side is Side.BUY else None
+            sequence(NewOrder(symbol, side, qty, None, TIF.IOC, account, budget=budget))
+        elif kind == "withdraw":
+            sequence(Transfer(account, "USD", -qty * 1000 * CENT, f"w{len(journal)}"))
+        elif new_orders:
+            target, cmd = new_orders[pick % len(new_orders)]
+            if kind == "cancel":
+                sequence(Cancel(cmd.symbol, target, account))
+            else:
+                now = need_of(books[cmd.symbol], target)
+                shrink = now is not None and qty <= now[0] and pick % 2 == 0
+                sequence(Replace(cmd.symbol, target, qty, None if shrink else price, account, shrink=shrink))
+    for symbol in SYMBOLS:
+        while queues[symbol]:
+            drain_one(symbol)
+
+    replay = Engine(INSTRUMENTS)
+    for seq, cmd in enumerate(journal, 1):
+        replay.apply(seq, cmd)
+        for (acct, asset), (avail, locked) in replay.risk.balances.items():
+            assert avail >= 0 and locked >= 0, ("replay", seq, acct, asset, avail, locked)
+    assert replay.state_hash() == live.state_hash()
+    rows, holds, _ = live.risk.state()
+    assert {a: t for a, t in totals(rows).items() if t} == {a: t for a, t in deposits.items() if t}
+    # Locked is exactly what the open orders need.
+    locked: dict[tuple[str, str], int] = {}
+    for book in books.values():
+        inst = book.instrument
+        for o in book.resting():
+            key, amount = (
+                ((o.owner, inst.quote), o.leaves * (o.price or 0) * inst.quote_per_lot_tick)
+                if o.side is Side.BUY else ((o.owner, inst.base), o.leaves * inst.base_per_lot)
+            )  # fmt: skip
+            locked[key] = locked.get(key, 0) + amount
+    assert {(acct, asset): lk for acct, asset, _, lk in rows if lk} == {k: v for k, v in locked.items() if v}
