@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/tickline serve
+	$(VENV)/bin/tickline serve --demo
 
 test: lint
 	$(PY) -m pytest

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.load import ServerProcess
+from bench.load import BENCH_PASSWORD, ServerProcess, bench_accounts, fund_accounts
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("qq")
@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.subscribers + 512)), hard))
 
     data_dir = Path(tempfile.mkdtemp(prefix="tickline-fanout-"))
+    names = bench_accounts(data_dir, 2)
     server = ServerProcess("exchange", data_dir)
     try:
+        fund_accounts(data_dir, names)
         md_port = server.md_port
         subs = []
         for _ in range(args.subscribers):
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             except BlockingIOError:
                 pass
         maker, trader = stamped_socket(server.port), stamped_socket(server.port)
-        maker.sendall(b"SELL AAPL 1000000 100.00\n")
+        maker.sendall(f"LOGIN {names[0]} {BENCH_PASSWORD}\nSELL AAPL 1000000 100.00\n".encode())
+        trader.sendall(f"LOGIN {names[1]} {BENCH_PASSWORD}\n".encode())
         time.sleep(0.5)
         maker.setblocking(False)
         trader.setblocking(False)

@@ -70,9 +70,19 @@ class Stats:
 class LoadConnection:
     """One order-entry connection: pre-encoded lines out, replies scanned as they come."""
 
-    def __init__(self, port: int, stream: Stream, stats: Stats, window: int) -> None:
+    def __init__(self, port: int, stream: Stream, stats: Stats, window: int, login: str | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if login is not None:  # the exchange: trade as a funded account (risk on), logged in before the clock starts
+            self.sock.sendall(f"LOGIN {login} {BENCH_PASSWORD}\n".encode())
+            got = b""
+            while b"LOGGED_IN" not in got and b"REJ" not in got:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            if b"LOGGED_IN" not in got:
+                raise RuntimeError(f"could not log in as {login}: {got!r}")
         self.sock.setblocking(False)
         self.lines = stream.lines
         self.planned = [0.0] * len(stream.lines)
@@ -263,7 +273,7 @@ def _summary(h: HdrHistogram) -> dict[str, float]:
 # the figures worse.
 def run_phase(
     port: int, streams: list[Stream], label: str, server: str, rate: int | None, window: int,
-    drain_s: float = 15.0, gap: float = 0.001, md_port: int = 0, subscribers: int = 0,
+    drain_s: float = 15.0, gap: float = 0.001, md_port: int = 0, subscribers: int = 0, logins: list[str] | None = None,
 ) -> PhaseResult:  # fmt: skip
     """Drive one server with the streams; rate=None is closed loop with `window` in flight.
 
@@ -277,7 +287,7 @@ def run_phase(
     by_sub = {m.sock.fileno(): m for m in subs}
     for m in subs:
         poller.register(m.sock.fileno(), select.POLLIN)
-    conns = [LoadConnection(port, stream, stats, 0 if rate else window) for stream in streams]
+    conns = [LoadConnection(port, stream, stats, 0 if rate else window, logins[c] if logins else None) for c, stream in enumerate(streams)]
     by_fd = {c.sock.fileno(): c for c in conns}
     _quiet(conns, 0.2)  # HELLO lines in
     total = sum(len(s.lines) for s in streams)
@@ -346,6 +356,33 @@ def _progress(stats: Stats, label: str, total: int, t: float, last_done: int) ->
 
 
 # ---------------------------------------------------------------------- servers
+
+
+BENCH_PASSWORD = "bench"
+# Enough for a whole closed-loop run's resting orders (a deposit is at most 10^15 units).
+BENCH_FUNDS = [("USD", "100000000")] * 50 + [("AAPL", "100000000"), ("BTC", "1000000"), ("ES", "100000000"), ("EUR", "1000000000000")]
+
+
+def bench_accounts(data_dir: Path, n: int) -> list[str]:
+    """Accounts load1..loadN, created before the exchange starts."""
+    from journal.accounts import AccountAdmin
+
+    names = [f"load{c}" for c in range(n)]
+    admin = AccountAdmin(data_dir / "accounts.sqlite")
+    for name in names:
+        admin.add(name, BENCH_PASSWORD, cost=2**10)
+    admin.close()
+    return names
+
+
+def fund_accounts(data_dir: Path, names: list[str]) -> None:
+    """Deposits through the running exchange's admin channel (journaled like orders)."""
+    from netio.unix_lines import send_lines
+
+    lines = [f"DEPOSIT {name} {asset} {amount} bench:{name}:{asset}:{i}" for name in names for i, (asset, amount) in enumerate(BENCH_FUNDS)]
+    replies = send_lines(data_dir / "admin.sock", lines, timeout=60)
+    if len(replies) != len(lines) or not all(r.startswith("OK") for r in replies):
+        raise RuntimeError(f"funding failed: {[r for r in replies if not r.startswith('OK')][:3]}")
 
 
 class ServerProcess:
@@ -464,13 +501,16 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
     for label, rate, per_conn in phases:
         for kind in servers:
             data = Path(tempfile.mkdtemp(prefix="tickline-bench-", dir=args.data_dir))
+            logins = bench_accounts(data, args.connections) if kind == "exchange" else None
             server = ServerProcess(kind, data)
             try:
+                if logins:
+                    fund_accounts(data, logins)
                 gap = args.send_every_ms if args.send_every_ms is not None else (0.1 if (rate or 0) <= 20_000 else 1.0)
                 results.append(
                     run_phase(
                         server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000,
-                        md_port=server.md_port, subscribers=args.subscribers,
+                        md_port=server.md_port, subscribers=args.subscribers, logins=logins,
                     )  # fmt: skip
                 )
             finally:

@@ -148,7 +148,7 @@ class Instrument:
 
     __slots__ = (
         "symbol", "tick", "lot", "min_qty", "max_qty", "min_price", "max_price",
-        "base", "quote", "base_per_lot", "quote_per_lot_tick", "maker_fee_bps", "taker_fee_bps",
+        "base", "quote", "base_asset", "quote_asset", "base_per_lot", "quote_per_lot_tick", "maker_fee_bps", "taker_fee_bps",
     )  # fmt: skip
 
     def __init__(self, symbol: str, spec: InstrumentSpec) -> None:
@@ -167,11 +167,13 @@ class Instrument:
                 raise ValueError(f"{symbol}: a fee is 0..10000 basis points, not {bps}")
         self.maker_fee_bps = spec.maker_fee_bps
         self.taker_fee_bps = spec.taker_fee_bps
-        self.base_per_lot = 0  # set by price_in (the assets' units are known once all are read)
-        self.quote_per_lot_tick = 0
+        # Priced alone at first; parse_instruments prices every instrument in the units of
+        # the whole file's assets.
+        self.price_in(Asset(self.base, _coarsest_unit([[self.lot]])), Asset(self.quote, _coarsest_unit([[self.lot, self.tick]])))
 
     def price_in(self, base: Asset, quote: Asset) -> None:
         """Fix what a lot (in base units) and a lot x tick (in quote units) are worth."""
+        self.base_asset, self.quote_asset = base, quote
         self.base_per_lot = _exact_units(self.lot, [], base, f"{self.symbol}: a lot of {self.lot.text}")
         self.quote_per_lot_tick = _exact_units(self.lot, [self.tick], quote, f"{self.symbol}: a lot x tick of {self.lot.text} x {self.tick.text}")
 
@@ -302,26 +304,12 @@ def parse_instruments(toml_text: str | bytes) -> dict[str, Instrument]:
 
 
 def assets_of(instruments: dict[str, Instrument]) -> dict[str, Asset]:
-    """Every asset the instruments trade, with its unit (rebuilt from what price_in fixed)."""
+    """Every asset the instruments trade, by name."""
     out: dict[str, Asset] = {}
     for inst in instruments.values():
-        out.setdefault(inst.base, _unit_of(inst.base, inst.lot, [], inst.base_per_lot))
-        out.setdefault(inst.quote, _unit_of(inst.quote, inst.lot, [inst.tick], inst.quote_per_lot_tick))
+        out.setdefault(inst.base, inst.base_asset)
+        out.setdefault(inst.quote, inst.quote_asset)
     return dict(sorted(out.items()))
-
-
-def _unit_of(name: str, first: Step, more: list[Step], per: int) -> Asset:
-    units, decimals = first.units, first.decimals
-    for step in more:
-        units, decimals = units * step.units, decimals + step.decimals
-    # unit = (units / 10**decimals) / per, written as a decimal (exact: price_in checked it)
-    num, den = units, per * 10**decimals
-    d = 0
-    while num * 10**d % den:
-        d += 1
-    whole = num * 10**d // den
-    text = str(whole) if not d else f"{whole // 10**d}.{whole % 10**d:0{d}d}"
-    return Asset(name, text)
 
 
 class InstrumentsFileError(Exception):

@@ -20,9 +20,7 @@ for what it sent before is out.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
 from collections import deque
 from typing import Callable, Protocol, Sequence
 
@@ -35,17 +33,18 @@ from protocol import replies as R
 from protocol.messages import Cancel, Command, NewOrder, Problem, Refusal, RejectReason, Replace, Side
 from protocol.requests import (
     BadRequest,
+    BalancesQuery,
     BookQuery,
     Buy,
     CancelOrder,
     Help,
+    Login,
     OrdersQuery,
     Ping,
     Quit,
     ReplaceOrder,
     ReportsQuery,
     Request,
-    Resume,
     Sell,
     SymbolsQuery,
     decode_json,
@@ -55,7 +54,6 @@ from protocol.text import HELP_LINES, TOO_LONG, LineSplitter, clip, parse_line
 log = structlog.get_logger("gateway")
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,32}", re.ASCII)
-TOKEN = re.compile(r"[0-9a-f]{32}", re.ASCII)
 # Commands a client may have waiting for the disk before we stop reading from it.
 MAX_INFLIGHT = 20_000
 
@@ -70,13 +68,18 @@ class Desk(Protocol):
 
     refused: Callable[[Refusal], None] | None  # the order audit's row for a refused order
 
-    def append(self, cmd: Command) -> int: ...
+    def submit(self, cmd: Command) -> int | Problem:
+        """Hold its funds and journal it (its seq), or the reason it cannot be paid for."""
     def durable_seq(self) -> int: ...
     def settled(self, seq: int) -> bool: ...
     def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]: ...
     def orders_reply(self, owner: str) -> R.OrdersReply: ...
     def book_reply(self, symbol: str, levels: int) -> R.Reply: ...
     def symbols_reply(self) -> R.SymbolsReply: ...
+    def balances_reply(self, account: str) -> R.BalancesReply: ...
+    def login(self, name: str, password: str, peer: str, done: Callable[[R.Reply, str | None], None]) -> None:
+        """Check a password (off the event loop, slowed after failures); call done with the
+        reply and the account (None: refused) later."""
     def fetch_reports(self, owner: str, since: int, done: Callable[[R.Reply], None]) -> None:
         """Look the owner's reports up (off the event loop); call done with them later."""
 
@@ -86,12 +89,10 @@ def encode(reply: R.Reply, json: bool) -> bytes:
     return R.to_json(reply) if json else R.to_text(reply)
 
 
-def owner_of(token: str) -> str:
-    """The owner id recorded on orders: derived from the secret token, not the token itself."""
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-Query = OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | ReportsQuery | BadRequest
+Query = OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | ReportsQuery | BalancesQuery | Login | BadRequest
+# Queries answered by a lookup off the event loop: each waits at the head of the held replies.
+FETCHED = (ReportsQuery, Login)
+NOT_LOGGED_IN = R.Reject(RejectReason.NOT_LOGGED_IN.value, "log in first: LOGIN <name> <password>")
 
 
 class Held:
@@ -110,11 +111,11 @@ class Held:
 
 
 class Connection:
-    def __init__(self, desk: Desk, *, max_inflight: int = MAX_INFLIGHT) -> None:
+    def __init__(self, desk: Desk, *, max_inflight: int = MAX_INFLIGHT, peer: str = "?") -> None:
         self.desk = desk
         self.max_inflight = max_inflight
-        self.token = secrets.token_hex(16)
-        self.owner = owner_of(self.token)
+        self.peer = peer  # for slowing down repeated failed logins from one address
+        self.owner = ""  # the account, once logged in; orders need one
         self.json_mode = False  # the form of the last request: for reports with no order to go by
         self.splitter = LineSplitter()
         self.held: deque[Held] = deque()
@@ -146,7 +147,7 @@ class Connection:
         return self.inflight > self.max_inflight or bool(self.backlog)
 
     def hello(self) -> bytes:
-        return R.to_text(R.Hello(self.desk.version, self.token, self.owner))
+        return R.to_text(R.Hello(self.desk.version))
 
     # ------------------------------------------------------------------ events in
 
@@ -166,6 +167,7 @@ class Connection:
         items: list[bytes] = []  # this call's replies, in request order
         need = count = 0  # the last command this call journaled (its replies wait for it), how many
         rest = iter(lines)  # what is left of it becomes the backlog if a query must wait
+        sent = b""  # replies before a query that must wait, free to go now
         for line in rest:
             reply: bytes | tuple[Query, bool] | None
             if line is TOO_LONG:
@@ -183,7 +185,7 @@ class Connection:
                     else:
                         reply, seq = self._handle(request, is_json)
                 except Exception:  # a bug must cost one request, never the session or the server
-                    log.exception("request_failed", owner=self.owner, line=line[:200])
+                    log.exception("request_failed", owner=self.owner, line=b"<a LOGIN>" if type(request) is Login else line[:200])
                     error = R.Error("internal", "the request failed inside the server; it was not executed")
                     reply, seq = R.to_text(error), 0
             if seq:
@@ -194,10 +196,10 @@ class Connection:
             elif isinstance(reply, tuple):
                 # A query reads state: it answers once everything before it has been matched
                 # and before anything after it is journaled (that waits in the backlog).
-                if not held and not need and type(reply[0]) is not ReportsQuery and self.desk.settled(self.last_seq):
+                if not held and not need and not isinstance(reply[0], FETCHED) and self.desk.settled(self.last_seq):
                     items.append(self._answer(*reply))
                     continue
-                self._hold(items, need, count)
+                sent = self._hold(items, need, count)  # what went before it, if nothing held it
                 items, need, count = [], 0, 0
                 waiting = Held(self.last_seq, True)
                 waiting.items.append(reply)
@@ -209,7 +211,7 @@ class Connection:
             if self.quitting:
                 self.backlog = []
                 break
-        out = self._hold(items, need, count)
+        out = sent + self._hold(items, need, count)
         if held and held[0].settle and not held[0].fetching and self.desk.settled(held[0].seq):
             out += self._release(self.desk.durable_seq())  # a REPORTS lookup can start now
         if not self.backlog and self.input_closed and self.splitter.pending:
@@ -283,7 +285,7 @@ class Connection:
                 if h.fetching or (not self.desk.settled(h.seq) if h.settle else h.seq > durable_seq):
                     break
                 first = h.items[0] if h.items else None
-                if isinstance(first, tuple) and type(first[0]) is ReportsQuery:
+                if isinstance(first, tuple) and isinstance(first[0], FETCHED):
                     self._fetch(h, first[0], first[1])
                     break
             held.popleft()
@@ -296,16 +298,24 @@ class Connection:
             out.append(self._finish())
         return b"".join(out)
 
-    def _fetch(self, h: Held, req: ReportsQuery, is_json: bool) -> None:
-        """Start the REPORTS lookup; its entry stays first (replies keep their order) until done."""
+    def _fetch(self, h: Held, req: ReportsQuery | Login, is_json: bool) -> None:
+        """Start a lookup; its entry stays first (replies keep their order) until done."""
         h.fetching = True
 
-        def done(reply: R.Reply) -> None:
+        def done(reply: R.Reply, account: str | None = None) -> None:
+            if account is not None:  # lines after LOGIN act as the account
+                self.owner = account
             h.items = [encode(reply, is_json)]
             h.fetching = False
             self.on_ready()
 
-        self.desk.fetch_reports(self.owner, req.since, done)
+        if type(req) is Login:
+            self.desk.login(req.name, req.password, self.peer, done)
+        elif not self.owner:
+            done(NOT_LOGGED_IN)
+        else:
+            assert type(req) is ReportsQuery
+            self.desk.fetch_reports(self.owner, req.since, done)
 
     def _finish(self) -> bytes:
         """After QUIT or EOF: done once nothing is held and every command is matched."""
@@ -331,17 +341,16 @@ class Connection:
             case Quit():
                 self.quitting = True
                 return None, 0
-            case Resume(token=token):  # takes effect at once: later lines act as that owner
-                reply = self._resume(token)
-                return encode(reply, is_json), 0
             case _:
                 return (req, is_json), 0
         if reject is None:
             return None, seq
         return encode(reject, is_json), seq
 
-    def _journal(self, cmd: Command) -> int:
-        self.last_seq = seq = self.desk.append(cmd)
+    def _journal(self, cmd: Command) -> int | Problem:
+        seq = self.desk.submit(cmd)
+        if not isinstance(seq, Problem):
+            self.last_seq = seq
         return seq
 
     def _new_order(self, req: Buy | Sell, is_json: bool) -> tuple[bytes, int]:
@@ -352,6 +361,8 @@ class Connection:
         """
         desk, cid = self.desk, req.id
         side = Side.BUY if type(req) is Buy else Side.SELL
+        if not self.owner:
+            return self._refuse(req, side, Problem(RejectReason.NOT_LOGGED_IN, NOT_LOGGED_IN.text), is_json), 0
         if cid is not None and not CLIENT_ID.fullmatch(cid):
             return self._refuse(req, side, Problem(RejectReason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), is_json), 0
         inst = desk.instruments.get(req.symbol.upper())
@@ -366,7 +377,10 @@ class Connection:
             return self._refuse(req, side, Problem(RejectReason.SHUTTING_DOWN, "the exchange is shutting down"), is_json), 0
         qty, price, tif = terms
         cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
-        self.last_seq = seq = desk.append(cmd)
+        seq = desk.submit(cmd)
+        if isinstance(seq, Problem):  # its owner cannot pay for it
+            return self._refuse(req, side, seq, is_json), 0
+        self.last_seq = seq
         desk.orders.add(seq, cmd, is_json)
         # Enum._value_, not .value: .value is a descriptor costing ~0.5 us a read, on every order.
         fields = (
@@ -379,7 +393,7 @@ class Connection:
         """REJ for an order that is not journaled, and its row in the order audit."""
         cid = req.id if req.id is not None and CLIENT_ID.fullmatch(req.id) else None
         reason = problem.reason.value
-        if self.desk.refused is not None:
+        if self.desk.refused is not None and self.owner:  # no audit rows for anonymous noise
             price = req.price and req.price[:32]
             self.desk.refused(Refusal(self.owner, req.symbol[:16], side.value, req.qty[:32], price, req.tif, cid, reason, problem.text))
         reject = R.Reject(reason, problem.text, cid)
@@ -397,6 +411,8 @@ class Connection:
     def _owned(self, order_id: int | None, cid: str | None) -> tuple[int, NewOrder | None, R.Reject | None]:
         """The open order a cancel or replace names, if it is this connection's owner's."""
         desk = self.desk
+        if not self.owner:
+            return 0, None, NOT_LOGGED_IN
         if order_id is None:
             if cid is None:
                 return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
@@ -421,7 +437,9 @@ class Connection:
             return reject, 0
         self.desk.orders.set_form(order_id, is_json)
         # The CANCELED (or a REJ if it filled first) comes back from matching.
-        return None, self._journal(Cancel(order.symbol, order_id, self.owner))
+        seq = self._journal(Cancel(order.symbol, order_id, self.owner))
+        assert not isinstance(seq, Problem)  # a cancel costs nothing
+        return None, seq
 
     def _replace(self, req: ReplaceOrder, is_json: bool) -> tuple[R.Reject | None, int]:
         order_id, order, reject = self._owned(req.order_id, req.id)
@@ -430,14 +448,20 @@ class Connection:
             return reject, 0
         self.desk.orders.set_form(order_id, is_json)
         inst = self.desk.instruments[order.symbol]
-        current = self.desk.open_qty_price(order_id, order)[1] if req.price is None else None
-        terms = replace_terms(inst, req.qty, req.price, current)
-        if isinstance(terms, Problem):
-            reject = R.Reject(terms.reason.value, terms.text, order.client_id, order_id)
-            self._audit_refusal("replace", order_id, order.client_id, req.qty, req.price, reject, order.symbol)
-            return reject, 0
-        qty, price = terms
-        return None, self._journal(Replace(order.symbol, order_id, qty, price, self.owner))
+        open_qty, current = self.desk.open_qty_price(order_id, order)
+        terms = replace_terms(inst, req.qty, req.price, current if req.price is None else None)
+        if not isinstance(terms, Problem):
+            qty, price = terms
+            # A decrease at the same price locks nothing (a shrink); anything else locks its
+            # whole new order, with the price spelled out (see exchange/risk.py).
+            shrink = (price is None or price == current) and qty <= open_qty and current is not None
+            seq = self._journal(Replace(order.symbol, order_id, qty, None if shrink else price if price is not None else current, self.owner, shrink))
+            if not isinstance(seq, Problem):
+                return None, seq
+            terms = seq
+        reject = R.Reject(terms.reason.value, terms.text, order.client_id, order_id)
+        self._audit_refusal("replace", order_id, order.client_id, req.qty, req.price, reject, order.symbol)
+        return reject, 0
 
     def _answer(self, req: Query, is_json: bool) -> bytes:
         """A query's reply, computed now (when everything before it has taken effect)."""
@@ -450,19 +474,15 @@ class Connection:
             case BookQuery(symbol=symbol, levels=levels):
                 reply = self.desk.book_reply(symbol, levels)
             case OrdersQuery():
-                reply = self.desk.orders_reply(self.owner)
+                reply = self.desk.orders_reply(self.owner) if self.owner else NOT_LOGGED_IN
+            case BalancesQuery():
+                reply = self.desk.balances_reply(self.owner) if self.owner else NOT_LOGGED_IN
             case SymbolsQuery():
                 reply = self.desk.symbols_reply()
             case Help():
                 reply = R.HelpReply(HELP_LINES)
-            case ReportsQuery():  # only at shutdown: the lookup cannot come back any more
+            case ReportsQuery() | Login():  # only at shutdown: the lookup cannot come back any more
                 reply = R.Error("shutting_down", "the exchange is shutting down; ask again after it restarts")
             case _:
                 raise TypeError(f"not a query: {req!r}")
         return encode(reply, is_json)
-
-    def _resume(self, token: str) -> R.Reply:
-        if not TOKEN.fullmatch(token):
-            return R.Error("bad_request", "a session token is the 32 hex digits from a HELLO line")
-        self.token, self.owner = token, owner_of(token)
-        return R.Resumed(self.token, self.owner, len(self.desk.orders.of_owner(self.owner)))

@@ -9,15 +9,17 @@ there; tests drive both without a network.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, cast
+import time
+from typing import Awaitable, Callable, Coroutine, cast
 
 import structlog
 
+from exchange.book import Book
 from exchange.instruments import Instrument
-from exchange.orderbook import OrderBook
+from exchange.risk import Risk
 from gateway.orders import OpenOrders
 from protocol import replies as R
-from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Refusal, Rejected, RejectReason, Replaced
+from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Refusal, Rejected, RejectReason, Replaced, Side
 from protocol.text import clip
 
 log = structlog.get_logger("gateway")
@@ -25,6 +27,11 @@ ADDED = Liquidity.ADDED
 # REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
 ReportsSource = Callable[[str, int], Awaitable[tuple[list["ReportEvent"], int]]]
 MAX_BOOK_LEVELS = 1000
+# Login throttle: after FREE_FAILURES wrong passwords for one account or from one address,
+# each attempt waits 0.5 s, doubling per failure up to MAX_LOGIN_DELAY; forgotten after
+# FAILURE_MEMORY seconds without one.
+FREE_FAILURES, MAX_LOGIN_DELAY, FAILURE_MEMORY, MAX_TRACKED = 3, 8.0, 600.0, 100_000
+PasswordCheck = Callable[[str, str], Awaitable[bool]]
 
 
 # An execution report for one owner: (owner, form, text formatter, reply Struct, fields).
@@ -38,18 +45,25 @@ class OrderDesk:
     def __init__(
         self,
         instruments: dict[str, Instrument],
-        books: dict[str, OrderBook],
+        books: dict[str, Book],
+        risk: Risk,
         append: Callable[[Command], int],
+        next_seq: Callable[[], int],
         durable_seq: Callable[[], int],
         applied: Callable[[int], bool],
         *,
         version: str,
         refused: Callable[[Refusal], None] | None = None,
         reports_source: ReportsSource | None = None,
+        check_password: PasswordCheck | None = None,
     ) -> None:
         self.instruments = instruments
         self.books = books  # read-only here: BOOK replies and the live state of open orders
+        self.risk = risk  # balances: every command's funds are held here before it is journaled
         self.append = append  # journal a command; returns its sequence number
+        self.next_seq = next_seq  # the sequence number the next append gets
+        self.check_password = check_password  # LOGIN (async: a database read and a slow hash)
+        self._failures: dict[str, tuple[int, float]] = {}  # "account:x" / "address:x" -> (count, last)
         self.durable_seq = durable_seq  # the last sequence number on disk
         self.applied = applied  # whether every command up to a seq has been matched
         self.version = version
@@ -61,6 +75,22 @@ class OrderDesk:
         for book in books.values():
             for o in book.resting():
                 self.orders.add(o.order_id, NewOrder(book.symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id), False)
+
+    # ------------------------------------------------------------------ sequencing
+
+    def submit(self, cmd: Command) -> int | Problem:
+        """The sequencing point: hold the command's funds (in journal order), then journal it.
+
+        A market BUY is given a budget first: what the visible book would cost now."""
+        if type(cmd) is NewOrder and cmd.price is None and cmd.side is Side.BUY:
+            cmd = NewOrder(cmd.symbol, cmd.side, cmd.qty, None, cmd.tif, cmd.owner, cmd.client_id, self.books[cmd.symbol].sweep_cost(cmd.qty, cmd.owner))
+        seq = self.next_seq()
+        problem = self.risk.hold(seq, cmd)
+        if problem is not None:
+            return problem
+        appended = self.append(cmd)
+        assert appended == seq, (appended, seq)
+        return seq
 
     def settled(self, seq: int) -> bool:
         """Everything up to seq is on disk and matched: its reports are out, state reflects it."""
@@ -107,6 +137,58 @@ class OrderDesk:
             ]
         )
 
+    def balances_reply(self, account: str) -> R.BalancesReply:
+        assets = self.risk.assets
+        rows = [R.Balance(a, assets[a].format(avail), assets[a].format(locked)) for a, avail, locked in self.risk.of(account)]
+        return R.BalancesReply(account, rows)
+
+    def login(self, name: str, password: str, peer: str, done: Callable[[R.Reply, str | None], None]) -> None:
+        check = self.check_password
+        if check is None:
+            done(R.Error("unavailable", "this server has no accounts"), None)
+            return
+        keys = (f"account:{name[:40]}", f"address:{peer.rsplit(':', 1)[0]}")
+
+        async def attempt() -> None:
+            delay = max(self._delay(k) for k in keys)
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                ok = await check(name, password)
+            except Exception as exc:
+                log.error("login_failed", error=repr(exc))
+                done(R.Error("internal", "the account store could not be read; try again"), None)
+                return
+            if ok:
+                self._failures.pop(keys[0], None)
+                log.info("login", account=name, peer=peer)
+                done(R.LoggedIn(name, len(self.orders.of_owner(name))), name)
+                return
+            self._failed(keys)
+            log.info("login_refused", account=clip(name), peer=peer, delayed=delay)
+            done(R.Reject("bad_login", "wrong name or password"), None)
+
+        self._spawn(attempt())
+
+    def _delay(self, key: str) -> float:
+        count, last = self._failures.get(key, (0, 0.0))
+        if count < FREE_FAILURES or time.monotonic() - last > FAILURE_MEMORY:
+            return 0.0
+        return min(0.5 * 2 ** (count - FREE_FAILURES), MAX_LOGIN_DELAY)
+
+    def _failed(self, keys: tuple[str, ...]) -> None:
+        if len(self._failures) > MAX_TRACKED:  # bounded: an address flood forgets the oldest
+            self._failures.clear()
+        now = time.monotonic()
+        for key in keys:
+            count, last = self._failures.get(key, (0, 0.0))
+            self._failures[key] = (1 if now - last > FAILURE_MEMORY else count + 1, now)
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._fetches.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._fetches.discard)
+
     def fetch_reports(self, owner: str, since: int, done: Callable[[R.Reply], None]) -> None:
         """REPORTS: the owner's reports caused by commands after `since`, from the trade log."""
         source = self.reports_source
@@ -127,9 +209,7 @@ class OrderDesk:
                 structs.append(cast(R.ReportStruct, struct(*fields)))
             done(R.ReportsReply(since, through, structs))
 
-        task = asyncio.get_running_loop().create_task(fetch())
-        self._fetches.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._fetches.discard)
+        self._spawn(fetch())
 
     # ------------------------------------------------------------------ reports
 

@@ -10,6 +10,7 @@ symbol, replies: one write).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import cast
 
 import structlog
@@ -36,6 +37,7 @@ class Session(asyncio.Protocol):
         self.gw = gateway
         self.conn = Connection(gateway.desk)
         self.conn.on_ready = self._ready
+        self.routed_as = ""  # the owner the gateway routes this session's reports by
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.peer = "?"
@@ -53,7 +55,7 @@ class Session(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         self.flow = FlowControl(transport)
         limit_buffers(transport, WRITE_HIGH)
-        self.peer = peer_name(transport)
+        self.peer = self.conn.peer = peer_name(transport)
         if not self.gw.admit(self):
             transport.write(R.to_text(R.Error("too_many_connections", "the server is full; try again later")))
             transport.close()
@@ -64,11 +66,7 @@ class Session(asyncio.Protocol):
             self.flow.pause("closing")
 
     def data_received(self, data: bytes) -> None:
-        owner = self.conn.owner
         self._after(self.conn.receive(data))
-        if self.conn.owner != owner:  # RESUME: reports now route to the other owner
-            self.gw.rekey(self, owner)
-            log.info("session_resumed", peer=self.peer, owner=self.conn.owner)
 
     def eof_received(self) -> bool:
         # Half-close: the client sent everything; its replies and reports still go out.
@@ -93,6 +91,10 @@ class Session(asyncio.Protocol):
         """Act on a Connection call: queue its bytes, follow its state; True while it waits
         for the journal or matching."""
         conn = self.conn
+        if conn.owner != self.routed_as:  # logged in: reports for the account come here now
+            self.gw.rekey(self, self.routed_as)
+            self.routed_as = conn.owner
+            log.info("session_login", peer=self.peer, account=conn.owner)
         if data:
             self.send(data)
         over = conn.over_inflight
@@ -158,8 +160,8 @@ class Gateway:
     def closing(self) -> bool:
         return self.desk.closing
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server, host, port = await listen(lambda: Session(self), host, port)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+        self._server, host, port = await listen(lambda: Session(self), host, port, tls)
         return host, port
 
     # ------------------------------------------------------------------ sessions
@@ -168,17 +170,16 @@ class Gateway:
         if len(self.sessions) >= self.max_sessions:
             return False
         self.sessions[session] = None
-        self.by_owner.setdefault(session.owner, {})[session] = None
         return True
 
     def forget(self, session: Session) -> None:
         self.sessions.pop(session, None)
         self._waiting.pop(session, None)
-        self._unroute(session, session.owner)
+        self._unroute(session, session.routed_as)
 
     def rekey(self, session: Session, old_owner: str) -> None:
         self._unroute(session, old_owner)
-        if session in self.sessions:
+        if session in self.sessions and session.owner:
             self.by_owner.setdefault(session.owner, {})[session] = None
 
     def _unroute(self, session: Session, owner: str) -> None:

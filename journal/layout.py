@@ -30,6 +30,14 @@ class DataDir:
     def trades(self) -> Path:
         return self.root / "trades.sqlite"
 
+    @property
+    def accounts(self) -> Path:
+        return self.root / "accounts.sqlite"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.root / "admin.sock"
+
 
 class DataDirInUse(Exception):
     """Another server holds the data directory."""

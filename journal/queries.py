@@ -83,6 +83,8 @@ def order_line(row: dict) -> str:
         body = f"{row['symbol']} order={row['target']}"
     elif kind == "replace":
         body = f"{row['symbol']} order={row['target']} qty={row['qty']}" + (f" price={row['price']}" if row["price"] else "")
+    elif kind in ("deposit", "withdrawal"):  # the asset, the amount, the operator's ref
+        return f"{head} {row['symbol']} {row['qty']} account={row['owner']} ref={row['client_id']}"
     else:
         body = f"{row['side']} {row['symbol']} {row['qty']} {row['price']} {row['tif'] or '-'}"
     cid = f" id={row['client_id']}" if row["client_id"] else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import Callable, Iterable, Protocol
 
 import structlog
@@ -107,11 +108,11 @@ async def close_all(
 
 
 async def listen(
-    factory: Callable[[], asyncio.Protocol], host: str, port: int
+    factory: Callable[[], asyncio.Protocol], host: str, port: int, tls: ssl.SSLContext | None = None
 ) -> tuple[asyncio.AbstractServer, str, int]:
-    """A listening TCP server; returns it with the address it bound."""
+    """A listening TCP server (TLS if given a context); returns it with the address it bound."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+    server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024, ssl=tls, ssl_handshake_timeout=10 if tls else None)
     address = server.sockets[0].getsockname()
     return server, address[0], address[1]
 

@@ -18,6 +18,7 @@ the next fan-out, so they hold at most one iteration's output. Per subscriber:
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Awaitable, Callable
 
@@ -60,8 +61,8 @@ class Notifier:
         self._server: asyncio.AbstractServer | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server, host, port = await listen(lambda: Subscriber(self, self.limits), host, port)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+        self._server, host, port = await listen(lambda: Subscriber(self, self.limits), host, port, tls)
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_paused(), name="md-watchdog")
         return host, port
 

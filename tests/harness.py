@@ -12,20 +12,49 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Test accounts: created before the server starts (a cheap hash: tests log in often),
+# funded through the admin channel once it listens (refs make that idempotent).
+ACCOUNTS = [f"t{i}" for i in range(1, 13)]
+PASSWORD = "pw"
+FUNDS = [("USD", "10000000"), ("AAPL", "1000000"), ("BTC", "1000"), ("ES", "100000"), ("EUR", "100000000")]
+
+
+def create_accounts(data_dir: Path, names: list[str] = ACCOUNTS) -> None:
+    from journal.accounts import AccountAdmin
+
+    admin = AccountAdmin(data_dir / "accounts.sqlite")
+    try:
+        have = {row.name for row in admin.list()}
+        for name in names:
+            if name not in have:
+                admin.add(name, PASSWORD, cost=2**4)
+    finally:
+        admin.close()
+
+
+def fund(data_dir: Path, names: list[str] = ACCOUNTS, funds: list[tuple[str, str]] = FUNDS) -> list[str]:
+    from netio.unix_lines import send_lines
+
+    lines = [f"DEPOSIT {name} {asset} {amount} fund:{name}:{asset}" for name in names for asset, amount in funds]
+    return send_lines(data_dir / "admin.sock", lines)
 
 
 class Server:
     """`tickline serve` on a free port with its own data directory."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, funded: bool = True) -> None:
         self.data_dir = data_dir
         self.extra = extra
+        self.funded = funded  # test accounts t1..t12 exist and hold FUNDS
+        self._next_account = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.md_port = 0
         self.log: list[str] = []
 
     def start(self, timeout: float = 15.0) -> Server:
+        if self.funded:
+            create_accounts(self.data_dir)
         cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(self.data_dir), *self.extra]
         self.log = []
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -48,10 +77,20 @@ class Server:
         if not ready.wait(timeout):
             self.kill()
             raise RuntimeError("server did not start:\n" + "\n".join(self.log))
+        if self.funded:
+            replies = fund(self.data_dir)  # (an instruments file of the test's may trade fewer assets)
+            assert all(r.startswith(("OK", "ERR unknown_asset")) for r in replies), replies
         return self
 
-    def client(self) -> Client:
-        return Client(self.port)
+    def client(self, account: str | None = None) -> Client:
+        """A connection logged in as `account`, or as the next test account (each call
+        another one, so that two clients can trade with each other)."""
+        if account is None:
+            account = ACCOUNTS[self._next_account % len(ACCOUNTS)]
+            self._next_account += 1
+        client = Client(self.port)
+        client.login(account)
+        return client
 
     def subscriber(self) -> Client:
         return Client(self.md_port)
@@ -83,8 +122,13 @@ class Client:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.hello = self.line() if greet else ""
-        m = re.search(r"session=([0-9a-f]+) owner=([0-9a-f]+)", self.hello)
-        self.token, self.owner = (m.group(1), m.group(2)) if m else ("", "")
+        self.owner = ""  # the account, once logged in
+
+    def login(self, account: str, password: str = PASSWORD) -> str:
+        reply = self.ask(f"LOGIN {account} {password}")[0]
+        assert reply.startswith(f"LOGGED_IN account={account} "), reply
+        self.owner = account
+        return reply
 
     def send(self, data: bytes | str) -> None:
         self.sock.sendall(data.encode() if isinstance(data, str) else data)

@@ -15,7 +15,7 @@ from exchange.matching import Matching
 from gateway.connection import Connection
 from gateway.desk import OrderDesk
 from protocol import replies as R
-from protocol.messages import Command, Event, Refusal
+from protocol.messages import Command, Event, Refusal, Transfer
 
 
 class Bench:
@@ -28,15 +28,19 @@ class Bench:
         self.matching = Matching(self.engine.books, self.steps.append)
         self.refusals: list[Refusal] = []
         self.desk = OrderDesk(
-            self.engine.instruments, self.engine.books, self.append, lambda: self.durable, self.matching.applied,
-            version="test", refused=self.refusals.append,
+            self.engine.instruments, self.engine.books, self.engine.risk, self.append, lambda: len(self.journaled) + 1,
+            lambda: self.durable, self.matching.applied, version="test", refused=self.refusals.append,
         )  # fmt: skip
         self.conns: list[Connection] = []
-        self.matching.send_to([self.deliver])
+        self.matching.send_to([self.engine.risk.settle, self.deliver])
         self.out: dict[Connection, bytes] = {}
 
     def connect(self) -> Connection:
+        """A connection logged in as a new, funded account (LOGIN itself is tested end to end)."""
         conn = Connection(self.desk, max_inflight=self.max_inflight)
+        conn.owner = f"acct{len(self.conns)}"
+        for asset in self.engine.risk.assets:  # funded outside the journal: order ids start at 1
+            self.engine.risk.hold(0, Transfer(conn.owner, asset, 10**15, f"{conn.owner}:{asset}"), replay=True)
         self.conns.append(conn)
         self.out[conn] = b""
         return conn

@@ -91,16 +91,16 @@ def test_snapshot_and_increments_are_exact(server: Server) -> None:
     ]
     other.ask("BUY AAPL 4 151", 2)
     assert sub.lines(3) == [
-        "TRADE AAPL 4 150.25 BUY trade=3-1 prev=0 seq=5",
+        "TRADE AAPL 4 150.25 BUY trade=63-1 prev=0 seq=5",
         "BOOK AAPL SELL 150.25 6 prev=3 seq=6",
         "QUOTE AAPL 150.00 5 150.25 6 prev=4 seq=7",
     ]
-    assert sub.ask("REPLAY AAPL from=1", 3) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 4 150.25 BUY trade=3-1 prev=0 seq=5", "END"]
+    assert sub.ask("REPLAY AAPL from=1", 3) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 4 150.25 BUY trade=63-1 prev=0 seq=5", "END"]
     assert sub.ask("SUB NOPE") == ["ERR unknown_symbol no such symbol NOPE"]
     assert sub.ask("UNSUB AAPL book") == ["UNSUBSCRIBED AAPL book"]
     trader.ask("BUY AAPL 1 149")  # a level below the top: book only (seq 8), now unsubscribed
     other.ask("SELL AAPL 1 150.00", 2)
-    assert sub.lines(2) == ["TRADE AAPL 1 150.00 SELL trade=5-1 prev=5 seq=9", "QUOTE AAPL 150.00 4 150.25 6 prev=7 seq=11"]
+    assert sub.lines(2) == ["TRADE AAPL 1 150.00 SELL trade=65-1 prev=5 seq=9", "QUOTE AAPL 150.00 4 150.25 6 prev=7 seq=11"]
 
 
 def test_two_hundred_subscribers_get_identical_gap_free_sequences(server: Server) -> None:

@@ -27,32 +27,33 @@ def read_all(sock: socket.socket, timeout: float = 10.0) -> list[str]:
 def test_a_client_that_half_closes_gets_every_reply_then_the_close(server: Server) -> None:
     # What `printf '...' | nc -q 2 localhost 7001` does: send, shut the write side, read.
     sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(b"BUY AAPL 1 100.10 IOC\nPING\nQUIT\n")
+    sock.sendall(b"LOGIN t1 pw\nBUY AAPL 1 100.10 IOC\nPING\nQUIT\n")
     sock.shutdown(socket.SHUT_WR)
     lines = read_all(sock)
-    assert lines[1:] == ["ACK 1 BUY AAPL 1 100.10 IOC", "CANCELED 1 leaves=1 reason=expired", "PONG", "BYE goodbye"]
+    assert lines[1:] == ["LOGGED_IN account=t1 open=0", "ACK 61 BUY AAPL 1 100.10 IOC", "CANCELED 61 leaves=1 reason=expired", "PONG", "BYE goodbye"]
 
 
 def test_a_half_close_without_quit_still_gets_replies_and_reports(server: Server) -> None:
     maker = server.client()
     maker.ask("SELL AAPL 5 100")
     sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(b"BUY AAPL 2 100\nBUY AAPL 1")  # the last line never ends
+    sock.sendall(b"LOGIN t2 pw\nBUY AAPL 2 100\nBUY AAPL 1")  # the last line never ends
     sock.shutdown(socket.SHUT_WR)
     assert read_all(sock)[1:] == [
-        "ACK 2 BUY AAPL 2 100.00 GTC",
+        "LOGGED_IN account=t2 open=0",
+        "ACK 62 BUY AAPL 2 100.00 GTC",
         "ERR incomplete_line the connection closed in the middle of a line; it was not executed",  # replies in order
-        "FILL 2 AAPL BUY 2 100.00 leaves=0 trade=2-1 liq=R",  # the order's report, once matched
+        "FILL 62 AAPL BUY 2 100.00 leaves=0 trade=62-1 liq=R",  # the order's report, once matched
     ]
-    assert maker.line() == "FILL 1 AAPL SELL 2 100.00 leaves=3 trade=2-1 liq=A"
+    assert maker.line() == "FILL 61 AAPL SELL 2 100.00 leaves=3 trade=62-1 liq=A"
 
 
 def test_pipelined_replies_come_in_request_order_and_read_the_sessions_own_writes(server: Server) -> None:
     c = server.client()
     c.send("BUY AAPL 1 96.00 id=o1\nCANCEL id=o1\nORDERS\nBOOK AAPL 10\nPING\n")
     assert c.lines(7) == [
-        "ACK 1 BUY AAPL 1 96.00 GTC id=o1",
-        "CANCELED 1 leaves=1 reason=user id=o1",
+        "ACK 61 BUY AAPL 1 96.00 GTC id=o1",
+        "CANCELED 61 leaves=1 reason=user id=o1",
         "ORDERS 0", "END",
         "BOOK AAPL bids=0 asks=0", "END",
         "PONG",
@@ -63,9 +64,9 @@ def test_a_query_between_commands_sees_exactly_the_commands_before_it(server: Se
     c = server.client()
     c.send("BUY AAPL 1 96.00 id=a\nORDERS\nCANCEL id=a\nORDERS\n")
     assert c.lines(7) == [
-        "ACK 1 BUY AAPL 1 96.00 GTC id=a",
-        "ORDERS 1", "ORDER 1 BUY AAPL 1 96.00 GTC id=a", "END",
-        "CANCELED 1 leaves=1 reason=user id=a",
+        "ACK 61 BUY AAPL 1 96.00 GTC id=a",
+        "ORDERS 1", "ORDER 61 BUY AAPL 1 96.00 GTC id=a", "END",
+        "CANCELED 61 leaves=1 reason=user id=a",
         "ORDERS 0", "END",
     ]  # fmt: skip
 
@@ -74,7 +75,7 @@ def test_a_second_server_on_a_data_directory_in_use_exits_with_one_line(tmp_path
     first = Server(tmp_path / "data").start()
     try:
         c = first.client()
-        assert c.ask("BUY AAPL 1 99") == ["ACK 1 BUY AAPL 1 99.00 GTC"]
+        assert c.ask("BUY AAPL 1 99") == ["ACK 61 BUY AAPL 1 99.00 GTC"]
         second = subprocess.run(
             [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(tmp_path / "data")],
             cwd=ROOT, capture_output=True, text=True, timeout=30,
@@ -85,7 +86,7 @@ def test_a_second_server_on_a_data_directory_in_use_exits_with_one_line(tmp_path
         assert str(tmp_path / "data") in errors[0] and f"pid {first.proc.pid}" in errors[0]  # type: ignore[union-attr]
         assert "Traceback" not in second.stderr
         # The first server is untouched: it goes on, with the next sequence number.
-        assert c.ask("BUY AAPL 1 98") == ["ACK 2 BUY AAPL 1 98.00 GTC"]
+        assert c.ask("BUY AAPL 1 98") == ["ACK 62 BUY AAPL 1 98.00 GTC"]
         # Read-only tools work beside it.
         orders = subprocess.run([sys.executable, "-m", "tickline.cli", "orders", "--data-dir", str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert orders.returncode == 0, orders.stderr
@@ -103,7 +104,7 @@ def test_operator_errors_are_one_line_and_a_nonzero_exit(tmp_path: Path) -> None
     aapl = tmp_path / "aapl.toml"
     aapl.write_text('[instruments.AAPL]\ntick = "0.01"\nlot = "1"\n')
     srv = Server(tmp_path / "data", "--instruments", str(gold)).start()
-    assert srv.client().ask("BUY GOLD 1 100") == ["ACK 1 BUY GOLD 1 100.0 GTC"]
+    assert srv.client().ask("BUY GOLD 1 100") == ["ACK 25 BUY GOLD 1 100.0 GTC"]  # 12 test accounts x 2 assets deposited first
     srv.stop()
     runs = {
         "journal names a dropped instrument": tickline("serve", "--port", "0", "--md-port", "0", "--data-dir", str(tmp_path / "data"), "--instruments", str(aapl)),
@@ -139,10 +140,10 @@ def test_market_data_replies_keep_request_order_and_quit_waits_for_a_replay(tmp_
     try:
         sub = srv.subscriber()
         sub.send("REPLAY AAPL from=1\nPING\n")
-        assert sub.lines(4) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 3 100.00 BUY trade=2-1 prev=0 seq=3", "END", "PONG"]
+        assert sub.lines(4) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 3 100.00 BUY trade=62-1 prev=0 seq=3", "END", "PONG"]
         quitter = srv.subscriber()
         quitter.send("REPLAY AAPL from=1\nQUIT\n")
-        assert quitter.lines(4) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 3 100.00 BUY trade=2-1 prev=0 seq=3", "END", "BYE goodbye"]
+        assert quitter.lines(4) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 3 100.00 BUY trade=62-1 prev=0 seq=3", "END", "BYE goodbye"]
         assert quitter.closed()
     finally:
         srv.kill()
@@ -205,7 +206,7 @@ def test_json_is_a_full_second_protocol_on_both_ports(server: Server) -> None:
 
     c = server.client()
     c.ask("BUY AAPL 1 99 id=t1")
-    assert json.loads(c.ask('{"op":"cancel","id":"t1"}')[0]) == {"type": "canceled", "order_id": 1, "leaves": "1", "reason": "user", "id": "t1"}
+    assert json.loads(c.ask('{"op":"cancel","id":"t1"}')[0]) == {"type": "canceled", "order_id": 61, "leaves": "1", "reason": "user", "id": "t1"}
     assert json.loads(c.ask('{"op":"help"}')[0])["type"] == "help"
     md = server.subscriber()
     assert json.loads(md.ask('{"op":"sub","symbol":"es","kinds":"trades"}')[0]) == {"type": "subscribed", "symbol": "ES", "kinds": "trades", "seq": 0}
@@ -222,25 +223,24 @@ def test_json_is_a_full_second_protocol_on_both_ports(server: Server) -> None:
     assert [json.loads(x)["type"] for x in md.lines(3)] == ["replay", "trade", "end"]
 
 
-def test_a_resumed_identity_gets_the_reports_it_missed_in_the_live_format(server: Server) -> None:
+def test_an_account_back_after_a_disconnect_gets_the_reports_it_missed_in_the_live_format(server: Server) -> None:
     alice = server.client()
-    assert alice.ask("SELL AAPL 10 150.25 id=a1") == ["ACK 1 SELL AAPL 10 150.25 GTC id=a1"]
-    assert alice.ask("SELL AAPL 5 151 id=a2") == ["ACK 2 SELL AAPL 5 151.00 GTC id=a2"]
+    assert alice.ask("SELL AAPL 10 150.25 id=a1") == ["ACK 61 SELL AAPL 10 150.25 GTC id=a1"]
+    assert alice.ask("SELL AAPL 5 151 id=a2") == ["ACK 62 SELL AAPL 5 151.00 GTC id=a2"]
     alice.close()
     bob = server.client()
     bob.ask("BUY AAPL 4 150.25", 2)  # fills a1 while alice is away
-    back = server.client()
-    assert back.ask(f"RESUME {alice.token}")[0].startswith("RESUMED")
+    back = server.client(alice.owner)
     back.send("CANCEL id=a2\nREPORTS since=0\n")
     assert back.until("END") == [
-        "CANCELED 2 leaves=5 reason=user id=a2",
-        "REPORTS since=0 through=4 count=2",
-        "FILL 1 AAPL SELL 4 150.25 leaves=6 trade=3-1 liq=A id=a1",
-        "CANCELED 2 leaves=5 reason=user id=a2",
+        "CANCELED 62 leaves=5 reason=user id=a2",
+        "REPORTS since=0 through=64 count=2",
+        "FILL 61 AAPL SELL 4 150.25 leaves=6 trade=63-1 liq=A id=a1",
+        "CANCELED 62 leaves=5 reason=user id=a2",
         "END",
     ]
-    assert back.ask("REPORTS since=4", 2) == ["REPORTS since=4 through=4 count=0", "END"]
-    assert bob.ask("REPORTS since=0", 3) == ["REPORTS since=0 through=4 count=1", "FILL 3 AAPL BUY 4 150.25 leaves=0 trade=3-1 liq=R", "END"]
+    assert back.ask("REPORTS since=64", 2) == ["REPORTS since=64 through=64 count=0", "END"]
+    assert bob.ask("REPORTS since=0", 3) == ["REPORTS since=0 through=64 count=1", "FILL 63 AAPL BUY 4 150.25 leaves=0 trade=63-1 liq=R", "END"]
 
 
 def test_the_audit_lists_every_request_with_its_outcome(server: Server) -> None:
@@ -253,22 +253,22 @@ def test_the_audit_lists_every_request_with_its_outcome(server: Server) -> None:
     server.client().ask("BUY AAPL 2 150.25 IOC", 2)
     time.sleep(0.5)  # the trade log commits every 20 ms
     run = tickline("orders", "--data-dir", str(server.data_dir))
-    rows = sorted(line.split(" ", 4)[:4:3] + line.split(" ", 4)[1:2] for line in run.stdout.splitlines())
+    rows = sorted(line.split(" ", 4)[:4:3] + line.split(" ", 4)[1:2] for line in run.stdout.splitlines() if not line.startswith("DEPOSIT"))
     assert sorted((kind, oid, rest.split()[0]) for kind, rest, oid in rows) == [
-        ("CANCEL", "-", "rejected"), ("CANCEL", "3", "accepted"),
-        ("ORDER", "-", "rejected"), ("ORDER", "1", "accepted"), ("ORDER", "4", "accepted"), ("REPLACE", "2", "accepted"),
+        ("CANCEL", "-", "rejected"), ("CANCEL", "63", "accepted"),
+        ("ORDER", "-", "rejected"), ("ORDER", "61", "accepted"), ("ORDER", "64", "accepted"), ("REPLACE", "62", "accepted"),
     ]  # fmt: skip
     text = run.stdout
     assert "CANCEL - " in text and "order=99" in text and "reason=unknown_order" in text
-    assert "order=1 qty=8 price=150.30" in text and "-> replaced 8@150.30" in text
+    assert "order=61 qty=8 price=150.30" in text and "-> replaced 8@150.30" in text
     assert "reason=bad_tick" in text
-    assert "CANCEL 3" in text and "-> canceled user" in text
+    assert "CANCEL 63" in text and "-> canceled user" in text
     assert "-> canceled expired" in text  # the IOC met nothing at 150.25 any more
     # docs/OPERATIONS.md shows this very session's audit: the same lines, times and owners aside.
     doc = (ROOT / "docs" / "OPERATIONS.md").read_text().split("prints one line per request, oldest first:")[1].split("```")[1]
 
-    def masked(lines: str) -> list[str]:
-        out = [re.sub(r"\S+\+00:00", "<ts>", line) for line in lines.strip().splitlines()]
+    def masked(lines: str) -> list[str]:  # the test accounts' 60 deposits come first
+        out = [re.sub(r"\S+\+00:00", "<ts>", line) for line in lines.strip().splitlines() if not line.startswith(("DEPOSIT", "..."))]
         owners: dict[str, str] = {}
         return [re.sub(r"owner=(\w+)", lambda m: f"owner={owners.setdefault(m.group(1), str(len(owners)))}", line) for line in out]
 
@@ -282,7 +282,7 @@ def test_snapshots_come_on_time_too_and_segments_rotate_at_a_set_size(tmp_path: 
         c = srv.client()
         c.send("".join(f"BUY AAPL 1 {50 + i % 400}.00 id=c{i}\n" for i in range(20_000)))
         acks = c.lines(20_000, timeout=60)
-        assert acks[-1].startswith("ACK 20000 ")
+        assert acks[-1].startswith("ACK 20060 ")
         deadline = time.monotonic() + 10
         while not list((data / "snapshots").glob("snap-*.tls")) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -292,7 +292,7 @@ def test_snapshots_come_on_time_too_and_segments_rotate_at_a_set_size(tmp_path: 
         srv.kill()
     srv.start()  # after kill -9: from the snapshot, every acknowledged order is back
     try:
-        assert srv.client().ask(f"RESUME {c.token}")[0].endswith("open=20000")
+        assert srv.client(c.owner).ask("ORDERS", 1) == ["ORDERS 20000"]
     finally:
         srv.kill()
     verify = tickline("replay", "--verify", "--data-dir", str(data))

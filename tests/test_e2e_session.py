@@ -5,22 +5,22 @@ from __future__ import annotations
 import json
 import re
 
-from tests.harness import Server
+from tests.harness import Client, Server
 
 
 def test_the_readme_netcat_session(server: Server) -> None:
     alice, bob = server.client(), server.client()
-    assert re.fullmatch(r"HELLO tickline \S+ session=[0-9a-f]{32} owner=[0-9a-f]{16} type HELP for commands", alice.hello)
-    assert alice.ask("SELL AAPL 10 150.25\r") == ["ACK 1 SELL AAPL 10 150.25 GTC"]
+    assert re.fullmatch(r"HELLO tickline \S+ log in with LOGIN <name> <password>; type HELP for commands", alice.hello)
+    assert alice.ask("SELL AAPL 10 150.25\r") == ["ACK 61 SELL AAPL 10 150.25 GTC"]
     assert bob.ask("buy aapl 4 151 id=b1\r", 2) == [
-        "ACK 2 BUY AAPL 4 151.00 GTC id=b1",
-        "FILL 2 AAPL BUY 4 150.25 leaves=0 trade=2-1 liq=R id=b1",
+        "ACK 62 BUY AAPL 4 151.00 GTC id=b1",
+        "FILL 62 AAPL BUY 4 150.25 leaves=0 trade=62-1 liq=R id=b1",
     ]
-    assert alice.line() == "FILL 1 AAPL SELL 4 150.25 leaves=6 trade=2-1 liq=A"
+    assert alice.line() == "FILL 61 AAPL SELL 4 150.25 leaves=6 trade=62-1 liq=A"
     assert bob.ask("BOOK AAPL", 3) == ["BOOK AAPL bids=0 asks=1", "ASK 150.25 6", "END"]
-    assert alice.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 1 SELL AAPL 6 150.25 GTC", "END"]
+    assert alice.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 61 SELL AAPL 6 150.25 GTC", "END"]
     assert bob.ask("ORDERS", 2) == ["ORDERS 0", "END"]
-    assert alice.ask("CANCEL 1") == ["CANCELED 1 leaves=6 reason=user"]
+    assert alice.ask("CANCEL 61") == ["CANCELED 61 leaves=6 reason=user"]
     assert alice.ask("QUIT") == ["BYE goodbye"]
     assert alice.closed()
 
@@ -31,15 +31,15 @@ def test_json_requests_get_json_replies_and_reports(server: Server) -> None:
     req = {"op": "buy", "symbol": "BTC-USD", "qty": "0.2", "price": "64000.01", "tif": "IOC", "id": "j1"}
     taker.send(json.dumps(req) + "\n")
     assert [json.loads(line) for line in taker.lines(2)] == [
-        {"type": "ack", "order_id": 2, "side": "BUY", "symbol": "BTC-USD", "qty": "0.20000", "price": "64000.01", "tif": "IOC", "id": "j1"},
-        {"type": "fill", "order_id": 2, "symbol": "BTC-USD", "side": "BUY", "qty": "0.20000", "price": "64000.01", "leaves": "0.00000", "trade": "2-1", "liq": "R", "id": "j1"},
+        {"type": "ack", "order_id": 62, "side": "BUY", "symbol": "BTC-USD", "qty": "0.20000", "price": "64000.01", "tif": "IOC", "id": "j1"},
+        {"type": "fill", "order_id": 62, "symbol": "BTC-USD", "side": "BUY", "qty": "0.20000", "price": "64000.01", "leaves": "0.00000", "trade": "62-1", "liq": "R", "id": "j1"},
     ]
-    assert maker.line() == "FILL 1 BTC-USD SELL 0.20000 64000.01 leaves=0.30000 trade=2-1 liq=A"
+    assert maker.line() == "FILL 61 BTC-USD SELL 0.20000 64000.01 leaves=0.30000 trade=62-1 liq=A"
     assert taker.ask('{"op":"ping"}') == ['{"type":"pong"}']
     assert json.loads(taker.ask('{"op":"book","symbol":"BTC-USD","levels":1}')[0]) == {
         "type": "book", "symbol": "BTC-USD", "bids": [], "asks": [["64000.01", "0.30000"]]
     }
-    assert json.loads(taker.ask('{"op":"cancel","order_id":1}')[0])["reason"] == "not_owner"
+    assert json.loads(taker.ask('{"op":"cancel","order_id":61}')[0])["reason"] == "not_owner"
     assert json.loads(taker.ask('{"op":"buy","symbol":"BTC-USD","qty":1}')[0]) == {
         "type": "err", "code": "bad_request", "text": "Expected `str`, got `int` - at `$.qty`"
     }
@@ -56,11 +56,11 @@ REPLIES = [
     ("BUY AAPL 1 GTC 100", "ERR bad_request unexpected '100'; expected [<price>] [GTC|IOC|FOK|POST] [id=...]"),
     ("CANCEL", "ERR bad_request usage: CANCEL <order-id> | CANCEL id=<client-order-id>"),
     ("CANCEL x1", "ERR bad_request order id 'x1' is not a number"),
-    ("REPLACE 1", "ERR bad_request usage: REPLACE <order-id> <qty> [<price>] | REPLACE id=<client-order-id> <qty> [<price>]"),
+    ("REPLACE 61", "ERR bad_request usage: REPLACE <order-id> <qty> [<price>] | REPLACE id=<client-order-id> <qty> [<price>]"),
     ("BOOK", "ERR bad_request usage: BOOK <symbol> [<levels>]"),
     ("BOOK AAPL 0", "ERR bad_request levels must be 1..1000"),
     ("PING now", "ERR bad_request PING takes no arguments"),
-    ("RESUME nope", "ERR bad_request a session token is the 32 hex digits from a HELLO line"),
+    ("LOGIN nope", "ERR bad_request usage: LOGIN <name> <password>"),
     ("BUY NOPE 1 1", "REJ unknown_symbol no such symbol NOPE; type SYMBOLS"),
     ("BOOK NOPE", "REJ unknown_symbol no such symbol NOPE; type SYMBOLS"),
     ("BUY AAPL 1 150.001 id=t1", "REJ bad_tick id=t1 price 150.001 is not on the tick 0.01"),
@@ -75,10 +75,10 @@ REPLIES = [
     ("BUY AAPL 1 GTC", "REJ bad_tif a market order cannot be GTC"),
     ("BUY AAPL 1 POST", "REJ bad_tif a market order cannot be POST"),
     ("BUY AAPL 1 150 id=has/slash", "REJ bad_id a client order id is 1-32 of A-Z a-z 0-9 . _ : -"),
-    ("CANCEL 999", "REJ unknown_order order=999 order 999 is not open"),
+    ("CANCEL 1059", "REJ unknown_order order=1059 order 1059 is not open"),
     ("CANCEL id=zz", "REJ unknown_order id=zz no open order has id zz"),
     ("REPLACE id=zz 5", "REJ unknown_order id=zz no open order has id zz"),
-    ("REPLACE 999 1", "REJ unknown_order order=999 order 999 is not open"),
+    ("REPLACE 1059 1", "REJ unknown_order order=1059 order 1059 is not open"),
 ]
 
 
@@ -92,32 +92,32 @@ def test_every_err_and_rej_is_one_clear_line_and_the_session_goes_on(server: Ser
 
 def test_rejects_that_need_an_open_order(server: Server) -> None:
     alice, bob = server.client(), server.client()
-    assert alice.ask("BUY AAPL 5 100 id=x") == ["ACK 1 BUY AAPL 5 100.00 GTC id=x"]
+    assert alice.ask("BUY AAPL 5 100 id=x") == ["ACK 61 BUY AAPL 5 100.00 GTC id=x"]
     assert alice.ask("BUY AAPL 5 100 id=x") == ["REJ duplicate_id id=x an open order already has id x"]
-    assert bob.ask("CANCEL 1") == ["REJ not_owner order=1 order 1 is not yours"]
-    assert bob.ask("REPLACE 1 3") == ["REJ not_owner order=1 order 1 is not yours"]
-    assert alice.ask("REPLACE 1 3 100.001") == ["REJ bad_tick order=1 id=x price 100.001 is not on the tick 0.01"]
-    assert alice.ask("REPLACE 1 3") == ["REPLACED 1 3 100.00 priority=kept id=x"]
-    assert alice.ask("REPLACE id=x 4 101") == ["REPLACED 1 4 101.00 priority=lost id=x"]
-    assert alice.ask("CANCEL id=x") == ["CANCELED 1 leaves=4 reason=user id=x"]
+    assert bob.ask("CANCEL 61") == ["REJ not_owner order=61 order 61 is not yours"]
+    assert bob.ask("REPLACE 61 3") == ["REJ not_owner order=61 order 61 is not yours"]
+    assert alice.ask("REPLACE 61 3 100.001") == ["REJ bad_tick order=61 id=x price 100.001 is not on the tick 0.01"]
+    assert alice.ask("REPLACE 61 3") == ["REPLACED 61 3 100.00 priority=kept id=x"]
+    assert alice.ask("REPLACE id=x 4 101") == ["REPLACED 61 4 101.00 priority=lost id=x"]
+    assert alice.ask("CANCEL id=x") == ["CANCELED 61 leaves=4 reason=user id=x"]
     # Once the order is gone its client id may be used again (cancel and replaces took 2-4).
-    assert alice.ask("SELL AAPL 1 120 id=x") == ["ACK 5 SELL AAPL 1 120.00 GTC id=x"]
+    assert alice.ask("SELL AAPL 1 120 id=x") == ["ACK 65 SELL AAPL 1 120.00 GTC id=x"]
 
 
 def test_order_types_over_the_wire(server: Server) -> None:
     maker, taker = server.client(), server.client()
     maker.ask("SELL ES 3 4500.25")
-    assert taker.ask("BUY ES 5 4500.25 FOK", 2) == ["ACK 2 BUY ES 5 4500.25 FOK", "CANCELED 2 leaves=5 reason=fok_unfilled"]
-    assert taker.ask("BUY ES 5 4500.25 POST", 2) == ["ACK 3 BUY ES 5 4500.25 POST", "CANCELED 3 leaves=5 reason=would_cross"]
+    assert taker.ask("BUY ES 5 4500.25 FOK", 2) == ["ACK 62 BUY ES 5 4500.25 FOK", "CANCELED 62 leaves=5 reason=fok_unfilled"]
+    assert taker.ask("BUY ES 5 4500.25 POST", 2) == ["ACK 63 BUY ES 5 4500.25 POST", "CANCELED 63 leaves=5 reason=would_cross"]
     assert taker.ask("BUY ES 5", 3) == [
-        "ACK 4 BUY ES 5 MKT IOC",
-        "FILL 4 ES BUY 3 4500.25 leaves=2 trade=4-1 liq=R",
-        "CANCELED 4 leaves=2 reason=no_liquidity",
+        "ACK 64 BUY ES 5 MKT IOC",
+        "FILL 64 ES BUY 3 4500.25 leaves=2 trade=64-1 liq=R",
+        "CANCELED 64 leaves=2 reason=no_liquidity",
     ]
-    assert maker.line() == "FILL 1 ES SELL 3 4500.25 leaves=0 trade=4-1 liq=A"
-    assert maker.ask("BUY ES 1 4400 IOC", 2) == ["ACK 5 BUY ES 1 4400.00 IOC", "CANCELED 5 leaves=1 reason=expired"]
-    assert maker.ask("SELL ES 1 4600") == ["ACK 6 SELL ES 1 4600.00 GTC"]
-    assert maker.ask("BUY ES 1 4600", 2) == ["ACK 7 BUY ES 1 4600.00 GTC", "CANCELED 6 leaves=1 reason=self_trade"]
+    assert maker.line() == "FILL 61 ES SELL 3 4500.25 leaves=0 trade=64-1 liq=A"
+    assert maker.ask("BUY ES 1 4400 IOC", 2) == ["ACK 65 BUY ES 1 4400.00 IOC", "CANCELED 65 leaves=1 reason=expired"]
+    assert maker.ask("SELL ES 1 4600") == ["ACK 66 SELL ES 1 4600.00 GTC"]
+    assert maker.ask("BUY ES 1 4600", 2) == ["ACK 67 BUY ES 1 4600.00 GTC", "CANCELED 66 leaves=1 reason=self_trade"]
     assert maker.ask("BOOK ES", 3) == ["BOOK ES bids=1 asks=0", "BID 4600.00 1", "END"]
 
 
@@ -139,15 +139,50 @@ def test_symbols_help_and_case_insensitive_keywords(server: Server) -> None:
     assert client.ask("\n\r\n   \nPING") == ["PONG"]  # blank lines get no reply
 
 
-def test_resume_takes_back_an_identity(server: Server) -> None:
+def test_an_account_trades_from_every_session_and_sees_only_its_own(server: Server) -> None:
     first = server.client()
     first.ask("BUY AAPL 5 100")
-    second = server.client()
-    assert second.ask("CANCEL 1") == ["REJ not_owner order=1 order 1 is not yours"]
-    assert second.ask(f"RESUME {first.token}") == [f"RESUMED session={first.token} owner={first.owner} open=1"]
-    # Reports go to every live connection of the owner.
-    assert second.ask("CANCEL 1") == ["CANCELED 1 leaves=5 reason=user"]
-    assert first.line() == "CANCELED 1 leaves=5 reason=user"
+    other = server.client()
+    assert other.ask("CANCEL 61") == ["REJ not_owner order=61 order 61 is not yours"]
+    assert other.ask("ORDERS", 2) == ["ORDERS 0", "END"]
+    second = server.client(first.owner)  # the same account, another connection
+    assert second.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 61 BUY AAPL 5 100.00 GTC", "END"]
+    # Reports go to every live session of the account.
+    assert second.ask("CANCEL 61") == ["CANCELED 61 leaves=5 reason=user"]
+    assert first.line() == "CANCELED 61 leaves=5 reason=user"
+    assert other.quiet()
+
+
+def test_orders_need_a_login_and_a_wrong_password_never_logs_in(server: Server) -> None:
+    anon = Client(server.port)
+    assert anon.ask("BUY AAPL 1 100") == ["REJ not_logged_in log in first: LOGIN <name> <password>"]
+    assert anon.ask("CANCEL 1") == ["REJ not_logged_in log in first: LOGIN <name> <password>"]
+    assert anon.ask("BALANCES") == ["REJ not_logged_in log in first: LOGIN <name> <password>"]
+    assert anon.ask("PING") == ["PONG"]  # the connection stays usable; market queries need no account
+    assert anon.ask("LOGIN t1 wrong") == ["REJ bad_login wrong name or password"]
+    assert anon.ask("LOGIN nobody pw") == ["REJ bad_login wrong name or password"]  # the same reply
+    assert anon.ask('{"op":"login","name":"t1","password":"nope"}') == ['{"type":"rej","reason":"bad_login","text":"wrong name or password"}']
+    assert anon.ask("BUY AAPL 1 100") == ["REJ not_logged_in log in first: LOGIN <name> <password>"]
+    assert anon.ask("LOGIN t1 pw") == ["LOGGED_IN account=t1 open=0"]
+    assert anon.ask("BUY AAPL 1 100") == ["ACK 61 BUY AAPL 1 100.00 GTC"]
+    assert not any("nope" in line or "wrong" in line for line in server.log)  # passwords are never logged
+
+
+def test_balances_lock_on_order_move_on_fill_and_refuse_what_cannot_be_paid(server: Server) -> None:
+    buyer, seller = server.client(), server.client()
+    assert buyer.ask("BALANCES", 7)[:2] == [f"BALANCES {buyer.owner} 5", "BALANCE AAPL available=1000000 locked=0"]
+    assert buyer.ask("BUY AAPL 10 150.00") == ["ACK 61 BUY AAPL 10 150.00 GTC"]
+    assert buyer.ask("BALANCES", 7)[5] == "BALANCE USD available=9998500.0000000 locked=1500.0000000"
+    assert seller.ask("SELL AAPL 4 149.00", 2) == ["ACK 62 SELL AAPL 4 149.00 GTC", "FILL 62 AAPL SELL 4 150.00 leaves=0 trade=62-1 liq=R"]
+    assert buyer.line() == "FILL 61 AAPL BUY 4 150.00 leaves=6 trade=62-1 liq=A"
+    lines = buyer.ask("BALANCES", 7)
+    assert lines[1] == "BALANCE AAPL available=1000004 locked=0"
+    assert lines[5] == "BALANCE USD available=9998500.0000000 locked=900.0000000"
+    assert seller.ask("BALANCES", 7)[5] == "BALANCE USD available=10000600.0000000 locked=0.0000000"
+    assert buyer.ask("BUY AAPL 1000000 100") == ["REJ insufficient_funds needs 100000000.0000000 USD, 9998500.0000000 available"]
+    assert buyer.ask("REPLACE 61 100000 150") == ["REJ insufficient_funds order=61 needs 15000000.0000000 USD, 9998500.0000000 available"]
+    assert buyer.ask("CANCEL 61") == ["CANCELED 61 leaves=6 reason=user"]
+    assert buyer.ask("BALANCES", 7)[5] == "BALANCE USD available=9999400.0000000 locked=0.0000000"
 
 
 def test_shutdown_says_bye_to_every_session_and_exits_zero(server: Server) -> None:
@@ -161,6 +196,6 @@ def test_shutdown_says_bye_to_every_session_and_exits_zero(server: Server) -> No
 
 def test_quit_waits_for_the_reports_of_what_came_before(server: Server) -> None:
     client = server.client()
-    client.send("BUY AAPL 5 100\nCANCEL 1\nQUIT\n")
-    assert client.lines(3) == ["ACK 1 BUY AAPL 5 100.00 GTC", "CANCELED 1 leaves=5 reason=user", "BYE goodbye"]
+    client.send("BUY AAPL 5 100\nCANCEL 61\nQUIT\n")
+    assert client.lines(3) == ["ACK 61 BUY AAPL 5 100.00 GTC", "CANCELED 61 leaves=5 reason=user", "BYE goodbye"]
     assert client.closed()

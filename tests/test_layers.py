@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "journal": {"protocol", "exchange"},
     "gateway": {"protocol", "exchange", "netio"},
     "notifier": {"protocol", "exchange", "netio"},
-    "bench": {"protocol", "exchange", "journal"},
+    "bench": {"protocol", "exchange", "journal", "netio"},
     "tickline": {"protocol", "exchange", "netio", "journal", "gateway", "notifier"},
 }
 OURS = set(ALLOWED) | {"tests"}

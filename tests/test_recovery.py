@@ -52,15 +52,13 @@ def test_clean_restart_continues_exactly_where_it_was(tmp_path: Path) -> None:
 
     server = Server(data).start()
     try:
-        again = server.client()
-        assert again.ask(f"RESUME {alice.token}")[0].endswith("open=2")
-        assert again.ask("ORDERS", 4) == ["ORDERS 2", "ORDER 1 SELL AAPL 6 150.25 GTC id=a1", "ORDER 2 SELL AAPL 5 150.50 GTC", "END"]
+        again = server.client(alice.owner)
+        assert again.ask("ORDERS", 4) == ["ORDERS 2", "ORDER 61 SELL AAPL 6 150.25 GTC id=a1", "ORDER 62 SELL AAPL 5 150.50 GTC", "END"]
         assert again.ask("BOOK AAPL", 4) == book_before
         # Order ids continue; the resting order still trades with its old owner's reports.
-        bob2 = server.client()
-        bob2.ask(f"RESUME {bob.token}")
-        assert bob2.ask("BUY AAPL 6 150.25", 2) == ["ACK 5 BUY AAPL 6 150.25 GTC", "FILL 5 AAPL BUY 6 150.25 leaves=0 trade=5-1 liq=R"]
-        assert again.line() == "FILL 1 AAPL SELL 6 150.25 leaves=0 trade=5-1 liq=A id=a1"
+        bob2 = server.client(bob.owner)
+        assert bob2.ask("BUY AAPL 6 150.25", 2) == ["ACK 65 BUY AAPL 6 150.25 GTC", "FILL 65 AAPL BUY 6 150.25 leaves=0 trade=65-1 liq=R"]
+        assert again.line() == "FILL 61 AAPL SELL 6 150.25 leaves=0 trade=65-1 liq=A id=a1"
     finally:
         server.stop()
     assert replay_verify(data).returncode == 0
@@ -71,6 +69,7 @@ def _trader(port: int, seed: int, acked: set[int], stop: threading.Event) -> Non
     rng = random.Random(seed)
     try:
         client = Client(port)
+        client.login(f"t{seed % 12 + 1}")
         while not stop.is_set():
             lines = []
             for _ in range(20):
@@ -194,12 +193,12 @@ def test_a_dead_trade_log_writer_costs_no_order_and_the_restart_fills_the_log(tm
     for pid in children:
         os.kill(int(pid), signal.SIGKILL)
     time.sleep(0.2)
-    assert taker.ask("BUY ES 3", 2) == ["ACK 2 BUY ES 3 MKT IOC", "FILL 2 ES BUY 3 4500.00 leaves=0 trade=2-1 liq=R"]
-    assert maker.line() == "FILL 1 ES SELL 3 4500.00 leaves=7 trade=2-1 liq=A"
+    assert taker.ask("BUY ES 3", 2) == ["ACK 62 BUY ES 3 MKT IOC", "FILL 62 ES BUY 3 4500.00 leaves=0 trade=62-1 liq=R"]
+    assert maker.line() == "FILL 61 ES SELL 3 4500.00 leaves=7 trade=62-1 liq=A"
     assert server.stop() == 0
     assert any("tradelog_writer_died" in line or "snapshot_held_back" in line for line in server.log)
 
     server = Server(data).start()
     server.stop()
-    assert [row["trade_id"] for row in trades(data / "trades.sqlite")] == ["2-1"]
+    assert [row["trade_id"] for row in trades(data / "trades.sqlite")] == ["62-1"]
     assert replay_verify(data).returncode == 0

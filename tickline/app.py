@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +22,11 @@ import structlog
 
 from exchange.instruments import load_instruments
 from exchange.matching import Matching
+from exchange.risk import Risk
+from gateway.admin import AdminServer
 from gateway.desk import OrderDesk, ReportEvent
 from gateway.server import Gateway
+from journal.accounts import AccountAdmin, Accounts
 from journal.journal import Journal
 from journal.layout import DataDir, DataDirLock
 from journal.queries import TradeRow, last_trade_seqs, reports_of, trades_from
@@ -31,7 +35,7 @@ from journal.snapshotter import Snapshotter
 from journal.tradelog import TradeLog
 from notifier.server import Notifier
 from notifier.session import Limits
-from protocol.messages import Command
+from protocol.messages import Command, Transfer
 from tickline import __version__
 from tickline.tuning import tune_runtime
 
@@ -54,21 +58,33 @@ class Config:
     md_hard_cap: int = 8 * 1024 * 1024  # unread bytes before a subscriber is disconnected
     md_pause_deadline: float = 10.0  # seconds a subscriber may stop reading
     shutdown_grace: float = 2.0  # seconds connections get to take their last bytes
+    tls_cert: Path | None = None  # both ports speak TLS when given (LOGIN carries a password)
+    tls_key: Path | None = None
+    demo: bool = False  # a fresh data directory gets funded demo accounts (make run)
+
+
+# make run's newcomers: (name, password) and what each is given.
+DEMO_ACCOUNTS = [("alice", "alice"), ("bob", "bob")]
+DEMO_FUNDS = [("USD", "1000000"), ("AAPL", "1000"), ("BTC", "10"), ("ES", "100"), ("EUR", "1000000")]
 
 
 class Durable:
     """Where a batch goes once the journal has it on disk, in this order: its commands to
     matching (queued; applied in later loop steps), its replies released to the sessions
-    (so an order's ACK always goes out before its FILL, in the same write), its rows to
-    the trade log."""
+    (so an order's ACK always goes out before its FILL, in the same write) and to the
+    admin channel, its rows to the trade log; risk forgets the holds it kept in case a
+    snapshot came before they were durable."""
 
-    def __init__(self, matching: Matching, gateway: Gateway, tradelog: TradeLog) -> None:
-        self.matching, self.gateway, self.tradelog = matching, gateway, tradelog
+    def __init__(self, matching: Matching, gateway: Gateway, admin: AdminServer, tradelog: TradeLog, risk: Risk) -> None:
+        self.matching, self.gateway, self.admin, self.tradelog, self.risk = matching, gateway, admin, tradelog, risk
 
     def __call__(self, first_seq: int, cmds: list[Command], ts_ns: int, record: bytes) -> None:
+        last = first_seq + len(cmds) - 1
         self.matching.submit(first_seq, cmds)
-        self.gateway.on_durable(first_seq + len(cmds) - 1)
+        self.gateway.on_durable(last)
+        self.admin.on_durable(last)
         self.tradelog.on_durable(first_seq, len(cmds), record)
+        self.risk.durable(last)
 
 
 async def serve(config: Config) -> int:
@@ -92,14 +108,15 @@ async def serve(config: Config) -> int:
     await tradelog.open()
     tradelog_task = asyncio.create_task(tradelog.run(), name="tradelog-writer")
     recovered = await recover(config.data_dir, instruments, tradelog, fresh_log=fresh_log)
-    books = recovered.engine.books
+    books, risk = recovered.engine.books, recovered.engine.risk
     tune_runtime()
 
     # 3. Matching: one queue per symbol, each drained in its own step of the event loop.
     matching = Matching(books, loop.call_soon)
 
-    # 4. The gateway: sessions turn lines into journaled commands; the desk they share
-    #    knows the open orders and asks matching whether a command has taken effect.
+    # 4. The gateway: sessions log in to accounts and turn lines into journaled commands;
+    #    the desk they share holds each command's funds (risk, in journal order) before
+    #    journaling it, knows the open orders and asks matching what has taken effect.
     async def reports_since(owner: str, since: int) -> tuple[list[ReportEvent], int]:
         # Everything durable up to now, matched and committed to the trade log, then read.
         through = journal.durable_seq
@@ -108,11 +125,14 @@ async def serve(config: Config) -> int:
         await tradelog.wait_committed()
         return await asyncio.to_thread(reports_of, data.trades, owner, since, through), through
 
+    accounts = Accounts(data.accounts)
+    await accounts.open()
     desk = OrderDesk(
-        instruments, books, journal.append, lambda: journal.durable_seq, matching.applied,
-        version=__version__, refused=tradelog.on_refusal, reports_source=reports_since,
+        instruments, books, risk, journal.append, lambda: journal.next_seq, lambda: journal.durable_seq, matching.applied,
+        version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
     )  # fmt: skip
     gateway = Gateway(desk)
+    admin = AdminServer(desk, accounts.exists)  # deposits and withdrawals, on a Unix socket
 
     # 5. The notifier: market data for subscribers; REPLAY of older trades from the trade log.
     async def older_trades(symbol: str, from_seq: int) -> list[TradeRow]:
@@ -122,23 +142,28 @@ async def serve(config: Config) -> int:
     last_trades = await asyncio.to_thread(last_trade_seqs, data.trades)
     notifier = Notifier(books, older_trades, version=__version__, limits=limits, last_trade_seqs=last_trades)
 
-    # 6. Matching's output: execution reports to the owners' sessions, trades to the log,
-    #    market data to the notifier. Then the journal starts committing into matching.
-    matching.send_to([gateway.deliver, tradelog.on_events, notifier.on_events])
-    journal.start(Durable(matching, gateway, tradelog))
+    # 6. Matching's output: settlement of balances first, then execution reports to the
+    #    owners' sessions, trades to the log, market data to the notifier. Then the journal
+    #    starts committing into matching.
+    matching.send_to([risk.settle, gateway.deliver, tradelog.on_events, notifier.on_events])
+    journal.start(Durable(matching, gateway, admin, tradelog, risk))
+    if config.demo:
+        await _demo_accounts(data, desk)
 
     # 7. Snapshots every so many commands (and at shutdown), so a restart replays little.
     snapshotter = Snapshotter(
-        config.data_dir, books, lambda: journal.durable_seq, lambda: desk.settled(journal.durable_seq), tradelog,
+        config.data_dir, books, risk, lambda: journal.durable_seq, lambda: desk.settled(journal.durable_seq), tradelog,
         every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention, last_seq=recovered.snapshot_seq,
     )  # fmt: skip
     snapshots = asyncio.create_task(snapshotter.run(), name="snapshots")
 
     # 8. Listen, and wait for SIGINT or SIGTERM (a second one exits at once).
-    md_host, md_port = await notifier.start(config.md_host, config.md_port)
-    log.info("market_data_listening", host=md_host, port=md_port)
-    host, port = await gateway.start(config.host, config.port)
-    log.info("order_entry_listening", host=host, port=port, data_dir=str(config.data_dir), next_seq=journal.next_seq)
+    tls = _tls_context(config)
+    await admin.start(data.admin_socket)
+    md_host, md_port = await notifier.start(config.md_host, config.md_port, tls)
+    log.info("market_data_listening", host=md_host, port=md_port, tls=tls is not None)
+    host, port = await gateway.start(config.host, config.port, tls)
+    log.info("order_entry_listening", host=host, port=port, tls=tls is not None, data_dir=str(config.data_dir), next_seq=journal.next_seq)
     await stop.wait()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _exit_now)
@@ -148,6 +173,7 @@ async def serve(config: Config) -> int:
     #    close the logs.
     log.info("shutting_down", sessions=len(gateway.sessions), subscribers=len(notifier.subscribers))
     gateway.stop_accepting()
+    admin.close()
     await journal.close()
     matching.drain_all()
     await asyncio.gather(
@@ -158,9 +184,37 @@ async def serve(config: Config) -> int:
     await snapshotter.take()
     await tradelog.close()
     await tradelog_task
+    await accounts.close()
+    data.admin_socket.unlink(missing_ok=True)
     log.info("stopped", last_seq=journal.durable_seq, fsyncs=journal.commits)
     lock.release()
     return 0
+
+
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+async def _demo_accounts(data: DataDir, desk: OrderDesk) -> None:
+    """A fresh data directory: alice and bob, funded (deposits journaled like any other)."""
+    admin = AccountAdmin(data.accounts)
+    try:
+        if admin.list():
+            return
+        for name, password in DEMO_ACCOUNTS:
+            admin.add(name, password)
+    finally:
+        admin.close()
+    for name, _ in DEMO_ACCOUNTS:
+        for asset, amount in DEMO_FUNDS:
+            units = desk.risk.assets[asset].parse(amount)
+            if units is not None:
+                desk.submit(Transfer(name, asset, units, f"demo:{name}:{asset}"))
+    log.info("demo_accounts", accounts=" ".join(n for n, _ in DEMO_ACCOUNTS), login="LOGIN alice alice  (or: LOGIN bob bob)")
 
 
 def _exit_now() -> None:

@@ -1,8 +1,11 @@
-"""The command line: serve, replay --verify, trades, orders. Flags default from TICKLINE_* env."""
+"""The command line: serve, replay --verify, trades, orders, accounts, balances. Flags
+default from TICKLINE_* env."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -41,6 +44,30 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--retention", choices=["keep", "delete"], default=env("TICKLINE_RETENTION", "keep"), help="journal segments covered by snapshots")
     serve.add_argument("--tradelog-max-rows", type=int, default=int(env("TICKLINE_TRADELOG_MAX_ROWS", "500000")), help="trade log queue bound")
     serve.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
+    serve.add_argument("--tls-cert", type=Path, default=env("TICKLINE_TLS_CERT"), help="certificate chain (PEM): both ports speak TLS")
+    serve.add_argument("--tls-key", type=Path, default=env("TICKLINE_TLS_KEY"), help="its private key (PEM)")
+    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback address without TLS (passwords would cross the network in clear)")
+    serve.add_argument("--demo", action="store_true", help="on a data directory with no accounts: create alice and bob, funded")
+
+    accounts = commands.add_parser("accounts", help="add, disable, list accounts; deposit and withdraw (through the running server)")
+    _common(accounts)
+    acts = accounts.add_subparsers(dest="action", required=True)
+    add = acts.add_parser("add", help="a new account (password from a prompt, or --password-stdin)")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    for verb in ("disable", "enable"):
+        acts.add_parser(verb, help=f"{verb} logging in").add_argument("name")
+    acts.add_parser("list", help="every account")
+    for verb in ("deposit", "withdraw"):
+        move = acts.add_parser(verb, help=f"{verb} an amount (journaled by the running server; the same --ref twice changes nothing)")
+        move.add_argument("name")
+        move.add_argument("asset")
+        move.add_argument("amount")
+        move.add_argument("--ref", required=True, help="your unique id for this transfer (1-64 of A-Z a-z 0-9 . _ : -)")
+
+    balances = commands.add_parser("balances", help="every account's balances, from the journal (offline: the server may run or not)")
+    _common(balances)
+    balances.add_argument("--account")
 
     replay = commands.add_parser("replay", help="rebuild state from the journal")
     _common(replay)
@@ -65,20 +92,41 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(getattr(args, "log_level", "warning"))
     from exchange.instruments import InstrumentsFileError, MissingInstrument
+    from journal.accounts import AccountError
     from journal.journal import JournalCorrupt
     from journal.layout import DataDirInUse
     from journal.queries import NoTradeLog
 
     try:
         return _run(args)
-    except (DataDirInUse, JournalCorrupt, MissingInstrument, InstrumentsFileError, NoTradeLog) as exc:
+    except (DataDirInUse, JournalCorrupt, MissingInstrument, InstrumentsFileError, NoTradeLog, AccountError, OperatorError) as exc:
         # Conditions an operator can name and fix: one line, no traceback.
         sys.stderr.write(f"tickline: {exc}\n")
         return 1
 
 
+class OperatorError(Exception):
+    """A command line mistake an operator fixes: said in one line."""
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise OperatorError("--tls-cert and --tls-key go together")
+        exposed = [h for h in (args.host, args.md_host) if not _loopback(h)]
+        if exposed and args.tls_cert is None and not args.insecure:
+            raise OperatorError(
+                f"{exposed[0]} is not a loopback address and LOGIN sends a password: give --tls-cert and --tls-key, or --insecure to send it in clear"
+            )
         import resource
 
         import uvloop
@@ -95,10 +143,15 @@ def _run(args: argparse.Namespace) -> int:
             snapshot_every=args.snapshot_every, snapshot_interval=args.snapshot_interval, segment_bytes=args.segment_mb * 1024 * 1024,
             retention=args.retention, tradelog_max_rows=args.tradelog_max_rows,
             md_host=args.md_host, md_port=args.md_port, md_hard_cap=args.md_hard_cap, md_pause_deadline=args.md_pause_deadline,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, demo=args.demo,
         )  # fmt: skip
         return uvloop.run(run_server(config))
     if args.command == "replay":
         return _replay(args)
+    if args.command == "accounts":
+        return _accounts(args)
+    if args.command == "balances":
+        return _balances(args)
     if args.command == "trades":
         from journal.queries import trade_line
         from journal.queries import trades as query
@@ -114,6 +167,66 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(order_line(row) + "\n")
         return 0
     raise AssertionError(f"unknown command {args.command}")
+
+
+def _accounts(args: argparse.Namespace) -> int:
+    from journal.accounts import AccountAdmin
+
+    data = DataDir(args.data_dir)
+    if args.action in ("deposit", "withdraw"):
+        from netio.unix_lines import send_lines
+
+        line = f"{args.action.upper()} {args.name} {args.asset} {args.amount} {args.ref}"
+        try:
+            reply = send_lines(data.admin_socket, [line])
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise OperatorError(f"no server is running on {args.data_dir}: start it (a transfer is journaled by the server)") from None
+        except PermissionError:
+            raise OperatorError(f"{data.admin_socket}: only the user who runs the server may use it") from None
+        text = reply[0] if reply else "ERR no_reply the server closed the admin channel"
+        sys.stdout.write(text + "\n")
+        return 0 if text.startswith("OK") else 1
+    admin = AccountAdmin(data.accounts)
+    try:
+        if args.action == "add":
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise OperatorError("the passwords differ")
+            admin.add(args.name, password)
+            sys.stdout.write(f"account {args.name} added\n")
+        elif args.action in ("disable", "enable"):
+            admin.set_disabled(args.name, args.action == "disable")
+            sys.stdout.write(f"account {args.name} {args.action}d (from its next login)\n")
+        else:
+            for row in admin.list():
+                sys.stdout.write(f"{row.name} created={row.created}{' disabled' if row.disabled else ''}\n")
+    finally:
+        admin.close()
+    return 0
+
+
+def _balances(args: argparse.Namespace) -> int:
+    """Replays the snapshot + journal tail (read only) and prints every balance."""
+    from exchange.instruments import load_instruments
+    from journal.journal import read_journal
+    from journal.recovery import load_state
+
+    instruments = load_instruments(args.instruments)
+    engine, start = load_state(args.data_dir, instruments)
+    last = start
+    for seq, cmd in read_journal(DataDir(args.data_dir).journal, after=start):
+        engine.apply(seq, cmd)
+        last = seq
+    risk = engine.risk
+    sys.stdout.write(f"balances after journal seq {last}\n")
+    for account, asset, available, locked in risk.state()[0]:
+        if args.account is None or account == args.account:
+            a = risk.assets[asset]
+            sys.stdout.write(f"{account} {asset} available={a.format(available)} locked={a.format(locked)}\n")
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
