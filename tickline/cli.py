@@ -50,16 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--demo", action="store_true", help="on a data directory with no accounts: create alice and bob, funded")
 
     accounts = commands.add_parser("accounts", help="add, disable, list accounts; deposit and withdraw (through the running server)")
-    _common(accounts)
     acts = accounts.add_subparsers(dest="action", required=True)
     add = acts.add_parser("add", help="a new account (password from a prompt, or --password-stdin)")
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    _common(add)
     for verb in ("disable", "enable"):
-        acts.add_parser(verb, help=f"{verb} logging in").add_argument("name")
-    acts.add_parser("list", help="every account")
+        toggle = acts.add_parser(verb, help=f"{verb} logging in")
+        toggle.add_argument("name")
+        _common(toggle)
+    _common(acts.add_parser("list", help="every account"))
     for verb in ("deposit", "withdraw"):
         move = acts.add_parser(verb, help=f"{verb} an amount (journaled by the running server; the same --ref twice changes nothing)")
+        _common(move)
         move.add_argument("name")
         move.add_argument("asset")
         move.add_argument("amount")

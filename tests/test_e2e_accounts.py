@@ -1,0 +1,149 @@
+"""Accounts, the admin channel, balances on the command line, and TLS, against the real
+server process (issue: step 8)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import trustme
+
+from tests.harness import ROOT, Client, Server
+
+
+def tickline(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tickline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, input=stdin)
+
+
+def balances_cli(data: Path, account: str) -> list[str]:
+    run = tickline("balances", "--data-dir", str(data), "--account", account)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()[1:]
+
+
+def test_an_operator_adds_funds_and_disables_accounts_and_a_ref_never_counts_twice(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = Server(data, funded=False).start()
+    try:
+        run = tickline("accounts", "add", "carol", "--password-stdin", "--data-dir", str(data), stdin="s3cret-pw\n")
+        assert (run.returncode, run.stdout) == (0, "account carol added\n")
+        again = tickline("accounts", "add", "carol", "--password-stdin", "--data-dir", str(data), stdin="x\n")
+        assert (again.returncode, again.stderr) == (1, "tickline: account carol exists already\n")
+        assert stat.S_IMODE((data / "admin.sock").stat().st_mode) == 0o600
+        assert stat.S_IMODE((data / "accounts.sqlite").stat().st_mode) == 0o600
+
+        deposit = ("accounts", "deposit", "carol", "USD", "1000.50", "--ref", "wire-1", "--data-dir", str(data))
+        assert tickline(*deposit).stdout == "OK 1 deposited\n"
+        assert tickline(*deposit).stdout == "OK 1 duplicate: ref wire-1 was applied before; nothing changed\n"
+        over = tickline("accounts", "withdraw", "carol", "USD", "2000", "--ref", "out-1", "--data-dir", str(data))
+        assert (over.returncode, over.stdout) == (1, "ERR insufficient_funds needs 2000.0000000 USD, 1000.5000000 available\n")
+        bad = tickline("accounts", "deposit", "nobody", "USD", "1", "--ref", "r9", "--data-dir", str(data))
+        assert bad.stdout == "ERR unknown_account no account nobody; add it with: tickline accounts add nobody\n"
+        assert tickline("accounts", "deposit", "carol", "USD", "0.00000001", "--ref", "r8", "--data-dir", str(data)).stdout == (
+            "ERR bad_amount 0.00000001 is not a positive amount in units of 0.0000001\n"
+        )
+        assert tickline("accounts", "withdraw", "carol", "USD", "0.5", "--ref", "out-2", "--data-dir", str(data)).stdout == "OK 2 withdrawn\n"
+
+        carol = Client(server.port)
+        assert carol.ask("LOGIN carol wrong") == ["REJ bad_login wrong name or password"]
+        assert carol.ask("LOGIN carol s3cret-pw") == ["LOGGED_IN account=carol open=0"]
+        assert carol.ask("BUY AAPL 3 100", 1) == ["ACK 3 BUY AAPL 3 100.00 GTC"]
+        assert carol.ask("BALANCES", 3) == ["BALANCES carol 1", "BALANCE USD available=700.0000000 locked=300.0000000", "END"]
+        assert "s3cret-pw" not in "\n".join(server.log)
+
+        assert tickline("accounts", "disable", "carol", "--data-dir", str(data)).returncode == 0
+        assert Client(server.port).ask("LOGIN carol s3cret-pw") == ["REJ bad_login wrong name or password"]
+        listed = tickline("accounts", "list", "--data-dir", str(data)).stdout
+        assert re.fullmatch(r"carol created=\S+Z disabled\n", listed)
+        # The offline view replays the journal: the same amounts as the live server.
+        assert balances_cli(data, "carol") == ["carol USD available=700.0000000 locked=300.0000000"]
+    finally:
+        server.kill()
+    stopped = tickline("accounts", "deposit", "carol", "USD", "1", "--ref", "late", "--data-dir", str(data))
+    assert (stopped.returncode, stopped.stderr) == (1, f"tickline: no server is running on {data}: start it (a transfer is journaled by the server)\n")
+    # After kill -9: the restarted server's balances are the journal's.
+    server.start()
+    try:
+        carol = Client(server.port)
+        carol.ask("LOGIN carol s3cret-pw")  # disabled: refused, but the balances are there
+        assert balances_cli(data, "carol") == ["carol USD available=700.0000000 locked=300.0000000"]
+    finally:
+        server.kill()
+    verify = tickline("replay", "--verify", "--data-dir", str(data))
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_the_sum_of_every_balance_is_what_was_deposited(server: Server) -> None:
+    clients = [server.client() for _ in range(4)]
+    for i, c in enumerate(clients):
+        c.send("".join(f"{'BUY' if (i + k) % 2 else 'SELL'} AAPL {1 + k % 5} {100 + k % 7}.00\n" for k in range(50)))
+        c.send("BUY BTC-USD 0.5\nSELL BTC-USD 0.3 64000\n")
+    for c in clients:
+        c.send("PING\n")
+        c.until("PONG")  # everything it sent before has been matched
+    assert server.stop() == 0
+    run = tickline("balances", "--data-dir", str(server.data_dir))
+    totals: dict[str, int] = {}
+    for line in run.stdout.splitlines()[1:]:
+        account, asset, available, locked = line.split()
+        units = [int(x.split("=")[1].replace(".", "")) for x in (available, locked)]
+        assert min(units) >= 0, line
+        totals[asset] = totals.get(asset, 0) + sum(units)
+    # 12 test accounts, each funded with FUNDS (in units: USD has 7 decimals, BTC 8, EUR 2).
+    assert totals == {"USD": 12 * 10_000_000 * 10**7, "AAPL": 12 * 1_000_000, "BTC": 12 * 1000 * 10**8, "ES": 12 * 100_000, "EUR": 12 * 100_000_000 * 100}
+
+
+def test_tls_serves_both_ports_and_a_non_loopback_address_needs_it(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    exposed = tickline("serve", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path / "x"))
+    assert (exposed.returncode, exposed.stderr) == (
+        1,
+        "tickline: 0.0.0.0 is not a loopback address and LOGIN sends a password: give --tls-cert and --tls-key, or --insecure to send it in clear\n",
+    )
+    server = Server(tmp_path / "data", "--tls-cert", str(cert_file), "--tls-key", str(key_file)).start()
+    try:
+        def tls_lines(port: int, send: bytes, n: int) -> list[str]:
+            with client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="127.0.0.1") as s:
+                s.sendall(send)
+                buf = b""
+                while buf.count(b"\n") < n:
+                    try:
+                        chunk = s.recv(65536)
+                    except TimeoutError:
+                        raise AssertionError(f"only {buf!r}; server log: {server.log[-8:]}") from None
+                    if not chunk:
+                        break
+                    buf += chunk
+                return buf.decode().splitlines()
+
+        got = tls_lines(server.port, b"LOGIN t1 pw\nSELL AAPL 5 150\nLOGIN t2 pw\nBUY AAPL 2 150\n", 6)
+        assert got[1:] == [
+            "LOGGED_IN account=t1 open=0", "ACK 61 SELL AAPL 5 150.00 GTC",
+            "LOGGED_IN account=t2 open=0", "ACK 62 BUY AAPL 2 150.00 GTC", "FILL 62 AAPL BUY 2 150.00 leaves=0 trade=62-1 liq=R",
+        ]  # fmt: skip
+        md = tls_lines(server.md_port, b"REPLAY AAPL from=1\n", 4)
+        assert md[1:4] == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 2 150.00 BUY trade=62-1 prev=0 seq=3", "END"]
+        # A plain-text client gets nowhere (the handshake fails), and the server carries on.
+        plain = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        plain.sendall(b"LOGIN t1 pw\n")
+        try:
+            answer = plain.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert b"HELLO" not in answer and b"LOGGED_IN" not in answer
+        plain.close()
+        assert tls_lines(server.port, b"PING\n", 2)[1] == "PONG"
+    finally:
+        server.kill()
