@@ -11,7 +11,7 @@ that downstream work is batched too.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import Callable, cast
 
 from exchange.book import Book
 from protocol.messages import Command, Event, OrderCommand, Transfer
@@ -74,8 +74,10 @@ class Matching:
         (a transfer took effect when it was sequenced: it has nothing to match)."""
         matchers = self.matchers
         for seq, cmd in enumerate(cmds, first_seq):
-            if not isinstance(cmd, Transfer):
-                matchers[cmd.symbol].submit(seq, cmd)
+            # type() is, not isinstance: isinstance on a msgspec Struct costs ~0.2 us here.
+            if type(cmd) is not Transfer:
+                order = cast(OrderCommand, cmd)
+                matchers[order.symbol].submit(seq, order)
 
     def applied(self, seq: int) -> bool:
         """Whether every command with a sequence <= seq that reached matching is applied.

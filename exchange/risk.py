@@ -25,7 +25,8 @@ from matching. No clock, no I/O, integers only.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from bisect import bisect_right
+from operator import itemgetter
 from typing import Iterable
 
 from exchange.instruments import Asset, Instrument, assets_of
@@ -48,15 +49,21 @@ from protocol.messages import (
 FEE_ACCOUNT = "@fees"  # where fees go; "@" is not allowed in account names
 BUY = Side.BUY
 MAKER = Liquidity.ADDED
+_seq_of = itemgetter(0)
+SETTLED = frozenset((Replaced, Fill, Canceled, Rejected))  # the events that move money
 
 
 class Hold:
-    """What is locked for one open order, in the asset it pays with."""
+    """What is locked for one open order: `held` units of the asset it pays with, whose
+    balance (`bal`, the account's [available, locked] list) it keeps a reference to."""
 
-    __slots__ = ("account", "asset", "held", "price", "buy", "inst")
+    __slots__ = ("account", "asset", "held", "price", "buy", "inst", "unit", "bal", "got")
 
-    def __init__(self, account: str, asset: str, held: int, price: int | None, buy: bool, inst: Instrument) -> None:
+    def __init__(self, account: str, asset: str, held: int, price: int | None, buy: bool, inst: Instrument, bal: list[int]) -> None:
         self.account, self.asset, self.held, self.price, self.buy, self.inst = account, asset, held, price, buy, inst
+        self.unit = inst.quote_per_lot_tick if buy else inst.base_per_lot  # per lot x tick (BUY) or per lot (SELL)
+        self.bal = bal
+        self.got: list[int] | None = None  # the balance of what it receives, once it first trades
 
 
 # (account, asset, available, locked), sorted; (order id, account, asset, held, price);
@@ -70,13 +77,21 @@ class Risk:
     def __init__(self, instruments: dict[str, Instrument]) -> None:
         self.instruments = instruments
         self.assets: dict[str, Asset] = assets_of(instruments)
-        self.balances: dict[tuple[str, str], list[int]] = {}  # (account, asset) -> [available, locked]
+        # (account, asset) -> [available, locked]. The lists live as long as the Risk:
+        # holds keep references to them (one dict lookup less per command).
+        self.balances: dict[tuple[str, str], list[int]] = {}
         self.holds: dict[int, Hold] = {}  # open order id -> its hold
-        self.pending: dict[int, tuple[str, str, int]] = {}  # a replace's seq -> (account, asset, locked) until it takes effect
+        self.pending: dict[int, tuple[Hold, int]] = {}  # a replace's seq -> (its order's hold, what it locked) until it takes effect
         self.refs: dict[str, int] = {}  # transfer ref -> its seq
         # Holds made live and not yet durable, (seq, command): a snapshot at a durable seq
         # leaves them out (see state()). Replay leaves this empty.
-        self.recent: deque[tuple[int, Command]] = deque()
+        self.recent: list[tuple[int, Command]] = []
+
+    def balance(self, account: str, asset: str) -> list[int]:
+        bal = self.balances.get((account, asset))
+        if bal is None:
+            bal = self.balances[(account, asset)] = [0, 0]
+        return bal
 
     # ------------------------------------------------------------------ R1: hold (journal order)
 
@@ -85,140 +100,115 @@ class Risk:
 
         On replay every command was accepted when it was journaled: it is applied as is.
         """
-        t = type(cmd)
-        if t is NewOrder:
-            assert type(cmd) is NewOrder
+        if type(cmd) is Replace:  # the busiest command of a busy book: first, and inline
+            h = self.holds.get(cmd.order_id)
+            if h is not None and not cmd.shrink and h.account == cmd.owner:  # else it locks nothing (or the book refuses it)
+                price = cmd.price if cmd.price is not None else h.price
+                amount = (0 if price is None else cmd.qty * price * h.unit) if h.buy else cmd.qty * h.unit
+                bal = h.bal
+                if bal[0] < amount and not replay:
+                    return self._short(h.asset, amount, bal[0])
+                bal[0] -= amount
+                bal[1] += amount
+                self.pending[seq] = (h, amount)
+            elif not replay:
+                return None  # nothing to take back if a snapshot comes before it is durable
+        elif type(cmd) is NewOrder:
             inst = self.instruments[cmd.symbol]
             buy = cmd.side is BUY
-            asset, amount = self._need(inst, buy, cmd.qty, cmd.price, cmd.budget)
-            problem = self._lock(cmd.owner, asset, amount, replay)
-            if problem is None:
-                self.holds[seq] = Hold(cmd.owner, asset, amount, cmd.price, buy, inst)
-        elif t is Replace:
-            assert type(cmd) is Replace
-            h = self.holds.get(cmd.order_id)
-            if h is None or h.account != cmd.owner or cmd.shrink:
-                self._recent(seq, cmd, replay)  # the book refuses it, or it locks nothing
-                return None
-            amount = self._need(h.inst, h.buy, cmd.qty, cmd.price if cmd.price is not None else h.price, None)[1]
-            problem = self._lock(h.account, h.asset, amount, replay)
-            if problem is None:
-                self.pending[seq] = (h.account, h.asset, amount)
-        elif t is Transfer:
-            assert type(cmd) is Transfer
-            problem = self._transfer(seq, cmd, replay)
+            if buy:
+                asset = inst.quote
+                amount = (cmd.budget or 0) * inst.quote_per_lot_tick if cmd.price is None else cmd.qty * cmd.price * inst.quote_per_lot_tick
+            else:
+                asset, amount = inst.base, cmd.qty * inst.base_per_lot
+            bal = self.balance(cmd.owner, asset)
+            if bal[0] < amount and not replay:
+                return self._short(asset, amount, bal[0])
+            bal[0] -= amount
+            bal[1] += amount
+            self.holds[seq] = Hold(cmd.owner, asset, amount, cmd.price, buy, inst, bal)
+        elif type(cmd) is Transfer:
+            bal = self.balance(cmd.account, cmd.asset)
+            if bal[0] + cmd.amount < 0 and not replay:
+                return self._short(cmd.asset, -cmd.amount, bal[0])
+            bal[0] += cmd.amount
+            self.refs[cmd.ref] = seq
         else:
-            problem = None  # a cancel locks nothing
-        if problem is None:
-            self._recent(seq, cmd, replay)
-        return problem
-
-    def _recent(self, seq: int, cmd: Command, replay: bool) -> None:
+            return None  # a cancel locks nothing
         if not replay:
             self.recent.append((seq, cmd))
-
-    @staticmethod
-    def _need(inst: Instrument, buy: bool, qty: int, price: int | None, budget: int | None) -> tuple[str, int]:
-        if not buy:
-            return inst.base, qty * inst.base_per_lot
-        if price is None:
-            return inst.quote, (budget or 0) * inst.quote_per_lot_tick
-        return inst.quote, qty * price * inst.quote_per_lot_tick
-
-    def _lock(self, account: str, asset: str, amount: int, replay: bool) -> Problem | None:
-        bal = self.balances.get((account, asset))
-        if bal is None:
-            bal = self.balances[(account, asset)] = [0, 0]
-        if bal[0] < amount and not replay:
-            a = self.assets[asset]
-            return Problem(RejectReason.INSUFFICIENT_FUNDS, f"needs {a.format(amount)} {asset}, {a.format(bal[0])} available")
-        bal[0] -= amount
-        bal[1] += amount
         return None
 
-    def _transfer(self, seq: int, cmd: Transfer, replay: bool) -> Problem | None:
-        bal = self.balances.get((cmd.account, cmd.asset))
-        if bal is None:
-            bal = self.balances[(cmd.account, cmd.asset)] = [0, 0]
-        if bal[0] + cmd.amount < 0 and not replay:
-            a = self.assets[cmd.asset]
-            return Problem(RejectReason.INSUFFICIENT_FUNDS, f"needs {a.format(-cmd.amount)} {cmd.asset}, {a.format(bal[0])} available")
-        bal[0] += cmd.amount
-        self.refs[cmd.ref] = seq
-        return None
+    def _short(self, asset: str, amount: int, available: int) -> Problem:
+        a = self.assets[asset]
+        return Problem(RejectReason.INSUFFICIENT_FUNDS, f"needs {a.format(amount)} {asset}, {a.format(available)} available")
 
     def durable(self, seq: int) -> None:
         """The journal has everything up to seq on disk."""
-        recent = self.recent
-        while recent and recent[0][0] <= seq:
-            recent.popleft()
+        del self.recent[: bisect_right(self.recent, seq, key=_seq_of)]
 
     # ------------------------------------------------------------------ R2: settle (after matching)
 
     def settle(self, events: list[Event]) -> None:
         """Move the money of a matched batch: fills, cancels, replaces, refused replaces."""
-        holds, balances = self.holds, self.balances
+        holds = self.holds
         for e in events:
-            t = type(e)
-            if t is Fill:
-                assert type(e) is Fill
+            if type(e) not in SETTLED:  # most events: market data, acceptances
+                continue
+            if type(e) is Replaced:
+                h = holds[e.order_id]
+                extra = self.pending.pop(e.seq, None)
+                total = h.held if extra is None else h.held + extra[1]
+                need = e.qty * e.price * h.unit if h.buy else e.qty * h.unit
+                if total != need:
+                    bal = h.bal
+                    bal[0] += total - need
+                    bal[1] -= total - need
+                h.held, h.price = need, e.price
+            elif type(e) is Fill:
                 h = holds[e.order_id]
                 inst = h.inst
                 gross_quote = e.qty * e.price * inst.quote_per_lot_tick
                 bps = inst.maker_fee_bps if e.liquidity is MAKER else inst.taker_fee_bps
                 if h.buy:
                     # Locked at the order's price (a market BUY: its budget); paid at the trade's.
-                    taken = gross_quote if h.price is None else e.qty * h.price * inst.quote_per_lot_tick
-                    got_asset, got = inst.base, e.qty * inst.base_per_lot
+                    taken = gross_quote if h.price is None else e.qty * h.price * h.unit
+                    got = e.qty * inst.base_per_lot
+                    if h.got is None:
+                        h.got = self.balance(h.account, inst.base)
                 else:
-                    taken = e.qty * inst.base_per_lot
-                    got_asset, got = inst.quote, gross_quote
+                    taken = e.qty * h.unit
+                    got = gross_quote
+                    if h.got is None:
+                        h.got = self.balance(h.account, inst.quote)
                 h.held -= taken
-                paid = balances[(h.account, h.asset)]
+                paid = h.bal
                 paid[1] -= taken
-                paid[0] += taken - (gross_quote if h.buy else taken)  # a BUY's price improvement comes back
+                if h.buy:
+                    paid[0] += taken - gross_quote  # a BUY's price improvement comes back
                 fee = got * bps // 10_000
-                self._credit(h.account, got_asset, got - fee)
+                h.got[0] += got - fee
                 if fee:
-                    self._credit(FEE_ACCOUNT, got_asset, fee)
+                    self.balance(FEE_ACCOUNT, inst.base if h.buy else inst.quote)[0] += fee
                 if not e.leaves:
                     self._release(holds.pop(e.order_id))
-            elif t is Canceled:
-                assert type(e) is Canceled
+            elif type(e) is Canceled:
                 h2 = holds.pop(e.order_id, None)
                 if h2 is not None:
                     self._release(h2)
-            elif t is Replaced:
-                assert type(e) is Replaced
-                h = holds[e.order_id]
-                extra = self.pending.pop(e.seq, None)
-                total = h.held + (extra[2] if extra is not None else 0)
-                need = self._need(h.inst, h.buy, e.qty, e.price, None)[1]
-                bal = balances[(h.account, h.asset)]
-                bal[0] += total - need
-                bal[1] -= total - need
-                h.held, h.price = need, e.price
-            elif t is Rejected:
-                assert type(e) is Rejected
+            elif type(e) is Rejected:
                 extra = self.pending.pop(e.seq, None)  # a refused replace gives its lock back
                 if extra is not None:
-                    bal = balances[(extra[0], extra[1])]
-                    bal[0] += extra[2]
-                    bal[1] -= extra[2]
+                    bal = extra[0].bal
+                    bal[0] += extra[1]
+                    bal[1] -= extra[1]
                 if e.order_id == e.seq:  # a new order the book refused
                     h3 = holds.pop(e.seq, None)
                     if h3 is not None:
                         self._release(h3)
 
-    def _credit(self, account: str, asset: str, amount: int) -> None:
-        bal = self.balances.get((account, asset))
-        if bal is None:
-            self.balances[(account, asset)] = [amount, 0]
-        else:
-            bal[0] += amount
-
     def _release(self, h: Hold) -> None:
-        bal = self.balances[(h.account, h.asset)]
+        bal = h.bal
         bal[0] += h.held
         bal[1] -= h.held
         h.held = 0
@@ -245,8 +235,8 @@ class Risk:
                     bal[0] += held[2]
                     bal[1] -= held[2]
             elif type(cmd) is Replace and seq in self.pending:
-                account, asset, amount = self.pending[seq]
-                bal = balances[(account, asset)]
+                h, amount = self.pending[seq]
+                bal = balances[(h.account, h.asset)]
                 bal[0] += amount
                 bal[1] -= amount
             elif type(cmd) is Transfer:
@@ -262,7 +252,7 @@ class Risk:
         self.holds = {}
         for oid, acct, asset, held, price in holds:
             symbol, buy = price_of[oid]
-            self.holds[oid] = Hold(acct, asset, held, price, buy, self.instruments[symbol])
+            self.holds[oid] = Hold(acct, asset, held, price, buy, self.instruments[symbol], self.balance(acct, asset))
         self.refs = dict(refs)
 
     def state_hash(self) -> str:

@@ -21,13 +21,13 @@ import struct
 import sys
 import time
 from datetime import datetime, timezone
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, cast
 
 import msgspec
 
 from exchange.instruments import Asset, Instrument, InstrumentSpec
 from journal.records import decode_records
-from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, Refusal, Rejected, Replace, Replaced, Trade, Transfer
+from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, OrderCommand, Refusal, Rejected, Replace, Replaced, Trade, Transfer
 
 LENGTH = struct.Struct("<I")
 UNITS = struct.Struct("<Q")
@@ -177,12 +177,12 @@ class Writer:
         for first_seq, cmds, ts_ns in batches:
             ts = iso(ts_ns)
             for seq, cmd in enumerate(cmds, first_seq):
-                if isinstance(cmd, Transfer):  # the asset in the symbol column, the ref as the client id
+                if type(cmd) is Transfer:  # the asset in the symbol column, the ref as the client id
                     kind = "deposit" if cmd.amount > 0 else "withdrawal"
                     amount = self.assets[cmd.asset].format(abs(cmd.amount))
                     yield (seq, ts, cmd.account, cmd.asset, "", amount, "", "", cmd.ref, "accepted", None, None, kind, None)
                     continue
-                inst = self.instruments[cmd.symbol]
+                inst = self.instruments[cast(OrderCommand, cmd).symbol]
                 if type(cmd) is NewOrder:
                     price = "MKT" if cmd.price is None else inst.format_price(cmd.price)
                     yield (

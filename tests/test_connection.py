@@ -40,7 +40,7 @@ class Bench:
         conn = Connection(self.desk, max_inflight=self.max_inflight)
         conn.owner = f"acct{len(self.conns)}"
         for asset in self.engine.risk.assets:  # funded outside the journal: order ids start at 1
-            self.engine.risk.hold(0, Transfer(conn.owner, asset, 10**15, f"{conn.owner}:{asset}"), replay=True)
+            self.engine.risk.hold(0, Transfer(conn.owner, asset, 10**18, f"{conn.owner}:{asset}"), replay=True)
         self.conns.append(conn)
         self.out[conn] = b""
         return conn
@@ -54,6 +54,7 @@ class Bench:
         first = self.durable + 1
         self.durable = len(self.journaled)
         self.matching.submit(first, self.journaled[first - 1 :])
+        self.engine.risk.durable(self.durable)
         for conn in self.conns:
             self.out[conn] += conn.durable(self.durable)
 
