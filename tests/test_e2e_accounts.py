@@ -9,6 +9,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trustme
@@ -76,6 +77,20 @@ def test_an_operator_adds_funds_and_disables_accounts_and_a_ref_never_counts_twi
         server.kill()
     verify = tickline("replay", "--verify", "--data-dir", str(data))
     assert verify.returncode == 0, verify.stdout
+
+
+def test_repeated_wrong_passwords_are_slowed_down(server: Server) -> None:
+    c = Client(server.port)
+    for _ in range(3):  # the first three failures answer at once
+        assert c.ask("LOGIN t5 nope") == ["REJ bad_login wrong name or password"]
+    started = time.monotonic()
+    assert c.ask("LOGIN t5 pw") == ["LOGGED_IN account=t5 open=0"]  # slowed, even when right
+    assert time.monotonic() - started >= 0.45
+    other = server.client()  # another account from the same address: slowed by the address count
+    started = time.monotonic()
+    assert Client(server.port).ask("LOGIN t6 nope") == ["REJ bad_login wrong name or password"]
+    assert time.monotonic() - started >= 0.45
+    assert other.ask("PING") == ["PONG"]  # nobody else waits
 
 
 def test_the_sum_of_every_balance_is_what_was_deposited(server: Server) -> None:
