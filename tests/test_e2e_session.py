@@ -199,3 +199,14 @@ def test_quit_waits_for_the_reports_of_what_came_before(server: Server) -> None:
     client.send("BUY AAPL 5 100\nCANCEL 61\nQUIT\n")
     assert client.lines(3) == ["ACK 61 BUY AAPL 5 100.00 GTC", "CANCELED 61 leaves=5 reason=user", "BYE goodbye"]
     assert client.closed()
+
+
+def test_replies_before_a_lookup_in_the_same_write_are_not_lost(server: Server) -> None:
+    # Found while adding LOGIN: a PING answered at once, then a REPORTS (a lookup off the
+    # event loop) in the same read, lost the PONG.
+    c = server.client()
+    c.send("PING\nREPORTS since=0\nPING\n")
+    assert c.lines(4) == ["PONG", "REPORTS since=0 through=60 count=0", "END", "PONG"]
+    anon = Client(server.port)
+    anon.send("PING\nLOGIN t3 pw\nBUY AAPL 1 100\n")
+    assert anon.lines(3) == ["PONG", "LOGGED_IN account=t3 open=0", "ACK 61 BUY AAPL 1 100.00 GTC"]
