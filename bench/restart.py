@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--snapshot-every", type=int, default=200_000, help="the server's default: the longest tail a crash leaves")
+    parser.add_argument("--snapshot-every", type=int, default=120_000, help="the server's default: the longest tail a crash leaves")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # quiet recovery logs
     instruments = {**load_instruments(), "BENCH": BENCH_INSTRUMENT}

@@ -38,7 +38,7 @@ class Snapshotter:
         quiescent: Callable[[], bool],
         tradelog: TradeLog,
         *,
-        every: int = 200_000,
+        every: int = 120_000,
         interval: float = 10.0,
         keep: int = 3,
         retention: str = "keep",

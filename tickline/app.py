@@ -48,7 +48,7 @@ class Config:
     port: int = 7001
     data_dir: Path = Path("var")
     instruments: Path | None = None
-    snapshot_every: int = 200_000  # commands between snapshots (at most)...
+    snapshot_every: int = 120_000  # commands between snapshots (at most)...
     snapshot_interval: float = 10.0  # ...or seconds, whichever comes first: bounds the restart
     segment_bytes: int = 64 * 1024 * 1024  # journal segment size before rotating
     retention: str = "keep"  # journal segments a snapshot covers: keep | delete
