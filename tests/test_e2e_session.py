@@ -145,6 +145,8 @@ def test_an_account_trades_from_every_session_and_sees_only_its_own(server: Serv
     other = server.client()
     assert other.ask("CANCEL 61") == ["REJ not_owner order=61 order 61 is not yours"]
     assert other.ask("ORDERS", 2) == ["ORDERS 0", "END"]
+    assert other.ask("REPLACE 61 1") == ["REJ not_owner order=61 order 61 is not yours"]
+    assert other.ask("REPORTS since=0", 2) == ["REPORTS since=0 through=61 count=0", "END"]
     second = server.client(first.owner)  # the same account, another connection
     assert second.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 61 BUY AAPL 5 100.00 GTC", "END"]
     # Reports go to every live session of the account.
