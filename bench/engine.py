@@ -40,8 +40,6 @@ class RiskedBook:
             cmd = NewOrder(cmd.symbol, cmd.side, cmd.qty, None, cmd.tif, cmd.owner, cmd.client_id, self.book.sweep_cost(cmd.qty, cmd.owner))
         if self.risk.hold(seq, cmd) is not None:
             raise AssertionError("an ample balance refused an order")
-        if not seq % 1024:
-            self.risk.durable(seq)  # the server forgets recent holds once a batch is on disk
         events = self.book.apply(seq, cmd)
         self.risk.settle(events)
         return events

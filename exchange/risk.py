@@ -83,9 +83,8 @@ class Risk:
         self.holds: dict[int, Hold] = {}  # open order id -> its hold
         self.pending: dict[int, tuple[Hold, int]] = {}  # a replace's seq -> (its order's hold, what it locked) until it takes effect
         self.refs: dict[str, int] = {}  # transfer ref -> its seq
-        # Holds made live and not yet durable, (seq, command): a snapshot at a durable seq
-        # leaves them out (see state()). Replay leaves this empty.
-        self.recent: list[tuple[int, Command]] = []
+        # Live transfers a snapshot may have to leave out (see state()); few: operators' acts.
+        self.transfers: list[tuple[int, Transfer]] = []
 
     def balance(self, account: str, asset: str) -> list[int]:
         bal = self.balances.get((account, asset))
@@ -111,8 +110,6 @@ class Risk:
                 bal[0] -= amount
                 bal[1] += amount
                 self.pending[seq] = (h, amount)
-            elif not replay:
-                return None  # nothing to take back if a snapshot comes before it is durable
         elif type(cmd) is NewOrder:
             inst = self.instruments[cmd.symbol]
             buy = cmd.side is BUY
@@ -133,19 +130,13 @@ class Risk:
                 return self._short(cmd.asset, -cmd.amount, bal[0])
             bal[0] += cmd.amount
             self.refs[cmd.ref] = seq
-        else:
-            return None  # a cancel locks nothing
-        if not replay:
-            self.recent.append((seq, cmd))
-        return None
+            if not replay:
+                self.transfers.append((seq, cmd))
+        return None  # (a cancel locks nothing)
 
     def _short(self, asset: str, amount: int, available: int) -> Problem:
         a = self.assets[asset]
         return Problem(RejectReason.INSUFFICIENT_FUNDS, f"needs {a.format(amount)} {asset}, {a.format(available)} available")
-
-    def durable(self, seq: int) -> None:
-        """The journal has everything up to seq on disk."""
-        del self.recent[: bisect_right(self.recent, seq, key=_seq_of)]
 
     # ------------------------------------------------------------------ R2: settle (after matching)
 
@@ -221,27 +212,32 @@ class Risk:
 
     def state(self, through: int | None = None) -> RiskState:
         """Plain rows of the state after exactly the commands up to `through` (default: all
-        held so far): holds made for later, not yet durable commands are taken out."""
+        held so far), every one of them matched and settled (a snapshot's moment).
+
+        Commands after `through` (journaled, not yet durable, so not matched) have held
+        funds already: their locks are taken out again. They are easy to find: a new
+        order's hold is keyed by its seq (its order id), a replace's pending lock too,
+        and transfers are listed."""
         balances = {k: list(v) for k, v in self.balances.items()}
         holds = {oid: (h.account, h.asset, h.held, h.price) for oid, h in self.holds.items()}
         refs = dict(self.refs)
-        for seq, cmd in reversed(self.recent):
-            if through is None or seq <= through:
-                break
-            if type(cmd) is NewOrder:
-                held = holds.pop(seq, None)
-                if held is not None:
-                    bal = balances[(held[0], held[1])]
-                    bal[0] += held[2]
-                    bal[1] -= held[2]
-            elif type(cmd) is Replace and seq in self.pending:
-                h, amount = self.pending[seq]
-                bal = balances[(h.account, h.asset)]
+        if through is not None:
+
+            def unlock(account: str, asset: str, amount: int) -> None:
+                bal = balances[(account, asset)]
                 bal[0] += amount
                 bal[1] -= amount
-            elif type(cmd) is Transfer:
-                balances[(cmd.account, cmd.asset)][0] -= cmd.amount
-                refs.pop(cmd.ref, None)
+
+            for oid in [oid for oid in holds if oid > through]:
+                account, asset, held, _ = holds.pop(oid)
+                unlock(account, asset, held)
+            for seq, (h, amount) in self.pending.items():
+                if seq > through:
+                    unlock(h.account, h.asset, amount)
+            del self.transfers[: bisect_right(self.transfers, through, key=_seq_of)]  # durable for good
+            for _, t in self.transfers:
+                balances[(t.account, t.asset)][0] -= t.amount
+                refs.pop(t.ref, None)
         rows = sorted((acct, asset, b[0], b[1]) for (acct, asset), b in balances.items() if b[0] or b[1])
         return rows, sorted((oid, *h) for oid, h in holds.items()), sorted(refs.items())
 

@@ -23,7 +23,7 @@ from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrde
 from protocol.text import clip
 
 log = structlog.get_logger("gateway")
-ADDED = Liquidity.ADDED
+ADDED, BUY = Liquidity.ADDED, Side.BUY
 # REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
 ReportsSource = Callable[[str, int], Awaitable[tuple[list["ReportEvent"], int]]]
 MAX_BOOK_LEVELS = 1000
@@ -82,7 +82,7 @@ class OrderDesk:
         """The sequencing point: hold the command's funds (in journal order), then journal it.
 
         A market BUY is given a budget first: what the visible book would cost now."""
-        if type(cmd) is NewOrder and cmd.price is None and cmd.side is Side.BUY:
+        if type(cmd) is NewOrder and cmd.price is None and cmd.side is BUY:
             cmd = NewOrder(cmd.symbol, cmd.side, cmd.qty, None, cmd.tif, cmd.owner, cmd.client_id, self.books[cmd.symbol].sweep_cost(cmd.qty, cmd.owner))
         seq = self.next_seq()
         problem = self.risk.hold(seq, cmd)

@@ -54,7 +54,6 @@ class Bench:
         first = self.durable + 1
         self.durable = len(self.journaled)
         self.matching.submit(first, self.journaled[first - 1 :])
-        self.engine.risk.durable(self.durable)
         for conn in self.conns:
             self.out[conn] += conn.durable(self.durable)
 

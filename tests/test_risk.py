@@ -184,3 +184,27 @@ def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: lis
             )  # fmt: skip
             locked[key] = locked.get(key, 0) + amount
     assert {(acct, asset): lk for acct, asset, _, lk in rows if lk} == {k: v for k, v in locked.items() if v}
+
+
+def test_a_snapshot_leaves_out_what_was_held_for_commands_not_yet_durable() -> None:
+    journal: list[Command] = [
+        Transfer("alice", "USD", 1_000_000 * CENT, "d1"),
+        Transfer("alice", "AAPL", 100, "d2"),
+        NewOrder("AAPL", Side.BUY, 10, 15000, TIF.GTC, "alice"),
+        NewOrder("AAPL", Side.SELL, 5, 16000, TIF.GTC, "alice"),
+    ]
+    live = Engine(INSTRUMENTS)
+    risk = live.risk
+    for seq, cmd in enumerate(journal, 1):  # durable and matched, as the server does it
+        assert risk.hold(seq, cmd) is None
+        if not isinstance(cmd, Transfer):
+            risk.settle(live.books[cmd.symbol].apply(seq, cmd))
+    # Appended after the last durable seq (4): held, not matched yet.
+    assert risk.hold(5, NewOrder("AAPL", Side.BUY, 3, 14000, TIF.GTC, "alice")) is None
+    assert risk.hold(6, Replace("AAPL", 3, 20, 15100, "alice")) is None
+    assert risk.hold(7, Transfer("alice", "USD", -1_000 * CENT, "w1")) is None
+    replay = Engine(INSTRUMENTS)
+    for seq, cmd in enumerate(journal, 1):
+        replay.apply(seq, cmd)
+    assert risk.state(through=4) == replay.risk.state()
+    assert risk.state(through=4) != risk.state()

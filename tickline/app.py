@@ -22,7 +22,6 @@ import structlog
 
 from exchange.instruments import load_instruments
 from exchange.matching import Matching
-from exchange.risk import Risk
 from gateway.admin import AdminServer
 from gateway.desk import OrderDesk, ReportEvent
 from gateway.server import Gateway
@@ -72,11 +71,10 @@ class Durable:
     """Where a batch goes once the journal has it on disk, in this order: its commands to
     matching (queued; applied in later loop steps), its replies released to the sessions
     (so an order's ACK always goes out before its FILL, in the same write) and to the
-    admin channel, its rows to the trade log; risk forgets the holds it kept in case a
-    snapshot came before they were durable."""
+    admin channel, its rows to the trade log."""
 
-    def __init__(self, matching: Matching, gateway: Gateway, admin: AdminServer, tradelog: TradeLog, risk: Risk) -> None:
-        self.matching, self.gateway, self.admin, self.tradelog, self.risk = matching, gateway, admin, tradelog, risk
+    def __init__(self, matching: Matching, gateway: Gateway, admin: AdminServer, tradelog: TradeLog) -> None:
+        self.matching, self.gateway, self.admin, self.tradelog = matching, gateway, admin, tradelog
 
     def __call__(self, first_seq: int, cmds: list[Command], ts_ns: int, record: bytes) -> None:
         last = first_seq + len(cmds) - 1
@@ -84,7 +82,6 @@ class Durable:
         self.gateway.on_durable(last)
         self.admin.on_durable(last)
         self.tradelog.on_durable(first_seq, len(cmds), record)
-        self.risk.durable(last)
 
 
 async def serve(config: Config) -> int:
@@ -146,7 +143,7 @@ async def serve(config: Config) -> int:
     #    owners' sessions, trades to the log, market data to the notifier. Then the journal
     #    starts committing into matching.
     matching.send_to([risk.settle, gateway.deliver, tradelog.on_events, notifier.on_events])
-    journal.start(Durable(matching, gateway, admin, tradelog, risk))
+    journal.start(Durable(matching, gateway, admin, tradelog))
     if config.demo:
         await _demo_accounts(data, desk)
 
