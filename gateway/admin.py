@@ -64,6 +64,9 @@ class AdminServer:
         old = os.umask(0o177)  # created 0600, never briefly wider
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_LINE)
+        except OSError as exc:  # e.g. a data directory path longer than a Unix socket's ~107 bytes
+            log.error("admin_channel_unavailable", path=str(path), error=str(exc), consequence="no deposits or withdrawals until restarted")
+            return
         finally:
             os.umask(old)
         os.chmod(path, 0o600)

@@ -31,6 +31,7 @@ MAX_BOOK_LEVELS = 1000
 # each attempt waits 0.5 s, doubling per failure up to MAX_LOGIN_DELAY; forgotten after
 # FAILURE_MEMORY seconds without one.
 FREE_FAILURES, MAX_LOGIN_DELAY, FAILURE_MEMORY, MAX_TRACKED = 3, 8.0, 600.0, 100_000
+MAX_LOGINS_WAITING = 200  # password checks queued (one hasher thread, ~70 ms each): beyond, "busy"
 PasswordCheck = Callable[[str, str], Awaitable[bool]]
 
 
@@ -64,6 +65,7 @@ class OrderDesk:
         self.next_seq = next_seq  # the sequence number the next append gets
         self.check_password = check_password  # LOGIN (async: a database read and a slow hash)
         self._failures: dict[str, tuple[int, float]] = {}  # "account:x" / "address:x" -> (count, last)
+        self._logins_waiting = 0
         self.durable_seq = durable_seq  # the last sequence number on disk
         self.applied = applied  # whether every command up to a seq has been matched
         self.version = version
@@ -148,8 +150,18 @@ class OrderDesk:
             done(R.Error("unavailable", "this server has no accounts"), None)
             return
         keys = (f"account:{name[:40]}", f"address:{peer.rsplit(':', 1)[0]}")
+        if self._logins_waiting >= MAX_LOGINS_WAITING:
+            done(R.Error("busy", "too many logins in progress; try again in a few seconds"), None)
+            return
+        self._logins_waiting += 1
 
         async def attempt() -> None:
+            try:
+                await check_one()
+            finally:
+                self._logins_waiting -= 1
+
+        async def check_one() -> None:
             delay = max(self._delay(k) for k in keys)
             if delay:
                 await asyncio.sleep(delay)

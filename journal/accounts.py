@@ -20,6 +20,7 @@ import os
 import re
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,11 +110,15 @@ class AccountAdmin:
 
 
 class Accounts:
-    """The server's read side: password checks and account lookups, off the event loop."""
+    """The server's read side: password checks and account lookups, off the event loop.
+
+    Password checks run on one thread of their own: a flood of LOGINs can keep at most one
+    core busy hashing, never every core (the event loop keeps the other)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="password-check")
 
     async def open(self) -> None:
         AccountAdmin(self.path).close()  # the file and its table exist, owner-only
@@ -122,6 +127,7 @@ class Accounts:
     async def close(self) -> None:
         if self._db is not None:
             await self._db.close()
+        self._hasher.shutdown(wait=False, cancel_futures=True)
 
     async def _row(self, name: str) -> tuple[str, int] | None:
         assert self._db is not None, "Accounts.open() first"
@@ -133,7 +139,7 @@ class Accounts:
         """Whether name and password open an enabled account (same cost either way)."""
         row = await self._row(name) if NAME.fullmatch(name) else None
         stored = row[0] if row is not None else _DUMMY
-        ok = await asyncio.to_thread(password_matches, password, stored)
+        ok = await asyncio.get_running_loop().run_in_executor(self._hasher, password_matches, password, stored)
         return ok and row is not None and not row[1]
 
     async def exists(self, name: str) -> bool:

@@ -162,3 +162,13 @@ def test_tls_serves_both_ports_and_a_non_loopback_address_needs_it(tmp_path: Pat
         assert tls_lines(server.port, b"PING\n", 2)[1] == "PONG"
     finally:
         server.kill()
+
+
+def test_a_data_directory_too_deep_for_a_unix_socket_still_serves(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # admin.sock's path would pass 108 bytes
+    server = Server(deep, funded=False).start()
+    try:
+        assert any("admin_channel_unavailable" in line for line in server.log)
+        assert Client(server.port).ask("PING") == ["PONG"]
+    finally:
+        server.kill()
