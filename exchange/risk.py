@@ -29,6 +29,8 @@ from bisect import bisect_right
 from operator import itemgetter
 from typing import Iterable
 
+import msgspec
+
 from exchange.instruments import Asset, Instrument, assets_of
 from protocol.messages import (
     Canceled,
@@ -53,17 +55,22 @@ _seq_of = itemgetter(0)
 SETTLED = frozenset((Replaced, Fill, Canceled, Rejected))  # the events that move money
 
 
-class Hold:
+class Hold(msgspec.Struct, gc=False):
     """What is locked for one open order: `held` units of the asset it pays with, whose
-    balance (`bal`, the account's [available, locked] list) it keeps a reference to."""
+    balance (`bal`, the account's [available, locked] list) it keeps a reference to.
 
-    __slots__ = ("account", "asset", "held", "price", "buy", "inst", "unit", "bal", "got")
+    A Struct, not a class with __init__: one is made per order, and a Struct is made in C
+    (~4x faster here); gc=False: it refers to no object that could refer back to it."""
 
-    def __init__(self, account: str, asset: str, held: int, price: int | None, buy: bool, inst: Instrument, bal: list[int]) -> None:
-        self.account, self.asset, self.held, self.price, self.buy, self.inst = account, asset, held, price, buy, inst
-        self.unit = inst.quote_per_lot_tick if buy else inst.base_per_lot  # per lot x tick (BUY) or per lot (SELL)
-        self.bal = bal
-        self.got: list[int] | None = None  # the balance of what it receives, once it first trades
+    account: str
+    asset: str
+    held: int
+    price: int | None
+    buy: bool
+    inst: Instrument
+    unit: int  # what one lot x tick (a BUY) or one lot (a SELL) locks
+    bal: list[int]
+    got: list[int] | None = None  # the balance of what it receives, once it first trades
 
 
 # (account, asset, available, locked), sorted; (order id, account, asset, held, price);
@@ -118,12 +125,13 @@ class Risk:
                 amount = (cmd.budget or 0) * inst.quote_per_lot_tick if cmd.price is None else cmd.qty * cmd.price * inst.quote_per_lot_tick
             else:
                 asset, amount = inst.base, cmd.qty * inst.base_per_lot
-            bal = self.balance(cmd.owner, asset)
+            found = self.balances.get((cmd.owner, asset))
+            bal = found if found is not None else self.balance(cmd.owner, asset)
             if bal[0] < amount and not replay:
                 return self._short(asset, amount, bal[0])
             bal[0] -= amount
             bal[1] += amount
-            self.holds[seq] = Hold(cmd.owner, asset, amount, cmd.price, buy, inst, bal)
+            self.holds[seq] = Hold(cmd.owner, asset, amount, cmd.price, buy, inst, inst.quote_per_lot_tick if buy else inst.base_per_lot, bal)
         elif type(cmd) is Transfer:
             bal = self.balance(cmd.account, cmd.asset)
             if bal[0] + cmd.amount < 0 and not replay:
@@ -248,7 +256,8 @@ class Risk:
         self.holds = {}
         for oid, acct, asset, held, price in holds:
             symbol, buy = price_of[oid]
-            self.holds[oid] = Hold(acct, asset, held, price, buy, self.instruments[symbol], self.balance(acct, asset))
+            inst = self.instruments[symbol]
+            self.holds[oid] = Hold(acct, asset, held, price, buy, inst, inst.quote_per_lot_tick if buy else inst.base_per_lot, self.balance(acct, asset))
         self.refs = dict(refs)
 
     def state_hash(self) -> str:

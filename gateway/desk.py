@@ -157,20 +157,16 @@ class OrderDesk:
 
         async def attempt() -> None:
             try:
-                await check_one()
-            finally:
-                self._logins_waiting -= 1
-
-        async def check_one() -> None:
-            delay = max(self._delay(k) for k in keys)
-            if delay:
-                await asyncio.sleep(delay)
-            try:
+                delay = max(self._delay(k) for k in keys)
+                if delay:
+                    await asyncio.sleep(delay)
                 ok = await check(name, password)
             except Exception as exc:
                 log.error("login_failed", error=repr(exc))
                 done(R.Error("internal", "the account store could not be read; try again"), None)
                 return
+            finally:
+                self._logins_waiting -= 1
             if ok:
                 self._failures.pop(keys[0], None)
                 log.info("login", account=name, peer=peer)
@@ -189,7 +185,7 @@ class OrderDesk:
         return min(0.5 * 2 ** (count - FREE_FAILURES), MAX_LOGIN_DELAY)
 
     def _failed(self, keys: tuple[str, ...]) -> None:
-        if len(self._failures) > MAX_TRACKED:  # bounded: an address flood forgets the oldest
+        if len(self._failures) > MAX_TRACKED:  # bounded: past that many names and addresses, start over
             self._failures.clear()
         now = time.monotonic()
         for key in keys:
