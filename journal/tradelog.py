@@ -28,7 +28,7 @@ import structlog
 
 from exchange.instruments import Instrument, assets_of
 from journal.records import encode_batch
-from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report
+from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report, create_tables
 from protocol.messages import Canceled, Command, Event, Fill, Refusal, Rejected, Replaced, Trade
 
 log = structlog.get_logger("tradelog")
@@ -67,6 +67,9 @@ class TradeLog:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Tables first (~10 ms): a REPLAY or REPORTS may read the file before the writer
+        # process is up (it was seen: "no such table: trades" right after a start).
+        await asyncio.to_thread(lambda: create_tables(self.path).close())
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "journal.tradelog_writer", str(self.path),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

@@ -21,6 +21,7 @@ import struct
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import BinaryIO, Iterable, cast
 
 import msgspec
@@ -112,19 +113,26 @@ def iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).isoformat(timespec="microseconds")
 
 
+def create_tables(db: str | Path) -> sqlite3.Connection:
+    """The trade log's file and tables (idempotent). The server calls it before it starts
+    the writer, so that no reader (REPLAY, REPORTS) can open a file without its tables."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    # WAL: readers (tickline trades, queries) never block the writer. NORMAL: a commit
+    # is not fsync'd, which is safe for derived data the journal can rebuild.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    return conn
+
+
 class Writer:
     def __init__(self, db: str) -> None:
-        self.conn = sqlite3.connect(db, isolation_level=None)
-        # WAL: readers (tickline trades, queries) never block the writer. NORMAL: a commit
-        # is not fsync'd, which is safe for derived data the journal can rebuild.
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
-        for table, columns in ADDED_COLUMNS.items():
-            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
-            for column in columns:
-                if column.split()[0] not in have:
-                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        self.conn = create_tables(db)
         self.instruments: dict[str, Instrument] = {}
         self.assets: dict[str, Asset] = {}
         self.last_seqs: list[int] = []

@@ -15,3 +15,5 @@ def server(tmp_path: Path) -> Iterator[Server]:
         yield srv
     finally:
         srv.kill()
+        # Captured output: pytest shows it only when the test failed.
+        print("server log, last lines:\n" + "\n".join(srv.log[-40:]))

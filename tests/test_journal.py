@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,25 @@ def test_cancel_records_round_trip(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert list(read_journal(tmp_path)) == [(1, Cancel("ES", 7, "o"))]
+
+
+def test_the_trade_log_can_be_read_as_soon_as_it_is_opened(tmp_path: Path) -> None:
+    # Seen in the suite: a REPLAY right after a start read a file whose writer process had
+    # not created its tables yet ("no such table: trades").
+    from exchange.instruments import load_instruments
+    from journal.queries import reports_of, trades_from
+    from journal.tradelog import TradeLog
+
+    sqlite3.connect(tmp_path / "trades.sqlite").close()  # the file as a starting writer leaves it: no tables yet
+
+    async def main() -> tuple[list, list]:
+        log = TradeLog(tmp_path / "trades.sqlite", load_instruments())
+        await log.open()
+        try:
+            return trades_from(tmp_path / "trades.sqlite", "AAPL", 1), reports_of(tmp_path / "trades.sqlite", "alice", 0, 10)
+        finally:
+            task = asyncio.get_running_loop().create_task(log.run())
+            await log.close()
+            await task
+
+    assert asyncio.run(main()) == ([], [])
