@@ -56,10 +56,10 @@ def test_a_market_buy_spends_at_most_its_budget() -> None:
     seq = funded(engine, "alice", "bob", "carol")
     engine.apply(seq + 1, NewOrder("AAPL", Side.SELL, 5, 10000, TIF.GTC, "bob"))
     engine.apply(seq + 2, NewOrder("AAPL", Side.SELL, 5, 20000, TIF.GTC, "carol"))
-    # Locked for 5 @ 100.00 when sequenced; bob's 5 went to someone else meanwhile.
-    engine.apply(seq + 3, NewOrder("AAPL", Side.BUY, 5, 10000, TIF.IOC, "carol"))  # self-trade? no: bob's
-    # Locked 5 x 100.00 = 50,000 lots x ticks when sequenced; only 200.00 asks are left:
-    # it buys the 2 shares that budget pays for, and the rest is released.
+    # alice's market BUY of 5 was sequenced when bob's 5 @ 100.00 were the best ask: it
+    # locked 5 x 100.00 = 50,000 lots x ticks. Before it matches, carol takes bob's 5; only
+    # 200.00 asks are left: it buys the 2 shares its budget pays for, the rest is released.
+    engine.apply(seq + 3, NewOrder("AAPL", Side.BUY, 5, 10000, TIF.IOC, "carol"))
     engine.apply(seq + 4, NewOrder("AAPL", Side.BUY, 5, None, TIF.IOC, "alice", budget=50_000))
     assert engine.risk.balances[("alice", "AAPL")] == [1_002, 0]
     assert engine.risk.balances[("alice", "USD")] == [(1_000_000 - 40_000) * CENT, 0]
