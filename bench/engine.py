@@ -19,7 +19,7 @@ from bench.mix import BENCH_INSTRUMENT, generate
 from exchange.book import Book
 from exchange.naive_book import NaiveBook
 from exchange.risk import Risk
-from protocol.messages import Command, Event, NewOrder, Side, Trade, Transfer
+from protocol.messages import Command, Event, NewOrder, Trade, Transfer
 
 OWNERS = 1_000
 
@@ -36,8 +36,8 @@ class RiskedBook:
                 self.risk.hold(0, Transfer(f"u{i}", asset, 10**18, f"u{i}:{asset}"), replay=True)
 
     def apply(self, seq: int, cmd: Command) -> list[Event]:
-        if type(cmd) is NewOrder and cmd.price is None and cmd.side is Side.BUY:
-            cmd = NewOrder(cmd.symbol, cmd.side, cmd.qty, None, cmd.tif, cmd.owner, cmd.client_id, self.book.sweep_cost(cmd.qty, cmd.owner))
+        if type(cmd) is NewOrder:
+            cmd = self.book.budgeted(cmd)
         if self.risk.hold(seq, cmd) is not None:
             raise AssertionError("an ample balance refused an order")
         events = self.book.apply(seq, cmd)

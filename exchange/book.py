@@ -20,6 +20,8 @@ import hashlib
 from heapq import heapify, heappop, heappush
 from typing import Iterable, Iterator
 
+import msgspec
+
 from exchange.instruments import Instrument
 from exchange.rules import check_order, check_replace
 from protocol.messages import (
@@ -362,6 +364,13 @@ class Book:
                     if total >= want:
                         return total
         return total
+
+    def budgeted(self, cmd: NewOrder) -> NewOrder:
+        """A market BUY with its budget (what the book would cost now): the sequencing
+        point locks that much, and matching never spends more. Other orders as they are."""
+        if cmd.price is not None or cmd.side is not BUY:
+            return cmd
+        return msgspec.structs.replace(cmd, budget=self.sweep_cost(cmd.qty, cmd.owner))
 
     def sweep_cost(self, qty: int, owner: str) -> int:
         """What buying qty at market would cost now, in lots x ticks (own orders skipped,

@@ -134,7 +134,7 @@ class Asset:
     def format(self, units: int) -> str:
         if units < 0:  # never for a balance; said plainly if it ever is
             return "-" + self.unit.format(-units)
-        return self.unit.format(units) if units else "0" if not self.unit.decimals else "0." + "0" * self.unit.decimals
+        return self.unit.format(units)
 
     def parse(self, text: str) -> int | None:
         """A positive amount in units, exactly; None if not one (or finer than the unit)."""
@@ -261,8 +261,7 @@ max_qty = "100000000"
 """
 
 
-SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}", re.ASCII)
-ASSET = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}", re.ASCII)
+SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}", re.ASCII)  # and asset names
 
 
 def _exact_units(first: Step, more: list[Step], asset: Asset, what: str) -> int:
@@ -295,7 +294,7 @@ def parse_instruments(toml_text: str | bytes) -> dict[str, Instrument]:
         needs.setdefault(inst.base, []).append([inst.lot])
         needs.setdefault(inst.quote, []).append([inst.lot, inst.tick])
     for name in needs:
-        if not ASSET.fullmatch(name):
+        if not SYMBOL.fullmatch(name):
             raise ValueError(f"asset {name!r}: use 1-16 of A-Z 0-9 . _ -")
     assets = {name: Asset(name, spec.assets.get(name) or _coarsest_unit(products)) for name, products in sorted(needs.items())}
     for inst in instruments.values():

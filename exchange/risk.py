@@ -125,8 +125,7 @@ class Risk:
                 amount = (cmd.budget or 0) * inst.quote_per_lot_tick if cmd.price is None else cmd.qty * cmd.price * inst.quote_per_lot_tick
             else:
                 asset, amount = inst.base, cmd.qty * inst.base_per_lot
-            found = self.balances.get((cmd.owner, asset))
-            bal = found if found is not None else self.balance(cmd.owner, asset)
+            bal = self.balance(cmd.owner, asset)
             if bal[0] < amount and not replay:
                 return self._short(asset, amount, bal[0])
             bal[0] -= amount
@@ -198,18 +197,14 @@ class Risk:
             elif type(e) is Rejected:
                 extra = self.pending.pop(e.seq, None)  # a refused replace gives its lock back
                 if extra is not None:
-                    bal = extra[0].bal
-                    bal[0] += extra[1]
-                    bal[1] -= extra[1]
+                    _unlock(extra[0].bal, extra[1])
                 if e.order_id == e.seq:  # a new order the book refused
                     h3 = holds.pop(e.seq, None)
                     if h3 is not None:
                         self._release(h3)
 
     def _release(self, h: Hold) -> None:
-        bal = h.bal
-        bal[0] += h.held
-        bal[1] -= h.held
+        _unlock(h.bal, h.held)
         h.held = 0
 
     # ------------------------------------------------------------------ views and state
@@ -230,18 +225,12 @@ class Risk:
         holds = {oid: (h.account, h.asset, h.held, h.price) for oid, h in self.holds.items()}
         refs = dict(self.refs)
         if through is not None:
-
-            def unlock(account: str, asset: str, amount: int) -> None:
-                bal = balances[(account, asset)]
-                bal[0] += amount
-                bal[1] -= amount
-
             for oid in [oid for oid in holds if oid > through]:
                 account, asset, held, _ = holds.pop(oid)
-                unlock(account, asset, held)
+                _unlock(balances[(account, asset)], held)
             for seq, (h, amount) in self.pending.items():
                 if seq > through:
-                    unlock(h.account, h.asset, amount)
+                    _unlock(balances[(h.account, h.asset)], amount)
             del self.transfers[: bisect_right(self.transfers, through, key=_seq_of)]  # durable for good
             for _, t in self.transfers:
                 balances[(t.account, t.asset)][0] -= t.amount
@@ -262,6 +251,12 @@ class Risk:
 
     def state_hash(self) -> str:
         return hash_risk(self.state())
+
+
+def _unlock(bal: list[int], amount: int) -> None:
+    """Locked back to available (the hot paths do this inline)."""
+    bal[0] += amount
+    bal[1] -= amount
 
 
 def hash_risk(state: RiskState) -> str:

@@ -19,11 +19,11 @@ from exchange.instruments import Instrument
 from exchange.risk import Risk
 from gateway.orders import OpenOrders
 from protocol import replies as R
-from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Refusal, Rejected, RejectReason, Replaced, Side
+from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Refusal, Rejected, RejectReason, Replaced
 from protocol.text import clip
 
 log = structlog.get_logger("gateway")
-ADDED, BUY = Liquidity.ADDED, Side.BUY
+ADDED = Liquidity.ADDED
 # REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
 ReportsSource = Callable[[str, int], Awaitable[tuple[list["ReportEvent"], int]]]
 MAX_BOOK_LEVELS = 1000
@@ -84,8 +84,8 @@ class OrderDesk:
         """The sequencing point: hold the command's funds (in journal order), then journal it.
 
         A market BUY is given a budget first: what the visible book would cost now."""
-        if type(cmd) is NewOrder and cmd.price is None and cmd.side is BUY:
-            cmd = NewOrder(cmd.symbol, cmd.side, cmd.qty, None, cmd.tif, cmd.owner, cmd.client_id, self.books[cmd.symbol].sweep_cost(cmd.qty, cmd.owner))
+        if type(cmd) is NewOrder and cmd.price is None:
+            cmd = self.books[cmd.symbol].budgeted(cmd)
         seq = self.next_seq()
         problem = self.risk.hold(seq, cmd)
         if problem is not None:

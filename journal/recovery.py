@@ -16,7 +16,7 @@ import structlog
 
 from exchange.engine import Engine
 from exchange.instruments import Instrument
-from journal.journal import JournalCorrupt, read_batches
+from journal.journal import JournalCorrupt, read_batches, read_journal
 from journal.layout import DataDir
 from journal.snapshots import newest_valid
 from journal.tradelog import TradeLog
@@ -40,6 +40,17 @@ def load_state(data_dir: Path, instruments: dict[str, Instrument], use_snapshots
         for snap, engine in newest_valid(DataDir(data_dir).snapshots, instruments):
             return engine, snap.seq
     return Engine(instruments), 0
+
+
+def latest_state(data_dir: Path, instruments: dict[str, Instrument]) -> tuple[Engine, int, int]:
+    """The state after every command on disk, read only: the newest valid snapshot and the
+    journal tail. (engine, the snapshot's seq or 0, the last seq)."""
+    engine, start = load_state(data_dir, instruments)
+    last = start
+    for seq, cmd in read_journal(DataDir(data_dir).journal, after=start):
+        engine.apply(seq, cmd)
+        last = seq
+    return engine, start, last
 
 
 async def recover(data_dir: Path, instruments: dict[str, Instrument], tradelog: TradeLog | None, *, fresh_log: bool = False) -> Recovered:

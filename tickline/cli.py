@@ -214,15 +214,9 @@ def _accounts(args: argparse.Namespace) -> int:
 def _balances(args: argparse.Namespace) -> int:
     """Replays the snapshot + journal tail (read only) and prints every balance."""
     from exchange.instruments import load_instruments
-    from journal.journal import read_journal
-    from journal.recovery import load_state
+    from journal.recovery import latest_state
 
-    instruments = load_instruments(args.instruments)
-    engine, start = load_state(args.data_dir, instruments)
-    last = start
-    for seq, cmd in read_journal(DataDir(args.data_dir).journal, after=start):
-        engine.apply(seq, cmd)
-        last = seq
+    engine, _, last = latest_state(args.data_dir, load_instruments(args.instruments))
     risk = engine.risk
     sys.stdout.write(f"balances after journal seq {last}\n")
     for account, asset, available, locked in risk.state()[0]:
