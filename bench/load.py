@@ -52,6 +52,8 @@ class Stats:
         self.ack = new_histogram()
         self.fill = new_histogram()
         self.interval = new_histogram()  # ACK latency since the last progress line
+        self.send_lag = new_histogram()  # the generator's own lateness: planned send -> sent
+        self.silence = 0.0  # the longest time with requests outstanding and no reply
         self.sent = 0
         self.completed = 0  # primary replies: ACK, REJ, ERR, REPLACED, CANCELED reason=user
         self.rejected = 0
@@ -116,6 +118,8 @@ class LoadConnection:
                 planned[k] = at + k * interval
         if not self.stats.first_send:
             self.stats.first_send = now
+        if at is not None:
+            self.stats.send_lag.record_value(max(1, int((now - planned[start]) * 1e6)))
         self.unsent += b"".join(self.lines[start:end])
         self.stats.sent += end - start
         self.next = end
@@ -175,6 +179,9 @@ class LoadConnection:
         if completed:
             self.completed += completed
             stats.completed += completed
+            silence = now - max(stats.last_completion, stats.first_send)
+            if silence > stats.silence:
+                stats.silence = silence
             stats.last_completion = now
             if self.window:
                 self.send_upto(min(len(self.lines), self.next + completed))
@@ -253,6 +260,9 @@ class PhaseResult:
     fill_ms: dict[str, float] = field(default_factory=dict)
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
     market_data: dict[str, float] = field(default_factory=dict)  # with --subscribers
+    silence_ms: float = 0.0  # the longest interval with no reply while requests were outstanding
+    send_lag_ms: dict[str, float] = field(default_factory=dict)  # open loop: the generator's own lateness
+    telemetry: dict = field(default_factory=dict)  # the exchange's own figures for the phase (admin TELEMETRY)
 
 
 def _summary(h: HdrHistogram) -> dict[str, float]:
@@ -332,7 +342,8 @@ def run_phase(
     return PhaseResult(
         label, server, len(conns), rate, None if rate else window, total, stats.completed, stats.rejected,
         stats.errors, stats.fills, elapsed, stats.completed / elapsed, _summary(stats.ack), _summary(stats.fill),
-        stats.timeline, _md_summary(stats, len(subs)) if subs else {},
+        stats.timeline, _md_summary(stats, len(subs)) if subs else {}, stats.silence * 1000,
+        _summary(stats.send_lag) if rate else {},
     )  # fmt: skip
 
 
@@ -383,6 +394,47 @@ def fund_accounts(data_dir: Path, names: list[str]) -> None:
     replies = send_lines(data_dir / "admin.sock", lines, timeout=60)
     if len(replies) != len(lines) or not all(r.startswith("OK") for r in replies):
         raise RuntimeError(f"funding failed: {[r for r in replies if not r.startswith('OK')][:3]}")
+
+
+def server_telemetry(data_dir: Path, reset: bool = False) -> dict:
+    """The running exchange's own figures (histograms in microseconds), from its admin channel."""
+    from netio.unix_lines import send_lines
+
+    replies = send_lines(data_dir / "admin.sock", ["TELEMETRY RESET" if reset else "TELEMETRY"], timeout=10)
+    return dict(json.loads(replies[0])) if replies else {}
+
+
+# What the breakdown shows of the exchange's figures, in the order a request meets them.
+BREAKDOWN = [
+    ("gateway_read_us", "socket read (parse, hold, journal append)"),
+    ("journal_queued_us", "journal: first append -> sent to the writer"),
+    ("journal_write_us", "journal writer: write"),
+    ("journal_fdatasync_us", "journal writer: fdatasync"),
+    ("journal_commit_us", "journal: sent -> durable, back on the loop"),
+    ("journal_on_durable_us", "event loop: durable batches released"),
+    ("matching_step_us", "matching: one symbol's step + sinks"),
+    ("loop_lag_us", "event loop lag (5 ms timer)"),
+    ("gc_gen0_us", "gc gen0"), ("gc_gen1_us", "gc gen1"), ("gc_gen2_us", "gc gen2"),
+    ("snapshot_capture_us", "snapshot capture (on the loop)"),
+    ("tradelog_frame_us", "trade log frame -> committed"),
+]  # fmt: skip
+
+
+def breakdown(r: PhaseResult) -> list[str]:
+    """Where the time went in one exchange phase: the generator's lag, then the server's stages."""
+    rows = [f"  {r.phase}: longest interval with no reply {r.silence_ms:.1f} ms"]
+    lag = r.send_lag_ms
+    if lag:
+        rows.append(f"    {'load generator lag (planned -> sent)':46} p50 {lag['p50']:8.2f}  p99 {lag['p99']:8.2f}  max {lag['max']:8.1f} ms")
+    t = r.telemetry
+    for name, label in BREAKDOWN:
+        h = t.get(name)
+        if isinstance(h, dict) and h.get("count"):
+            rows.append(f"    {label:46} p50 {h['p50'] / 1000:8.2f}  p99 {h['p99'] / 1000:8.2f}  max {h['max'] / 1000:8.1f} ms  ({h['count']:,})")
+    batch = t.get("journal_batch_orders")
+    if isinstance(batch, dict) and batch.get("count"):
+        rows.append(f"    {'commands per fsync':46} p50 {batch['p50']:8,}  p99 {batch['p99']:8,}  max {batch['max']:8,}     ({batch['count']:,} fsyncs)")
+    return rows
 
 
 class ServerProcess:
@@ -445,7 +497,7 @@ def machine() -> str:
 
 
 def table(results: list[PhaseResult]) -> str:
-    head = f"{'phase':34} {'server':9} {'req/s':>10} {'ACK p50':>8} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'fill p99':>9}  {'vs ceiling':>10}"
+    head = f"{'phase':34} {'server':9} {'req/s':>10} {'ACK p50':>8} {'p90':>7} {'p99':>7} {'p99.9':>7} {'max':>7} {'fill p99':>9} {'silent':>7}  {'vs ceiling':>10}"
     rows = [head, "-" * len(head)]
     by_phase: dict[str, dict[str, PhaseResult]] = {}
     for r in results:
@@ -456,9 +508,10 @@ def table(results: list[PhaseResult]) -> str:
         ratio = f"{r.rate / base.rate:.2f}x" if base and r.server != "baseline" and base.rate else ""
         rows.append(
             f"{r.phase:34} {r.server:9} {r.rate:10,.0f} {a.get('p50', 0):8.2f} {a.get('p90', 0):7.2f} "
-            f"{a.get('p99', 0):7.2f} {a.get('p99.9', 0):7.2f} {a.get('max', 0):7.1f} {f.get('p99', 0):9.2f}  {ratio:>10}"
+            f"{a.get('p99', 0):7.2f} {a.get('p99.9', 0):7.2f} {a.get('max', 0):7.1f} {f.get('p99', 0):9.2f} {r.silence_ms:7.1f}  {ratio:>10}"
         )
-    rows.append("latencies in ms; req/s = requests answered per second; open-loop latency from the planned send time")
+    rows.append("latencies in ms; req/s = requests answered per second; open-loop latency from the planned send time;")
+    rows.append("silent = the longest interval (ms) with requests outstanding and no reply")
     return "\n".join(rows)
 
 
@@ -506,13 +559,15 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
             try:
                 if logins:
                     fund_accounts(data, logins)
+                    server_telemetry(data, reset=True)  # the phase's figures only, not the start's
                 gap = args.send_every_ms if args.send_every_ms is not None else (0.1 if (rate or 0) <= 20_000 else 1.0)
-                results.append(
-                    run_phase(
-                        server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000,
-                        md_port=server.md_port, subscribers=args.subscribers, logins=logins,
-                    )  # fmt: skip
-                )
+                result = run_phase(
+                    server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000,
+                    md_port=server.md_port, subscribers=args.subscribers, logins=logins,
+                )  # fmt: skip
+                if logins:
+                    result.telemetry = server_telemetry(data)
+                results.append(result)
             finally:
                 server.stop()
                 shutil.rmtree(data, ignore_errors=True)
@@ -550,6 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     every = f"{args.send_every_ms:g} ms" if args.send_every_ms is not None else "0.1 ms up to 20,000/s, 1 ms above"
     print(f"{args.connections} connections, seed {args.seed}, open loop writes every {every}; baseline = bench/baseline.py (no work, same generator)")
     print(table(results))
+    print("where the time went (exchange; server figures from its admin channel's TELEMETRY, reset when each phase starts):")
+    for r in results:
+        if r.server == "exchange":
+            print("\n".join(breakdown(r)))
     for r in results:
         md = r.market_data
         if md:

@@ -8,6 +8,8 @@ line, in order:
     WITHDRAW <account> <asset> <amount> <ref>  ->  OK <seq> withdrawn
                                                ->  OK <seq> duplicate: ref <ref> was applied before
                                                ->  ERR <code> <text>
+    TELEMETRY [RESET]                          ->  one line of JSON: the server's figures
+                                                   (RESET: then start them again)
 
 A transfer changes balances, so it is sequenced and journaled like an order (Desk.submit);
 its ref makes it idempotent: the same ref again changes nothing. `tickline accounts
@@ -17,6 +19,7 @@ deposit|withdraw` is the client (netio/unix_lines.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -28,6 +31,7 @@ from exchange.risk import FEE_ACCOUNT
 from gateway.desk import OrderDesk
 from protocol.messages import Problem, Transfer
 from protocol.text import clip
+from telemetry.registry import Telemetry
 
 log = structlog.get_logger("admin")
 
@@ -53,9 +57,10 @@ def parse_transfer(line: str, desk: OrderDesk) -> Transfer | str:
 
 
 class AdminServer:
-    def __init__(self, desk: OrderDesk, account_exists: Callable[[str], Awaitable[bool]]) -> None:
+    def __init__(self, desk: OrderDesk, account_exists: Callable[[str], Awaitable[bool]], telemetry: Telemetry | None = None) -> None:
         self.desk = desk
         self.account_exists = account_exists
+        self.telemetry = telemetry or Telemetry()
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
         self._server: asyncio.AbstractServer | None = None
 
@@ -102,6 +107,12 @@ class AdminServer:
             writer.close()
 
     async def _handle(self, line: str) -> str:
+        words = line.upper().split()
+        if words[0] == "TELEMETRY":
+            report = json.dumps(self.telemetry.report(), separators=(",", ":"))
+            if words[1:] == ["RESET"]:
+                self.telemetry.reset()
+            return report
         if self.desk.closing:
             return "ERR shutting_down the exchange is shutting down"
         cmd = parse_transfer(line, self.desk)

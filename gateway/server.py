@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from typing import cast
 
 import structlog
@@ -20,6 +21,7 @@ from gateway.desk import OrderDesk
 from netio.plumbing import FlowControl, capped_write, close_all, limit_buffers, listen, peer_name
 from protocol import replies as R
 from protocol.messages import Event
+from telemetry.registry import Telemetry
 
 log = structlog.get_logger("gateway")
 
@@ -66,7 +68,9 @@ class Session(asyncio.Protocol):
             self.flow.pause("closing")
 
     def data_received(self, data: bytes) -> None:
+        started = time.perf_counter()
         self._after(self.conn.receive(data))
+        self.gw.read_us.record(int((time.perf_counter() - started) * 1e6))
 
     def eof_received(self) -> bool:
         # Half-close: the client sent everything; its replies and reports still go out.
@@ -147,8 +151,11 @@ class Session(asyncio.Protocol):
 
 
 class Gateway:
-    def __init__(self, desk: OrderDesk, *, max_sessions: int = 5_000) -> None:
+    def __init__(self, desk: OrderDesk, *, max_sessions: int = 5_000, telemetry: Telemetry | None = None) -> None:
         self.desk = desk
+        t = telemetry or Telemetry()
+        self.read_us = t.histogram("gateway_read_us", "one socket read: parse, hold funds, journal, reply")
+        t.gauge("gateway_sessions", lambda: len(self.sessions))
         self.max_sessions = max_sessions
         self.sessions: dict[Session, None] = {}
         self.by_owner: dict[str, dict[Session, None]] = {}

@@ -1,10 +1,11 @@
 """The order journal: every accepted command is on disk (fsync'd) before its ACK.
 
-Group commit: append() only queues the command and returns its sequence number; the
-commit loop (`Journal._commit_loop`, a thread) encodes everything queued as one record
-(journal/records.py), writes it with one write and one fdatasync, then hands the whole
-batch to on_durable on the event loop. Commands that arrive while an fsync is in flight
-go into the next one, so one fsync serves them all.
+Group commit: append() only queues the command and returns its sequence number; once per
+loop iteration what was queued goes as one record (journal/records.py) to the writer
+process (journal/journal_writer.py), which writes everything that has arrived with one
+write and one fdatasync and says so; then the batches go to on_durable on the event loop.
+Commands that arrive while an fsync is in flight go into the next one, so one fsync
+serves them all.
 
 Files: <dir>/seg-<first seq, 20 digits>.tlj, rotated by size. On open, a torn last record
 (a crash mid-write) is detected by its checksum and cut off; since a write is not ACKed
@@ -15,15 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
+import subprocess
+import sys
 import time
+from collections import deque
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 import structlog
 
-from journal.records import decode_records, encode_batch
+from journal.journal_writer import REPLY, fsync_dir, segment_path
+from journal.records import MAX_BATCH, decode_records, encode_batch
 from protocol.messages import Command
+from telemetry.registry import Telemetry
 
 log = structlog.get_logger("journal")
 
@@ -105,146 +110,162 @@ def repair(directory: Path) -> int:
 
 
 class Journal:
-    """Append-only, group-committed journal; `_commit_loop` runs in its own thread.
+    """Append-only, group-committed journal, written by its own process.
 
-    The event loop only appends (no I/O); the writer thread waits for work, takes
-    everything appended so far, encodes it as one record, writes it, fdatasyncs once and
-    hands the batch back to the loop (on_durable).
+    The event loop appends (no I/O); once per loop iteration everything appended is
+    encoded as one record and sent down a pipe to the writer process
+    (journal/journal_writer.py), which writes whatever has arrived with one write and
+    one fdatasync and answers how many records are now durable. That answer arrives as
+    an ordinary read on the loop: the batches it covers go to on_durable, in order.
+    Nothing here waits for the disk, and no thread of ours competes for the GIL.
 
-    Commit pacing: a commit cycle (fsync, thread hand-offs, waking the matching tasks,
-    one write per session) costs ~0.3 ms of CPU on these VMs whatever its size. Commits
-    start at most once per interval, and the interval grows with the arrival rate
-    (rate / RATE_PER_MS_OF_INTERVAL, between min_interval and max_interval): at 10,000
-    orders/s about every 0.25 ms (latency first, CPU is plentiful), at 100,000/s every
-    2 ms (~200 orders per fsync, so the cycles take ~15% of a core, not all of it).
+    Commit pacing lives in the writer: a commit cycle costs the loop a read and a
+    release of replies (~0.1-0.3 ms), so at high rates the writer lets a cycle start at
+    most once per interval, growing with the arrival rate (journal_writer.Pacing).
     """
-
-    RATE_PER_MS_OF_INTERVAL = 50_000
 
     def __init__(
         self,
         directory: str | Path,
         *,
         segment_bytes: int = 256 * 1024 * 1024,
-        min_interval: float = 0.00025,
-        max_interval: float = 0.002,
         on_failure: Callable[[BaseException], None] | None = None,
+        telemetry: Telemetry | None = None,
+        inherit_fds: tuple[int, ...] = (),
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.on_durable: OnDurable | None = None
         self.on_failure = on_failure
         self.segment_bytes = segment_bytes
-        self.min_interval, self.max_interval = min_interval, max_interval
-        self.interval = min_interval  # the current pacing, adapted after every commit
+        # Kept open by the writer for its whole life: the data directory's lock, so that no
+        # new server can start while a dying one's writer still appends.
+        self.inherit_fds = inherit_fds
         self.next_seq = repair(self.directory)
         segments = segment_paths(self.directory)
         self.durable_seq = self.next_seq - 1
-        self._path = segments[-1] if segments else self._segment_path(self.next_seq)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        self._path = segments[-1] if segments else segment_path(self.directory, self.next_seq)
         if not segments:
-            _fsync_dir(self.directory)
-        self._lock = threading.Lock()  # guards _pending between the loop and the writer
+            self._path.touch()
+            fsync_dir(self.directory)
         self._pending: list[Command] = []
-        self._work = threading.Event()
-        self._closing = False
-        self._thread: threading.Thread | None = None
+        self._first_at = 0.0  # when the oldest pending command was appended
+        # Sent and not yet durable, oldest first: (records sent through this batch, first seq, commands, time, record, sent at)
+        self._inflight: deque[tuple[int, int, list[Command], int, bytes, float]] = deque()
+        self._records_sent = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._pipe: asyncio.WriteTransport | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self._closing = False
         self.commits = 0  # fsyncs done, for the benchmark report
-
-    def _segment_path(self, first_seq: int) -> Path:
-        return self.directory / f"seg-{first_seq:020d}.tlj"
+        # The commit cycle, step by step (docs/PERFORMANCE.md).
+        t = telemetry or Telemetry()
+        self._h_queued = t.histogram("journal_queued_us", "first append of a batch -> sent to the writer")
+        self._h_commit = t.histogram("journal_commit_us", "sent to the writer -> durable, back on the loop")
+        self._h_write = t.histogram("journal_write_us", "one write (in the writer)")
+        self._h_sync = t.histogram("journal_fdatasync_us", "one fdatasync (in the writer)")
+        self._h_durable = t.histogram("journal_on_durable_us", "the event loop's work on a durable batch")
+        self._h_batch = t.histogram("journal_batch_orders", "commands per fsync")
+        t.gauge("journal_backlog_orders", lambda: self.next_seq - 1 - self.durable_seq)
 
     def append(self, cmd: Command) -> int:
         """Queue a command for the next group commit; return its sequence number."""
-        with self._lock:
-            seq = self.next_seq
-            self.next_seq = seq + 1
-            self._pending.append(cmd)
-        if not self._work.is_set():
-            self._work.set()
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        if not self._pending:
+            self._first_at = time.perf_counter()
+            if self._loop is not None:
+                self._loop.call_soon(self._send)  # once this loop iteration's reads are in
+        self._pending.append(cmd)
         return seq
 
-    def start(self, on_durable: OnDurable) -> None:
-        """Start committing; each durable batch goes to on_durable, on the event loop."""
+    async def start(self, on_durable: OnDurable) -> None:
+        """Start the writer process; each durable batch goes to on_durable, on the event loop."""
         self.on_durable = on_durable
-        self._loop = asyncio.get_running_loop()
-        self._stopped = self._loop.create_future()
-        self._thread = threading.Thread(target=self._commit_loop, name="journal-commit", daemon=True)
-        self._thread.start()
+        self._loop = loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        self._transport, _ = await loop.subprocess_exec(
+            lambda: _WriterPipes(self), sys.executable, "-m", "journal.journal_writer",
+            str(self._path), str(self._path.stat().st_size), str(self.segment_bytes),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, pass_fds=self.inherit_fds,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        self._pipe = cast(asyncio.WriteTransport, self._transport.get_pipe_transport(0))
+        if self._pending:
+            self._send()
 
-    def _commit_loop(self) -> None:
-        """The group commit: one write + one fsync for everything appended, then ACK it all."""
-        loop, stopped = self._loop, self._stopped
-        assert loop is not None and stopped is not None
-        last_start = 0.0
-        rate = 0.0  # commands per second, smoothed over recent commits
-        try:
-            while True:
-                if not self._closing:
-                    self._work.wait()
-                wait = last_start + self.interval - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)  # let more arrive: fewer, larger commits
-                with self._lock:
-                    self._work.clear()
-                    batch, self._pending = self._pending, []
-                    first_seq = self.next_seq - len(batch)
-                if not batch:
-                    if self._closing:
-                        break
-                    continue
-                now = time.perf_counter()
-                rate += 0.2 * (len(batch) / max(now - last_start, self.min_interval) - rate)
-                self.interval = min(max(rate / self.RATE_PER_MS_OF_INTERVAL / 1000, self.min_interval), self.max_interval)
-                last_start = now
-                ts_ns = time.time_ns()
-                record = encode_batch(first_seq, batch, ts_ns)
-                self._write(record, first_seq)
-                self.commits += 1
-                loop.call_soon_threadsafe(self._durable, first_seq, batch, ts_ns, record)
-        except BaseException as exc:  # the disk failed: nothing more can be acknowledged
-            log.critical("journal_write_failed", error=repr(exc))
+    def _send(self) -> None:
+        """Everything appended since the last send, as one record, down the pipe."""
+        batch = self._pending
+        if not batch or self._pipe is None or self._pipe.is_closing():
+            return
+        self._pending = []
+        first_seq = self.next_seq - len(batch)
+        now = time.perf_counter()
+        self._h_queued.record(int((now - self._first_at) * 1e6))
+        ts_ns = time.time_ns()
+        record = encode_batch(first_seq, batch, ts_ns)
+        self._records_sent += -(-len(batch) // MAX_BATCH)  # encode_batch splits at MAX_BATCH
+        self._inflight.append((self._records_sent, first_seq, batch, ts_ns, record, now))
+        self._pipe.write(record)
+
+    def _durable(self, reply: bytes) -> None:
+        """The writer's answers: release every batch they cover, oldest first."""
+        now = time.perf_counter()
+        inflight = self._inflight
+        for durable, _, write_us, sync_us in REPLY.iter_unpack(reply):
+            self.commits += 1
+            self._h_write.record(write_us)
+            self._h_sync.record(sync_us)
+            commands = 0
+            while inflight and inflight[0][0] <= durable:
+                _, first_seq, batch, ts_ns, record, sent_at = inflight.popleft()
+                self._h_commit.record(int((now - sent_at) * 1e6))
+                self.durable_seq = first_seq + len(batch) - 1
+                commands += len(batch)
+                assert self.on_durable is not None
+                self.on_durable(first_seq, batch, ts_ns, record)
+            self._h_batch.record(commands)
+        self._h_durable.record(int((time.perf_counter() - now) * 1e6))
+
+    def _exited(self, code: int | None) -> None:
+        """The writer process ended: after close() that is the plan; otherwise the disk (or
+        the process) failed and nothing more can be acknowledged."""
+        if not self._closing or self._inflight:
+            exc = RuntimeError(f"the journal writer exited ({code}) with {len(self._inflight)} batches not durable")
+            log.critical("journal_write_failed", error=str(exc))
             if self.on_failure is not None:
-                loop.call_soon_threadsafe(self.on_failure, exc)
-        finally:
-            loop.call_soon_threadsafe(stopped.set_result, None)
-
-    def _durable(self, first_seq: int, batch: list[Command], ts_ns: int, record: bytes) -> None:
-        self.durable_seq = first_seq + len(batch) - 1
-        assert self.on_durable is not None
-        self.on_durable(first_seq, batch, ts_ns, record)
-
-    def _write(self, buf: bytes, first_seq: int) -> None:
-        """Append and sync; rotate to a new segment first if this one is full."""
-        if self._size >= self.segment_bytes:
-            os.close(self._fd)
-            self._path = self._segment_path(first_seq)
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self._size = 0
-            _fsync_dir(self.directory)
-        view = memoryview(buf)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fdatasync(self._fd)
-        self._size += len(buf)
+                self.on_failure(exc)
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     async def close(self) -> None:
-        """Commit everything appended so far, then stop the writer and close the file."""
+        """Commit everything appended so far, then stop the writer."""
         self._closing = True
-        self._work.set()
+        self._send()
+        if self._pipe is not None and not self._pipe.is_closing():
+            self._pipe.close()  # the writer commits what it has, then sees the end
         if self._stopped is not None:
             await self._stopped
-        os.close(self._fd)
+        if self._transport is not None:
+            self._transport.close()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a new file's directory entry durable too."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class _WriterPipes(asyncio.SubprocessProtocol):
+    """The writer process's stdout (replies) and its exit, to the Journal."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.partial = b""
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        data = self.partial + data if self.partial else data
+        whole = len(data) - len(data) % REPLY.size
+        self.partial = data[whole:]
+        if whole:
+            self.journal._durable(data[:whole])
+
+    def process_exited(self) -> None:
+        transport = self.journal._transport
+        self.journal._exited(transport.get_returncode() if transport is not None else None)

@@ -71,6 +71,11 @@ class DataDirLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
+    def fileno(self) -> int:
+        """The locked descriptor: a child process that inherits it holds the lock until it exits too."""
+        assert self._fd is not None, "acquire() first"
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the lock

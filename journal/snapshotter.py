@@ -13,6 +13,7 @@ oldest kept snapshot covers are deleted too.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,7 @@ from journal.journal import first_seq_of, segment_paths
 from journal.layout import DataDir
 from journal.snapshots import capture, prune, seq_of, write_snapshot
 from journal.tradelog import TradeLog
+from telemetry.registry import Telemetry
 
 log = structlog.get_logger("snapshots")
 
@@ -43,6 +45,7 @@ class Snapshotter:
         keep: int = 3,
         retention: str = "keep",
         last_seq: int = 0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.directory = DataDir(data_dir).snapshots
         self.journal_dir = DataDir(data_dir).journal
@@ -56,6 +59,9 @@ class Snapshotter:
         self.keep = keep
         self.retention = retention
         self.last_seq = last_seq
+        t = telemetry or Telemetry()
+        self._h_capture = t.histogram("snapshot_capture_us", "copying the books and balances, on the event loop")
+        self._h_write = t.histogram("snapshot_write_us", "hashing, encoding and writing one, in a thread")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -77,14 +83,18 @@ class Snapshotter:
         if behind is not None and behind <= seq:
             log.warning("snapshot_held_back", seq=seq, tradelog_behind_from=behind)
             return None
+        started = time.perf_counter()
         captured = capture(self.books, self.risk, seq)
+        self._h_capture.record(int((time.perf_counter() - started) * 1e6))
         rows = self.tradelog.queued
         while self.tradelog.committed < rows:
             if not self.tradelog.healthy:
                 log.error("snapshot_held_back", seq=seq, why="the trade log writer is not running")
                 return None
             await asyncio.sleep(0.005)
+        started = time.perf_counter()
         path = await asyncio.to_thread(write_snapshot, self.directory, captured)
+        self._h_write.record(int((time.perf_counter() - started) * 1e6))
         self.last_seq = seq
         kept = prune(self.directory, self.keep)
         log.info("snapshot_written", seq=seq, file=path.name, orders=sum(len(o) for _, _, o in captured[2]))

@@ -30,6 +30,7 @@ from exchange.instruments import Instrument, assets_of
 from journal.records import encode_batch
 from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report, create_tables
 from protocol.messages import Canceled, Command, Event, Fill, Refusal, Rejected, Replaced, Trade
+from telemetry.registry import Telemetry
 
 log = structlog.get_logger("tradelog")
 
@@ -46,7 +47,7 @@ def split(events: list[Event]) -> tuple[list[Trade], list[Report]]:
 
 
 class TradeLog:
-    def __init__(self, path: str | Path, instruments: dict[str, Instrument], *, max_rows: int = 500_000) -> None:
+    def __init__(self, path: str | Path, instruments: dict[str, Instrument], *, max_rows: int = 500_000, telemetry: Telemetry | None = None) -> None:
         self.path = Path(path)
         self.instruments = instruments
         self.max_rows = max_rows
@@ -64,6 +65,11 @@ class TradeLog:
         self.behind_from: int | None = None  # first command whose rows were dropped
         self.queued = 0  # units handed over so far (a command or a trade or a refusal each)
         self.committed = 0  # units the writer process has committed (a snapshot waits for these)
+        t = telemetry or Telemetry()
+        self._h_commit = t.histogram("tradelog_frame_us", "a frame sent -> the writer process committed it")
+        self._h_frame = t.histogram("tradelog_frame_rows", "rows per writer transaction")
+        t.gauge("tradelog_backlog_rows", lambda: self.queued - self.committed)
+        self._sent_at: deque[float] = deque()  # when each frame not yet acknowledged was sent
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +182,8 @@ class TradeLog:
         if self._proc.returncode is not None or self._proc.stdin.is_closing():
             raise BrokenPipeError(f"the trade log writer exited ({self._proc.returncode})")
         payload = self._encode(frame)
+        self._sent_at.append(time.perf_counter())
+        self._h_frame.record(frame.units)
         self._proc.stdin.write(LENGTH.pack(len(payload)) + payload)
         await self._proc.stdin.drain()  # only this task waits on a slow writer process
 
@@ -187,6 +195,8 @@ class TradeLog:
             except asyncio.IncompleteReadError:
                 return
             self.committed += UNITS.unpack(data)[0]
+            if self._sent_at:
+                self._h_commit.record(int((time.perf_counter() - self._sent_at.popleft()) * 1e6))
 
     @property
     def healthy(self) -> bool:

@@ -226,7 +226,10 @@ def read_exactly(stream: BinaryIO, n: int) -> bytes | None:
 
 def main(argv: list[str]) -> int:
     # Derived data, bounded backlog: when the cores are busy, matching and ACKs go first.
-    os.nice(19)
+    if os.environ.get("TL_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    else:
+        os.nice(19)
     writer = Writer(argv[0])
     decode = msgspec.msgpack.Decoder(Frame).decode
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer

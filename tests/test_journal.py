@@ -23,7 +23,7 @@ def write(directory: Path, n: int, every: int = 100, pause: float = 0, **kw: int
 
     async def main() -> None:
         journal = Journal(directory, **kw)
-        journal.start(lambda first, cmds, ts, record: batches.append(list(range(first, first + len(cmds)))))
+        await journal.start(lambda first, cmds, ts, record: batches.append(list(range(first, first + len(cmds)))))
         for i in range(n):
             journal.append(order(i))
             if i % every == every - 1:
@@ -80,7 +80,7 @@ def test_segments_rotate_and_damage_before_the_last_is_refused(tmp_path: Path) -
 def test_cancel_records_round_trip(tmp_path: Path) -> None:
     async def main() -> None:
         journal = Journal(tmp_path)
-        journal.start(lambda first, cmds, ts, record: None)
+        await journal.start(lambda first, cmds, ts, record: None)
         journal.append(Cancel("ES", 7, "o"))
         await journal.close()
 

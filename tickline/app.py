@@ -35,8 +35,10 @@ from journal.tradelog import TradeLog
 from notifier.server import Notifier
 from notifier.session import Limits
 from protocol.messages import Command, Transfer
+from telemetry.probes import GcPauses, LoopLag
+from telemetry.registry import Telemetry
 from tickline import __version__
-from tickline.tuning import tune_runtime
+from tickline.tuning import timed, tune_runtime
 
 log = structlog.get_logger("tickline")
 
@@ -90,18 +92,22 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):  # from the start: a signal during recovery waits for it
         loop.add_signal_handler(sig, stop.set)
     data = DataDir(config.data_dir)
+    telemetry = Telemetry()  # every stage records how long it takes (docs/PERFORMANCE.md)
 
-    # 1. The journal, the truth: one server per data directory (an OS lock), and opening
-    #    the journal cuts a torn tail (a crash mid-write) once.
+    # 1. The journal, the truth: one server per data directory (an OS lock, which its
+    #    writer process holds too), and opening the journal cuts a torn tail (a crash
+    #    mid-write) once.
     instruments = load_instruments(config.instruments)
     lock = DataDirLock(data)
     lock.acquire()
-    journal = Journal(data.journal, segment_bytes=config.segment_bytes, on_failure=lambda exc: stop.set())
+    journal = Journal(
+        data.journal, segment_bytes=config.segment_bytes, on_failure=lambda exc: stop.set(), telemetry=telemetry, inherit_fds=(lock.fileno(),),
+    )  # fmt: skip
 
     # 2. The trade log, then the books: the newest snapshot + the journal tail, whose
     #    trades the log gets again (INSERT OR IGNORE) in case a crash lost them.
     fresh_log = not data.trades.exists()
-    tradelog = TradeLog(data.trades, instruments, max_rows=config.tradelog_max_rows)
+    tradelog = TradeLog(data.trades, instruments, max_rows=config.tradelog_max_rows, telemetry=telemetry)
     await tradelog.open()
     tradelog_task = asyncio.create_task(tradelog.run(), name="tradelog-writer")
     recovered = await recover(config.data_dir, instruments, tradelog, fresh_log=fresh_log)
@@ -109,7 +115,7 @@ async def serve(config: Config) -> int:
     tune_runtime()
 
     # 3. Matching: one queue per symbol, each drained in its own step of the event loop.
-    matching = Matching(books, loop.call_soon)
+    matching = Matching(books, timed(loop.call_soon, telemetry.histogram("matching_step_us", "one symbol's drain and its sinks")))
 
     # 4. The gateway: sessions log in to accounts and turn lines into journaled commands;
     #    the desk they share holds each command's funds (risk, in journal order) before
@@ -128,8 +134,8 @@ async def serve(config: Config) -> int:
         instruments, books, risk, journal.append, lambda: journal.next_seq, lambda: journal.durable_seq, matching.applied,
         version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
     )  # fmt: skip
-    gateway = Gateway(desk)
-    admin = AdminServer(desk, accounts.exists)  # deposits and withdrawals, on a Unix socket
+    gateway = Gateway(desk, telemetry=telemetry)
+    admin = AdminServer(desk, accounts.exists, telemetry)  # deposits and withdrawals, figures; on a Unix socket
 
     # 5. The notifier: market data for subscribers; REPLAY of older trades from the trade log.
     async def older_trades(symbol: str, from_seq: int) -> list[TradeRow]:
@@ -143,7 +149,7 @@ async def serve(config: Config) -> int:
     #    owners' sessions, trades to the log, market data to the notifier. Then the journal
     #    starts committing into matching.
     matching.send_to([risk.settle, gateway.deliver, tradelog.on_events, notifier.on_events])
-    journal.start(Durable(matching, gateway, admin, tradelog))
+    await journal.start(Durable(matching, gateway, admin, tradelog))
     if config.demo:
         await _demo_accounts(data, desk)
 
@@ -151,10 +157,15 @@ async def serve(config: Config) -> int:
     snapshotter = Snapshotter(
         config.data_dir, books, risk, lambda: journal.durable_seq, lambda: desk.settled(journal.durable_seq), tradelog,
         every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention, last_seq=recovered.snapshot_seq,
+        telemetry=telemetry,
     )  # fmt: skip
     snapshots = asyncio.create_task(snapshotter.run(), name="snapshots")
 
     # 8. Listen, and wait for SIGINT or SIGTERM (a second one exits at once).
+    probes = [LoopLag(telemetry), GcPauses(telemetry)]
+    for probe in probes:
+        probe.start()
+    telemetry.gauge("journal_seq", lambda: journal.durable_seq)
     tls = _tls_context(config)
     await admin.start(data.admin_socket)
     md_host, md_port = await notifier.start(config.md_host, config.md_port, tls)
@@ -183,6 +194,8 @@ async def serve(config: Config) -> int:
     await tradelog_task
     await accounts.close()
     data.admin_socket.unlink(missing_ok=True)
+    for probe in probes:
+        probe.stop()
     log.info("stopped", last_seq=journal.durable_seq, fsyncs=journal.commits)
     lock.release()
     return 0

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
+from typing import Callable
+
+from telemetry.histogram import Histogram
 
 
 def tune_runtime() -> None:
@@ -23,3 +27,14 @@ def tune_runtime() -> None:
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
     sys.setswitchinterval(0.0005)
+
+
+def timed(schedule: Callable[[Callable[[], None]], object], histogram: Histogram) -> Callable[[Callable[[], None]], object]:
+    """`schedule` (loop.call_soon) whose callbacks record how long each one ran."""
+
+    def run_timed(callback: Callable[[], None]) -> None:
+        started = time.perf_counter()
+        callback()
+        histogram.record(int((time.perf_counter() - started) * 1e6))
+
+    return lambda callback: schedule(lambda: run_timed(callback))

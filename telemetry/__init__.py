@@ -1,0 +1,1 @@
+"""What the server measures about itself: histograms, gauges and probes (docs/PERFORMANCE.md)."""
