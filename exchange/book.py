@@ -51,29 +51,19 @@ GTC, IOC, FOK, POST = TIF.GTC, TIF.IOC, TIF.FOK, TIF.POST
 ADDED, REMOVED = Liquidity.ADDED, Liquidity.REMOVED
 
 
-class Order:
-    """A resting (or matching) order. Mutable: leaves and price change as it lives."""
+class Order(msgspec.Struct, gc=False):
+    """A resting (or matching) order. Mutable: leaves and price change as it lives.
+    Untracked by the collector (its fields are numbers, strings and enum members): a
+    book of many orders costs a young-generation collection nothing."""
 
-    __slots__ = ("order_id", "side", "price", "leaves", "tif", "owner", "client_id", "budget")
-
-    def __init__(
-        self,
-        order_id: int,
-        side: Side,
-        price: int | None,
-        leaves: int,
-        tif: TIF,
-        owner: str,
-        client_id: str | None,
-    ) -> None:
-        self.order_id = order_id
-        self.side = side
-        self.price = price
-        self.leaves = leaves
-        self.tif = tif
-        self.owner = owner
-        self.client_id = client_id
-        self.budget: int | None = None  # a market BUY's spending limit, lots x ticks
+    order_id: int
+    side: Side
+    price: int | None
+    leaves: int
+    tif: TIF
+    owner: str
+    client_id: str | None
+    budget: int | None = None  # a market BUY's spending limit, lots x ticks
 
 
 class Level:

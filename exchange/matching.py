@@ -19,8 +19,9 @@ from protocol.messages import Command, Event, OrderCommand, Transfer
 Sink = Callable[[list[Event]], None]
 Schedule = Callable[[Callable[[], None]], object]
 # Commands applied per step: long enough to batch the sinks' work, short enough that
-# sockets are served within a few milliseconds (the rest goes in the next step).
-DRAIN_SLICE = 2_000
+# sockets are served within a few milliseconds (the rest goes in the next step): 500
+# commands and their sinks take ~15-25 ms at worst here (2,000 took up to 158 ms).
+DRAIN_SLICE = 500
 
 
 class SymbolMatcher:
@@ -86,6 +87,10 @@ class Matching:
         this holds under continuous load too (unlike waiting for every queue to empty).
         """
         return all(not m.inbox or m.inbox[0][0] > seq for m in self.matchers.values())
+
+    def queued(self) -> int:
+        """Commands durable and waiting to be matched, over every symbol."""
+        return sum(len(m.inbox) for m in self.matchers.values())
 
     def drain_all(self) -> None:
         """Apply everything queued now (shutdown)."""

@@ -8,16 +8,17 @@ price are the book's. Entries come in with ACKs and leave with the final FILL or
 
 from __future__ import annotations
 
+import msgspec
+
 from protocol.messages import NewOrder
 
 
-class Entry:
-    """An open order as the gateway knows it: its command, and the form of its reports."""
+class Entry(msgspec.Struct, gc=False):
+    """An open order as the gateway knows it: its command, and the form of its reports.
+    Untracked by the collector (refers to nothing that refers back): one per open order."""
 
-    __slots__ = ("cmd", "json")
-
-    def __init__(self, cmd: NewOrder, json: bool) -> None:
-        self.cmd, self.json = cmd, json
+    cmd: NewOrder
+    json: bool
 
 
 class OwnerOrders:

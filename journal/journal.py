@@ -37,6 +37,9 @@ OnDurable = Callable[[int, list[Command], int, bytes], None]
 # A torn tail is at most the last unsynced write; more undecodable bytes than this at the
 # end of a segment means damage in the middle, and we refuse to guess.
 MAX_TORN_TAIL = 64 * 1024 * 1024
+# Commands that go to the writer at once without waiting for the end of the loop step: under
+# overload a step is long (many clients' input), and the disk need not wait for all of it.
+SEND_AT = 256
 
 
 class JournalCorrupt(Exception):
@@ -173,11 +176,14 @@ class Journal:
         """Queue a command for the next group commit; return its sequence number."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             self._first_at = time.perf_counter()
             if self._loop is not None:
                 self._loop.call_soon(self._send)  # once this loop iteration's reads are in
-        self._pending.append(cmd)
+        pending.append(cmd)
+        if len(pending) >= SEND_AT:
+            self._send()
         return seq
 
     async def start(self, on_durable: OnDurable) -> None:

@@ -134,7 +134,7 @@ async def serve(config: Config) -> int:
         instruments, books, risk, journal.append, lambda: journal.next_seq, lambda: journal.durable_seq, matching.applied,
         version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
     )  # fmt: skip
-    gateway = Gateway(desk, telemetry=telemetry)
+    gateway = Gateway(desk, telemetry=telemetry, backlog=lambda: journal.next_seq - 1 - journal.durable_seq + matching.queued())
     admin = AdminServer(desk, accounts.exists, telemetry)  # deposits and withdrawals, figures; on a Unix socket
 
     # 5. The notifier: market data for subscribers; REPLAY of older trades from the trade log.
