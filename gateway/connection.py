@@ -268,8 +268,9 @@ class Connection:
         return b"" if self.done else data
 
     def goodbye(self, text: str) -> bytes:
-        """The server is closing: everything held (all durable by now), then BYE."""
-        out = self._release(1 << 62, force=True)
+        """The server is closing: everything held for durable commands (all of them, unless
+        the journal failed: then nothing after the first that is not), then BYE."""
+        out = self._release(self.desk.durable_seq(), force=True)
         self.done = True
         bye = R.Bye(text)
         return out + encode(bye, self.json_mode)
@@ -281,8 +282,10 @@ class Connection:
         out: list[bytes] = []
         while held:
             h = held[0]
+            if h.seq > durable_seq:
+                break  # never an ACK (or anything after it) for a command not on disk
             if not force:
-                if h.fetching or (not self.desk.settled(h.seq) if h.settle else h.seq > durable_seq):
+                if h.fetching or (h.settle and not self.desk.settled(h.seq)):
                     break
                 first = h.items[0] if h.items else None
                 if isinstance(first, tuple) and isinstance(first[0], FETCHED):

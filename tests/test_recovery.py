@@ -185,16 +185,37 @@ def test_an_overloaded_trade_log_drops_rows_and_the_next_restart_fills_the_gap(t
     assert replay_verify(data).returncode == 0
 
 
+def child_processes(pid: int, module: str) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if module in Path(f"/proc/{c}/cmdline").read_text().replace("\0", " ")]
+
+
+def test_a_dead_journal_writer_stops_the_server_and_acknowledges_nothing_more(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = Server(data).start()
+    maker = server.client("t1")
+    assert maker.ask("SELL ES 10 4500") == ["ACK 61 SELL ES 10 4500.00 GTC"]
+    assert server.proc is not None
+    [writer] = child_processes(server.proc.pid, "journal.journal_writer")
+    os.kill(writer, signal.SIGKILL)
+    maker.send("SELL ES 1 4501\n")  # nothing can be made durable any more
+    assert server.proc.wait(10) == 1  # it stops, and says it failed
+    assert maker.line() == "BYE shutting down"  # and never an ACK for what is not on disk
+    assert any("journal_write_failed" in line for line in server.log)
+
+    server = Server(data).start()  # what was acknowledged is there
+    assert server.client("t1").ask("ORDERS", 3)[:2] == ["ORDERS 1", "ORDER 61 SELL ES 10 4500.00 GTC"]
+    server.stop()
+
+
 def test_a_dead_trade_log_writer_costs_no_order_and_the_restart_fills_the_log(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = Server(data).start()
     maker, taker = server.client(), server.client()
     maker.ask("SELL ES 10 4500")
     assert server.proc is not None
-    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
-    assert children, "the trade log writer process"
-    for pid in children:
-        os.kill(int(pid), signal.SIGKILL)
+    [writer] = child_processes(server.proc.pid, "journal.tradelog_writer")
+    os.kill(writer, signal.SIGKILL)
     time.sleep(0.2)
     assert taker.ask("BUY ES 3", 2) == ["ACK 62 BUY ES 3 MKT IOC", "FILL 62 ES BUY 3 4500.00 leaves=0 trade=62-1 liq=R"]
     assert maker.line() == "FILL 61 ES SELL 3 4500.00 leaves=7 trade=62-1 liq=A"

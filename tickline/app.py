@@ -89,6 +89,12 @@ class Durable:
 async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
+    failures: list[BaseException] = []
+
+    def journal_failed(exc: BaseException) -> None:
+        failures.append(exc)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):  # from the start: a signal during recovery waits for it
         loop.add_signal_handler(sig, stop.set)
     data = DataDir(config.data_dir)
@@ -101,7 +107,7 @@ async def serve(config: Config) -> int:
     lock = DataDirLock(data)
     lock.acquire()
     journal = Journal(
-        data.journal, segment_bytes=config.segment_bytes, on_failure=lambda exc: stop.set(), telemetry=telemetry, inherit_fds=(lock.fileno(),),
+        data.journal, segment_bytes=config.segment_bytes, on_failure=journal_failed, telemetry=telemetry, inherit_fds=(lock.fileno(),),
     )  # fmt: skip
 
     # 2. The trade log, then the books: the newest snapshot + the journal tail, whose
@@ -198,7 +204,7 @@ async def serve(config: Config) -> int:
         probe.stop()
     log.info("stopped", last_seq=journal.durable_seq, fsyncs=journal.commits)
     lock.release()
-    return 0
+    return 1 if failures else 0
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
