@@ -38,9 +38,13 @@ class Histogram:
         self.count = self.total = self.max = 0
 
     def record(self, value: int) -> None:
-        if value < 0:
-            value = 0
-        self.counts[bucket_of(value) if value >= EXACT else value] += 1
+        if value < EXACT:  # bucket_of, inlined: this runs for every socket read
+            if value < 0:
+                value = 0
+            self.counts[value] += 1
+        else:
+            shift = value.bit_length() - SUB_BITS - 1
+            self.counts[shift * SUB + (value >> shift)] += 1
         self.count += 1
         self.total += value
         if value > self.max:
