@@ -263,6 +263,7 @@ class PhaseResult:
     silence_ms: float = 0.0  # the longest interval with no reply while requests were outstanding
     send_lag_ms: dict[str, float] = field(default_factory=dict)  # open loop: the generator's own lateness
     telemetry: dict = field(default_factory=dict)  # the exchange's own figures for the phase (admin TELEMETRY)
+    cpu_us_per_request: dict[str, float] = field(default_factory=dict)  # CPU time by thread/process over requests answered
 
 
 def _summary(values: array[int]) -> dict[str, float]:
@@ -405,7 +406,9 @@ def server_telemetry(data_dir: Path, reset: bool = False) -> dict:
     from netio.unix_lines import send_lines
 
     replies = send_lines(data_dir / "admin.sock", ["TELEMETRY RESET" if reset else "TELEMETRY"], timeout=10)
-    return dict(json.loads(replies[0])) if replies else {}
+    if not replies or not replies[0].startswith("{"):
+        return {}  # a server from before TELEMETRY: no breakdown
+    return dict(json.loads(replies[0]))
 
 
 # What the breakdown shows of the exchange's figures, in the order a request meets them.
@@ -427,6 +430,8 @@ BREAKDOWN = [
 def breakdown(r: PhaseResult) -> list[str]:
     """Where the time went in one exchange phase: the generator's lag, then the server's stages."""
     rows = [f"  {r.phase}: longest interval with no reply {r.silence_ms:.1f} ms"]
+    if r.cpu_us_per_request:
+        rows.append("    CPU per request answered (us): " + ", ".join(f"{k} {v:g}" for k, v in r.cpu_us_per_request.items()))
     lag = r.send_lag_ms
     if lag:
         rows.append(f"    {'load generator lag (planned -> sent)':46} p50 {lag['p50']:8.2f}  p99 {lag['p99']:8.2f}  max {lag['max']:8.1f} ms")
@@ -441,6 +446,47 @@ def breakdown(r: PhaseResult) -> list[str]:
     return rows
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user + system) of a server's threads and child processes, by name, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+
+    def times(stat: str) -> float:
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            name = "server main thread" if tid == str(pid) else "server other threads"
+            out[name] = out.get(name, 0.0) + times(stat)
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_text()
+            name = "journal writer" if "journal_writer" in cmdline else "trade-log writer" if "tradelog_writer" in cmdline else "other child"
+            out[name] = out.get(name, 0.0) + times(Path(f"/proc/{child}/stat").read_text())
+    except OSError:
+        pass  # not Linux, or the server is gone
+    return out
+
+
+ALL_CPUS: set[int] = set()
+
+
+def pin_generator() -> int | None:
+    """Run this process (the load generator) on the last CPU only, so that the scheduler
+    never puts it on the core the server's event loop is using; servers started later get
+    every CPU back (ServerProcess). On a 2-vCPU VM it did not lower the tail reliably
+    (docs/PERFORMANCE.md), so it is an option. Returns the CPU, or None if not possible."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    ALL_CPUS.update(cpus)
+    os.sched_setaffinity(0, {cpus[-1]})
+    return cpus[-1]
+
+
 class ServerProcess:
     def __init__(self, kind: str, data_dir: Path) -> None:
         self.kind = kind
@@ -451,6 +497,8 @@ class ServerProcess:
             cmd = [sys.executable, "-m", "bench.baseline", "--port", "0"]
             pattern, stream = r"port=(\d+)", "stdout"
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if ALL_CPUS:  # the generator is pinned; the server is not
+            os.sched_setaffinity(self.proc.pid, ALL_CPUS)
         pipe = self.proc.stderr if stream == "stderr" else self.proc.stdout
         deadline = time.monotonic() + 20
         self.port = self.md_port = 0
@@ -565,10 +613,14 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
                     fund_accounts(data, logins)
                     server_telemetry(data, reset=True)  # the phase's figures only, not the start's
                 gap = args.send_every_ms if args.send_every_ms is not None else (0.1 if (rate or 0) <= 20_000 else 1.0)
+                cpu_before, generator_before = cpu_seconds(server.proc.pid), time.process_time()
                 result = run_phase(
                     server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000,
                     md_port=server.md_port, subscribers=args.subscribers, logins=logins,
                 )  # fmt: skip
+                cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(server.proc.pid).items()}
+                cpu["load generator"] = time.process_time() - generator_before
+                result.cpu_us_per_request = {k: round(v / max(result.completed, 1) * 1e6, 1) for k, v in cpu.items()}
                 if logins:
                     result.telemetry = server_telemetry(data)
                 results.append(result)
@@ -594,11 +646,16 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--subscribers", type=int, default=0, help="market-data subscribers following every trade (exchange only)")
     parser.add_argument("--only", choices=["baseline", "exchange"])
+    parser.add_argument(
+        "--pin-generator", action="store_true",
+        help="run the load generator on the last CPU only (the servers keep every CPU): how much of the tail is the generator's sharing the server's core",
+    )  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "bench", help="where the exchange's journal goes (its disk is probed)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "load.json")
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
+    args.pinned = pin_generator() if args.pin_generator else None
 
     fsync = fsync_latency_us(args.data_dir)
     fsync_ms = {"p50": fsync[len(fsync) // 2] / 1000, "p99": fsync[int(len(fsync) * 0.99)] / 1000}
@@ -608,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fsync floor ({args.data_dir}, 4 KiB append + fdatasync): p50 {fsync_ms['p50']:.2f} ms, p99 {fsync_ms['p99']:.2f} ms")
     every = f"{args.send_every_ms:g} ms" if args.send_every_ms is not None else "0.1 ms up to 20,000/s, 1 ms above"
     print(f"{args.connections} connections, seed {args.seed}, open loop writes every {every}; baseline = bench/baseline.py (no work, same generator)")
+    where = f"pinned to CPU {args.pinned}, the servers on all CPUs" if args.pinned is not None else "on the same CPUs as the servers"
+    print(f"load generator: {where}")
     print(table(results))
     print("where the time went (exchange; server figures from its admin channel's TELEMETRY, reset when each phase starts):")
     for r in results:

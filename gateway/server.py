@@ -310,6 +310,8 @@ class Gateway:
         for session in list(waiting):
             if not session._after(session.conn.durable(durable_seq)):
                 del waiting[session]
+        if self._dirty:  # ACKs now, not behind the matching steps this batch just queued
+            self._write_out()
 
     def on_matched(self) -> None:
         """A matching step ran: queries, QUITs and EOFs waiting for it may go, and clients
