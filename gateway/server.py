@@ -199,6 +199,7 @@ class Gateway:
         self.desk = desk
         self.backlog = backlog  # commands accepted and not yet matched
         self._held_back: dict[Session, None] = {}  # sessions not read from until matching catches up
+        self._intake_held = False  # a snapshot waits for matching to drain: read from nobody
         t = telemetry or Telemetry()
         self.read_us = t.histogram("gateway_read_us", "one socket read: parse, hold funds, journal, reply")
         t.gauge("gateway_sessions", lambda: len(self.sessions))
@@ -274,15 +275,23 @@ class Gateway:
         """Matching is too far behind: stop reading from this session until it catches up."""
         if session in self._held_back:
             return True
-        if self.backlog() < BACKLOG_HIGH:
+        if not self._intake_held and self.backlog() < BACKLOG_HIGH:
             return False
         self._held_back[session] = None
         if session.flow is not None:
             session.flow.pause("backlog")
         return True
 
+    def hold_intake(self, on: bool) -> None:
+        """Stop (or start again) reading new commands from every client: a snapshot needs
+        matching to catch up with the journal, which never happens under sustained
+        overload while clients keep sending."""
+        self._intake_held = on
+        if not on:
+            self._release_held_back()
+
     def _release_held_back(self) -> None:
-        if self._held_back and self.backlog() < BACKLOG_LOW:
+        if self._held_back and not self._intake_held and self.backlog() < BACKLOG_LOW:
             held, self._held_back = self._held_back, {}
             for session in held:
                 if session.flow is not None:

@@ -29,6 +29,11 @@ from telemetry.registry import Telemetry
 
 log = structlog.get_logger("snapshots")
 
+# Seconds a snapshot waits for matching to drain before it stops order intake: under
+# sustained overload (clients sending more than matching can take) the queues never
+# empty by themselves, and without snapshots a restart would replay without bound.
+QUIESCE_PATIENCE = 0.2
+
 
 class Snapshotter:
     def __init__(
@@ -46,6 +51,7 @@ class Snapshotter:
         retention: str = "keep",
         last_seq: int = 0,
         telemetry: Telemetry | None = None,
+        hold_intake: Callable[[bool], None] = lambda on: None,
     ) -> None:
         self.directory = DataDir(data_dir).snapshots
         self.journal_dir = DataDir(data_dir).journal
@@ -59,6 +65,7 @@ class Snapshotter:
         self.keep = keep
         self.retention = retention
         self.last_seq = last_seq
+        self.hold_intake = hold_intake  # stop reading new commands while matching catches up
         t = telemetry or Telemetry()
         self._h_capture = t.histogram("snapshot_capture_us", "copying the books and balances, on the event loop")
         self._h_write = t.histogram("snapshot_write_us", "hashing, encoding and writing one, in a thread")
@@ -74,8 +81,17 @@ class Snapshotter:
                     last_time = loop.time()
 
     async def take(self) -> Path | None:
-        while not self.quiescent():
-            await asyncio.sleep(0.001)
+        started = time.perf_counter()
+        try:
+            while not self.quiescent():
+                if time.perf_counter() - started > QUIESCE_PATIENCE:
+                    self.hold_intake(True)  # overloaded: matching never catches up otherwise
+                await asyncio.sleep(0.001)
+            return await self._take()
+        finally:
+            self.hold_intake(False)
+
+    async def _take(self) -> Path | None:
         seq = self.durable_seq()
         if seq <= self.last_seq:
             return None  # nothing new since the last one
@@ -85,6 +101,7 @@ class Snapshotter:
             return None
         started = time.perf_counter()
         captured = capture(self.books, self.risk, seq)
+        self.hold_intake(False)  # captured: the books may move on
         self._h_capture.record(int((time.perf_counter() - started) * 1e6))
         rows = self.tradelog.queued
         while self.tradelog.committed < rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -148,3 +149,48 @@ def test_every_acked_order_survives_kill_9(tmp_path: Path) -> None:
         assert resumed.ask("ORDERS")[0] == f"ORDERS {len(journaled)}"
     finally:
         again.kill()
+
+
+def test_snapshots_are_still_taken_while_clients_send_more_than_matching_can_take(tmp_path: Path) -> None:
+    # Above capacity the matching queues never empty by themselves, and a snapshot waits for
+    # them to: the snapshotter stops order intake for a moment instead (seen: no snapshot in
+    # 10 s at 100,000 orders/s offered, so a restart would have replayed without bound).
+    server = Server(tmp_path / "data", "--snapshot-every", "2000", "--snapshot-interval", "0.2").start()
+    snapshots = tmp_path / "data" / "snapshots"
+    flooding = threading.Event()
+    flooding.set()
+
+    def flood(client: Client) -> None:
+        chunk = "".join(f"BUY AAPL 1 {1 + i % 90}.00\n" for i in range(2_000)).encode()
+        while flooding.is_set():
+            try:
+                client.sock.sendall(chunk)
+            except TimeoutError:
+                continue  # the server is not reading from us for now (that is the point)
+            except OSError:
+                return
+
+    def drain(client: Client) -> None:
+        client.sock.settimeout(0.5)
+        while flooding.is_set():
+            try:
+                client.sock.recv(1 << 20)
+            except (TimeoutError, OSError):
+                pass
+
+    try:
+        clients = [server.client() for _ in range(3)]
+        threads = [threading.Thread(target=f, args=(c,), daemon=True) for c in clients for f in (flood, drain)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # the queues fill and stay full
+        before = {p.name for p in snapshots.glob("snap-*.tls")}
+        new: set[str] = set()
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline and len(new) < 2:
+            new.update(p.name for p in snapshots.glob("snap-*.tls") if p.name not in before)
+            time.sleep(0.05)
+        assert len(new) >= 2, f"snapshots written under overload: {sorted(new)}"
+    finally:
+        flooding.clear()
+        server.kill()

@@ -163,7 +163,7 @@ async def serve(config: Config) -> int:
     snapshotter = Snapshotter(
         config.data_dir, books, risk, lambda: journal.durable_seq, lambda: desk.settled(journal.durable_seq), tradelog,
         every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention, last_seq=recovered.snapshot_seq,
-        telemetry=telemetry,
+        telemetry=telemetry, hold_intake=gateway.hold_intake,
     )  # fmt: skip
     snapshots = asyncio.create_task(snapshotter.run(), name="snapshots")
 
