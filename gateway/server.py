@@ -319,8 +319,11 @@ class Gateway:
         for session in list(waiting):
             if not session._after(session.conn.durable(durable_seq)):
                 del waiting[session]
-        if self._dirty:  # ACKs now, not behind the matching steps this batch just queued
-            self._write_out()
+        # The ACKs go out with this loop step's write (_write_out, queued after the matching
+        # steps this batch just queued), not at once: a client that has its ACK finds the
+        # order on the book. Written at once, a market order sent right after a resting
+        # order's ACK was priced against a book without it (tests/test_recovery.py saw
+        # "no_liquidity"), for ~0.1 ms less latency and no less CPU.
 
     def on_matched(self) -> None:
         """A matching step ran: queries, QUITs and EOFs waiting for it may go, and clients
