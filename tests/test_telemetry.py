@@ -48,3 +48,24 @@ def test_the_admin_channel_reports_the_commit_cycle_and_resets(tmp_path) -> None
         assert after["journal_fdatasync_us"]["count"] == 0  # reset
     finally:
         server.stop()
+
+
+def test_tickline_telemetry_prints_the_running_servers_figures(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    server = Server(tmp_path / "data").start()
+    try:
+        client = server.client()
+        assert client.ask("BUY AAPL 1 100")[0].startswith("ACK")
+        out = subprocess.run(
+            [sys.executable, "-m", "tickline.cli", "telemetry", "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, timeout=30
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        rows = {line.split()[0]: line for line in out.stdout.splitlines()}
+        assert rows["journal_fdatasync_us"].split()[1:3] != ["count", "0"]  # the ACK above was fsync'd
+        assert rows["gateway_sessions"].split()[1] == "1"
+    finally:
+        server.stop()
+    stopped = subprocess.run([sys.executable, "-m", "tickline.cli", "telemetry", "--data-dir", str(tmp_path / "data")], capture_output=True, text=True)
+    assert stopped.returncode == 1 and "no server is running" in stopped.stderr

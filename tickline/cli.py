@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         move.add_argument("amount")
         move.add_argument("--ref", required=True, help="your unique id for this transfer (1-64 of A-Z a-z 0-9 . _ : -)")
 
+    telemetry = commands.add_parser("telemetry", help="the running server's own figures: each stage's latency histogram (docs/PERFORMANCE.md)")
+    _common(telemetry)
+    telemetry.add_argument("--reset", action="store_true", help="then start the figures again")
+    telemetry.add_argument("--json", action="store_true", help="one line of JSON, as the admin channel says it")
+
     balances = commands.add_parser("balances", help="every account's balances, from the journal (offline: the server may run or not)")
     _common(balances)
     balances.add_argument("--account")
@@ -153,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
         return _replay(args)
     if args.command == "accounts":
         return _accounts(args)
+    if args.command == "telemetry":
+        return _telemetry(args)
     if args.command == "balances":
         return _balances(args)
     if args.command == "trades":
@@ -172,21 +179,43 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(f"unknown command {args.command}")
 
 
+def _admin(data: DataDir, line: str, why: str) -> str:
+    """One request to the running server's admin channel, its one-line reply."""
+    from netio.unix_lines import send_lines
+
+    try:
+        reply = send_lines(data.admin_socket, [line])
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise OperatorError(f"no server is running on {data.root}: start it ({why})") from None
+    except PermissionError:
+        raise OperatorError(f"{data.admin_socket}: only the user who runs the server may use it") from None
+    return reply[0] if reply else "ERR no_reply the server closed the admin channel"
+
+
+def _telemetry(args: argparse.Namespace) -> int:
+    import json
+
+    text = _admin(DataDir(args.data_dir), "TELEMETRY RESET" if args.reset else "TELEMETRY", "the figures are the server's")
+    if args.json or not text.startswith("{"):
+        sys.stdout.write(text + "\n")
+        return 0 if text.startswith("{") else 1
+    for name, value in json.loads(text).items():
+        if isinstance(value, dict):
+            figures = "  ".join(f"{k} {v:,}" for k, v in value.items())
+            sys.stdout.write(f"{name:26} {figures}\n")
+        else:
+            sys.stdout.write(f"{name:26} {value:,}\n")
+    return 0
+
+
 def _accounts(args: argparse.Namespace) -> int:
     from journal.accounts import AccountAdmin
 
     data = DataDir(args.data_dir)
     if args.action in ("deposit", "withdraw"):
-        from netio.unix_lines import send_lines
 
         line = f"{args.action.upper()} {args.name} {args.asset} {args.amount} {args.ref}"
-        try:
-            reply = send_lines(data.admin_socket, [line])
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise OperatorError(f"no server is running on {args.data_dir}: start it (a transfer is journaled by the server)") from None
-        except PermissionError:
-            raise OperatorError(f"{data.admin_socket}: only the user who runs the server may use it") from None
-        text = reply[0] if reply else "ERR no_reply the server closed the admin channel"
+        text = _admin(data, line, "a transfer is journaled by the server")
         sys.stdout.write(text + "\n")
         return 0 if text.startswith("OK") else 1
     admin = AccountAdmin(data.accounts)
