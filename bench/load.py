@@ -413,6 +413,7 @@ def server_telemetry(data_dir: Path, reset: bool = False) -> dict:
 
 # What the breakdown shows of the exchange's figures, in the order a request meets them.
 BREAKDOWN = [
+    ("gateway_ack_us", "server: read -> the write carrying its ACKs"),
     ("gateway_read_us", "socket read (parse, hold, journal append)"),
     ("journal_queued_us", "journal: first append -> sent to the writer"),
     ("journal_write_us", "journal writer: write"),

@@ -1,8 +1,9 @@
 """Per-symbol matching queues: each owns one Book and applies its commands in journal order.
 
 No event loop here: a SymbolMatcher is given a `schedule` callable (the composition root
-passes loop.call_soon) and asks it to run `drain` when its queue stops being empty, so
-each symbol's work runs as its own step of the loop, after whatever queued it. `drain`
+passes loop.call_soon). A durable batch is applied at once, up to DRAIN_SLICE commands per
+symbol; what is left runs as that symbol's own later steps of the loop, so a backlog never
+holds the loop for long and other work (sockets, the journal) is served in between. `drain`
 moves commands through Book.apply (which never awaits) and hands the events to the sinks
 it was given (execution reports, trade log, market data), one call per drained batch so
 that downstream work is batched too.
@@ -65,6 +66,7 @@ class Matching:
     def __init__(self, books: dict[str, Book], schedule: Schedule) -> None:
         self.sinks: list[Sink] = []  # shared by every matcher; filled by send_to
         self.matchers = {symbol: SymbolMatcher(book, self.sinks, schedule) for symbol, book in books.items()}
+        self._now: list[SymbolMatcher] = []  # queued for by submit(), applied by apply_now()
 
     def send_to(self, sinks: list[Sink]) -> None:
         """Where each drained batch's events go, in this order."""
@@ -72,13 +74,27 @@ class Matching:
 
     def submit(self, first_seq: int, cmds: list[Command]) -> None:
         """A durable journal batch: each order command to its symbol's queue, in journal order
-        (a transfer took effect when it was sequenced: it has nothing to match)."""
-        matchers = self.matchers
+        (a transfer took effect when it was sequenced: it has nothing to match). Symbols that
+        had nothing queued are applied by apply_now(), which the caller runs once it has
+        released the batch's replies; a symbol already behind keeps its turn in the loop."""
+        matchers, now = self.matchers, self._now
         for seq, cmd in enumerate(cmds, first_seq):
             # type() is, not isinstance: isinstance on a msgspec Struct costs ~0.2 us here.
             if type(cmd) is not Transfer:
                 order = cast(OrderCommand, cmd)
-                matchers[order.symbol].submit(seq, order)
+                m = matchers[order.symbol]
+                m.inbox.append((seq, order))
+                if not m._scheduled:
+                    m._scheduled = True  # claimed by apply_now
+                    now.append(m)
+
+    def apply_now(self) -> None:
+        """Apply what submit() queued for idle symbols, up to DRAIN_SLICE commands each, now
+        (the rest as later loop steps): the ACKs released before this go out with the fills,
+        in the same write, and a client holding an ACK finds its order on the book."""
+        now, self._now = self._now, []
+        for m in now:
+            m.drain()
 
     def applied(self, seq: int) -> bool:
         """Whether every command with a sequence <= seq that reached matching is applied.

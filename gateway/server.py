@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections import deque
 from typing import Callable, cast
 
 import structlog
@@ -59,6 +60,7 @@ class Session(asyncio.Protocol):
         self.outbuf: list[bytes] = []
         self._over_inflight = False  # the last state told to flow control
         self.unread = b""  # input read from the socket and not yet handed to the Connection
+        self._read_at: deque[tuple[int, float]] = deque()  # (last seq a read journaled, when read): for gateway_ack_us
 
     @property
     def owner(self) -> str:
@@ -92,7 +94,10 @@ class Session(asyncio.Protocol):
 
     def _receive(self, data: bytes) -> None:
         started = time.perf_counter()
+        journaled = self.conn.last_seq
         self._after(self.conn.receive(data))
+        if self.conn.last_seq != journaled:
+            self._read_at.append((self.conn.last_seq, started))
         self.gw.read_us.record(int((time.perf_counter() - started) * 1e6))
 
     def take_slice(self) -> bool:
@@ -170,6 +175,11 @@ class Session(asyncio.Protocol):
         if transport is None or transport.is_closing():
             self.outbuf.clear()
             return
+        read_at = self._read_at
+        if read_at:  # this write carries the replies of every read journaled up to durable
+            now, durable = time.perf_counter(), self.gw.desk.durable_seq()
+            while read_at and read_at[0][0] <= durable:
+                self.gw.ack_us.record(int((now - read_at.popleft()[1]) * 1e6))
         if self.outbuf:
             data = b"".join(self.outbuf) if len(self.outbuf) > 1 else self.outbuf[0]
             self.outbuf.clear()
@@ -202,6 +212,7 @@ class Gateway:
         self._intake_held = False  # a snapshot waits for matching to drain: read from nobody
         t = telemetry or Telemetry()
         self.read_us = t.histogram("gateway_read_us", "one socket read: parse, hold funds, journal, reply")
+        self.ack_us = t.histogram("gateway_ack_us", "a read's commands -> the write that carries their ACKs")
         t.gauge("gateway_sessions", lambda: len(self.sessions))
         self.max_sessions = max_sessions
         self.sessions: dict[Session, None] = {}
@@ -259,6 +270,15 @@ class Gateway:
         if not self._dirty:
             asyncio.get_running_loop().call_soon(self._write_out)
         self._dirty[session] = None
+
+    def write_now(self) -> None:
+        """Write what is queued now, not at the end of the loop step: a durable batch's ACKs
+        and fills, once matching has applied it (tickline/app.py, Durable). Left to the end
+        of the step, ACKs waited behind other callbacks: 0.7 ms p50, 3.3 ms p99 at 10,000/s.
+        (Written before matching, a market order sent right after a resting order's ACK was
+        priced against a book without it: tests/test_recovery.py saw "no_liquidity".)"""
+        if self._dirty:
+            self._write_out()
 
     def _write_out(self) -> None:
         dirty, self._dirty = self._dirty, {}
@@ -319,11 +339,7 @@ class Gateway:
         for session in list(waiting):
             if not session._after(session.conn.durable(durable_seq)):
                 del waiting[session]
-        # The ACKs go out with this loop step's write (_write_out, queued after the matching
-        # steps this batch just queued), not at once: a client that has its ACK finds the
-        # order on the book. Written at once, a market order sent right after a resting
-        # order's ACK was priced against a book without it (tests/test_recovery.py saw
-        # "no_liquidity"), for ~0.1 ms less latency and no less CPU.
+
 
     def on_matched(self) -> None:
         """A matching step ran: queries, QUITs and EOFs waiting for it may go, and clients

@@ -49,16 +49,21 @@ class Bench:
         self.journaled.append(cmd)
         return len(self.journaled)
 
-    def sync(self) -> None:
-        """The journal commits everything appended: matching is queued, replies released."""
+    def sync(self, match: bool = True) -> None:
+        """The journal commits everything appended: queued for matching, replies released,
+        then matching applies what it can at once (the server's order, tickline/app.py
+        Durable); match=False: as if matching were behind, it waits for match()."""
         first = self.durable + 1
         self.durable = len(self.journaled)
         self.matching.submit(first, self.journaled[first - 1 :])
         for conn in self.conns:
             self.out[conn] += conn.durable(self.durable)
+        if match:
+            self.matching.apply_now()
 
     def match(self) -> None:
-        """Run the scheduled matching steps."""
+        """Run what matching has left: the batch sync(match=False) held, the scheduled steps."""
+        self.matching.apply_now()
         while self.steps:
             self.steps.pop(0)()
 
@@ -107,10 +112,9 @@ def test_replies_keep_request_order_and_queries_read_the_sessions_own_writes() -
     b.send(c, "BUY AAPL 1 96.00 id=o1\nCANCEL id=o1\nORDERS\nBOOK AAPL 10\nPING\n")
     assert b.take(c) == []
     assert b.journaled and len(b.journaled) == 2  # the BUY and the CANCEL; ORDERS waits
-    b.sync()
-    assert b.take(c) == ["ACK 1 BUY AAPL 1 96.00 GTC id=o1"]
-    b.match()
+    b.sync()  # durable, and matched in the same step: the ACK first, then what matching said
     assert b.take(c) == [
+        "ACK 1 BUY AAPL 1 96.00 GTC id=o1",
         "CANCELED 1 leaves=1 reason=user id=o1",
         "ORDERS 0", "END",
         "BOOK AAPL bids=0 asks=0", "END",
@@ -142,7 +146,7 @@ def test_quit_says_bye_after_the_reports_of_everything_before_it() -> None:
     b.send(buyer, "BUY AAPL 5 100 IOC\nQUIT\nBUY AAPL 1 1\n")
     assert len(b.journaled) == 2  # nothing after QUIT
     assert b.take(buyer) == [] and not buyer.done
-    b.sync()
+    b.sync(match=False)  # matching behind: durable now, matched a step later
     assert b.take(buyer) == ["ACK 2 BUY AAPL 5 100.00 IOC"]
     assert not buyer.done  # the fill has not happened yet
     b.match()

@@ -71,9 +71,12 @@ DEMO_FUNDS = [("USD", "1000000"), ("AAPL", "1000"), ("BTC", "10"), ("ES", "100")
 
 class Durable:
     """Where a batch goes once the journal has it on disk, in this order: its commands to
-    matching (queued; applied in later loop steps), its replies released to the sessions
-    (so an order's ACK always goes out before its FILL, in the same write) and to the
-    admin channel, its rows to the trade log."""
+    matching's queues (so nothing reads them as matched yet); its replies released to the
+    sessions (queued, not yet written) and to the admin channel; its rows to the trade log
+    (the batch's time before its trades); matching applies it (now, up to a slice per
+    symbol: the fills queue behind the ACKs); then one write per session. So an order's
+    ACK goes out before its FILL, in the same write, and a client holding an ACK finds the
+    order on the book."""
 
     def __init__(self, matching: Matching, gateway: Gateway, admin: AdminServer, tradelog: TradeLog) -> None:
         self.matching, self.gateway, self.admin, self.tradelog = matching, gateway, admin, tradelog
@@ -84,6 +87,8 @@ class Durable:
         self.gateway.on_durable(last)
         self.admin.on_durable(last)
         self.tradelog.on_durable(first_seq, len(cmds), record)
+        self.matching.apply_now()
+        self.gateway.write_now()
 
 
 async def serve(config: Config) -> int:
