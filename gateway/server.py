@@ -38,12 +38,11 @@ WRITE_CAP = 16 * 1024 * 1024
 # pauses meanwhile, so the kernel's buffers push back on it (TCP flow control).
 INPUT_SLICE = 8 * 1024
 # Commands accepted and not yet matched (journal in flight + matching queues) past which
-# the gateway stops reading from every client until matching is back under BACKLOG_LOW.
+# the gateway stops reading from every client until matching is back under half of it.
 # Order entry is cheaper than matching, so above capacity the queues would otherwise grow
 # without bound (measured: 50,000 waiting after 6 s at 100,000/s offered), and with them
 # memory, fill latency and the collector's work. ~8,000 is a quarter second of matching.
-BACKLOG_HIGH = 8_000
-BACKLOG_LOW = 4_000
+MAX_BACKLOG = 8_000
 
 
 class Session(asyncio.Protocol):
@@ -204,10 +203,12 @@ class Session(asyncio.Protocol):
 
 class Gateway:
     def __init__(
-        self, desk: OrderDesk, *, max_sessions: int = 5_000, telemetry: Telemetry | None = None, backlog: Callable[[], int] = lambda: 0,
+        self, desk: OrderDesk, *, max_sessions: int = 5_000, telemetry: Telemetry | None = None,
+        backlog: Callable[[], int] = lambda: 0, max_backlog: int = MAX_BACKLOG,
     ) -> None:  # fmt: skip
         self.desk = desk
         self.backlog = backlog  # commands accepted and not yet matched
+        self.max_backlog = max_backlog
         self._held_back: dict[Session, None] = {}  # sessions not read from until matching catches up
         self._intake_held = False  # a snapshot waits for matching to drain: read from nobody
         t = telemetry or Telemetry()
@@ -295,7 +296,7 @@ class Gateway:
         """Matching is too far behind: stop reading from this session until it catches up."""
         if session in self._held_back:
             return True
-        if not self._intake_held and self.backlog() < BACKLOG_HIGH:
+        if not self._intake_held and self.backlog() < self.max_backlog:
             return False
         self._held_back[session] = None
         if session.flow is not None:
@@ -311,7 +312,7 @@ class Gateway:
             self._release_held_back()
 
     def _release_held_back(self) -> None:
-        if self._held_back and not self._intake_held and self.backlog() < BACKLOG_LOW:
+        if self._held_back and not self._intake_held and self.backlog() < self.max_backlog // 2:
             held, self._held_back = self._held_back, {}
             for session in held:
                 if session.flow is not None:
@@ -327,7 +328,7 @@ class Gateway:
         for session in unread:
             if session.take_slice():
                 self.schedule_input(session)
-            elif session in self._ended:
+            elif session in self._ended and not session.unread:  # not merely held back
                 self._ended.discard(session)
                 session._after(session.conn.eof())
 

@@ -194,3 +194,18 @@ def test_snapshots_are_still_taken_while_clients_send_more_than_matching_can_tak
     finally:
         flooding.clear()
         server.kill()
+
+
+def test_more_orders_than_the_backlog_bound_then_a_half_close_gets_every_ack(tmp_path: Path) -> None:
+    # 30,000 orders in one go: read a slice at a time, held back while matching is more
+    # than --max-backlog behind; the half-close comes first and must wait for all of them.
+    server = Server(tmp_path / "data", "--max-backlog", "50").start()
+    client = server.client()
+    n = 30_000
+    client.send("".join(f"BUY AAPL 1 {1 + i % 50}.00 id=h{i}\n" for i in range(n)))
+    client.sock.shutdown(socket.SHUT_WR)
+    replies = client.lines(n, timeout=120)
+    assert replies[0] == "ACK 61 BUY AAPL 1 1.00 GTC id=h0"
+    assert replies[-1] == f"ACK {60 + n} BUY AAPL 1 {1 + (n - 1) % 50}.00 GTC id=h{n - 1}"
+    assert client.closed(timeout=30)  # and then the server closes: nothing more was sent
+    server.stop()

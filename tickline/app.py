@@ -54,6 +54,7 @@ class Config:
     segment_bytes: int = 64 * 1024 * 1024  # journal segment size before rotating
     retention: str = "keep"  # journal segments a snapshot covers: keep | delete
     tradelog_max_rows: int = 500_000  # rows waiting for SQLite before they are dropped
+    max_backlog: int = 8_000  # commands accepted and not yet matched before reading stops
     md_host: str = "127.0.0.1"
     md_port: int = 7002
     md_hard_cap: int = 8 * 1024 * 1024  # unread bytes before a subscriber is disconnected
@@ -145,7 +146,10 @@ async def serve(config: Config) -> int:
         instruments, books, risk, journal.append, lambda: journal.next_seq, lambda: journal.durable_seq, matching.applied,
         version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
     )  # fmt: skip
-    gateway = Gateway(desk, telemetry=telemetry, backlog=lambda: journal.next_seq - 1 - journal.durable_seq + matching.queued())
+    gateway = Gateway(
+        desk, telemetry=telemetry, max_backlog=config.max_backlog,
+        backlog=lambda: journal.next_seq - 1 - journal.durable_seq + matching.queued(),
+    )  # fmt: skip
     admin = AdminServer(desk, accounts.exists, telemetry)  # deposits and withdrawals, figures; on a Unix socket
 
     # 5. The notifier: market data for subscribers; REPLAY of older trades from the trade log.

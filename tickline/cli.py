@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--segment-mb", type=int, default=int(env("TICKLINE_SEGMENT_MB", "64")), help="journal segment size in MiB before rotating")
     serve.add_argument("--retention", choices=["keep", "delete"], default=env("TICKLINE_RETENTION", "keep"), help="journal segments covered by snapshots")
+    serve.add_argument(
+        "--max-backlog", type=int, default=int(env("TICKLINE_MAX_BACKLOG", "8000")),
+        help="commands accepted and not yet matched before the server stops reading from clients (until half that)",
+    )  # fmt: skip
     serve.add_argument("--tradelog-max-rows", type=int, default=int(env("TICKLINE_TRADELOG_MAX_ROWS", "500000")), help="trade log queue bound")
     serve.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
     serve.add_argument("--tls-cert", type=Path, default=env("TICKLINE_TLS_CERT"), help="certificate chain (PEM): both ports speak TLS")
@@ -149,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         config = Config(
             args.host, args.port, args.data_dir, args.instruments,
             snapshot_every=args.snapshot_every, snapshot_interval=args.snapshot_interval, segment_bytes=args.segment_mb * 1024 * 1024,
-            retention=args.retention, tradelog_max_rows=args.tradelog_max_rows,
+            retention=args.retention, tradelog_max_rows=args.tradelog_max_rows, max_backlog=args.max_backlog,
             md_host=args.md_host, md_port=args.md_port, md_hard_cap=args.md_hard_cap, md_pause_deadline=args.md_pause_deadline,
             tls_cert=args.tls_cert, tls_key=args.tls_key, demo=args.demo,
         )  # fmt: skip
