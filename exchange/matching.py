@@ -40,11 +40,18 @@ class SymbolMatcher:
             self.schedule(self.drain)
 
     def drain(self) -> None:
-        """Apply up to DRAIN_SLICE queued commands; schedule another step if more remain."""
+        """A step of the loop: apply up to DRAIN_SLICE queued commands (and schedule another
+        step if more remain)."""
+        self.apply(DRAIN_SLICE)
+
+    def apply(self, limit: int) -> int:
+        """Apply up to `limit` queued commands, hand their events to the sinks, schedule a
+        step for what remains; how many were applied."""
         self._scheduled = False
         inbox, apply = self.inbox, self.book.apply
         events: list[Event] = []
-        for _ in range(min(len(inbox), DRAIN_SLICE)):
+        count = min(len(inbox), limit)
+        for _ in range(count):
             seq, cmd = inbox.popleft()
             events += apply(seq, cmd)
         for sink in self.sinks:
@@ -52,6 +59,7 @@ class SymbolMatcher:
         if inbox and not self._scheduled:
             self._scheduled = True
             self.schedule(self.drain)
+        return count
 
     def drain_all(self) -> None:
         """Apply everything queued now (shutdown)."""
@@ -89,12 +97,17 @@ class Matching:
                     now.append(m)
 
     def apply_now(self) -> None:
-        """Apply what submit() queued for idle symbols, up to DRAIN_SLICE commands each, now
-        (the rest as later loop steps): the ACKs released before this go out with the fills,
-        in the same write, and a client holding an ACK finds its order on the book."""
+        """Apply what submit() queued for idle symbols now, up to DRAIN_SLICE commands in all
+        (the rest as later loop steps, so one call never holds the loop long): the ACKs
+        released before this go out with the fills, in the same write, and a client holding
+        an ACK finds its order on the book (under overload, up to a slice)."""
         now, self._now = self._now, []
+        budget = DRAIN_SLICE
         for m in now:
-            m.drain()
+            if budget > 0:
+                budget -= m.apply(budget)
+            else:
+                m.schedule(m.drain)  # claimed by submit: its turn comes in a later step
 
     def applied(self, seq: int) -> bool:
         """Whether every command with a sequence <= seq that reached matching is applied.
