@@ -209,3 +209,27 @@ def test_more_orders_than_the_backlog_bound_then_a_half_close_gets_every_ack(tmp
     assert replies[-1] == f"ACK {60 + n} BUY AAPL 1 {1 + (n - 1) % 50}.00 GTC id=h{n - 1}"
     assert client.closed(timeout=30)  # and then the server closes: nothing more was sent
     server.stop()
+
+
+def test_the_server_stops_on_sigterm_after_whoever_read_its_log_is_gone(tmp_path: Path) -> None:
+    # Seen: servers of an interrupted test run kept running after SIGTERM. With its stderr
+    # closed, a log line raised BrokenPipeError in the shutdown, which then never closed
+    # the accounts database's thread, and the process waited for that thread forever.
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        while b"order_entry_listening" not in proc.stderr.readline():
+            pass
+        proc.stderr.close()  # the terminal, or the process that read the log, is gone
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+        proc.wait()
