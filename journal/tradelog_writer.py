@@ -173,8 +173,8 @@ class Writer:
         return self.iso(self.times[i] if i < len(self.times) else time.time_ns())
 
     def iso(self, ts_ns: int) -> str:
-        """iso(), remembered for the last time asked: a batch's trades and rows share it
-        (formatting was a tenth of this process's time)."""
+        """iso(), remembered for the last time asked: a batch's rows and its trades share
+        one (formatting showed as ~10% of this process's profile at 10,000 orders/s)."""
         if ts_ns != self._iso_ns:
             self._iso_ns, self._iso = ts_ns, iso(ts_ns)
         return self._iso
