@@ -74,8 +74,9 @@ class Durable:
     """Where a batch goes once the journal has it on disk, in this order: its commands to
     matching's queues (so nothing reads them as matched yet); its replies released to the
     sessions (queued, not yet written) and to the admin channel; its rows to the trade log
-    (the batch's time before its trades); matching applies it (now, up to a slice per
-    symbol: the fills queue behind the ACKs); then one write per session. So an order's
+    (the batch's time before its trades); matching applies it (now, up to 500 commands in
+    all, the rest in later loop steps: the fills queue behind the ACKs); then one write
+    per session. So an order's
     ACK goes out before its FILL, in the same write, and a client holding an ACK finds the
     order on the book."""
 
@@ -126,7 +127,8 @@ async def serve(config: Config) -> int:
     books, risk = recovered.engine.books, recovered.engine.risk
     tune_runtime()
 
-    # 3. Matching: one queue per symbol, each drained in its own step of the event loop.
+    # 3. Matching: one queue per symbol; a durable batch is applied at once (a slice of
+    #    it), what is left as that symbol's own later steps of the event loop.
     matching = Matching(books, timed(loop.call_soon, telemetry.histogram("matching_step_us", "one symbol's drain and its sinks")))
 
     # 4. The gateway: sessions log in to accounts and turn lines into journaled commands;
