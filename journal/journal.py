@@ -115,7 +115,7 @@ def repair(directory: Path) -> int:
 class Journal:
     """Append-only, group-committed journal, written by its own process.
 
-    The event loop appends (no I/O); once per loop iteration everything appended is
+    The event loop appends (no I/O); once per loop step (or every SEND_AT commands) what was appended is
     encoded as one record and sent down a pipe to the writer process
     (journal/journal_writer.py), which writes whatever has arrived with one write and
     one fdatasync and answers how many records are now durable. That answer arrives as
