@@ -32,7 +32,7 @@ from telemetry.registry import Telemetry
 
 log = structlog.get_logger("journal")
 
-# (first seq, commands, commit time ns, the record bytes as written), now on disk
+# (first seq, commands, commit time ns of the last, the records as written), now on disk
 OnDurable = Callable[[int, list[Command], int, bytes], None]
 # A torn tail is at most the last unsynced write; more undecodable bytes than this at the
 # end of a segment means damage in the middle, and we refuse to guess.
@@ -217,22 +217,31 @@ class Journal:
         self._pipe.write(record)
 
     def _durable(self, reply: bytes) -> None:
-        """The writer's answers: release every batch they cover, oldest first."""
+        """The writer's answers: every batch they cover goes to on_durable in one call (the
+        loop's work per durable batch, releasing replies and writing to every waiting
+        session, is then done once per answer, not once per record sent)."""
         now = time.perf_counter()
         inflight = self._inflight
+        cmds: list[Command] = []
+        records: list[bytes] = []
+        first_seq = ts_ns = 0
         for durable, _, write_us, sync_us in REPLY.iter_unpack(reply):
             self.commits += 1
             self._h_write.record(write_us)
             self._h_sync.record(sync_us)
-            commands = 0
+            commands = len(cmds)
             while inflight and inflight[0][0] <= durable:
-                _, first_seq, batch, ts_ns, record, sent_at = inflight.popleft()
+                _, seq, batch, ts_ns, record, sent_at = inflight.popleft()
                 self._h_commit.record(int((now - sent_at) * 1e6))
-                self.durable_seq = first_seq + len(batch) - 1
-                commands += len(batch)
-                assert self.on_durable is not None
-                self.on_durable(first_seq, batch, ts_ns, record)
-            self._h_batch.record(commands)
+                if not cmds:
+                    first_seq = seq
+                cmds += batch
+                records.append(record)
+            self._h_batch.record(len(cmds) - commands)
+        if cmds:
+            self.durable_seq = first_seq + len(cmds) - 1
+            assert self.on_durable is not None
+            self.on_durable(first_seq, cmds, ts_ns, records[0] if len(records) == 1 else b"".join(records))
         self._h_durable.record(int((time.perf_counter() - now) * 1e6))
 
     def _exited(self, code: int | None) -> None:
