@@ -25,7 +25,8 @@ from typing import Callable, Iterator, cast
 
 import structlog
 
-from journal.journal_writer import REPLY, fsync_dir, segment_path
+from journal.journal_writer import REPLY
+from journal.layout import first_seq_of, fsync_dir, segment_path, segment_paths
 from journal.records import MAX_BATCH, decode_records, encode_batch
 from protocol.messages import Command
 from telemetry.registry import Telemetry
@@ -44,14 +45,6 @@ SEND_AT = 256
 
 class JournalCorrupt(Exception):
     pass
-
-
-def segment_paths(directory: Path) -> list[Path]:
-    return sorted(directory.glob("seg-*.tlj"))
-
-
-def first_seq_of(segment: Path) -> int:
-    return int(segment.stem.removeprefix("seg-"))
 
 
 def read_batches(directory: Path, after: int = 0) -> Iterator[tuple[int, list[Command], int]]:

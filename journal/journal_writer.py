@@ -28,36 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-from journal.records import HEADER
+from journal.layout import fsync_dir, segment_path
+from journal.records import record_spans
 
 REPLY = struct.Struct("<QIII")
 READ_MAX = 8 * 1024 * 1024
-
-
-def segment_path(directory: Path, first_seq: int) -> Path:
-    return directory / f"seg-{first_seq:020d}.tlj"
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a new file's directory entry durable too."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def complete_records(buf: bytearray) -> list[tuple[int, int, int]]:
-    """(offset, end, first seq) of each whole record at the start of buf."""
-    out, offset = [], 0
-    while len(buf) - offset >= HEADER.size:
-        length, _, first_seq, _, _ = HEADER.unpack_from(buf, offset)
-        end = offset + HEADER.size + length
-        if end > len(buf):
-            break
-        out.append((offset, end, first_seq))
-        offset = end
-    return out
 
 
 class SegmentWriter:
@@ -70,11 +45,11 @@ class SegmentWriter:
         while data:
             data = data[os.write(self.fd, data) :]
 
-    def commit(self, buf: bytearray, records: list[tuple[int, int, int]]) -> tuple[int, int]:
+    def commit(self, buf: bytearray, records: list[tuple[int, int, int, int]]) -> tuple[int, int]:
         """Write these records (rotating where a segment is full), sync; (write us, sync us)."""
         started = time.perf_counter()
         view, start = memoryview(buf), 0
-        for offset, end, first_seq in records:
+        for offset, end, first_seq, _ in records:
             if self.size >= self.rotate_at:
                 self.write(view[start:offset])
                 os.fdatasync(self.fd)
@@ -133,10 +108,10 @@ def main(argv: list[str]) -> int:
         if not chunk:
             return 0  # the server closed the pipe (or died): a partial record was never acknowledged
         buf += chunk
-        records = complete_records(buf)
+        records = record_spans(buf)
         if not records:
             continue
-        pacing.started(sum(HEADER.unpack_from(buf, offset)[3] for offset, _, _ in records))
+        pacing.started(sum(count for _, _, _, count in records))
         write_us, sync_us = writer.commit(buf, records)
         del buf[: records[-1][1]]
         durable += len(records)

@@ -3,7 +3,10 @@
     <data-dir>/journal/seg-<first seq>.tlj    the order journal (the truth)
     <data-dir>/snapshots/snap-<seq>.tls        book snapshots (derived, for fast restart)
     <data-dir>/trades.sqlite                   trade log and order audit (derived)
-    <data-dir>/LOCK                            held (flock) by the one server using it
+    <data-dir>/accounts.sqlite                 accounts and password hashes (0600)
+    <data-dir>/admin.sock                      the admin channel of the running server (0600)
+    <data-dir>/LOCK                            held (flock) by the one server using it,
+                                               and by its journal writer process
 """
 
 from __future__ import annotations
@@ -37,6 +40,28 @@ class DataDir:
     @property
     def admin_socket(self) -> Path:
         return self.root / "admin.sock"
+
+
+def segment_path(journal_dir: Path, first_seq: int) -> Path:
+    """A journal segment is named by the first sequence number it holds."""
+    return journal_dir / f"seg-{first_seq:020d}.tlj"
+
+
+def segment_paths(journal_dir: Path) -> list[Path]:
+    return sorted(journal_dir.glob("seg-*.tlj"))
+
+
+def first_seq_of(segment: Path) -> int:
+    return int(segment.stem.removeprefix("seg-"))
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a new file's directory entry durable too."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DataDirInUse(Exception):

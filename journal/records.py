@@ -45,6 +45,20 @@ def encode_batch(first_seq: int, cmds: Sequence[Command], ts_ns: int) -> bytes:
     return b"".join(out)
 
 
+def record_spans(buf: bytes | bytearray) -> list[tuple[int, int, int, int]]:
+    """(offset, end, first seq, count) of each whole record at the start of buf, by their
+    headers alone (no checksum, no decoding): where a writer may cut a stream of records."""
+    out, offset = [], 0
+    while len(buf) - offset >= HEADER.size:
+        length, _, first_seq, count, _ = HEADER.unpack_from(buf, offset)
+        end = offset + HEADER.size + length
+        if end > len(buf):
+            break
+        out.append((offset, end, first_seq, count))
+        offset = end
+    return out
+
+
 def decode_records(
     data: bytes | memoryview, expect_seq: int, skip_through: int = 0
 ) -> Iterator[tuple[int, int, list[Command] | None, int, int]]:

@@ -21,8 +21,7 @@ import structlog
 
 from exchange.book import Book
 from exchange.risk import Risk
-from journal.journal import first_seq_of, segment_paths
-from journal.layout import DataDir
+from journal.layout import DataDir, first_seq_of, segment_paths
 from journal.snapshots import capture, prune, seq_of, write_snapshot
 from journal.tradelog import TradeLog
 from telemetry.registry import Telemetry

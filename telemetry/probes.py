@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from typing import Callable
 
+from telemetry.histogram import Histogram
 from telemetry.registry import Telemetry
 
 
@@ -57,3 +59,14 @@ class GcPauses:
     def stop(self) -> None:
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
+
+
+def timed(schedule: Callable[[Callable[[], None]], object], histogram: Histogram) -> Callable[[Callable[[], None]], object]:
+    """`schedule` (loop.call_soon) whose callbacks record how long each one ran."""
+
+    def run_timed(callback: Callable[[], None]) -> None:
+        started = time.perf_counter()
+        callback()
+        histogram.record(int((time.perf_counter() - started) * 1e6))
+
+    return lambda callback: schedule(lambda: run_timed(callback))

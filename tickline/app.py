@@ -35,10 +35,10 @@ from journal.tradelog import TradeLog
 from notifier.server import Notifier
 from notifier.session import Limits
 from protocol.messages import Command, Transfer
-from telemetry.probes import GcPauses, LoopLag
+from telemetry.probes import GcPauses, LoopLag, timed
 from telemetry.registry import Telemetry
 from tickline import __version__
-from tickline.tuning import timed, tune_runtime
+from tickline.tuning import tune_runtime
 
 log = structlog.get_logger("tickline")
 

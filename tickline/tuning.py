@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import gc
 import sys
-import time
-from typing import Callable
-
-from telemetry.histogram import Histogram
 
 
 def tune_runtime() -> None:
@@ -19,22 +15,16 @@ def tune_runtime() -> None:
     closed loop: 60k -> 76k req/s with it off). So: freeze what recovery built, and
     collect young objects less often.
 
-    Switch interval: the journal's commit thread needs the GIL for a moment when the disk
-    answers. With the default 5 ms a busy event loop makes it wait up to 5 ms, and every
-    ACK with it (bench/load.py at 10,000 orders/s: ACK p50 2.3 ms at 5 ms, ~1.1 ms at 0.5 ms).
+    Switch interval: set when the journal was written by a thread that needed the GIL
+    whenever the disk answered (ACK p50 2.3 ms at the default 5 ms, ~1.1 ms at 0.5 ms, at
+    10,000 orders/s). The journal is now a process of its own (journal/journal_writer.py);
+    the threads left (snapshot writing, password hashing, SQLite lookups) are made to give
+    the GIL back to the loop within 0.5 ms rather than 5, so it stays. Not re-measured.
+
+    Many long-lived objects (orders, open-order entries, market-data updates, messages)
+    are msgspec Structs with gc=False: the collector never looks at them at all.
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
     sys.setswitchinterval(0.0005)
-
-
-def timed(schedule: Callable[[Callable[[], None]], object], histogram: Histogram) -> Callable[[Callable[[], None]], object]:
-    """`schedule` (loop.call_soon) whose callbacks record how long each one ran."""
-
-    def run_timed(callback: Callable[[], None]) -> None:
-        started = time.perf_counter()
-        callback()
-        histogram.record(int((time.perf_counter() - started) * 1e6))
-
-    return lambda callback: schedule(lambda: run_timed(callback))
