@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, cast
 
 import structlog
 
@@ -38,7 +38,9 @@ from protocol.requests import (
     Buy,
     CancelOrder,
     Help,
+    KlinesQuery,
     Login,
+    MarketQuery,
     OrdersQuery,
     Ping,
     Quit,
@@ -46,10 +48,14 @@ from protocol.requests import (
     ReportsQuery,
     Request,
     Sell,
+    StatsQuery,
     SymbolsQuery,
+    TickerQuery,
+    TradesQuery,
     decode_json,
 )
 from protocol.text import HELP_LINES, TOO_LONG, LineSplitter, clip, parse_line
+from telemetry.registry import Counter
 
 log = structlog.get_logger("gateway")
 
@@ -67,6 +73,7 @@ class Desk(Protocol):
     version: str
 
     refused: Callable[[Refusal], None] | None  # the order audit's row for a refused order
+    rejects: Counter  # refusals by reason (STATS, /metrics)
 
     def submit(self, cmd: Command) -> int | Problem:
         """Hold its funds and journal it (its seq), or the reason it cannot be paid for."""
@@ -82,6 +89,9 @@ class Desk(Protocol):
         reply and the account (None: refused) later."""
     def fetch_reports(self, owner: str, since: int, done: Callable[[R.Reply], None]) -> None:
         """Look the owner's reports up (off the event loop); call done with them later."""
+    def fetch_market(self, query: MarketQuery, done: Callable[[R.Reply], None]) -> None:
+        """TICKER, KLINES, TRADES from the trade log (off the event loop); call done later."""
+    def stats_reply(self) -> R.Reply: ...
 
 
 def encode(reply: R.Reply, json: bool) -> bytes:
@@ -89,9 +99,12 @@ def encode(reply: R.Reply, json: bool) -> bytes:
     return R.to_json(reply) if json else R.to_text(reply)
 
 
-Query = OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | ReportsQuery | BalancesQuery | Login | BadRequest
+Query = (
+    OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | ReportsQuery | BalancesQuery | Login | BadRequest
+    | TickerQuery | KlinesQuery | TradesQuery | StatsQuery
+)  # fmt: skip
 # Queries answered by a lookup off the event loop: each waits at the head of the held replies.
-FETCHED = (ReportsQuery, Login)
+FETCHED = (ReportsQuery, Login, TickerQuery, KlinesQuery, TradesQuery)
 NOT_LOGGED_IN = R.Reject(RejectReason.NOT_LOGGED_IN.value, "log in first: LOGIN <name> <password>")
 
 
@@ -301,7 +314,7 @@ class Connection:
             out.append(self._finish())
         return b"".join(out)
 
-    def _fetch(self, h: Held, req: ReportsQuery | Login, is_json: bool) -> None:
+    def _fetch(self, h: Held, req: ReportsQuery | Login | MarketQuery, is_json: bool) -> None:
         """Start a lookup; its entry stays first (replies keep their order) until done."""
         h.fetching = True
 
@@ -314,10 +327,11 @@ class Connection:
 
         if type(req) is Login:
             self.desk.login(req.name, req.password, self.peer, done)
+        elif type(req) is not ReportsQuery:  # market history: public, no login needed
+            self.desk.fetch_market(cast(MarketQuery, req), done)
         elif not self.owner:
             done(NOT_LOGGED_IN)
         else:
-            assert type(req) is ReportsQuery
             self.desk.fetch_reports(self.owner, req.since, done)
 
     def _finish(self) -> bytes:
@@ -396,6 +410,7 @@ class Connection:
         """REJ for an order that is not journaled, and its row in the order audit."""
         cid = req.id if req.id is not None and CLIENT_ID.fullmatch(req.id) else None
         reason = problem.reason.value
+        self.desk.rejects.inc_by(reason)
         if self.desk.refused is not None and self.owner:  # no audit rows for anonymous noise
             price = req.price and req.price[:32]
             self.desk.refused(Refusal(self.owner, req.symbol[:16], side.value, req.qty[:32], price, req.tif, cid, reason, problem.text))
@@ -406,6 +421,8 @@ class Connection:
         self, kind: str, order_id: int | None, cid: str | None, qty: str, price: str | None, reject: R.Reject | None, symbol: str = ""
     ) -> None:
         """The audit row of a cancel or replace refused before journaling."""
+        if reject is not None:
+            self.desk.rejects.inc_by(reject.reason)
         if self.desk.refused is not None and reject is not None:
             cid = cid if cid is not None and CLIENT_ID.fullmatch(cid) else None
             refusal = Refusal(self.owner, symbol, "", qty[:32], price and price[:32], None, cid, reject.reason, reject.text, kind, order_id)
@@ -484,7 +501,9 @@ class Connection:
                 reply = self.desk.symbols_reply()
             case Help():
                 reply = R.HelpReply(HELP_LINES)
-            case ReportsQuery() | Login():  # only at shutdown: the lookup cannot come back any more
+            case StatsQuery():
+                reply = self.desk.stats_reply()
+            case ReportsQuery() | Login() | TickerQuery() | KlinesQuery() | TradesQuery():  # only at shutdown: the lookup cannot come back any more
                 reply = R.Error("shutting_down", "the exchange is shutting down; ask again after it restarts")
             case _:
                 raise TypeError(f"not a query: {req!r}")

@@ -20,7 +20,9 @@ from exchange.risk import Risk
 from gateway.orders import OpenOrders
 from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Refusal, Rejected, RejectReason, Replaced
+from protocol.requests import MarketQuery
 from protocol.text import clip
+from telemetry.registry import Telemetry
 
 log = structlog.get_logger("gateway")
 ADDED = Liquidity.ADDED
@@ -33,6 +35,8 @@ MAX_BOOK_LEVELS = 1000
 FREE_FAILURES, MAX_LOGIN_DELAY, FAILURE_MEMORY, MAX_TRACKED = 3, 8.0, 600.0, 100_000
 MAX_LOGINS_WAITING = 200  # password checks queued (one hasher thread, ~70 ms each): beyond, "busy"
 PasswordCheck = Callable[[str, str], Awaitable[bool]]
+# TICKER, KLINES, TRADES: the trade log's answer (journal/market.py, through tickline/app.py)
+MarketSource = Callable[[MarketQuery], Awaitable[R.Reply]]
 
 
 # An execution report for one owner: (owner, form, text formatter, reply Struct, fields).
@@ -57,6 +61,9 @@ class OrderDesk:
         refused: Callable[[Refusal], None] | None = None,
         reports_source: ReportsSource | None = None,
         check_password: PasswordCheck | None = None,
+        market_source: MarketSource | None = None,
+        figures: Callable[[], dict[str, int]] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.instruments = instruments
         self.books = books  # read-only here: BOOK replies and the live state of open orders
@@ -71,6 +78,11 @@ class OrderDesk:
         self.version = version
         self.refused = refused  # the order audit's row for an order refused here
         self.reports_source = reports_source  # REPORTS: the trade log's report rows (async)
+        self.market_source = market_source
+        self.figures = figures  # STATS: the server's figures (telemetry/registry.py)
+        t = telemetry or Telemetry()
+        self._orders = t.counter("orders_total", "new orders accepted (journaled)")
+        self.rejects = t.counter("rejects_total", "orders, cancels and replaces refused, by reason", label="reason")
         self.orders = OpenOrders()
         self.closing = False  # shutting down: no new commands
         self._fetches: set[asyncio.Task[None]] = set()
@@ -90,6 +102,8 @@ class OrderDesk:
         problem = self.risk.hold(seq, cmd)
         if problem is not None:
             return problem
+        if type(cmd) is NewOrder:
+            self._orders.inc()
         appended = self.append(cmd)
         assert appended == seq, (appended, seq)
         return seq
@@ -219,6 +233,25 @@ class OrderDesk:
 
         self._spawn(fetch())
 
+    def fetch_market(self, query: MarketQuery, done: Callable[[R.Reply], None]) -> None:
+        source = self.market_source
+        if source is None:
+            done(R.Error("unavailable", "this server keeps no trade log"))
+            return
+
+        async def fetch() -> None:
+            try:
+                reply = await source(query)
+            except Exception as exc:
+                log.error("market_query_failed", query=repr(query)[:120], error=repr(exc))
+                reply = R.Error("internal", "the trade log could not be read; try again")
+            done(reply)
+
+        self._spawn(fetch())
+
+    def stats_reply(self) -> R.Reply:
+        return R.StatsReply(self.figures() if self.figures is not None else {})
+
     # ------------------------------------------------------------------ reports
 
     def reports(self, events: list[Event]) -> list[Report]:
@@ -233,6 +266,7 @@ class OrderDesk:
             elif type(e) is Replaced:
                 entry = by_id.get(e.order_id)
             elif type(e) is Rejected:
+                self.rejects.inc_by(e.reason._value_)
                 # The engine refused a command the gateway let through: a cancel or replace
                 # that lost the race with a fill, or (never expected) a new order.
                 entry = by_id.get(e.order_id) if e.order_id is not None else None

@@ -68,7 +68,8 @@ class TradeLog:
         t = telemetry or Telemetry()
         self._h_commit = t.histogram("tradelog_frame_us", "a frame sent -> the writer process committed it")
         self._h_frame = t.histogram("tradelog_frame_rows", "rows per writer transaction")
-        t.gauge("tradelog_backlog_rows", lambda: self.queued - self.committed)
+        t.gauge("tradelog_backlog_rows", lambda: self.queued - self.committed, "rows handed to the trade log, not yet committed")
+        self._trades = t.counter("trades_total", "trades matched")
         self._sent_at: deque[float] = deque()  # when each frame not yet acknowledged was sent
 
     async def open(self) -> None:
@@ -97,6 +98,8 @@ class TradeLog:
         """Events from a matching step: trades, and the execution reports (REPORTS, audit outcomes)."""
         trades, reports = split(events)
         units = len(trades) + len(reports)
+        if trades:
+            self._trades.inc(len(trades))
         first = trades[0].seq if trades else reports[0].seq if reports else None
         if units and self._admit(units, first):
             self._put(units, first, Piece(trades=trades, reports=reports))

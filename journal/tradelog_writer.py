@@ -78,7 +78,27 @@ CREATE TABLE IF NOT EXISTS reports (  -- execution reports (REPORTS since=<seq>,
     PRIMARY KEY (owner, seq, n)     -- one B-tree, in the order REPORTS and the audit read it
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS instruments (symbol TEXT PRIMARY KEY, tick TEXT NOT NULL, lot TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candles (  -- OHLCV per symbol and interval, kept as trades are committed (KLINES, TICKER)
+    symbol    TEXT    NOT NULL,
+    interval  INTEGER NOT NULL,     -- seconds: 60, 300, 900, 3600, 86400
+    start     INTEGER NOT NULL,     -- unix seconds, a multiple of interval (UTC)
+    open      INTEGER NOT NULL,     -- ticks
+    high      INTEGER NOT NULL,
+    low       INTEGER NOT NULL,
+    close     INTEGER NOT NULL,
+    volume    TEXT    NOT NULL,     -- lots, an integer in decimal: sums outgrow SQLite's 64 bits
+    quote     TEXT    NOT NULL,     -- sum of lots x ticks, likewise (the instrument prices it in its quote asset)
+    trades    INTEGER NOT NULL,
+    first_key INTEGER NOT NULL,     -- (seq << 20 | match_no) of the open and the close trade: a
+    last_key  INTEGER NOT NULL,     -- trade filled in late (recovery) still lands in its place
+    PRIMARY KEY (symbol, interval, start)
+) WITHOUT ROWID;
 """
+# Candle intervals in seconds, as KLINES names them.
+INTERVALS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400}
+MATCH_BITS = 20  # a trade's key: seq << MATCH_BITS | match_no (match_no < 2**20: a command matches fewer orders)
+INSERT_CANDLE = "INSERT OR REPLACE INTO candles VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+SELECT_CANDLE = "SELECT open, high, low, close, volume, quote, trades, first_key, last_key FROM candles WHERE symbol = ? AND interval = ? AND start = ?"
 # Columns added after the first release: a log made before gets them on open.
 ADDED_COLUMNS = {"orders": ["kind TEXT NOT NULL DEFAULT 'new'", "target INTEGER"]}
 INSERT_TRADE = "INSERT OR IGNORE INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -111,6 +131,48 @@ class Frame(msgspec.Struct, array_like=True):
 
 def iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).isoformat(timespec="microseconds")
+
+
+def iso_ns(text: str) -> int:
+    """iso()'s text back to nanoseconds (microsecond precision)."""
+    moment = datetime.fromisoformat(text)
+    return (int(moment.timestamp()) * 1_000_000 + moment.microsecond) * 1000
+
+
+def match_no(t: Trade) -> int:
+    return int(t.trade_id.rsplit("-", 1)[1])
+
+
+Candle = list[int]  # open, high, low, close (ticks), volume (lots), quote (lots x ticks), trades, first key, last key
+
+
+def fold_candles(trades: Iterable[tuple[str, int, int, int, int]]) -> dict[tuple[str, int, int], Candle]:
+    """Candles of every interval for trades given as (symbol, key, time ns, price, qty),
+    by (symbol, interval, start). Keys order the trades, whatever order they come in."""
+    acc: dict[tuple[str, int, int], Candle] = {}
+    for symbol, key, ts_ns, price, qty in trades:
+        sec = ts_ns // 1_000_000_000
+        for interval in INTERVALS.values():
+            start = sec - sec % interval
+            c = acc.get((symbol, interval, start))
+            if c is None:
+                acc[symbol, interval, start] = [price, price, price, price, qty, price * qty, 1, key, key]
+            else:
+                merge_candle(c, [price, price, price, price, qty, price * qty, 1, key, key])
+    return acc
+
+
+def merge_candle(c: Candle, other: Candle) -> None:
+    """Fold other into c."""
+    if other[7] < c[7]:
+        c[0], c[7] = other[0], other[7]
+    if other[8] > c[8]:
+        c[3], c[8] = other[3], other[8]
+    c[1] = max(c[1], other[1])
+    c[2] = min(c[2], other[2])
+    c[4] += other[4]
+    c[5] += other[5]
+    c[6] += other[6]
 
 
 def create_tables(db: str | Path) -> sqlite3.Connection:
@@ -162,6 +224,9 @@ class Writer:
         if len(self.last_seqs) > MAX_TIMES:
             del self.last_seqs[: MAX_TIMES // 2], self.times[: MAX_TIMES // 2]
         self.conn.execute("BEGIN")
+        if frame.instruments and not self.conn.execute("SELECT 1 FROM candles LIMIT 1").fetchone():
+            self.rebuild_candles()  # a trade log from before candles were kept
+        self.add_candles(fold_candles(self.candle_trades(self.new_trades(piece.trades))))
         self.conn.executemany(INSERT_TRADE, self.trade_rows(piece.trades))
         self.conn.executemany(INSERT_ORDER, self.order_rows(batches))
         self.conn.executemany(INSERT_ORDER, self.refusal_rows(piece.refusals))
@@ -169,8 +234,45 @@ class Writer:
         self.conn.execute("COMMIT")
 
     def time_of(self, seq: int) -> str:
+        return self.iso(self.ns_of(seq))
+
+    def ns_of(self, seq: int) -> int:
+        """The commit time of the journal batch that holds seq."""
         i = bisect.bisect_left(self.last_seqs, seq)
-        return self.iso(self.times[i] if i < len(self.times) else time.time_ns())
+        return self.times[i] if i < len(self.times) else time.time_ns()
+
+    def new_trades(self, trades: list[Trade]) -> list[Trade]:
+        """The trades not in the log yet: only those count in the candles (recovery hands
+        over a journal tail whose trades may be there already)."""
+        if not trades:
+            return trades
+        seqs = [t.seq for t in trades]
+        have = set(self.conn.execute("SELECT seq, match_no FROM trades WHERE seq BETWEEN ? AND ?", (min(seqs), max(seqs))))
+        return [t for t in trades if (t.seq, match_no(t)) not in have] if have else trades
+
+    def candle_trades(self, trades: list[Trade]) -> Iterable[tuple[str, int, int, int, int]]:
+        for t in trades:
+            yield t.symbol, t.seq << MATCH_BITS | match_no(t), self.ns_of(t.seq), t.price, t.qty
+
+    def rebuild_candles(self) -> None:
+        """Candles from every trade already in the log (once, for a log made before them)."""
+        rows = self.conn.execute("SELECT symbol, seq, match_no, ts, price, qty FROM trades ORDER BY seq, match_no")
+        found = (
+            (sym, seq << MATCH_BITS | n, iso_ns(ts), self.instruments[sym].tick.count(price), self.instruments[sym].lot.count(qty))
+            for sym, seq, n, ts, price, qty in rows
+            if sym in self.instruments
+        )
+        self.add_candles(fold_candles(cast(Iterable[tuple[str, int, int, int, int]], found)))
+
+    def add_candles(self, folded: dict[tuple[str, int, int], list[int]]) -> None:
+        """Merge a frame's candles into the table's (a handful of rows per symbol)."""
+        rows = []
+        for key, c in folded.items():
+            old = self.conn.execute(SELECT_CANDLE, key).fetchone()
+            if old is not None:
+                merge_candle(c, [old[0], old[1], old[2], old[3], int(old[4]), int(old[5]), old[6], old[7], old[8]])
+            rows.append((*key, c[0], c[1], c[2], c[3], str(c[4]), str(c[5]), c[6], c[7], c[8]))
+        self.conn.executemany(INSERT_CANDLE, rows)
 
     def iso(self, ts_ns: int) -> str:
         """iso(), remembered for the last time asked: a batch's rows and its trades share
@@ -183,7 +285,7 @@ class Writer:
         for t in trades:
             inst = self.instruments[t.symbol]
             yield (
-                t.seq, int(t.trade_id.rsplit("-", 1)[1]), t.trade_id, self.time_of(t.seq), t.symbol,
+                t.seq, match_no(t), t.trade_id, self.time_of(t.seq), t.symbol,
                 inst.format_qty(t.qty), inst.format_price(t.price), t.aggressor.value,
                 t.maker_order_id, t.taker_order_id, t.maker_owner, t.taker_owner, t.md_seq,
             )  # fmt: skip

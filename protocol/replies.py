@@ -141,10 +141,78 @@ class ReportsReply(_Reply, frozen=True, tag="reports"):
     reports: list[ReportStruct]
 
 
+class TickerReply(_Reply, frozen=True, tag="ticker"):
+    """A symbol over the window [since, time]: 24 hours of one-minute candles. Prices are
+    None (text: -) where there is nothing to show: no trade in the window, an empty side."""
+
+    symbol: str
+    time: str  # when it was computed (UTC)
+    since: str  # the window's start: the one-minute candle 24 h back
+    last: str | None  # the last trade's price, however old
+    open: str | None
+    high: str | None
+    low: str | None
+    change: str | None  # last - open
+    change_pct: str | None  # in percent, two decimals
+    volume: str  # base quantity traded in the window
+    quote_volume: str  # in the quote asset
+    vwap: str | None  # quote volume / volume, two more decimals than the tick
+    trades: int
+    bid: str | None
+    bid_qty: str | None
+    ask: str | None
+    ask_qty: str | None
+
+
+class Candle(msgspec.Struct, frozen=True):
+    time: str  # the interval's start, UTC
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    quote_volume: str
+    trades: int
+
+
+class KlinesReply(_Reply, frozen=True, tag="klines"):
+    """Candles oldest first; an interval without trades has no candle."""
+
+    symbol: str
+    interval: str
+    candles: list[Candle]
+
+
+class PublicTrade(msgspec.Struct, frozen=True):
+    trade_id: str
+    time: str
+    qty: str
+    price: str
+    aggressor: str  # BUY or SELL: the taker's side
+
+
+class TradesReply(_Reply, frozen=True, tag="trades"):
+    """Trades newest first; ask again with before=<the last one's trade_id> for older ones."""
+
+    symbol: str
+    trades: list[PublicTrade]
+
+
+class StatsReply(_Reply, frozen=True, tag="stats"):
+    """The server's figures (the same as /metrics), by name."""
+
+    figures: dict[str, int]
+
+
 Reply = (
     Ack | FillReport | CanceledReport | ReplacedReport | Reject | Error | Hello | LoggedIn | Pong | Bye
     | BookReply | OrdersReply | SymbolsReply | HelpReply | ReportsReply | BalancesReply
+    | TickerReply | KlinesReply | TradesReply | StatsReply
 )  # fmt: skip
+
+
+def _opt(value: str | None) -> str:
+    return "-" if value is None else value
 
 
 def _id(cid: str | None) -> str:
@@ -226,6 +294,23 @@ def to_text(r: Reply) -> bytes:
         s = "\n".join(lines) + "\nEND\n"
     elif type(r) is HelpReply:
         s = "HELP\n" + "".join(f"  {line}\n" for line in r.lines) + "END\n"
+    elif type(r) is TickerReply:
+        s = (
+            f"TICKER {r.symbol} last={_opt(r.last)} open={_opt(r.open)} high={_opt(r.high)} low={_opt(r.low)} "
+            f"change={_opt(r.change)} change_pct={_opt(r.change_pct)} volume={r.volume} quote_volume={r.quote_volume} "
+            f"vwap={_opt(r.vwap)} trades={r.trades} bid={_opt(r.bid)} bid_qty={_opt(r.bid_qty)} ask={_opt(r.ask)} ask_qty={_opt(r.ask_qty)} "
+            f"since={r.since} time={r.time}\n"
+        )
+    elif type(r) is KlinesReply:
+        lines = [f"KLINES {r.symbol} {r.interval} count={len(r.candles)}"]
+        lines += [f"CANDLE {c.time} {c.open} {c.high} {c.low} {c.close} {c.volume} quote={c.quote_volume} trades={c.trades}" for c in r.candles]
+        s = "\n".join(lines) + "\nEND\n"
+    elif type(r) is TradesReply:
+        lines = [f"TRADES {r.symbol} count={len(r.trades)}"]
+        lines += [f"TRADE {t.trade_id} {t.time} {t.qty} {t.price} {t.aggressor}" for t in r.trades]
+        s = "\n".join(lines) + "\nEND\n"
+    elif type(r) is StatsReply:
+        s = "STATS " + " ".join(f"{k}={v}" for k, v in r.figures.items()) + "\n"
     elif type(r) is ReportsReply:
         head = f"REPORTS since={r.since} through={r.through} count={len(r.reports)}\n".encode()
         return head + b"".join(to_text(x) for x in r.reports) + b"END\n"

@@ -86,7 +86,39 @@ class ReportsQuery(_Request, frozen=True, tag="reports"):
     since: int = 0
 
 
-Request = Buy | Sell | CancelOrder | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Login | BalancesQuery | ReportsQuery
+class TickerQuery(_Request, frozen=True, tag="ticker"):
+    """The last 24 hours of a symbol: last price, open/high/low, volume, VWAP, best bid/ask."""
+
+    symbol: str
+
+
+class KlinesQuery(_Request, frozen=True, tag="klines"):
+    """OHLCV candles, oldest first. from/to: ISO-8601 (UTC unless it says) or unix milliseconds."""
+
+    symbol: str
+    interval: str  # 1m 5m 15m 1h 1d
+    from_: str | None = msgspec.field(name="from", default=None)
+    to: str | None = None
+    limit: int = 500
+
+
+class TradesQuery(_Request, frozen=True, tag="trades"):
+    """A symbol's trades, newest first; before=<trade id> pages back."""
+
+    symbol: str
+    limit: int = 50
+    before: str | None = None
+
+
+class StatsQuery(_Request, frozen=True, tag="stats"):
+    pass
+
+
+MarketQuery = TickerQuery | KlinesQuery | TradesQuery
+Request = (
+    Buy | Sell | CancelOrder | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Login | BalancesQuery | ReportsQuery
+    | TickerQuery | KlinesQuery | TradesQuery | StatsQuery
+)  # fmt: skip
 
 
 class BadRequest(msgspec.Struct, frozen=True):

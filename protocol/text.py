@@ -16,6 +16,7 @@ from protocol.requests import (
     Buy,
     CancelOrder,
     Help,
+    KlinesQuery,
     Login,
     OrdersQuery,
     Ping,
@@ -24,7 +25,10 @@ from protocol.requests import (
     ReportsQuery,
     Request,
     Sell,
+    StatsQuery,
     SymbolsQuery,
+    TickerQuery,
+    TradesQuery,
 )
 
 MAX_LINE = 4096
@@ -169,6 +173,30 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
             return BadRequest("bad_request", "usage: REPORTS since=<seq>   (0: all; a seq from an order id, a trade id or a REPORTS reply's through=)")
         since = _int_arg(args[0][6:], "since")
         return since if isinstance(since, BadRequest) else ReportsQuery(since)
+    if verb == "TICKER":
+        if len(args) != 1:
+            return BadRequest("bad_request", "usage: TICKER <symbol>")
+        return TickerQuery(args[0].upper())
+    if verb == "KLINES":
+        if len(args) < 2:
+            return BadRequest("bad_request", "usage: KLINES <symbol> <1m|5m|15m|1h|1d> [from=<time>] [to=<time>] [limit=<n>]")
+        options = _options(args[2:], ("from", "to", "limit"))
+        if isinstance(options, BadRequest):
+            return options
+        limit = _int_arg(options.get("limit", "500"), "limit")
+        if isinstance(limit, BadRequest):
+            return limit
+        return KlinesQuery(args[0].upper(), args[1].lower(), options.get("from"), options.get("to"), limit)
+    if verb == "TRADES":
+        if not args:
+            return BadRequest("bad_request", "usage: TRADES <symbol> [limit=<n>] [before=<trade-id>]")
+        options = _options(args[1:], ("limit", "before"))
+        if isinstance(options, BadRequest):
+            return options
+        limit = _int_arg(options.get("limit", "50"), "limit")
+        if isinstance(limit, BadRequest):
+            return limit
+        return TradesQuery(args[0].upper(), limit, options.get("before"))
     if verb == "LOGIN":
         if len(args) != 2:
             return BadRequest("bad_request", "usage: LOGIN <name> <password>")
@@ -188,8 +216,23 @@ _SIMPLE: dict[str, Request] = {
     "HELP": Help(),
     "QUIT": Quit(),
     "BALANCES": BalancesQuery(),
+    "STATS": StatsQuery(),
     "EXIT": Quit(),
 }
+
+
+def _options(tokens: list[str], names: tuple[str, ...]) -> dict[str, str] | BadRequest:
+    """key=value tokens, each of the names at most once."""
+    out: dict[str, str] = {}
+    for token in tokens:
+        key, eq, value = token.partition("=")
+        key = key.lower()
+        if not eq or key not in names:
+            return BadRequest("bad_request", f"unexpected {_show(token)}; expected " + " ".join(f"{n}=..." for n in names))
+        if key in out:
+            return BadRequest("bad_request", f"{key}= given twice")
+        out[key] = value
+    return out
 
 
 def clip(text: str, limit: int = 24) -> str:
@@ -215,6 +258,10 @@ HELP_LINES = [
     "LOGIN <name> <password>                trade as your account (orders need it)",
     "BALANCES                               your available and locked amounts per asset",
     "REPORTS since=<seq>                    your execution reports since a journal seq (after a reconnect: what you missed)",
+    "TICKER <symbol>                        last price, 24 h open/high/low/change, volume, VWAP, best bid/ask",
+    "KLINES <symbol> <1m|5m|15m|1h|1d> [from=<time>] [to=<time>] [limit=<n>]   candles, oldest first",
+    "TRADES <symbol> [limit=<n>] [before=<trade-id>]   recent trades, newest first",
+    "STATS                                  the server's figures (as on /metrics)",
     "PING | HELP | QUIT",
     "A line starting with { is a JSON request, e.g.",
     '{"op":"buy","symbol":"AAPL","qty":"10","price":"150.25","tif":"IOC","id":"c1"}',

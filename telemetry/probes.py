@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from typing import Callable
 
@@ -70,3 +71,12 @@ def timed(schedule: Callable[[Callable[[], None]], object], histogram: Histogram
         histogram.record(int((time.perf_counter() - started) * 1e6))
 
     return lambda callback: schedule(lambda: run_timed(callback))
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

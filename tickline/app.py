@@ -28,6 +28,7 @@ from gateway.server import Gateway
 from journal.accounts import AccountAdmin, Accounts
 from journal.journal import Journal
 from journal.layout import DataDir, DataDirLock
+from journal.market import Market
 from journal.queries import TradeRow, last_trade_seqs, reports_of, trades_from
 from journal.recovery import recover
 from journal.snapshotter import Snapshotter
@@ -35,7 +36,9 @@ from journal.tradelog import TradeLog
 from notifier.server import Notifier
 from notifier.session import Limits
 from protocol.messages import Command, Transfer
-from telemetry.probes import GcPauses, LoopLag, timed
+from protocol.replies import Reply
+from protocol.requests import MarketQuery
+from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed
 from telemetry.registry import Telemetry
 from tickline import __version__
 from tickline.tuning import tune_runtime
@@ -134,19 +137,31 @@ async def serve(config: Config) -> int:
     # 4. The gateway: sessions log in to accounts and turn lines into journaled commands;
     #    the desk they share holds each command's funds (risk, in journal order) before
     #    journaling it, knows the open orders and asks matching what has taken effect.
-    async def reports_since(owner: str, since: int) -> tuple[list[ReportEvent], int]:
-        # Everything durable up to now, matched and committed to the trade log, then read.
+    async def caught_up() -> int:
+        # Everything durable up to now, matched and committed to the trade log.
         through = journal.durable_seq
         while not matching.applied(through):
             await asyncio.sleep(0.001)
         await tradelog.wait_committed()
+        return through
+
+    async def reports_since(owner: str, since: int) -> tuple[list[ReportEvent], int]:
+        through = await caught_up()
         return await asyncio.to_thread(reports_of, data.trades, owner, since, through), through
+
+    market = Market(data.trades, instruments, lambda symbol: books[symbol].bbo())  # TICKER, KLINES, TRADES
+    await market.open()
+
+    async def market_history(query: MarketQuery) -> Reply:
+        await caught_up()
+        return await market.answer(query)
 
     accounts = Accounts(data.accounts)
     await accounts.open()
     desk = OrderDesk(
         instruments, books, risk, journal.append, lambda: journal.next_seq, lambda: journal.durable_seq, matching.applied,
         version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
+        market_source=market_history, figures=telemetry.figures, telemetry=telemetry,
     )  # fmt: skip
     gateway = Gateway(
         desk, telemetry=telemetry, max_backlog=config.max_backlog,
@@ -182,7 +197,10 @@ async def serve(config: Config) -> int:
     probes = [LoopLag(telemetry), GcPauses(telemetry)]
     for probe in probes:
         probe.start()
-    telemetry.gauge("journal_seq", lambda: journal.durable_seq)
+    telemetry.gauge("journal_seq", lambda: journal.durable_seq, "the last command on disk")
+    telemetry.gauge("md_subscribers", lambda: len(notifier.subscribers), "market-data connections (web pages included)")
+    telemetry.gauge("memory_rss_bytes", resident_bytes, "the server process's resident memory")
+    telemetry.count("journal_fsyncs_total", lambda: journal.commits, "journal group commits (one fdatasync each)")
     tls = _tls_context(config)
     await admin.start(data.admin_socket)
     md_host, md_port = await notifier.start(config.md_host, config.md_port, tls)
@@ -209,6 +227,7 @@ async def serve(config: Config) -> int:
     await snapshotter.take()
     await tradelog.close()
     await tradelog_task
+    await market.close()
     await accounts.close()
     data.admin_socket.unlink(missing_ok=True)
     for probe in probes:
