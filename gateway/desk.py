@@ -20,7 +20,7 @@ from exchange.risk import Risk
 from gateway.orders import OpenOrders
 from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Refusal, Rejected, RejectReason, Replaced
-from protocol.requests import MarketQuery
+from protocol.requests import BookQuery, KlinesQuery, MarketQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
 from protocol.text import clip
 from telemetry.registry import Telemetry
 
@@ -248,6 +248,20 @@ class OrderDesk:
             done(reply)
 
         self._spawn(fetch())
+
+    async def answer_public(self, query: Request) -> R.Reply:
+        """What anyone may ask without an account (the web dashboard's endpoints)."""
+        if isinstance(query, BookQuery):
+            return self.book_reply(query.symbol, query.levels)
+        if isinstance(query, SymbolsQuery):
+            return self.symbols_reply()
+        if isinstance(query, StatsQuery):
+            return self.stats_reply()
+        if isinstance(query, (TickerQuery, KlinesQuery, TradesQuery)):
+            answered: asyncio.Future[R.Reply] = asyncio.get_running_loop().create_future()
+            self.fetch_market(query, answered.set_result)
+            return await answered
+        return R.Error("bad_request", f"{type(query).__name__} is not a public query")
 
     def stats_reply(self) -> R.Reply:
         return R.StatsReply(self.figures() if self.figures is not None else {})

@@ -62,9 +62,13 @@ class Notifier:
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
-        self._server, host, port = await listen(lambda: Subscriber(self, self.limits), host, port, tls)
+        self._server, host, port = await listen(self.new_session, host, port, tls)
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_paused(), name="md-watchdog")
         return host, port
+
+    def new_session(self) -> Subscriber:
+        """A market-data session for a connection: TCP here, a WebSocket on the dashboard."""
+        return Subscriber(self, self.limits)
 
     # ------------------------------------------------------------ from matching
 

@@ -62,6 +62,11 @@ class Histogram:
                 return min(upper_bound(bucket), self.max)
         return self.max
 
+    def below(self, bound: int) -> int:
+        """How many values are < bound; exact where bound starts a bucket (below 32, or a
+        power of two): /metrics asks at powers of two."""
+        return sum(self.counts[: bucket_of(bound)])
+
     def reset(self) -> None:
         self.counts = [0] * BUCKETS
         self.count = self.total = self.max = 0

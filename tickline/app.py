@@ -42,6 +42,7 @@ from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed
 from telemetry.registry import Telemetry
 from tickline import __version__
 from tickline.tuning import tune_runtime
+from web.server import Dashboard
 
 log = structlog.get_logger("tickline")
 
@@ -60,6 +61,8 @@ class Config:
     max_backlog: int = 8_000  # commands accepted and not yet matched before reading stops
     md_host: str = "127.0.0.1"
     md_port: int = 7002
+    web_host: str = "127.0.0.1"
+    web_port: int | None = 7080  # the dashboard and /metrics; None: off
     md_hard_cap: int = 8 * 1024 * 1024  # unread bytes before a subscriber is disconnected
     md_pause_deadline: float = 10.0  # seconds a subscriber may stop reading
     shutdown_grace: float = 2.0  # seconds connections get to take their last bytes
@@ -193,7 +196,8 @@ async def serve(config: Config) -> int:
     )  # fmt: skip
     snapshots = asyncio.create_task(snapshotter.run(), name="snapshots")
 
-    # 8. Listen, and wait for SIGINT or SIGTERM (a second one exits at once).
+    # 8. Listen (the dashboard too: the page, its JSON, /metrics, market data over a
+    #    WebSocket), and wait for SIGINT or SIGTERM (a second one exits at once).
     probes = [LoopLag(telemetry), GcPauses(telemetry)]
     for probe in probes:
         probe.start()
@@ -205,6 +209,10 @@ async def serve(config: Config) -> int:
     await admin.start(data.admin_socket)
     md_host, md_port = await notifier.start(config.md_host, config.md_port, tls)
     log.info("market_data_listening", host=md_host, port=md_port, tls=tls is not None)
+    dashboard = Dashboard(desk.answer_public, notifier.new_session, telemetry) if config.web_port is not None else None
+    if dashboard is not None:
+        web_host, web_port = await dashboard.start(config.web_host, config.web_port, tls)
+        log.info("dashboard_listening", url=f"{'https' if tls else 'http'}://{web_host}:{web_port}/", host=web_host, port=web_port)
     host, port = await gateway.start(config.host, config.port, tls)
     log.info("order_entry_listening", host=host, port=port, tls=tls is not None, data_dir=str(config.data_dir), next_seq=journal.next_seq)
     await stop.wait()
@@ -223,6 +231,8 @@ async def serve(config: Config) -> int:
         gateway.close("shutting down", config.shutdown_grace),
         notifier.close("shutting down", config.shutdown_grace),
     )
+    if dashboard is not None:
+        await dashboard.close()
     snapshots.cancel()
     await snapshotter.take()
     await tradelog.close()

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=int(env("TICKLINE_PORT", "7001")), help="order-entry port, 0 for any (TICKLINE_PORT)")
     serve.add_argument("--md-host", default=env("TICKLINE_MD_HOST", "127.0.0.1"), help="market-data address (TICKLINE_MD_HOST)")
     serve.add_argument("--md-port", type=int, default=int(env("TICKLINE_MD_PORT", "7002")), help="market-data port, 0 for any (TICKLINE_MD_PORT)")
+    serve.add_argument("--web-host", default=env("TICKLINE_WEB_HOST", "127.0.0.1"), help="dashboard address (TICKLINE_WEB_HOST)")
+    serve.add_argument("--web-port", type=int, default=int(env("TICKLINE_WEB_PORT", "7080")), help="dashboard port, 0 for any (TICKLINE_WEB_PORT)")
+    serve.add_argument("--no-web", action="store_true", help="no dashboard, no /metrics")
     serve.add_argument("--md-hard-cap", type=int, default=8 * 1024 * 1024, help="unread bytes before a subscriber is disconnected")
     serve.add_argument("--md-pause-deadline", type=float, default=10.0, help="seconds a subscriber may stop reading")
     serve.add_argument("--snapshot-every", type=int, default=int(env("TICKLINE_SNAPSHOT_EVERY", "120000")), help="commands between snapshots, at most")
@@ -156,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             retention=args.retention, tradelog_max_rows=args.tradelog_max_rows, max_backlog=args.max_backlog,
             md_host=args.md_host, md_port=args.md_port, md_hard_cap=args.md_hard_cap, md_pause_deadline=args.md_pause_deadline,
             tls_cert=args.tls_cert, tls_key=args.tls_key, demo=args.demo,
+            web_host=args.web_host, web_port=None if args.no_web else args.web_port,
         )  # fmt: skip
         return uvloop.run(run_server(config))
     if args.command == "replay":
