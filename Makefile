@@ -4,17 +4,21 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-restart bench-fanout install clean
+.PHONY: run test lint bench bench-engine bench-restart bench-fanout bench-queries install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@# The dashboard's chart library, served by the server itself (no CDN, no build step).
+	@if command -v npm >/dev/null; then cd web && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the dashboard will run without its candle chart (install Node.js and npm, then make install)"; fi
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
+	@echo "tickline: order entry on 127.0.0.1:7001, market data on 127.0.0.1:7002, dashboard at http://127.0.0.1:7080/"
 	$(VENV)/bin/tickline serve --demo
 
 test: lint
@@ -36,5 +40,8 @@ bench-restart: $(STAMP)
 bench-fanout: $(STAMP)
 	$(PY) -m bench.fanout
 
+bench-queries: $(STAMP)
+	$(PY) -m bench.queries
+
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var web/node_modules

@@ -492,7 +492,7 @@ class ServerProcess:
     def __init__(self, kind: str, data_dir: Path) -> None:
         self.kind = kind
         if kind == "exchange":
-            cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(data_dir)]
+            cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(data_dir)]
             pattern, stream = r"port=(\d+)", "stderr"
         else:
             cmd = [sys.executable, "-m", "bench.baseline", "--port", "0"]

@@ -113,7 +113,7 @@ def time_to_listen(data: Path, instruments_file: Path) -> float:
         + f'\n[instruments.BENCH]\ntick = "{spec.tick.text}"\nlot = "{spec.lot.text}"\n'
         + f'max_qty = "{spec.format_qty(spec.max_qty)}"\nmin_price = "{spec.format_price(spec.min_price)}"\nmax_price = "{spec.format_price(spec.max_price)}"\n'
     )
-    cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(data), "--instruments", str(instruments_file)]
+    cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(data), "--instruments", str(instruments_file)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

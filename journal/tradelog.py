@@ -82,9 +82,14 @@ class TradeLog:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
-        self._acks = asyncio.get_running_loop().create_task(self._read_acks(), name="tradelog-acks")
+        assert self._proc.stdin is not None and self._proc.stdout is not None
         specs = {s: (i.tick.text, i.lot.text) for s, i in self.instruments.items()}
-        await self._send(Frame(0, [], specs, {a.name: a.unit.text for a in assets_of(self.instruments).values()}))
+        first = self._encode(Frame(0, [], specs, {a.name: a.unit.text for a in assets_of(self.instruments).values()}))
+        self._proc.stdin.write(LENGTH.pack(len(first)) + first)
+        # Its answer: the writer is ready, and a log from before candles has them (a query
+        # right after the start must not find them missing).
+        await self._proc.stdout.readexactly(UNITS.size)
+        self._acks = asyncio.get_running_loop().create_task(self._read_acks(), name="tradelog-acks")
 
     # ------------------------------------------------------------ hand-over (event loop)
 

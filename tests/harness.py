@@ -50,12 +50,13 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.md_port = 0
+        self.web_port = 0
         self.log: list[str] = []
 
     def start(self, timeout: float = 15.0) -> Server:
         if self.funded:
             create_accounts(self.data_dir)
-        cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(self.data_dir), *self.extra]
+        cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(self.data_dir), *self.extra]
         self.log = []
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         ready = threading.Event()
@@ -68,6 +69,9 @@ class Server:
                 md = re.search(r"event='market_data_listening' .*port=(\d+)", line)
                 if md:
                     self.md_port = int(md.group(1))
+                web = re.search(r"event='dashboard_listening' .*port=(\d+)", line)
+                if web:
+                    self.web_port = int(web.group(1))
                 m = re.search(r"event='order_entry_listening' .*port=(\d+)", line)
                 if m:
                     self.port = int(m.group(1))

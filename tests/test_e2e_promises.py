@@ -77,7 +77,7 @@ def test_a_second_server_on_a_data_directory_in_use_exits_with_one_line(tmp_path
         c = first.client()
         assert c.ask("BUY AAPL 1 99") == ["ACK 61 BUY AAPL 1 99.00 GTC"]
         second = subprocess.run(
-            [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(tmp_path / "data")],
+            [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(tmp_path / "data")],
             cwd=ROOT, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert second.returncode != 0

@@ -220,7 +220,7 @@ def test_the_server_stops_on_sigterm_after_whoever_read_its_log_is_gone(tmp_path
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(tmp_path / "data")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
