@@ -23,9 +23,11 @@ DEFAULT_HIGH = 64 * 1024
 class SocketBridge:
     """Just the asyncio.Transport methods the market-data session uses."""
 
-    def __init__(self, ws: web.WebSocketResponse, peer: tuple[str, int] | None) -> None:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
-        self.peer = peer
+        transport = request.transport
+        # The socket too: the session bounds its kernel send buffer as on port 7002.
+        self.extra = {name: transport.get_extra_info(name) if transport is not None else None for name in ("peername", "socket")}
         self.protocol: asyncio.Protocol | None = None
         self._chunks: deque[bytes] = deque()
         self._queued = 0  # bytes waiting here
@@ -57,7 +59,8 @@ class SocketBridge:
         self._low = self._high // 4 if low is None else low
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
+        value = self.extra.get(name)
+        return default if value is None else value
 
     def is_closing(self) -> bool:
         return self._closing

@@ -113,9 +113,8 @@ class Dashboard:
         ws = web.WebSocketResponse(max_msg_size=4096, heartbeat=30.0, compress=False)
         await ws.prepare(request)
         self.sockets.add(ws)
-        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         try:
-            await SocketBridge(ws, peer).run(self.new_session())
+            await SocketBridge(ws, request).run(self.new_session())
         finally:
             self.sockets.discard(ws)
         return ws

@@ -155,8 +155,10 @@ function paintDepth() {
   if (!bids.length && !asks.length) return;
   const cum = (levels) => { let t = 0; return levels.map(([p, q]) => [Number(p), (t += Number(q))]); };
   const cb = cum(bids), ca = cum(asks);
-  const prices = [...cb, ...ca].map((x) => x[0]);
+  const texts = [...bids, ...asks].map((x) => x[0]);  // the prices as the server prints them
+  const prices = texts.map(Number);
   const lo = Math.min(...prices), hi = Math.max(...prices), span = hi - lo || 1;
+  const loText = texts[prices.indexOf(lo)], hiText = texts[prices.indexOf(hi)];
   const top = Math.max(cb.length ? cb[cb.length - 1][1] : 0, ca.length ? ca[ca.length - 1][1] : 0) || 1;
   const x = (p) => 10 + ((p - lo) / span) * (w - 20), y = (q) => h - 18 - (q / top) * (h - 30);
   const area = (points, color) => {
@@ -173,8 +175,8 @@ function paintDepth() {
   area(cb, "#26a69a");
   area(ca, "#ef5350");
   ctx.fillStyle = "#7b8797"; ctx.font = "11px system-ui";
-  ctx.fillText(String(lo), 4, h - 4);
-  ctx.fillText(String(hi), w - ctx.measureText(String(hi)).width - 4, h - 4);
+  ctx.fillText(loText, 4, h - 4);
+  ctx.fillText(hiText, w - ctx.measureText(hiText).width - 4, h - 4);
 }
 
 function paintTrades() {
