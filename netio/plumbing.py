@@ -9,6 +9,7 @@ connection, waits up to a grace period for them to finish, then aborts the rest.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 from typing import Callable, Iterable, Protocol
@@ -16,6 +17,14 @@ from typing import Callable, Iterable, Protocol
 import structlog
 
 log = structlog.get_logger("netio")
+
+
+class CannotListen(Exception):
+    """A port could not be bound (another server has it, or no permission)."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)  # the loop's own text repeats the address
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
 
 
 class FlowControl:
@@ -112,7 +121,10 @@ async def listen(
 ) -> tuple[asyncio.AbstractServer, str, int]:
     """A listening TCP server (TLS if given a context); returns it with the address it bound."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024, ssl=tls, ssl_handshake_timeout=10 if tls else None)
+    try:
+        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024, ssl=tls, ssl_handshake_timeout=10 if tls else None)
+    except OSError as exc:
+        raise CannotListen(host, port, exc) from None
     address = server.sockets[0].getsockname()
     return server, address[0], address[1]
 

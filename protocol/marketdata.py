@@ -234,3 +234,50 @@ def level_json(symbol: str, side: str, price: str, qty: str, prev: int, seq: int
 
 def snapshot_json(symbol: str, seq: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:
     return _json.encode({"type": "snapshot", "symbol": symbol, "seq": seq, "bids": bids, "asks": asks}) + b"\n"
+
+
+# ---------------------------------------------------------------- updates, decoded (clients)
+# What the JSON encoders above write, as Structs a client decodes them into
+# (client/marketdata.py); tests check both sides agree.
+
+
+class TradeUpdate(msgspec.Struct, frozen=True, tag_field="type", tag="trade"):
+    symbol: str
+    qty: str
+    price: str
+    aggressor: str
+    trade: str  # the trade id
+    prev: int
+    seq: int
+
+
+class QuoteUpdate(msgspec.Struct, frozen=True, tag_field="type", tag="quote"):
+    symbol: str
+    bid: str | None
+    bid_qty: str | None
+    ask: str | None
+    ask_qty: str | None
+    prev: int
+    seq: int
+
+
+class LevelUpdate(msgspec.Struct, frozen=True, tag_field="type", tag="book"):
+    symbol: str
+    side: str  # BUY | SELL
+    price: str
+    qty: str  # the level's total; 0: gone
+    prev: int
+    seq: int
+
+
+class Snapshot(msgspec.Struct, frozen=True, tag_field="type", tag="snapshot"):
+    symbol: str
+    seq: int
+    bids: list[tuple[str, str]]  # best first
+    asks: list[tuple[str, str]]
+
+
+MdMessage = (
+    TradeUpdate | QuoteUpdate | LevelUpdate | Snapshot
+    | MdHello | Subscribed | Unsubscribed | ReplayHead | End | MdError | MdPong | MdBye | MdHelpReply
+)  # fmt: skip

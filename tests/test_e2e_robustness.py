@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 from journal.journal import read_journal, repair
 from protocol.messages import NewOrder
-from tests.harness import Client, Server
+from tests.harness import ROOT, Client, Server
 
 
 def test_ten_thousand_orders_pipelined_in_one_write(server: Server) -> None:
@@ -233,3 +235,17 @@ def test_the_server_stops_on_sigterm_after_whoever_read_its_log_is_gone(tmp_path
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_second_server_on_a_busy_port_says_so_and_exits(server: Server, tmp_path: Path) -> None:
+    """Reproduced first: the second server raised at its listen, its account and trade-log
+    readers' threads were never closed, and the process hung instead of exiting."""
+    for flag, port in (("--port", server.port), ("--md-port", server.md_port), ("--web-port", server.web_port)):
+        ports = {"--port": "0", "--md-port": "0", "--web-port": "0", flag: str(port)}
+        args = [a for item in ports.items() for a in item]
+        second = subprocess.run(
+            [sys.executable, "-m", "tickline.cli", "serve", *args, "--data-dir", str(tmp_path / flag)],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert second.stderr.splitlines()[-1] == f"tickline: cannot listen on 127.0.0.1:{port}: address already in use"

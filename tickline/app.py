@@ -12,6 +12,7 @@ Each object is made before anything uses it; the numbered steps follow the diagr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import ssl
@@ -100,6 +101,13 @@ class Durable:
 
 
 async def serve(config: Config) -> int:
+    # Whatever way serve ends (a port in use, a bad file), the database connections' threads
+    # are closed: the interpreter waits for them, and a server that failed to start hung.
+    async with contextlib.AsyncExitStack() as threads:
+        return await _serve(config, threads)
+
+
+async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
     failures: list[BaseException] = []
@@ -154,6 +162,7 @@ async def serve(config: Config) -> int:
 
     market = Market(data.trades, instruments, lambda symbol: books[symbol].bbo())  # TICKER, KLINES, TRADES
     await market.open()
+    threads.push_async_callback(market.close)
 
     async def market_history(query: MarketQuery) -> Reply:
         await caught_up()
@@ -161,6 +170,7 @@ async def serve(config: Config) -> int:
 
     accounts = Accounts(data.accounts)
     await accounts.open()
+    threads.push_async_callback(accounts.close)
     desk = OrderDesk(
         instruments, books, risk, journal.append, lambda: journal.next_seq, lambda: journal.durable_seq, matching.applied,
         version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,

@@ -111,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     from journal.journal import JournalCorrupt
     from journal.layout import DataDirInUse
     from journal.queries import NoTradeLog
+    from netio.plumbing import CannotListen
 
     try:
         return _run(args)
-    except (DataDirInUse, JournalCorrupt, MissingInstrument, InstrumentsFileError, NoTradeLog, AccountError, OperatorError) as exc:
+    except (DataDirInUse, JournalCorrupt, MissingInstrument, InstrumentsFileError, NoTradeLog, AccountError, OperatorError, CannotListen) as exc:
         # Conditions an operator can name and fix: one line, no traceback.
         sys.stderr.write(f"tickline: {exc}\n")
         return 1

@@ -26,6 +26,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from netio.plumbing import CannotListen
 from protocol import replies as R
 from protocol.requests import BookQuery, KlinesQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
 from telemetry.registry import Telemetry
@@ -67,7 +68,11 @@ class Dashboard:
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self.runner.setup()
-        await web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=tls).start()
+        try:
+            await web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=tls).start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            raise CannotListen(host, port, exc) from None
         address = self.runner.addresses[0]
         return address[0], address[1]
 

@@ -1,0 +1,269 @@
+"""An asyncio client for the order-entry port (7001), in its JSON form.
+
+    async with connect("127.0.0.1", 7001, account="alice", password="alice") as ex:
+        ack = await ex.buy("AAPL", "10", "150.25", tif="IOC")
+        acks = await asyncio.gather(*[ex.sell("AAPL", "1", f"{151 + i}.00") for i in range(100)])  # pipelined
+        await ex.cancel(acks[0].order_id)
+        async for report in ex.reports():  # fills, cancels, replaces, rejects, as they come
+            ...
+
+How replies are matched to requests: every order this client sends carries a client order
+id of its own (`id=`), so its ACK or REJ is found by that id; a cancel or replace is
+answered by the CANCELED / REPLACED / REJ naming its order id; a query (BOOK, ORDERS,
+TICKER, ...) gets the next reply that is not about an order, since the server answers
+queries in request order (docs/PROTOCOL.md). The replies are protocol/replies.py's Structs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import ssl as ssl_module
+from collections import deque
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, TypeVar
+
+import msgspec
+
+from protocol import replies as R
+from protocol import requests as Q
+
+Report = R.FillReport | R.CanceledReport | R.ReplacedReport | R.Reject
+MAX_REPORTS = 100_000  # reports kept for reports() before the oldest are dropped (counted)
+MAX_LINE = 16 * 1024 * 1024  # a BOOK of 1,000 levels or a REPORTS of many fits
+T = TypeVar("T")
+
+
+class OrderRejected(Exception):
+    """The exchange refused an order, a cancel or a replace: its REJ."""
+
+    def __init__(self, reject: R.Reject) -> None:
+        super().__init__(f"{reject.reason}: {reject.text}")
+        self.reject = reject
+        self.reason = reject.reason
+
+
+class RequestFailed(Exception):
+    """A query was answered with ERR (or the connection ended first)."""
+
+
+class Exchange:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_reports: int = MAX_REPORTS) -> None:
+        self._reader, self._writer = reader, writer
+        self._encode = msgspec.json.Encoder().encode
+        self._decode = msgspec.json.Decoder(R.Reply).decode
+        self._prefix = secrets.token_hex(3)  # client order ids unique across this account's connections
+        self._ids = itertools.count(1)
+        self._orders: dict[str, asyncio.Future[R.Ack]] = {}  # client order id -> its ACK
+        # order id -> the cancels and replaces sent about it and not yet answered, in order
+        self._by_order: dict[int, deque[tuple[type, asyncio.Future]]] = {}
+        self._queries: deque[asyncio.Future[R.Reply]] = deque()  # in request order
+        self._reports: deque[Report] = deque(maxlen=max_reports)
+        self._report_ready = asyncio.Event()
+        self.reports_dropped = 0  # reports pushed out of a full reports() queue
+        self.account: str | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._read())
+
+    # ------------------------------------------------------------ orders (pipelined: these do not wait)
+
+    def buy(self, symbol: str, qty: str, price: str | None = None, *, tif: str | None = None, id: str | None = None) -> asyncio.Future[R.Ack]:
+        """Send a BUY now; the future is its ACK (or raises OrderRejected). No price: market."""
+        return self._order(Q.Buy, symbol, qty, price, tif, id)
+
+    def sell(self, symbol: str, qty: str, price: str | None = None, *, tif: str | None = None, id: str | None = None) -> asyncio.Future[R.Ack]:
+        return self._order(Q.Sell, symbol, qty, price, tif, id)
+
+    def _order(self, kind: type[Q.Buy] | type[Q.Sell], symbol: str, qty: str, price: str | None, tif: str | None, cid: str | None) -> asyncio.Future[R.Ack]:
+        cid = cid or f"{self._prefix}-{next(self._ids)}"
+        future: asyncio.Future[R.Ack] = asyncio.get_running_loop().create_future()
+        self._orders[cid] = future
+        self._send(kind(symbol, qty, price, tif, cid))
+        return future
+
+    def cancel(self, order_id: int) -> asyncio.Future[R.CanceledReport]:
+        """Cancel an open order; the future is its CANCELED (or raises OrderRejected)."""
+        return self._about(order_id, Q.CancelOrder(order_id), R.CanceledReport)
+
+    def replace(self, order_id: int, qty: str, price: str | None = None) -> asyncio.Future[R.ReplacedReport]:
+        """New open quantity and/or price; the future is its REPLACED (or raises OrderRejected)."""
+        return self._about(order_id, Q.ReplaceOrder(qty, order_id, price), R.ReplacedReport)
+
+    def _about(self, order_id: int, request: Q.Request, answer: type) -> asyncio.Future:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._by_order.setdefault(order_id, deque()).append((answer, future))
+        self._send(request)
+        return future
+
+    async def drain(self) -> None:
+        """Wait while the socket's send buffer is full (pipelining thousands: call it now and then)."""
+        await self._writer.drain()
+
+    # ------------------------------------------------------------ queries (answered in order)
+
+    async def login(self, name: str, password: str) -> R.LoggedIn:
+        reply = await self._query(Q.Login(name, password), R.LoggedIn)
+        self.account = reply.account
+        return reply
+
+    async def book(self, symbol: str, levels: int = 10) -> R.BookReply:
+        return await self._query(Q.BookQuery(symbol, levels), R.BookReply)
+
+    async def orders(self) -> R.OrdersReply:
+        return await self._query(Q.OrdersQuery(), R.OrdersReply)
+
+    async def balances(self) -> R.BalancesReply:
+        return await self._query(Q.BalancesQuery(), R.BalancesReply)
+
+    async def symbols(self) -> R.SymbolsReply:
+        return await self._query(Q.SymbolsQuery(), R.SymbolsReply)
+
+    async def ticker(self, symbol: str) -> R.TickerReply:
+        return await self._query(Q.TickerQuery(symbol), R.TickerReply)
+
+    async def klines(self, symbol: str, interval: str, *, start: str | None = None, end: str | None = None, limit: int = 500) -> R.KlinesReply:
+        return await self._query(Q.KlinesQuery(symbol, interval, start, end, limit), R.KlinesReply)
+
+    async def trades(self, symbol: str, limit: int = 50, before: str | None = None) -> R.TradesReply:
+        return await self._query(Q.TradesQuery(symbol, limit, before), R.TradesReply)
+
+    async def stats(self) -> dict[str, int]:
+        return (await self._query(Q.StatsQuery(), R.StatsReply)).figures
+
+    async def reports_since(self, since: int) -> R.ReportsReply:
+        """Execution reports caused by commands after journal seq `since` (after a reconnect)."""
+        return await self._query(Q.ReportsQuery(since), R.ReportsReply)
+
+    async def ping(self) -> None:
+        await self._query(Q.Ping(), R.Pong)
+
+    async def _query(self, request: Q.Request, expected: type[T]) -> T:
+        future: asyncio.Future[R.Reply] = asyncio.get_running_loop().create_future()
+        self._queries.append(future)
+        self._send(request)
+        reply = await future
+        if isinstance(reply, R.Reject):
+            raise OrderRejected(reply)
+        if not isinstance(reply, expected):
+            raise RequestFailed(f"{type(request).__name__} was answered {reply!r}")
+        return reply
+
+    # ------------------------------------------------------------ execution reports
+
+    async def reports(self) -> AsyncIterator[Report]:
+        """Every FILL, CANCELED, REPLACED and REJ about this account's orders, in order."""
+        while True:
+            while self._reports:
+                yield self._reports.popleft()
+            if self.closed.done():
+                return
+            self._report_ready.clear()
+            await self._report_ready.wait()  # set by a new one, and by the end of the connection
+
+    # ------------------------------------------------------------ the wire
+
+    def _send(self, request: Q.Request) -> None:
+        if self.closed.done():
+            raise ConnectionError("the connection to the exchange is closed")
+        self._writer.write(self._encode(request) + b"\n")
+
+    async def _read(self) -> None:
+        error: BaseException = ConnectionError("the exchange closed the connection")
+        try:
+            await self._reader.readline()  # the HELLO greeting (text)
+            while line := await self._reader.readline():
+                self._route(self._decode(line))
+        except (ConnectionError, asyncio.IncompleteReadError, msgspec.DecodeError) as exc:
+            error = exc
+        finally:
+            about = [future for waiting in self._by_order.values() for _, future in waiting]
+            for future in [*self._orders.values(), *about, *self._queries]:
+                if not future.done():
+                    future.set_exception(ConnectionError(str(error)))
+            self._orders.clear()
+            self._by_order.clear()
+            self._queries.clear()
+            if not self.closed.done():
+                self.closed.set_result(None)
+            self._report_ready.set()
+
+    def _route(self, reply: R.Reply) -> None:
+        if isinstance(reply, R.Ack):
+            future = self._orders.pop(reply.id or "", None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+        elif isinstance(reply, R.Reject) and reply.id is None and reply.order_id is None:
+            self._answer(reply)  # about no order: a query's answer (BOOK of an unknown symbol, a LOGIN refused)
+        elif isinstance(reply, R.Reject) and reply.order_id is None:
+            future = self._orders.pop(reply.id or "", None)  # a new order refused
+            if future is not None:
+                self._settle(future, reply)
+        elif isinstance(reply, (R.FillReport, R.CanceledReport, R.ReplacedReport, R.Reject)):
+            if not isinstance(reply, R.FillReport) and reply.order_id is not None:
+                self._answered(reply.order_id, reply)
+            if len(self._reports) == self._reports.maxlen:
+                self.reports_dropped += 1
+            self._reports.append(reply)
+            self._report_ready.set()
+        else:
+            self._answer(reply)
+
+    def _answer(self, reply: R.Reply) -> None:
+        if not self._queries:
+            return  # nothing asked (an ERR about a line this client did not send)
+        future = self._queries.popleft()
+        if future.done():
+            return
+        if isinstance(reply, R.Error):
+            future.set_exception(RequestFailed(f"{reply.code}: {reply.text}"))
+        else:
+            future.set_result(reply)
+
+    def _answered(self, order_id: int, reply: R.CanceledReport | R.ReplacedReport | R.Reject) -> None:
+        """The first cancel or replace of that order waiting for this kind of answer (a REJ
+        answers the first of either; a CANCELED not asked for, an IOC's say, answers none)."""
+        waiting = self._by_order.get(order_id)
+        if not waiting:
+            return
+        for i, (answer, future) in enumerate(waiting):
+            if isinstance(reply, (answer, R.Reject)) and not (isinstance(reply, R.CanceledReport) and reply.reason != "user"):
+                del waiting[i]
+                self._settle(future, reply)
+                break
+        if not waiting:
+            del self._by_order[order_id]
+
+    @staticmethod
+    def _settle(future: asyncio.Future, reply: R.Reply) -> None:
+        if future.done():
+            return
+        if isinstance(reply, R.Reject):
+            future.set_exception(OrderRejected(reply))
+        else:
+            future.set_result(reply)
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except ConnectionError:
+            pass
+        await self._task
+
+
+@asynccontextmanager
+async def connect(
+    host: str = "127.0.0.1", port: int = 7001, *, account: str | None = None, password: str | None = None,
+    ssl: ssl_module.SSLContext | None = None, max_reports: int = MAX_REPORTS,
+) -> AsyncIterator[Exchange]:  # fmt: skip
+    """A connection to the order-entry port, logged in if given an account."""
+    reader, writer = await asyncio.open_connection(host, port, ssl=ssl, limit=MAX_LINE)
+    ex = Exchange(reader, writer, max_reports)
+    try:
+        if account is not None:
+            await ex.login(account, password or "")
+        yield ex
+    finally:
+        await ex.close()
