@@ -33,7 +33,9 @@ import time
 from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from bench.browser import chromium
 from bench.fsync_probe import fsync_latency_us
 from bench.workload import Stream, make_stream
 
@@ -489,10 +491,11 @@ def pin_generator() -> int | None:
 
 
 class ServerProcess:
-    def __init__(self, kind: str, data_dir: Path) -> None:
+    def __init__(self, kind: str, data_dir: Path, web: bool = True) -> None:
         self.kind = kind
         if kind == "exchange":
             cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(data_dir)]
+            cmd += [] if web else ["--no-web"]
             pattern, stream = r"port=(\d+)", "stderr"
         else:
             cmd = [sys.executable, "-m", "bench.baseline", "--port", "0"]
@@ -502,7 +505,7 @@ class ServerProcess:
             os.sched_setaffinity(self.proc.pid, ALL_CPUS)
         pipe = self.proc.stderr if stream == "stderr" else self.proc.stdout
         deadline = time.monotonic() + 20
-        self.port = self.md_port = 0
+        self.port = self.md_port = self.web_port = 0
         while time.monotonic() < deadline:
             raw = pipe.readline()  # type: ignore[union-attr]
             if not raw:
@@ -510,6 +513,8 @@ class ServerProcess:
             m = re.search(pattern, raw.decode(errors="replace"))
             if m and b"market_data_listening" in raw:
                 self.md_port = int(m.group(1))
+            if m and b"dashboard_listening" in raw:
+                self.web_port = int(m.group(1))
             if m and (kind != "exchange" or b"order_entry_listening" in raw):
                 self.port = int(m.group(1))
                 break
@@ -527,6 +532,16 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def open_page(web_port: int, data: Path) -> Any:
+    """One dashboard page open in headless Chromium, following AAPL (40% of the orders)."""
+    driver = chromium(data / "chromium-profile")
+    driver.get(f"http://127.0.0.1:{web_port}/?symbol=AAPL")
+    deadline = time.monotonic() + 10
+    while driver.find_element("id", "feed").text != "live" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return driver
 
 
 def _drain(pipe: object) -> None:
@@ -608,7 +623,8 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
         for kind in servers:
             data = Path(tempfile.mkdtemp(prefix="tickline-bench-", dir=args.data_dir))
             logins = bench_accounts(data, args.connections) if kind == "exchange" else None
-            server = ServerProcess(kind, data)
+            server = ServerProcess(kind, data, web=args.web != "off")
+            page = open_page(server.web_port, data) if kind == "exchange" and args.web == "page" else None
             try:
                 if logins:
                     fund_accounts(data, logins)
@@ -626,6 +642,8 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
                     result.telemetry = server_telemetry(data)
                 results.append(result)
             finally:
+                if page is not None:
+                    page.quit()
                 server.stop()
                 shutil.rmtree(data, ignore_errors=True)
             sys.stderr.write("\n" if sys.stderr.isatty() else "")
@@ -648,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, default=0, help="market-data subscribers following every trade (exchange only)")
     parser.add_argument("--only", choices=["baseline", "exchange"])
     parser.add_argument(
+        "--web", choices=["off", "on", "page"], default="on",
+        help="the exchange's dashboard: off (--no-web), on (serving, as tickline serve does; the default), page (and one page open in headless Chromium)",
+    )  # fmt: skip
+    parser.add_argument(
         "--pin-generator", action="store_true",
         help="run the load generator on the last CPU only (the servers keep every CPU): how much of the tail is the generator's sharing the server's core",
     )  # fmt: skip
@@ -668,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.connections} connections, seed {args.seed}, open loop writes every {every}; baseline = bench/baseline.py (no work, same generator)")
     where = f"pinned to CPU {args.pinned}, the servers on all CPUs" if args.pinned is not None else "on the same CPUs as the servers"
     print(f"load generator: {where}")
+    print(f"dashboard: {dict(off='off (--no-web)', on='on, no page open', page='on, one page open in headless Chromium (AAPL)')[args.web]}")
     print(table(results))
     print("where the time went (exchange; server figures from its admin channel's TELEMETRY, reset when each phase starts):")
     for r in results:

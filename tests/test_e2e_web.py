@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import socket
 import time
 import urllib.error
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession, TCPConnector, WSMsgType
 
+from bench.browser import available, chromium
 from tests.harness import Client, Server
 from tests.test_e2e_market import trade
 
@@ -138,25 +138,10 @@ def test_a_tab_that_stops_reading_is_dropped_and_never_slows_the_feed(tmp_path: 
 
 # ---------------------------------------------------------------------- the page, in Chromium
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 browser = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("TICKLINE_REQUIRE_BROWSER"),
+    not available() and not os.environ.get("TICKLINE_REQUIRE_BROWSER"),
     reason="SKIPPED: the dashboard's browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
 )
-
-
-def chromium(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or "/usr/bin/chromium"
-    flags = "--headless=new --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run --disable-background-networking --disable-component-update --disable-sync"
-    for flag in flags.split():
-        options.add_argument(flag)
-    options.add_argument("--window-size=1400,1000")
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    return webdriver.Chrome(service=Service(CHROMEDRIVER or "/usr/bin/chromedriver"), options=options)
 
 
 def text_of(driver, selector: str, expected: str, timeout: float = 10.0) -> str:  # type: ignore[no-untyped-def]
@@ -178,7 +163,7 @@ def text_of(driver, selector: str, expected: str, timeout: float = 10.0) -> str:
 
 @browser
 def test_the_page_shows_depth_ticker_and_trades_live(server: Server, tmp_path: Path) -> None:
-    driver = chromium(tmp_path)
+    driver = chromium(tmp_path / "chromium-profile")
     try:
         driver.get(f"http://127.0.0.1:{server.web_port}/?symbol=AAPL")
         assert text_of(driver, "#feed", "live") == "live"
