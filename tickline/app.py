@@ -5,6 +5,8 @@
                                                           |--> execution reports to sessions
                                                           |--> trade log (SQLite WAL)
                                                           |--> notifier --TCP lines--> subscribers
+                                                                  and --WebSocket--> dashboard pages
+    browsers --HTTP--> dashboard: the page, /api (the desk's public answers), /metrics (telemetry)
 
 Each object is made before anything uses it; the numbered steps follow the diagram.
 """
