@@ -472,6 +472,22 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and all its descendants (the browser: chromedriver's tree)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for tid in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue  # gone meanwhile
+    return total
+
+
 ALL_CPUS: set[int] = set()
 
 
@@ -631,12 +647,15 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
                     server_telemetry(data, reset=True)  # the phase's figures only, not the start's
                 gap = args.send_every_ms if args.send_every_ms is not None else (0.1 if (rate or 0) <= 20_000 else 1.0)
                 cpu_before, generator_before = cpu_seconds(server.proc.pid), time.process_time()
+                browser_before = tree_cpu_seconds(page.service.process.pid) if page is not None else 0.0
                 result = run_phase(
                     server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000,
                     md_port=server.md_port, subscribers=args.subscribers, logins=logins,
                 )  # fmt: skip
                 cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(server.proc.pid).items()}
                 cpu["load generator"] = time.process_time() - generator_before
+                if page is not None:
+                    cpu["browser (one page)"] = tree_cpu_seconds(page.service.process.pid) - browser_before
                 result.cpu_us_per_request = {k: round(v / max(result.completed, 1) * 1e6, 1) for k, v in cpu.items()}
                 if logins:
                     result.telemetry = server_telemetry(data)

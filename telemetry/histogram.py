@@ -8,6 +8,8 @@ has one writer, and readers (a report) accept a count that is one record stale.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 SUB_BITS = 4
 SUB = 1 << SUB_BITS  # buckets per power of two
 EXACT = 2 * SUB  # values below this have a bucket each
@@ -62,10 +64,11 @@ class Histogram:
                 return min(upper_bound(bucket), self.max)
         return self.max
 
-    def below(self, bound: int) -> int:
-        """How many values are < bound; exact where bound starts a bucket (below 32, or a
-        power of two): /metrics asks at powers of two."""
-        return sum(self.counts[: bucket_of(bound)])
+    def below(self, bounds: list[int]) -> list[int]:
+        """How many values are < each bound, in one pass; exact where a bound starts a
+        bucket (below 32, or a power of two): /metrics asks at powers of two."""
+        running = list(accumulate(self.counts, initial=0))  # running[b]: values in buckets < b
+        return [running[bucket_of(bound)] for bound in bounds]
 
     def reset(self) -> None:
         self.counts = [0] * BUCKETS

@@ -49,10 +49,8 @@ class TelemetryCollector:
 def _histogram(name: str, h: Histogram) -> HistogramMetricFamily:
     seconds = name.endswith("_us")
     scale = 1e-6 if seconds else 1.0
-    buckets: list[tuple[str, float]] = []
-    for power in range((MAX_POWER_US if seconds else MAX_POWER) + 1):
-        bound = 1 << power
-        buckets.append((repr(bound * scale) if seconds else str(bound), h.below(bound)))
+    bounds = [1 << power for power in range((MAX_POWER_US if seconds else MAX_POWER) + 1)]
+    buckets: list[tuple[str, float]] = [(repr(b * scale) if seconds else str(b), n) for b, n in zip(bounds, h.below(bounds), strict=True)]
     buckets.append(("+Inf", h.count))
     metric = PREFIX + (name.removesuffix("_us") + "_seconds" if seconds else name)
     return HistogramMetricFamily(metric, h.doc or name, buckets=buckets, sum_value=h.total * scale)

@@ -1,19 +1,25 @@
 // The tickline dashboard: no framework, no build. Market data arrives over /ws, which speaks
 // port 7002's protocol (JSON lines): SUB gives a snapshot, then increments with seq/prev; a
 // gap (prev > the last seq seen of that kind) means resubscribe. Everything that arrives
-// only marks what is dirty; the page paints at most once per animation frame.
+// only marks what is dirty; the page paints at most once per animation frame and at most
+// PAINTS_PER_SECOND times a second: a busy book is thousands of updates a second, and a
+// repaint of the whole page on every frame cost the machine (and the exchange beside it)
+// most of a core.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const INTERVALS = ["1m", "5m", "15m", "1h", "1d"];
 const BOOK_ROWS = 10, TRADE_ROWS = 30, DEPTH_LEVELS = 50;
+const PAINTS_PER_SECOND = 4;
+const CANDLE_PAINT_MS = 1000;  // the chart is the costliest paint: once a second is enough
+const TICKER_EVERY_MS = 2000, KLINES_EVERY_MS = 10000;  // refetched while trades come
 
 const state = {
   symbol: null, interval: "1m", ws: null, live: false, resync: false,
   bids: new Map(), asks: new Map(),     // price text -> qty text
   last: {},                             // kind -> last seq seen (book, trades, quotes)
   trades: [],                           // newest first: {time, price, qty, aggressor}
-  ticker: null, dirty: new Set(), frame: 0,
+  ticker: null, dirty: new Set(), frame: 0, painted: 0, candlePainted: 0,
   refresh: { ticker: 0, klines: 0 },   // when a refetch is due (ms), 0: none
   lastStats: null,
 };
@@ -87,8 +93,9 @@ function handle(m) {
       state.trades.length = Math.min(state.trades.length, TRADE_ROWS);
       if (state.ticker) { state.ticker.last = m.price; mark("ticker"); }
       mark("trades");
-      due("ticker", 1000);
-      due("klines", 2000);
+      onCandle(Number(m.price), Number(m.qty));
+      due("ticker", TICKER_EVERY_MS);
+      due("klines", KLINES_EVERY_MS);
       break;
     case "err":
       console.warn("market data:", m.code, m.text);
@@ -114,7 +121,9 @@ function inOrder(kind, m) {
 
 function mark(what) {
   state.dirty.add(what);
-  if (!state.frame) state.frame = requestAnimationFrame(paint);
+  if (state.frame) return;
+  const wait = Math.max(0, state.painted + 1000 / PAINTS_PER_SECOND - performance.now());
+  state.frame = setTimeout(() => requestAnimationFrame(paint), wait);
 }
 
 function due(what, ms) {
@@ -123,11 +132,16 @@ function due(what, ms) {
 
 function paint() {
   state.frame = 0;
+  state.painted = performance.now();
   const dirty = state.dirty;
   state.dirty = new Set();
   if (dirty.has("book")) { paintBook(); paintDepth(); }
   if (dirty.has("trades")) paintTrades();
   if (dirty.has("ticker")) paintTicker();
+  if (dirty.has("candle")) {
+    if (state.painted - state.candlePainted >= CANDLE_PAINT_MS) { state.candlePainted = state.painted; paintCandle(); }
+    else mark("candle");  // for a later paint
+  }
 }
 
 function sortedLevels() {
@@ -143,7 +157,7 @@ function paintBook() {
     const b = bids[i] || ["", ""], a = asks[i] || ["", ""];
     rows.push(`<tr><td class="bid">${b[1]}</td><td class="bid">${b[0]}</td><td class="ask">${a[0]}</td><td class="ask">${a[1]}</td></tr>`);
   }
-  document.querySelector("#book tbody").innerHTML = rows.join("");
+  setHTML(document.querySelector("#book tbody"), rows.join(""));
 }
 
 function paintDepth() {
@@ -180,9 +194,14 @@ function paintDepth() {
 }
 
 function paintTrades() {
-  document.querySelector("#trades tbody").innerHTML = state.trades.map((t) =>
+  setHTML(document.querySelector("#trades tbody"), state.trades.map((t) =>
     `<tr><td>${t.time.slice(11, 19)}</td><td class="${t.aggressor}">${t.price}</td><td>${t.qty}</td><td class="${t.aggressor}">${t.aggressor}</td></tr>`
-  ).join("");
+  ).join(""));
+}
+
+// Only a change costs a layout.
+function setHTML(element, html) {
+  if (element.dataset.html !== html) { element.innerHTML = html; element.dataset.html = html; }
 }
 
 function paintTicker() {
@@ -217,11 +236,33 @@ function makeChart() {
   charts.volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
 }
 
+// A trade moves the last candle at once (by this browser's clock); the refetch every
+// KLINES_EVERY_MS puts the server's candles back.
+function onCandle(price, qty) {
+  if (!charts.candles || !state.lastCandle) return;
+  const seconds = { "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400 }[state.interval];
+  const start = Math.floor(Date.now() / 1000 / seconds) * seconds;
+  let c = state.lastCandle;
+  if (start > c.time) c = { time: start, open: price, high: price, low: price, close: price, volume: 0 };
+  c.high = Math.max(c.high, price); c.low = Math.min(c.low, price); c.close = price; c.volume += qty;
+  state.lastCandle = c;
+  state.dirty.add("candle");
+}
+
+function paintCandle() {
+  const c = state.lastCandle;
+  if (!c || !charts.candles) return;
+  charts.candles.update({ time: c.time, open: c.open, high: c.high, low: c.low, close: c.close });
+  charts.volume.update({ time: c.time, value: c.volume, color: c.close >= c.open ? "#26a69a66" : "#ef535066" });
+}
+
 async function loadKlines() {
-  const reply = await api("klines", { symbol: state.symbol, interval: state.interval, limit: 500 });
+  const reply = await api("klines", { symbol: state.symbol, interval: state.interval, limit: 300 });
   if (!charts.candles || reply.type !== "klines" || reply.symbol !== state.symbol) return;
   const t = (c) => Date.parse(c.time) / 1000;
   charts.candles.setData(reply.candles.map((c) => ({ time: t(c), open: +c.open, high: +c.high, low: +c.low, close: +c.close })));
+  const last = reply.candles[reply.candles.length - 1];
+  state.lastCandle = last && { time: t(last), open: +last.open, high: +last.high, low: +last.low, close: +last.close, volume: +last.volume };
   charts.volume.setData(reply.candles.map((c) => ({ time: t(c), value: +c.volume, color: +c.close >= +c.open ? "#26a69a66" : "#ef535066" })));
 }
 
