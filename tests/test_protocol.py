@@ -73,3 +73,23 @@ def test_replies_as_text_and_json() -> None:
         b"REJ bad_tick id=c2 price 1.001 is not on the tick 0.01\n"
     )
     assert R.to_text(R.BookReply("ES", [("4500.00", "3")], [])) == b"BOOK ES bids=1 asks=0\nBID 4500.00 3\nEND\n"
+
+
+def test_formatted_market_data_json_is_what_the_json_encoder_writes() -> None:
+    """The updates' JSON is formatted by hand for speed; it must equal the encoder's, and
+    decode into the Structs a client uses (protocol.marketdata.MdMessage)."""
+    import msgspec
+
+    from protocol import marketdata as M
+
+    encode = msgspec.json.encode
+    decode = msgspec.json.Decoder(M.MdMessage).decode
+    level = M.level_json("BTC-USD", "BUY", "64000.01", "0.50000", 7, 9)
+    assert level == encode({"type": "book", "symbol": "BTC-USD", "side": "BUY", "price": "64000.01", "qty": "0.50000", "prev": 7, "seq": 9}) + b"\n"
+    assert decode(level) == M.LevelUpdate("BTC-USD", "BUY", "64000.01", "0.50000", 7, 9)
+    trade = M.trade_json("ES", "3", "4500.25", "SELL", "12-1", 0, 1)
+    assert trade == encode({"type": "trade", "symbol": "ES", "qty": "3", "price": "4500.25", "aggressor": "SELL", "trade": "12-1", "prev": 0, "seq": 1}) + b"\n"
+    assert decode(trade) == M.TradeUpdate("ES", "3", "4500.25", "SELL", "12-1", 0, 1)
+    quote = M.quote_json("AAPL", "-", "-", "150.25", "10", 3, 4)
+    assert quote == encode({"type": "quote", "symbol": "AAPL", "bid": None, "bid_qty": None, "ask": "150.25", "ask_qty": "10", "prev": 3, "seq": 4}) + b"\n"
+    assert decode(quote) == M.QuoteUpdate("AAPL", None, None, "150.25", "10", 3, 4)
