@@ -26,6 +26,7 @@ from typing import AsyncIterator, TypeVar
 
 import msgspec
 
+from client.inbox import Inbox, close_stream
 from protocol import replies as R
 from protocol import requests as Q
 
@@ -59,9 +60,7 @@ class Exchange:
         # order id -> the cancels and replaces sent about it and not yet answered, in order
         self._by_order: dict[int, deque[tuple[type, asyncio.Future]]] = {}
         self._queries: deque[asyncio.Future[R.Reply]] = deque()  # in request order
-        self._reports: deque[Report] = deque(maxlen=max_reports)
-        self._report_ready = asyncio.Event()
-        self.reports_dropped = 0  # reports pushed out of a full reports() queue
+        self._reports: Inbox[Report] = Inbox(max_reports)
         self.account: str | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._read())
@@ -151,15 +150,14 @@ class Exchange:
 
     # ------------------------------------------------------------ execution reports
 
-    async def reports(self) -> AsyncIterator[Report]:
+    def reports(self) -> AsyncIterator[Report]:
         """Every FILL, CANCELED, REPLACED and REJ about this account's orders, in order."""
-        while True:
-            while self._reports:
-                yield self._reports.popleft()
-            if self.closed.done():
-                return
-            self._report_ready.clear()
-            await self._report_ready.wait()  # set by a new one, and by the end of the connection
+        return aiter(self._reports)
+
+    @property
+    def reports_dropped(self) -> int:
+        """Reports pushed out of a full reports() inbox."""
+        return self._reports.dropped
 
     # ------------------------------------------------------------ the wire
 
@@ -186,7 +184,7 @@ class Exchange:
             self._queries.clear()
             if not self.closed.done():
                 self.closed.set_result(None)
-            self._report_ready.set()
+            self._reports.end()
 
     def _route(self, reply: R.Reply) -> None:
         if isinstance(reply, R.Ack):
@@ -202,10 +200,7 @@ class Exchange:
         elif isinstance(reply, (R.FillReport, R.CanceledReport, R.ReplacedReport, R.Reject)):
             if not isinstance(reply, R.FillReport) and reply.order_id is not None:
                 self._answered(reply.order_id, reply)
-            if len(self._reports) == self._reports.maxlen:
-                self.reports_dropped += 1
-            self._reports.append(reply)
-            self._report_ready.set()
+            self._reports.put(reply)
         else:
             self._answer(reply)
 
@@ -244,13 +239,7 @@ class Exchange:
             future.set_result(reply)
 
     async def close(self) -> None:
-        if not self._writer.is_closing():
-            self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except ConnectionError:
-            pass
-        await self._task
+        await close_stream(self._writer, self._task)
 
 
 @asynccontextmanager

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
-from collections import deque
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import AsyncIterator, Iterable
 
 import msgspec
 
+from client.inbox import Inbox, close_stream
 from protocol import marketdata as M
 
 Update = M.TradeUpdate | M.QuoteUpdate | M.LevelUpdate
@@ -79,9 +79,7 @@ class MarketData:
         self._encode = msgspec.json.Encoder().encode
         self.books: dict[str, BookReplica] = {}
         self.gaps = 0  # losses detected (each answered by a fresh subscription)
-        self._updates: deque[Update] = deque(maxlen=max_updates)
-        self.updates_dropped = 0
-        self._ready = asyncio.Event()
+        self._updates: Inbox[Update] = Inbox(max_updates)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._read())
 
@@ -98,14 +96,13 @@ class MarketData:
         await asyncio.wait_for(book.synced.wait(), timeout)
         return book
 
-    async def updates(self) -> AsyncIterator[Update]:
-        while True:
-            while self._updates:
-                yield self._updates.popleft()
-            if self.closed.done():
-                return
-            self._ready.clear()
-            await self._ready.wait()  # set by a new one, and by the end of the connection
+    def updates(self) -> AsyncIterator[Update]:
+        """Every trade, quote and level change of the subscribed symbols, in order."""
+        return aiter(self._updates)
+
+    @property
+    def updates_dropped(self) -> int:
+        return self._updates.dropped
 
     def _send(self, request: M.MdRequest) -> None:
         self._writer.write(self._encode(request) + b"\n")
@@ -120,7 +117,7 @@ class MarketData:
         finally:
             if not self.closed.done():
                 self.closed.set_result(None)
-            self._ready.set()
+            self._updates.end()
 
     def receive(self, m: M.MdMessage) -> None:
         """One message from the feed (the network's, or a test's)."""
@@ -143,10 +140,7 @@ class MarketData:
             book.last[kind] = book.seq = m.seq
             if isinstance(m, M.LevelUpdate):
                 book.apply(m)
-            if len(self._updates) == self._updates.maxlen:
-                self.updates_dropped += 1
-            self._updates.append(m)
-            self._ready.set()
+            self._updates.put(m)
 
     def _resync(self, book: BookReplica) -> None:
         self.gaps += 1
@@ -156,13 +150,7 @@ class MarketData:
         self._send(M.Subscribe(book.symbol, "all"))
 
     async def close(self) -> None:
-        if not self._writer.is_closing():
-            self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except ConnectionError:
-            pass
-        await self._task
+        await close_stream(self._writer, self._task)
 
 
 @asynccontextmanager
