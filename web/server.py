@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import msgspec
-import structlog
 from aiohttp import web
 
 from netio.plumbing import CannotListen
@@ -33,7 +32,6 @@ from telemetry.registry import Telemetry
 from web.bridge import SocketBridge
 from web.metrics import metrics_registry, render
 
-log = structlog.get_logger("web")
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 CHARTS = HERE / "node_modules" / "lightweight-charts" / "dist" / "lightweight-charts.standalone.production.js"
