@@ -4,12 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-restart bench-fanout bench-queries install clean
+.PHONY: run test lint bench bench-engine bench-restart bench-fanout bench-queries bench-jetstream install clean
 
 $(STAMP): pyproject.toml web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,cluster]'
 	@# The dashboard's chart library, served by the server itself (no CDN, no build step).
 	@if command -v npm >/dev/null; then cd web && npm ci --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the dashboard will run without its candle chart (install Node.js and npm, then make install)"; fi
@@ -42,6 +42,9 @@ bench-fanout: $(STAMP)
 
 bench-queries: $(STAMP)
 	$(PY) -m bench.queries
+
+bench-jetstream: $(STAMP)
+	$(PY) -m bench.jetstream
 
 clean:
 	rm -rf $(VENV) var web/node_modules

@@ -3,7 +3,7 @@
 protocol/ is the floor; exchange/ stands on it; journal/, gateway/ and notifier/ may use
 exchange/'s types; netio/ (socket plumbing) and telemetry/ (the server's own figures)
 stand on nothing of ours; web/ (the dashboard) sits on protocol/, netio/ and telemetry/, client/ (the Python client
-library) on protocol/; examples/ use client/ only; nothing imports
+library) on protocol/; cluster/ (step 11's processes over NATS JetStream) like the server's packages; examples/ use client/ only; nothing imports
 tickline/ (the composition root) and no package imports gateway/ or notifier/. Inside a
 package no two modules import each other, directly or round a longer circle.
 """
@@ -24,8 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "notifier": {"protocol", "exchange", "netio", "telemetry"},
     "web": {"protocol", "netio", "telemetry"},
     "client": {"protocol"},
+    "cluster": {"protocol", "exchange", "journal", "netio", "telemetry"},
     "examples": {"client", "protocol"},
-    "bench": {"protocol", "exchange", "journal", "netio"},
+    "bench": {"protocol", "exchange", "journal", "netio", "cluster"},
     "tickline": {"protocol", "exchange", "netio", "telemetry", "journal", "gateway", "notifier", "web"},
 }
 OURS = set(ALLOWED) | {"tests"}

