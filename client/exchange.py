@@ -26,13 +26,12 @@ from typing import AsyncIterator, TypeVar
 
 import msgspec
 
-from client.inbox import Inbox, close_stream
+from client.inbox import MAX_LINE, Inbox, close_stream
 from protocol import replies as R
 from protocol import requests as Q
 
 Report = R.FillReport | R.CanceledReport | R.ReplacedReport | R.Reject
 MAX_REPORTS = 100_000  # reports kept for reports() before the oldest are dropped (counted)
-MAX_LINE = 16 * 1024 * 1024  # a BOOK of 1,000 levels or a REPORTS of many fits
 T = TypeVar("T")
 
 

@@ -7,6 +7,7 @@ from collections import deque
 from typing import AsyncIterator, Generic, TypeVar
 
 T = TypeVar("T")
+MAX_LINE = 16 * 1024 * 1024  # the longest reply line either client reads (a BOOK of 1,000 levels, a long REPORTS)
 
 
 class Inbox(Generic[T]):

@@ -25,7 +25,7 @@ from typing import AsyncIterator, Iterable
 
 import msgspec
 
-from client.inbox import Inbox, close_stream
+from client.inbox import MAX_LINE, Inbox, close_stream
 from protocol import marketdata as M
 
 Update = M.TradeUpdate | M.QuoteUpdate | M.LevelUpdate
@@ -157,7 +157,7 @@ class MarketData:
 async def market_data(
     host: str = "127.0.0.1", port: int = 7002, symbols: Iterable[str] = (), *, ssl: ssl_module.SSLContext | None = None,
 ) -> AsyncIterator[MarketData]:  # fmt: skip
-    reader, writer = await asyncio.open_connection(host, port, ssl=ssl, limit=16 * 1024 * 1024)
+    reader, writer = await asyncio.open_connection(host, port, ssl=ssl, limit=MAX_LINE)
     md = MarketData(reader, writer)
     try:
         for symbol in symbols:

@@ -62,7 +62,6 @@ class OrderDesk:
         reports_source: ReportsSource | None = None,
         check_password: PasswordCheck | None = None,
         market_source: MarketSource | None = None,
-        figures: Callable[[], dict[str, int]] | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.instruments = instruments
@@ -79,8 +78,7 @@ class OrderDesk:
         self.refused = refused  # the order audit's row for an order refused here
         self.reports_source = reports_source  # REPORTS: the trade log's report rows (async)
         self.market_source = market_source
-        self.figures = figures  # STATS: the server's figures (telemetry/registry.py)
-        t = telemetry or Telemetry()
+        self.telemetry = t = telemetry or Telemetry()  # STATS prints its figures
         self._orders = t.counter("orders_total", "new orders accepted (journaled)")
         self.rejects = t.counter("rejects_total", "orders, cancels and replaces refused, by reason", label="reason")
         self.orders = OpenOrders()
@@ -218,36 +216,36 @@ class OrderDesk:
             done(R.Error("unavailable", "this server keeps no report log"))
             return
 
-        async def fetch() -> None:
-            try:
-                events, through = await source(owner, since)
-            except Exception as exc:  # the trade log is unreadable: say so, keep the session
-                log.error("reports_failed", owner=owner, error=repr(exc))
-                done(R.Error("internal", "the report log could not be read; try again"))
-                return
+        async def fetch() -> R.Reply:
+            events, through = await source(owner, since)
             structs = []
             for e in events:
                 _, struct, fields = report_fields(e, self.instruments)
                 structs.append(cast(R.ReportStruct, struct(*fields)))
-            done(R.ReportsReply(since, through, structs))
+            return R.ReportsReply(since, through, structs)
 
-        self._spawn(fetch())
+        self._lookup(fetch(), done, "reports", owner)
 
     def fetch_market(self, query: MarketQuery, done: Callable[[R.Reply], None]) -> None:
-        source = self.market_source
-        if source is None:
+        """TICKER, KLINES, TRADES: from the trade log."""
+        if self.market_source is None:
             done(R.Error("unavailable", "this server keeps no trade log"))
             return
+        self._lookup(self.market_source(query), done, "market", repr(query)[:120])
 
-        async def fetch() -> None:
+    def _lookup(self, work: Awaitable[R.Reply], done: Callable[[R.Reply], None], what: str, about: str) -> None:
+        """Run a trade-log lookup off the event loop; done gets its reply, or an ERR if the
+        log could not be read (the session goes on)."""
+
+        async def run() -> None:
             try:
-                reply = await source(query)
+                reply = await work
             except Exception as exc:
-                log.error("market_query_failed", query=repr(query)[:120], error=repr(exc))
+                log.error(f"{what}_query_failed", about=about, error=repr(exc))
                 reply = R.Error("internal", "the trade log could not be read; try again")
             done(reply)
 
-        self._spawn(fetch())
+        self._spawn(run())
 
     async def answer_public(self, query: Request) -> R.Reply:
         """What anyone may ask without an account (the web dashboard's endpoints)."""
@@ -264,7 +262,7 @@ class OrderDesk:
         return R.Error("bad_request", f"{type(query).__name__} is not a public query")
 
     def stats_reply(self) -> R.Reply:
-        return R.StatsReply(self.figures() if self.figures is not None else {})
+        return R.StatsReply(self.telemetry.figures())
 
     # ------------------------------------------------------------------ reports
 

@@ -125,9 +125,8 @@ class Accounts:
         self._db = await aiosqlite.connect(self.path)
 
     async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
+        if self._db is not None:
+            await self._db.close()
         self._hasher.shutdown(wait=False, cancel_futures=True)
 
     async def _row(self, name: str) -> tuple[str, int] | None:

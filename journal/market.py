@@ -26,6 +26,7 @@ from protocol import replies as R
 from protocol.requests import KlinesQuery, MarketQuery, TickerQuery, TradesQuery
 
 MAX_LIMIT = 1000  # candles or trades in one answer
+LIMIT_ERROR = R.Error("bad_request", f"limit must be 1..{MAX_LIMIT}")
 DAY = 86_400
 # The best bid and ask of a symbol now, each (ticks, lots) or None: Book.bbo.
 BestPrices = Callable[[str], tuple[tuple[int, int] | None, tuple[int, int] | None]]
@@ -70,8 +71,6 @@ class Market:
         inst = self.instruments.get(q.symbol.upper())
         if inst is None:
             return R.Reject("unknown_symbol", f"no such symbol {q.symbol[:16]!r}; type SYMBOLS")
-        if not 1 <= (q.limit if not isinstance(q, TickerQuery) else 1) <= MAX_LIMIT:
-            return R.Error("bad_request", f"limit must be 1..{MAX_LIMIT}")
         if isinstance(q, TickerQuery):
             return await self.ticker(inst, time.time())
         if isinstance(q, KlinesQuery):
@@ -119,6 +118,8 @@ class Market:
         )  # fmt: skip
 
     async def klines(self, inst: Instrument, q: KlinesQuery) -> R.Reply:
+        if not 1 <= q.limit <= MAX_LIMIT:
+            return LIMIT_ERROR
         interval = INTERVALS.get(q.interval)
         if interval is None:
             return R.Error("bad_request", f"interval {q.interval[:8]!r} is not one of " + " ".join(INTERVALS))
@@ -149,6 +150,8 @@ class Market:
         return R.KlinesReply(inst.symbol, q.interval, candles)
 
     async def trades(self, inst: Instrument, q: TradesQuery) -> R.Reply:
+        if not 1 <= q.limit <= MAX_LIMIT:
+            return LIMIT_ERROR
         where, args = "symbol = ?", [inst.symbol]
         if q.before is not None:
             seq, _, match_no = q.before.partition("-")

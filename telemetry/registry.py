@@ -79,8 +79,9 @@ class Telemetry:
         for name in HEADLINE:
             h = self.histograms.get(name)
             if h is not None:
-                out[f"{name.removesuffix('_us')}_p50{'_us' if name.endswith('_us') else ''}"] = h.percentile(50)
-                out[f"{name.removesuffix('_us')}_p99{'_us' if name.endswith('_us') else ''}"] = h.percentile(99)
+                base, unit = (name[:-3], "_us") if name.endswith("_us") else (name, "")  # gateway_ack_p50_us
+                out[f"{base}_p50{unit}"] = h.percentile(50)
+                out[f"{base}_p99{unit}"] = h.percentile(99)
         return out
 
     def reset(self) -> None:

@@ -176,7 +176,7 @@ async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
     desk = OrderDesk(
         instruments, books, risk, journal.append, lambda: journal.next_seq, lambda: journal.durable_seq, matching.applied,
         version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
-        market_source=market_history, figures=telemetry.figures, telemetry=telemetry,
+        market_source=market_history, telemetry=telemetry,
     )  # fmt: skip
     gateway = Gateway(
         desk, telemetry=telemetry, max_backlog=config.max_backlog,
@@ -248,9 +248,7 @@ async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
     snapshots.cancel()
     await snapshotter.take()
     await tradelog.close()
-    await tradelog_task
-    await market.close()
-    await accounts.close()
+    await tradelog_task  # the market and accounts readers close as serve() returns (its exit stack)
     data.admin_socket.unlink(missing_ok=True)
     for probe in probes:
         probe.stop()
