@@ -75,8 +75,16 @@ class Desk(Protocol):
     refused: Callable[[Refusal], None] | None  # the order audit's row for a refused order
     rejects: Counter  # refusals by reason (STATS, /metrics)
 
-    def submit(self, cmd: Command) -> int | Problem:
+    # False: submit() decides at once (the single process). True (a cluster gateway):
+    # submit() returns a token and the decision comes later, by outcome(token), before
+    # durable_seq() passes the token.
+    deferred: bool
+    fetched: tuple[type, ...]  # queries answered by a lookup off the event loop (each waits at the head of the held replies)
+
+    def submit(self, cmd: Command, json: bool = False) -> int | Problem:
         """Hold its funds and journal it (its seq), or the reason it cannot be paid for."""
+    def outcome(self, token: int) -> int | Problem:
+        """A deferred command's decision: its seq (the order id), or why it was refused."""
     def durable_seq(self) -> int: ...
     def settled(self, seq: int) -> bool: ...
     def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]: ...
@@ -91,6 +99,8 @@ class Desk(Protocol):
         """Look the owner's reports up (off the event loop); call done with them later."""
     def fetch_market(self, query: MarketQuery, done: Callable[[R.Reply], None]) -> None:
         """TICKER, KLINES, TRADES from the trade log (off the event loop); call done later."""
+    def fetch_balances(self, owner: str, done: Callable[[R.Reply], None]) -> None:
+        """BALANCES where the balances are elsewhere (a cluster's risk shard)."""
     def stats_reply(self) -> R.Reply: ...
 
 
@@ -103,8 +113,17 @@ Query = (
     OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | ReportsQuery | BalancesQuery | Login | BadRequest
     | TickerQuery | KlinesQuery | TradesQuery | StatsQuery
 )  # fmt: skip
-# Queries answered by a lookup off the event loop: each waits at the head of the held replies.
-FETCHED = (ReportsQuery, Login, TickerQuery, KlinesQuery, TradesQuery)
+FetchedQuery = ReportsQuery | Login | MarketQuery | BalancesQuery
+
+
+class Pending:
+    """A deferred command's reply (ACK or REJ), made when its outcome is known."""
+
+    __slots__ = ("render",)
+
+    def __init__(self, render: Callable[[], bytes]) -> None:
+        self.render = render
+
 NOT_LOGGED_IN = R.Reject(RejectReason.NOT_LOGGED_IN.value, "log in first: LOGIN <name> <password>")
 
 
@@ -119,13 +138,14 @@ class Held:
 
     def __init__(self, seq: int, settle: bool) -> None:
         self.seq, self.settle = seq, settle
-        self.items: list[bytes | tuple[Query, bool]] = []
+        self.items: list[bytes | Pending | tuple[Query, bool]] = []
         self.fetching = False
 
 
 class Connection:
     def __init__(self, desk: Desk, *, max_inflight: int = MAX_INFLIGHT, peer: str = "?") -> None:
         self.desk = desk
+        self.fetched = desk.fetched
         self.max_inflight = max_inflight
         self.peer = peer  # for slowing down repeated failed logins from one address
         self.owner = ""  # the account, once logged in; orders need one
@@ -177,12 +197,12 @@ class Connection:
     def _process(self, lines: Sequence[bytes | None]) -> bytes:
         """Handle lines in order until a query must wait; the rest go to the backlog."""
         held = self.held
-        items: list[bytes] = []  # this call's replies, in request order
+        items: list[bytes | Pending] = []  # this call's replies, in request order
         need = count = 0  # the last command this call journaled (its replies wait for it), how many
         rest = iter(lines)  # what is left of it becomes the backlog if a query must wait
         sent = b""  # replies before a query that must wait, free to go now
         for line in rest:
-            reply: bytes | tuple[Query, bool] | None
+            reply: bytes | Pending | tuple[Query, bool] | None
             if line is TOO_LONG:
                 error = R.Error("line_too_long", f"a line may be at most {self.splitter.limit} bytes; discarded up to its end")
                 reply, seq = R.to_text(error), 0
@@ -204,12 +224,12 @@ class Connection:
             if seq:
                 need = seq
                 count += 1
-                if isinstance(reply, bytes):
-                    items.append(reply)
+                if reply is not None:
+                    items.append(reply)  # type: ignore[arg-type]
             elif isinstance(reply, tuple):
                 # A query reads state: it answers once everything before it has been matched
                 # and before anything after it is journaled (that waits in the backlog).
-                if not held and not need and not isinstance(reply[0], FETCHED) and self.desk.settled(self.last_seq):
+                if not held and not need and not isinstance(reply[0], self.fetched) and self.desk.settled(self.last_seq):
                     items.append(self._answer(*reply))
                     continue
                 sent = self._hold(items, need, count)  # what went before it, if nothing held it
@@ -233,14 +253,14 @@ class Connection:
             out += self._finish()
         return out
 
-    def _hold(self, items: list[bytes], need: int, count: int) -> bytes:
+    def _hold(self, items: list[bytes | Pending], need: int, count: int) -> bytes:
         """Replies of one call: held behind what is held already, or until `need` (the last of
         `count` commands) is durable; returned to send now if neither."""
         if need:
             self.inflight += count
             self._inflight_seqs.append((need, count))
         elif not self.held:
-            return b"".join(items)
+            return b"".join(items)  # type: ignore[arg-type]  # nothing deferred without a seq
         elif not items:
             return b""
         h = Held(need or self.last_seq, False)  # seq <= durable: ready right after what is before it
@@ -301,12 +321,12 @@ class Connection:
                 if h.fetching or (h.settle and not self.desk.settled(h.seq)):
                     break
                 first = h.items[0] if h.items else None
-                if isinstance(first, tuple) and isinstance(first[0], FETCHED):
-                    self._fetch(h, first[0], first[1])
+                if isinstance(first, tuple) and isinstance(first[0], self.fetched):
+                    self._fetch(h, cast(FetchedQuery, first[0]), first[1])
                     break
             held.popleft()
             for item in h.items:
-                out.append(item if isinstance(item, bytes) else self._answer(*item))
+                out.append(item if isinstance(item, bytes) else item.render() if type(item) is Pending else self._answer(*item))  # type: ignore[misc]
             if not held and self.backlog:  # the query that stopped reading has answered
                 backlog, self.backlog = self.backlog, []
                 out.append(self._process(backlog))
@@ -314,7 +334,7 @@ class Connection:
             out.append(self._finish())
         return b"".join(out)
 
-    def _fetch(self, h: Held, req: ReportsQuery | Login | MarketQuery, is_json: bool) -> None:
+    def _fetch(self, h: Held, req: FetchedQuery, is_json: bool) -> None:
         """Start a lookup; its entry stays first (replies keep their order) until done."""
         h.fetching = True
 
@@ -327,12 +347,14 @@ class Connection:
 
         if type(req) is Login:
             self.desk.login(req.name, req.password, self.peer, done)
-        elif type(req) is not ReportsQuery:  # market history: public, no login needed
+        elif type(req) is not ReportsQuery and type(req) is not BalancesQuery:  # market history: public
             self.desk.fetch_market(cast(MarketQuery, req), done)
         elif not self.owner:
             done(NOT_LOGGED_IN)
+        elif type(req) is BalancesQuery:
+            self.desk.fetch_balances(self.owner, done)
         else:
-            self.desk.fetch_reports(self.owner, req.since, done)
+            self.desk.fetch_reports(self.owner, cast(ReportsQuery, req).since, done)
 
     def _finish(self) -> bytes:
         """After QUIT or EOF: done once nothing is held and every command is matched."""
@@ -346,7 +368,7 @@ class Connection:
 
     # ------------------------------------------------------------------ requests
 
-    def _handle(self, req: Request | BadRequest, is_json: bool) -> tuple[bytes | tuple[Query, bool] | None, int]:
+    def _handle(self, req: Request | BadRequest, is_json: bool) -> tuple[bytes | Pending | tuple[Query, bool] | None, int]:
         """(immediate reply, a query to answer in order, or None; the seq journaled or 0)."""
         match req:
             case ReplaceOrder():
@@ -360,17 +382,17 @@ class Connection:
                 return None, 0
             case _:
                 return (req, is_json), 0
-        if reject is None:
-            return None, seq
-        return encode(reject, is_json), seq
+        if reject is None or type(reject) is Pending:
+            return reject, seq
+        return encode(cast(R.Reject, reject), is_json), seq
 
-    def _journal(self, cmd: Command) -> int | Problem:
-        seq = self.desk.submit(cmd)
+    def _journal(self, cmd: Command, is_json: bool) -> int | Problem:
+        seq = self.desk.submit(cmd, is_json)
         if not isinstance(seq, Problem):
             self.last_seq = seq
         return seq
 
-    def _new_order(self, req: Buy | Sell, is_json: bool) -> tuple[bytes, int]:
+    def _new_order(self, req: Buy | Sell, is_json: bool) -> tuple[bytes | Pending, int]:
         """Validate, journal and ACK a new order (the ACK goes out once it is durable).
 
         The first rule broken answers: the client id's form, the symbol, the rulebook's
@@ -394,17 +416,28 @@ class Connection:
             return self._refuse(req, side, Problem(RejectReason.SHUTTING_DOWN, "the exchange is shutting down"), is_json), 0
         qty, price, tif = terms
         cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
-        seq = desk.submit(cmd)
+        seq = desk.submit(cmd, is_json)
         if isinstance(seq, Problem):  # its owner cannot pay for it
             return self._refuse(req, side, seq, is_json), 0
         self.last_seq = seq
+        if desk.deferred:  # a cluster: the order id and the verdict come with the outcome
+            token = seq
+
+            def render() -> bytes:
+                outcome = desk.outcome(token)
+                if isinstance(outcome, Problem):
+                    return self._refuse(req, side, outcome, is_json)
+                return self._ack(outcome, side, inst, qty, price, tif._value_, cid, is_json)
+
+            return Pending(render), seq
         desk.orders.add(seq, cmd, is_json)
+        return self._ack(seq, side, inst, qty, price, tif._value_, cid, is_json), seq
+
+    @staticmethod
+    def _ack(order_id: int, side: Side, inst: Instrument, qty: int, price: int | None, tif: str, cid: str | None, is_json: bool) -> bytes:
         # Enum._value_, not .value: .value is a descriptor costing ~0.5 us a read, on every order.
-        fields = (
-            seq, side._value_, inst.symbol, inst.format_qty(qty),
-            "MKT" if price is None else inst.format_price(price), tif._value_, cid,
-        )  # fmt: skip
-        return (R.to_json(R.Ack(*fields)) if is_json else R.ack_text(*fields)), seq
+        fields = (order_id, side._value_, inst.symbol, inst.format_qty(qty), "MKT" if price is None else inst.format_price(price), tif, cid)
+        return R.to_json(R.Ack(*fields)) if is_json else R.ack_text(*fields)
 
     def _refuse(self, req: Buy | Sell, side: Side, problem: Problem, is_json: bool) -> bytes:
         """REJ for an order that is not journaled, and its row in the order audit."""
@@ -457,11 +490,11 @@ class Connection:
             return reject, 0
         self.desk.orders.set_form(order_id, is_json)
         # The CANCELED (or a REJ if it filled first) comes back from matching.
-        seq = self._journal(Cancel(order.symbol, order_id, self.owner))
+        seq = self._journal(Cancel(order.symbol, order_id, self.owner), is_json)
         assert not isinstance(seq, Problem)  # a cancel costs nothing
         return None, seq
 
-    def _replace(self, req: ReplaceOrder, is_json: bool) -> tuple[R.Reject | None, int]:
+    def _replace(self, req: ReplaceOrder, is_json: bool) -> tuple[R.Reject | Pending | None, int]:
         order_id, order, reject = self._owned(req.order_id, req.id)
         if order is None:
             self._audit_refusal("replace", req.order_id, req.id, req.qty, req.price, reject)
@@ -475,13 +508,26 @@ class Connection:
             # A decrease at the same price locks nothing (a shrink); anything else locks its
             # whole new order, with the price spelled out (see exchange/risk.py).
             shrink = (price is None or price == current) and qty <= open_qty and current is not None
-            seq = self._journal(Replace(order.symbol, order_id, qty, None if shrink else price if price is not None else current, self.owner, shrink))
+            seq = self._journal(Replace(order.symbol, order_id, qty, None if shrink else price if price is not None else current, self.owner, shrink), is_json)
             if not isinstance(seq, Problem):
-                return None, seq
+                return (self._replace_outcome(seq, order_id, order, req, is_json) if self.desk.deferred else None), seq
             terms = seq
         reject = R.Reject(terms.reason.value, terms.text, order.client_id, order_id)
         self._audit_refusal("replace", order_id, order.client_id, req.qty, req.price, reject, order.symbol)
         return reject, 0
+
+    def _replace_outcome(self, token: int, order_id: int, order: NewOrder, req: ReplaceOrder, is_json: bool) -> Pending:
+        """A cluster's replace: nothing to say (REPLACED comes from matching) unless refused."""
+
+        def render() -> bytes:
+            outcome = self.desk.outcome(token)
+            if not isinstance(outcome, Problem):
+                return b""
+            reject = R.Reject(outcome.reason.value, outcome.text, order.client_id, order_id)
+            self._audit_refusal("replace", order_id, order.client_id, req.qty, req.price, reject, order.symbol)
+            return encode(reject, is_json)
+
+        return Pending(render)
 
     def _answer(self, req: Query, is_json: bool) -> bytes:
         """A query's reply, computed now (when everything before it has taken effect)."""

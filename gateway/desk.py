@@ -20,7 +20,7 @@ from exchange.risk import Risk
 from gateway.orders import OpenOrders
 from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Refusal, Rejected, RejectReason, Replaced
-from protocol.requests import BookQuery, KlinesQuery, MarketQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
+from protocol.requests import BookQuery, KlinesQuery, Login, MarketQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
 from protocol.text import clip
 from telemetry.registry import Telemetry
 
@@ -90,7 +90,10 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ sequencing
 
-    def submit(self, cmd: Command) -> int | Problem:
+    deferred = False  # submit decides at once (see gateway/connection.py's Desk)
+    fetched: tuple[type, ...] = (ReportsQuery, Login, TickerQuery, KlinesQuery, TradesQuery)
+
+    def submit(self, cmd: Command, json: bool = False) -> int | Problem:
         """The sequencing point: hold the command's funds (in journal order), then journal it.
 
         A market BUY is given a budget first: what the visible book would cost now."""
@@ -105,6 +108,12 @@ class OrderDesk:
         appended = self.append(cmd)
         assert appended == seq, (appended, seq)
         return seq
+
+    def outcome(self, token: int) -> int | Problem:
+        raise NotImplementedError("this desk decides in submit")
+
+    def fetch_balances(self, owner: str, done: Callable[[R.Reply], None]) -> None:
+        done(self.balances_reply(owner))
 
     def settled(self, seq: int) -> bool:
         """Everything up to seq is on disk and matched: its reports are out, state reflects it."""

@@ -1,0 +1,99 @@
+"""What the cluster's processes say to each other over JetStream: subjects and messages.
+
+One stream, TICKLINE (3 replicas, every write fsync'd), holds every stage's input:
+
+    in.<risk shard>.<writer>      Submit from a gateway, Settle from an engine shard: the
+                                  risk shard's one ordered input (the merge is the stream's)
+    orders.<engine shard>.<risk>  Sequenced: commands a risk shard accepted, with their ids;
+                                  an engine shard reads orders.<its shard>.>, and the read
+                                  replicas (gateways, notifiers, trade log) read orders.>
+
+Each subject has exactly one writer (the <writer>/<risk> part names it), so a stage that
+restarts finds what it already published as the last message on its own subjects
+(header INPUT_SEQ), publishes nothing twice, and fences a second copy of itself with
+Nats-Expected-Last-Subject-Sequence. Refusals go to the submitting gateway over plain
+NATS (verdicts.<gateway>): they change no state.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import msgspec
+
+from protocol.messages import Canceled, Command, Fill, Rejected, Replaced
+
+STREAM = "TICKLINE"
+SUBJECTS = ["in.>", "orders.>"]
+INPUT_SEQ = "Tickline-Input-Seq"  # header: the stream sequence of the input a message came from
+
+
+class Submit(msgspec.Struct, array_like=True, tag="submit"):
+    """A gateway's group commit to one risk shard: commands and the gateway's tokens for them."""
+
+    gateway: str
+    tokens: list[int]
+    cmds: list[Command]
+
+
+Settlement = Fill | Canceled | Replaced | Rejected
+
+
+class Settle(msgspec.Struct, array_like=True, tag="settle"):
+    """An engine shard's matching events that move the money of one risk shard's accounts."""
+
+    events: list[Settlement]
+
+
+class Sequenced(msgspec.Struct, array_like=True, tag="sequenced"):
+    """Commands a risk shard accepted, in its order, for one engine shard: each with its id
+    (the order id of a new order) and where it came from (gateway, token), and the time
+    the input was stored (the exchange's time for them and their trades)."""
+
+    ts_ns: int
+    seqs: list[int]
+    cmds: list[Command]
+    gateways: list[str]
+    tokens: list[int]
+
+
+class Refused(msgspec.Struct, array_like=True):
+    """A risk shard's refusals for one gateway: (token, reason, text) each."""
+
+    refusals: list[tuple[int, str, str]]
+
+
+InMessage = Submit | Settle
+encode = msgspec.msgpack.Encoder().encode
+decode_in = msgspec.msgpack.Decoder(InMessage).decode
+decode_sequenced = msgspec.msgpack.Decoder(Sequenced).decode
+decode_refused = msgspec.msgpack.Decoder(Refused).decode
+
+
+class Layout(msgspec.Struct, frozen=True):
+    """Which shard owns what: accounts to risk shards by hash, symbols to engine shards by
+    table (a symbol not in the table is on shard 0)."""
+
+    risk_shards: int = 1
+    engines: dict[str, int] = {}
+    engine_shards: int = 1
+
+    def risk_of(self, account: str) -> int:
+        # crc32, not hash(): the same in every process and every run
+        return zlib.crc32(account.encode()) % self.risk_shards if self.risk_shards > 1 else 0
+
+    def engine_of(self, symbol: str) -> int:
+        return self.engines.get(symbol, 0)
+
+    def order_id(self, shard: int, n: int) -> int:
+        """The n-th command (from 0) a risk shard accepts: with one shard 1, 2, 3... like
+        `tickline serve`'s journal; with k shards every k-th number, offset by the shard."""
+        return n * self.risk_shards + shard + 1
+
+
+def in_subject(shard: int, writer: str) -> str:
+    return f"in.{shard}.{writer}"
+
+
+def orders_subject(engine: int, risk: int) -> str:
+    return f"orders.{engine}.r{risk}"
