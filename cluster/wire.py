@@ -12,7 +12,7 @@ Each subject has exactly one writer (the <writer>/<risk> part names it), so a st
 restarts finds what it already published as the last message on its own subjects
 (header INPUT_SEQ), publishes nothing twice, and fences a second copy of itself with
 Nats-Expected-Last-Subject-Sequence. Refusals go to the submitting gateway over plain
-NATS (verdicts.<gateway>): they change no state.
+NATS (verdicts.<gateway>): they change no state, and a replaying shard sends them again.
 """
 
 from __future__ import annotations
@@ -47,27 +47,29 @@ class Settle(msgspec.Struct, array_like=True, tag="settle"):
 
 class Sequenced(msgspec.Struct, array_like=True, tag="sequenced"):
     """Commands a risk shard accepted, in its order, for one engine shard: each with its id
-    (the order id of a new order) and where it came from (gateway, token), and the time
-    the input was stored (the exchange's time for them and their trades)."""
+    (the order id of a new order), where it came from (gateway, token), and when its input
+    was stored (the exchange's time for it and its trades)."""
 
-    ts_ns: int
+    ts_ns: list[int]
     seqs: list[int]
     cmds: list[Command]
     gateways: list[str]
     tokens: list[int]
 
 
-class Refused(msgspec.Struct, array_like=True):
-    """A risk shard's refusals for one gateway: (token, reason, text) each."""
+class Verdicts(msgspec.Struct, array_like=True):
+    """What a risk shard tells one gateway directly: (token, 0, reason, text) for a command
+    it refused, (token, seq, "", "") for an accepted transfer (orders are heard of on the
+    stream)."""
 
-    refusals: list[tuple[int, str, str]]
+    results: list[tuple[int, int, str, str]]
 
 
 InMessage = Submit | Settle
 encode = msgspec.msgpack.Encoder().encode
 decode_in = msgspec.msgpack.Decoder(InMessage).decode
 decode_sequenced = msgspec.msgpack.Decoder(Sequenced).decode
-decode_refused = msgspec.msgpack.Decoder(Refused).decode
+decode_verdicts = msgspec.msgpack.Decoder(Verdicts).decode
 
 
 class Layout(msgspec.Struct, frozen=True):

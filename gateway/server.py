@@ -228,8 +228,8 @@ class Gateway:
     def closing(self) -> bool:
         return self.desk.closing
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
-        self._server, host, port = await listen(lambda: Session(self), host, port, tls)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None, reuse_port: bool = False) -> tuple[str, int]:
+        self._server, host, port = await listen(lambda: Session(self), host, port, tls, reuse_port)
         return host, port
 
     # ------------------------------------------------------------------ sessions

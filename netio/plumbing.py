@@ -117,12 +117,14 @@ async def close_all(
 
 
 async def listen(
-    factory: Callable[[], asyncio.Protocol], host: str, port: int, tls: ssl.SSLContext | None = None
+    factory: Callable[[], asyncio.Protocol], host: str, port: int, tls: ssl.SSLContext | None = None, reuse_port: bool = False
 ) -> tuple[asyncio.AbstractServer, str, int]:
-    """A listening TCP server (TLS if given a context); returns it with the address it bound."""
+    """A listening TCP server (TLS if given a context); returns it with the address it bound.
+    reuse_port: several processes listen on one port and the kernel spreads the
+    connections (a cluster's gateways, its notifiers)."""
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024, ssl=tls, ssl_handshake_timeout=10 if tls else None)
+        server = await loop.create_server(factory, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024, ssl=tls, ssl_handshake_timeout=10 if tls else None)
     except OSError as exc:
         raise CannotListen(host, port, exc) from None
     address = server.sockets[0].getsockname()

@@ -61,8 +61,8 @@ class Notifier:
         self._server: asyncio.AbstractServer | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
-        self._server, host, port = await listen(self.new_session, host, port, tls)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None, reuse_port: bool = False) -> tuple[str, int]:
+        self._server, host, port = await listen(self.new_session, host, port, tls, reuse_port)
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_paused(), name="md-watchdog")
         return host, port
 

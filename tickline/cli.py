@@ -75,6 +75,30 @@ def main(argv: list[str] | None = None) -> int:
         move.add_argument("amount")
         move.add_argument("--ref", required=True, help="your unique id for this transfer (1-64 of A-Z a-z 0-9 . _ : -)")
 
+    cluster = commands.add_parser("cluster", help="the exchange as processes over a NATS JetStream cluster (docs/SCALING.md)")
+    steps = cluster.add_subparsers(dest="action", required=True)
+    up = steps.add_parser("up", help="start 3 NATS nodes and every role in the background")
+    up.add_argument("--gateways", type=int, default=1, help="gateway processes (all on --port)")
+    up.add_argument("--notifiers", type=int, default=1, help="market-data processes (all on --md-port)")
+    up.add_argument("--risk-shards", type=int, default=1, help="accounts are spread over these by hash")
+    up.add_argument("--engine", action="append", default=[], metavar="SYMBOL=SHARD", help="a symbol's engine shard (default 0); repeat")
+    up.add_argument("--port", type=int, default=int(env("TICKLINE_PORT", "7001")))
+    up.add_argument("--md-port", type=int, default=int(env("TICKLINE_MD_PORT", "7002")))
+    up.add_argument("--nats-port", type=int, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
+    up.add_argument("--instruments", default=env("TICKLINE_INSTRUMENTS"))
+    down = steps.add_parser("down", help="stop what `up` started")
+    role = steps.add_parser("role", help="run one role in the foreground (what `up` starts)")
+    role.add_argument("role", choices=["gateway", "risk", "engine", "notifier", "tradelog"])
+    role.add_argument("index", type=int)
+    role.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
+    deposit = steps.add_parser("deposit", help="credit (a negative amount: debit) an account through its risk shard")
+    deposit.add_argument("name")
+    deposit.add_argument("asset")
+    deposit.add_argument("amount")
+    deposit.add_argument("--ref", required=True, help="your unique id for this transfer")
+    for step in (up, down, role, deposit):
+        step.add_argument("--dir", default=env("TICKLINE_CLUSTER_DIR", "var/cluster"), help="the cluster's files (TICKLINE_CLUSTER_DIR)")
+
     telemetry = commands.add_parser("telemetry", help="the running server's own figures: each stage's latency histogram (docs/PERFORMANCE.md)")
     _common(telemetry)
     telemetry.add_argument("--reset", action="store_true", help="then start the figures again")
@@ -163,6 +187,8 @@ def _run(args: argparse.Namespace) -> int:
             web_host=args.web_host, web_port=None if args.no_web else args.web_port,
         )  # fmt: skip
         return uvloop.run(run_server(config))
+    if args.command == "cluster":
+        return _cluster(args)
     if args.command == "replay":
         return _replay(args)
     if args.command == "accounts":
@@ -186,6 +212,35 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(order_line(row) + "\n")
         return 0
     raise AssertionError(f"unknown command {args.command}")
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tickline import cluster
+
+    if args.action == "up":
+        engines = {}
+        for item in args.engine:
+            symbol, _, shard = item.partition("=")
+            engines[symbol.upper()] = int(shard)
+        base = args.nats_port
+        config = cluster.ClusterConfig(
+            args.dir, port=args.port, md_port=args.md_port, gateways=args.gateways, notifiers=args.notifiers,
+            risk_shards=args.risk_shards, engines=engines, engine_shards=max(engines.values(), default=0) + 1,
+            nats_ports=[(base + i, base + 2000 + i) for i in range(3)], instruments=args.instruments,
+        )  # fmt: skip
+        return cluster.up(config)
+    if args.action == "down":
+        return cluster.down(Path(args.dir))
+    config = cluster.ClusterConfig.load(args.dir)
+    if args.action == "deposit":
+        line = asyncio.run(cluster.transfer(config, args.name, args.asset.upper(), args.amount, args.ref))
+        sys.stdout.write(line + "\n")
+        return 0 if line.startswith("OK") else 1
+    import uvloop
+
+    return uvloop.run(cluster.run_role(config, args.role, args.index))
 
 
 def _admin(data: DataDir, line: str, why: str) -> str:

@@ -1,0 +1,56 @@
+"""An engine shard: the books of its symbols (the configuration's table), matching the
+commands of orders.<shard>.> in the stream's order, and the settlement of every match
+sent to the risk shard of each account it moves money for (in.<risk>.e<shard>).
+
+The events themselves are not published: every process that needs them (gateways,
+notifiers, the trade log) applies the same stream to its own replica (cluster/replica.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+
+from cluster.replica import Replica
+from cluster.stream import Outbox
+from cluster.wire import Layout, Settle, Settlement, encode, in_subject
+from exchange.engine import combine_hashes
+from exchange.instruments import Instrument
+from exchange.risk import SETTLED
+
+log = structlog.get_logger("engine")
+
+
+class EngineShard:
+    def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument]) -> None:
+        self.nc, self.shard, self.layout = nc, shard, layout
+        mine = {s: i for s, i in instruments.items() if layout.engine_of(s) == shard}
+        self.replica = Replica(js, mine, f"orders.{shard}.>")
+        self.outboxes = [Outbox(js, in_subject(k, f"e{shard}")) for k in range(layout.risk_shards)]
+
+    async def run(self) -> None:
+        for outbox in self.outboxes:
+            await outbox.open()
+        await self.nc.subscribe(f"state.engine.{self.shard}", cb=self._state)
+        await self.replica.start()
+        log.info("engine_shard_started", shard=self.shard, symbols=" ".join(self.replica.books))
+        reader, layout, outboxes = self.replica.reader, self.layout, self.outboxes
+        while True:
+            batch = await reader.batch()
+            out: list[list[Settlement]] = [[] for _ in outboxes]
+            for inp in batch:
+                _, events = self.replica.apply(inp)
+                for e in events:
+                    if type(e) in SETTLED:
+                        k = layout.risk_of(e.owner)  # type: ignore[union-attr]
+                        if inp.seq > outboxes[k].published_through:  # else: sent before a restart
+                            out[k].append(e)  # type: ignore[arg-type]  # SETTLED: exactly these types
+            for k, settlements in enumerate(out):
+                if settlements:
+                    await outboxes[k].publish(batch[-1].seq, encode(Settle(settlements)))
+
+    async def _state(self, msg: Any) -> None:
+        books = self.replica.books
+        await msg.respond(msgspec.json.encode({"hash": combine_hashes(books[s].state_hash() for s in sorted(books)), "applied": self.replica.applied}))

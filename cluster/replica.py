@@ -1,0 +1,53 @@
+"""Books applied from the stream: what an engine shard matches and what every reader of
+market state keeps (gateways for BOOK, ORDERS and reports; notifiers; the trade log).
+
+Matching is deterministic, so applying the same orders.<engine>.> messages in the
+stream's order gives every process the same books, events, trade ids and market-data
+sequence numbers as the engine shard itself, without the events being published twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, cast
+
+from cluster.stream import Input, Reader
+from cluster.wire import STREAM, Sequenced, decode_sequenced
+from exchange.book import Book
+from exchange.instruments import Instrument
+from protocol.messages import Event, OrderCommand
+
+# (the input message, its commands as sequenced, the events they made), per input message
+OnApplied = Callable[[Input, Sequenced, list[Event]], None]
+
+
+class Replica:
+    def __init__(self, js: Any, instruments: dict[str, Instrument], subject: str = "orders.>") -> None:
+        self.js, self.subject = js, subject
+        self.books: dict[str, Book] = {symbol: Book(inst) for symbol, inst in sorted(instruments.items())}
+        self.reader = Reader(js, subject)
+        self.applied = 0  # the last input message applied
+
+    async def start(self) -> int:
+        """Start reading; returns the stream sequence to have applied to be caught up."""
+        try:
+            last = (await self.js.get_last_msg(STREAM, self.subject)).seq
+        except Exception:
+            last = 0
+        await self.reader.start()
+        return int(last)
+
+    def apply(self, inp: Input) -> tuple[Sequenced, list[Event]]:
+        s = decode_sequenced(inp.data)
+        books = self.books
+        events: list[Event] = []
+        for seq, cmd in zip(s.seqs, s.cmds, strict=True):
+            events += books[cast(OrderCommand, cmd).symbol].apply(seq, cmd)
+        self.applied = inp.seq
+        return s, events
+
+    async def follow(self, on_applied: OnApplied, after_batch: Callable[[], None] = lambda: None) -> None:
+        """Apply every message as it comes, forever; after_batch once per batch."""
+        while True:
+            for inp in await self.reader.batch():
+                on_applied(inp, *self.apply(inp))
+            after_batch()

@@ -1,0 +1,86 @@
+"""A risk shard: the balances of its accounts, as a state machine over in.<shard>.>.
+
+Its one input merges, in the stream's order, the gateways' new commands (hold their funds,
+number them, or refuse them) and the engine shards' matching events (settle). Accepted
+commands go to their symbol's engine shard (orders.<engine>.r<shard>) with their order
+ids; refusals to the gateway that sent them. The same input replayed gives the same holds,
+ids and refusals: the state is rebuilt by replaying it from its first message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import msgspec
+import structlog
+
+from cluster.stream import Outbox, Reader
+from cluster.wire import Layout, Sequenced, Settle, Verdicts, decode_in, encode, orders_subject
+from exchange.instruments import Instrument
+from exchange.risk import Risk
+from protocol.messages import OrderCommand, Transfer
+
+log = structlog.get_logger("risk")
+
+
+class RiskShard:
+    def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument]) -> None:
+        self.nc, self.shard, self.layout = nc, shard, layout
+        self.risk = Risk(instruments)
+        self.accepted = 0  # commands accepted: the next one's id is layout.order_id(shard, accepted)
+        self.reader = Reader(js, f"in.{shard}.>")
+        self.outboxes = [Outbox(js, orders_subject(e, shard)) for e in range(layout.engine_shards)]
+        self.applied = 0  # the last input message applied
+
+    async def run(self) -> None:
+        for outbox in self.outboxes:
+            await outbox.open()
+        await self.nc.subscribe(f"balances.{self.shard}", cb=self._balances)
+        await self.nc.subscribe(f"state.risk.{self.shard}", cb=self._state)
+        await self.reader.start()
+        log.info("risk_shard_started", shard=self.shard, replaying_through=max(o.published_through for o in self.outboxes))
+        while True:
+            await self.step(await self.reader.batch())
+
+    async def step(self, batch: list) -> None:
+        layout, risk = self.layout, self.risk
+        out = [Sequenced([], [], [], [], []) for _ in self.outboxes]
+        verdicts: dict[str, Verdicts] = {}
+        for inp in batch:
+            msg = decode_in(inp.data)
+            self.applied = inp.seq
+            if isinstance(msg, Settle):
+                risk.settle(msg.events)  # type: ignore[arg-type]
+                continue
+            for token, cmd in zip(msg.tokens, msg.cmds, strict=True):
+                seq = layout.order_id(self.shard, self.accepted)
+                problem = risk.hold(seq, cmd)
+                if problem is not None:
+                    verdicts.setdefault(msg.gateway, Verdicts([])).results.append((token, 0, problem.reason.value, problem.text))
+                    continue
+                self.accepted += 1
+                if type(cmd) is Transfer:  # nothing to match: the sender hears here
+                    verdicts.setdefault(msg.gateway, Verdicts([])).results.append((token, seq, "", ""))
+                    continue
+                e = layout.engine_of(cast(OrderCommand, cmd).symbol)
+                if inp.seq > self.outboxes[e].published_through:  # else: published before a restart
+                    s = out[e]
+                    s.ts_ns.append(inp.ts_ns)
+                    s.seqs.append(seq)
+                    s.cmds.append(cmd)
+                    s.gateways.append(msg.gateway)
+                    s.tokens.append(token)
+        for e, s in enumerate(out):
+            if s.seqs:
+                await self.outboxes[e].publish(batch[-1].seq, encode(s))
+        for gateway, v in verdicts.items():
+            await self.nc.publish(f"verdicts.{gateway}", encode(v))
+
+    async def _balances(self, msg: Any) -> None:
+        await msg.respond(encode(self.risk.of(msg.data.decode())))
+
+    async def _state(self, msg: Any) -> None:
+        """For tests and operators: the state hash, every balance, the last input applied."""
+        rows, _, _ = self.risk.state()
+        await msg.respond(msgspec.json.encode({"hash": self.risk.state_hash(), "balances": rows, "applied": self.applied, "accepted": self.accepted}))
+

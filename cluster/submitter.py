@@ -1,0 +1,59 @@
+"""A gateway's way into the risk shards: group commit over JetStream.
+
+Commands for one risk shard wait while that shard's previous message is in flight, then
+go as one Submit (tokens and commands) to in.<shard>.<gateway>; the publish is retried
+with the same Nats-Msg-Id until a quorum stores it, never given up (the client waits for
+its ACK; the stream stores the message at most once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from cluster.stream import PUBLISH_TIMEOUT
+from cluster.wire import STREAM, Layout, Submit, encode, in_subject
+from protocol.messages import Command, Transfer
+
+log = structlog.get_logger("cluster")
+MAX_SUBMIT = 4_000  # commands in one message (~250 KiB)
+
+
+class Submitter:
+    def __init__(self, js: Any, name: str, layout: Layout) -> None:
+        self.js, self.name, self.layout = js, name, layout
+        self.pending: list[Submit] = [Submit(name, [], []) for _ in range(layout.risk_shards)]
+        self.busy = [False] * layout.risk_shards
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def forward(self, token: int, cmd: Command) -> None:
+        account = cmd.account if isinstance(cmd, Transfer) else cmd.owner
+        shard = self.layout.risk_of(account)
+        p = self.pending[shard]
+        p.tokens.append(token)
+        p.cmds.append(cmd)
+        if not self.busy[shard]:
+            self.busy[shard] = True
+            task = asyncio.get_running_loop().create_task(self._flush(shard))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, shard: int) -> None:
+        await asyncio.sleep(0)  # the rest of this loop step's commands join the message
+        subject = in_subject(shard, self.name)
+        while self.pending[shard].tokens:
+            p = self.pending[shard]
+            submit = Submit(self.name, p.tokens[:MAX_SUBMIT], p.cmds[:MAX_SUBMIT])
+            del p.tokens[:MAX_SUBMIT], p.cmds[:MAX_SUBMIT]
+            headers = {"Nats-Msg-Id": f"{self.name}:{submit.tokens[0]}"}
+            payload = encode(submit)
+            while True:
+                try:
+                    await self.js.publish(subject, payload, stream=STREAM, headers=headers, timeout=PUBLISH_TIMEOUT)
+                    break
+                except Exception as exc:
+                    log.warning("submit_retry", subject=subject, first_token=submit.tokens[0], error=repr(exc)[:120])
+                    await asyncio.sleep(0.1)
+        self.busy[shard] = False

@@ -1,0 +1,367 @@
+"""The cluster's composition root: each role as a process over NATS JetStream, and
+`tickline cluster up/down` (docs/SCALING.md).
+
+    clients --TCP--> gateway(s) --Submit--> in.<risk shard>  (an ACK: accepted and on a quorum)
+    risk shard (holds, ids) --Sequenced--> orders.<engine shard>.r<risk>
+    engine shard (matching) --Settle--> in.<risk shard>  (the merge is the stream's)
+    orders.> --> replicas: gateways (BOOK, ORDERS, execution reports), notifiers
+                 (market data to their share of the subscribers), the trade log (SQLite)
+
+Every process is started by `up` with the same cluster.json; each role wires its pieces
+in the numbered order of the data's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from cluster.engine_shard import EngineShard
+from cluster.nats import NatsCluster
+from cluster.replica import Replica
+from cluster.risk_shard import RiskShard
+from cluster.stream import Input, connect, ensure_stream
+from cluster.submitter import Submitter
+from cluster.wire import Layout, Sequenced, decode_verdicts
+from exchange.instruments import load_instruments
+from gateway.remote_desk import RemoteDesk
+from gateway.server import Gateway
+from journal.accounts import Accounts
+from journal.layout import DataDir
+from journal.market import Market
+from journal.queries import reports_of, trades_from
+from journal.records import encode_batch
+from journal.tradelog import TradeLog
+from notifier.server import Notifier
+from protocol.messages import Event
+from telemetry.registry import Telemetry
+from tickline import __version__
+
+log = structlog.get_logger("cluster")
+
+
+@dataclass
+class ClusterConfig:
+    directory: str = "var/cluster"
+    host: str = "127.0.0.1"
+    port: int = 7001  # every gateway listens here (SO_REUSEPORT: the kernel spreads clients)
+    md_port: int = 7002  # every notifier listens here
+    gateways: int = 1
+    notifiers: int = 1
+    risk_shards: int = 1
+    engines: dict[str, int] = field(default_factory=dict)  # symbol -> engine shard (default 0)
+    engine_shards: int = 1
+    nats_ports: list[tuple[int, int]] = field(default_factory=lambda: [(4222, 6222), (4223, 6223), (4224, 6224)])
+    instruments: str | None = None
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.risk_shards, dict(self.engines), self.engine_shards)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{client}" for client, _ in self.nats_ports]
+
+    @property
+    def data(self) -> DataDir:
+        return DataDir(Path(self.directory))  # accounts.db and trades.db, as for `serve`
+
+    def save(self) -> None:
+        Path(self.directory).mkdir(parents=True, exist_ok=True)
+        (Path(self.directory) / "cluster.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ClusterConfig:
+        raw = json.loads((Path(directory) / "cluster.json").read_text())
+        raw["nats_ports"] = [tuple(p) for p in raw["nats_ports"]]
+        return cls(**raw)
+
+
+# ---------------------------------------------------------------------- roles
+
+
+async def run_role(config: ClusterConfig, role: str, index: int) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    nc, js = await connect(config.urls, f"{role}-{index}")
+    await ensure_stream(js)
+    instruments = load_instruments(Path(config.instruments) if config.instruments else None)
+    work: asyncio.Task[Any]
+    closers: list[Any] = []
+    if role == "risk":
+        work = asyncio.create_task(RiskShard(nc, js, index, config.layout, instruments).run())
+    elif role == "engine":
+        work = asyncio.create_task(EngineShard(nc, js, index, config.layout, instruments).run())
+    elif role == "gateway":
+        work, closers = await _gateway(config, index, nc, js, instruments)
+    elif role == "notifier":
+        work, closers = await _notifier(config, index, js, instruments)
+    elif role == "tradelog":
+        work, closers = await _tradelog(config, js, instruments)
+    else:
+        raise ValueError(f"no role {role}")
+    done, _ = await asyncio.wait([work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    failed = work in done and work.exception() is not None
+    if failed:
+        log.error("role_failed", role=role, index=index, error=repr(work.exception()))
+    work.cancel()
+    for close in closers:
+        await close()
+    await nc.close()
+    log.info("stopped", role=role, index=index)
+    return 1 if failed else 0
+
+
+async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
+    telemetry = Telemetry()
+    data = config.data
+    name = f"g{index}x{time.time_ns():x}"  # this incarnation: its tokens are its own
+
+    # 1. The replica of every engine shard's books, and the submitter: commands to the
+    #    accounts' risk shards, grouped into one message per shard while one is in flight.
+    replica = Replica(js, instruments)
+    submitter = Submitter(js, name, config.layout)
+
+    # 2. The desk: outcomes come from the stream (accepted, with ids) and from verdicts
+    #    (refused); balances from the risk shard; history from the trade log's file.
+    async def balances(account: str) -> list[tuple[str, int, int]]:
+        reply = await nc.request(f"balances.{config.layout.risk_of(account)}", account.encode(), timeout=5)
+        return [tuple(row) for row in msgspec.msgpack.decode(reply.data)]
+
+    accounts = Accounts(data.accounts)
+    await accounts.open()
+    market = Market(data.trades, instruments, lambda symbol: replica.books[symbol].bbo())
+
+    async def market_source(query: Any) -> Any:
+        if market.db is None:  # the trade log's role makes the file: open on first use
+            await market.open()
+        return await market.answer(query)
+
+    async def reports_source(owner: str, since: int) -> tuple[list, int]:
+        through = desk.latest
+        return await asyncio.to_thread(reports_of, data.trades, owner, since, through), through
+
+    desk = RemoteDesk(
+        instruments, replica.books, name, submitter.forward, balances, version=__version__, check_password=accounts.check,
+        market_source=market_source, reports_source=reports_source, telemetry=telemetry,
+    )  # fmt: skip
+    gateway = Gateway(desk, telemetry=telemetry, backlog=lambda: desk.tokens - desk.through)
+
+    # 3. What comes back: refusals (and transfers) directly, accepted commands and their
+    #    matching from the stream; then ACKs in request order, then the reports.
+    def progress() -> None:
+        gateway.on_durable(desk.advance())
+        gateway.write_now()
+
+    async def verdicts(msg: Any) -> None:
+        for token, seq, reason, text in decode_verdicts(msg.data).results:
+            if seq:
+                desk.sequenced(name, token, seq, _NO_ORDER)
+            else:
+                desk.turned_down(token, reason, text)
+        progress()
+
+    await nc.subscribe(f"verdicts.{name}", cb=verdicts)
+    events: list[Event] = []
+
+    def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
+        for gw, token, seq, cmd in zip(s.gateways, s.tokens, s.seqs, s.cmds, strict=True):
+            desk.sequenced(gw, token, seq, cmd)
+        events.extend(made)
+
+    def after_batch() -> None:
+        gateway.on_durable(desk.advance())
+        if events:
+            gateway.deliver(events[:])
+            events.clear()
+        gateway.write_now()
+
+    # 4. Catch up with the stream, then listen.
+    through = await replica.start()
+    follow = asyncio.create_task(replica.follow(applied, after_batch))
+    while replica.applied < through and not follow.done():
+        await asyncio.sleep(0.01)
+    host, port = await gateway.start(config.host, config.port, reuse_port=True)
+    log.info("order_entry_listening", host=host, port=port, gateway=name, caught_up=through)
+
+    async def close() -> None:
+        gateway.stop_accepting()
+        await gateway.close("shutting down", 2.0)
+        await market.close()
+        await accounts.close()
+
+    return follow, [close]
+
+
+_NO_ORDER: Any = None  # a transfer's outcome: no order to add
+
+
+async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
+    trades = config.data.trades
+    replica = Replica(js, instruments)
+
+    async def older_trades(symbol: str, from_seq: int) -> list:
+        return await asyncio.to_thread(trades_from, trades, symbol, from_seq) if trades.exists() else []
+
+    notifier = Notifier(replica.books, older_trades, version=__version__)
+    events: list[Event] = []
+
+    def after_batch() -> None:
+        if events:
+            notifier.on_events(events[:])
+            events.clear()
+
+    through = await replica.start()
+    follow = asyncio.create_task(replica.follow(lambda inp, s, made: events.extend(made), after_batch))
+    while replica.applied < through and not follow.done():
+        await asyncio.sleep(0.01)
+    events.clear()  # history: subscribers start from a snapshot
+    host, port = await notifier.start(config.host, config.md_port, reuse_port=True)
+    log.info("market_data_listening", host=host, port=port, notifier=index, caught_up=through)
+
+    async def close() -> None:
+        await notifier.close("shutting down", 2.0)
+
+    return follow, [close]
+
+
+async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
+    tradelog = TradeLog(config.data.trades, instruments)
+    await tradelog.open()
+    writer = asyncio.create_task(tradelog.run())
+    replica = Replica(js, instruments)
+
+    def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
+        for ts, seq, cmd in zip(s.ts_ns, s.seqs, s.cmds, strict=True):
+            tradelog.on_durable(seq, 1, encode_batch(seq, [cmd], ts))  # its audit row, its trades' time
+        tradelog.on_events(made)
+
+    await replica.start()
+    log.info("tradelog_started", path=str(config.data.trades))
+    follow = asyncio.create_task(replica.follow(applied))
+
+    async def close() -> None:
+        await tradelog.close()
+        await writer
+
+    return follow, [close]
+
+
+# ---------------------------------------------------------------------- up / down
+
+
+def up(config: ClusterConfig) -> int:
+    """Start the NATS nodes and every role as background processes; wait until the
+    gateways and notifiers listen. Their pids go to <dir>/pids for `down`."""
+    directory = Path(config.directory)
+    config.save()
+    nats = NatsCluster(directory / "nats", ports=config.nats_ports)
+    nats.directory.mkdir(parents=True, exist_ok=True)
+    for node in nats.nodes:
+        nats.start_node(node, detach=True)
+    asyncio.run(nats.wait_ready())
+    pids = [n.proc.pid for n in nats.nodes if n.proc is not None]
+    roles = [("tradelog", 0)]
+    roles += [("risk", k) for k in range(config.risk_shards)] + [("engine", e) for e in range(config.engine_shards)]
+    roles += [("gateway", i) for i in range(config.gateways)] + [("notifier", i) for i in range(config.notifiers)]
+    procs = [(role, i, start_role(directory, role, i)) for role, i in roles]
+    pids += [p.pid for _, _, p in procs]
+    (directory / "pids").write_text("\n".join(map(str, pids)) + "\n")
+    for role, i, proc in procs:
+        if role in ("gateway", "notifier") and not _wait_listening(directory / f"{role}-{i}.log", proc):
+            sys.stderr.write(f"tickline: the {role} {i} did not start; see {directory}/{role}-{i}.log\n")
+            down(directory)
+            return 1
+    sys.stdout.write(f"cluster up: order entry {config.host}:{config.port}, market data {config.host}:{config.md_port}; logs in {directory}\n")
+    return 0
+
+
+def start_role(directory: Path, role: str, index: int) -> subprocess.Popen[bytes]:
+    out = open(directory / f"{role}-{index}.log", "ab")
+    cmd = [sys.executable, "-m", "tickline.cli", "cluster", "role", role, str(index), "--dir", str(directory)]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+    out.close()
+    return proc
+
+
+def _wait_listening(log_path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log_path.exists() and "_listening" in log_path.read_text(errors="replace"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def down(directory: Path) -> int:
+    """SIGTERM every process `up` started (roles first, NATS last), kill what lingers."""
+    pids_file = directory / "pids"
+    if not pids_file.exists():
+        sys.stderr.write(f"tickline: no cluster is up in {directory}\n")
+        return 1
+    pids = [int(p) for p in pids_file.read_text().split()]
+    for pid in reversed(pids):
+        _signal(pid, signal.SIGTERM)
+        if not _wait_gone(pid, 10.0):
+            _signal(pid, signal.SIGKILL)
+    pids_file.unlink()
+    sys.stdout.write("cluster down\n")
+    return 0
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def transfer(config: ClusterConfig, account: str, asset: str, amount: str, ref: str) -> str:
+    """A deposit (or, negative, a withdrawal) through the account's risk shard: its verdict."""
+    from exchange.risk import Risk
+    from protocol.messages import Transfer
+
+    units = Risk(load_instruments(Path(config.instruments) if config.instruments else None)).assets[asset].parse(amount)
+    if units is None:
+        return f"ERR bad amount {amount} of {asset}"
+    nc, js = await connect(config.urls, "admin")
+    name = f"admin{time.time_ns():x}"
+    answered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def verdict(msg: Any) -> None:
+        for _, seq, reason, text in decode_verdicts(msg.data).results:
+            if not answered.done():
+                answered.set_result(f"OK {seq}" if seq else f"REJ {reason} {text}")
+
+    await nc.subscribe(f"verdicts.{name}", cb=verdict)
+    Submitter(js, name, config.layout).forward(1, Transfer(account, asset, units, ref))
+    try:
+        return await asyncio.wait_for(answered, 30)
+    finally:
+        await nc.close()
