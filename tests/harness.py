@@ -190,3 +190,120 @@ class Client:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def nats_base() -> int:
+    """A port p with p..p+2 and p+2000..p+2002 free: the three NATS nodes' client and route ports."""
+    while True:
+        base = free_ports(1)[0]
+        if base > 60000:
+            continue
+        socks = []
+        try:
+            for port in (base, base + 1, base + 2, base + 2000, base + 2001, base + 2002):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+
+
+class Cluster:
+    """`tickline cluster up` in its own directory on free ports: 3 NATS nodes and the roles."""
+
+    def __init__(self, directory: Path, *options: str) -> None:
+        self.dir = directory
+        self.options = options
+        self.port, self.md_port = free_ports(2)
+        self.nats_port = nats_base()
+
+    def start(self, funded: list[str] = ACCOUNTS) -> Cluster:
+        create_accounts(self.dir, funded)
+        self._cli("up", "--port", str(self.port), "--md-port", str(self.md_port), "--nats-port", str(self.nats_port), *self.options)
+        self.fund(funded)
+        return self
+
+    def fund(self, names: list[str], funds: list[tuple[str, str]] = FUNDS) -> None:
+        """The same deposits, in the same order, as Server.start's."""
+        import asyncio
+
+        from tickline.cluster import ClusterConfig, transfer
+
+        config = ClusterConfig.load(self.dir)
+        for name in names:
+            for asset, amount in funds:
+                reply = asyncio.run(transfer(config, name, asset, amount, f"fund:{name}:{asset}"))
+                assert reply.startswith("OK"), reply
+
+    def _cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "tickline.cli", "cluster", *args, "--dir", str(self.dir)], cwd=ROOT, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        return done.stdout.decode()
+
+    def pids(self) -> dict[tuple[str, int], int]:
+        out = {}
+        for line in (self.dir / "pids").read_text().splitlines():
+            pid, role, index = line.split()
+            out[(role, int(index))] = int(pid)
+        return out
+
+    def kill(self, role: str, index: int = 0) -> None:
+        """kill -9 one process."""
+        import os
+
+        os.kill(self.pids()[(role, index)], signal.SIGKILL)
+
+    def restart(self, role: str, index: int = 0) -> None:
+        """Start a killed role again (what a supervisor would do) and note its new pid."""
+        from tickline.cluster import start_role
+
+        pids = self.pids()
+        log = self.dir / f"{role}-{index}.log"
+        before = log.read_text(errors="replace").count("_listening") if log.exists() else 0
+        proc = start_role(self.dir, role, index)
+        pids[(role, index)] = proc.pid
+        (self.dir / "pids").write_text("".join(f"{pid} {r} {i}\n" for (r, i), pid in pids.items()))
+        if role in ("gateway", "notifier"):
+            deadline = time.monotonic() + 60
+            while log.read_text(errors="replace").count("_listening") == before:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.05)
+
+    def client(self, account: str) -> Client:
+        client = Client(self.port)
+        client.login(account)
+        return client
+
+    def state(self, what: str) -> dict:
+        """A role's own state (state.risk.<k>, state.engine.<e>) over NATS."""
+        import asyncio
+        import json
+
+        import nats
+
+        async def ask() -> dict:
+            nc = await nats.connect([f"nats://127.0.0.1:{self.nats_port + i}" for i in range(3)])
+            try:
+                return dict(json.loads((await nc.request(what, b"", timeout=10)).data))
+            finally:
+                await nc.close()
+
+        return asyncio.run(ask())
+
+    def stop(self) -> None:
+        if (self.dir / "pids").exists():
+            self._cli("down")

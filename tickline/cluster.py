@@ -272,14 +272,19 @@ def up(config: ClusterConfig) -> int:
     nats.directory.mkdir(parents=True, exist_ok=True)
     for node in nats.nodes:
         nats.start_node(node, detach=True)
-    asyncio.run(nats.wait_ready())
-    pids = [n.proc.pid for n in nats.nodes if n.proc is not None]
+    try:
+        asyncio.run(nats.wait_ready())
+    except TimeoutError as exc:
+        nats.stop()
+        sys.stderr.write(f"tickline: {exc}\n")
+        return 1
+    pids = [f"{n.proc.pid} nats {i}" for i, n in enumerate(nats.nodes) if n.proc is not None]
     roles = [("tradelog", 0)]
     roles += [("risk", k) for k in range(config.risk_shards)] + [("engine", e) for e in range(config.engine_shards)]
     roles += [("gateway", i) for i in range(config.gateways)] + [("notifier", i) for i in range(config.notifiers)]
     procs = [(role, i, start_role(directory, role, i)) for role, i in roles]
-    pids += [p.pid for _, _, p in procs]
-    (directory / "pids").write_text("\n".join(map(str, pids)) + "\n")
+    pids += [f"{p.pid} {role} {i}" for role, i, p in procs]
+    (directory / "pids").write_text("\n".join(pids) + "\n")  # pid role index, per line
     for role, i, proc in procs:
         if role in ("gateway", "notifier") and not _wait_listening(directory / f"{role}-{i}.log", proc):
             sys.stderr.write(f"tickline: the {role} {i} did not start; see {directory}/{role}-{i}.log\n")
@@ -312,7 +317,7 @@ def down(directory: Path) -> int:
     if not pids_file.exists():
         sys.stderr.write(f"tickline: no cluster is up in {directory}\n")
         return 1
-    pids = [int(p) for p in pids_file.read_text().split()]
+    pids = [int(line.split()[0]) for line in pids_file.read_text().splitlines() if line.strip()]
     for pid in reversed(pids):
         _signal(pid, signal.SIGTERM)
         if not _wait_gone(pid, 10.0):
