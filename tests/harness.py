@@ -269,12 +269,19 @@ class Cluster:
 
     def restart(self, role: str, index: int = 0) -> None:
         """Start a killed role again (what a supervisor would do) and note its new pid."""
+        from cluster.nats import server_binary
         from tickline.cluster import start_role
 
         pids = self.pids()
         log = self.dir / f"{role}-{index}.log"
         before = log.read_text(errors="replace").count("_listening") if log.exists() else 0
-        proc = start_role(self.dir, role, index)
+        if role == "nats":
+            out = open(self.dir / "nats" / f"n{index + 1}.log", "ab")
+            conf = self.dir / "nats" / f"n{index + 1}.conf"
+            proc = subprocess.Popen([str(server_binary()), "-c", str(conf)], stdout=out, stderr=out, start_new_session=True)
+            out.close()
+        else:
+            proc = start_role(self.dir, role, index)
         pids[(role, index)] = proc.pid
         (self.dir / "pids").write_text("".join(f"{pid} {r} {i}\n" for (r, i), pid in pids.items()))
         if role in ("gateway", "notifier"):
