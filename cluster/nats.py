@@ -50,10 +50,16 @@ class Node:
 
 
 class NatsCluster:
-    def __init__(self, directory: Path, nodes: int = 3, ports: list[tuple[int, int]] | None = None, name: str = "tickline") -> None:
-        """ports: (client, route) per node; default 4222+i and 6222+i."""
+    def __init__(
+        self, directory: Path, nodes: int = 3, ports: list[tuple[int, int]] | None = None, name: str = "tickline",
+        route_via: dict[tuple[int, int], int] | None = None,
+    ) -> None:  # fmt: skip
+        """ports: (client, route) per node; default 4222+i and 6222+i. route_via: (i, j) ->
+        the port node i dials to reach node j's routes (a proxy in between: a test can
+        partition a node by cutting its proxies)."""
         self.directory = directory
         self.name = name
+        self.route_via = route_via or {}
         ports = ports or [(CLIENT_PORT + i, ROUTE_PORT + i) for i in range(nodes)]
         self.nodes = [Node(f"n{i + 1}", client, route, directory / f"n{i + 1}") for i, (client, route) in enumerate(ports)]
 
@@ -62,13 +68,20 @@ class NatsCluster:
         return [n.url for n in self.nodes]
 
     def config(self, node: Node) -> str:
-        routes = ", ".join(f"nats-route://127.0.0.1:{n.route_port}" for n in self.nodes)
+        i = self.nodes.index(node)
+        routes = ", ".join(f"nats-route://127.0.0.1:{self.route_via.get((i, j), n.route_port)}" for j, n in enumerate(self.nodes) if n is not node)
         return (
             f"server_name: {node.name}\n"
             f"listen: 127.0.0.1:{node.port}\n"
             f'jetstream {{ store_dir: "{node.store}", sync_interval: always }}\n'
-            f"cluster {{ name: {self.name}, listen: 127.0.0.1:{node.route_port}, routes: [{routes}] }}\n"
+            f"cluster {{ name: {self.name}, listen: 127.0.0.1:{node.route_port}, routes: [{routes}]{self._advertise(i)} }}\n"
         )
+
+    def _advertise(self, i: int) -> str:
+        # Through proxies, no node may learn another's real route address by gossip (it
+        # would dial it directly, around the proxy): each advertises a port nobody listens
+        # on, so only the configured (proxied) routes connect.
+        return ", advertise: 127.0.0.1:1" if self.route_via else ""
 
     def start_node(self, node: Node, detach: bool = False) -> None:
         """detach: in a session of its own (it outlives `tickline cluster up`, and a Ctrl-C

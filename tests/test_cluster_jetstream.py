@@ -35,11 +35,11 @@ def three_nodes(tmp_path: Path) -> NatsCluster:
     return NatsCluster(tmp_path / "nats", ports=list(zip(ports[:3], ports[3:], strict=True)))
 
 
-async def stream(cluster: NatsCluster) -> Any:
+async def stream(cluster: NatsCluster, urls: list[str] | None = None) -> Any:
     import nats
     from nats.js.api import StorageType, StreamConfig
 
-    nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await nats.connect(urls or cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     js = nc.jetstream(timeout=3)
     config = StreamConfig(name="ORDERS", subjects=["orders.>"], num_replicas=3, storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW)
     for _ in range(50):  # the meta leader may still be settling
@@ -116,6 +116,99 @@ def test_a_republished_message_is_stored_once_and_a_stale_writer_is_fenced(tmp_p
                 await js.publish("orders.s1", b"stale", headers={"Nats-Expected-Last-Sequence": "1"})
             assert (await js.stream_info("ORDERS")).state.messages == 2
         finally:
+            await nc.close()
+            cluster.stop()
+
+    asyncio.run(main())
+
+
+class Proxy:
+    """A TCP forwarder in front of one route: cut() drops its connections and refuses new
+    ones (a network partition between two nodes), heal() lets them through again."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.open = True
+        self.pipes: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self.pipes |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def cut(self) -> None:
+        self.open = False
+        for w in self.pipes:
+            w.transport.abort()
+        self.pipes.clear()
+
+    def heal(self) -> None:
+        self.open = True
+
+
+def test_a_partitioned_node_never_acknowledges_and_the_quorum_goes_on(tmp_path: Path) -> None:
+    async def main() -> None:
+        import nats
+
+        ports = free_ports(6)
+        proxies = {(i, j): Proxy(ports[3 + j]) for i in range(3) for j in range(3) if i != j}
+        for proxy in proxies.values():
+            await proxy.start()
+        cluster = NatsCluster(
+            tmp_path / "nats", ports=list(zip(ports[:3], ports[3:], strict=True)), route_via={k: p.port for k, p in proxies.items()}
+        )
+
+        def partition(node: int, cut: bool = True) -> None:
+            for (i, j), proxy in proxies.items():
+                if node in (i, j):
+                    proxy.cut() if cut else proxy.heal()
+
+        await cluster.start()
+        nc, js = await stream(cluster, [cluster.nodes[0].url])  # a client of node 1, on the quorum's side
+        alone = await nats.connect(cluster.nodes[2].url, max_reconnect_attempts=0)  # a client of node 3 only
+        js3 = alone.jetstream(timeout=2)
+        try:
+            assert (await publish(js, b"1", "m1")).seq == 1
+            assert (await js3.publish("orders.s1", b"2", headers={"Nats-Msg-Id": "m2"})).seq == 2
+            partition(2)  # node 3 cut off from both others
+            with pytest.raises(Exception):  # noqa: B017 (a timeout: the minority never acknowledges)
+                await js3.publish("orders.s1", b"from the minority", headers={"Nats-Msg-Id": "m3"}, timeout=3)
+            acked = [(await publish(js, f"{n}".encode(), f"q{n}", within=30)).seq for n in range(5)]  # the quorum goes on
+            assert acked == sorted(acked) and len(set(acked)) == 5
+            partition(1)  # node 2 too: nobody has a quorum, nobody acknowledges
+            with pytest.raises(Exception):  # noqa: B017
+                await publish(js, b"no quorum", "none", within=4)
+            partition(1, cut=False)
+            partition(2, cut=False)
+            last = (await publish(js, b"healed", "healed", within=60)).seq
+            stored = [(await eventually(lambda s=s: js.get_msg("ORDERS", s), 30)).data for s in range(1, last + 1)]
+            assert stored[:2] == [b"1", b"2"] and [b"0", b"1", b"2", b"3", b"4"] == [stored[s - 1] for s in acked]
+            assert stored.count(b"healed") == 1
+        finally:
+            await alone.close()
             await nc.close()
             cluster.stop()
 

@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "cluster": {"protocol", "exchange", "journal", "netio", "telemetry"},
     "examples": {"client", "protocol"},
     "bench": {"protocol", "exchange", "journal", "netio", "cluster"},
-    "tickline": {"protocol", "exchange", "netio", "telemetry", "journal", "gateway", "notifier", "web"},
+    "tickline": {"protocol", "exchange", "netio", "telemetry", "journal", "gateway", "notifier", "web", "cluster"},
 }
 OURS = set(ALLOWED) | {"tests"}
 
