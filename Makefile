@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-restart bench-fanout bench-queries bench-jetstream install clean
+.PHONY: run test lint bench bench-engine bench-restart bench-fanout bench-queries bench-jetstream bench-cluster cluster-up cluster-down install clean
 
 $(STAMP): pyproject.toml web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ bench-queries: $(STAMP)
 
 bench-jetstream: $(STAMP)
 	$(PY) -m bench.jetstream
+
+bench-cluster: $(STAMP)
+	$(PY) -m bench.cluster
+
+cluster-up: $(STAMP)
+	$(PY) -m tickline.cli cluster up
+
+cluster-down: $(STAMP)
+	$(PY) -m tickline.cli cluster down
 
 clean:
 	rm -rf $(VENV) var web/node_modules

@@ -60,89 +60,95 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=200, help="orders (= trades) per second")
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.subscribers + 512)), hard))
 
     data_dir = Path(tempfile.mkdtemp(prefix="tickline-fanout-"))
     names = bench_accounts(data_dir, 2)
     server = ServerProcess("exchange", data_dir)
     try:
         fund_accounts(data_dir, names)
-        md_port = server.md_port
-        subs = []
-        for _ in range(args.subscribers):
-            s = stamped_socket(md_port)
-            s.sendall(b"SUB AAPL all\n")
-            subs.append(s)
-        time.sleep(1.0)
-        for s in subs:  # HELLO, SUBSCRIBED, SNAPSHOT, QUOTE
-            s.setblocking(False)
-            try:
-                while s.recv(1 << 20):
-                    pass
-            except BlockingIOError:
-                pass
-        maker, trader = stamped_socket(server.port), stamped_socket(server.port)
-        maker.sendall(f"LOGIN {names[0]} {BENCH_PASSWORD}\nSELL AAPL 1000000 100.00\n".encode())
-        trader.sendall(f"LOGIN {names[1]} {BENCH_PASSWORD}\n".encode())
-        time.sleep(0.5)
-        maker.setblocking(False)
-        trader.setblocking(False)
-
-        first: dict[int, float] = {}
-        last: dict[int, float] = {}
-        count: dict[int, int] = {}
-        acked: dict[int, float] = {}
-        partial: dict[int, bytes] = {s.fileno(): b"" for s in subs + [trader]}
-        by_fd = {s.fileno(): s for s in subs}
-        poller = select.epoll()
-        for s in subs:
-            poller.register(s.fileno(), select.EPOLLIN)
-        poller.register(trader.fileno(), select.EPOLLIN)
-        n_orders = int(args.rate * args.duration)
-        interval = 1.0 / args.rate
-        t0 = time.perf_counter()
-        sent = 0
-        deadline = t0 + args.duration + 10
-        while time.perf_counter() < deadline:
-            now = time.perf_counter()
-            while sent < n_orders and now - t0 >= sent * interval:
-                trader.send(b"BUY AAPL 1 100.00 IOC\n")
-                sent += 1
-            wait = max(0.0, min(0.001, t0 + sent * interval - time.perf_counter())) if sent < n_orders else 0.05
-            for fd, _ in poller.poll(wait):
-                sock = trader if fd == trader.fileno() else by_fd[fd]
-                try:
-                    chunk, ts = recv_stamped(sock)
-                except BlockingIOError:
-                    continue
-                buf = partial[fd] + chunk
-                cut = buf.rfind(b"\n") + 1
-                partial[fd] = buf[cut:]
-                if sock is trader:
-                    for m in ACK.finditer(buf[:cut]):
-                        acked[int(m.group(1))] = ts
-                    continue
-                for m in TRADE.finditer(buf[:cut]):
-                    oid = int(m.group(1))
-                    first.setdefault(oid, ts)
-                    last[oid] = ts
-                    count[oid] = count.get(oid, 0) + 1
-            if sent >= n_orders and len(count) >= n_orders and all(c == args.subscribers for c in count.values()):
-                break
-        complete = [oid for oid, c in count.items() if c == args.subscribers]
-        spread_ms = [(last[o] - first[o]) * 1000 for o in complete]
-        e2e_ms = [(last[o] - acked[o]) * 1000 for o in complete if o in acked]
-        print(f"{args.subscribers} subscribers to AAPL, {args.rate} trades/s for {args.duration:g}s: {len(complete):,}/{n_orders:,} trades reached every subscriber")
-        worst = max(spread_ms, default=float("nan"))
-        print(f"spread first->last subscriber:  p50 {pct(spread_ms, .5):6.2f} ms  p99 {pct(spread_ms, .99):6.2f} ms  max {worst:6.2f} ms  (target p99 < 5 ms)")
-        print(f"ACK -> last subscriber's TRADE:  p50 {pct(e2e_ms, .5):6.2f} ms  p99 {pct(e2e_ms, .99):6.2f} ms  (target p99 < 20 ms)")
-        for s in subs + [maker, trader]:
-            s.close()
+        print(measure_fanout(server.port, server.md_port, names, args.subscribers, args.rate, args.duration, BENCH_PASSWORD))
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0
+
+
+def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, rate: int, duration: float, password: str) -> str:
+    """Subscribers on md_port (AAPL, all kinds), a maker and a trader on port: the report lines."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, subscribers + 512)), hard))
+    subs = []
+    for _ in range(subscribers):
+        s = stamped_socket(md_port)
+        s.sendall(b"SUB AAPL all\n")
+        subs.append(s)
+    time.sleep(1.0)
+    for s in subs:  # HELLO, SUBSCRIBED, SNAPSHOT, QUOTE
+        s.setblocking(False)
+        try:
+            while s.recv(1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+    maker, trader = stamped_socket(port), stamped_socket(port)
+    maker.sendall(f"LOGIN {names[0]} {password}\nSELL AAPL 1000000 100.00\n".encode())
+    trader.sendall(f"LOGIN {names[1]} {password}\n".encode())
+    time.sleep(0.5)
+    maker.setblocking(False)
+    trader.setblocking(False)
+
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    count: dict[int, int] = {}
+    acked: dict[int, float] = {}
+    partial: dict[int, bytes] = {s.fileno(): b"" for s in subs + [trader]}
+    by_fd = {s.fileno(): s for s in subs}
+    poller = select.epoll()
+    for s in subs:
+        poller.register(s.fileno(), select.EPOLLIN)
+    poller.register(trader.fileno(), select.EPOLLIN)
+    n_orders = int(rate * duration)
+    interval = 1.0 / rate
+    t0 = time.perf_counter()
+    sent = 0
+    deadline = t0 + duration + 10
+    while time.perf_counter() < deadline:
+        now = time.perf_counter()
+        while sent < n_orders and now - t0 >= sent * interval:
+            trader.send(b"BUY AAPL 1 100.00 IOC\n")
+            sent += 1
+        wait = max(0.0, min(0.001, t0 + sent * interval - time.perf_counter())) if sent < n_orders else 0.05
+        for fd, _ in poller.poll(wait):
+            sock = trader if fd == trader.fileno() else by_fd[fd]
+            try:
+                chunk, ts = recv_stamped(sock)
+            except BlockingIOError:
+                continue
+            buf = partial[fd] + chunk
+            cut = buf.rfind(b"\n") + 1
+            partial[fd] = buf[cut:]
+            if sock is trader:
+                for m in ACK.finditer(buf[:cut]):
+                    acked[int(m.group(1))] = ts
+                continue
+            for m in TRADE.finditer(buf[:cut]):
+                oid = int(m.group(1))
+                first.setdefault(oid, ts)
+                last[oid] = ts
+                count[oid] = count.get(oid, 0) + 1
+        if sent >= n_orders and len(count) >= n_orders and all(c == subscribers for c in count.values()):
+            break
+    complete = [oid for oid, c in count.items() if c == subscribers]
+    spread_ms = [(last[o] - first[o]) * 1000 for o in complete]
+    e2e_ms = [(last[o] - acked[o]) * 1000 for o in complete if o in acked]
+    for s in subs + [maker, trader]:
+        s.close()
+    worst = max(spread_ms, default=float("nan"))
+    return (
+        f"{subscribers} subscribers to AAPL, {rate} trades/s for {duration:g}s: {len(complete):,}/{n_orders:,} trades reached every subscriber\n"
+        f"spread first->last subscriber:  p50 {pct(spread_ms, .5):6.2f} ms  p99 {pct(spread_ms, .99):6.2f} ms  max {worst:6.2f} ms  (target p99 < 5 ms)\n"
+        f"ACK -> last subscriber's TRADE:  p50 {pct(e2e_ms, .5):6.2f} ms  p99 {pct(e2e_ms, .99):6.2f} ms  (target p99 < 20 ms)"
+    )
 
 
 if __name__ == "__main__":

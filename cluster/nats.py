@@ -26,6 +26,42 @@ CLIENT_PORT, ROUTE_PORT = 4222, 6222  # node i listens on these + i
 DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers a Nats-Msg-Id (a replaying stage republishes within it)
 
 
+def free_ports(n: int) -> list[int]:
+    """n TCP ports free on loopback just now."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def free_nats_base() -> int:
+    """A port p with p..p+2 and p+2000..p+2002 free: three nodes' client and route ports
+    as `tickline cluster up --nats-port p` lays them out (tests and benchmarks)."""
+    import socket
+
+    while True:
+        base = free_ports(1)[0]
+        if base > 60000:
+            continue
+        socks = []
+        try:
+            for port in (base, base + 1, base + 2, base + 2000, base + 2001, base + 2002):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+
+
 def server_binary() -> str | None:
     """nats-server beside this Python (the cluster extra installs it there), else on the PATH."""
     beside = Path(sys.executable).parent / "nats-server"

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from cluster.nats import free_nats_base, free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
 # Test accounts: created before the server starts (a cheap hash: tests log in often),
 # funded through the admin channel once it listens (refs make that idempotent).
@@ -192,36 +194,6 @@ class Client:
         self.sock.close()
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def nats_base() -> int:
-    """A port p with p..p+2 and p+2000..p+2002 free: the three NATS nodes' client and route ports."""
-    while True:
-        base = free_ports(1)[0]
-        if base > 60000:
-            continue
-        socks = []
-        try:
-            for port in (base, base + 1, base + 2, base + 2000, base + 2001, base + 2002):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-
-
 class Cluster:
     """`tickline cluster up` in its own directory on free ports: 3 NATS nodes and the roles."""
 
@@ -229,7 +201,7 @@ class Cluster:
         self.dir = directory
         self.options = options
         self.port, self.md_port = free_ports(2)
-        self.nats_port = nats_base()
+        self.nats_port = free_nats_base()
 
     def start(self, funded: list[str] = ACCOUNTS) -> Cluster:
         create_accounts(self.dir, funded)
@@ -241,13 +213,11 @@ class Cluster:
         """The same deposits, in the same order, as Server.start's."""
         import asyncio
 
-        from tickline.cluster import ClusterConfig, transfer
+        from tickline.cluster import ClusterConfig, transfers
 
-        config = ClusterConfig.load(self.dir)
-        for name in names:
-            for asset, amount in funds:
-                reply = asyncio.run(transfer(config, name, asset, amount, f"fund:{name}:{asset}"))
-                assert reply.startswith("OK"), reply
+        moves = [(name, asset, amount, f"fund:{name}:{asset}") for name in names for asset, amount in funds]
+        replies = asyncio.run(transfers(ClusterConfig.load(self.dir), moves))
+        assert all(r.startswith("OK") for r in replies), replies
 
     def _cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "tickline.cli", "cluster", *args, "--dir", str(self.dir)], cwd=ROOT, capture_output=True, timeout=120)

