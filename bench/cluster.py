@@ -100,14 +100,22 @@ def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
             server = ServerProcess("exchange", data, web=False)
             try:
                 fund_accounts(data, names)
-                return measure_fanout(server.port, server.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
+                before = process_cpu(server.proc.pid)
+                report = measure_fanout(server.port, server.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
+                per_trade = (process_cpu(server.proc.pid) - before) / (args.fanout_rate * args.fanout_seconds) * 1000
+                return f"{report}\nCPU per trade: tickline serve {per_trade:.2f} ms"
             finally:
                 server.stop()
         cluster = ClusterProcesses(data / "cluster", ["--notifiers", str(notifiers)])
         try:
             shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
             cluster.fund(names)
-            return measure_fanout(cluster.port, cluster.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
+            pids = {k: p for k, p in cluster.pids().items() if k.startswith("notifier")}
+            before = {k: process_cpu(p) for k, p in pids.items()}
+            report = measure_fanout(cluster.port, cluster.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
+            trades = args.fanout_rate * args.fanout_seconds
+            cpu = "  ".join(f"{k} {(process_cpu(p) - before[k]) / trades * 1000:.2f} ms" for k, p in pids.items())
+            return f"{report}\nCPU per trade: {cpu}"
         finally:
             cluster.stop()
     finally:

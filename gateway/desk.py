@@ -242,16 +242,16 @@ class OrderDesk:
             return
         self._lookup(self.market_source(query), done, "market", repr(query)[:120])
 
-    def _lookup(self, work: Awaitable[R.Reply], done: Callable[[R.Reply], None], what: str, about: str) -> None:
-        """Run a trade-log lookup off the event loop; done gets its reply, or an ERR if the
-        log could not be read (the session goes on)."""
+    def _lookup(self, work: Awaitable[R.Reply], done: Callable[[R.Reply], None], what: str, about: str, source: str = "the trade log") -> None:
+        """Run a lookup (the trade log's, a cluster's risk shard's) off the event loop; done
+        gets its reply, or an ERR if the source could not be read (the session goes on)."""
 
         async def run() -> None:
             try:
                 reply = await work
             except Exception as exc:
                 log.error(f"{what}_query_failed", about=about, error=repr(exc))
-                reply = R.Error("internal", "the trade log could not be read; try again")
+                reply = R.Error("internal", f"{source} could not be read; try again")
             done(reply)
 
         self._spawn(run())

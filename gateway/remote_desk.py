@@ -94,4 +94,4 @@ class RemoteDesk(OrderDesk):
             assets = self.risk.assets
             return R.BalancesReply(owner, [R.Balance(a, assets[a].format(avail), assets[a].format(locked)) for a, avail, locked in rows])
 
-        self._lookup(fetch(), done, "balances", owner)
+        self._lookup(fetch(), done, "balances", owner, "the balances")

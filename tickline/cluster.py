@@ -166,12 +166,9 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
         gateway.on_durable(desk.advance())
         gateway.write_now()
 
-    async def verdicts(msg: Any) -> None:
-        for token, seq, reason, text in decode_verdicts(msg.data).results:
-            if seq:
-                desk.sequenced(name, token, seq, _NO_ORDER)
-            else:
-                desk.turned_down(token, reason, text)
+    async def verdicts(msg: Any) -> None:  # refusals (a gateway sends no transfers)
+        for token, _, reason, text in decode_verdicts(msg.data).results:
+            desk.turned_down(token, reason, text)
         progress()
 
     await nc.subscribe(f"verdicts.{name}", cb=verdicts)
@@ -206,9 +203,6 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
     return follow, [close]
 
 
-_NO_ORDER: Any = None  # a transfer's outcome: no order to add
-
-
 async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
     trades = config.data.trades
     replica = Replica(js, instruments)
@@ -227,8 +221,7 @@ async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dic
     through = await replica.start()
     follow = asyncio.create_task(replica.follow(lambda inp, s, made: events.extend(made), after_batch))
     while replica.applied < through and not follow.done():
-        await asyncio.sleep(0.01)
-    events.clear()  # history: subscribers start from a snapshot
+        await asyncio.sleep(0.01)  # (the history's trades fill the feeds' memory for REPLAY)
     host, port = await notifier.start(config.host, config.md_port, reuse_port=True)
     log.info("market_data_listening", host=host, port=port, notifier=index, caught_up=through)
 
