@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, cast
 
-from cluster.stream import Input, Reader
-from cluster.wire import STREAM, Sequenced, decode_sequenced
+from cluster.stream import Input, Reader, last_message
+from cluster.wire import Sequenced, decode_sequenced
 from exchange.book import Book
 from exchange.instruments import Instrument
 from protocol.messages import Event, OrderCommand
@@ -29,12 +29,9 @@ class Replica:
 
     async def start(self) -> int:
         """Start reading; returns the stream sequence to have applied to be caught up."""
-        try:
-            last = (await self.js.get_last_msg(STREAM, self.subject)).seq
-        except Exception:
-            last = 0
+        last = await last_message(self.js, self.subject)
         await self.reader.start()
-        return int(last)
+        return 0 if last is None else int(last.seq)
 
     def apply(self, inp: Input) -> tuple[Sequenced, list[Event]]:
         s = decode_sequenced(inp.data)

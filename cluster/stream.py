@@ -39,14 +39,38 @@ async def connect(urls: list[str], name: str) -> tuple[Any, Any]:
 
 
 async def ensure_stream(js: Any, replicas: int = 3) -> None:
-    """The one stream, created if missing (by whichever stage starts first)."""
+    """The one stream, created if missing (by whichever stage starts first). A stage may
+    start while a node is down or a leader is being elected: it waits, it does not fail."""
     from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
 
     config = StreamConfig(name=STREAM, subjects=SUBJECTS, num_replicas=replicas, storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW)
-    try:
-        await js.stream_info(STREAM)
-    except Exception:
-        await js.add_stream(config)
+    while True:
+        try:
+            try:
+                await js.stream_info(STREAM)
+            except NotFoundError:
+                await js.add_stream(config)
+            return
+        except Exception as exc:
+            log.warning("stream_not_ready", error=repr(exc)[:120])
+            await asyncio.sleep(0.5)
+
+
+async def last_message(js: Any, subject: str) -> Any:
+    """The stream's last message on subject (wildcards allowed), None if there is none.
+    Only "none" is taken for none: a timeout is waited out, since a stage that took it for
+    "nothing published yet" would publish again what it had."""
+    from nats.js.errors import NotFoundError
+
+    while True:
+        try:
+            return await js.get_last_msg(STREAM, subject)
+        except NotFoundError:
+            return None
+        except Exception as exc:
+            log.warning("last_message_retry", subject=subject, error=repr(exc)[:120])
+            await asyncio.sleep(0.5)
 
 
 @dataclass
@@ -75,9 +99,15 @@ class Reader:
             md = msg.metadata
             await self.queue.put(Input(md.sequence.stream, int(md.timestamp.timestamp() * 1e9), msg.subject, msg.data))
 
-        self._sub = await self.js.subscribe(
-            self.subject, stream=STREAM, cb=arrived, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, idle_heartbeat=2.0
-        )
+        while True:
+            try:
+                self._sub = await self.js.subscribe(
+                    self.subject, stream=STREAM, cb=arrived, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, idle_heartbeat=2.0
+                )
+                return
+            except Exception as exc:  # a leader being elected: wait, do not fail
+                log.warning("subscribe_retry", subject=self.subject, error=repr(exc)[:120])
+                await asyncio.sleep(0.5)
 
     async def batch(self) -> list[Input]:
         queue = self.queue
@@ -103,9 +133,8 @@ class Outbox:
         self.last_seq = 0  # the stream sequence of this subject's last message
 
     async def open(self) -> None:
-        try:
-            last = await self.js.get_last_msg(STREAM, self.subject)
-        except Exception:  # nothing published yet
+        last = await last_message(self.js, self.subject)
+        if last is None:  # nothing published yet
             return
         self.last_seq = last.seq
         self.published_through = int((last.headers or {}).get(INPUT_SEQ, 0))

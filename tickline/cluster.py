@@ -49,6 +49,7 @@ from telemetry.registry import Telemetry
 from tickline import __version__
 
 log = structlog.get_logger("cluster")
+TRADELOG_BEHIND = 100_000  # rows handed to the trade log's writer and not committed before reading waits
 
 
 @dataclass
@@ -242,15 +243,24 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
             tradelog.on_durable(seq, 1, encode_batch(seq, [cmd], ts))  # its audit row, its trades' time
         tradelog.on_events(made)
 
+    async def follow() -> None:
+        # Nothing is dropped here (tickline serve drops past max_rows and refills from its
+        # journal): reading the stream waits while the writer is behind.
+        while True:
+            for inp in await replica.reader.batch():
+                applied(inp, *replica.apply(inp))
+            while tradelog.queued - tradelog.committed > TRADELOG_BEHIND:
+                await tradelog.wait_committed()
+
     await replica.start()
     log.info("tradelog_started", path=str(config.data.trades))
-    follow = asyncio.create_task(replica.follow(applied))
+    follow_task = asyncio.create_task(follow())
 
     async def close() -> None:
         await tradelog.close()
         await writer
 
-    return follow, [close]
+    return follow_task, [close]
 
 
 # ---------------------------------------------------------------------- up / down
