@@ -50,7 +50,7 @@ bench-cluster: $(STAMP)
 	$(PY) -m bench.cluster
 
 cluster-up: $(STAMP)
-	$(PY) -m tickline.cli cluster up
+	$(PY) -m tickline.cli cluster up --demo
 
 cluster-down: $(STAMP)
 	$(PY) -m tickline.cli cluster down

@@ -82,6 +82,8 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
         before = {k: process_cpu(p) for k, p in pids.items()}
         result = run_phase(port, streams, f"closed loop, {args.window} in flight x {args.connections}", label, None, args.window, logins=names)
         cpu = {k: (process_cpu(p) - before[k]) / max(result.completed, 1) * 1e6 for k, p in pids.items()}
+        paced = [make_stream(int(args.rate * args.duration) // args.connections, args.seed + 1, c) for c in range(args.connections)]
+        steady = run_phase(port, paced, f"open loop {args.rate:,}/s", label, args.rate, 0, gap=0.0001, logins=names)
     finally:
         if server is not None:
             server.stop()
@@ -89,7 +91,8 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
             cluster.stop()
         shutil.rmtree(data, ignore_errors=True)
     return {"label": label, "orders_s": result.rate, "p50": result.ack_ms.get("p50", 0), "p99": result.ack_ms.get("p99", 0),
-            "completed": result.completed, "errors": result.errors, "cpu_us": cpu}  # fmt: skip
+            "completed": result.completed, "errors": result.errors, "cpu_us": cpu,
+            "steady_p50": steady.ack_ms.get("p50", 0), "steady_p99": steady.ack_ms.get("p99", 0), "steady_rate": steady.rate}  # fmt: skip
 
 
 def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--window", type=int, default=200, help="requests in flight per connection")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rate", type=int, default=2_000, help="then an open loop at this rate: the ACK latency of an unloaded pipeline")
+    parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--fanout-rate", type=int, default=200)
     parser.add_argument("--fanout-seconds", type=float, default=10.0)
@@ -146,10 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         results.append(throughput(args, label, options))
         sys.stderr.write(f"{label}: done in {time.monotonic() - t0:.0f}s\n")
     print(f"closed loop, {args.connections} connections x {args.window} in flight, {args.orders:,} orders (3 NATS nodes on this machine, every write fsync'd)")
-    print(f"{'':34} {'orders/s':>9} {'ACK p50':>9} {'ACK p99':>9}   CPU us per order, by process")
+    print(f"{'':34} {'orders/s':>9} {'ACK p50':>9} {'ACK p99':>9}  at {args.rate:,}/s: p50     p99   CPU us per order, by process")
     for r in results:
         cpu = "  ".join(f"{k} {v:.0f}" for k, v in r["cpu_us"].items())
-        print(f"{r['label']:34} {r['orders_s']:9,.0f} {r['p50']:7.1f}ms {r['p99']:7.1f}ms   {cpu}")
+        print(
+            f"{r['label']:34} {r['orders_s']:9,.0f} {r['p50']:7.1f}ms {r['p99']:7.1f}ms  {r['steady_p50']:11.1f}ms {r['steady_p99']:5.1f}ms   {cpu}"
+        )
     if not args.skip_fanout:
         for label, notifiers in [("tickline serve", None), ("cluster, 1 notifier", 1), ("cluster, 2 notifiers", 2)]:
             print(f"fan-out, {label}: " + fanout(args, notifiers).replace("\n", "\n    "))

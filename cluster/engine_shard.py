@@ -8,6 +8,7 @@ notifiers, the trade log) applies the same stream to its own replica (cluster/re
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -47,9 +48,7 @@ class EngineShard:
                         k = layout.risk_of(e.owner)  # type: ignore[union-attr]
                         if inp.seq > outboxes[k].published_through:  # else: sent before a restart
                             out[k].append(e)  # type: ignore[arg-type]  # SETTLED: exactly these types
-            for k, settlements in enumerate(out):
-                if settlements:
-                    await outboxes[k].publish(batch[-1].seq, encode(Settle(settlements)))
+            await asyncio.gather(*(outboxes[k].publish(batch[-1].seq, encode(Settle(settled))) for k, settled in enumerate(out) if settled))
 
     async def _state(self, msg: Any) -> None:
         books = self.replica.books

@@ -9,6 +9,7 @@ ids and refusals: the state is rebuilt by replaying it from its first message.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import msgspec
@@ -70,9 +71,8 @@ class RiskShard:
                     s.cmds.append(cmd)
                     s.gateways.append(msg.gateway)
                     s.tokens.append(token)
-        for e, s in enumerate(out):
-            if s.seqs:
-                await self.outboxes[e].publish(batch[-1].seq, encode(s))
+        # One message per engine shard, at once (each subject is fenced on its own).
+        await asyncio.gather(*(self.outboxes[e].publish(batch[-1].seq, encode(s)) for e, s in enumerate(out) if s.seqs))
         for gateway, v in verdicts.items():
             await self.nc.publish(f"verdicts.{gateway}", encode(v))
 

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--md-port", type=int, default=int(env("TICKLINE_MD_PORT", "7002")))
     up.add_argument("--nats-port", type=int, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
     up.add_argument("--instruments", default=env("TICKLINE_INSTRUMENTS"))
+    up.add_argument("--demo", action="store_true", help="with no accounts yet: create alice and bob, funded (as serve --demo)")
     down = steps.add_parser("down", help="stop what `up` started")
     role = steps.add_parser("role", help="run one role in the foreground (what `up` starts)")
     role.add_argument("role", choices=["gateway", "risk", "engine", "notifier", "tradelog"])
@@ -231,7 +232,7 @@ def _cluster(args: argparse.Namespace) -> int:
             risk_shards=args.risk_shards, engines=engines, engine_shards=max(engines.values(), default=0) + 1,
             nats_ports=[(base + i, base + 2000 + i) for i in range(3)], instruments=args.instruments,
         )  # fmt: skip
-        return cluster.up(config)
+        return cluster.up(config, demo=args.demo)
     if args.action == "down":
         return cluster.down(Path(args.dir))
     config = cluster.ClusterConfig.load(args.dir)

@@ -266,7 +266,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
 # ---------------------------------------------------------------------- up / down
 
 
-def up(config: ClusterConfig) -> int:
+def up(config: ClusterConfig, demo: bool = False) -> int:
     """Start the NATS nodes and every role as background processes; wait until the
     gateways and notifiers listen. Their pids go to <dir>/pids for `down`."""
     directory = Path(config.directory)
@@ -293,8 +293,28 @@ def up(config: ClusterConfig) -> int:
             sys.stderr.write(f"tickline: the {role} {i} did not start; see {directory}/{role}-{i}.log\n")
             down(directory)
             return 1
+    if demo:
+        _demo_accounts(config)
     sys.stdout.write(f"cluster up: order entry {config.host}:{config.port}, market data {config.host}:{config.md_port}; logs in {directory}\n")
     return 0
+
+
+def _demo_accounts(config: ClusterConfig) -> None:
+    """As `tickline serve --demo`: with no accounts yet, alice and bob, funded."""
+    from journal.accounts import AccountAdmin
+    from tickline.app import DEMO_ACCOUNTS, DEMO_FUNDS
+
+    admin = AccountAdmin(config.data.accounts)
+    try:
+        if admin.list():
+            return
+        for name, password in DEMO_ACCOUNTS:
+            admin.add(name, password)
+    finally:
+        admin.close()
+    moves = [(name, asset, amount, f"demo:{name}:{asset}") for name, _ in DEMO_ACCOUNTS for asset, amount in DEMO_FUNDS]
+    asyncio.run(transfers(config, moves))
+    sys.stdout.write("demo accounts: LOGIN alice alice  (or: LOGIN bob bob)\n")
 
 
 def start_role(directory: Path, role: str, index: int) -> subprocess.Popen[bytes]:
