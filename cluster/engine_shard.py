@@ -34,11 +34,14 @@ class EngineShard:
     async def run(self) -> None:
         for outbox in self.outboxes:
             await outbox.open()
-        await self.nc.subscribe(f"state.engine.{self.shard}", cb=self._state)
-        await self.replica.start()
-        log.info("engine_shard_started", shard=self.shard, symbols=" ".join(self.replica.books))
+        through = await self.replica.start()
+        log.info("engine_shard_started", shard=self.shard, symbols=" ".join(self.replica.books), replaying_through=through)
         reader, layout, outboxes = self.replica.reader, self.layout, self.outboxes
+        answering = False
         while True:
+            if not answering and self.replica.applied >= through:  # caught up: its state may be asked
+                answering = True
+                await self.nc.subscribe(f"state.engine.{self.shard}", cb=self._state)
             batch = await reader.batch()
             out: list[list[Settlement]] = [[] for _ in outboxes]
             for inp in batch:

@@ -15,7 +15,7 @@ from typing import Any, cast
 import msgspec
 import structlog
 
-from cluster.stream import Outbox, Reader
+from cluster.stream import Outbox, Reader, last_message
 from cluster.wire import Layout, Sequenced, Settle, Verdicts, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
 from exchange.risk import Risk
@@ -36,10 +36,14 @@ class RiskShard:
     async def run(self) -> None:
         for outbox in self.outboxes:
             await outbox.open()
+        last = await last_message(self.reader.js, self.reader.subject)
+        await self.reader.start()
+        log.info("risk_shard_started", shard=self.shard, replaying_through=0 if last is None else last.seq)
+        while last is not None and self.applied < last.seq:  # replaying: balances are not to be asked yet
+            await self.step(await self.reader.batch())
         await self.nc.subscribe(f"balances.{self.shard}", cb=self._balances)
         await self.nc.subscribe(f"state.risk.{self.shard}", cb=self._state)
-        await self.reader.start()
-        log.info("risk_shard_started", shard=self.shard, replaying_through=max(o.published_through for o in self.outboxes))
+        log.info("risk_shard_caught_up", shard=self.shard, applied=self.applied)
         while True:
             await self.step(await self.reader.batch())
 

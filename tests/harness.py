@@ -275,7 +275,12 @@ class Cluster:
         async def ask() -> dict:
             nc = await nats.connect([f"nats://127.0.0.1:{self.nats_port + i}" for i in range(3)])
             try:
-                return dict(json.loads((await nc.request(what, b"", timeout=10)).data))
+                for _ in range(60):  # a restarted role answers once it has replayed its input
+                    try:
+                        return dict(json.loads((await nc.request(what, b"", timeout=10)).data))
+                    except nats.errors.NoRespondersError:
+                        await asyncio.sleep(0.5)
+                raise TimeoutError(f"nobody answers {what}")
             finally:
                 await nc.close()
 

@@ -262,14 +262,18 @@ def test_kill_9_of_any_one_process_under_load_loses_no_acked_order_and_duplicate
             assert c.ask(f"BOOK {symbol} 50")[0:1] + c.until("END")[:-1] == want_book
 
         # Balances: every unit deposited is somewhere (accounts, locks, fees), none twice.
-        totals: dict[str, int] = {}
-        for k in range(2):
-            for _, asset, available, locked in cluster.state(f"state.risk.{k}")["balances"]:
-                totals[asset] = totals.get(asset, 0) + available + locked
         from exchange.risk import Risk
 
+        def totals() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for k in range(2):
+                for _, asset, available, locked in cluster.state(f"state.risk.{k}")["balances"]:
+                    out[asset] = out.get(asset, 0) + available + locked
+            return out
+
         assets = Risk(instruments).assets
-        assert totals == {asset: assets[asset].parse(amount) * len(traders) for asset, amount in FUNDS}
+        deposited = {asset: assets[asset].parse(amount) * len(traders) for asset, amount in FUNDS}
+        assert settled(totals, deposited) == deposited
 
         # The trade log: every trade of the replay once.
         import sqlite3
