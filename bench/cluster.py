@@ -65,25 +65,32 @@ def process_cpu(pid: int) -> float:
 def throughput(args: argparse.Namespace, label: str, options: list[str] | None) -> dict:
     """One closed-loop run: options None is `tickline serve`, else `cluster up` options."""
     data = Path(tempfile.mkdtemp(prefix="tickline-bench-cluster-"))
-    names = bench_accounts(data, args.connections)
+    everyone = bench_accounts(data, 2 * args.connections)
+    names, others = everyone[: args.connections], everyone[args.connections :]  # the open loop's own: no late FILL of the closed loop's
     per_conn = args.orders // args.connections
     streams = [make_stream(per_conn, args.seed, c) for c in range(args.connections)]
     server = ServerProcess("exchange", data, web=False) if options is None else None
     cluster = ClusterProcesses(data / "cluster", options) if options is not None else None
     try:
         if server is not None:
-            fund_accounts(data, names)
+            fund_accounts(data, everyone)
             port, pids = server.port, {"tickline serve": server.proc.pid}
         else:
             assert cluster is not None
             shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
-            cluster.fund(names)
+            cluster.fund(everyone)
             port, pids = cluster.port, cluster.pids()
         before = {k: process_cpu(p) for k, p in pids.items()}
         result = run_phase(port, streams, f"closed loop, {args.window} in flight x {args.connections}", label, None, args.window, logins=names)
         cpu = {k: (process_cpu(p) - before[k]) / max(result.completed, 1) * 1e6 for k, p in pids.items()}
         paced = [make_stream(int(args.rate * args.duration) // args.connections, args.seed + 1, c) for c in range(args.connections)]
-        steady = run_phase(port, paced, f"open loop {args.rate:,}/s", label, args.rate, 0, gap=0.0001, logins=names)
+        steady = run_phase(port, paced, f"open loop {args.rate:,}/s", label, args.rate, 0, gap=0.0001, logins=others)
+        if cluster is not None:
+            for k, p in pids.items():
+                if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                    role, i = k.split()
+                    log_tail = (cluster.dir / f"{role}-{i}.log").read_text(errors="replace")[-3000:] if role != "nats" else ""
+                    sys.stderr.write(f"{label}: {k} exited during the run:\n{log_tail}\n")
     finally:
         if server is not None:
             server.stop()
