@@ -51,7 +51,8 @@ class EngineShard:
                         k = layout.risk_of(e.owner)  # type: ignore[union-attr]
                         if inp.seq > outboxes[k].published_through:  # else: sent before a restart
                             out[k].append(e)  # type: ignore[arg-type]  # SETTLED: exactly these types
-            await asyncio.gather(*(outboxes[k].publish(batch[-1].seq, encode(Settle(settled))) for k, settled in enumerate(out) if settled))
+            through = batch[-1].seq
+            await asyncio.gather(*(outboxes[k].publish(through, encode(Settle(settled, self.shard, through))) for k, settled in enumerate(out) if settled))
 
     async def _state(self, msg: Any) -> None:
         books = self.replica.books

@@ -16,7 +16,7 @@ import msgspec
 import structlog
 
 from cluster.stream import Outbox, Reader, last_message
-from cluster.wire import Layout, Sequenced, Settle, Verdicts, decode_in, encode, orders_subject
+from cluster.wire import Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
 from exchange.risk import Risk
 from protocol.messages import OrderCommand, Transfer
@@ -32,6 +32,8 @@ class RiskShard:
         self.reader = Reader(js, f"in.{shard}.>")
         self.outboxes = [Outbox(js, orders_subject(e, shard)) for e in range(layout.engine_shards)]
         self.applied = 0  # the last input message applied
+        self.settled_through: dict[int, int] = {}  # engine shard -> its last input settled here
+        self._asks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         for outbox in self.outboxes:
@@ -56,6 +58,7 @@ class RiskShard:
             self.applied = inp.seq
             if isinstance(msg, Settle):
                 risk.settle(msg.events)  # type: ignore[arg-type]
+                self.settled_through[msg.engine] = msg.through
                 continue
             for token, cmd in zip(msg.tokens, msg.cmds, strict=True):
                 seq = layout.order_id(self.shard, self.accepted)
@@ -81,7 +84,19 @@ class RiskShard:
             await self.nc.publish(f"verdicts.{gateway}", encode(v))
 
     async def _balances(self, msg: Any) -> None:
-        await msg.respond(encode(self.risk.of(msg.data.decode())))
+        task = asyncio.create_task(self._answer_balances(msg))  # one that waits holds up no other
+        self._asks.add(task)
+        task.add_done_callback(self._asks.discard)
+
+    async def _answer_balances(self, msg: Any) -> None:
+        """An account's balances once every fill and cancel its asker has seen is settled
+        here (a client that read FILL and then BALANCES sees the fill in it)."""
+        ask = decode_balances_ask(msg.data)
+        for _ in range(2_000):  # settlements are milliseconds behind; give up after ~2 s
+            if all(self.settled_through.get(e, 0) >= seq for e, seq in ask.seen.items()):
+                break
+            await asyncio.sleep(0.001)
+        await msg.respond(encode(self.risk.of(ask.account)))
 
     async def _state(self, msg: Any) -> None:
         """For tests and operators: the state hash, every balance, the last input applied."""

@@ -40,9 +40,20 @@ Settlement = Fill | Canceled | Replaced | Rejected
 
 
 class Settle(msgspec.Struct, array_like=True, tag="settle"):
-    """An engine shard's matching events that move the money of one risk shard's accounts."""
+    """An engine shard's matching events that move the money of one risk shard's accounts:
+    every such event of its input messages up to stream sequence `through`."""
 
     events: list[Settlement]
+    engine: int
+    through: int
+
+
+class BalancesAsk(msgspec.Struct, array_like=True):
+    """BALANCES, asked of a risk shard once it has settled what the asker has seen: for each
+    engine shard, the input (stream sequence) of the last event that moved the account's money."""
+
+    account: str
+    seen: dict[int, int]
 
 
 class Sequenced(msgspec.Struct, array_like=True, tag="sequenced"):
@@ -70,6 +81,7 @@ encode = msgspec.msgpack.Encoder().encode
 decode_in = msgspec.msgpack.Decoder(InMessage).decode
 decode_sequenced = msgspec.msgpack.Decoder(Sequenced).decode
 decode_verdicts = msgspec.msgpack.Decoder(Verdicts).decode
+decode_balances_ask = msgspec.msgpack.Decoder(BalancesAsk).decode
 
 
 class Layout(msgspec.Struct, frozen=True):

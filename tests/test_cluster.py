@@ -73,6 +73,17 @@ def drive(port: int, seed: int, steps: int) -> dict[str, list[str]]:
     return seen
 
 
+def balances_right_after_a_cancel(port: int) -> list[str]:
+    """A resting BUY canceled by the owner's own SELL (self-trade prevention), then BALANCES
+    at once: what the client reads must already include the cancel's release."""
+    c = Client(port)
+    c.login("t5")
+    out = c.ask("BUY AAPL 3 150.00") + c.ask("SELL AAPL 2 150.00", 2)
+    out += c.ask("BALANCES")[0:1] + c.until("END")[:-1]
+    c.close()
+    return out
+
+
 def final_state(port: int) -> dict[str, list[str]]:
     c = Client(port)
     c.login(TRADERS[0])
@@ -115,6 +126,7 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         want_lines = drive(single.port, seed=11, steps=300)
         want_state = final_state(single.port)
         want_trades = settled(lambda: trades(single.port), {"never": []}, within=1.0)
+        want_balances = balances_right_after_a_cancel(single.port)
     finally:
         single.stop()
     assert sum(line.startswith("FILL") for lines in want_lines.values() for line in lines) > 50  # the stream trades a lot
@@ -125,6 +137,7 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
             assert got_lines[name] == want_lines[name], name
         assert settled(lambda: final_state(cluster.port), want_state) == want_state
         assert settled(lambda: trades(cluster.port), want_trades) == want_trades
+        assert balances_right_after_a_cancel(cluster.port) == want_balances
     finally:
         cluster.stop()
 

@@ -33,8 +33,9 @@ from cluster.replica import Replica
 from cluster.risk_shard import RiskShard
 from cluster.stream import Input, connect, ensure_stream
 from cluster.submitter import Submitter
-from cluster.wire import Layout, Sequenced, decode_verdicts
+from cluster.wire import BalancesAsk, Layout, Sequenced, decode_verdicts, encode
 from exchange.instruments import load_instruments
+from exchange.risk import SETTLED
 from gateway.remote_desk import RemoteDesk
 from gateway.server import Gateway
 from journal.accounts import Accounts
@@ -138,8 +139,11 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
 
     # 2. The desk: outcomes come from the stream (accepted, with ids) and from verdicts
     #    (refused); balances from the risk shard; history from the trade log's file.
+    money_seen: dict[str, dict[int, int]] = {}  # account -> engine shard -> input of its last money event here
+
     async def balances(account: str) -> list[tuple[str, int, int]]:
-        reply = await nc.request(f"balances.{config.layout.risk_of(account)}", account.encode(), timeout=5)
+        ask = encode(BalancesAsk(account, money_seen.get(account, {})))
+        reply = await nc.request(f"balances.{config.layout.risk_of(account)}", ask, timeout=5)
         return [tuple(row) for row in msgspec.msgpack.decode(reply.data)]
 
     accounts = Accounts(data.accounts)
@@ -179,6 +183,10 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
         for gw, token, seq, cmd in zip(s.gateways, s.tokens, s.seqs, s.cmds, strict=True):
             desk.sequenced(gw, token, seq, cmd)
         events.extend(made)
+        engine = int(inp.subject.split(".")[1])  # orders.<engine>.r<risk>
+        for e in made:
+            if type(e) in SETTLED:
+                money_seen.setdefault(e.owner, {})[engine] = inp.seq  # type: ignore[union-attr]
 
     def after_batch() -> None:
         gateway.on_durable(desk.advance())
