@@ -42,6 +42,7 @@ class EngineShard:
             if not answering and self.replica.applied >= through:  # caught up: its state may be asked
                 answering = True
                 await self.nc.subscribe(f"state.engine.{self.shard}", cb=self._state)
+                log.info("engine_shard_caught_up", shard=self.shard, applied=self.replica.applied)
             batch = await reader.batch()
             out: list[list[Settlement]] = [[] for _ in outboxes]
             for inp in batch:

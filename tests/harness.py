@@ -205,9 +205,12 @@ class Cluster:
 
     def start(self, funded: list[str] = ACCOUNTS) -> Cluster:
         create_accounts(self.dir, funded)
-        self._cli("up", "--port", str(self.port), "--md-port", str(self.md_port), "--nats-port", str(self.nats_port), *self.options)
+        self.up()
         self.fund(funded)
         return self
+
+    def up(self) -> None:
+        self._cli("up", "--port", str(self.port), "--md-port", str(self.md_port), "--nats-port", str(self.nats_port), *self.options)
 
     def fund(self, names: list[str], funds: list[tuple[str, str]] = FUNDS) -> None:
         """The same deposits, in the same order, as Server.start's."""

@@ -265,16 +265,23 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def _demo_accounts(data: DataDir, desk: OrderDesk) -> None:
-    """A fresh data directory: alice and bob, funded (deposits journaled like any other)."""
-    admin = AccountAdmin(data.accounts)
+def create_demo_accounts(accounts: Path) -> bool:
+    """alice and bob, if the account store has nobody yet; whether they were created."""
+    admin = AccountAdmin(accounts)
     try:
         if admin.list():
-            return
+            return False
         for name, password in DEMO_ACCOUNTS:
             admin.add(name, password)
+        return True
     finally:
         admin.close()
+
+
+async def _demo_accounts(data: DataDir, desk: OrderDesk) -> None:
+    """A fresh data directory: alice and bob, funded (deposits journaled like any other)."""
+    if not create_demo_accounts(data.accounts):
+        return
     for name, _ in DEMO_ACCOUNTS:
         for asset, amount in DEMO_FUNDS:
             units = desk.risk.assets[asset].parse(amount)

@@ -275,9 +275,13 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
 
 
 def up(config: ClusterConfig, demo: bool = False) -> int:
-    """Start the NATS nodes and every role as background processes; wait until the
-    gateways and notifiers listen. Their pids go to <dir>/pids for `down`."""
+    """Start the NATS nodes and every role as background processes; wait until each has
+    caught up with the stream (gateways and notifiers listen, shards answer). Their pids
+    go to <dir>/pids for `down`."""
     directory = Path(config.directory)
+    if (directory / "pids").exists() and any(_alive(int(line.split()[0])) for line in (directory / "pids").read_text().splitlines() if line.strip()):
+        sys.stderr.write(f"tickline: a cluster is up in {directory}: tickline cluster down --dir {directory} first\n")
+        return 1
     config.save()
     nats = NatsCluster(directory / "nats", ports=config.nats_ports)
     nats.directory.mkdir(parents=True, exist_ok=True)
@@ -293,11 +297,12 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
     roles = [("tradelog", 0)]
     roles += [("risk", k) for k in range(config.risk_shards)] + [("engine", e) for e in range(config.engine_shards)]
     roles += [("gateway", i) for i in range(config.gateways)] + [("notifier", i) for i in range(config.notifiers)]
+    logs_before = {(role, i): _size(directory / f"{role}-{i}.log") for role, i in roles}  # a restart appends
     procs = [(role, i, start_role(directory, role, i)) for role, i in roles]
     pids += [f"{p.pid} {role} {i}" for role, i, p in procs]
     (directory / "pids").write_text("\n".join(pids) + "\n")  # pid role index, per line
-    for role, i, proc in procs:
-        if role in ("gateway", "notifier") and not _wait_listening(directory / f"{role}-{i}.log", proc):
+    for role, i, proc in procs:  # each caught up with the stream, and listening or answering
+        if role != "tradelog" and not _wait_ready(directory / f"{role}-{i}.log", logs_before[(role, i)], proc):
             sys.stderr.write(f"tickline: the {role} {i} did not start; see {directory}/{role}-{i}.log\n")
             down(directory)
             return 1
@@ -309,17 +314,10 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
 
 def _demo_accounts(config: ClusterConfig) -> None:
     """As `tickline serve --demo`: with no accounts yet, alice and bob, funded."""
-    from journal.accounts import AccountAdmin
-    from tickline.app import DEMO_ACCOUNTS, DEMO_FUNDS
+    from tickline.app import DEMO_ACCOUNTS, DEMO_FUNDS, create_demo_accounts
 
-    admin = AccountAdmin(config.data.accounts)
-    try:
-        if admin.list():
-            return
-        for name, password in DEMO_ACCOUNTS:
-            admin.add(name, password)
-    finally:
-        admin.close()
+    if not create_demo_accounts(config.data.accounts):
+        return
     moves = [(name, asset, amount, f"demo:{name}:{asset}") for name, _ in DEMO_ACCOUNTS for asset, amount in DEMO_FUNDS]
     asyncio.run(transfers(config, moves))
     sys.stdout.write("demo accounts: LOGIN alice alice  (or: LOGIN bob bob)\n")
@@ -333,11 +331,19 @@ def start_role(directory: Path, role: str, index: int) -> subprocess.Popen[bytes
     return proc
 
 
-def _wait_listening(log_path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> bool:
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _wait_ready(log_path: Path, start: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> bool:
+    """Until the role logs that it listens or has caught up (after `start` in its log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if log_path.exists() and "_listening" in log_path.read_text(errors="replace"):
-            return True
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            seen = f.read()
+            if b"_listening" in seen or b"_caught_up" in seen:
+                return True
         time.sleep(0.05)
     return False
 
@@ -365,17 +371,21 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-                return True
-        except (ProcessLookupError, FileNotFoundError):
-            return True
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
-    return False
+    return True
 
 
 async def transfers(config: ClusterConfig, moves: list[tuple[str, str, str, str]]) -> list[str]:
