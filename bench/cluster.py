@@ -110,9 +110,9 @@ def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
             server = ServerProcess("exchange", data, web=False)
             try:
                 fund_accounts(data, names)
-                before = process_cpu(server.proc.pid)
+                started = process_cpu(server.proc.pid)
                 report = measure_fanout(server.port, server.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
-                per_trade = (process_cpu(server.proc.pid) - before) / (args.fanout_rate * args.fanout_seconds) * 1000
+                per_trade = (process_cpu(server.proc.pid) - started) / (args.fanout_rate * args.fanout_seconds) * 1000
                 return f"{report}\nCPU per trade: tickline serve {per_trade:.2f} ms"
             finally:
                 server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import socket
@@ -214,8 +215,6 @@ class Cluster:
 
     def fund(self, names: list[str], funds: list[tuple[str, str]] = FUNDS) -> None:
         """The same deposits, in the same order, as Server.start's."""
-        import asyncio
-
         from tickline.cluster import ClusterConfig, transfers
 
         moves = [(name, asset, amount, f"fund:{name}:{asset}") for name in names for asset, amount in funds]
@@ -270,7 +269,6 @@ class Cluster:
 
     def state(self, what: str) -> dict:
         """A role's own state (state.risk.<k>, state.engine.<e>) over NATS."""
-        import asyncio
         import json
 
         import nats
@@ -292,3 +290,76 @@ class Cluster:
     def stop(self) -> None:
         if (self.dir / "pids").exists():
             self._cli("down")
+
+
+class Proxy:
+    """A TCP forwarder in front of one route: cut() drops its connections and refuses new
+    ones (a network partition between two nodes), heal() lets them through again."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.open = True
+        self.pipes: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self.pipes |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def cut(self) -> None:
+        self.open = False
+        for w in self.pipes:
+            w.transport.abort()
+        self.pipes.clear()
+
+    def heal(self) -> None:
+        self.open = True
+
+
+class Proxies:
+    """Route proxies between every two of three NATS nodes, on an event loop of their own
+    (a thread): partition(node) cuts a node off from the others, heal(node) lets it back."""
+
+    def __init__(self, route_ports: list[int]) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.pairs = {(i, j): Proxy(route_ports[j]) for i in range(3) for j in range(3) if i != j}
+        for proxy in self.pairs.values():
+            asyncio.run_coroutine_threadsafe(proxy.start(), self.loop).result(10)
+
+    @property
+    def route_via(self) -> dict[tuple[int, int], int]:
+        return {k: p.port for k, p in self.pairs.items()}
+
+    def partition(self, node: int, cut: bool = True) -> None:
+        for (i, j), proxy in self.pairs.items():
+            if node in (i, j):
+                self.loop.call_soon_threadsafe(proxy.cut if cut else proxy.heal)
+
+    def heal(self, node: int) -> None:
+        self.partition(node, cut=False)

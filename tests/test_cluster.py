@@ -10,12 +10,15 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
 from cluster.nats import server_binary
 from tests.harness import ACCOUNTS, Client, Cluster, Server
+
+if TYPE_CHECKING:
+    from tickline.cluster import ClusterConfig
 
 pytestmark = pytest.mark.skipif(
     server_binary() is None and not os.environ.get("TICKLINE_REQUIRE_CLUSTER"),
@@ -197,6 +200,12 @@ class Load:
 
 
 def read_stream(cluster: Cluster) -> tuple[list, list]:
+    from tickline.cluster import ClusterConfig
+
+    return read_stream_of(ClusterConfig.load(cluster.dir))
+
+
+def read_stream_of(config: ClusterConfig) -> tuple[list, list]:
     """Every Sequenced message on orders.> and every Settle on in.*.e*, in stream order."""
     import asyncio
 
@@ -204,7 +213,7 @@ def read_stream(cluster: Cluster) -> tuple[list, list]:
     from cluster.wire import STREAM, Settle, decode_in, decode_sequenced
 
     async def read(subject: str) -> list:
-        _, js = await connect([f"nats://127.0.0.1:{cluster.nats_port + i}" for i in range(3)], "test")
+        _, js = await connect(config.urls, "test")
         last = (await js.get_last_msg(STREAM, subject)).seq
         reader = Reader(js, subject)
         await reader.start()
@@ -325,3 +334,55 @@ def test_the_whole_cluster_down_and_up_again_keeps_books_orders_balances_and_ids
         assert (new - first) % 2 == 0 and new > max(i for i in ids if (i - first) % 2 == 0)
     finally:
         cluster.stop()
+
+
+def test_with_a_node_partitioned_away_acks_go_on_and_without_a_quorum_they_stop_rather_than_lie(tmp_path: Path) -> None:
+    """The roles talk to nodes 1 and 2; node 3 is a replica behind route proxies. Cut off
+    node 3: the quorum (1, 2) goes on. Cut off node 2 too: no ACK at all. Heal: every
+    order sent meanwhile is ACKed, once, and each ACKed order is on the stream."""
+    import asyncio
+
+    from cluster.nats import NatsCluster, free_ports
+    from tests.harness import Proxies, create_accounts
+    from tickline.cluster import ClusterConfig, start_role, transfers
+
+    ports = free_ports(8)
+    proxies = Proxies(ports[3:6])
+    nodes = NatsCluster(tmp_path / "c" / "nats", ports=list(zip(ports[:3], ports[3:6], strict=True)), route_via=proxies.route_via)
+    asyncio.run(nodes.start())
+    config = ClusterConfig(str(tmp_path / "c"), port=ports[6], md_port=ports[7], nats_ports=list(zip(ports[:2], ports[3:5], strict=True)))
+    config.save()
+    create_accounts(tmp_path / "c", ["t1"])
+    procs = [start_role(tmp_path / "c", role, 0) for role in ("risk", "engine", "gateway")]
+    try:
+        deadline = time.monotonic() + 60
+        while "order_entry_listening" not in (tmp_path / "c" / "gateway-0.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "c" / "gateway-0.log").read_text()[-2000:]
+            time.sleep(0.1)
+        assert asyncio.run(transfers(config, [("t1", "USD", "1000000", "f1")])) == ["OK 1"]
+        c = Client(config.port)
+        c.login("t1")
+
+        def orders(n: int, price: str) -> None:
+            c.send("".join(f"BUY AAPL 1 {price}\n" for _ in range(n)))
+
+        proxies.partition(2)  # node 3 alone
+        orders(10, "100.01")
+        acked = [c.line(timeout=30) for _ in range(10)]
+        assert all(line.startswith("ACK") for line in acked)
+        proxies.partition(1)  # node 2 too: nodes 1, 2 and 3 each alone, no quorum anywhere
+        time.sleep(1.0)
+        orders(10, "100.02")
+        assert c.quiet(5.0), "an ACK without a quorum"
+        proxies.heal(1)
+        proxies.heal(2)
+        acked += [c.line(timeout=90) for _ in range(10)]
+        assert all(line.startswith("ACK") for line in acked) and len({line.split()[1] for line in acked}) == 20
+        c.ask("PING")
+        sequenced, _ = read_stream_of(config)
+        assert {int(line.split()[1]) for line in acked} <= {seq for s in sequenced for seq in s.seqs}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        nodes.stop()

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from cluster.nats import DUPLICATE_WINDOW, NatsCluster, free_ports, server_binary
+from tests.harness import Proxy
 
 pytestmark = pytest.mark.skipif(
     server_binary() is None and not os.environ.get("TICKLINE_REQUIRE_CLUSTER"),
@@ -109,53 +110,6 @@ def test_a_republished_message_is_stored_once_and_a_stale_writer_is_fenced(tmp_p
             cluster.stop()
 
     asyncio.run(main())
-
-
-class Proxy:
-    """A TCP forwarder in front of one route: cut() drops its connections and refuses new
-    ones (a network partition between two nodes), heal() lets them through again."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.open = True
-        self.pipes: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.open:
-            writer.close()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self.pipes |= {writer, up_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    def cut(self) -> None:
-        self.open = False
-        for w in self.pipes:
-            w.transport.abort()
-        self.pipes.clear()
-
-    def heal(self) -> None:
-        self.open = True
 
 
 def test_a_partitioned_node_never_acknowledges_and_the_quorum_goes_on(tmp_path: Path) -> None:
