@@ -15,7 +15,7 @@ from typing import Any, cast
 import msgspec
 import structlog
 
-from cluster.stream import Outbox, Reader, last_message
+from cluster.stream import Outbox, Reader, last_message, publish_once
 from cluster.wire import Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
 from exchange.risk import Risk
@@ -26,7 +26,7 @@ log = structlog.get_logger("risk")
 
 class RiskShard:
     def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument]) -> None:
-        self.nc, self.shard, self.layout = nc, shard, layout
+        self.nc, self.js, self.shard, self.layout = nc, js, shard, layout
         self.risk = Risk(instruments)
         self.accepted = 0  # commands accepted: the next one's id is layout.order_id(shard, accepted)
         self.reader = Reader(js, f"in.{shard}.>")
@@ -78,10 +78,13 @@ class RiskShard:
                     s.cmds.append(cmd)
                     s.gateways.append(msg.gateway)
                     s.tokens.append(token)
-        # One message per engine shard, at once (each subject is fenced on its own).
-        await asyncio.gather(*(self.outboxes[e].publish(batch[-1].seq, encode(s)) for e, s in enumerate(out) if s.seqs))
-        for gateway, v in verdicts.items():
-            await self.nc.publish(f"verdicts.{gateway}", encode(v))
+        # Verdicts first: once any of the batch's orders is out, its verdicts are too (a
+        # restart then skips them); then one message per engine shard, at once (each
+        # subject is fenced on its own).
+        last = batch[-1].seq
+        if last > max(o.published_through for o in self.outboxes):
+            await asyncio.gather(*(publish_once(self.js, f"verdicts.{gateway}", last, encode(v)) for gateway, v in verdicts.items()))
+        await asyncio.gather(*(self.outboxes[e].publish(last, encode(s)) for e, s in enumerate(out) if s.seqs))
 
     async def _balances(self, msg: Any) -> None:
         task = asyncio.create_task(self._answer_balances(msg))  # one that waits holds up no other

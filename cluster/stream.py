@@ -121,6 +121,19 @@ class Reader:
             await self._sub.unsubscribe()
 
 
+async def publish_once(js: Any, subject: str, input_seq: int, payload: bytes) -> None:
+    """A message of many writers (no fence): stored once per (subject, input) within the
+    duplicate window, retried until a quorum has it."""
+    headers = {"Nats-Msg-Id": f"{subject}:{input_seq}", INPUT_SEQ: str(input_seq)}
+    while True:
+        try:
+            await js.publish(subject, payload, stream=STREAM, headers=headers, timeout=PUBLISH_TIMEOUT)
+            return
+        except Exception as exc:
+            log.warning("publish_retry", subject=subject, input_seq=input_seq, error=repr(exc)[:120])
+            await asyncio.sleep(0.1)
+
+
 class Outbox:
     """The only writer of one subject. It learns from the subject's last message which input
     it already published for (a restarted stage replays its input and must not publish

@@ -7,12 +7,17 @@ One stream, TICKLINE (3 replicas, every write fsync'd), holds every stage's inpu
     orders.<engine shard>.<risk>  Sequenced: commands a risk shard accepted, with their ids;
                                   an engine shard reads orders.<its shard>.>, and the read
                                   replicas (gateways, notifiers, trade log) read orders.>
+    verdicts.<gateway>            Verdicts: what a risk shard refused (and accepted
+                                  transfers), for the one gateway incarnation that sent them
 
 Each subject has exactly one writer (the <writer>/<risk> part names it), so a stage that
 restarts finds what it already published as the last message on its own subjects
 (header INPUT_SEQ), publishes nothing twice, and fences a second copy of itself with
-Nats-Expected-Last-Subject-Sequence. Refusals go to the submitting gateway over plain
-NATS (verdicts.<gateway>): they change no state, and a replaying shard sends them again.
+Nats-Expected-Last-Subject-Sequence. Verdicts change no state and have many writers (every
+risk shard): they are published before the batch's orders (so a restarted shard knows
+they went out) with a Nats-Msg-Id, and stored: a gateway whose NATS connection broke
+for a moment still reads its refusals (plain NATS would have lost them, and its client's
+replies, held in request order behind the REJ, would have waited forever).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import msgspec
 from protocol.messages import Canceled, Command, Fill, Rejected, Replaced
 
 STREAM = "TICKLINE"
-SUBJECTS = ["in.>", "orders.>"]
+SUBJECTS = ["in.>", "orders.>", "verdicts.>"]
 INPUT_SEQ = "Tickline-Input-Seq"  # header: the stream sequence of the input a message came from
 
 

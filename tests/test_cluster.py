@@ -209,19 +209,22 @@ def read_stream_of(config: ClusterConfig) -> tuple[list, list]:
     """Every Sequenced message on orders.> and every Settle on in.*.e*, in stream order."""
     import asyncio
 
-    from cluster.stream import Reader, connect
-    from cluster.wire import STREAM, Settle, decode_in, decode_sequenced
+    from cluster.stream import Reader, connect, last_message
+    from cluster.wire import Settle, decode_in, decode_sequenced
 
     async def read(subject: str) -> list:
-        _, js = await connect(config.urls, "test")
-        last = (await js.get_last_msg(STREAM, subject)).seq
-        reader = Reader(js, subject)
-        await reader.start()
-        out: list = []
-        while not out or out[-1].seq < last:
-            out += await reader.batch()
-        await reader.stop()
-        return out
+        nc, js = await connect(config.urls, "test")
+        try:
+            last = (await last_message(js, subject)).seq  # (a healed cluster's API may say "unavailable" a while)
+            reader = Reader(js, subject)
+            await reader.start()
+            out: list = []
+            while not out or out[-1].seq < last:
+                out += await reader.batch()
+            await reader.stop()
+            return out
+        finally:
+            await nc.close()
 
     sequenced = [decode_sequenced(m.data) for m in asyncio.run(read("orders.>"))]
     settles = [msg for m in asyncio.run(read("in.>")) if isinstance(msg := decode_in(m.data), Settle)]

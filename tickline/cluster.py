@@ -31,7 +31,7 @@ from cluster.engine_shard import EngineShard
 from cluster.nats import NatsCluster
 from cluster.replica import Replica
 from cluster.risk_shard import RiskShard
-from cluster.stream import Input, connect, ensure_stream
+from cluster.stream import Input, Reader, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_verdicts, encode
 from exchange.instruments import load_instruments
@@ -171,12 +171,16 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
         gateway.on_durable(desk.advance())
         gateway.write_now()
 
-    async def verdicts(msg: Any) -> None:  # refusals (a gateway sends no transfers)
-        for token, _, reason, text in decode_verdicts(msg.data).results:
-            desk.turned_down(token, reason, text)
-        progress()
+    async def refusals() -> None:  # verdicts.<this gateway>: refusals (it sends no transfers)
+        verdicts = Reader(js, f"verdicts.{name}")
+        await verdicts.start()
+        while True:
+            for inp in await verdicts.batch():
+                for token, _, reason, text in decode_verdicts(inp.data).results:
+                    desk.turned_down(token, reason, text)
+            progress()
 
-    await nc.subscribe(f"verdicts.{name}", cb=verdicts)
+    refused = asyncio.create_task(refusals())
     events: list[Event] = []
 
     def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
@@ -204,6 +208,7 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
     log.info("order_entry_listening", host=host, port=port, gateway=name, caught_up=through)
 
     async def close() -> None:
+        refused.cancel()
         gateway.stop_accepting()
         await gateway.close("shutting down", 2.0)
         await market.close()
@@ -401,13 +406,16 @@ async def transfers(config: ClusterConfig, moves: list[tuple[str, str, str, str]
     submitter = Submitter(js, name, config.layout)
     all_in = asyncio.Event()
 
-    async def verdict(msg: Any) -> None:
-        for token, seq, reason, text in decode_verdicts(msg.data).results:
-            answers.setdefault(token, f"OK {seq}" if seq else f"REJ {reason} {text}")
-        if len(answers) == len(moves):
-            all_in.set()
+    async def read_verdicts() -> None:
+        verdicts = Reader(js, f"verdicts.{name}")
+        await verdicts.start()
+        while len(answers) < len(moves):
+            for inp in await verdicts.batch():
+                for token, seq, reason, text in decode_verdicts(inp.data).results:
+                    answers.setdefault(token, f"OK {seq}" if seq else f"REJ {reason} {text}")
+        all_in.set()
 
-    await nc.subscribe(f"verdicts.{name}", cb=verdict)
+    reading = asyncio.create_task(read_verdicts())
     for token, (account, asset, amount, ref) in enumerate(moves, 1):
         units = assets[asset].parse(amount) if asset in assets else None
         if units is None:
@@ -418,5 +426,6 @@ async def transfers(config: ClusterConfig, moves: list[tuple[str, str, str, str]
         if len(answers) < len(moves):
             await asyncio.wait_for(all_in.wait(), 60)
     finally:
+        reading.cancel()
         await nc.close()
     return [answers[token] for token in range(1, len(moves) + 1)]
