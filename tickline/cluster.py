@@ -165,8 +165,9 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
     )  # fmt: skip
     gateway = Gateway(desk, telemetry=telemetry, backlog=lambda: desk.tokens - desk.through)
 
-    # 3. What comes back: refusals (and transfers) directly, accepted commands and their
-    #    matching from the stream; then ACKs in request order, then the reports.
+    # 3. What comes back, both from the stream: refusals (verdicts.<this gateway>), and the
+    #    accepted commands with their matching (orders.>); then ACKs in request order,
+    #    then the reports.
     def progress() -> None:
         gateway.on_durable(desk.advance())
         gateway.write_now()
