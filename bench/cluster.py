@@ -5,8 +5,8 @@
 For `tickline serve` and for `tickline cluster up` with 1 or 2 gateways and 1 or 2 engine
 shards (3 NATS nodes, every write fsync'd, all on this machine): the same seeded
 closed-loop stream as `make bench` (bench/workload.py), durable orders/s, ACK p50/p99,
-and the CPU each process spent per order (from /proc), so what each stage costs per
-order can be read off. Then market-data fan-out to 1,000 subscribers with 1 and 2
+and the CPU each process spent per order (from /proc, its child processes included: the
+journal's and the trade log's writers), so what each stage costs per order can be read off. Then market-data fan-out to 1,000 subscribers with 1 and 2
 notifier processes (bench/fanout.py's measurement: kernel receive timestamps).
 """
 
@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from bench.fanout import measure_fanout
-from bench.load import BENCH_PASSWORD, ROOT, ServerProcess, bench_accounts, fund_accounts, run_phase
+from bench.load import BENCH_PASSWORD, ROOT, ServerProcess, bench_accounts, fund_accounts, run_phase, tree_cpu_seconds
 from bench.workload import make_stream
-from cluster.nats import free_nats_base, free_ports
+from cluster.nats import free_nats_base, free_ports, process_alive
 
 FUNDS = [("USD", "100000000")] * 10 + [("AAPL", "100000000"), ("BTC", "1000000"), ("ES", "100000000"), ("EUR", "1000000000000")]
 SPLIT = ["--engine", "AAPL=0", "--engine", "EUR-USD=0", "--engine", "BTC-USD=1", "--engine", "ES=1"]  # two shards, about half the flow each
@@ -56,12 +56,6 @@ class ClusterProcesses:
         self.cli("down")
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of one process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0
-
-
 def throughput(args: argparse.Namespace, label: str, options: list[str] | None) -> dict:
     """One closed-loop run: options None is `tickline serve`, else `cluster up` options."""
     data = Path(tempfile.mkdtemp(prefix="tickline-bench-cluster-"))
@@ -80,14 +74,14 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
             shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
             cluster.fund(everyone)
             port, pids = cluster.port, cluster.pids()
-        before = {k: process_cpu(p) for k, p in pids.items()}
+        before = {k: tree_cpu_seconds(p) for k, p in pids.items()}
         result = run_phase(port, streams, f"closed loop, {args.window} in flight x {args.connections}", label, None, args.window, logins=names)
-        cpu = {k: (process_cpu(p) - before[k]) / max(result.completed, 1) * 1e6 for k, p in pids.items()}
+        cpu = {k: (tree_cpu_seconds(p) - before[k]) / max(result.completed, 1) * 1e6 for k, p in pids.items()}
         paced = [make_stream(int(args.rate * args.duration) // args.connections, args.seed + 1, c) for c in range(args.connections)]
         steady = run_phase(port, paced, f"open loop {args.rate:,}/s", label, args.rate, 0, gap=0.0001, logins=others)
         if cluster is not None:
             for k, p in pids.items():
-                if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+                if not process_alive(p):
                     role, i = k.split()
                     log_tail = (cluster.dir / f"{role}-{i}.log").read_text(errors="replace")[-3000:] if role != "nats" else ""
                     sys.stderr.write(f"{label}: {k} exited during the run:\n{log_tail}\n")
@@ -110,9 +104,9 @@ def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
             server = ServerProcess("exchange", data, web=False)
             try:
                 fund_accounts(data, names)
-                started = process_cpu(server.proc.pid)
+                started = tree_cpu_seconds(server.proc.pid)
                 report = measure_fanout(server.port, server.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
-                per_trade = (process_cpu(server.proc.pid) - started) / (args.fanout_rate * args.fanout_seconds) * 1000
+                per_trade = (tree_cpu_seconds(server.proc.pid) - started) / (args.fanout_rate * args.fanout_seconds) * 1000
                 return f"{report}\nCPU per trade: tickline serve {per_trade:.2f} ms"
             finally:
                 server.stop()
@@ -121,10 +115,10 @@ def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
             shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
             cluster.fund(names)
             pids = {k: p for k, p in cluster.pids().items() if k.startswith("notifier")}
-            before = {k: process_cpu(p) for k, p in pids.items()}
+            before = {k: tree_cpu_seconds(p) for k, p in pids.items()}
             report = measure_fanout(cluster.port, cluster.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
             trades = args.fanout_rate * args.fanout_seconds
-            cpu = "  ".join(f"{k} {(process_cpu(p) - before[k]) / trades * 1000:.2f} ms" for k, p in pids.items())
+            cpu = "  ".join(f"{k} {(tree_cpu_seconds(p) - before[k]) / trades * 1000:.2f} ms" for k, p in pids.items())
             return f"{report}\nCPU per trade: {cpu}"
         finally:
             cluster.stop()

@@ -39,7 +39,7 @@ class EngineShard:
         reader, layout, outboxes = self.replica.reader, self.layout, self.outboxes
         answering = False
         while True:
-            if not answering and self.replica.applied >= through:  # caught up: its state may be asked
+            if not answering and self.replica.caught_up.is_set():  # its state may be asked now
                 answering = True
                 await self.nc.subscribe(f"state.engine.{self.shard}", cb=self._state)
                 log.info("engine_shard_caught_up", shard=self.shard, applied=self.replica.applied)

@@ -62,6 +62,17 @@ def free_nats_base() -> int:
                 s.close()
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (not gone, not a zombie waiting to be reaped)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
 def server_binary() -> str | None:
     """nats-server beside this Python (the cluster extra installs it there), else on the PATH."""
     beside = Path(sys.executable).parent / "nats-server"

@@ -8,6 +8,7 @@ sequence numbers as the engine shard itself, without the events being published 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable, cast
 
 from cluster.stream import Input, Reader, last_message
@@ -26,12 +27,17 @@ class Replica:
         self.books: dict[str, Book] = {symbol: Book(inst) for symbol, inst in sorted(instruments.items())}
         self.reader = Reader(js, subject)
         self.applied = 0  # the last input message applied
+        self.through = 0  # the input's last message when reading started
+        self.caught_up = asyncio.Event()  # set once that one is applied: the state is current
 
     async def start(self) -> int:
         """Start reading; returns the stream sequence to have applied to be caught up."""
         last = await last_message(self.js, self.subject)
+        self.through = 0 if last is None else int(last.seq)
+        if not self.through:
+            self.caught_up.set()
         await self.reader.start()
-        return 0 if last is None else int(last.seq)
+        return self.through
 
     def apply(self, inp: Input) -> tuple[Sequenced, list[Event]]:
         s = decode_sequenced(inp.data)
@@ -40,6 +46,8 @@ class Replica:
         for seq, cmd in zip(s.seqs, s.cmds, strict=True):
             events += books[cast(OrderCommand, cmd).symbol].apply(seq, cmd)
         self.applied = inp.seq
+        if inp.seq >= self.through and not self.caught_up.is_set():
+            self.caught_up.set()
         return s, events
 
     async def follow(self, on_applied: OnApplied, after_batch: Callable[[], None] = lambda: None) -> None:

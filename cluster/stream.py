@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import structlog
 
@@ -38,39 +38,73 @@ async def connect(urls: list[str], name: str) -> tuple[Any, Any]:
     return nc, nc.jetstream()
 
 
+T = TypeVar("T")
+
+
+async def patiently(what: str, attempt: Callable[[], Awaitable[T]], pause: float = 0.5) -> T:
+    """attempt() until it succeeds. A stage may start or publish while a node is down or a
+    leader is being elected: it waits, it does not fail (and never takes a timeout for an
+    answer). An attempt raises Final for an answer that trying again cannot change."""
+    while True:
+        try:
+            return await attempt()
+        except Final as final:
+            raise final.error from None
+        except Exception as exc:
+            log.warning("jetstream_retry", what=what, error=repr(exc)[:120])
+            await asyncio.sleep(pause)
+
+
+class Final(Exception):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 async def ensure_stream(js: Any, replicas: int = 3) -> None:
-    """The one stream, created if missing (by whichever stage starts first). A stage may
-    start while a node is down or a leader is being elected: it waits, it does not fail."""
+    """The one stream, created if missing (by whichever stage starts first)."""
     from nats.js.api import StorageType, StreamConfig
     from nats.js.errors import NotFoundError
 
     config = StreamConfig(name=STREAM, subjects=SUBJECTS, num_replicas=replicas, storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW)
-    while True:
+
+    async def attempt() -> None:
         try:
-            try:
-                await js.stream_info(STREAM)
-            except NotFoundError:
-                await js.add_stream(config)
-            return
-        except Exception as exc:
-            log.warning("stream_not_ready", error=repr(exc)[:120])
-            await asyncio.sleep(0.5)
+            await js.stream_info(STREAM)
+        except NotFoundError:
+            await js.add_stream(config)
+
+    await patiently("stream", attempt)
 
 
 async def last_message(js: Any, subject: str) -> Any:
     """The stream's last message on subject (wildcards allowed), None if there is none.
-    Only "none" is taken for none: a timeout is waited out, since a stage that took it for
-    "nothing published yet" would publish again what it had."""
+    Only "none" is taken for none: a stage that took a timeout for "nothing published
+    yet" would publish again what it had."""
     from nats.js.errors import NotFoundError
 
-    while True:
+    async def attempt() -> Any:
         try:
             return await js.get_last_msg(STREAM, subject)
         except NotFoundError:
             return None
+
+    return await patiently(f"last message on {subject}", attempt)
+
+
+async def publish_retried(js: Any, subject: str, payload: bytes, headers: dict[str, str]) -> Any:
+    """Publish until a quorum stores it (the same Nats-Msg-Id on every try: a try whose ack
+    was lost is stored once); an output is never given up, since what it came from is
+    durable. A fence that fails ("wrong last sequence") is raised, not retried."""
+
+    async def attempt() -> Any:
+        try:
+            return await js.publish(subject, payload, stream=STREAM, headers=headers, timeout=PUBLISH_TIMEOUT)
         except Exception as exc:
-            log.warning("last_message_retry", subject=subject, error=repr(exc)[:120])
-            await asyncio.sleep(0.5)
+            if "wrong last sequence" in str(exc):
+                raise Final(exc) from None
+            raise
+
+    return await patiently(f"publish to {subject}", attempt, pause=0.1)
 
 
 @dataclass
@@ -99,15 +133,10 @@ class Reader:
             md = msg.metadata
             await self.queue.put(Input(md.sequence.stream, int(md.timestamp.timestamp() * 1e9), msg.subject, msg.data))
 
-        while True:
-            try:
-                self._sub = await self.js.subscribe(
-                    self.subject, stream=STREAM, cb=arrived, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, idle_heartbeat=2.0
-                )
-                return
-            except Exception as exc:  # a leader being elected: wait, do not fail
-                log.warning("subscribe_retry", subject=self.subject, error=repr(exc)[:120])
-                await asyncio.sleep(0.5)
+        self._sub = await patiently(
+            f"subscribe to {self.subject}",
+            lambda: self.js.subscribe(self.subject, stream=STREAM, cb=arrived, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, idle_heartbeat=2.0),
+        )
 
     async def batch(self) -> list[Input]:
         queue = self.queue
@@ -123,15 +152,8 @@ class Reader:
 
 async def publish_once(js: Any, subject: str, input_seq: int, payload: bytes) -> None:
     """A message of many writers (no fence): stored once per (subject, input) within the
-    duplicate window, retried until a quorum has it."""
-    headers = {"Nats-Msg-Id": f"{subject}:{input_seq}", INPUT_SEQ: str(input_seq)}
-    while True:
-        try:
-            await js.publish(subject, payload, stream=STREAM, headers=headers, timeout=PUBLISH_TIMEOUT)
-            return
-        except Exception as exc:
-            log.warning("publish_retry", subject=subject, input_seq=input_seq, error=repr(exc)[:120])
-            await asyncio.sleep(0.1)
+    duplicate window."""
+    await publish_retried(js, subject, payload, {"Nats-Msg-Id": f"{subject}:{input_seq}", INPUT_SEQ: str(input_seq)})
 
 
 class Outbox:
@@ -162,17 +184,12 @@ class Outbox:
             INPUT_SEQ: str(input_seq),
             "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
         }
-        while True:
-            try:
-                ack = await self.js.publish(self.subject, payload, stream=STREAM, headers=headers, timeout=PUBLISH_TIMEOUT)
-                break
-            except Exception as exc:
-                if "wrong last sequence" in str(exc):
-                    await self.open()  # stored after all (a timed-out try)? then it is ours
-                    if self.published_through >= input_seq:
-                        return
-                    raise Fenced(f"{self.subject} has another writer") from None
-                log.warning("publish_retry", subject=self.subject, input_seq=input_seq, error=repr(exc)[:120])
-                await asyncio.sleep(0.1)
+        try:
+            ack = await publish_retried(self.js, self.subject, payload, headers)
+        except Exception:  # the fence: someone wrote since our last message
+            await self.open()  # ...or a timed-out try of ours was stored after all
+            if self.published_through >= input_seq:
+                return
+            raise Fenced(f"{self.subject} has another writer") from None
         self.last_seq = ack.seq
         self.published_through = input_seq

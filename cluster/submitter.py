@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import structlog
-
-from cluster.stream import PUBLISH_TIMEOUT
-from cluster.wire import STREAM, Layout, Submit, encode, in_subject
+from cluster.stream import publish_retried
+from cluster.wire import Layout, Submit, encode, in_subject
 from protocol.messages import Command, Transfer
 
-log = structlog.get_logger("cluster")
 MAX_SUBMIT = 4_000  # commands in one message (~250 KiB)
 
 
@@ -47,13 +44,5 @@ class Submitter:
             p = self.pending[shard]
             submit = Submit(self.name, p.tokens[:MAX_SUBMIT], p.cmds[:MAX_SUBMIT])
             del p.tokens[:MAX_SUBMIT], p.cmds[:MAX_SUBMIT]
-            headers = {"Nats-Msg-Id": f"{self.name}:{submit.tokens[0]}"}
-            payload = encode(submit)
-            while True:
-                try:
-                    await self.js.publish(subject, payload, stream=STREAM, headers=headers, timeout=PUBLISH_TIMEOUT)
-                    break
-                except Exception as exc:
-                    log.warning("submit_retry", subject=subject, first_token=submit.tokens[0], error=repr(exc)[:120])
-                    await asyncio.sleep(0.1)
+            await publish_retried(self.js, subject, encode(submit), {"Nats-Msg-Id": f"{self.name}:{submit.tokens[0]}"})
         self.busy[shard] = False

@@ -28,7 +28,7 @@ import msgspec
 import structlog
 
 from cluster.engine_shard import EngineShard
-from cluster.nats import NatsCluster
+from cluster.nats import NatsCluster, process_alive
 from cluster.replica import Replica
 from cluster.risk_shard import RiskShard
 from cluster.stream import Input, Reader, connect, ensure_stream
@@ -164,6 +164,7 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
         market_source=market_source, reports_source=reports_source, telemetry=telemetry,
     )  # fmt: skip
     gateway = Gateway(desk, telemetry=telemetry, backlog=lambda: desk.tokens - desk.through)
+    sessions_of = gateway.by_owner
 
     # 3. What comes back, both from the stream: refusals (verdicts.<this gateway>), and the
     #    accepted commands with their matching (orders.>); then ACKs in request order,
@@ -189,22 +190,21 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
             desk.sequenced(gw, token, seq, cmd)
         events.extend(made)
         engine = int(inp.subject.split(".")[1])  # orders.<engine>.r<risk>
-        for e in made:
-            if type(e) in SETTLED:
+        for e in made:  # only owners with a session here can have seen it (and ask)
+            if type(e) in SETTLED and e.owner in sessions_of:  # type: ignore[union-attr]
                 money_seen.setdefault(e.owner, {})[engine] = inp.seq  # type: ignore[union-attr]
 
     def after_batch() -> None:
         gateway.on_durable(desk.advance())
         if events:
-            gateway.deliver(events[:])
+            gateway.deliver(events)  # (read, not kept)
             events.clear()
         gateway.write_now()
 
     # 4. Catch up with the stream, then listen.
     through = await replica.start()
     follow = asyncio.create_task(replica.follow(applied, after_batch))
-    while replica.applied < through and not follow.done():
-        await asyncio.sleep(0.01)
+    await _until_caught_up(replica, follow)
     host, port = await gateway.start(config.host, config.port, reuse_port=True)
     log.info("order_entry_listening", host=host, port=port, gateway=name, caught_up=through)
 
@@ -216,6 +216,13 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
         await accounts.close()
 
     return follow, [close]
+
+
+async def _until_caught_up(replica: Replica, follow: asyncio.Task[Any]) -> None:
+    """Listen only with current books: wait for the replica (or for its task to fail)."""
+    waiter = asyncio.create_task(replica.caught_up.wait())
+    await asyncio.wait([follow, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
 
 
 async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
@@ -230,13 +237,12 @@ async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dic
 
     def after_batch() -> None:
         if events:
-            notifier.on_events(events[:])
+            notifier.on_events(events)  # (read, not kept)
             events.clear()
 
     through = await replica.start()
     follow = asyncio.create_task(replica.follow(lambda inp, s, made: events.extend(made), after_batch))
-    while replica.applied < through and not follow.done():
-        await asyncio.sleep(0.01)  # (the history's trades fill the feeds' memory for REPLAY)
+    await _until_caught_up(replica, follow)  # (the history's trades fill the feeds' memory for REPLAY)
     host, port = await notifier.start(config.host, config.md_port, reuse_port=True)
     log.info("market_data_listening", host=host, port=port, notifier=index, caught_up=through)
 
@@ -285,7 +291,7 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
     caught up with the stream (gateways and notifiers listen, shards answer). Their pids
     go to <dir>/pids for `down`."""
     directory = Path(config.directory)
-    if (directory / "pids").exists() and any(_alive(int(line.split()[0])) for line in (directory / "pids").read_text().splitlines() if line.strip()):
+    if (directory / "pids").exists() and any(process_alive(int(line.split()[0])) for line in (directory / "pids").read_text().splitlines() if line.strip()):
         sys.stderr.write(f"tickline: a cluster is up in {directory}: tickline cluster down --dir {directory} first\n")
         return 1
     config.save()
@@ -377,17 +383,9 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-
-
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
