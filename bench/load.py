@@ -601,10 +601,10 @@ def table(results: list[PhaseResult]) -> str:
 
 def plot(results: list[PhaseResult], path: Path) -> None:
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found]  # optional: --plot only
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
     except ImportError:
         sys.stderr.write("--plot needs matplotlib: .venv/bin/pip install matplotlib\n")
         return

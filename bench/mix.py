@@ -12,7 +12,7 @@ import random
 
 from exchange.book import Book
 from exchange.instruments import Instrument, InstrumentSpec
-from protocol.messages import TIF, Cancel, Command, NewOrder, Replace, Side
+from protocol.messages import TIF, Cancel, Canceled, Command, Fill, NewOrder, Replace, Side
 
 BENCH_INSTRUMENT = Instrument("BENCH", InstrumentSpec(tick="0.01", lot="1"))
 MID = 100_000  # ticks
@@ -46,6 +46,7 @@ def generate(n: int, seed: int = 1, owners: int = 1_000) -> list[tuple[int, Comm
         elif len(live) > TARGET_RESTING * 1.1:
             roll = 0.13 if roll < 0.09 else roll  # turn new orders into cancels
         cmd: Command
+        price: int | None
         if roll < 0.09:  # new GTC limit, resting around the mid
             side = Side.BUY if rng.random() < 0.5 else Side.SELL
             offset = rng.randint(1, HALF_SPREAD)
@@ -63,7 +64,7 @@ def generate(n: int, seed: int = 1, owners: int = 1_000) -> list[tuple[int, Comm
             if rng.random() < 0.07:  # an aggressive move across the mid: it may trade
                 price = MID + 10 if order.side is Side.BUY else MID - 10
             else:
-                price = max(1, order.price + (rng.randint(-8, 8) or 1))  # type: ignore[operator]
+                price = max(1, (order.price or MID) + (rng.randint(-8, 8) or 1))  # (a resting order has a price)
             # Drift back towards the mid so the book keeps its shape over a million moves.
             if order.side is Side.BUY and MID - 1 <= price < MID + 10:
                 price = MID - rng.randint(1, HALF_SPREAD)
@@ -72,13 +73,10 @@ def generate(n: int, seed: int = 1, owners: int = 1_000) -> list[tuple[int, Comm
             cmd = Replace(symbol, order.order_id, order.leaves, price, order.owner)
         stream.append((seq, cmd))
         for event in book.apply(seq, cmd):
-            name = type(event).__name__
-            if name == "Accepted":
-                pass
-            elif name == "Fill" and event.leaves == 0 and event.order_id in where:  # type: ignore[union-attr]
-                forget(event.order_id)  # type: ignore[union-attr]
-            elif name == "Canceled" and event.order_id in where:  # type: ignore[union-attr]
-                forget(event.order_id)  # type: ignore[union-attr]
+            if type(event) is Fill and event.leaves == 0 and event.order_id in where:
+                forget(event.order_id)
+            elif type(event) is Canceled and event.order_id in where:
+                forget(event.order_id)
         if type(cmd) is NewOrder and seq in book.orders and seq not in where:
             where[seq] = len(live)
             live.append(seq)

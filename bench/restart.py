@@ -127,7 +127,7 @@ def time_to_listen(data: Path, instruments_file: Path) -> float:
         proc.wait(30)
 
 
-async def _replay_until(data: Path, instruments: dict, last: int):  # type: ignore[no-untyped-def]
+async def _replay_until(data: Path, instruments: dict, last: int):
     from exchange.engine import Engine
     from journal.journal import read_journal
 

@@ -19,7 +19,8 @@ from cluster.stream import Outbox, Reader, last_message, publish_once
 from cluster.wire import Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
 from exchange.risk import Risk
-from protocol.messages import OrderCommand, Transfer
+from exchange.sequencer import Sequencer
+from protocol.messages import Command, OrderCommand, Problem, Transfer
 
 log = structlog.get_logger("risk")
 
@@ -29,6 +30,9 @@ class RiskShard:
         self.nc, self.js, self.shard, self.layout = nc, js, shard, layout
         self.risk = Risk(instruments)
         self.accepted = 0  # commands accepted: the next one's id is layout.order_id(shard, accepted)
+        # The core's first stage, as `tickline serve` has it: numbered with this shard's
+        # share of the ids, recorded by counting (publishing is this adapter's: step below).
+        self.sequencer = Sequencer(self.risk, lambda: layout.order_id(shard, self.accepted), self._count)
         self.reader = Reader(js, f"in.{shard}.>")
         self.outboxes = [Outbox(js, orders_subject(e, shard)) for e in range(layout.engine_shards)]
         self.applied = 0  # the last input message applied
@@ -50,7 +54,7 @@ class RiskShard:
             await self.step(await self.reader.batch())
 
     async def step(self, batch: list) -> None:
-        layout, risk = self.layout, self.risk
+        layout, risk, step = self.layout, self.risk, self.sequencer.step
         out = [Sequenced([], [], [], [], []) for _ in self.outboxes]
         verdicts: dict[str, Verdicts] = {}
         for inp in batch:
@@ -61,12 +65,11 @@ class RiskShard:
                 self.settled_through[msg.engine] = msg.through
                 continue
             for token, cmd in zip(msg.tokens, msg.cmds, strict=True):
-                seq = layout.order_id(self.shard, self.accepted)
-                problem = risk.hold(seq, cmd)
-                if problem is not None:
-                    verdicts.setdefault(msg.gateway, Verdicts([])).results.append((token, 0, problem.reason.value, problem.text))
+                seq = step(cmd)
+                if type(seq) is Problem:  # (a duplicate transfer's carries the seq it was applied as)
+                    verdicts.setdefault(msg.gateway, Verdicts([])).results.append((token, seq.seq, seq.reason._value_, seq.text))
                     continue
-                self.accepted += 1
+                seq = cast(int, seq)
                 if type(cmd) is Transfer:  # nothing to match: the sender hears here
                     verdicts.setdefault(msg.gateway, Verdicts([])).results.append((token, seq, "", ""))
                     continue
@@ -85,6 +88,9 @@ class RiskShard:
         if last > max(o.published_through for o in self.outboxes):
             await asyncio.gather(*(publish_once(self.js, f"verdicts.{gateway}", last, encode(v)) for gateway, v in verdicts.items()))
         await asyncio.gather(*(self.outboxes[e].publish(last, encode(s)) for e, s in enumerate(out) if s.seqs))
+
+    def _count(self, cmd: Command) -> None:
+        self.accepted += 1
 
     async def _balances(self, msg: Any) -> None:
         task = asyncio.create_task(self._answer_balances(msg))  # one that waits holds up no other

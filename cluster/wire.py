@@ -75,8 +75,8 @@ class Sequenced(msgspec.Struct, array_like=True, tag="sequenced"):
 
 class Verdicts(msgspec.Struct, array_like=True):
     """What a risk shard tells one gateway directly: (token, 0, reason, text) for a command
-    it refused, (token, seq, "", "") for an accepted transfer (orders are heard of on the
-    stream)."""
+    it refused (a duplicate transfer: the seq it was applied as, not 0), (token, seq, "", "")
+    for an accepted transfer (orders are heard of on the stream)."""
 
     results: list[tuple[int, int, str, str]]
 

@@ -30,7 +30,6 @@ from protocol.messages import (
     BookLevelChanged,
     Cancel,
     Canceled,
-    CancelReason,
     Command,
     Event,
     Fill,
@@ -38,8 +37,8 @@ from protocol.messages import (
     NewOrder,
     Problem,
     Quote,
+    Reason,
     Rejected,
-    RejectReason,
     Replace,
     Replaced,
     Side,
@@ -181,24 +180,24 @@ class Book:
             order.budget = cmd.budget
         crosses = self._crosses(order)
         if tif is POST and crosses:
-            self._kill(order, CancelReason.WOULD_CROSS, out)
+            self._kill(order, Reason.WOULD_CROSS, out)
             return
         if tif is FOK and self._fillable(order) < order.leaves:
-            self._kill(order, CancelReason.FOK_UNFILLED, out)
+            self._kill(order, Reason.FOK_UNFILLED, out)
             return
         if crosses:
             self._match(seq, order, out, touched)
         if order.leaves:
             if price is None:
-                self._kill(order, CancelReason.NO_LIQUIDITY, out)
+                self._kill(order, Reason.NO_LIQUIDITY, out)
             elif tif is GTC or tif is POST:
                 self._rest(order, touched)
             else:
-                self._kill(order, CancelReason.EXPIRED, out)
+                self._kill(order, Reason.EXPIRED, out)
 
     def _check_new(self, cmd: NewOrder) -> Problem | None:
         if cmd.symbol != self.symbol:
-            return Problem(RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
+            return Problem(Reason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
         return check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
 
     def _cancel(self, cmd: Cancel, out: list[Event], touched: dict) -> None:
@@ -206,7 +205,7 @@ class Book:
         if order is None:
             return
         self._unrest(order, touched)
-        self._kill(order, CancelReason.USER, out)
+        self._kill(order, Reason.USER, out)
 
     def _replace(self, seq: int, cmd: Replace, out: list[Event], touched: dict) -> None:
         order = self._owned(cmd.order_id, cmd.owner, out)
@@ -250,7 +249,7 @@ class Book:
         if self._crosses(order):
             if order.tif is POST:
                 del self.orders[order.order_id]
-                self._kill(order, CancelReason.WOULD_CROSS, out)
+                self._kill(order, Reason.WOULD_CROSS, out)
                 return
             self._match(seq, order, out, touched)
             if not order.leaves:
@@ -264,10 +263,10 @@ class Book:
     def _owned(self, order_id: int, owner: str, out: list[Event]) -> Order | None:
         order = self.orders.get(order_id)
         if order is None:
-            out.append(Rejected(RejectReason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
+            out.append(Rejected(Reason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
             return None
         if order.owner != owner:
-            out.append(Rejected(RejectReason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id, self._cause))
+            out.append(Rejected(Reason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id, self._cause))
             return None
         return order
 
@@ -295,7 +294,7 @@ class Book:
                 if maker.owner == owner:
                     level.total -= maker.leaves
                     gone.append(maker)
-                    self._kill(maker, CancelReason.SELF_TRADE, out)
+                    self._kill(maker, Reason.SELF_TRADE, out)
                     continue
                 qty = taker.leaves if taker.leaves < maker.leaves else maker.leaves
                 if budget is not None:  # a market BUY spends no more than it locked
@@ -409,7 +408,7 @@ class Book:
         if not level.orders:
             del half.levels[price]
 
-    def _kill(self, order: Order, reason: CancelReason, out: list[Event]) -> None:
+    def _kill(self, order: Order, reason: Reason, out: list[Event]) -> None:
         out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id, self._cause))
         order.leaves = 0
 

@@ -1,7 +1,8 @@
-"""The matching core for all symbols, in one piece: each command's hold, its book, its
-settlement, in journal order. Replay, verification and tests use it; the server runs the
-same three steps split up (hold at the gateway, one matching task per symbol, settle as
-the first of matching's sinks).
+"""The core's three stages in one piece, in journal order: the sequencer's hold (replayed:
+accepted when it was recorded), the symbol's book (matching), the settlement of what it
+produced. Replay, verification and tests use it; `tickline serve` runs the same objects
+split up (the sequencer at the gateway, one matching queue per symbol, settlement as the
+first of matching's sinks), a cluster runs them as roles (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Iterable, cast
 from exchange.book import Book
 from exchange.instruments import Instrument, MissingInstrument
 from exchange.risk import Risk
+from exchange.sequencer import Sequencer
 from protocol.messages import Command, Event, OrderCommand, Transfer
 
 
@@ -19,11 +21,12 @@ class Engine:
     def __init__(self, instruments: dict[str, Instrument]) -> None:
         self.instruments = instruments
         self.books: dict[str, Book] = {symbol: Book(inst) for symbol, inst in sorted(instruments.items())}
-        self.risk = Risk(instruments)
+        self.risk = Risk(instruments)  # the settler: money moved by fills, cancels, replaces
+        self.sequencer = Sequencer(self.risk)  # replays what was sequenced (holds, transfer refs)
 
     def apply(self, seq: int, cmd: Command) -> list[Event]:
         if type(cmd) is Transfer:
-            self.risk.hold(seq, cmd, replay=True)
+            self.sequencer.replay(seq, cmd)
             return []
         symbol = cast(OrderCommand, cmd).symbol  # type() is, then a cast: isinstance on a Struct is slow
         book = self.books.get(symbol)
@@ -34,7 +37,7 @@ class Engine:
                 f"journal command {seq} trades {symbol}, which the instruments file does not define; "
                 "restore it there (an instrument cannot be removed while the journal holds its orders)"
             )
-        self.risk.hold(seq, cmd, replay=True)
+        self.sequencer.replay(seq, cmd)
         events = book.apply(seq, cmd)
         self.risk.settle(events)
         return events

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.messages import Problem, RejectReason
+from protocol.messages import Problem, Reason
 from protocol.text import clip
 
 # ASCII digits only: str.isdigit() and int() accept other scripts' digits, which we refuse.
@@ -191,17 +191,17 @@ class Instrument:
     def parse_qty(self, text: str) -> int | Problem:
         lots = self.lot.count(text)
         if lots is None:
-            return Problem(RejectReason.BAD_QTY, f"quantity {clip(text)} is not a positive decimal number")
+            return Problem(Reason.BAD_QTY, f"quantity {clip(text)} is not a positive decimal number")
         if lots < 0:
-            return Problem(RejectReason.BAD_LOT, f"quantity {clip(text)} is not a multiple of the lot {self.lot.text}")
+            return Problem(Reason.BAD_LOT, f"quantity {clip(text)} is not a multiple of the lot {self.lot.text}")
         return lots
 
     def parse_price(self, text: str) -> int | Problem:
         ticks = self.tick.count(text)
         if ticks is None:
-            return Problem(RejectReason.BAD_PRICE, f"price {clip(text)} is not a positive decimal number")
+            return Problem(Reason.BAD_PRICE, f"price {clip(text)} is not a positive decimal number")
         if ticks < 0:
-            return Problem(RejectReason.BAD_TICK, f"price {clip(text)} is not on the tick {self.tick.text}")
+            return Problem(Reason.BAD_TICK, f"price {clip(text)} is not on the tick {self.tick.text}")
         return ticks
 
     # ---- integer checks (also applied by the matching core, so replay is self-contained)
@@ -209,12 +209,12 @@ class Instrument:
     def check(self, qty: int, price: int | None) -> Problem | None:
         if qty < self.min_qty or qty > self.max_qty:
             return Problem(
-                RejectReason.QTY_RANGE,
+                Reason.QTY_RANGE,
                 f"quantity {self.format_qty(qty)} is outside {self.format_qty(self.min_qty)}..{self.format_qty(self.max_qty)}",
             )
         if price is not None and (price < self.min_price or price > self.max_price):
             return Problem(
-                RejectReason.PRICE_BAND,
+                Reason.PRICE_BAND,
                 f"price {self.format_price(price)} is outside the band {self.format_price(self.min_price)}..{self.format_price(self.max_price)}",
             )
         return None

@@ -24,15 +24,14 @@ from protocol.messages import (
     Accepted,
     Cancel,
     Canceled,
-    CancelReason,
     Command,
     Event,
     Fill,
     Liquidity,
     NewOrder,
     Problem,
+    Reason,
     Rejected,
-    RejectReason,
     Replace,
     Replaced,
     Side,
@@ -64,14 +63,14 @@ class NaiveBook:
             order = self.find(cmd.order_id, cmd.owner, out)
             if order is not None:
                 self.remove(order)
-                self.cancel(order, CancelReason.USER, out)
+                self.cancel(order, Reason.USER, out)
         elif isinstance(cmd, Replace):
             self.replace(seq, cmd, out)
         return out
 
     def new(self, seq: int, cmd: NewOrder, out: list[Event]) -> None:
         if cmd.symbol != self.symbol:
-            problem: Problem | None = Problem(RejectReason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
+            problem: Problem | None = Problem(Reason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
         else:
             problem = check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
         if problem:
@@ -80,18 +79,18 @@ class NaiveBook:
         out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.owner, cmd.client_id))
         order = NaiveOrder(seq, cmd.side, cmd.price, cmd.qty, cmd.tif, cmd.owner, cmd.client_id)
         if cmd.tif == TIF.POST and self.would_cross(order):
-            self.cancel(order, CancelReason.WOULD_CROSS, out)
+            self.cancel(order, Reason.WOULD_CROSS, out)
         elif cmd.tif == TIF.FOK and self.available(order) < order.leaves:
-            self.cancel(order, CancelReason.FOK_UNFILLED, out)
+            self.cancel(order, Reason.FOK_UNFILLED, out)
         else:
             self.match(seq, order, out)
             if order.leaves > 0:
                 if order.price is None:
-                    self.cancel(order, CancelReason.NO_LIQUIDITY, out)
+                    self.cancel(order, Reason.NO_LIQUIDITY, out)
                 elif order.tif in (TIF.GTC, TIF.POST):
                     self.add(order)
                 else:
-                    self.cancel(order, CancelReason.EXPIRED, out)
+                    self.cancel(order, Reason.EXPIRED, out)
 
     def replace(self, seq: int, cmd: Replace, out: list[Event]) -> None:
         order = self.find(cmd.order_id, cmd.owner, out)
@@ -113,7 +112,7 @@ class NaiveBook:
         if keeps_priority:
             return
         if order.tif == TIF.POST and self.would_cross(order):
-            self.cancel(order, CancelReason.WOULD_CROSS, out)
+            self.cancel(order, Reason.WOULD_CROSS, out)
             return
         self.match(seq, order, out)
         if order.leaves > 0:
@@ -122,9 +121,9 @@ class NaiveBook:
     def find(self, order_id: int, owner: str, out: list[Event]) -> NaiveOrder | None:
         order = self.orders.get(order_id)
         if order is None:
-            out.append(Rejected(RejectReason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
+            out.append(Rejected(Reason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
         elif order.owner != owner:
-            out.append(Rejected(RejectReason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id, self._cause))
+            out.append(Rejected(Reason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id, self._cause))
             return None
         return order
 
@@ -165,7 +164,7 @@ class NaiveBook:
             maker = queue[0]
             if maker.owner == taker.owner:
                 self.remove(maker)
-                self.cancel(maker, CancelReason.SELF_TRADE, out)
+                self.cancel(maker, Reason.SELF_TRADE, out)
                 continue
             qty = min(taker.leaves, maker.leaves)
             match_no += 1
@@ -191,7 +190,7 @@ class NaiveBook:
             del book[order.price]
         del self.orders[order.order_id]
 
-    def cancel(self, order: NaiveOrder, reason: CancelReason, out: list[Event]) -> None:
+    def cancel(self, order: NaiveOrder, reason: Reason, out: list[Event]) -> None:
         out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id, self._cause))
         order.leaves = 0
 

@@ -40,8 +40,8 @@ from protocol.messages import (
     Liquidity,
     NewOrder,
     Problem,
+    Reason,
     Rejected,
-    RejectReason,
     Replace,
     Replaced,
     Side,
@@ -143,7 +143,7 @@ class Risk:
 
     def _short(self, asset: str, amount: int, available: int) -> Problem:
         a = self.assets[asset]
-        return Problem(RejectReason.INSUFFICIENT_FUNDS, f"needs {a.format(amount)} {asset}, {a.format(available)} available")
+        return Problem(Reason.INSUFFICIENT_FUNDS, f"needs {a.format(amount)} {asset}, {a.format(available)} available")
 
     # ------------------------------------------------------------------ R2: settle (after matching)
 

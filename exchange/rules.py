@@ -4,13 +4,13 @@ The gateway turns wire text into integer terms with `order_terms` / `replace_ter
 refuses what breaks a rule before anything is journaled. The book applies `check_order`
 / `check_replace` to every command again on apply, so replaying a journal is
 self-contained (a journal written by an older, laxer gateway still replays the same).
-`RejectReason` (protocol/messages.py) stays the one list of codes.
+`Reason` (protocol/messages.py) stays the one list of codes.
 """
 
 from __future__ import annotations
 
 from exchange.instruments import Instrument
-from protocol.messages import TIF, Problem, RejectReason
+from protocol.messages import TIF, Problem, Reason
 from protocol.text import clip
 
 GTC, POST = TIF.GTC, TIF.POST
@@ -29,11 +29,11 @@ def check_order(inst: Instrument, qty: int, price: int | None, tif: TIF) -> Prob
         elif 0 < price and inst.min_price <= price <= inst.max_price:
             return None
     if qty <= 0:
-        return Problem(RejectReason.BAD_QTY, "quantity must be positive")
+        return Problem(Reason.BAD_QTY, "quantity must be positive")
     if price is not None and price <= 0:
-        return Problem(RejectReason.BAD_PRICE, "price must be positive")
+        return Problem(Reason.BAD_PRICE, "price must be positive")
     if price is None and (tif is GTC or tif is POST):
-        return Problem(RejectReason.BAD_TIF, f"a market order cannot be {tif.value}")
+        return Problem(Reason.BAD_TIF, f"a market order cannot be {tif.value}")
     return inst.check(qty, price)
 
 
@@ -42,9 +42,9 @@ def check_replace(inst: Instrument, qty: int, price: int) -> Problem | None:
     if 0 < qty and inst.min_qty <= qty <= inst.max_qty and 0 < price and inst.min_price <= price <= inst.max_price:
         return None  # the common case, decided in one expression (replace is 82% of a busy book)
     if qty <= 0:
-        return Problem(RejectReason.BAD_QTY, "quantity must be positive")
+        return Problem(Reason.BAD_QTY, "quantity must be positive")
     if price <= 0:
-        return Problem(RejectReason.BAD_PRICE, "price must be positive")
+        return Problem(Reason.BAD_PRICE, "price must be positive")
     return inst.check(qty, price)
 
 
@@ -72,7 +72,7 @@ def order_terms(inst: Instrument, qty_text: str, price_text: str | None, tif_tex
     tif_name = tif_text.upper() if tif_text is not None else ("GTC" if price is not None else "IOC")
     tif = TIF_BY_NAME.get(tif_name)
     if tif is None:
-        return Problem(RejectReason.BAD_TIF, f"time in force {clip(tif_name)} is not GTC, IOC, FOK or POST")
+        return Problem(Reason.BAD_TIF, f"time in force {clip(tif_name)} is not GTC, IOC, FOK or POST")
     problem = check_order(inst, qty, price, tif)
     return (qty, price, tif) if problem is None else problem
 

@@ -12,7 +12,8 @@ line, in order:
                                                    (RESET: then start them again)
 
 A transfer changes balances, so it is sequenced and journaled like an order (Desk.submit);
-its ref makes it idempotent: the same ref again changes nothing. `tickline accounts
+its ref makes it idempotent: the same ref again changes nothing (the rules and the
+reply lines are exchange/transfers.py's, shared with the cluster's `tickline cluster deposit`). `tickline accounts
 deposit|withdraw` is the client (netio/unix_lines.py).
 """
 
@@ -21,39 +22,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import structlog
 
+from exchange import transfers
 from exchange.risk import FEE_ACCOUNT
 from gateway.desk import OrderDesk
-from protocol.messages import Problem, Transfer
-from protocol.text import clip
+from protocol.messages import Problem
 from telemetry.registry import Telemetry
 
 log = structlog.get_logger("admin")
 
-REF = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)
 MAX_LINE = 1024
-
-
-def parse_transfer(line: str, desk: OrderDesk) -> Transfer | str:
-    """An admin line to a Transfer, or the one-line error (code first) that refuses it."""
-    args = line.split()
-    if len(args) != 5 or args[0].upper() not in ("DEPOSIT", "WITHDRAW"):
-        return "bad_request usage: DEPOSIT|WITHDRAW <account> <asset> <amount> <ref>"
-    verb, account, asset_name, amount_text, ref = args
-    asset = desk.risk.assets.get(asset_name.upper())
-    if asset is None:
-        return f"unknown_asset {clip(asset_name)} is not an asset here; assets: {' '.join(desk.risk.assets)}"
-    amount = asset.parse(amount_text)
-    if amount is None:
-        return f"bad_amount {clip(amount_text)} is not a positive amount in units of {asset.unit.text}"
-    if not REF.fullmatch(ref):
-        return "bad_ref a ref is 1-64 of A-Z a-z 0-9 . _ : -"
-    return Transfer(account, asset.name, amount if verb.upper() == "DEPOSIT" else -amount, ref)
 
 
 class AdminServer:
@@ -115,21 +97,18 @@ class AdminServer:
             return report
         if self.desk.closing:
             return "ERR shutting_down the exchange is shutting down"
-        cmd = parse_transfer(line, self.desk)
-        if isinstance(cmd, str):
-            return "ERR " + cmd
+        cmd = transfers.parse_line(line, self.desk.risk.assets)
+        if isinstance(cmd, Problem):
+            return transfers.reply(None, cmd)
         if cmd.account != FEE_ACCOUNT and not await self.account_exists(cmd.account):
-            return f"ERR unknown_account no account {clip(cmd.account)}; add it with: tickline accounts add {clip(cmd.account)}"
-        before = self.desk.risk.refs.get(cmd.ref)
-        if before is not None:
-            return f"OK {before} duplicate: ref {cmd.ref} was applied before; nothing changed"
-        seq = self.desk.submit(cmd)
+            return transfers.reply(cmd, transfers.unknown_account(cmd.account))
+        seq = self.desk.submit(cmd)  # the sequencer: a ref applied before, or funds short, is refused there
         if isinstance(seq, Problem):
-            return f"ERR {seq.reason.value} {seq.text}"
+            return transfers.reply(cmd, seq)
         done = asyncio.get_running_loop().create_future()
         self._waiting.append((seq, done))
         if self.desk.durable_seq() >= seq:
             self.on_durable(self.desk.durable_seq())
         await done
         log.info("transfer", account=cmd.account, asset=cmd.asset, amount=cmd.amount, ref=cmd.ref, seq=seq)
-        return f"OK {seq} {'deposited' if cmd.amount > 0 else 'withdrawn'}"
+        return transfers.reply(cmd, seq)

@@ -30,7 +30,7 @@ from exchange.instruments import Instrument
 from exchange.rules import order_terms, replace_terms
 from gateway.orders import OpenOrders
 from protocol import replies as R
-from protocol.messages import Cancel, Command, NewOrder, Problem, Refusal, RejectReason, Replace, Side
+from protocol.messages import Cancel, Command, NewOrder, Problem, Reason, Refusal, Replace, Side
 from protocol.requests import (
     BadRequest,
     BalancesQuery,
@@ -124,7 +124,7 @@ class Pending:
     def __init__(self, render: Callable[[], bytes]) -> None:
         self.render = render
 
-NOT_LOGGED_IN = R.Reject(RejectReason.NOT_LOGGED_IN.value, "log in first: LOGIN <name> <password>")
+NOT_LOGGED_IN = R.Reject(Reason.NOT_LOGGED_IN.value, "log in first: LOGIN <name> <password>")
 
 
 class Held:
@@ -401,19 +401,19 @@ class Connection:
         desk, cid = self.desk, req.id
         side = Side.BUY if type(req) is Buy else Side.SELL
         if not self.owner:
-            return self._refuse(req, side, Problem(RejectReason.NOT_LOGGED_IN, NOT_LOGGED_IN.text), is_json), 0
+            return self._refuse(req, side, Problem(Reason.NOT_LOGGED_IN, NOT_LOGGED_IN.text), is_json), 0
         if cid is not None and not CLIENT_ID.fullmatch(cid):
-            return self._refuse(req, side, Problem(RejectReason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), is_json), 0
+            return self._refuse(req, side, Problem(Reason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), is_json), 0
         inst = desk.instruments.get(req.symbol.upper())
         if inst is None:
-            return self._refuse(req, side, Problem(RejectReason.UNKNOWN_SYMBOL, f"no such symbol {clip(req.symbol)}; type SYMBOLS"), is_json), 0
+            return self._refuse(req, side, Problem(Reason.UNKNOWN_SYMBOL, f"no such symbol {clip(req.symbol)}; type SYMBOLS"), is_json), 0
         terms = order_terms(inst, req.qty, req.price, req.tif)
         if isinstance(terms, Problem):
             return self._refuse(req, side, terms, is_json), 0
         if cid is not None and desk.orders.find_client_id(self.owner, cid) is not None:
-            return self._refuse(req, side, Problem(RejectReason.DUPLICATE_ID, f"an open order already has id {cid}"), is_json), 0
+            return self._refuse(req, side, Problem(Reason.DUPLICATE_ID, f"an open order already has id {cid}"), is_json), 0
         if desk.closing:
-            return self._refuse(req, side, Problem(RejectReason.SHUTTING_DOWN, "the exchange is shutting down"), is_json), 0
+            return self._refuse(req, side, Problem(Reason.SHUTTING_DOWN, "the exchange is shutting down"), is_json), 0
         qty, price, tif = terms
         cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
         seq = desk.submit(cmd, is_json)
@@ -468,19 +468,19 @@ class Connection:
             return 0, None, NOT_LOGGED_IN
         if order_id is None:
             if cid is None:
-                return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
+                return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
             order_id = desk.orders.find_client_id(self.owner, cid)
             if order_id is None:
                 shown = cid if CLIENT_ID.fullmatch(cid) else None
-                return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"no open order has id {clip(cid)}", shown)
+                return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, f"no open order has id {clip(cid)}", shown)
         entry = desk.orders.by_id.get(order_id)
         if entry is None:
-            return 0, None, R.Reject(RejectReason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
+            return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
         order = entry.cmd
         if order.owner != self.owner:
-            return 0, None, R.Reject(RejectReason.NOT_OWNER.value, f"order {order_id} is not yours", cid, order_id)
+            return 0, None, R.Reject(Reason.NOT_OWNER.value, f"order {order_id} is not yours", cid, order_id)
         if desk.closing:
-            return 0, None, R.Reject(RejectReason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
+            return 0, None, R.Reject(Reason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
         return order_id, order, None
 
     def _cancel(self, req: CancelOrder, is_json: bool) -> tuple[R.Reject | None, int]:
@@ -550,7 +550,7 @@ class Connection:
             case StatsQuery():
                 reply = self.desk.stats_reply()
             case ReportsQuery() | Login() | TickerQuery() | KlinesQuery() | TradesQuery():  # only at shutdown: the lookup cannot come back any more
-                reply = R.Error("shutting_down", "the exchange is shutting down; ask again after it restarts")
+                reply = R.Error(Reason.SHUTTING_DOWN.value, "the exchange is shutting down; ask again after it restarts")
             case _:
                 raise TypeError(f"not a query: {req!r}")
         return encode(reply, is_json)

@@ -16,10 +16,10 @@ import structlog
 
 from exchange.book import Book
 from exchange.instruments import Instrument
-from exchange.risk import Risk
+from exchange.sequencer import Sequencer
 from gateway.orders import OpenOrders
 from protocol import replies as R
-from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Refusal, Rejected, RejectReason, Replaced
+from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Reason, Refusal, Rejected, Replaced
 from protocol.requests import BookQuery, KlinesQuery, Login, MarketQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
 from protocol.text import clip
 from telemetry.registry import Telemetry
@@ -51,9 +51,7 @@ class OrderDesk:
         self,
         instruments: dict[str, Instrument],
         books: dict[str, Book],
-        risk: Risk,
-        append: Callable[[Command], int],
-        next_seq: Callable[[], int],
+        sequencer: Sequencer,
         durable_seq: Callable[[], int],
         applied: Callable[[int], bool],
         *,
@@ -66,9 +64,8 @@ class OrderDesk:
     ) -> None:
         self.instruments = instruments
         self.books = books  # read-only here: BOOK replies and the live state of open orders
-        self.risk = risk  # balances: every command's funds are held here before it is journaled
-        self.append = append  # journal a command; returns its sequence number
-        self.next_seq = next_seq  # the sequence number the next append gets
+        self.sequencer = sequencer  # holds each command's funds, numbers and journals it (the core's first stage)
+        self.risk = sequencer.risk  # balances (BALANCES)
         self.check_password = check_password  # LOGIN (async: a database read and a slow hash)
         self._failures: dict[str, tuple[int, float]] = {}  # "account:x" / "address:x" -> (count, last)
         self._logins_waiting = 0
@@ -94,19 +91,14 @@ class OrderDesk:
     fetched: tuple[type, ...] = (ReportsQuery, Login, TickerQuery, KlinesQuery, TradesQuery)
 
     def submit(self, cmd: Command, json: bool = False) -> int | Problem:
-        """The sequencing point: hold the command's funds (in journal order), then journal it.
+        """The sequencing point (exchange/sequencer.py): hold the command's funds, journal it.
 
         A market BUY is given a budget first: what the visible book would cost now."""
         if type(cmd) is NewOrder and cmd.price is None:
             cmd = self.books[cmd.symbol].budgeted(cmd)
-        seq = self.next_seq()
-        problem = self.risk.hold(seq, cmd)
-        if problem is not None:
-            return problem
-        if type(cmd) is NewOrder:
+        seq = self.sequencer.step(cmd)
+        if type(cmd) is NewOrder and type(seq) is int:
             self._orders.inc()
-        appended = self.append(cmd)
-        assert appended == seq, (appended, seq)
         return seq
 
     def outcome(self, token: int) -> int | Problem:
@@ -138,7 +130,7 @@ class OrderDesk:
     def book_reply(self, symbol: str, levels: int) -> R.Reply:
         book = self.books.get(symbol.upper())
         if book is None:
-            return R.Reject(RejectReason.UNKNOWN_SYMBOL.value, f"no such symbol {clip(symbol)}; type SYMBOLS")
+            return R.Reject(Reason.UNKNOWN_SYMBOL.value, f"no such symbol {clip(symbol)}; type SYMBOLS")
         if not 1 <= levels <= MAX_BOOK_LEVELS:
             return R.Error("bad_request", f"levels must be 1..{MAX_BOOK_LEVELS}")
         inst = book.instrument
@@ -195,7 +187,7 @@ class OrderDesk:
                 return
             self._failed(keys)
             log.info("login_refused", account=clip(name), peer=peer, delayed=delay)
-            done(R.Reject("bad_login", "wrong name or password"), None)
+            done(R.Reject(Reason.BAD_LOGIN.value, "wrong name or password"), None)
 
         self._spawn(attempt())
 

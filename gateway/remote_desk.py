@@ -16,9 +16,10 @@ from typing import Awaitable, Callable
 from exchange.book import Book
 from exchange.instruments import Instrument
 from exchange.risk import Risk
+from exchange.sequencer import Sequencer
 from gateway.desk import OrderDesk
 from protocol import replies as R
-from protocol.messages import Command, NewOrder, Problem, RejectReason
+from protocol.messages import Command, NewOrder, Problem, Reason
 from protocol.requests import BalancesQuery
 
 # (account) -> its (asset, available, locked) rows, from its risk shard
@@ -47,7 +48,9 @@ class RemoteDesk(OrderDesk):
         self.forms: dict[int, bool] = {}  # token -> JSON form, until sequenced
         self.latest = 0  # the highest seq applied here
         super().__init__(
-            instruments, books, Risk(instruments), lambda cmd: 0, lambda: self.tokens + 1, lambda: self.through,
+            # No sequencer here: submit (below) forwards to the accounts' risk shards, whose
+            # Sequencers decide; this one is never stepped (its Risk only names the assets).
+            instruments, books, Sequencer(Risk(instruments), lambda: 0, lambda cmd: None), lambda: self.through,
             lambda token: token <= self.through, **options,  # type: ignore[arg-type]
         )  # fmt: skip
 
@@ -80,7 +83,7 @@ class RemoteDesk(OrderDesk):
     def turned_down(self, token: int, reason: str, text: str) -> None:
         if token in self.forms:
             del self.forms[token]
-            self.outcomes[token] = Problem(RejectReason(reason), text)
+            self.outcomes[token] = Problem(Reason(reason), text)
 
     def advance(self) -> int:
         """Move `through` past every token with an outcome; returns it."""

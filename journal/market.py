@@ -23,6 +23,7 @@ import aiosqlite
 from exchange.instruments import Instrument
 from journal.tradelog_writer import INTERVALS
 from protocol import replies as R
+from protocol.messages import Reason
 from protocol.requests import KlinesQuery, MarketQuery, TickerQuery, TradesQuery
 
 MAX_LIMIT = 1000  # candles or trades in one answer
@@ -159,7 +160,7 @@ class Market:
                 return R.Error("bad_request", f"before={q.before[:40]} is not a trade id (<seq>-<n>, as TRADES prints them)")
             found = await self._rows("SELECT md_seq FROM trades WHERE seq = ? AND match_no = ? AND symbol = ?", (int(seq), int(match_no), inst.symbol))
             if not found:
-                return R.Reject("unknown_trade", f"no {inst.symbol} trade {q.before}")
+                return R.Reject(Reason.UNKNOWN_TRADE.value, f"no {inst.symbol} trade {q.before}")
             where, args = where + " AND md_seq < ?", [*args, found[0][0]]
         rows = await self._rows(f"SELECT trade_id, ts, qty, price, aggressor FROM trades WHERE {where} ORDER BY md_seq DESC LIMIT ?", (*args, q.limit))
         return R.TradesReply(inst.symbol, [R.PublicTrade(tid, _z(ts), qty, price, aggressor) for tid, ts, qty, price, aggressor in rows])

@@ -32,9 +32,12 @@ class Liquidity(enum.Enum):
     REMOVED = "R"  # the incoming (taker) side of a trade
 
 
-class RejectReason(enum.Enum):
-    """Why a command was refused before it was accepted. Values are stable wire codes."""
+class Reason(enum.Enum):
+    """The one list of results that are not a plain success: why a request was refused
+    (REJ, or ERR on the admin channel) and why an accepted order left the book (CANCELED).
+    Values are stable wire codes; docs/PROTOCOL.md lists them all (a test checks)."""
 
+    # refusals of an order, a cancel or a replace, before it takes effect
     UNKNOWN_SYMBOL = "unknown_symbol"
     BAD_PRICE = "bad_price"  # not a positive decimal number
     BAD_TICK = "bad_tick"  # a price off the instrument's tick
@@ -50,24 +53,31 @@ class RejectReason(enum.Enum):
     SHUTTING_DOWN = "shutting_down"
     INSUFFICIENT_FUNDS = "insufficient_funds"  # the owner cannot pay for it (see exchange/risk.py)
     NOT_LOGGED_IN = "not_logged_in"  # orders need an account: LOGIN first
-
-
-class Problem(NamedTuple):
-    """A rule an order breaks: the code and a sentence for the client."""
-
-    reason: RejectReason
-    text: str
-
-
-class CancelReason(enum.Enum):
-    """Why an accepted order (or its remainder) left the book. Values are stable wire codes."""
-
+    BAD_LOGIN = "bad_login"  # a wrong name or password
+    UNKNOWN_TRADE = "unknown_trade"  # TRADES before=<id> names no trade of the symbol
+    # refusals of a transfer (the admin channel, `tickline cluster deposit`)
+    BAD_REQUEST = "bad_request"  # not a transfer line at all
+    UNKNOWN_ASSET = "unknown_asset"
+    BAD_AMOUNT = "bad_amount"  # not an exact positive amount of the asset's unit
+    BAD_REF = "bad_ref"  # a ref must be 1-64 of A-Z a-z 0-9 . _ : -
+    UNKNOWN_ACCOUNT = "unknown_account"
+    DUPLICATE_REF = "duplicate_ref"  # applied before: answered OK with the seq it was applied as
+    # why an accepted order (or its remainder) left the book
     USER = "user"  # canceled by its owner
     EXPIRED = "expired"  # the unfilled remainder of an IOC
     FOK_UNFILLED = "fok_unfilled"  # a FOK that could not fill completely
     NO_LIQUIDITY = "no_liquidity"  # the unfilled remainder of a market order
     SELF_TRADE = "self_trade"  # self-trade prevention canceled the resting order
     WOULD_CROSS = "would_cross"  # a post-only order that would have taken liquidity
+
+
+class Problem(NamedTuple):
+    """A rule a command breaks: the code and a sentence for the client (and, for a
+    duplicate transfer, the seq it was applied as)."""
+
+    reason: Reason
+    text: str
+    seq: int = 0
 
 
 # ---------------------------------------------------------------- commands
@@ -150,7 +160,7 @@ class Accepted(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="acce
 
 
 class Rejected(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="rejected"):
-    reason: RejectReason
+    reason: Reason
     text: str
     owner: str
     client_id: str | None = None
@@ -195,7 +205,7 @@ class Canceled(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="canc
     symbol: str
     side: Side
     leaves: int  # the quantity that was canceled
-    reason: CancelReason
+    reason: Reason
     owner: str
     client_id: str | None = None
     seq: int = 0  # the journal sequence of the command that canceled it
@@ -254,7 +264,7 @@ class Refusal(msgspec.Struct, frozen=True, gc=False):
     price: str | None  # None: a market order (or a replace keeping its price)
     tif: str | None
     client_id: str | None
-    reason: str  # a RejectReason code
+    reason: str  # a Reason code
     text: str
     kind: str = "new"  # new | cancel | replace
     target: int | None = None  # the order a cancel or replace named

@@ -16,12 +16,12 @@ from protocol.messages import (
     BookLevelChanged,
     Cancel,
     Canceled,
-    CancelReason,
     Command,
     Fill,
     Liquidity,
     NewOrder,
     Quote,
+    Reason,
     Replace,
     Replaced,
     Side,
@@ -120,7 +120,7 @@ def test_no_order_trades_ahead_of_an_earlier_order_at_its_price(stream: list[Com
             maker = None
             if isinstance(e, Fill) and e.liquidity is Liquidity.ADDED:
                 maker, key = e.order_id, (e.side, e.price)
-            elif isinstance(e, Canceled) and e.reason is CancelReason.SELF_TRADE:
+            elif isinstance(e, Canceled) and e.reason is Reason.SELF_TRADE:
                 maker = e.order_id
                 key = next(k for k, q in queues.items() if maker in q)
             if maker is not None and maker not in consumed[key]:

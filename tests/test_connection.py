@@ -12,6 +12,7 @@ from typing import Callable
 from exchange.engine import Engine
 from exchange.instruments import load_instruments
 from exchange.matching import Matching
+from exchange.sequencer import Sequencer
 from gateway.connection import Connection
 from gateway.desk import OrderDesk
 from protocol import replies as R
@@ -28,7 +29,7 @@ class Bench:
         self.matching = Matching(self.engine.books, self.steps.append)
         self.refusals: list[Refusal] = []
         self.desk = OrderDesk(
-            self.engine.instruments, self.engine.books, self.engine.risk, self.append, lambda: len(self.journaled) + 1,
+            self.engine.instruments, self.engine.books, Sequencer(self.engine.risk, lambda: len(self.journaled) + 1, self.journaled.append),
             lambda: self.durable, self.matching.applied, version="test", refused=self.refusals.append,
         )  # fmt: skip
         self.conns: list[Connection] = []

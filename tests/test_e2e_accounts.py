@@ -46,7 +46,7 @@ def test_an_operator_adds_funds_and_disables_accounts_and_a_ref_never_counts_twi
         bad = tickline("accounts", "deposit", "nobody", "USD", "1", "--ref", "r9", "--data-dir", str(data))
         assert bad.stdout == "ERR unknown_account no account nobody; add it with: tickline accounts add nobody\n"
         assert tickline("accounts", "deposit", "carol", "USD", "0.00000001", "--ref", "r8", "--data-dir", str(data)).stdout == (
-            "ERR bad_amount 0.00000001 is not a positive amount in units of 0.0000001\n"
+            "ERR bad_amount 0.00000001 is not a positive amount in units of 0.0000001 (a negative one: the other way)\n"
         )
         assert tickline("accounts", "withdraw", "carol", "USD", "0.5", "--ref", "out-2", "--data-dir", str(data)).stdout == "OK 2 withdrawn\n"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from exchange.instruments import load_instruments, parse_instruments
-from protocol.messages import RejectReason
+from protocol.messages import Reason
 
 INSTRUMENTS = load_instruments()
 
@@ -49,28 +49,28 @@ def test_quantities_parse_exactly_and_format_canonically(symbol: str, text: str,
 @pytest.mark.parametrize(
     "symbol, text, reason",
     [
-        ("AAPL", "150.255", RejectReason.BAD_TICK),
-        ("AAPL", "150.001", RejectReason.BAD_TICK),
-        ("ES", "4500.10", RejectReason.BAD_TICK),
-        ("EUR-USD", "1.084315", RejectReason.BAD_TICK),
-        ("AAPL", "0", RejectReason.BAD_PRICE),
-        ("AAPL", "0.00", RejectReason.BAD_PRICE),
-        ("AAPL", "-1", RejectReason.BAD_PRICE),
-        ("AAPL", "+1", RejectReason.BAD_PRICE),
-        ("AAPL", "NaN", RejectReason.BAD_PRICE),
-        ("AAPL", "inf", RejectReason.BAD_PRICE),
-        ("AAPL", "1e3", RejectReason.BAD_PRICE),
-        ("AAPL", "1.", RejectReason.BAD_PRICE),
-        ("AAPL", ".5", RejectReason.BAD_PRICE),
-        ("AAPL", "1_000", RejectReason.BAD_PRICE),
-        ("AAPL", "１５０", RejectReason.BAD_PRICE),  # full-width digits
-        ("AAPL", "١٥٠", RejectReason.BAD_PRICE),  # Arabic-Indic digits
-        ("AAPL", "", RejectReason.BAD_PRICE),
-        ("AAPL", "9" * 30, RejectReason.BAD_PRICE),
-        ("AAPL", "99999999999999999", RejectReason.BAD_PRICE),  # beyond the largest count
+        ("AAPL", "150.255", Reason.BAD_TICK),
+        ("AAPL", "150.001", Reason.BAD_TICK),
+        ("ES", "4500.10", Reason.BAD_TICK),
+        ("EUR-USD", "1.084315", Reason.BAD_TICK),
+        ("AAPL", "0", Reason.BAD_PRICE),
+        ("AAPL", "0.00", Reason.BAD_PRICE),
+        ("AAPL", "-1", Reason.BAD_PRICE),
+        ("AAPL", "+1", Reason.BAD_PRICE),
+        ("AAPL", "NaN", Reason.BAD_PRICE),
+        ("AAPL", "inf", Reason.BAD_PRICE),
+        ("AAPL", "1e3", Reason.BAD_PRICE),
+        ("AAPL", "1.", Reason.BAD_PRICE),
+        ("AAPL", ".5", Reason.BAD_PRICE),
+        ("AAPL", "1_000", Reason.BAD_PRICE),
+        ("AAPL", "１５０", Reason.BAD_PRICE),  # full-width digits
+        ("AAPL", "١٥٠", Reason.BAD_PRICE),  # Arabic-Indic digits
+        ("AAPL", "", Reason.BAD_PRICE),
+        ("AAPL", "9" * 30, Reason.BAD_PRICE),
+        ("AAPL", "99999999999999999", Reason.BAD_PRICE),  # beyond the largest count
     ],
 )
-def test_bad_prices_are_rejected_with_a_reason(symbol: str, text: str, reason: RejectReason) -> None:
+def test_bad_prices_are_rejected_with_a_reason(symbol: str, text: str, reason: Reason) -> None:
     result = INSTRUMENTS[symbol].parse_price(text)
     assert isinstance(result, tuple) and result[0] is reason
 
@@ -78,15 +78,15 @@ def test_bad_prices_are_rejected_with_a_reason(symbol: str, text: str, reason: R
 @pytest.mark.parametrize(
     "symbol, text, reason",
     [
-        ("AAPL", "1.5", RejectReason.BAD_LOT),
-        ("EUR-USD", "1500", RejectReason.BAD_LOT),
-        ("BTC-USD", "0.000001", RejectReason.BAD_LOT),
-        ("AAPL", "0", RejectReason.BAD_QTY),
-        ("AAPL", "-5", RejectReason.BAD_QTY),
-        ("AAPL", "ten", RejectReason.BAD_QTY),
+        ("AAPL", "1.5", Reason.BAD_LOT),
+        ("EUR-USD", "1500", Reason.BAD_LOT),
+        ("BTC-USD", "0.000001", Reason.BAD_LOT),
+        ("AAPL", "0", Reason.BAD_QTY),
+        ("AAPL", "-5", Reason.BAD_QTY),
+        ("AAPL", "ten", Reason.BAD_QTY),
     ],
 )
-def test_bad_quantities_are_rejected_with_a_reason(symbol: str, text: str, reason: RejectReason) -> None:
+def test_bad_quantities_are_rejected_with_a_reason(symbol: str, text: str, reason: Reason) -> None:
     result = INSTRUMENTS[symbol].parse_qty(text)
     assert isinstance(result, tuple) and result[0] is reason
 
@@ -107,7 +107,7 @@ def test_limits_and_band_from_toml() -> None:
     assert (xyz.min_qty, xyz.max_qty, xyz.min_price, xyz.max_price) == (1, 100, 20, 400)
     assert xyz.check(1, 20) is None
     assert [p and p.reason for p in (xyz.check(101, 20), xyz.check(1, 401), xyz.check(1, 19))] == [
-        RejectReason.QTY_RANGE, RejectReason.PRICE_BAND, RejectReason.PRICE_BAND,
+        Reason.QTY_RANGE, Reason.PRICE_BAND, Reason.PRICE_BAND,
     ]  # fmt: skip
 
 

@@ -25,6 +25,7 @@ import structlog
 
 from exchange.instruments import load_instruments
 from exchange.matching import Matching
+from exchange.sequencer import Sequencer
 from gateway.admin import AdminServer
 from gateway.desk import OrderDesk, ReportEvent
 from gateway.server import Gateway
@@ -173,8 +174,9 @@ async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
     accounts = Accounts(data.accounts)
     await accounts.open()
     threads.push_async_callback(accounts.close)
+    sequencer = Sequencer(risk, lambda: journal.next_seq, journal.append)  # the core's first stage, recording to the journal
     desk = OrderDesk(
-        instruments, books, risk, journal.append, lambda: journal.next_seq, lambda: journal.durable_seq, matching.applied,
+        instruments, books, sequencer, lambda: journal.durable_seq, matching.applied,
         version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
         market_source=market_history, telemetry=telemetry,
     )  # fmt: skip
@@ -210,7 +212,7 @@ async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
 
     # 8. Listen (the dashboard too: the page, its JSON, /metrics, market data over a
     #    WebSocket), and wait for SIGINT or SIGTERM (a second one exits at once).
-    probes = [LoopLag(telemetry), GcPauses(telemetry)]
+    probes: list[LoopLag | GcPauses] = [LoopLag(telemetry), GcPauses(telemetry)]
     for probe in probes:
         probe.start()
     telemetry.gauge("journal_seq", lambda: journal.durable_seq, "the last command on disk")
@@ -222,7 +224,7 @@ async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
     md_host, md_port = await notifier.start(config.md_host, config.md_port, tls)
     log.info("market_data_listening", host=md_host, port=md_port, tls=tls is not None)
     dashboard = Dashboard(desk.answer_public, notifier.new_session, telemetry) if config.web_port is not None else None
-    if dashboard is not None:
+    if dashboard is not None and config.web_port is not None:
         web_host, web_port = await dashboard.start(config.web_host, config.web_port, tls)
         log.info("dashboard_listening", url=f"{'https' if tls else 'http'}://{web_host}:{web_port}/", host=web_host, port=web_port)
     host, port = await gateway.start(config.host, config.port, tls)

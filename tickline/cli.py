@@ -200,18 +200,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "balances":
         return _balances(args)
     if args.command == "trades":
-        from journal.queries import trade_line
-        from journal.queries import trades as query
+        from journal.queries import trade_line, trades
 
-        for row in query(DataDir(args.data_dir).trades, args.symbol, args.since, args.limit):
+        for row in trades(DataDir(args.data_dir).trades, args.symbol, args.since, args.limit):
             sys.stdout.write(trade_line(row) + "\n")
         return 0
     if args.command == "orders":
-        from journal.queries import order_line
-        from journal.queries import orders as query
+        from journal.queries import order_line, orders
 
-        for row in query(DataDir(args.data_dir).trades, args.owner, args.symbol, args.status, args.since, args.limit):
-            sys.stdout.write(order_line(row) + "\n")
+        for order in orders(DataDir(args.data_dir).trades, args.owner, args.symbol, args.status, args.since, args.limit):
+            sys.stdout.write(order_line(order) + "\n")
         return 0
     raise AssertionError(f"unknown command {args.command}")
 
@@ -238,9 +236,9 @@ def _cluster(args: argparse.Namespace) -> int:
     config = cluster.ClusterConfig.load(args.dir)
     if args.action in ("deposit", "deposits"):
         if args.action == "deposit":
-            moves = [(args.name, args.asset.upper(), args.amount, args.ref)]
-        else:
-            moves = [(n, a.upper(), amount, ref) for n, a, amount, ref in (line.split() for line in sys.stdin if line.strip())]
+            moves = [[args.name, args.asset, args.amount, args.ref]]
+        else:  # a malformed line gets its own ERR line (exchange/transfers.py)
+            moves = [line.split() for line in sys.stdin if line.strip()]
         lines = asyncio.run(cluster.transfers(config, moves))
         sys.stdout.write("".join(line + "\n" for line in lines))
         return 0 if all(line.startswith("OK") for line in lines) else 1

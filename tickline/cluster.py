@@ -34,8 +34,11 @@ from cluster.risk_shard import RiskShard
 from cluster.stream import Input, Reader, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_verdicts, encode
-from exchange.instruments import load_instruments
-from exchange.risk import SETTLED
+from exchange.instruments import assets_of, load_instruments
+from exchange.risk import FEE_ACCOUNT, SETTLED
+from exchange.transfers import reply as transfer_reply
+from exchange.transfers import terms as transfer_terms
+from exchange.transfers import unknown_account
 from gateway.remote_desk import RemoteDesk
 from gateway.server import Gateway
 from journal.accounts import Accounts
@@ -45,7 +48,7 @@ from journal.queries import reports_of, trades_from
 from journal.records import encode_batch
 from journal.tradelog import TradeLog
 from notifier.server import Notifier
-from protocol.messages import Event
+from protocol.messages import Event, Problem, Reason, Transfer
 from telemetry.registry import Telemetry
 from tickline import __version__
 
@@ -330,7 +333,7 @@ def _demo_accounts(config: ClusterConfig) -> None:
 
     if not create_demo_accounts(config.data.accounts):
         return
-    moves = [(name, asset, amount, f"demo:{name}:{asset}") for name, _ in DEMO_ACCOUNTS for asset, amount in DEMO_FUNDS]
+    moves = [[name, asset, amount, f"demo:{name}:{asset}"] for name, _ in DEMO_ACCOUNTS for asset, amount in DEMO_FUNDS]
     asyncio.run(transfers(config, moves))
     sys.stdout.write("demo accounts: LOGIN alice alice  (or: LOGIN bob bob)\n")
 
@@ -392,14 +395,36 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-async def transfers(config: ClusterConfig, moves: list[tuple[str, str, str, str]]) -> list[str]:
+async def transfers(config: ClusterConfig, moves: list[list[str]]) -> list[str]:
     """Deposits (or, negative, withdrawals) through each account's risk shard, all sent at
-    once: (account, asset, amount, ref) each; a verdict line each, in order."""
-    from exchange.risk import Risk
-    from protocol.messages import Transfer
-
-    assets = Risk(load_instruments(Path(config.instruments) if config.instruments else None)).assets
+    once: the words (account, asset, amount, ref) of each; a reply line each, in order, as
+    `tickline accounts deposit` prints them (exchange/transfers.py): the same rules, the
+    ref applied once by the risk shard's sequencer."""
+    assets = assets_of(load_instruments(Path(config.instruments) if config.instruments else None))
     answers: dict[int, str] = {}
+    wanted: dict[int, Transfer] = {}
+    accounts = Accounts(config.data.accounts)
+    await accounts.open()
+    try:
+        for token, words in enumerate(moves, 1):
+            cmd: Transfer | Problem = Problem(Reason.BAD_REQUEST, "usage: <account> <asset> <amount> <ref>")
+            if len(words) == 4:
+                cmd = transfer_terms("DEPOSIT", words[0], words[1], words[2], words[3], assets)
+            if isinstance(cmd, Transfer) and cmd.account != FEE_ACCOUNT and not await accounts.exists(cmd.account):
+                cmd = unknown_account(cmd.account)
+            if isinstance(cmd, Problem):
+                answers[token] = transfer_reply(None, cmd)
+            else:
+                wanted[token] = cmd
+    finally:
+        await accounts.close()
+    if wanted:
+        await _submit_transfers(config, wanted, answers)
+    return [answers[token] for token in range(1, len(moves) + 1)]
+
+
+async def _submit_transfers(config: ClusterConfig, wanted: dict[int, Transfer], answers: dict[int, str]) -> None:
+    """Each transfer to its account's risk shard; each verdict into answers, by token."""
     nc, js = await connect(config.urls, "admin")
     name = f"admin{time.time_ns():x}"
     submitter = Submitter(js, name, config.layout)
@@ -408,23 +433,19 @@ async def transfers(config: ClusterConfig, moves: list[tuple[str, str, str, str]
     async def read_verdicts() -> None:
         verdicts = Reader(js, f"verdicts.{name}")
         await verdicts.start()
-        while len(answers) < len(moves):
+        while not all_in.is_set():
             for inp in await verdicts.batch():
                 for token, seq, reason, text in decode_verdicts(inp.data).results:
-                    answers.setdefault(token, f"OK {seq}" if seq else f"REJ {reason} {text}")
-        all_in.set()
+                    outcome = Problem(Reason(reason), text, seq) if reason else seq
+                    answers.setdefault(token, transfer_reply(wanted[token], outcome))
+            if all(token in answers for token in wanted):
+                all_in.set()
 
     reading = asyncio.create_task(read_verdicts())
-    for token, (account, asset, amount, ref) in enumerate(moves, 1):
-        units = assets[asset].parse(amount) if asset in assets else None
-        if units is None:
-            answers[token] = f"ERR bad amount {amount} of {asset}"
-        else:
-            submitter.forward(token, Transfer(account, asset, units, ref))
+    for token, cmd in wanted.items():
+        submitter.forward(token, cmd)
     try:
-        if len(answers) < len(moves):
-            await asyncio.wait_for(all_in.wait(), 60)
+        await asyncio.wait_for(all_in.wait(), 60)
     finally:
         reading.cancel()
         await nc.close()
-    return [answers[token] for token in range(1, len(moves) + 1)]

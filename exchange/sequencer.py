@@ -1,0 +1,47 @@
+"""The core's first stage: every command is held, numbered and recorded here, or refused.
+
+    command --> Sequencer.step --> seq (recorded: journaled, or published to the stream)
+                               \\-> Problem (refused: nothing recorded, nothing changed)
+
+One object, driven by both adapters: `tickline serve` numbers with its journal's next
+sequence and records by appending to it (gateway/desk.py); a cluster's risk shard numbers
+its share of the ids and records by publishing to its engine shards (cluster/risk_shard.py).
+Replay (exchange/engine.py) applies what was recorded, with nothing left to refuse.
+
+The rules, each in one place:
+- funds: a command's hold (exchange/risk.py, `Risk.hold`): an owner who cannot pay is refused;
+- transfers: a ref is applied once (`Reason.DUPLICATE_REF`, carrying the seq it was applied
+  as); a withdrawal needs the funds (exchange/transfers.py has the words and the reply).
+No clock, no I/O: the same commands in the same order give the same numbers and refusals.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from exchange.risk import Risk
+from protocol.messages import Command, Problem, Reason, Transfer
+
+
+class Sequencer:
+    def __init__(self, risk: Risk, next_seq: Callable[[], int] = lambda: 0, record: Callable[[Command], object] = lambda cmd: None) -> None:
+        self.risk = risk
+        self.next_seq = next_seq  # the number the next accepted command gets
+        self.record = record  # make an accepted command durable (the journal, the stream); replay needs neither
+
+    def step(self, cmd: Command) -> int | Problem:
+        """Hold, number and record cmd; its seq, or why it is refused."""
+        if type(cmd) is Transfer:
+            before = self.risk.refs.get(cmd.ref)
+            if before is not None:
+                return Problem(Reason.DUPLICATE_REF, f"ref {cmd.ref} was applied before as {before}", before)
+        seq = self.next_seq()
+        problem = self.risk.hold(seq, cmd)
+        if problem is not None:
+            return problem
+        self.record(cmd)
+        return seq
+
+    def replay(self, seq: int, cmd: Command) -> None:
+        """A recorded command: accepted when it was recorded, so applied as it is."""
+        self.risk.hold(seq, cmd, replay=True)
