@@ -42,6 +42,10 @@ def fund(data_dir: Path, names: list[str] = ACCOUNTS, funds: list[tuple[str, str
     return send_lines(data_dir / "admin.sock", lines)
 
 
+def tickline_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tickline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, input=stdin)
+
+
 class Server:
     """`tickline serve` on a free port with its own data directory."""
 
@@ -217,9 +221,23 @@ class Cluster:
         """The same deposits, in the same order, as Server.start's."""
         from tickline.cluster import ClusterConfig, transfers
 
-        moves = [(name, asset, amount, f"fund:{name}:{asset}") for name in names for asset, amount in funds]
+        moves = [[name, asset, amount, f"fund:{name}:{asset}"] for name in names for asset, amount in funds]
         replies = asyncio.run(transfers(ClusterConfig.load(self.dir), moves))
         assert all(r.startswith("OK") for r in replies), replies
+
+    def transfers(self, moves: list[list[str]]) -> list[str]:
+        """`tickline cluster deposits`: one line of words each, a reply line each."""
+        stdin = "".join(" ".join(words) + "\n" for words in moves)
+        run = tickline_cli("cluster", "deposits", "--dir", str(self.dir), stdin=stdin)
+        lines = run.stdout.splitlines()
+        assert len(lines) == len(moves) and run.returncode == (0 if all(line.startswith("OK") for line in lines) else 1), run
+        return lines
+
+    def transfer(self, account: str, asset: str, amount: str, ref: str) -> str:
+        """`tickline cluster deposit` (a negative amount withdraws)."""
+        run = tickline_cli("cluster", "deposit", account, asset, amount, "--ref", ref, "--dir", str(self.dir))
+        assert run.returncode == (0 if run.stdout.startswith("OK") else 1), run
+        return run.stdout.rstrip("\n")
 
     def _cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "tickline.cli", "cluster", *args, "--dir", str(self.dir)], cwd=ROOT, capture_output=True, timeout=120)

@@ -9,13 +9,15 @@ import random
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import pytest
 
 from cluster.nats import process_alive, server_binary
-from tests.harness import ACCOUNTS, Client, Cluster, Server
+from protocol.messages import Reason
+from tests.harness import ACCOUNTS, FUNDS, Client, Cluster, Server, create_accounts, tickline_cli
 
 if TYPE_CHECKING:
     from tickline.cluster import ClusterConfig
@@ -87,6 +89,44 @@ def balances_right_after_a_cancel(port: int) -> list[str]:
     return out
 
 
+# Every refusal and cancel reason a client can cause, on ES (which drive() leaves alone),
+# from t6 while t7 rests a bid at 4000.00; each request's replies are read up to a PONG.
+REFUSALS = [
+    "BUY NOPE 1 1", "BUY ES 1 abc", "BUY ES 1 4000.10", "BUY ES x 4000", "BUY ES 1.5 4000", "BUY ES 20000 4000",
+    "BUY ES 1 GTC", "CANCEL 999999", "BUY ES 1 3000 id=bad!", "BUY ES 1 3000.00 id=r1",
+    "BUY ES 1 3000.00 id=r1", "BUY ES 9000 9000", "SELL ES 1 4000.00 POST", "SELL ES 5 4000.00 FOK",
+    "SELL ES 2 4000.00 IOC", "SELL ES 1", "CANCEL id=r1", "BUY ES 1 3500.00 id=r2", "CANCEL id=r2",
+    "TRADES ES before=1-9",
+]  # fmt: skip
+
+
+def refusals(port: int) -> list[str]:
+    c = Client(port)
+    out = c.ask("BUY ES 1 4000") + c.ask("LOGIN t6 wrong")
+    c.login("t6")
+    other = Client(port)
+    other.login("t7")
+    out += other.ask("BUY ES 1 4000.00", 1)
+    out += c.ask(f"CANCEL {out[-1].split()[1]}")  # not_owner
+    for request in REFUSALS:
+        c.send(request + "\nPING\n")
+        out += c.until("PONG")[:-1]
+    other.send("PING\n")
+    out += other.until("PONG")[:-1]
+    c.close()
+    other.close()
+    return [re.sub(r" \d{4}-\d\d-\d\dT[\d:.]+Z", "", line) for line in out]
+
+
+# Transfers, each as (account, asset, signed amount, ref): applied, applied again, a
+# withdrawal, one too large, an unknown account, asset and amount, a bad ref.
+TRANSFERS = [
+    ("t8", "USD", "100", "d1"), ("t8", "USD", "100", "d1"), ("t8", "USD", "-50", "w1"), ("t8", "USD", "-20000000", "w2"),
+    ("nobody", "USD", "1", "x2"), ("t8", "NOPE", "1", "x3"), ("t8", "USD", "0.00000001", "x4"), ("t8", "USD", "1", "bad/ref"),
+    ("t8", "USD", "-50", "w1"),
+]  # fmt: skip
+
+
 def final_state(port: int) -> dict[str, list[str]]:
     c = Client(port)
     c.login(TRADERS[0])
@@ -130,9 +170,18 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         want_state = final_state(single.port)
         want_trades = settled(lambda: trades(single.port), {"never": []}, within=1.0)
         want_balances = balances_right_after_a_cancel(single.port)
+        want_refusals = refusals(single.port)
+        want_transfers = [serve_transfer(single.data_dir, *t) for t in TRANSFERS]
+        want_transfer_balances = final_state(single.port)
     finally:
         single.stop()
     assert sum(line.startswith("FILL") for lines in want_lines.values() for line in lines) > 50  # the stream trades a lot
+    reasons = {line.split()[1] for line in want_refusals if line.startswith("REJ")} | set(re.findall(r"reason=(\w+)", "\n".join(want_refusals)))
+    # (shutting_down needs a stopping server; price_band an instruments file with a band: the built-in ones have none)
+    assert reasons >= {r.value for r in Reason} - TRANSFER_REASONS - {"shutting_down", "price_band"}, sorted({r.value for r in Reason} - reasons)
+    assert [line.split()[1] if line.startswith("ERR") else line.split()[2] for line in want_transfers] == [
+        "deposited", "duplicate:", "withdrawn", "insufficient_funds", "unknown_account", "unknown_asset", "bad_amount", "bad_ref", "duplicate:",
+    ]  # fmt: skip
     cluster = Cluster(tmp_path / "cluster", "--engine", "AAPL=0", "--engine", "BTC-USD=1").start()
     try:
         got_lines = drive(cluster.port, seed=11, steps=300)
@@ -141,6 +190,57 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         assert settled(lambda: final_state(cluster.port), want_state) == want_state
         assert settled(lambda: trades(cluster.port), want_trades) == want_trades
         assert balances_right_after_a_cancel(cluster.port) == want_balances
+        assert refusals(cluster.port) == want_refusals
+        assert [cluster.transfer(*t) for t in TRANSFERS] == want_transfers
+        assert settled(lambda: final_state(cluster.port), want_transfer_balances) == want_transfer_balances
+    finally:
+        cluster.stop()
+
+
+TRANSFER_REASONS = {"bad_request", "unknown_asset", "bad_amount", "bad_ref", "unknown_account", "duplicate_ref"}
+
+
+def serve_transfer(data: Path, account: str, asset: str, amount: str, ref: str) -> str:
+    verb = "withdraw" if amount.startswith("-") else "deposit"
+    run = tickline_cli("accounts", verb, account, asset, amount.lstrip("-"), "--ref", ref, "--data-dir", str(data))
+    assert run.returncode == (0 if run.stdout.startswith("OK") else 1), run
+    return run.stdout.rstrip("\n")
+
+
+def test_a_transfer_ref_is_applied_once_in_a_row_at_once_and_after_a_restart_in_both_modes(tmp_path: Path) -> None:
+    """Reported: `tickline cluster deposit alice USD 100 --ref x` twice credited 200."""
+    create_accounts(tmp_path / "serve", ["t1"])
+    single = Server(tmp_path / "serve", funded=False).start()
+    try:
+        deposit = ("t1", "USD", "100", "x")
+        assert serve_transfer(single.data_dir, *deposit) == "OK 1 deposited"
+        assert serve_transfer(single.data_dir, *deposit) == "OK 1 duplicate: ref x was applied before; nothing changed"
+        with ThreadPoolExecutor(2) as pool:  # twice at once
+            at_once = sorted(pool.map(lambda _: serve_transfer(single.data_dir, "t1", "USD", "7", "y"), range(2)))
+        assert at_once == ["OK 2 deposited", "OK 2 duplicate: ref y was applied before; nothing changed"]
+        single.kill()
+        single.start()
+        assert serve_transfer(single.data_dir, *deposit) == "OK 1 duplicate: ref x was applied before; nothing changed"
+        assert single.client("t1").ask("BALANCES", 3) == ["BALANCES t1 1", "BALANCE USD available=107.0000000 locked=0.0000000", "END"]
+    finally:
+        single.stop()
+    cluster = Cluster(tmp_path / "cluster").start(funded=["t1"])
+    try:
+        base = cluster.client("t1").ask("BALANCES", 6)
+        assert cluster.transfer("t1", "USD", "100", "x") == f"OK {len(FUNDS) + 1} deposited"
+        assert cluster.transfer("t1", "USD", "100", "x") == f"OK {len(FUNDS) + 1} duplicate: ref x was applied before; nothing changed"
+        at_once = cluster.transfers([["t1", "USD", "7", "y"], ["t1", "USD", "7", "y"], ["t1", "USD", "-5", "z"], ["t1 USD"]])
+        assert at_once == [
+            f"OK {len(FUNDS) + 2} deposited", f"OK {len(FUNDS) + 2} duplicate: ref y was applied before; nothing changed",
+            f"OK {len(FUNDS) + 3} withdrawn", "ERR bad_request usage: <account> <asset> <amount> <ref>",
+        ]  # fmt: skip
+        assert cluster.transfer("nobody", "USD", "1", "x2") == "ERR unknown_account no account nobody; add it with: tickline accounts add nobody"
+        cluster.kill("risk")
+        cluster.restart("risk")
+        assert cluster.transfer("t1", "USD", "100", "x") == f"OK {len(FUNDS) + 1} duplicate: ref x was applied before; nothing changed"
+        usd = next(line for line in base if line.startswith("BALANCE USD"))
+        want = usd.replace("available=10000000.0000000", "available=10000102.0000000")
+        assert settled(lambda: {"usd": [ln for ln in cluster.client("t1").ask("BALANCES", 6) if ln.startswith("BALANCE USD")]}, {"usd": [want]}) == {"usd": [want]}
     finally:
         cluster.stop()
 
