@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -489,3 +490,25 @@ def test_with_a_node_partitioned_away_acks_go_on_and_without_a_quorum_they_stop_
             proc.kill()
             proc.wait()
         nodes.stop()
+
+
+def test_a_gateway_that_is_stopped_answers_every_request_it_took_before_its_bye(tmp_path: Path) -> None:
+    """Reported: at SIGTERM the gateway stopped following the stream before it stopped
+    taking requests, so replies held for a risk shard's decision never came."""
+    cluster = Cluster(tmp_path / "c").start(funded=["t1"])
+    try:
+        trader = cluster.client("t1")
+        trader.send("".join(f"BUY AAPL 1 {100 + i % 40}.00 id=o{i}\n" for i in range(2000)))
+        time.sleep(0.01)  # (it reads them while deciding the first: many are in flight now)
+        os.kill(cluster.pids()[("gateway", 0)], signal.SIGTERM)
+        replies: list[str] = []
+        while not replies or not replies[-1].startswith("BYE"):
+            replies.append(trader.line(timeout=20))
+        assert replies[-1] == "BYE shutting down"
+        acked = sum(line.startswith("ACK") for line in replies)
+        assert all(line.startswith("ACK") or line.startswith("REJ shutting_down") for line in replies[:-1]), replies
+        cluster.restart("gateway")
+        orders = cluster.client("t1").ask("ORDERS", 1)
+        assert acked and orders[0] == f"ORDERS {acked}", (orders, acked, replies[-3:])  # every order placed was ACKed, and only those
+    finally:
+        cluster.stop()

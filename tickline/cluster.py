@@ -53,6 +53,7 @@ from telemetry.registry import Telemetry
 from tickline import __version__
 
 log = structlog.get_logger("cluster")
+DECISIONS_GRACE = 10.0  # seconds a stopping gateway waits for the risk shards' decisions on what it took
 TRADELOG_BEHIND = 100_000  # rows handed to the trade log's writer and not committed before reading waits
 
 
@@ -122,9 +123,9 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
     failed = work in done and work.exception() is not None
     if failed:
         log.error("role_failed", role=role, index=index, error=repr(work.exception()))
-    work.cancel()
-    for close in closers:
+    for close in closers:  # each stops its own work in the order it needs (a gateway: its clients first)
         await close()
+    work.cancel()
     await nc.close()
     log.info("stopped", role=role, index=index)
     return 1 if failed else 0
@@ -212,9 +213,18 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
     log.info("order_entry_listening", host=host, port=port, gateway=name, caught_up=through)
 
     async def close() -> None:
-        refused.cancel()
+        # Take no more requests, then wait (a while) for the decisions on those taken: the
+        # stream is still followed, so their ACKs and REJs go out before the BYE.
         gateway.stop_accepting()
-        await gateway.close("shutting down", 2.0)
+        deadline = time.monotonic() + DECISIONS_GRACE
+        while desk.advance() < desk.tokens and not follow.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        undecided = desk.tokens - desk.advance()
+        if undecided:
+            log.warning("shutting_down_undecided", requests=undecided)
+        await gateway.close("shutting down" if not undecided else f"shutting down; {undecided} requests undecided: see ORDERS after reconnecting", 2.0)
+        refused.cancel()
+        follow.cancel()
         await market.close()
         await accounts.close()
 
@@ -280,6 +290,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
     follow_task = asyncio.create_task(follow())
 
     async def close() -> None:
+        follow_task.cancel()  # nothing more handed to the writer, then it finishes what it has
         await tradelog.close()
         await writer
 
