@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import msgspec
 
 from exchange.instruments import Instrument
-from exchange.rules import check_order, check_replace
+from exchange.rules import check_order, check_owned, check_replace
 from protocol.messages import (
     TIF,
     Accepted,
@@ -262,13 +262,12 @@ class Book:
 
     def _owned(self, order_id: int, owner: str, out: list[Event]) -> Order | None:
         order = self.orders.get(order_id)
-        if order is None:
-            out.append(Rejected(Reason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
-            return None
-        if order.owner != owner:
-            out.append(Rejected(Reason.NOT_OWNER, f"order {order_id} is not yours", owner, None, order_id, self._cause))
-            return None
-        return order
+        if order is not None and order.owner == owner:  # the common case, without a call
+            return order
+        problem = check_owned(None if order is None else order.owner, order_id, owner)
+        assert problem is not None
+        out.append(Rejected(problem.reason, problem.text, owner, None, order_id, self._cause))
+        return None
 
     # ------------------------------------------------------------------ matching
 

@@ -37,6 +37,16 @@ def check_order(inst: Instrument, qty: int, price: int | None, tif: TIF) -> Prob
     return inst.check(qty, price)
 
 
+def check_owned(order_owner: str | None, order_id: int, owner: str) -> Problem | None:
+    """A cancel or replace names an open order of its sender's (None: no such open order).
+    The gateway asks before journaling, the book again when it applies (a fill may win)."""
+    if order_owner is None:
+        return Problem(Reason.UNKNOWN_ORDER, f"order {order_id} is not open")
+    if order_owner != owner:
+        return Problem(Reason.NOT_OWNER, f"order {order_id} is not yours")
+    return None
+
+
 def check_replace(inst: Instrument, qty: int, price: int) -> Problem | None:
     """A replace's new open quantity and price (the current price if it keeps it)."""
     if 0 < qty and inst.min_qty <= qty <= inst.max_qty and 0 < price and inst.min_price <= price <= inst.max_price:

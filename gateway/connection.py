@@ -27,7 +27,7 @@ from typing import Callable, Protocol, Sequence, cast
 import structlog
 
 from exchange.instruments import Instrument
-from exchange.rules import order_terms, replace_terms
+from exchange.rules import check_owned, order_terms, replace_terms
 from gateway.orders import OpenOrders
 from protocol import replies as R
 from protocol.messages import Cancel, Command, NewOrder, Problem, Reason, Refusal, Replace, Side
@@ -474,11 +474,11 @@ class Connection:
                 shown = cid if CLIENT_ID.fullmatch(cid) else None
                 return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, f"no open order has id {clip(cid)}", shown)
         entry = desk.orders.by_id.get(order_id)
-        if entry is None:
-            return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, f"order {order_id} is not open", cid, order_id)
+        problem = check_owned(None if entry is None else entry.cmd.owner, order_id, self.owner)
+        if problem is not None:
+            return 0, None, R.Reject(problem.reason.value, problem.text, cid, order_id)
+        assert entry is not None
         order = entry.cmd
-        if order.owner != self.owner:
-            return 0, None, R.Reject(Reason.NOT_OWNER.value, f"order {order_id} is not yours", cid, order_id)
         if desk.closing:
             return 0, None, R.Reject(Reason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
         return order_id, order, None
