@@ -125,3 +125,31 @@ class Matching:
         """Apply everything queued now (shutdown)."""
         for m in self.matchers.values():
             m.drain_all()
+
+
+class Durable:
+    """Where a batch goes once the journal has it on disk, in this order: its commands to
+    matching's queues (so nothing reads them as matched yet); its replies released (to the
+    sessions, queued, not yet written; to the admin channel); its record to the trade log
+    (the batch's time before its trades); matching applies it (now, up to DRAIN_SLICE
+    commands in all, the rest in later loop steps: the fills queue behind the ACKs); then
+    one write per session. So an order's ACK goes out before its FILL, in the same write,
+    and a client holding an ACK finds the order on the book."""
+
+    def __init__(
+        self, matching: Matching, released: list[Callable[[int], None]], logged: Callable[[int, int, bytes], None], write: Callable[[], None]
+    ) -> None:
+        self.matching, self.released, self.logged, self.write = matching, released, logged, write
+
+    def __call__(self, first_seq: int, cmds: list[Command], ts_ns: int, record: bytes) -> None:
+        self.release(first_seq, cmds, record)
+        self.matching.apply_now()
+        self.write()
+
+    def release(self, first_seq: int, cmds: list[Command], record: bytes = b"") -> None:
+        """The batch queued for matching and its replies released, not yet matched."""
+        last = first_seq + len(cmds) - 1
+        self.matching.submit(first_seq, cmds)
+        for released in self.released:
+            released(last)
+        self.logged(first_seq, len(cmds), record)

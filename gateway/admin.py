@@ -62,9 +62,10 @@ class AdminServer:
         if self._server is not None:
             self._server.close()
 
-    def on_durable(self, durable_seq: int) -> None:
+    def on_released(self, through: int) -> None:
+        """Every ticket up to through is decided and durable (tickline/app.py: the journal synced)."""
         waiting = self._waiting
-        while waiting and waiting[0][0] <= durable_seq:
+        while waiting and waiting[0][0] <= through:
             _, done = waiting.pop(0)
             if not done.done():
                 done.set_result(None)
@@ -102,13 +103,15 @@ class AdminServer:
             return transfers.reply(None, cmd)
         if cmd.account != FEE_ACCOUNT and not await self.account_exists(cmd.account):
             return transfers.reply(cmd, transfers.unknown_account(cmd.account))
-        seq = self.desk.submit(cmd)  # the sequencer: a ref applied before, or funds short, is refused there
-        if isinstance(seq, Problem):
-            return transfers.reply(cmd, seq)
+        ticket, decision = self.desk.submit(cmd)  # the sequencer: a ref applied before, or funds short, is refused there
+        if type(decision) is Problem:
+            return transfers.reply(cmd, decision)
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append((seq, done))
-        if self.desk.durable_seq() >= seq:
-            self.on_durable(self.desk.durable_seq())
+        self._waiting.append((ticket, done))
+        intake = self.desk.intake
+        if intake.released() >= ticket:
+            self.on_released(intake.released())
         await done
-        log.info("transfer", account=cmd.account, asset=cmd.asset, amount=cmd.amount, ref=cmd.ref, seq=seq)
-        return transfers.reply(cmd, seq)
+        outcome = intake.decision(ticket) if decision is None else decision
+        log.info("transfer", account=cmd.account, asset=cmd.asset, amount=cmd.amount, ref=cmd.ref, outcome=transfers.reply(cmd, outcome))
+        return transfers.reply(cmd, outcome)

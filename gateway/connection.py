@@ -28,6 +28,7 @@ import structlog
 
 from exchange.instruments import Instrument
 from exchange.rules import check_owned, order_terms, replace_terms
+from gateway.intake import Decision, Intake
 from gateway.orders import OpenOrders
 from protocol import replies as R
 from protocol.messages import Cancel, Command, NewOrder, Problem, Reason, Refusal, Replace, Side
@@ -75,18 +76,11 @@ class Desk(Protocol):
     refused: Callable[[Refusal], None] | None  # the order audit's row for a refused order
     rejects: Counter  # refusals by reason (STATS, /metrics)
 
-    # False: submit() decides at once (the single process). True (a cluster gateway):
-    # submit() returns a token and the decision comes later, by outcome(token), before
-    # durable_seq() passes the token.
-    deferred: bool
+    intake: Intake  # tickets' decisions, released() and settled() (gateway/intake.py)
     fetched: tuple[type, ...]  # queries answered by a lookup off the event loop (each waits at the head of the held replies)
 
-    def submit(self, cmd: Command, json: bool = False) -> int | Problem:
-        """Hold its funds and journal it (its seq), or the reason it cannot be paid for."""
-    def outcome(self, token: int) -> int | Problem:
-        """A deferred command's decision: its seq (the order id), or why it was refused."""
-    def durable_seq(self) -> int: ...
-    def settled(self, seq: int) -> bool: ...
+    def submit(self, cmd: Command, json: bool = False) -> tuple[int, Decision | None]:
+        """To the intake: (its ticket, its decision if made now; None: intake.decision later)."""
     def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]: ...
     def orders_reply(self, owner: str) -> R.OrdersReply: ...
     def book_reply(self, symbol: str, levels: int) -> R.Reply: ...
@@ -117,7 +111,7 @@ FetchedQuery = ReportsQuery | Login | MarketQuery | BalancesQuery
 
 
 class Pending:
-    """A deferred command's reply (ACK or REJ), made when its outcome is known."""
+    """The reply (ACK or REJ) of a command decided after submit, made once it is released."""
 
     __slots__ = ("render",)
 
@@ -229,7 +223,7 @@ class Connection:
             elif isinstance(reply, tuple):
                 # A query reads state: it answers once everything before it has been matched
                 # and before anything after it is journaled (that waits in the backlog).
-                if not held and not need and not isinstance(reply[0], self.fetched) and self.desk.settled(self.last_seq):
+                if not held and not need and not isinstance(reply[0], self.fetched) and self.desk.intake.settled(self.last_seq):
                     items.append(self._answer(*reply))
                     continue
                 sent = self._hold(items, need, count)  # what went before it, if nothing held it
@@ -245,8 +239,8 @@ class Connection:
                 self.backlog = []
                 break
         out = sent + self._hold(items, need, count)
-        if held and held[0].settle and not held[0].fetching and self.desk.settled(held[0].seq):
-            out += self._release(self.desk.durable_seq())  # a REPORTS lookup can start now
+        if held and held[0].settle and not held[0].fetching and self.desk.intake.settled(held[0].seq):
+            out += self._release(self.desk.intake.released())  # a REPORTS lookup can start now
         if not self.backlog and self.input_closed and self.splitter.pending:
             out += self._incomplete_line()
         if self.quitting or self.input_closed:
@@ -285,16 +279,16 @@ class Connection:
         err = R.Error("incomplete_line", "the connection closed in the middle of a line; it was not executed")
         return self._hold([encode(err, self.json_mode)], 0, 0)
 
-    def durable(self, durable_seq: int) -> bytes:
-        """The journal has synced every command up to durable_seq: release those replies."""
+    def released(self, through: int) -> bytes:
+        """Every ticket up to through is decided and durable: release those replies."""
         seqs = self._inflight_seqs
-        while seqs and seqs[0][0] <= durable_seq:
+        while seqs and seqs[0][0] <= through:
             self.inflight -= seqs.popleft()[1]
-        return self._release(durable_seq)
+        return self._release(through)
 
     def settle(self) -> bytes:
         """Matching has made progress: release queries (and a QUIT/EOF) that waited for it."""
-        return self._release(self.desk.durable_seq())
+        return self._release(self.desk.intake.released())
 
     def report(self, data: bytes) -> bytes:
         """An execution report for this connection's owner: sent as it comes (not a reply)."""
@@ -303,7 +297,7 @@ class Connection:
     def goodbye(self, text: str) -> bytes:
         """The server is closing: everything held for durable commands (all of them, unless
         the journal failed: then nothing after the first that is not), then BYE."""
-        out = self._release(self.desk.durable_seq(), force=True)
+        out = self._release(self.desk.intake.released(), force=True)
         self.done = True
         bye = R.Bye(text)
         return out + encode(bye, self.json_mode)
@@ -318,7 +312,7 @@ class Connection:
             if h.seq > durable_seq:
                 break  # never an ACK (or anything after it) for a command not on disk
             if not force:
-                if h.fetching or (h.settle and not self.desk.settled(h.seq)):
+                if h.fetching or (h.settle and not self.desk.intake.settled(h.seq)):
                     break
                 first = h.items[0] if h.items else None
                 if isinstance(first, tuple) and isinstance(first[0], self.fetched):
@@ -358,7 +352,7 @@ class Connection:
 
     def _finish(self) -> bytes:
         """After QUIT or EOF: done once nothing is held and every command is matched."""
-        if self.held or self.backlog or self.done or not self.desk.settled(self.last_seq):
+        if self.held or self.backlog or self.done or not self.desk.intake.settled(self.last_seq):
             return b""
         self.done = True
         if not self.quitting:
@@ -386,11 +380,11 @@ class Connection:
             return reject, seq
         return encode(cast(R.Reject, reject), is_json), seq
 
-    def _journal(self, cmd: Command, is_json: bool) -> int | Problem:
-        seq = self.desk.submit(cmd, is_json)
-        if not isinstance(seq, Problem):
-            self.last_seq = seq
-        return seq
+    def _submit(self, cmd: Command, is_json: bool) -> tuple[int, Decision | None]:
+        ticket, decision = outcome = self.desk.submit(cmd, is_json)
+        if ticket:
+            self.last_seq = ticket
+        return outcome
 
     def _new_order(self, req: Buy | Sell, is_json: bool) -> tuple[bytes | Pending, int]:
         """Validate, journal and ACK a new order (the ACK goes out once it is durable).
@@ -416,22 +410,23 @@ class Connection:
             return self._refuse(req, side, Problem(Reason.SHUTTING_DOWN, "the exchange is shutting down"), is_json), 0
         qty, price, tif = terms
         cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
-        seq = desk.submit(cmd, is_json)
-        if isinstance(seq, Problem):  # its owner cannot pay for it
-            return self._refuse(req, side, seq, is_json), 0
-        self.last_seq = seq
-        if desk.deferred:  # a cluster: the order id and the verdict come with the outcome
-            token = seq
+        ticket, decision = desk.submit(cmd, is_json)
+        if type(decision) is int:  # accepted now (serve): the ACK waits for the disk
+            self.last_seq = ticket
+            desk.orders.add(decision, cmd, is_json)
+            return self._ack(decision, side, inst, qty, price, tif._value_, cid, is_json), ticket
+        if decision is not None:  # refused now: its owner cannot pay for it
+            return self._refuse(req, side, cast(Problem, decision), is_json), 0
+        self.last_seq = ticket  # decided later (a cluster's risk shard): the order id comes with it
+        intake = desk.intake
 
-            def render() -> bytes:
-                outcome = desk.outcome(token)
-                if isinstance(outcome, Problem):
-                    return self._refuse(req, side, outcome, is_json)
-                return self._ack(outcome, side, inst, qty, price, tif._value_, cid, is_json)
+        def render() -> bytes:
+            later = intake.decision(ticket)
+            if type(later) is int:
+                return self._ack(later, side, inst, qty, price, tif._value_, cid, is_json)
+            return self._refuse(req, side, cast(Problem, later), is_json)
 
-            return Pending(render), seq
-        desk.orders.add(seq, cmd, is_json)
-        return self._ack(seq, side, inst, qty, price, tif._value_, cid, is_json), seq
+        return Pending(render), ticket
 
     @staticmethod
     def _ack(order_id: int, side: Side, inst: Instrument, qty: int, price: int | None, tif: str, cid: str | None, is_json: bool) -> bytes:
@@ -490,9 +485,9 @@ class Connection:
             return reject, 0
         self.desk.orders.set_form(order_id, is_json)
         # The CANCELED (or a REJ if it filled first) comes back from matching.
-        seq = self._journal(Cancel(order.symbol, order_id, self.owner), is_json)
-        assert not isinstance(seq, Problem)  # a cancel costs nothing
-        return None, seq
+        ticket, decision = self._submit(Cancel(order.symbol, order_id, self.owner), is_json)
+        assert type(decision) is not Problem  # a cancel costs nothing
+        return None, ticket
 
     def _replace(self, req: ReplaceOrder, is_json: bool) -> tuple[R.Reject | Pending | None, int]:
         order_id, order, reject = self._owned(req.order_id, req.id)
@@ -508,19 +503,21 @@ class Connection:
             # A decrease at the same price locks nothing (a shrink); anything else locks its
             # whole new order, with the price spelled out (see exchange/risk.py).
             shrink = (price is None or price == current) and qty <= open_qty and current is not None
-            seq = self._journal(Replace(order.symbol, order_id, qty, None if shrink else price if price is not None else current, self.owner, shrink), is_json)
-            if not isinstance(seq, Problem):
-                return (self._replace_outcome(seq, order_id, order, req, is_json) if self.desk.deferred else None), seq
-            terms = seq
+            ticket, decision = self._submit(Replace(order.symbol, order_id, qty, None if shrink else price if price is not None else current, self.owner, shrink), is_json)
+            if decision is None:  # decided later: a REJ if its owner cannot pay for it
+                return self._replace_outcome(ticket, order_id, order, req, is_json), ticket
+            if type(decision) is int:
+                return None, ticket
+            terms = cast(Problem, decision)
         reject = R.Reject(terms.reason.value, terms.text, order.client_id, order_id)
         self._audit_refusal("replace", order_id, order.client_id, req.qty, req.price, reject, order.symbol)
         return reject, 0
 
-    def _replace_outcome(self, token: int, order_id: int, order: NewOrder, req: ReplaceOrder, is_json: bool) -> Pending:
-        """A cluster's replace: nothing to say (REPLACED comes from matching) unless refused."""
+    def _replace_outcome(self, ticket: int, order_id: int, order: NewOrder, req: ReplaceOrder, is_json: bool) -> Pending:
+        """A replace decided later: nothing to say (REPLACED comes from matching) unless refused."""
 
         def render() -> bytes:
-            outcome = self.desk.outcome(token)
+            outcome = self.desk.intake.decision(ticket)
             if not isinstance(outcome, Problem):
                 return b""
             reject = R.Reject(outcome.reason.value, outcome.text, order.client_id, order_id)

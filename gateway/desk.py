@@ -16,11 +16,12 @@ import structlog
 
 from exchange.book import Book
 from exchange.instruments import Instrument
-from exchange.sequencer import Sequencer
+from exchange.risk import Risk
+from gateway.intake import Decision, Intake
 from gateway.orders import OpenOrders
 from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Reason, Refusal, Rejected, Replaced
-from protocol.requests import BookQuery, KlinesQuery, Login, MarketQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
+from protocol.requests import BalancesQuery, BookQuery, KlinesQuery, Login, MarketQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
 from protocol.text import clip
 from telemetry.registry import Telemetry
 
@@ -35,6 +36,8 @@ MAX_BOOK_LEVELS = 1000
 FREE_FAILURES, MAX_LOGIN_DELAY, FAILURE_MEMORY, MAX_TRACKED = 3, 8.0, 600.0, 100_000
 MAX_LOGINS_WAITING = 200  # password checks queued (one hasher thread, ~70 ms each): beyond, "busy"
 PasswordCheck = Callable[[str, str], Awaitable[bool]]
+# (account) -> its (asset, available, locked) rows, from its risk shard (a cluster)
+BalancesSource = Callable[[str], Awaitable[list[tuple[str, int, int]]]]
 # TICKER, KLINES, TRADES: the trade log's answer (journal/market.py, through tickline/app.py)
 MarketSource = Callable[[MarketQuery], Awaitable[R.Reply]]
 
@@ -51,34 +54,37 @@ class OrderDesk:
         self,
         instruments: dict[str, Instrument],
         books: dict[str, Book],
-        sequencer: Sequencer,
-        durable_seq: Callable[[], int],
-        applied: Callable[[int], bool],
+        risk: Risk,
+        intake: Intake,
         *,
         version: str,
         refused: Callable[[Refusal], None] | None = None,
         reports_source: ReportsSource | None = None,
         check_password: PasswordCheck | None = None,
         market_source: MarketSource | None = None,
+        balances_source: BalancesSource | None = None,
+        orders: OpenOrders | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.instruments = instruments
         self.books = books  # read-only here: BOOK replies and the live state of open orders
-        self.sequencer = sequencer  # holds each command's funds, numbers and journals it (the core's first stage)
-        self.risk = sequencer.risk  # balances (BALANCES)
+        self.risk = risk  # balances (BALANCES), unless they are elsewhere (balances_source)
+        self.intake = intake  # where commands go and their decisions come from (gateway/intake.py)
+        self.submit_to = intake.submit
         self.check_password = check_password  # LOGIN (async: a database read and a slow hash)
         self._failures: dict[str, tuple[int, float]] = {}  # "account:x" / "address:x" -> (count, last)
         self._logins_waiting = 0
-        self.durable_seq = durable_seq  # the last sequence number on disk
-        self.applied = applied  # whether every command up to a seq has been matched
         self.version = version
         self.refused = refused  # the order audit's row for an order refused here
         self.reports_source = reports_source  # REPORTS: the trade log's report rows (async)
         self.market_source = market_source
+        self.balances_source = balances_source  # a cluster's: the account's risk shard
+        if balances_source is not None:
+            self.fetched = (*self.fetched, BalancesQuery)
         self.telemetry = t = telemetry or Telemetry()  # STATS prints its figures
         self._orders = t.counter("orders_total", "new orders accepted (journaled)")
         self.rejects = t.counter("rejects_total", "orders, cancels and replaces refused, by reason", label="reason")
-        self.orders = OpenOrders()
+        self.orders = OpenOrders() if orders is None else orders
         self.closing = False  # shutting down: no new commands
         self._fetches: set[asyncio.Task[None]] = set()
         for book in books.values():
@@ -87,29 +93,33 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ sequencing
 
-    deferred = False  # submit decides at once (see gateway/connection.py's Desk)
     fetched: tuple[type, ...] = (ReportsQuery, Login, TickerQuery, KlinesQuery, TradesQuery)
 
-    def submit(self, cmd: Command, json: bool = False) -> int | Problem:
-        """The sequencing point (exchange/sequencer.py): hold the command's funds, journal it.
-
-        A market BUY is given a budget first: what the visible book would cost now."""
-        if type(cmd) is NewOrder and cmd.price is None:
+    def submit(self, cmd: Command, json: bool = False) -> tuple[int, Decision | None]:
+        """To the intake: (its ticket, its decision if made now). A market BUY is given a
+        budget first: what the visible book would cost now (its owner's funds are held for it)."""
+        if type(cmd) is not NewOrder:
+            return self.submit_to(cmd, json)
+        if cmd.price is None:
             cmd = self.books[cmd.symbol].budgeted(cmd)
-        seq = self.sequencer.step(cmd)
-        if type(cmd) is NewOrder and type(seq) is int:
+        outcome = self.submit_to(cmd, json)
+        if type(outcome[1]) is not Problem:
             self._orders.inc()
-        return seq
-
-    def outcome(self, token: int) -> int | Problem:
-        raise NotImplementedError("this desk decides in submit")
+        return outcome
 
     def fetch_balances(self, owner: str, done: Callable[[R.Reply], None]) -> None:
-        done(self.balances_reply(owner))
+        """BALANCES where the balances are elsewhere (a cluster's risk shard), off the loop."""
+        source = self.balances_source
+        if source is None:
+            done(self.balances_reply(owner))
+            return
 
-    def settled(self, seq: int) -> bool:
-        """Everything up to seq is on disk and matched: its reports are out, state reflects it."""
-        return self.durable_seq() >= seq and self.applied(seq)
+        async def fetch() -> R.Reply:
+            rows = await source(owner)
+            assets = self.risk.assets
+            return R.BalancesReply(owner, [R.Balance(a, assets[a].format(avail), assets[a].format(locked)) for a, avail, locked in rows])
+
+        self._lookup(fetch(), done, "balances", owner, "the balances")
 
     # ------------------------------------------------------------------ queries
 

@@ -176,7 +176,7 @@ class Session(asyncio.Protocol):
             return
         read_at = self._read_at
         if read_at:  # this write carries the replies of every read journaled up to durable
-            now, durable = time.perf_counter(), self.gw.desk.durable_seq()
+            now, durable = time.perf_counter(), self.gw.desk.intake.released()
             while read_at and read_at[0][0] <= durable:
                 self.gw.ack_us.record(int((now - read_at.popleft()[1]) * 1e6))
         if self.outbuf:
@@ -334,11 +334,12 @@ class Gateway:
 
     # ------------------------------------------------------------------ progress
 
-    def on_durable(self, durable_seq: int) -> None:
-        """The journal has synced everything up to durable_seq: release those replies."""
+    def on_released(self, through: int) -> None:
+        """Every ticket up to through is decided and durable (serve: the journal has synced
+        it; a cluster: the risk shards decided it): release those replies."""
         waiting = self._waiting
         for session in list(waiting):
-            if not session._after(session.conn.durable(durable_seq)):
+            if not session._after(session.conn.released(through)):
                 del waiting[session]
 
 

@@ -11,10 +11,11 @@ from typing import Callable
 
 from exchange.engine import Engine
 from exchange.instruments import load_instruments
-from exchange.matching import Matching
+from exchange.matching import Durable, Matching
 from exchange.sequencer import Sequencer
 from gateway.connection import Connection
 from gateway.desk import OrderDesk
+from gateway.intake import JournalIntake
 from protocol import replies as R
 from protocol.messages import Command, Event, Refusal, Transfer
 
@@ -28,11 +29,11 @@ class Bench:
         self.steps: list[Callable[[], None]] = []
         self.matching = Matching(self.engine.books, self.steps.append)
         self.refusals: list[Refusal] = []
-        self.desk = OrderDesk(
-            self.engine.instruments, self.engine.books, Sequencer(self.engine.risk, lambda: len(self.journaled) + 1, self.journaled.append),
-            lambda: self.durable, self.matching.applied, version="test", refused=self.refusals.append,
-        )  # fmt: skip
+        sequencer = Sequencer(self.engine.risk, lambda: len(self.journaled) + 1, self.journaled.append)
+        intake = JournalIntake(sequencer, lambda: self.durable, self.matching.applied)
+        self.desk = OrderDesk(self.engine.instruments, self.engine.books, self.engine.risk, intake, version="test", refused=self.refusals.append)
         self.conns: list[Connection] = []
+        self.durable_batch = Durable(self.matching, [self.release], lambda first, count, record: None, lambda: None)
         self.matching.send_to([self.engine.risk.settle, self.deliver])
         self.out: dict[Connection, bytes] = {}
 
@@ -46,21 +47,21 @@ class Bench:
         self.out[conn] = b""
         return conn
 
-    def append(self, cmd: Command) -> int:
-        self.journaled.append(cmd)
-        return len(self.journaled)
-
     def sync(self, match: bool = True) -> None:
-        """The journal commits everything appended: queued for matching, replies released,
-        then matching applies what it can at once (the server's order, tickline/app.py
-        Durable); match=False: as if matching were behind, it waits for match()."""
+        """The journal commits everything appended, and hands the batch on as the server
+        does (exchange/matching.py Durable); match=False: as if matching were behind, it
+        waits for match()."""
         first = self.durable + 1
         self.durable = len(self.journaled)
-        self.matching.submit(first, self.journaled[first - 1 :])
-        for conn in self.conns:
-            self.out[conn] += conn.durable(self.durable)
+        batch = self.journaled[first - 1 :]
         if match:
-            self.matching.apply_now()
+            self.durable_batch(first, batch, 0, b"")
+        else:
+            self.durable_batch.release(first, batch)
+
+    def release(self, through: int) -> None:
+        for conn in self.conns:
+            self.out[conn] += conn.released(through)
 
     def match(self) -> None:
         """Run what matching has left: the batch sync(match=False) held, the scheduled steps."""

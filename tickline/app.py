@@ -24,10 +24,11 @@ from pathlib import Path
 import structlog
 
 from exchange.instruments import load_instruments
-from exchange.matching import Matching
+from exchange.matching import Durable, Matching
 from exchange.sequencer import Sequencer
 from gateway.admin import AdminServer
 from gateway.desk import OrderDesk, ReportEvent
+from gateway.intake import JournalIntake
 from gateway.server import Gateway
 from journal.accounts import AccountAdmin, Accounts
 from journal.journal import Journal
@@ -39,7 +40,7 @@ from journal.snapshotter import Snapshotter
 from journal.tradelog import TradeLog
 from notifier.server import Notifier
 from notifier.session import Limits
-from protocol.messages import Command, Transfer
+from protocol.messages import Transfer
 from protocol.replies import Reply
 from protocol.requests import MarketQuery
 from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed
@@ -78,29 +79,6 @@ class Config:
 # make run's newcomers: (name, password) and what each is given.
 DEMO_ACCOUNTS = [("alice", "alice"), ("bob", "bob")]
 DEMO_FUNDS = [("USD", "1000000"), ("AAPL", "1000"), ("BTC", "10"), ("ES", "100"), ("EUR", "1000000")]
-
-
-class Durable:
-    """Where a batch goes once the journal has it on disk, in this order: its commands to
-    matching's queues (so nothing reads them as matched yet); its replies released to the
-    sessions (queued, not yet written) and to the admin channel; its rows to the trade log
-    (the batch's time before its trades); matching applies it (now, up to 500 commands in
-    all, the rest in later loop steps: the fills queue behind the ACKs); then one write
-    per session. So an order's
-    ACK goes out before its FILL, in the same write, and a client holding an ACK finds the
-    order on the book."""
-
-    def __init__(self, matching: Matching, gateway: Gateway, admin: AdminServer, tradelog: TradeLog) -> None:
-        self.matching, self.gateway, self.admin, self.tradelog = matching, gateway, admin, tradelog
-
-    def __call__(self, first_seq: int, cmds: list[Command], ts_ns: int, record: bytes) -> None:
-        last = first_seq + len(cmds) - 1
-        self.matching.submit(first_seq, cmds)
-        self.gateway.on_durable(last)
-        self.admin.on_durable(last)
-        self.tradelog.on_durable(first_seq, len(cmds), record)
-        self.matching.apply_now()
-        self.gateway.write_now()
 
 
 async def serve(config: Config) -> int:
@@ -175,8 +153,9 @@ async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
     await accounts.open()
     threads.push_async_callback(accounts.close)
     sequencer = Sequencer(risk, lambda: journal.next_seq, journal.append)  # the core's first stage, recording to the journal
+    intake = JournalIntake(sequencer, lambda: journal.durable_seq, matching.applied)
     desk = OrderDesk(
-        instruments, books, sequencer, lambda: journal.durable_seq, matching.applied,
+        instruments, books, risk, intake,
         version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
         market_source=market_history, telemetry=telemetry,
     )  # fmt: skip
@@ -198,13 +177,13 @@ async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
     #    owners' sessions, trades to the log, market data to the notifier. Then the journal
     #    starts committing into matching.
     matching.send_to([risk.settle, gateway.deliver, tradelog.on_events, notifier.on_events])
-    await journal.start(Durable(matching, gateway, admin, tradelog))
+    await journal.start(Durable(matching, [gateway.on_released, admin.on_released], tradelog.on_durable, gateway.write_now))
     if config.demo:
         await _demo_accounts(data, desk)
 
     # 7. Snapshots every so many commands (and at shutdown), so a restart replays little.
     snapshotter = Snapshotter(
-        config.data_dir, books, risk, lambda: journal.durable_seq, lambda: desk.settled(journal.durable_seq), tradelog,
+        config.data_dir, books, risk, lambda: journal.durable_seq, lambda: intake.settled(journal.durable_seq), tradelog,
         every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention, last_seq=recovered.snapshot_seq,
         telemetry=telemetry, hold_intake=gateway.hold_intake,
     )  # fmt: skip
@@ -288,7 +267,7 @@ async def _demo_accounts(data: DataDir, desk: OrderDesk) -> None:
         for asset, amount in DEMO_FUNDS:
             units = desk.risk.assets[asset].parse(amount)
             if units is not None:
-                desk.submit(Transfer(name, asset, units, f"demo:{name}:{asset}"))
+                desk.submit(Transfer(name, asset, units, f"demo:{name}:{asset}"))  # (a duplicate ref: already funded)
     log.info("demo_accounts", accounts=" ".join(n for n, _ in DEMO_ACCOUNTS), login="LOGIN alice alice  (or: LOGIN bob bob)")
 
 

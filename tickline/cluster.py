@@ -35,11 +35,13 @@ from cluster.stream import Input, Reader, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_verdicts, encode
 from exchange.instruments import assets_of, load_instruments
-from exchange.risk import FEE_ACCOUNT, SETTLED
+from exchange.risk import FEE_ACCOUNT, SETTLED, Risk
 from exchange.transfers import reply as transfer_reply
 from exchange.transfers import terms as transfer_terms
 from exchange.transfers import unknown_account
-from gateway.remote_desk import RemoteDesk
+from gateway.desk import OrderDesk
+from gateway.intake import StreamIntake
+from gateway.orders import OpenOrders
 from gateway.server import Gateway
 from journal.accounts import Accounts
 from journal.layout import DataDir
@@ -160,21 +162,23 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
         return await market.answer(query)
 
     async def reports_source(owner: str, since: int) -> tuple[list, int]:
-        through = desk.latest
+        through = intake.latest
         return await asyncio.to_thread(reports_of, data.trades, owner, since, through), through
 
-    desk = RemoteDesk(
-        instruments, replica.books, name, submitter.forward, balances, version=__version__, check_password=accounts.check,
-        market_source=market_source, reports_source=reports_source, telemetry=telemetry,
-    )  # fmt: skip
-    gateway = Gateway(desk, telemetry=telemetry, backlog=lambda: desk.tokens - desk.through)
+    orders = OpenOrders()  # filled as the stream says what was accepted
+    intake = StreamIntake(name, submitter.forward, orders)
+    desk = OrderDesk(
+        instruments, replica.books, Risk(instruments), intake, orders=orders, version=__version__, check_password=accounts.check,
+        market_source=market_source, reports_source=reports_source, balances_source=balances, telemetry=telemetry,
+    )  # fmt: skip (its Risk only names the assets: the balances are the risk shards')
+    gateway = Gateway(desk, telemetry=telemetry, backlog=lambda: intake.tickets - intake.through)
     sessions_of = gateway.by_owner
 
     # 3. What comes back, both from the stream: refusals (verdicts.<this gateway>), and the
     #    accepted commands with their matching (orders.>); then ACKs in request order,
     #    then the reports.
     def progress() -> None:
-        gateway.on_durable(desk.advance())
+        gateway.on_released(intake.advance())
         gateway.write_now()
 
     async def refusals() -> None:  # verdicts.<this gateway>: refusals (it sends no transfers)
@@ -183,7 +187,7 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
         while True:
             for inp in await verdicts.batch():
                 for token, _, reason, text in decode_verdicts(inp.data).results:
-                    desk.turned_down(token, reason, text)
+                    intake.turned_down(token, reason, text)
             progress()
 
     refused = asyncio.create_task(refusals())
@@ -191,7 +195,7 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
 
     def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
         for gw, token, seq, cmd in zip(s.gateways, s.tokens, s.seqs, s.cmds, strict=True):
-            desk.sequenced(gw, token, seq, cmd)
+            intake.sequenced(gw, token, seq, cmd)
         events.extend(made)
         engine = int(inp.subject.split(".")[1])  # orders.<engine>.r<risk>
         for e in made:  # only owners with a session here can have seen it (and ask)
@@ -199,7 +203,7 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
                 money_seen.setdefault(e.owner, {})[engine] = inp.seq  # type: ignore[union-attr]
 
     def after_batch() -> None:
-        gateway.on_durable(desk.advance())
+        gateway.on_released(intake.advance())
         if events:
             gateway.deliver(events)  # (read, not kept)
             events.clear()
@@ -217,9 +221,9 @@ async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instrume
         # stream is still followed, so their ACKs and REJs go out before the BYE.
         gateway.stop_accepting()
         deadline = time.monotonic() + DECISIONS_GRACE
-        while desk.advance() < desk.tokens and not follow.done() and time.monotonic() < deadline:
+        while intake.advance() < intake.tickets and not follow.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        undecided = desk.tokens - desk.advance()
+        undecided = intake.tickets - intake.advance()
         if undecided:
             log.warning("shutting_down_undecided", requests=undecided)
         await gateway.close("shutting down" if not undecided else f"shutting down; {undecided} requests undecided: see ORDERS after reconnecting", 2.0)

@@ -1,0 +1,110 @@
+"""Where an order-entry connection's commands go, and how their decisions come back.
+
+Every command a Connection submits gets a *ticket*, in submission order; its reply (ACK or
+REJ, or nothing for a cancel or replace whose report comes from matching) is held until
+the intake has *released* the ticket: decided, and the decision durable. Queries wait
+until what came before them is *settled*: released and matched. Two intakes, one contract:
+
+- `JournalIntake` (`tickline serve`): the core's Sequencer (exchange/sequencer.py) decides at
+  once; the ticket is the journal sequence (and a new order's id); a ticket is released
+  once the journal has fsync'd it, settled once matching has applied it.
+- `StreamIntake` (a cluster gateway, tickline/cluster.py): a command goes to its account's
+  risk shard, whose Sequencer decides; the decision comes back from the stream (accepted,
+  on a quorum, with its id) or as a refusal (verdicts.<gateway>). A ticket is released
+  once it and every ticket before it are decided; the books (a replica) follow the stream.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from exchange.sequencer import Sequencer
+from gateway.orders import OpenOrders
+from protocol.messages import Command, NewOrder, Problem, Reason
+
+Decision = int | Problem  # the seq (a new order's id) the command was accepted as, or why not
+
+
+class Intake(Protocol):
+    def submit(self, cmd: Command, json: bool) -> tuple[int, Decision | None]:
+        """(its ticket, its decision if made now: None means it comes later, by decision())."""
+    def decision(self, ticket: int) -> Decision:
+        """A ticket's decision once released (for one that was not decided at submit)."""
+    def released(self) -> int:
+        """Every ticket up to this one is decided and durable."""
+    def settled(self, ticket: int) -> bool:
+        """The ticket is released and its command matched: state reflects it."""
+
+
+class JournalIntake:
+    """`tickline serve`: decided at once by the sequencer, which records to the journal."""
+
+    def __init__(self, sequencer: Sequencer, durable_seq: Callable[[], int], applied: Callable[[int], bool]) -> None:
+        self.step = sequencer.step
+        self.durable_seq = durable_seq  # the last seq fsync'd
+        self.applied = applied  # whether matching has applied every seq up to one
+
+    def submit(self, cmd: Command, json: bool) -> tuple[int, Decision | None]:
+        decision = self.step(cmd)
+        return (0, decision) if type(decision) is Problem else (decision, decision)  # type: ignore[return-value]
+
+    def decision(self, ticket: int) -> Decision:
+        return ticket
+
+    def released(self) -> int:
+        return self.durable_seq()
+
+    def settled(self, ticket: int) -> bool:
+        return self.durable_seq() >= ticket and self.applied(ticket)
+
+
+class StreamIntake:
+    """A cluster gateway: tickets are this gateway's own numbers (its `name` is this
+    incarnation); `forward` sends a command with its ticket to its account's risk shard."""
+
+    def __init__(self, name: str, forward: Callable[[int, Command], None], orders: OpenOrders) -> None:
+        self.name = name
+        self.forward = forward
+        self.orders = orders  # accepted new orders join the gateway's open orders as they are heard of
+        self.tickets = 0  # the last ticket given
+        self.through = 0  # every ticket up to this one is decided
+        self.undecided: dict[int, bool] = {}  # ticket -> the JSON form of its request, until decided
+        self.decisions: dict[int, Decision] = {}  # ticket -> decision, until its reply takes it
+        self.latest = 0  # the highest seq heard of on the stream
+
+    def submit(self, cmd: Command, json: bool) -> tuple[int, Decision | None]:
+        self.tickets += 1
+        self.undecided[self.tickets] = json
+        self.forward(self.tickets, cmd)
+        return self.tickets, None
+
+    def decision(self, ticket: int) -> Decision:
+        return self.decisions.pop(ticket)
+
+    def released(self) -> int:
+        return self.through
+
+    def settled(self, ticket: int) -> bool:
+        return ticket <= self.through
+
+    # ------------------------------------------------------------------ from the stream
+
+    def sequenced(self, gateway: str, ticket: int, seq: int, cmd: Command) -> None:
+        """A risk shard accepted a command (it is on the stream's quorum) as seq."""
+        self.latest = max(self.latest, seq)
+        json = False
+        if gateway == self.name:
+            self.decisions[ticket] = seq
+            json = self.undecided.pop(ticket, False)
+        if type(cmd) is NewOrder:
+            self.orders.add(seq, cmd, json)
+
+    def turned_down(self, ticket: int, reason: str, text: str) -> None:
+        if self.undecided.pop(ticket, None) is not None:
+            self.decisions[ticket] = Problem(Reason(reason), text)
+
+    def advance(self) -> int:
+        """Move `through` past every decided ticket; returns it."""
+        while self.through < self.tickets and self.through + 1 not in self.undecided:
+            self.through += 1
+        return self.through
