@@ -463,7 +463,7 @@ def test_with_a_node_partitioned_away_acks_go_on_and_without_a_quorum_they_stop_
         while "order_entry_listening" not in (tmp_path / "c" / "gateway-0.log").read_text():
             assert time.monotonic() < deadline, (tmp_path / "c" / "gateway-0.log").read_text()[-2000:]
             time.sleep(0.1)
-        assert asyncio.run(transfers(config, [("t1", "USD", "1000000", "f1")])) == ["OK 1"]
+        assert asyncio.run(transfers(config, [["t1", "USD", "1000000", "f1"]])) == ["OK 1 deposited"]
         c = Client(config.port)
         c.login("t1")
 

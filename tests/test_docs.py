@@ -71,3 +71,10 @@ def test_the_docs_have_samples_and_the_checker_can_fail(tmp_path: Path) -> None:
             run_session(server, "a< HELLO *\na> PING\na< PONG!\n")
     finally:
         server.kill()
+
+
+def test_protocol_md_lists_every_reason_code() -> None:
+    from protocol.messages import Reason
+
+    text = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    assert [r.value for r in Reason if f"`{r.value}`" not in text] == []

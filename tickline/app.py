@@ -1,14 +1,16 @@
-"""The composition root: the one module that wires every package, in the order data flows.
+"""The composition root of `tickline serve`: the one module that wires every package, in
+the order data flows (docs/ARCHITECTURE.md has the core's stages and the cluster's roles).
 
-    clients --TCP lines--> gateway --journal (fsync, group commit)--> ACK
-                               |--> per-symbol queue --> matching task
-                                                          |--> execution reports to sessions
-                                                          |--> trade log (SQLite WAL)
-                                                          |--> notifier --TCP lines--> subscribers
-                                                                  and --WebSocket--> dashboard pages
+    clients --TCP lines--> gateway --> sequencer (hold, number) --journal (fsync, group commit)--> ACK
+                                       |--> per-symbol queue --> matching --> settlement
+                                                                  |--> execution reports to sessions
+                                                                  |--> trade log (SQLite WAL)
+                                                                  |--> notifier --TCP lines--> subscribers
+                                                                          and --WebSocket--> dashboard pages
     browsers --HTTP--> dashboard: the page, /api (the desk's public answers), /metrics (telemetry)
 
-Each object is made before anything uses it; the numbered steps follow the diagram.
+Each object is made before anything uses it; the numbered steps (Serve's methods, in
+run()'s order) follow the diagram.
 """
 
 from __future__ import annotations
@@ -26,23 +28,22 @@ import structlog
 from exchange.instruments import load_instruments
 from exchange.matching import Durable, Matching
 from exchange.sequencer import Sequencer
+from exchange.transfers import terms as transfer_terms
 from gateway.admin import AdminServer
-from gateway.desk import OrderDesk, ReportEvent
+from gateway.desk import OrderDesk
 from gateway.intake import JournalIntake
 from gateway.server import Gateway
 from journal.accounts import AccountAdmin, Accounts
+from journal.history import History
 from journal.journal import Journal
 from journal.layout import DataDir, DataDirLock
-from journal.market import Market
-from journal.queries import TradeRow, last_trade_seqs, reports_of, trades_from
+from journal.queries import last_trade_seqs
 from journal.recovery import recover
 from journal.snapshotter import Snapshotter
 from journal.tradelog import TradeLog
 from notifier.server import Notifier
 from notifier.session import Limits
 from protocol.messages import Transfer
-from protocol.replies import Reply
-from protocol.requests import MarketQuery
 from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed
 from telemetry.registry import Telemetry
 from tickline import __version__
@@ -79,175 +80,200 @@ class Config:
 # make run's newcomers: (name, password) and what each is given.
 DEMO_ACCOUNTS = [("alice", "alice"), ("bob", "bob")]
 DEMO_FUNDS = [("USD", "1000000"), ("AAPL", "1000"), ("BTC", "10"), ("ES", "100"), ("EUR", "1000000")]
+DEMO_TRANSFERS = [[name, asset, amount, f"demo:{name}:{asset}"] for name, _ in DEMO_ACCOUNTS for asset, amount in DEMO_FUNDS]
 
 
 async def serve(config: Config) -> int:
     # Whatever way serve ends (a port in use, a bad file), the database connections' threads
     # are closed: the interpreter waits for them, and a server that failed to start hung.
     async with contextlib.AsyncExitStack() as threads:
-        return await _serve(config, threads)
+        return await Serve(config, threads).run()
 
 
-async def _serve(config: Config, threads: contextlib.AsyncExitStack) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
-    failures: list[BaseException] = []
+class Serve:
+    """`tickline serve`: each numbered step of the diagram above is a method, called in order
+    by run(); each builds what the next ones use (attributes of the instance)."""
 
-    def journal_failed(exc: BaseException) -> None:
-        failures.append(exc)
-        stop.set()
+    def __init__(self, config: Config, threads: contextlib.AsyncExitStack) -> None:
+        self.config, self.threads = config, threads
+        self.data = DataDir(config.data_dir)
+        self.telemetry = Telemetry()  # every stage records how long it takes (docs/PERFORMANCE.md)
+        self.stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
+        self.failures: list[BaseException] = []
 
-    for sig in (signal.SIGINT, signal.SIGTERM):  # from the start: a signal during recovery waits for it
-        loop.add_signal_handler(sig, stop.set)
-    data = DataDir(config.data_dir)
-    telemetry = Telemetry()  # every stage records how long it takes (docs/PERFORMANCE.md)
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # from the start: a signal during recovery waits for it
+            loop.add_signal_handler(sig, self.stop.set)
+        self.open_journal()  # 1
+        await self.recover_books()  # 2
+        self.build_core()  # 3
+        await self.build_order_entry()  # 4
+        await self.build_market_data()  # 5
+        await self.connect_outputs()  # 6
+        self.start_snapshots()  # 7
+        await self.listen()  # 8
+        await self.stop.wait()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _exit_now)
+        return await self.shut_down()  # 9
 
-    # 1. The journal, the truth: one server per data directory (an OS lock, which its
-    #    writer process holds too), and opening the journal cuts a torn tail (a crash
-    #    mid-write) once.
-    instruments = load_instruments(config.instruments)
-    lock = DataDirLock(data)
-    lock.acquire()
-    journal = Journal(
-        data.journal, segment_bytes=config.segment_bytes, on_failure=journal_failed, telemetry=telemetry, inherit_fds=(lock.fileno(),),
-    )  # fmt: skip
+    def _journal_failed(self, exc: BaseException) -> None:
+        self.failures.append(exc)
+        self.stop.set()
 
-    # 2. The trade log, then the books: the newest snapshot + the journal tail, whose
-    #    trades the log gets again (INSERT OR IGNORE) in case a crash lost them.
-    fresh_log = not data.trades.exists()
-    tradelog = TradeLog(data.trades, instruments, max_rows=config.tradelog_max_rows, telemetry=telemetry)
-    await tradelog.open()
-    tradelog_task = asyncio.create_task(tradelog.run(), name="tradelog-writer")
-    recovered = await recover(config.data_dir, instruments, tradelog, fresh_log=fresh_log)
-    books, risk = recovered.engine.books, recovered.engine.risk
-    tune_runtime()
+    def open_journal(self) -> None:
+        """1. The journal, the truth: one server per data directory (an OS lock, which its
+        writer process holds too), and opening the journal cuts a torn tail (a crash
+        mid-write) once."""
+        self.instruments = load_instruments(self.config.instruments)
+        self.lock = DataDirLock(self.data)
+        self.lock.acquire()
+        self.journal = Journal(
+            self.data.journal, segment_bytes=self.config.segment_bytes, on_failure=self._journal_failed, telemetry=self.telemetry,
+            inherit_fds=(self.lock.fileno(),),
+        )  # fmt: skip
 
-    # 3. Matching: one queue per symbol; a durable batch is applied at once (a slice of
-    #    it), what is left as that symbol's own later steps of the event loop.
-    matching = Matching(books, timed(loop.call_soon, telemetry.histogram("matching_step_us", "one symbol's drain and its sinks")))
+    async def recover_books(self) -> None:
+        """2. The trade log, then the books: the newest snapshot + the journal tail, whose
+        trades the log gets again (INSERT OR IGNORE) in case a crash lost them."""
+        config, data = self.config, self.data
+        fresh_log = not data.trades.exists()
+        self.tradelog = TradeLog(data.trades, self.instruments, max_rows=config.tradelog_max_rows, telemetry=self.telemetry)
+        await self.tradelog.open()
+        self.tradelog_task = asyncio.create_task(self.tradelog.run(), name="tradelog-writer")
+        self.recovered = await recover(config.data_dir, self.instruments, self.tradelog, fresh_log=fresh_log)
+        self.books, self.risk = self.recovered.engine.books, self.recovered.engine.risk
+        tune_runtime()
 
-    # 4. The gateway: sessions log in to accounts and turn lines into journaled commands;
-    #    the desk they share holds each command's funds (risk, in journal order) before
-    #    journaling it, knows the open orders and asks matching what has taken effect.
-    async def caught_up() -> int:
-        # Everything durable up to now, matched and committed to the trade log.
-        through = journal.durable_seq
-        while not matching.applied(through):
+    def build_core(self) -> None:
+        """3. The core's stages (docs/ARCHITECTURE.md): the sequencer holds, numbers and
+        journals each command; matching, one queue per symbol, applies a durable batch at
+        once (a slice of it), what is left as that symbol's own later steps of the loop."""
+        journal, telemetry = self.journal, self.telemetry
+        self.sequencer = Sequencer(self.risk, lambda: journal.next_seq, journal.append)
+        step_us = telemetry.histogram("matching_step_us", "one symbol's drain and its sinks")
+        self.matching = Matching(self.books, timed(asyncio.get_running_loop().call_soon, step_us))
+        self.intake = JournalIntake(self.sequencer, lambda: journal.durable_seq, self.matching.applied)
+
+    async def _caught_up(self) -> int:
+        """Everything durable up to now, matched and committed to the trade log."""
+        through = self.journal.durable_seq
+        while not self.matching.applied(through):
             await asyncio.sleep(0.001)
-        await tradelog.wait_committed()
+        await self.tradelog.wait_committed()
         return through
 
-    async def reports_since(owner: str, since: int) -> tuple[list[ReportEvent], int]:
-        through = await caught_up()
-        return await asyncio.to_thread(reports_of, data.trades, owner, since, through), through
+    async def build_order_entry(self) -> None:
+        """4. The gateway: sessions log in to accounts and turn lines into commands for the
+        intake; the desk they share knows the open orders and answers queries, the trade
+        log's through `history`; the admin channel takes deposits and withdrawals."""
+        data, threads, books, journal, matching = self.data, self.threads, self.books, self.journal, self.matching
+        self.history = History(data.trades, self.instruments, lambda symbol: books[symbol].bbo(), self._caught_up)
+        await self.history.market.open()
+        threads.push_async_callback(self.history.close)
+        accounts = Accounts(data.accounts)
+        await accounts.open()
+        threads.push_async_callback(accounts.close)
+        self.desk = OrderDesk(
+            self.instruments, books, self.risk, self.intake, version=__version__, refused=self.tradelog.on_refusal,
+            reports_source=self.history.reports, check_password=accounts.check, market_source=self.history.answer, telemetry=self.telemetry,
+        )  # fmt: skip
+        self.gateway = Gateway(
+            self.desk, telemetry=self.telemetry, max_backlog=self.config.max_backlog,
+            backlog=lambda: journal.next_seq - 1 - journal.durable_seq + matching.queued(),
+        )  # fmt: skip
+        self.admin = AdminServer(self.desk, accounts.exists, self.telemetry)  # on a Unix socket
 
-    market = Market(data.trades, instruments, lambda symbol: books[symbol].bbo())  # TICKER, KLINES, TRADES
-    await market.open()
-    threads.push_async_callback(market.close)
+    async def build_market_data(self) -> None:
+        """5. The notifier: market data for subscribers; REPLAY of older trades from the trade log."""
+        config = self.config
+        limits = Limits(hard_cap=config.md_hard_cap, pause_deadline=config.md_pause_deadline)
+        last_trades = await asyncio.to_thread(last_trade_seqs, self.data.trades)
+        self.notifier = Notifier(self.books, self.history.older_trades, version=__version__, limits=limits, last_trade_seqs=last_trades)
 
-    async def market_history(query: MarketQuery) -> Reply:
-        await caught_up()
-        return await market.answer(query)
+    async def connect_outputs(self) -> None:
+        """6. Matching's output: settlement of balances first, then execution reports to the
+        owners' sessions, trades to the log, market data to the notifier. Then the journal
+        starts committing into matching (exchange/matching.py Durable says in which order)."""
+        matching, gateway, tradelog = self.matching, self.gateway, self.tradelog
+        matching.send_to([self.risk.settle, gateway.deliver, tradelog.on_events, self.notifier.on_events])
+        await self.journal.start(Durable(matching, [gateway.on_released, self.admin.on_released], tradelog.on_durable, gateway.write_now))
+        if self.config.demo and create_demo_accounts(self.data.accounts):
+            for words in DEMO_TRANSFERS:
+                name, asset, amount, ref = words
+                transfer = transfer_terms("DEPOSIT", name, asset, amount, ref, self.risk.assets)
+                if isinstance(transfer, Transfer):
+                    self.desk.submit(transfer)  # journaled like any other
+            log.info("demo_accounts", accounts=" ".join(n for n, _ in DEMO_ACCOUNTS), login="LOGIN alice alice  (or: LOGIN bob bob)")
 
-    accounts = Accounts(data.accounts)
-    await accounts.open()
-    threads.push_async_callback(accounts.close)
-    sequencer = Sequencer(risk, lambda: journal.next_seq, journal.append)  # the core's first stage, recording to the journal
-    intake = JournalIntake(sequencer, lambda: journal.durable_seq, matching.applied)
-    desk = OrderDesk(
-        instruments, books, risk, intake,
-        version=__version__, refused=tradelog.on_refusal, reports_source=reports_since, check_password=accounts.check,
-        market_source=market_history, telemetry=telemetry,
-    )  # fmt: skip
-    gateway = Gateway(
-        desk, telemetry=telemetry, max_backlog=config.max_backlog,
-        backlog=lambda: journal.next_seq - 1 - journal.durable_seq + matching.queued(),
-    )  # fmt: skip
-    admin = AdminServer(desk, accounts.exists, telemetry)  # deposits and withdrawals, figures; on a Unix socket
+    def start_snapshots(self) -> None:
+        """7. Snapshots every so many commands (and at shutdown), so a restart replays little."""
+        config, journal, intake = self.config, self.journal, self.intake
+        self.snapshotter = Snapshotter(
+            config.data_dir, self.books, self.risk, lambda: journal.durable_seq, lambda: intake.settled(journal.durable_seq), self.tradelog,
+            every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention,
+            last_seq=self.recovered.snapshot_seq, telemetry=self.telemetry, hold_intake=self.gateway.hold_intake,
+        )  # fmt: skip
+        self.snapshots = asyncio.create_task(self.snapshotter.run(), name="snapshots")
 
-    # 5. The notifier: market data for subscribers; REPLAY of older trades from the trade log.
-    async def older_trades(symbol: str, from_seq: int) -> list[TradeRow]:
-        return await asyncio.to_thread(trades_from, data.trades, symbol, from_seq)
+    async def listen(self) -> None:
+        """8. Listen: the admin channel, market data, the dashboard (the page, its JSON,
+        /metrics, market data over a WebSocket), then order entry."""
+        config, telemetry, journal, notifier = self.config, self.telemetry, self.journal, self.notifier
+        self.probes: list[LoopLag | GcPauses] = [LoopLag(telemetry), GcPauses(telemetry)]
+        for probe in self.probes:
+            probe.start()
+        telemetry.gauge("journal_seq", lambda: journal.durable_seq, "the last command on disk")
+        telemetry.gauge("md_subscribers", lambda: len(notifier.subscribers), "market-data connections (web pages included)")
+        telemetry.gauge("memory_rss_bytes", resident_bytes, "the server process's resident memory")
+        telemetry.count("journal_fsyncs_total", lambda: journal.commits, "journal group commits (one fdatasync each)")
+        tls = tls_context(config.tls_cert, config.tls_key)
+        await self.admin.start(self.data.admin_socket)
+        md_host, md_port = await notifier.start(config.md_host, config.md_port, tls)
+        log.info("market_data_listening", host=md_host, port=md_port, tls=tls is not None)
+        self.dashboard = None if config.web_port is None else Dashboard(self.desk.answer_public, notifier.new_session, telemetry)
+        if self.dashboard is not None and config.web_port is not None:
+            web_host, web_port = await self.dashboard.start(config.web_host, config.web_port, tls)
+            log.info("dashboard_listening", url=f"{'https' if tls else 'http'}://{web_host}:{web_port}/", host=web_host, port=web_port)
+        host, port = await self.gateway.start(config.host, config.port, tls)
+        log.info("order_entry_listening", host=host, port=port, tls=tls is not None, data_dir=str(config.data_dir), next_seq=journal.next_seq)
 
-    limits = Limits(hard_cap=config.md_hard_cap, pause_deadline=config.md_pause_deadline)
-    last_trades = await asyncio.to_thread(last_trade_seqs, data.trades)
-    notifier = Notifier(books, older_trades, version=__version__, limits=limits, last_trade_seqs=last_trades)
-
-    # 6. Matching's output: settlement of balances first, then execution reports to the
-    #    owners' sessions, trades to the log, market data to the notifier. Then the journal
-    #    starts committing into matching.
-    matching.send_to([risk.settle, gateway.deliver, tradelog.on_events, notifier.on_events])
-    await journal.start(Durable(matching, [gateway.on_released, admin.on_released], tradelog.on_durable, gateway.write_now))
-    if config.demo:
-        await _demo_accounts(data, desk)
-
-    # 7. Snapshots every so many commands (and at shutdown), so a restart replays little.
-    snapshotter = Snapshotter(
-        config.data_dir, books, risk, lambda: journal.durable_seq, lambda: intake.settled(journal.durable_seq), tradelog,
-        every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention, last_seq=recovered.snapshot_seq,
-        telemetry=telemetry, hold_intake=gateway.hold_intake,
-    )  # fmt: skip
-    snapshots = asyncio.create_task(snapshotter.run(), name="snapshots")
-
-    # 8. Listen (the dashboard too: the page, its JSON, /metrics, market data over a
-    #    WebSocket), and wait for SIGINT or SIGTERM (a second one exits at once).
-    probes: list[LoopLag | GcPauses] = [LoopLag(telemetry), GcPauses(telemetry)]
-    for probe in probes:
-        probe.start()
-    telemetry.gauge("journal_seq", lambda: journal.durable_seq, "the last command on disk")
-    telemetry.gauge("md_subscribers", lambda: len(notifier.subscribers), "market-data connections (web pages included)")
-    telemetry.gauge("memory_rss_bytes", resident_bytes, "the server process's resident memory")
-    telemetry.count("journal_fsyncs_total", lambda: journal.commits, "journal group commits (one fdatasync each)")
-    tls = _tls_context(config)
-    await admin.start(data.admin_socket)
-    md_host, md_port = await notifier.start(config.md_host, config.md_port, tls)
-    log.info("market_data_listening", host=md_host, port=md_port, tls=tls is not None)
-    dashboard = Dashboard(desk.answer_public, notifier.new_session, telemetry) if config.web_port is not None else None
-    if dashboard is not None and config.web_port is not None:
-        web_host, web_port = await dashboard.start(config.web_host, config.web_port, tls)
-        log.info("dashboard_listening", url=f"{'https' if tls else 'http'}://{web_host}:{web_port}/", host=web_host, port=web_port)
-    host, port = await gateway.start(config.host, config.port, tls)
-    log.info("order_entry_listening", host=host, port=port, tls=tls is not None, data_dir=str(config.data_dir), next_seq=journal.next_seq)
-    await stop.wait()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _exit_now)
-
-    # 9. Shut down in reverse: stop taking requests, make everything received durable,
-    #    let matching finish, tell every connection (both servers at once), snapshot,
-    #    close the logs.
-    log.info("shutting_down", sessions=len(gateway.sessions), subscribers=len(notifier.subscribers))
-    gateway.stop_accepting()
-    admin.close()
-    await journal.close()
-    matching.drain_all()
-    await asyncio.gather(
-        gateway.close("shutting down", config.shutdown_grace),
-        notifier.close("shutting down", config.shutdown_grace),
-    )
-    if dashboard is not None:
-        await dashboard.close()
-    snapshots.cancel()
-    await snapshotter.take()
-    await tradelog.close()
-    await tradelog_task  # the market and accounts readers close as serve() returns (its exit stack)
-    data.admin_socket.unlink(missing_ok=True)
-    for probe in probes:
-        probe.stop()
-    log.info("stopped", last_seq=journal.durable_seq, fsyncs=journal.commits)
-    lock.release()
-    return 1 if failures else 0
+    async def shut_down(self) -> int:
+        """9. In reverse: stop taking requests, make everything received durable, let
+        matching finish, tell every connection (both servers at once), snapshot, close the logs."""
+        gateway, notifier, grace = self.gateway, self.notifier, self.config.shutdown_grace
+        log.info("shutting_down", sessions=len(gateway.sessions), subscribers=len(notifier.subscribers))
+        gateway.stop_accepting()
+        self.admin.close()
+        await self.journal.close()
+        self.matching.drain_all()
+        await asyncio.gather(gateway.close("shutting down", grace), notifier.close("shutting down", grace))
+        if self.dashboard is not None:
+            await self.dashboard.close()
+        self.snapshots.cancel()
+        await self.snapshotter.take()
+        await self.tradelog.close()
+        await self.tradelog_task  # the market and accounts readers close as serve() returns (its exit stack)
+        self.data.admin_socket.unlink(missing_ok=True)
+        for probe in self.probes:
+            probe.stop()
+        log.info("stopped", last_seq=self.journal.durable_seq, fsyncs=self.journal.commits)
+        self.lock.release()
+        return 1 if self.failures else 0
 
 
-def _tls_context(config: Config) -> ssl.SSLContext | None:
-    if config.tls_cert is None:
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
+    context.load_cert_chain(cert, key)
     return context
 
 
 def create_demo_accounts(accounts: Path) -> bool:
-    """alice and bob, if the account store has nobody yet; whether they were created."""
+    """alice and bob, if the account store has nobody yet; whether they were created (then
+    DEMO_TRANSFERS fund them: `serve --demo` and `cluster up --demo` alike)."""
     admin = AccountAdmin(accounts)
     try:
         if admin.list():
@@ -257,18 +283,6 @@ def create_demo_accounts(accounts: Path) -> bool:
         return True
     finally:
         admin.close()
-
-
-async def _demo_accounts(data: DataDir, desk: OrderDesk) -> None:
-    """A fresh data directory: alice and bob, funded (deposits journaled like any other)."""
-    if not create_demo_accounts(data.accounts):
-        return
-    for name, _ in DEMO_ACCOUNTS:
-        for asset, amount in DEMO_FUNDS:
-            units = desk.risk.assets[asset].parse(amount)
-            if units is not None:
-                desk.submit(Transfer(name, asset, units, f"demo:{name}:{asset}"))  # (a duplicate ref: already funded)
-    log.info("demo_accounts", accounts=" ".join(n for n, _ in DEMO_ACCOUNTS), login="LOGIN alice alice  (or: LOGIN bob bob)")
 
 
 def _exit_now() -> None:

@@ -344,12 +344,11 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
 
 def _demo_accounts(config: ClusterConfig) -> None:
     """As `tickline serve --demo`: with no accounts yet, alice and bob, funded."""
-    from tickline.app import DEMO_ACCOUNTS, DEMO_FUNDS, create_demo_accounts
+    from tickline.app import DEMO_TRANSFERS, create_demo_accounts
 
     if not create_demo_accounts(config.data.accounts):
         return
-    moves = [[name, asset, amount, f"demo:{name}:{asset}"] for name, _ in DEMO_ACCOUNTS for asset, amount in DEMO_FUNDS]
-    asyncio.run(transfers(config, moves))
+    asyncio.run(transfers(config, DEMO_TRANSFERS))
     sys.stdout.write("demo accounts: LOGIN alice alice  (or: LOGIN bob bob)\n")
 
 
