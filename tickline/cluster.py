@@ -44,9 +44,8 @@ from gateway.intake import StreamIntake
 from gateway.orders import OpenOrders
 from gateway.server import Gateway
 from journal.accounts import Accounts
+from journal.history import History
 from journal.layout import DataDir
-from journal.market import Market
-from journal.queries import reports_of, trades_from
 from journal.records import encode_batch
 from journal.tradelog import TradeLog
 from notifier.server import Notifier
@@ -134,105 +133,126 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
 
 
 async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
-    telemetry = Telemetry()
-    data = config.data
-    name = f"g{index}x{time.time_ns():x}"  # this incarnation: its tokens are its own
+    role = GatewayRole(config, index, nc, js, instruments)
+    follow = await role.start()
+    return follow, [role.close]
 
-    # 1. The replica of every engine shard's books, and the submitter: commands to the
-    #    accounts' risk shards, grouped into one message per shard while one is in flight.
-    replica = Replica(js, instruments)
-    submitter = Submitter(js, name, config.layout)
 
-    # 2. The desk: outcomes come from the stream (accepted, with ids) and from verdicts
-    #    (refused); balances from the risk shard; history from the trade log's file.
-    money_seen: dict[str, dict[int, int]] = {}  # account -> engine shard -> input of its last money event here
+class GatewayRole:
+    """A cluster gateway: the same Gateway, Connection and OrderDesk as `tickline serve`,
+    with a StreamIntake: commands go to the accounts' risk shards, decisions and matching
+    come back on the stream. Each numbered step is a method, called in order by start()."""
 
-    async def balances(account: str) -> list[tuple[str, int, int]]:
-        ask = encode(BalancesAsk(account, money_seen.get(account, {})))
-        reply = await nc.request(f"balances.{config.layout.risk_of(account)}", ask, timeout=5)
+    def __init__(self, config: ClusterConfig, index: int, nc: Any, js: Any, instruments: dict) -> None:
+        self.config, self.nc, self.js, self.instruments = config, nc, js, instruments
+        self.name = f"g{index}x{time.time_ns():x}"  # this incarnation: its tickets are its own
+        self.telemetry = Telemetry()
+        self.events: list[Event] = []  # a stream batch's matching events, handed to the gateway after it
+        self.money_seen: dict[str, dict[int, int]] = {}  # account -> engine shard -> input of its last money event here
+
+    async def start(self) -> asyncio.Task[Any]:
+        self.build_intake()  # 1
+        await self.build_desk()  # 2
+        follow = self.follow_the_stream()  # 3
+        await self.listen(follow)  # 4
+        return follow
+
+    def build_intake(self) -> None:
+        """1. The replica of every engine shard's books, and the intake: commands to the
+        accounts' risk shards (grouped into one message per shard while one is in flight)."""
+        self.replica = Replica(self.js, self.instruments)
+        submitter = Submitter(self.js, self.name, self.config.layout)
+        self.orders = OpenOrders()  # filled as the stream says what was accepted
+        self.intake = StreamIntake(self.name, submitter.forward, self.orders)
+
+    async def build_desk(self) -> None:
+        """2. The desk and the gateway: balances from the account's risk shard, history from
+        the trade log's file (up to what this gateway has heard of)."""
+        data, books, intake = self.config.data, self.replica.books, self.intake
+        self.accounts = Accounts(data.accounts)
+        await self.accounts.open()
+
+        async def heard_of() -> int:
+            return intake.latest
+
+        self.history = History(data.trades, self.instruments, lambda symbol: books[symbol].bbo(), heard_of)
+        self.desk = OrderDesk(
+            self.instruments, books, Risk(self.instruments), intake, orders=self.orders, version=__version__,
+            check_password=self.accounts.check, market_source=self.history.answer, reports_source=self.history.reports,
+            balances_source=self.balances, telemetry=self.telemetry,
+        )  # fmt: skip (its Risk only names the assets: the balances are the risk shards')
+        self.gateway = Gateway(self.desk, telemetry=self.telemetry, backlog=lambda: intake.tickets - intake.through)
+
+    async def balances(self, account: str) -> list[tuple[str, int, int]]:
+        """BALANCES, once the risk shard has settled what this gateway has shown the account."""
+        ask = encode(BalancesAsk(account, self.money_seen.get(account, {})))
+        reply = await self.nc.request(f"balances.{self.config.layout.risk_of(account)}", ask, timeout=5)
         return [tuple(row) for row in msgspec.msgpack.decode(reply.data)]
 
-    accounts = Accounts(data.accounts)
-    await accounts.open()
-    market = Market(data.trades, instruments, lambda symbol: replica.books[symbol].bbo())
+    def follow_the_stream(self) -> asyncio.Task[Any]:
+        """3. What comes back, both from the stream: refusals (verdicts.<this gateway>), and
+        the accepted commands with their matching (orders.>); then ACKs and REJs in request
+        order, then the reports."""
+        self.refusals = asyncio.create_task(self._read_refusals())
+        return asyncio.create_task(self._follow_orders())
 
-    async def market_source(query: Any) -> Any:
-        if market.db is None:  # the trade log's role makes the file: open on first use
-            await market.open()
-        return await market.answer(query)
-
-    async def reports_source(owner: str, since: int) -> tuple[list, int]:
-        through = intake.latest
-        return await asyncio.to_thread(reports_of, data.trades, owner, since, through), through
-
-    orders = OpenOrders()  # filled as the stream says what was accepted
-    intake = StreamIntake(name, submitter.forward, orders)
-    desk = OrderDesk(
-        instruments, replica.books, Risk(instruments), intake, orders=orders, version=__version__, check_password=accounts.check,
-        market_source=market_source, reports_source=reports_source, balances_source=balances, telemetry=telemetry,
-    )  # fmt: skip (its Risk only names the assets: the balances are the risk shards')
-    gateway = Gateway(desk, telemetry=telemetry, backlog=lambda: intake.tickets - intake.through)
-    sessions_of = gateway.by_owner
-
-    # 3. What comes back, both from the stream: refusals (verdicts.<this gateway>), and the
-    #    accepted commands with their matching (orders.>); then ACKs in request order,
-    #    then the reports.
-    def progress() -> None:
-        gateway.on_released(intake.advance())
-        gateway.write_now()
-
-    async def refusals() -> None:  # verdicts.<this gateway>: refusals (it sends no transfers)
-        verdicts = Reader(js, f"verdicts.{name}")
+    async def _read_refusals(self) -> None:  # (a gateway sends no transfers: every verdict is a refusal)
+        verdicts = Reader(self.js, f"verdicts.{self.name}")
         await verdicts.start()
         while True:
             for inp in await verdicts.batch():
-                for token, _, reason, text in decode_verdicts(inp.data).results:
-                    intake.turned_down(token, reason, text)
-            progress()
+                for ticket, _, reason, text in decode_verdicts(inp.data).results:
+                    self.intake.turned_down(ticket, reason, text)
+            self._after_batch()
 
-    refused = asyncio.create_task(refusals())
-    events: list[Event] = []
+    async def _follow_orders(self) -> None:
+        await self.replica.start()
+        await self.replica.follow(self._applied, self._after_batch)
 
-    def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
-        for gw, token, seq, cmd in zip(s.gateways, s.tokens, s.seqs, s.cmds, strict=True):
-            intake.sequenced(gw, token, seq, cmd)
-        events.extend(made)
-        engine = int(inp.subject.split(".")[1])  # orders.<engine>.r<risk>
+    def _applied(self, inp: Input, s: Sequenced, made: list[Event]) -> None:
+        for gw, ticket, seq, cmd in zip(s.gateways, s.tokens, s.seqs, s.cmds, strict=True):
+            self.intake.sequenced(gw, ticket, seq, cmd)
+        self.events.extend(made)
+        engine, sessions_of = int(inp.subject.split(".")[1]), self.gateway.by_owner  # orders.<engine>.r<risk>
         for e in made:  # only owners with a session here can have seen it (and ask)
             if type(e) in SETTLED and e.owner in sessions_of:  # type: ignore[union-attr]
-                money_seen.setdefault(e.owner, {})[engine] = inp.seq  # type: ignore[union-attr]
+                self.money_seen.setdefault(e.owner, {})[engine] = inp.seq  # type: ignore[union-attr]
 
-    def after_batch() -> None:
-        gateway.on_released(intake.advance())
-        if events:
-            gateway.deliver(events)  # (read, not kept)
-            events.clear()
+    def _after_batch(self) -> None:
+        gateway = self.gateway
+        gateway.on_released(self.intake.advance())
+        if self.events:
+            gateway.deliver(self.events)  # (read, not kept)
+            self.events.clear()
         gateway.write_now()
 
-    # 4. Catch up with the stream, then listen.
-    through = await replica.start()
-    follow = asyncio.create_task(replica.follow(applied, after_batch))
-    await _until_caught_up(replica, follow)
-    host, port = await gateway.start(config.host, config.port, reuse_port=True)
-    log.info("order_entry_listening", host=host, port=port, gateway=name, caught_up=through)
+    async def listen(self, follow: asyncio.Task[Any]) -> None:
+        """4. Once caught up with the stream (current books), listen."""
+        await _until_caught_up(self.replica, follow)
+        host, port = await self.gateway.start(self.config.host, self.config.port, reuse_port=True)
+        log.info("order_entry_listening", host=host, port=port, gateway=self.name, caught_up=self.replica.applied)
+        self.follow = follow
 
-    async def close() -> None:
-        # Take no more requests, then wait (a while) for the decisions on those taken: the
-        # stream is still followed, so their ACKs and REJs go out before the BYE.
-        gateway.stop_accepting()
+    async def close(self) -> None:
+        """Take no more requests, then wait (a while) for the decisions on those taken: the
+        stream is still followed, so their ACKs and REJs go out before the BYE."""
+        intake, follow = self.intake, self.follow
+        self.gateway.stop_accepting()
         deadline = time.monotonic() + DECISIONS_GRACE
         while intake.advance() < intake.tickets and not follow.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         undecided = intake.tickets - intake.advance()
         if undecided:
             log.warning("shutting_down_undecided", requests=undecided)
-        await gateway.close("shutting down" if not undecided else f"shutting down; {undecided} requests undecided: see ORDERS after reconnecting", 2.0)
-        refused.cancel()
+        await self.gateway.close(f"shutting down; {undecided} requests undecided: see ORDERS after reconnecting" if undecided else "shutting down", 2.0)
+        self.refusals.cancel()
         follow.cancel()
-        await market.close()
-        await accounts.close()
+        await self.history.close()
+        await self.accounts.close()
 
-    return follow, [close]
+
+async def _nothing_to_wait_for() -> int:
+    return 0
 
 
 async def _until_caught_up(replica: Replica, follow: asyncio.Task[Any]) -> None:
@@ -243,13 +263,9 @@ async def _until_caught_up(replica: Replica, follow: asyncio.Task[Any]) -> None:
 
 
 async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
-    trades = config.data.trades
     replica = Replica(js, instruments)
-
-    async def older_trades(symbol: str, from_seq: int) -> list:
-        return await asyncio.to_thread(trades_from, trades, symbol, from_seq) if trades.exists() else []
-
-    notifier = Notifier(replica.books, older_trades, version=__version__)
+    history = History(config.data.trades, instruments, lambda symbol: replica.books[symbol].bbo(), _nothing_to_wait_for)
+    notifier = Notifier(replica.books, history.older_trades, version=__version__)
     events: list[Event] = []
 
     def after_batch() -> None:
