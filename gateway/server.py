@@ -59,6 +59,7 @@ class Session(asyncio.Protocol):
         self.outbuf: list[bytes] = []
         self._over_inflight = False  # the last state told to flow control
         self.unread = b""  # input read from the socket and not yet handed to the Connection
+        self.input_ended = False  # the client half-closed with input still unread
         self._read_at: deque[tuple[int, float]] = deque()  # (last seq a read journaled, when read): for gateway_ack_us
 
     @property
@@ -118,7 +119,7 @@ class Session(asyncio.Protocol):
     def eof_received(self) -> bool:
         # Half-close: the client sent everything; its replies and reports still go out.
         if self.unread:
-            self.gw.input_ended(self)  # after the rest of its input
+            self.input_ended = True  # its EOF is handled after the rest of its input (take_slice)
         else:
             self._after(self.conn.eof())
         return True  # keep the transport open for writing
@@ -162,6 +163,19 @@ class Session(asyncio.Protocol):
         """A lookup the connection waited for (REPORTS) came back."""
         if not self._after(self.conn.settle()):
             self.gw.done_waiting(self)
+
+    # What the gateway tells a session (each: act on the Connection's answer; True while it still waits)
+
+    def released(self, through: int) -> bool:
+        return self._after(self.conn.released(through))
+
+    def matched(self) -> bool:
+        return self._after(self.conn.settle()) if self.conn.needs_settle else True
+
+    def input_done(self) -> None:
+        """Its unread input is all handed over: now its half-close."""
+        self.input_ended = False
+        self._after(self.conn.eof())
 
     def send(self, data: bytes) -> None:
         """Queue bytes; everything queued in one loop iteration goes out in one write."""
@@ -221,7 +235,6 @@ class Gateway:
         self._waiting: dict[Session, None] = {}  # sessions whose Connection is waiting
         self._dirty: dict[Session, None] = {}  # sessions with bytes queued for this iteration
         self._unread: dict[Session, None] = {}  # sessions with input left, served a slice each in turn
-        self._ended: set[Session] = set()  # ...and whose client has half-closed after it
         self._server: asyncio.AbstractServer | None = None
 
     @property
@@ -244,7 +257,6 @@ class Gateway:
         self.sessions.pop(session, None)
         self._waiting.pop(session, None)
         self._unread.pop(session, None)
-        self._ended.discard(session)
         self._held_back.pop(session, None)
         self._unroute(session, session.routed_as)
 
@@ -320,17 +332,13 @@ class Gateway:
                 if session.unread:
                     self.schedule_input(session)
 
-    def input_ended(self, session: Session) -> None:
-        self._ended.add(session)
-
     def _take_slices(self) -> None:
         unread, self._unread = self._unread, {}
         for session in unread:
             if session.take_slice():
                 self.schedule_input(session)
-            elif session in self._ended and not session.unread:  # not merely held back
-                self._ended.discard(session)
-                session._after(session.conn.eof())
+            elif session.input_ended and not session.unread:  # not merely held back
+                session.input_done()
 
     # ------------------------------------------------------------------ progress
 
@@ -339,9 +347,8 @@ class Gateway:
         it; a cluster: the risk shards decided it): release those replies."""
         waiting = self._waiting
         for session in list(waiting):
-            if not session._after(session.conn.released(through)):
+            if not session.released(through):
                 del waiting[session]
-
 
     def on_matched(self) -> None:
         """A matching step ran: queries, QUITs and EOFs waiting for it may go, and clients
@@ -349,7 +356,7 @@ class Gateway:
         self._release_held_back()
         waiting = self._waiting
         for session in list(waiting):
-            if session.conn.needs_settle and not session._after(session.conn.settle()):
+            if not session.matched():
                 del waiting[session]
 
     def deliver(self, events: list[Event]) -> None:
