@@ -315,9 +315,8 @@ class Connection:
                 if h.fetching or (h.settle and not self.desk.intake.settled(h.seq)):
                     break
                 first = h.items[0] if h.items else None
-                if isinstance(first, tuple) and isinstance(first[0], self.fetched):
-                    self._fetch(h, cast(FetchedQuery, first[0]), first[1])
-                    break
+                if isinstance(first, tuple) and isinstance(first[0], self.fetched) and not self._fetch(h, cast(FetchedQuery, first[0]), first[1]):
+                    break  # answered later: on_ready
             held.popleft()
             for item in h.items:
                 out.append(item if isinstance(item, bytes) else item.render() if type(item) is Pending else self._answer(*item))  # type: ignore[misc]
@@ -328,16 +327,20 @@ class Connection:
             out.append(self._finish())
         return b"".join(out)
 
-    def _fetch(self, h: Held, req: FetchedQuery, is_json: bool) -> None:
-        """Start a lookup; its entry stays first (replies keep their order) until done."""
+    def _fetch(self, h: Held, req: FetchedQuery, is_json: bool) -> bool:
+        """Start a lookup; its entry stays first (replies keep their order) until done.
+        True if it was answered at once (a refusal): the caller goes on releasing, in order
+        (calling back into the session from here put that answer after later replies)."""
         h.fetching = True
+        starting = True
 
         def done(reply: R.Reply, account: str | None = None) -> None:
             if account is not None:  # lines after LOGIN act as the account
                 self.owner = account
             h.items = [encode(reply, is_json)]
             h.fetching = False
-            self.on_ready()
+            if not starting:
+                self.on_ready()
 
         if type(req) is Login:
             self.desk.login(req.name, req.password, self.peer, done)
@@ -349,6 +352,8 @@ class Connection:
             self.desk.fetch_balances(self.owner, done)
         else:
             self.desk.fetch_reports(self.owner, cast(ReportsQuery, req).since, done)
+        starting = False
+        return not h.fetching
 
     def _finish(self) -> bytes:
         """After QUIT or EOF: done once nothing is held and every command is matched."""

@@ -212,3 +212,17 @@ def test_replies_before_a_lookup_in_the_same_write_are_not_lost(server: Server) 
     anon = Client(server.port)
     anon.send("PING\nLOGIN t3 pw\nBUY AAPL 1 100\n")
     assert anon.lines(3) == ["PONG", "LOGGED_IN account=t3 open=0", "ACK 61 BUY AAPL 1 100.00 GTC"]
+
+
+def test_a_lookup_answered_at_once_keeps_its_place_and_nothing_comes_after_bye(server: Server) -> None:
+    # Reported: not logged in, `BUY ... REPORTS ... PING QUIT` in one write answered REJ,
+    # PONG, BYE, then the REPORTS' REJ after the BYE (its refusal re-entered the session).
+    anon = Client(server.port)
+    anon.send("BUY AAPL 1 100\nREPORTS since=0\nPING\nQUIT\n")
+    assert anon.lines(4) == [
+        "REJ not_logged_in log in first: LOGIN <name> <password>",
+        "REJ not_logged_in log in first: LOGIN <name> <password>",
+        "PONG",
+        "BYE goodbye",
+    ]
+    assert anon.closed()
