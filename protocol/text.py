@@ -54,6 +54,10 @@ class LineSplitter:
         self._discarding = False
 
     def feed(self, data: bytes) -> Sequence[bytes | None]:
+        if b"\x00" in data:  # telnet's bare Enter is CR NUL (RFC 854): an end of line
+            data = data.replace(b"\r\x00", b"\n")
+            if data[:1] == b"\x00" and self._partial.endswith(b"\r"):  # CR at the end of the last packet
+                data = b"\n" + data[1:]
         parts = data.split(b"\n")
         tail = parts.pop()  # after the last LF: an incomplete line (often b"")
         if (

@@ -73,6 +73,17 @@ def test_telnet_negotiation_bytes_are_ignored(server: Server) -> None:
     assert client.line() == "PONG"
 
 
+def test_telnets_bare_carriage_return_ends_a_line(server: Server) -> None:
+    # Reported: telnet sends Enter as CR NUL in some modes; it answered
+    # "ERR bad_request levels '\x00' is not a number". CR NUL is an end of line, also
+    # when the CR and the NUL come in separate packets.
+    client = server.client()
+    client.send(b"BOOK AAPL 2\r\x00PING\r")
+    time.sleep(0.1)
+    client.send(b"\x00PING\r\n")
+    assert client.lines(4) == ["BOOK AAPL bids=0 asks=0", "END", "PONG", "PONG"]
+
+
 def test_a_client_that_hangs_up_mid_line_changes_nothing(server: Server) -> None:
     quitter = server.client()
     quitter.send("BUY AAPL 5 100\nSELL AAPL 7 1")
