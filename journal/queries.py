@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -26,10 +27,25 @@ def connect_readonly(db: Path) -> sqlite3.Connection:
     return conn
 
 
+def since_value(text: str) -> str:
+    """--since as the log compares it: a journal sequence number, or an ISO-8601 time (UTC
+    unless it says otherwise) in the log's own form; ValueError for anything else."""
+    if text.isdigit():
+        return text
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is neither a sequence number nor an ISO-8601 time (e.g. 2026-12-03 or 2026-12-03T14:05:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
 def _since(value: str | None) -> tuple[str, list]:
-    """--since: a journal sequence number, or an ISO-8601 time (UTC)."""
+    """--since: a journal sequence number, or an ISO-8601 time."""
     if value is None:
         return "", []
+    value = since_value(value)
     if value.isdigit():
         return " AND seq >= ?", [int(value)]
     return " AND ts >= ?", [value]

@@ -275,6 +275,15 @@ def test_the_audit_lists_every_request_with_its_outcome(server: Server) -> None:
 
     assert masked(text) == masked(doc)
 
+    # --since: a time in any ISO-8601 form is compared as the log stores it; anything else is refused.
+    first, last = (re.search(r"(\S+\+00:00)", line).group(1) for line in (text.splitlines()[0], text.splitlines()[-1]))  # type: ignore[union-attr]
+    in_z = tickline("orders", "--since", last.replace("+00:00", "Z"), "--data-dir", str(server.data_dir))
+    assert text.splitlines()[-1] in in_z.stdout.splitlines() and len(in_z.stdout.splitlines()) < len(text.splitlines())
+    assert tickline("orders", "--since", first[:10], "--data-dir", str(server.data_dir)).stdout == text
+    for bad in ("yesterday", "2026-13-45"):
+        refused = tickline("orders", "--since", bad, "--data-dir", str(server.data_dir))
+        assert refused.returncode == 2 and "is neither a sequence number nor an ISO-8601 time" in refused.stderr, refused
+
 
 def test_snapshots_come_on_time_too_and_segments_rotate_at_a_set_size(tmp_path: Path) -> None:
     data = tmp_path / "data"

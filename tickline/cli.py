@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     trades = commands.add_parser("trades", help="print trades from the trade log")
     _common(trades)
     trades.add_argument("--symbol")
-    trades.add_argument("--since", help="a journal sequence number or an ISO-8601 UTC time")
+    trades.add_argument("--since", type=_since, help="a journal sequence number or an ISO-8601 time (UTC unless it says)")
     trades.add_argument("--limit", type=int)
 
     orders = commands.add_parser("orders", help="print the audit: every request (new, cancel, replace), journaled or refused, with its outcome")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     orders.add_argument("--owner")
     orders.add_argument("--symbol")
     orders.add_argument("--status", choices=["accepted", "rejected"])
-    orders.add_argument("--since", help="an order id or an ISO-8601 UTC time")
+    orders.add_argument("--since", type=_since, help="an order id or an ISO-8601 time (UTC unless it says)")
     orders.add_argument("--limit", type=int)
 
     args = parser.parse_args(argv)
@@ -145,6 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         # Conditions an operator can name and fix: one line, no traceback.
         sys.stderr.write(f"tickline: {exc}\n")
         return 1
+
+
+def _since(text: str) -> str:
+    from journal.queries import since_value
+
+    try:
+        return since_value(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class OperatorError(Exception):
