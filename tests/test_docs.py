@@ -11,6 +11,7 @@ block runs on a fresh server and data directory with the demo accounts of `make 
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,18 @@ def test_protocol_md_lists_every_reason_code() -> None:
 
     text = (ROOT / "docs" / "PROTOCOL.md").read_text()
     assert [r.value for r in Reason if f"`{r.value}`" not in text] == []
+
+
+def test_the_readme_script_example_works_as_printed(tmp_path: Path) -> None:
+    """Reported: the README's `printf ... | nc -q 2` example had no LOGIN (REJ not_logged_in)."""
+    script = re.search(r"`printf '(.*?)' \| nc -q 2 localhost 7001`", (ROOT / "README.md").read_text())
+    assert script is not None
+    server = Server(tmp_path / "data", "--demo", funded=False).start()
+    try:
+        client = Client(server.port)
+        client.send(script.group(1).replace("\\n", "\n").encode())
+        client.sock.shutdown(socket.SHUT_WR)  # what nc -q does at the end of its input
+        assert client.lines(4) == ["LOGGED_IN account=alice open=0", "ACK 11 BUY AAPL 1 100.10 IOC", "CANCELED 11 leaves=1 reason=expired", "BYE goodbye"]
+        assert client.closed()
+    finally:
+        server.kill()
