@@ -260,3 +260,4 @@ def test_a_second_server_on_a_busy_port_says_so_and_exits(server: Server, tmp_pa
         )  # fmt: skip
         assert second.returncode == 1
         assert second.stderr.splitlines()[-1] == f"tickline: cannot listen on 127.0.0.1:{port}: address already in use"
+        assert not (tmp_path / flag / "admin.sock").exists()  # reported: a failed start left its admin socket behind

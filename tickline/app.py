@@ -112,7 +112,11 @@ class Serve:
         await self.build_market_data()  # 5
         await self.connect_outputs()  # 6
         self.start_snapshots()  # 7
-        await self.listen()  # 8
+        try:
+            await self.listen()  # 8
+        except BaseException:  # a port in use: the admin socket (ours: the data dir is locked) goes too
+            self.data.admin_socket.unlink(missing_ok=True)
+            raise
         await self.stop.wait()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _exit_now)
