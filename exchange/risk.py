@@ -90,6 +90,7 @@ class Risk:
         self.holds: dict[int, Hold] = {}  # open order id -> its hold
         self.pending: dict[int, tuple[Hold, int]] = {}  # a replace's seq -> (its order's hold, what it locked) until it takes effect
         self.refs: dict[str, int] = {}  # transfer ref -> its seq
+        self.ref_terms: dict[str, tuple[str, str, int]] = {}  # transfer ref -> (account, asset, amount): a reuse is told from a repeat
         # Live transfers a snapshot may have to leave out (see state()); few: operators' acts.
         self.transfers: list[tuple[int, Transfer]] = []
 
@@ -137,6 +138,7 @@ class Risk:
                 return self._short(cmd.asset, -cmd.amount, bal[0])
             bal[0] += cmd.amount
             self.refs[cmd.ref] = seq
+            self.ref_terms[cmd.ref] = (cmd.account, cmd.asset, cmd.amount)
             if not replay:
                 self.transfers.append((seq, cmd))
         return None  # (a cancel locks nothing)
@@ -251,6 +253,21 @@ class Risk:
 
     def state_hash(self) -> str:
         return hash_risk(self.state())
+
+    def terms_of(self, refs: list[tuple[str, int]]) -> list[tuple[str, str, str, int]]:
+        """(ref, account, asset, amount) of the given refs' transfers, where known: kept
+        beside a snapshot's state (outside its hash: older snapshots have none)."""
+        terms = self.ref_terms
+        return [(ref, *terms[ref]) for ref, _ in refs if ref in terms]
+
+    def describe(self, ref: str) -> str:
+        """The transfer a ref was applied to, in words (a refusal's text)."""
+        terms = self.ref_terms.get(ref)
+        if terms is None:
+            return "another transfer"
+        account, asset, amount = terms
+        what = "a deposit" if amount > 0 else "a withdrawal"
+        return f"{what} of {self.assets[asset].format(abs(amount))} {asset} {'to' if amount > 0 else 'from'} {account}"
 
 
 def _unlock(bal: list[int], amount: int) -> None:

@@ -11,7 +11,8 @@ Replay (exchange/engine.py) applies what was recorded, with nothing left to refu
 The rules, each in one place:
 - funds: a command's hold (exchange/risk.py, `Risk.hold`): an owner who cannot pay is refused;
 - transfers: a ref is applied once (`Reason.DUPLICATE_REF`, carrying the seq it was applied
-  as); a withdrawal needs the funds (exchange/transfers.py has the words and the reply).
+  as); the same ref for a different transfer is refused (`Reason.REF_REUSED`); a withdrawal
+  needs the funds (exchange/transfers.py has the words and the reply).
 No clock, no I/O: the same commands in the same order give the same numbers and refusals.
 """
 
@@ -34,13 +35,21 @@ class Sequencer:
         if type(cmd) is Transfer:
             before = self.risk.refs.get(cmd.ref)
             if before is not None:
-                return Problem(Reason.DUPLICATE_REF, f"ref {cmd.ref} was applied before as {before}", before)
+                return self._applied_before(cmd, before)
         seq = self.next_seq()
         problem = self.risk.hold(seq, cmd)
         if problem is not None:
             return problem
         self.record(cmd)
         return seq
+
+    def _applied_before(self, cmd: Transfer, before: int) -> Problem:
+        """A repeat of the transfer changes nothing; another transfer with its ref is refused
+        (a ref names one transfer: the operator meant something else)."""
+        terms = self.risk.ref_terms.get(cmd.ref)
+        if terms is None or terms == (cmd.account, cmd.asset, cmd.amount):
+            return Problem(Reason.DUPLICATE_REF, f"ref {cmd.ref} was applied before as {before}", before)
+        return Problem(Reason.REF_REUSED, f"ref {cmd.ref} was applied as {before} to {self.risk.describe(cmd.ref)}; a new transfer needs a new ref", before)
 
     def replay(self, seq: int, cmd: Command) -> None:
         """A recorded command: accepted when it was recorded, so applied as it is."""

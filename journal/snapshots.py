@@ -54,19 +54,21 @@ class Snapshot(msgspec.Struct, frozen=True):
     balances: list[BalanceRow]  # (account, asset, available, locked)
     holds: list[HoldRow]  # (order id, account, asset, locked for it, price)
     refs: list[tuple[str, int]]  # transfer refs already applied, with their seq
+    ref_terms: list[tuple[str, str, str, int]] = []  # (ref, account, asset, amount) of those: not hashed (older snapshots have none)
 
 
 _decode = msgspec.msgpack.Decoder(Snapshot).decode
 
 
-Captured = tuple[int, int, list[tuple[str, int, list[RestingTuple]]], RiskState]
+Captured = tuple[int, int, list[tuple[str, int, list[RestingTuple]]], RiskState, list[tuple[str, str, str, int]]]
 
 
 def capture(books: dict[str, Book], risk: Risk, seq: int) -> Captured:
     """The books and balances as plain tuples after exactly the commands up to seq (every
     one of them matched), taken on the event loop; hash and encode elsewhere."""
     books_now = [(s, b.md_seq, [as_tuple(o) for o in b.resting()]) for s, b in sorted(books.items())]
-    return seq, time.time_ns(), books_now, risk.state(through=seq)
+    state = risk.state(through=seq)
+    return seq, time.time_ns(), books_now, state, risk.terms_of(state[2])
 
 
 def path_for(directory: Path, seq: int) -> Path:
@@ -76,11 +78,12 @@ def path_for(directory: Path, seq: int) -> Path:
 def write_snapshot(directory: Path, captured: Captured) -> Path:
     """Hash, encode and write a captured snapshot atomically (runs in a worker thread)."""
     directory.mkdir(parents=True, exist_ok=True)
-    seq, taken_ns, books, risk = captured
+    seq, taken_ns, books, risk, ref_terms = captured
     state_hash = combine_hashes([*(hash_book(symbol, md_seq, orders) for symbol, md_seq, orders in books), hash_risk(risk)])
     balances, holds, refs = risk
     payload = msgspec.msgpack.encode(
-        {"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": books, "balances": balances, "holds": holds, "refs": refs}
+        {"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": books, "balances": balances, "holds": holds, "refs": refs,
+         "ref_terms": ref_terms}
     )
     final = path_for(directory, seq)
     tmp = final.with_suffix(".tmp")
@@ -137,6 +140,7 @@ def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None
     held_orders = {o.order_id: (state.symbol, o.side is Side.BUY) for state in snap.books for o in state.orders}
     try:
         engine.risk.load((snap.balances, snap.holds, snap.refs), held_orders)
+        engine.risk.ref_terms = {ref: (account, asset, amount) for ref, account, asset, amount in snap.ref_terms}
     except KeyError:
         log.warning("snapshot_skipped", seq=snap.seq, why="a hold names an order that is not on the books")
         return None

@@ -62,6 +62,7 @@ class Reason(enum.Enum):
     BAD_REF = "bad_ref"  # a ref must be 1-64 of A-Z a-z 0-9 . _ : -
     UNKNOWN_ACCOUNT = "unknown_account"
     DUPLICATE_REF = "duplicate_ref"  # applied before: answered OK with the seq it was applied as
+    REF_REUSED = "ref_reused"  # the ref was applied to a different transfer: refused
     # why an accepted order (or its remainder) left the book
     USER = "user"  # canceled by its owner
     EXPIRED = "expired"  # the unfilled remainder of an IOC

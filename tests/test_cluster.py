@@ -124,7 +124,7 @@ def refusals(port: int) -> list[str]:
 TRANSFERS = [
     ("t8", "USD", "100", "d1"), ("t8", "USD", "100", "d1"), ("t8", "USD", "-50", "w1"), ("t8", "USD", "-20000000", "w2"),
     ("nobody", "USD", "1", "x2"), ("t8", "NOPE", "1", "x3"), ("t8", "USD", "0.00000001", "x4"), ("t8", "USD", "1", "bad/ref"),
-    ("t8", "USD", "-50", "w1"),
+    ("t8", "USD", "-50", "w1"), ("t8", "USD", "100", "w1"),
 ]  # fmt: skip
 
 
@@ -182,6 +182,7 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
     assert reasons >= {r.value for r in Reason} - TRANSFER_REASONS - {"shutting_down", "price_band"}, sorted({r.value for r in Reason} - reasons)
     assert [line.split()[1] if line.startswith("ERR") else line.split()[2] for line in want_transfers] == [
         "deposited", "duplicate:", "withdrawn", "insufficient_funds", "unknown_account", "unknown_asset", "bad_amount", "bad_ref", "duplicate:",
+        "ref_reused",
     ]  # fmt: skip
     cluster = Cluster(tmp_path / "cluster", "--engine", "AAPL=0", "--engine", "BTC-USD=1").start()
     try:
@@ -198,7 +199,7 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         cluster.stop()
 
 
-TRANSFER_REASONS = {"bad_request", "unknown_asset", "bad_amount", "bad_ref", "unknown_account", "duplicate_ref"}
+TRANSFER_REASONS = {"bad_request", "unknown_asset", "bad_amount", "bad_ref", "unknown_account", "duplicate_ref", "ref_reused"}
 
 
 def serve_transfer(data: Path, account: str, asset: str, amount: str, ref: str) -> str:

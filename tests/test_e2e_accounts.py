@@ -27,6 +27,9 @@ def balances_cli(data: Path, account: str) -> list[str]:
     return run.stdout.splitlines()[1:]
 
 
+REUSED = "ERR ref_reused ref wire-1 was applied as 1 to a deposit of 1000.5000000 USD to carol; a new transfer needs a new ref\n"
+
+
 def test_an_operator_adds_funds_and_disables_accounts_and_a_ref_never_counts_twice(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = Server(data, funded=False).start()
@@ -49,6 +52,9 @@ def test_an_operator_adds_funds_and_disables_accounts_and_a_ref_never_counts_twi
             "ERR bad_amount 0.00000001 is not a positive amount in units of 0.0000001 (a negative one: the other way)\n"
         )
         assert tickline("accounts", "withdraw", "carol", "USD", "0.5", "--ref", "out-2", "--data-dir", str(data)).stdout == "OK 2 withdrawn\n"
+        # Reported: a ref reused for another transfer answered "OK ... duplicate" and exited 0.
+        reused = tickline("accounts", "withdraw", "carol", "USD", "1", "--ref", "wire-1", "--data-dir", str(data))
+        assert (reused.returncode, reused.stdout) == (1, REUSED)
 
         carol = Client(server.port)
         assert carol.ask("LOGIN carol wrong") == ["REJ bad_login wrong name or password"]
@@ -73,6 +79,15 @@ def test_an_operator_adds_funds_and_disables_accounts_and_a_ref_never_counts_twi
         carol = Client(server.port)
         carol.ask("LOGIN carol s3cret-pw")  # disabled: refused, but the balances are there
         assert balances_cli(data, "carol") == ["carol USD available=700.0000000 locked=300.0000000"]
+        again = tickline("accounts", "withdraw", "carol", "USD", "1", "--ref", "wire-1", "--data-dir", str(data))  # known from the journal
+        assert (again.returncode, again.stdout) == (1, REUSED)
+    finally:
+        server.stop()  # a clean stop: a snapshot holds the refs now
+    server.start()
+    try:
+        from_snapshot = tickline("accounts", "withdraw", "carol", "USD", "1", "--ref", "wire-1", "--data-dir", str(data))
+        assert (from_snapshot.returncode, from_snapshot.stdout) == (1, REUSED)
+        assert tickline(*deposit).stdout == "OK 1 duplicate: ref wire-1 was applied before; nothing changed\n"
     finally:
         server.kill()
     verify = tickline("replay", "--verify", "--data-dir", str(data))
