@@ -186,7 +186,7 @@ class Risk:
                 paid[1] -= taken
                 if h.buy:
                     paid[0] += taken - gross_quote  # a BUY's price improvement comes back
-                fee = got * bps // 10_000
+                fee = -(-got * bps // 10_000)  # rounded up: a non-zero rate takes at least one unit
                 h.got[0] += got - fee
                 if fee:
                     self.balance(FEE_ACCOUNT, inst.base if h.buy else inst.quote)[0] += fee

@@ -79,6 +79,21 @@ def test_fees_go_to_the_fee_account() -> None:
     assert risk.balances[(FEE_ACCOUNT, "USD")] == [500, 0] and risk.balances[(FEE_ACCOUNT, "X")] == [200, 0]
 
 
+def test_a_fee_rounds_up_to_a_whole_unit_never_to_zero() -> None:
+    # Reported: a taker fee of 33 bps on 9 XAU (unit 1) was 0. A non-zero rate takes at
+    # least one unit; an exact fee is not rounded at all.
+    toml = '[instruments.XAU-USD]\ntick = "1"\nlot = "1"\nmaker_fee_bps = 0\ntaker_fee_bps = 33\n[assets]\nUSD = "1"\nXAU = "1"\n'
+    engine = Engine(parse_instruments(toml))
+    for n, (account, asset, amount) in enumerate([("a", "USD", 10**6), ("b", "XAU", 10**6)], 1):
+        engine.apply(n, Transfer(account, asset, amount, str(n)))
+    engine.apply(3, NewOrder("XAU-USD", Side.SELL, 9, 2000, TIF.GTC, "b"))  # maker: no fee
+    engine.apply(4, NewOrder("XAU-USD", Side.BUY, 9, 2000, TIF.GTC, "a"))  # taker: 9 x 0.33% = 0.0297 XAU
+    risk = engine.risk
+    assert risk.balances[("a", "XAU")] == [9 - 1, 0] and risk.balances[(FEE_ACCOUNT, "XAU")] == [1, 0]
+    assert risk.balances[("b", "USD")] == [18_000, 0]
+    assert sum(avail + locked for (_, asset), (avail, locked) in risk.balances.items() if asset == "XAU") == 10**6  # none made or lost
+
+
 def test_a_refused_hold_changes_nothing_and_says_what_was_needed() -> None:
     risk = Risk(INSTRUMENTS)
     assert risk.hold(1, Transfer("alice", "USD", 100 * 100 * CENT, "r1")) is None
