@@ -231,12 +231,17 @@ class Subscriber(asyncio.Protocol):
             self.drop("slow_consumer", f"more than {self.limits.hard_cap} bytes unread; reconnect and REPLAY trades from your last seq")
 
     def drop(self, code: str, text: str) -> None:
-        """Disconnect a subscriber that cannot keep up, with a one-line reason."""
+        """Disconnect a subscriber that cannot keep up, with a one-line reason after what it
+        was sent: nothing more is queued for it, its buffer (whole lines) then the reason go
+        out as it reads, then the connection closes; if it reads none of that within the
+        pause deadline, it is cut off. (An abort at once cut the line the kernel was sending.)"""
         log.warning("subscriber_dropped", peer=self.peer, reason=code)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self._encode(M.MdError(code, text), self.json))
-            self.transport.abort()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(self._encode(M.MdError(code, text), self.json))
+            transport.close()  # is_closing() from now on: write() sends it nothing more
             self.nf.forget(self)
+            asyncio.get_running_loop().call_later(self.limits.pause_deadline, transport.abort)
 
     def goodbye(self, text: str, is_json: bool | None = None) -> None:
         if self.transport is not None and not self.transport.is_closing():

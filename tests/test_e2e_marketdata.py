@@ -155,6 +155,10 @@ def test_a_subscriber_that_never_reads_is_cut_off_and_the_others_keep_up(tmp_pat
         except (ConnectionResetError, TimeoutError):
             pass
         assert b"TRADE" in data  # it got what fitted, then was cut off rather than buffered forever
+        # Reported: the dropped subscriber's last line was cut in half, then EOF. Every line is
+        # whole, and the last one says why.
+        assert data.endswith(b"\n"), data[-200:]
+        assert data.splitlines()[-1].startswith(b"ERR slow_consumer "), data[-200:]
         assert server.rss_kib() < 200_000
     finally:
         server.kill()
