@@ -53,6 +53,7 @@ class Exchange:
         self._reader, self._writer = reader, writer
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(R.Reply).decode
+        self.unexpected_lines = 0  # lines that did not decode as a reply: skipped
         self._prefix = secrets.token_hex(3)  # client order ids unique across this account's connections
         self._ids = itertools.count(1)
         self._orders: dict[str, asyncio.Future[R.Ack]] = {}  # client order id -> its ACK
@@ -170,8 +171,8 @@ class Exchange:
         try:
             await self._reader.readline()  # the HELLO greeting (text)
             while line := await self._reader.readline():
-                self._route(self._decode(line))
-        except (ConnectionError, asyncio.IncompleteReadError, msgspec.DecodeError) as exc:
+                self._line(line)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
             error = exc
         finally:
             about = [future for waiting in self._by_order.values() for _, future in waiting]
@@ -184,6 +185,16 @@ class Exchange:
             if not self.closed.done():
                 self.closed.set_result(None)
             self._reports.end()
+
+    def _line(self, line: bytes) -> None:
+        """One line from the exchange. One that does not decode (a text line, a reply of a
+        newer server) is counted and skipped: the connection and what waits on it go on."""
+        try:
+            reply = self._decode(line)
+        except msgspec.DecodeError:
+            self.unexpected_lines += 1
+            return
+        self._route(reply)
 
     def _route(self, reply: R.Reply) -> None:
         if isinstance(reply, R.Ack):

@@ -79,7 +79,7 @@ class Desk(Protocol):
     intake: Intake  # tickets' decisions, released() and settled() (gateway/intake.py)
     fetched: tuple[type, ...]  # queries answered by a lookup off the event loop (each waits at the head of the held replies)
 
-    def submit(self, cmd: Command, json: bool = False) -> tuple[int, Decision | None]:
+    def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         """To the intake: (its ticket, its decision if made now; None: intake.decision later)."""
     def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]: ...
     def orders_reply(self, owner: str) -> R.OrdersReply: ...
@@ -385,8 +385,8 @@ class Connection:
             return reject, seq
         return encode(cast(R.Reject, reject), is_json), seq
 
-    def _submit(self, cmd: Command, is_json: bool) -> tuple[int, Decision | None]:
-        ticket, decision = outcome = self.desk.submit(cmd, is_json)
+    def _submit(self, cmd: Command) -> tuple[int, Decision | None]:
+        ticket, decision = outcome = self.desk.submit(cmd)
         if ticket:
             self.last_seq = ticket
         return outcome
@@ -415,10 +415,10 @@ class Connection:
             return self._refuse(req, side, Problem(Reason.SHUTTING_DOWN, "the exchange is shutting down"), is_json), 0
         qty, price, tif = terms
         cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
-        ticket, decision = desk.submit(cmd, is_json)
+        ticket, decision = desk.submit(cmd)
         if type(decision) is int:  # accepted now (serve): the ACK waits for the disk
             self.last_seq = ticket
-            desk.orders.add(decision, cmd, is_json)
+            desk.orders.add(decision, cmd)
             return self._ack(decision, side, inst, qty, price, tif._value_, cid, is_json), ticket
         if decision is not None:  # refused now: its owner cannot pay for it
             return self._refuse(req, side, cast(Problem, decision), is_json), 0
@@ -488,9 +488,8 @@ class Connection:
         if order is None:
             self._audit_refusal("cancel", req.order_id, req.id, "", None, reject)
             return reject, 0
-        self.desk.orders.set_form(order_id, is_json)
         # The CANCELED (or a REJ if it filled first) comes back from matching.
-        ticket, decision = self._submit(Cancel(order.symbol, order_id, self.owner), is_json)
+        ticket, decision = self._submit(Cancel(order.symbol, order_id, self.owner))
         assert type(decision) is not Problem  # a cancel costs nothing
         return None, ticket
 
@@ -499,7 +498,6 @@ class Connection:
         if order is None:
             self._audit_refusal("replace", req.order_id, req.id, req.qty, req.price, reject)
             return reject, 0
-        self.desk.orders.set_form(order_id, is_json)
         inst = self.desk.instruments[order.symbol]
         open_qty, current = self.desk.open_qty_price(order_id, order)
         terms = replace_terms(inst, req.qty, req.price, current if req.price is None else None)
@@ -508,7 +506,7 @@ class Connection:
             # A decrease at the same price locks nothing (a shrink); anything else locks its
             # whole new order, with the price spelled out (see exchange/risk.py).
             shrink = (price is None or price == current) and qty <= open_qty and current is not None
-            ticket, decision = self._submit(Replace(order.symbol, order_id, qty, None if shrink else price if price is not None else current, self.owner, shrink), is_json)
+            ticket, decision = self._submit(Replace(order.symbol, order_id, qty, None if shrink else price if price is not None else current, self.owner, shrink))
             if decision is None:  # decided later: a REJ if its owner cannot pay for it
                 return self._replace_outcome(ticket, order_id, order, req, is_json), ticket
             if type(decision) is int:

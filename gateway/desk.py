@@ -42,11 +42,10 @@ BalancesSource = Callable[[str], Awaitable[list[tuple[str, int, int]]]]
 MarketSource = Callable[[MarketQuery], Awaitable[R.Reply]]
 
 
-# An execution report for one owner: (owner, form, text formatter, reply Struct, fields).
-# The form is that of the order it concerns (True: JSON), or None when there is no such
-# order: then each session's own last form decides. The server formats each report at
-# most once per form, and only for owners with a live session.
-Report = tuple[str, "bool | None", Callable[..., bytes], type[R.Reply], tuple]
+# An execution report for one owner: (owner, text formatter, reply Struct, fields). Each of
+# the owner's connections gets it in its own form (that of its last request); the server
+# formats each report at most once per form, and only for owners with a live session.
+Report = tuple[str, Callable[..., bytes], type[R.Reply], tuple]
 
 
 class OrderDesk:
@@ -89,20 +88,20 @@ class OrderDesk:
         self._fetches: set[asyncio.Task[None]] = set()
         for book in books.values():
             for o in book.resting():
-                self.orders.add(o.order_id, NewOrder(book.symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id), False)
+                self.orders.add(o.order_id, NewOrder(book.symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id))
 
     # ------------------------------------------------------------------ sequencing
 
     fetched: tuple[type, ...] = (ReportsQuery, Login, TickerQuery, KlinesQuery, TradesQuery)
 
-    def submit(self, cmd: Command, json: bool = False) -> tuple[int, Decision | None]:
+    def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         """To the intake: (its ticket, its decision if made now). A market BUY is given a
         budget first: what the visible book would cost now (its owner's funds are held for it)."""
         if type(cmd) is not NewOrder:
-            return self.submit_to(cmd, json)
+            return self.submit_to(cmd)
         if cmd.price is None:
             cmd = self.books[cmd.symbol].budgeted(cmd)
-        outcome = self.submit_to(cmd, json)
+        outcome = self.submit_to(cmd)
         if type(outcome[1]) is not Problem:
             self._orders.inc()
         return outcome
@@ -297,7 +296,7 @@ class OrderDesk:
                     orders.remove(e.order_id)
             else:
                 continue
-            out.append((e.owner, None if entry is None else entry.json, *report_fields(e, instruments)))
+            out.append((e.owner, *report_fields(e, instruments)))
         return out
 
 

@@ -26,7 +26,7 @@ Decision = int | Problem  # the seq (a new order's id) the command was accepted 
 
 
 class Intake(Protocol):
-    def submit(self, cmd: Command, json: bool) -> tuple[int, Decision | None]:
+    def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         """(its ticket, its decision if made now: None means it comes later, by decision())."""
     def decision(self, ticket: int) -> Decision:
         """A ticket's decision once released (for one that was not decided at submit)."""
@@ -44,7 +44,7 @@ class JournalIntake:
         self.durable_seq = durable_seq  # the last seq fsync'd
         self.applied = applied  # whether matching has applied every seq up to one
 
-    def submit(self, cmd: Command, json: bool) -> tuple[int, Decision | None]:
+    def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         decision = self.step(cmd)
         return (0, decision) if type(decision) is Problem else (decision, decision)  # type: ignore[return-value]
 
@@ -68,13 +68,13 @@ class StreamIntake:
         self.orders = orders  # accepted new orders join the gateway's open orders as they are heard of
         self.tickets = 0  # the last ticket given
         self.through = 0  # every ticket up to this one is decided
-        self.undecided: dict[int, bool] = {}  # ticket -> the JSON form of its request, until decided
+        self.undecided: set[int] = set()  # tickets not decided yet
         self.decisions: dict[int, Decision] = {}  # ticket -> decision, until its reply takes it
         self.latest = 0  # the highest seq heard of on the stream
 
-    def submit(self, cmd: Command, json: bool) -> tuple[int, Decision | None]:
+    def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         self.tickets += 1
-        self.undecided[self.tickets] = json
+        self.undecided.add(self.tickets)
         self.forward(self.tickets, cmd)
         return self.tickets, None
 
@@ -92,15 +92,15 @@ class StreamIntake:
     def sequenced(self, gateway: str, ticket: int, seq: int, cmd: Command) -> None:
         """A risk shard accepted a command (it is on the stream's quorum) as seq."""
         self.latest = max(self.latest, seq)
-        json = False
         if gateway == self.name:
             self.decisions[ticket] = seq
-            json = self.undecided.pop(ticket, False)
+            self.undecided.discard(ticket)
         if type(cmd) is NewOrder:
-            self.orders.add(seq, cmd, json)
+            self.orders.add(seq, cmd)
 
     def turned_down(self, ticket: int, reason: str, text: str) -> None:
-        if self.undecided.pop(ticket, None) is not None:
+        if ticket in self.undecided:
+            self.undecided.discard(ticket)
             self.decisions[ticket] = Problem(Reason(reason), text)
 
     def advance(self) -> int:

@@ -2,8 +2,7 @@
 
 It lets the gateway route a CANCEL to its symbol, refuse one for someone else's order
 before journaling it, keep client order ids unique per owner, and answer ORDERS. An entry
-is the order's NewOrder command (and the form its reports take); the live quantity and
-price are the book's. Entries come in with ACKs and leave with the final FILL or CANCELED.
+is the order's NewOrder command; the live quantity and price are the book's. Entries come in with ACKs and leave with the final FILL or CANCELED.
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ from protocol.messages import NewOrder
 
 
 class Entry(msgspec.Struct, gc=False):
-    """An open order as the gateway knows it: its command, and the form of its reports.
-    Untracked by the collector (refers to nothing that refers back): one per open order."""
+    """An open order as the gateway knows it: its command. Untracked by the collector
+    (refers to nothing that refers back): one per open order."""
 
     cmd: NewOrder
-    json: bool
 
 
 class OwnerOrders:
@@ -34,8 +32,8 @@ class OpenOrders:
         self.by_id: dict[int, Entry] = {}
         self.owners: dict[str, OwnerOrders] = {}
 
-    def add(self, order_id: int, cmd: NewOrder, json: bool) -> None:
-        self.by_id[order_id] = Entry(cmd, json)
+    def add(self, order_id: int, cmd: NewOrder) -> None:
+        self.by_id[order_id] = Entry(cmd)
         mine = self.owners.get(cmd.owner)
         if mine is None:
             mine = self.owners[cmd.owner] = OwnerOrders()
@@ -55,13 +53,6 @@ class OpenOrders:
         if not mine.by_id:
             del self.owners[cmd.owner]
         return entry
-
-    def set_form(self, order_id: int, json: bool) -> None:
-        """Reports about the order follow the form of the latest request about it: a JSON
-        CANCEL of an order placed in text answers (CANCELED) in JSON."""
-        entry = self.by_id.get(order_id)
-        if entry is not None:
-            entry.json = json
 
     def find_client_id(self, owner: str, client_id: str) -> int | None:
         mine = self.owners.get(owner)

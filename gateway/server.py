@@ -363,13 +363,13 @@ class Gateway:
         """Execution reports from a matching step, to every live session of each owner."""
         outgoing: dict[Session, list[bytes]] = {}
         by_owner = self.by_owner
-        for owner, form, text_of, struct, fields in self.desk.reports(events):
+        for owner, text_of, struct, fields in self.desk.reports(events):
             sessions = by_owner.get(owner)
             if not sessions:
                 continue
             text = json = b""
             for session in sessions:
-                if form if form is not None else session.conn.json_mode:
+                if session.conn.json_mode:  # each connection in its own form
                     json = json or R.to_json(struct(*fields))
                     outgoing.setdefault(session, []).append(json)
                 else:

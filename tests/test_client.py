@@ -165,3 +165,28 @@ def test_the_example_market_maker_quotes_trades_and_cleans_up(server: Server) ->
     assert "FILL SELL 5 @ 100.05 leaves=0" in out  # the taker's buy, seen by the maker
     assert out.rstrip().endswith("done: 1 fills, 0 gaps in the feed")
     assert book(taker) == ["BOOK AAPL bids=0 asks=0", "END"]  # it canceled its quotes
+
+
+def test_every_connection_gets_reports_in_its_own_form_and_the_client_never_dies_of_a_line(server: Server) -> None:
+    """Reported: reports followed the form of the order's request, so a JSON connection got
+    text FILL lines for orders its owner placed from nc, and the client raised and exited."""
+
+    async def main() -> None:
+        typed = Client(server.port)
+        typed.login("t1")
+        assert typed.ask("BUY AAPL 2 150.00", 1)[0].startswith("ACK")
+        async with connect("127.0.0.1", server.port, account="t1", password=PASSWORD) as algo:
+            reports = algo.reports()
+            seller = Client(server.port)
+            seller.login("t2")
+            seller.ask("SELL AAPL 2 150.00", 2)
+            fill = await asyncio.wait_for(reports.__anext__(), 10)
+            assert isinstance(fill, R.FillReport) and (fill.qty, fill.price, fill.leaves) == ("2", "150.00", "0")
+            assert typed.line().startswith("FILL ")  # the text connection: in text
+            algo._line(b"FILL 61 AAPL BUY 2 150.00 leaves=0 trade=62-1 liq=R\n")  # a line it cannot read: skipped
+            algo._line(b'{"type":"err","code":"unknown_command","text":"never asked about"}\n')  # nothing waits for it: ignored
+            await algo.ping()  # and the connection goes on
+            assert algo.unexpected_lines == 1
+            assert (await algo.orders()).orders == []
+
+    asyncio.run(main())

@@ -70,11 +70,10 @@ class Bench:
             self.steps.pop(0)()
 
     def deliver(self, events: list[Event]) -> None:
-        for owner, form, text_of, struct, fields in self.desk.reports(events):
+        for owner, text_of, struct, fields in self.desk.reports(events):
             for conn in self.conns:
                 if conn.owner == owner:
-                    json = form if form is not None else conn.json_mode
-                    self.out[conn] += conn.report(R.to_json(struct(*fields)) if json else text_of(*fields))
+                    self.out[conn] += conn.report(R.to_json(struct(*fields)) if conn.json_mode else text_of(*fields))
         for conn in self.conns:
             self.out[conn] += conn.settle()
 
