@@ -80,7 +80,7 @@ def orders(
     with connect_readonly(db) as conn:
         instruments = stored_instruments(conn)
         for row in conn.execute(sql, args + more):
-            result = outcome(conn, row["order_id"], row["owner"], instruments) if row["order_id"] is not None else ""
+            result = outcome(conn, row["order_id"], row["owner"], instruments, row["target"]) if row["order_id"] is not None else ""
             yield {**dict(row), "result": result}
 
 
@@ -95,10 +95,11 @@ def order_line(row: dict) -> str:
     """One audited request: what it asked, whether it was journaled, and what matching made of it."""
     kind = row["kind"]
     head = f"{kind.upper() if kind != 'new' else 'ORDER'} {row['order_id'] if row['order_id'] is not None else '-'} {row['ts']} {row['status']}"
+    target = row["target"] if row["target"] is not None else "-"  # (a cancel by an unknown client id names no order)
     if kind == "cancel":
-        body = f"{row['symbol']} order={row['target']}"
+        body = f"{row['symbol']} order={target}"
     elif kind == "replace":
-        body = f"{row['symbol']} order={row['target']} qty={row['qty']}" + (f" price={row['price']}" if row["price"] else "")
+        body = f"{row['symbol']} order={target} qty={row['qty']}" + (f" price={row['price']}" if row["price"] else "")
     elif kind in ("deposit", "withdrawal"):  # the asset, the amount, the operator's ref
         return f"{head} {row['symbol']} {row['qty']} account={row['owner']} ref={row['client_id']}"
     else:
@@ -121,22 +122,31 @@ def reports_of(db: Path, owner: str, since: int, through: int) -> list[Report]:
         return [_decode_report(r[0]) for r in rows]
 
 
-def outcome(conn: sqlite3.Connection, seq: int, owner: str, instruments: dict[str, Instrument]) -> str:
-    """What a command's reports to its owner said, e.g. "fill 4@150.25, canceled expired"."""
+def outcome(conn: sqlite3.Connection, seq: int, owner: str, instruments: dict[str, Instrument], target: int | None = None) -> str:
+    """What a command's reports to its owner said, e.g. "fill 4@150.25, canceled expired";
+    a report about another of the owner's orders (a resting order canceled by self-trade
+    prevention) names it: "canceled self_trade order=28"."""
     parts = []
     for (blob,) in conn.execute("SELECT report FROM reports WHERE seq = ? AND owner = ? ORDER BY n", (seq, owner)):
         r = _decode_report(blob)
-        if type(r) is Fill:
-            inst = instruments[r.symbol]
-            parts.append(f"fill {inst.format_qty(r.qty)}@{inst.format_price(r.price)}")
-        elif type(r) is Replaced:
-            inst = instruments[r.symbol]
-            parts.append(f"replaced {inst.format_qty(r.qty)}@{inst.format_price(r.price)}")
-        elif type(r) is Canceled:
-            parts.append(f"canceled {r.reason.value}")
-        elif type(r) is Rejected:
-            parts.append(f"rejected {r.reason.value}")
+        if r.order_id not in (seq, target, None):
+            parts.append(f"{_said(r, instruments)} order={r.order_id}")
+            continue
+        parts.append(_said(r, instruments))
     return ", ".join(parts)
+
+
+def _said(r: Report, instruments: dict[str, Instrument]) -> str:
+    if type(r) is Fill:
+        inst = instruments[r.symbol]
+        return f"fill {inst.format_qty(r.qty)}@{inst.format_price(r.price)}"
+    if type(r) is Replaced:
+        inst = instruments[r.symbol]
+        return f"replaced {inst.format_qty(r.qty)}@{inst.format_price(r.price)}"
+    if type(r) is Canceled:
+        return f"canceled {r.reason.value}"
+    assert type(r) is Rejected
+    return f"rejected {r.reason.value}"
 
 
 def stored_instruments(conn: sqlite3.Connection) -> dict[str, Instrument]:

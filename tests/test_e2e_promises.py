@@ -285,6 +285,20 @@ def test_the_audit_lists_every_request_with_its_outcome(server: Server) -> None:
         assert refused.returncode == 2 and "is neither a sequence number nor an ISO-8601 time" in refused.stderr, refused
 
 
+def test_the_audit_names_the_order_each_outcome_is_about(server: Server) -> None:
+    # Reported: `ORDER 62 -> canceled self_trade, canceled no_liquidity` put resting order 61's
+    # self-trade cancel on order 62, and a cancel by an unknown client id printed order=None.
+    c = server.client()
+    assert c.ask("BUY AAPL 1 100.00", 1) == ["ACK 61 BUY AAPL 1 100.00 GTC"]
+    assert c.ask("SELL AAPL 1", 3)[0] == "ACK 62 SELL AAPL 1 MKT IOC"
+    c.ask("CANCEL id=nothing")
+    time.sleep(0.5)  # the trade log commits every 20 ms
+    lines = [line for line in tickline("orders", "--data-dir", str(server.data_dir)).stdout.splitlines() if not line.startswith("DEPOSIT")]
+    assert lines[1].startswith("ORDER 62 ") and lines[1].endswith("-> canceled self_trade order=61, canceled no_liquidity"), lines[1]
+    assert lines[2].startswith("CANCEL - ") and " order=- " in lines[2] and "reason=unknown_order" in lines[2], lines[2]
+    assert "None" not in "\n".join(lines)
+
+
 def test_snapshots_come_on_time_too_and_segments_rotate_at_a_set_size(tmp_path: Path) -> None:
     data = tmp_path / "data"
     srv = Server(data, "--snapshot-every", "1000000", "--snapshot-interval", "1", "--segment-mb", "1").start()
