@@ -422,7 +422,7 @@ BREAKDOWN = [
     ("journal_fdatasync_us", "journal writer: fdatasync"),
     ("journal_commit_us", "journal: sent -> durable, back on the loop"),
     ("journal_on_durable_us", "event loop: durable batches released, matched"),
-    ("matching_step_us", "matching: one symbol's step + sinks"),
+    ("matching_step_us", "matching: a durable batch's step + sinks"),
     ("loop_lag_us", "event loop lag (5 ms timer)"),
     ("gc_gen0_us", "gc gen0"), ("gc_gen1_us", "gc gen1"), ("gc_gen2_us", "gc gen2"),
     ("snapshot_capture_us", "snapshot capture (on the loop)"),

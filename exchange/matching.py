@@ -137,13 +137,15 @@ class Durable:
     and a client holding an ACK finds the order on the book."""
 
     def __init__(
-        self, matching: Matching, released: list[Callable[[int], None]], logged: Callable[[int, int, bytes], None], write: Callable[[], None]
-    ) -> None:
+        self, matching: Matching, released: list[Callable[[int], None]], logged: Callable[[int, int, bytes], None], write: Callable[[], None],
+        apply: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
         self.matching, self.released, self.logged, self.write = matching, released, logged, write
+        self.apply = apply or matching.apply_now  # (the server's is timed: matching_step_us)
 
     def __call__(self, first_seq: int, cmds: list[Command], ts_ns: int, record: bytes) -> None:
         self.release(first_seq, cmds, record)
-        self.matching.apply_now()
+        self.apply()
         self.write()
 
     def release(self, first_seq: int, cmds: list[Command], record: bytes = b"") -> None:

@@ -43,6 +43,7 @@ def test_the_admin_channel_reports_the_commit_cycle_and_resets(tmp_path) -> None
         assert report["journal_fdatasync_us"]["count"] >= 20  # one ask at a time: one fsync each
         assert report["journal_commit_us"]["p50"] >= report["journal_fdatasync_us"]["p50"] > 0
         assert report["gateway_read_us"]["count"] >= 20 and report["gateway_sessions"] == 1
+        assert report["matching_step_us"]["count"] >= 20  # reported: it timed only the steps left over under load
         assert report["journal_backlog_orders"] == 0
         after = json.loads(send_lines(tmp_path / "data" / "admin.sock", ["TELEMETRY"])[0])
         assert after["journal_fdatasync_us"]["count"] == 0  # reset

@@ -22,6 +22,7 @@ import signal
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -44,7 +45,7 @@ from journal.tradelog import TradeLog
 from notifier.server import Notifier
 from notifier.session import Limits
 from protocol.messages import Transfer
-from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed
+from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed, timed_call
 from telemetry.registry import Telemetry
 from tickline import __version__
 from tickline.tuning import tune_runtime
@@ -156,8 +157,8 @@ class Serve:
         once (a slice of it), what is left as that symbol's own later steps of the loop."""
         journal, telemetry = self.journal, self.telemetry
         self.sequencer = Sequencer(self.risk, lambda: journal.next_seq, journal.append)
-        step_us = telemetry.histogram("matching_step_us", "one symbol's drain and its sinks")
-        self.matching = Matching(self.books, timed(asyncio.get_running_loop().call_soon, step_us))
+        self.step_us = telemetry.histogram("matching_step_us", "matching a durable batch (or what a symbol had left of one) and its sinks")
+        self.matching = Matching(self.books, timed(asyncio.get_running_loop().call_soon, self.step_us))
         self.intake = JournalIntake(self.sequencer, lambda: journal.durable_seq, self.matching.applied)
 
     async def _caught_up(self) -> int:
@@ -202,7 +203,8 @@ class Serve:
         starts committing into matching (exchange/matching.py Durable says in which order)."""
         matching, gateway, tradelog = self.matching, self.gateway, self.tradelog
         matching.send_to([self.risk.settle, gateway.deliver, tradelog.on_events, self.notifier.on_events])
-        await self.journal.start(Durable(matching, [gateway.on_released, self.admin.on_released], tradelog.on_durable, gateway.write_now))
+        released: list[Callable[[int], None]] = [gateway.on_released, self.admin.on_released]
+        await self.journal.start(Durable(matching, released, tradelog.on_durable, gateway.write_now, timed_call(matching.apply_now, self.step_us)))
         if self.config.demo and create_demo_accounts(self.data.accounts):
             for words in DEMO_TRANSFERS:
                 name, asset, amount, ref = words
