@@ -18,6 +18,7 @@ from exchange.book import Book
 from exchange.instruments import Instrument
 from exchange.risk import Risk
 from gateway.intake import Decision, Intake
+from gateway.logins import LoginThrottle
 from gateway.orders import OpenOrders
 from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Reason, Refusal, Rejected, Replaced
@@ -30,10 +31,6 @@ ADDED = Liquidity.ADDED
 # REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
 ReportsSource = Callable[[str, int], Awaitable[tuple[list["ReportEvent"], int]]]
 MAX_BOOK_LEVELS = 1000
-# Login throttle: after FREE_FAILURES wrong passwords for one account or from one address,
-# each attempt waits 0.5 s, doubling per failure up to MAX_LOGIN_DELAY; forgotten after
-# FAILURE_MEMORY seconds without one.
-FREE_FAILURES, MAX_LOGIN_DELAY, FAILURE_MEMORY, MAX_TRACKED = 3, 8.0, 600.0, 100_000
 MAX_LOGINS_WAITING = 200  # password checks queued (one hasher thread, ~70 ms each): beyond, "busy"
 PasswordCheck = Callable[[str, str], Awaitable[bool]]
 # (account) -> its (asset, available, locked) rows, from its risk shard (a cluster)
@@ -71,7 +68,7 @@ class OrderDesk:
         self.intake = intake  # where commands go and their decisions come from (gateway/intake.py)
         self.submit_to = intake.submit
         self.check_password = check_password  # LOGIN (async: a database read and a slow hash)
-        self._failures: dict[str, tuple[int, float]] = {}  # "account:x" / "address:x" -> (count, last)
+        self.throttle = LoginThrottle()  # what a wrong password costs (gateway/logins.py)
         self._logins_waiting = 0
         self.version = version
         self.refused = refused  # the order audit's row for an order refused here
@@ -171,15 +168,16 @@ class OrderDesk:
         if check is None:
             done(R.Error("unavailable", "this server has no accounts"), None)
             return
-        keys = (f"account:{name[:40]}", f"address:{peer.rsplit(':', 1)[0]}")
-        if self._logins_waiting >= MAX_LOGINS_WAITING:
-            done(R.Error("busy", "too many logins in progress; try again in a few seconds"), None)
+        account, address = name[:40], peer.rsplit(":", 1)[0]
+        throttle = self.throttle
+        delay = None if self._logins_waiting >= MAX_LOGINS_WAITING else throttle.wait(account, address, time.monotonic())  # gateway/logins.py
+        if delay is None:
+            done(R.Error("busy", "too many logins in progress for this account or server; try again later"), None)
             return
         self._logins_waiting += 1
 
         async def attempt() -> None:
             try:
-                delay = max(self._delay(k) for k in keys)
                 if delay:
                     await asyncio.sleep(delay)
                 ok = await check(name, password)
@@ -189,30 +187,18 @@ class OrderDesk:
                 return
             finally:
                 self._logins_waiting -= 1
+                if delay:
+                    throttle.done_waiting(account)
             if ok:
-                self._failures.pop(keys[0], None)
+                throttle.succeeded(account, address)
                 log.info("login", account=name, peer=peer)
                 done(R.LoggedIn(name, len(self.orders.of_owner(name))), name)
                 return
-            self._failed(keys)
-            log.info("login_refused", account=clip(name), peer=peer, delayed=delay)
+            throttle.failed(account, address, time.monotonic())
+            log.info("login_refused", account=clip(name), peer=peer, delayed=round(delay, 3))
             done(R.Reject(Reason.BAD_LOGIN.value, "wrong name or password"), None)
 
         self._spawn(attempt())
-
-    def _delay(self, key: str) -> float:
-        count, last = self._failures.get(key, (0, 0.0))
-        if count < FREE_FAILURES or time.monotonic() - last > FAILURE_MEMORY:
-            return 0.0
-        return min(0.5 * 2 ** (count - FREE_FAILURES), MAX_LOGIN_DELAY)
-
-    def _failed(self, keys: tuple[str, ...]) -> None:
-        if len(self._failures) > MAX_TRACKED:  # bounded: past that many names and addresses, start over
-            self._failures.clear()
-        now = time.monotonic()
-        for key in keys:
-            count, last = self._failures.get(key, (0, 0.0))
-            self._failures[key] = (1 if now - last > FAILURE_MEMORY else count + 1, now)
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

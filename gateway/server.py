@@ -43,6 +43,10 @@ INPUT_SLICE = 8 * 1024
 # without bound (measured: 50,000 waiting after 6 s at 100,000/s offered), and with them
 # memory, fill latency and the collector's work. ~8,000 is a quarter second of matching.
 MAX_BACKLOG = 8_000
+# Connections: in all, from one client address, and how long one may stay without logging
+# in (serve's --max-connections, --max-connections-per-address, --login-timeout): a client
+# that opens connections and never logs in cannot take the server's.
+MAX_SESSIONS, MAX_PER_ADDRESS, LOGIN_TIMEOUT = 5_000, 500, 60.0
 
 
 class Session(asyncio.Protocol):
@@ -61,6 +65,7 @@ class Session(asyncio.Protocol):
         self.unread = b""  # input read from the socket and not yet handed to the Connection
         self.input_ended = False  # the client half-closed with input still unread
         self._read_at: deque[tuple[int, float]] = deque()  # (last seq a read journaled, when read): for gateway_ack_us
+        self._login_timer: asyncio.TimerHandle | None = None  # closes the connection if it has not logged in by then
 
     @property
     def owner(self) -> str:
@@ -74,10 +79,13 @@ class Session(asyncio.Protocol):
         self.flow = FlowControl(transport)
         limit_buffers(transport, WRITE_HIGH)
         self.peer = self.conn.peer = peer_name(transport)
-        if not self.gw.admit(self):
-            transport.write(R.to_text(R.Error("too_many_connections", "the server is full; try again later")))
+        refusal = self.gw.admit(self)
+        if refusal is not None:
+            transport.write(R.to_text(R.Error("too_many_connections", refusal)))
             transport.close()
             return
+        if self.gw.login_timeout:
+            self._login_timer = asyncio.get_running_loop().call_later(self.gw.login_timeout, self._login_expired)
         log.info("session_open", peer=self.peer, owner=self.owner)
         transport.write(self.conn.hello())
         if self.gw.closing:
@@ -125,6 +133,8 @@ class Session(asyncio.Protocol):
         return True  # keep the transport open for writing
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
         self.gw.forget(self)
         log.info("session_closed", peer=self.peer, owner=self.owner, error=str(exc) if exc else None)
 
@@ -143,6 +153,9 @@ class Session(asyncio.Protocol):
         for the journal or matching."""
         conn = self.conn
         if conn.owner != self.routed_as:  # logged in: reports for the account come here now
+            if self._login_timer is not None:
+                self._login_timer.cancel()
+                self._login_timer = None
             self.gw.rekey(self, self.routed_as)
             self.routed_as = conn.owner
             log.info("session_login", peer=self.peer, account=conn.owner)
@@ -158,6 +171,17 @@ class Session(asyncio.Protocol):
             self.gw.wait(self)
             return True
         return False
+
+    def _login_expired(self) -> None:
+        """Not logged in within the gateway's login timeout: what is queued, the reason, the end."""
+        transport = self.transport
+        if self.conn.owner or transport is None or transport.is_closing():
+            return
+        log.info("session_login_timeout", peer=self.peer)
+        self.write_out()
+        error = R.Error("login_timeout", f"log in within {self.gw.login_timeout:g} s of connecting; connect again to go on")
+        transport.write(R.to_json(error) if self.conn.json_mode else R.to_text(error))
+        transport.close()
 
     def _ready(self) -> None:
         """A lookup the connection waited for (REPORTS) came back."""
@@ -217,8 +241,8 @@ class Session(asyncio.Protocol):
 
 class Gateway:
     def __init__(
-        self, desk: OrderDesk, *, max_sessions: int = 5_000, telemetry: Telemetry | None = None,
-        backlog: Callable[[], int] = lambda: 0, max_backlog: int = MAX_BACKLOG,
+        self, desk: OrderDesk, *, max_sessions: int = MAX_SESSIONS, max_per_address: int = MAX_PER_ADDRESS, login_timeout: float = LOGIN_TIMEOUT,
+        telemetry: Telemetry | None = None, backlog: Callable[[], int] = lambda: 0, max_backlog: int = MAX_BACKLOG,
     ) -> None:  # fmt: skip
         self.desk = desk
         self.backlog = backlog  # commands accepted and not yet matched
@@ -230,7 +254,10 @@ class Gateway:
         self.ack_us = t.histogram("gateway_ack_us", "a read's commands -> the write that carries their ACKs")
         t.gauge("gateway_sessions", lambda: len(self.sessions))
         self.max_sessions = max_sessions
+        self.max_per_address = max_per_address
+        self.login_timeout = login_timeout  # seconds a connection may stay without logging in (0: for ever)
         self.sessions: dict[Session, None] = {}
+        self.per_address: dict[str, int] = {}  # open connections by client address
         self.by_owner: dict[str, dict[Session, None]] = {}
         self._waiting: dict[Session, None] = {}  # sessions whose Connection is waiting
         self._dirty: dict[Session, None] = {}  # sessions with bytes queued for this iteration
@@ -247,14 +274,26 @@ class Gateway:
 
     # ------------------------------------------------------------------ sessions
 
-    def admit(self, session: Session) -> bool:
+    def admit(self, session: Session) -> str | None:
+        """Take a new connection, or say why not."""
         if len(self.sessions) >= self.max_sessions:
-            return False
+            return f"the server is full ({self.max_sessions} connections); try again later"
+        address = session.peer.rsplit(":", 1)[0]
+        if self.per_address.get(address, 0) >= self.max_per_address:
+            return f"{self.max_per_address} connections from your address already; close some first"
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         self.sessions[session] = None
-        return True
+        return None
 
     def forget(self, session: Session) -> None:
-        self.sessions.pop(session, None)
+        if session in self.sessions:  # (one refused at admit was never counted)
+            del self.sessions[session]
+            address = session.peer.rsplit(":", 1)[0]
+            left = self.per_address.get(address, 1) - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                self.per_address.pop(address, None)
         self._waiting.pop(session, None)
         self._unread.pop(session, None)
         self._held_back.pop(session, None)

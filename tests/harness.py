@@ -128,8 +128,9 @@ class Server:
 class Client:
     """A line client with a read buffer; every read has a deadline."""
 
-    def __init__(self, port: int, greet: bool = True) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, greet: bool = True, source: str | None = None) -> None:
+        # source: another loopback address (127.0.0.2...) to connect from: another client address
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=None if source is None else (source, 0))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.hello = self.line() if greet else ""

@@ -66,6 +66,9 @@ class Config:
     retention: str = "keep"  # journal segments a snapshot covers: keep | delete
     tradelog_max_rows: int = 500_000  # rows waiting for SQLite before they are dropped
     max_backlog: int = 8_000  # commands accepted and not yet matched before reading stops
+    max_connections: int = 5_000  # order-entry connections in all...
+    max_connections_per_address: int = 500  # ...and from one client address
+    login_timeout: float = 60.0  # seconds an order-entry connection may stay without logging in (0: no limit)
     md_host: str = "127.0.0.1"
     md_port: int = 7002
     web_host: str = "127.0.0.1"
@@ -184,8 +187,10 @@ class Serve:
             self.instruments, books, self.risk, self.intake, version=__version__, refused=self.tradelog.on_refusal,
             reports_source=self.history.reports, check_password=accounts.check, market_source=self.history.answer, telemetry=self.telemetry,
         )  # fmt: skip
+        config = self.config
         self.gateway = Gateway(
-            self.desk, telemetry=self.telemetry, max_backlog=self.config.max_backlog,
+            self.desk, telemetry=self.telemetry, max_backlog=config.max_backlog, max_sessions=config.max_connections,
+            max_per_address=config.max_connections_per_address, login_timeout=config.login_timeout,
             backlog=lambda: journal.next_seq - 1 - journal.durable_seq + matching.queued(),
         )  # fmt: skip
         self.admin = AdminServer(self.desk, accounts.exists, self.telemetry)  # on a Unix socket

@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         "--max-backlog", type=int, default=int(env("TICKLINE_MAX_BACKLOG", "8000")),
         help="commands accepted and not yet matched before the server stops reading from clients (until half that)",
     )  # fmt: skip
+    serve.add_argument("--max-connections", type=int, default=5000, help="order-entry connections in all")
+    serve.add_argument("--max-connections-per-address", type=int, default=500, help="order-entry connections from one client address")
+    serve.add_argument("--login-timeout", type=float, default=60.0, help="seconds an order-entry connection may stay without logging in (0: no limit)")
     serve.add_argument("--tradelog-max-rows", type=int, default=int(env("TICKLINE_TRADELOG_MAX_ROWS", "500000")), help="trade log queue bound")
     serve.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
     serve.add_argument("--tls-cert", type=Path, default=env("TICKLINE_TLS_CERT"), help="certificate chain (PEM): both ports speak TLS")
@@ -195,7 +198,8 @@ def _run(args: argparse.Namespace) -> int:
             retention=args.retention, tradelog_max_rows=args.tradelog_max_rows, max_backlog=args.max_backlog,
             md_host=args.md_host, md_port=args.md_port, md_hard_cap=args.md_hard_cap, md_pause_deadline=args.md_pause_deadline,
             tls_cert=args.tls_cert, tls_key=args.tls_key, demo=args.demo,
-            web_host=args.web_host, web_port=None if args.no_web else args.web_port,
+            web_host=args.web_host, web_port=None if args.no_web else args.web_port, max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address, login_timeout=args.login_timeout,
         )  # fmt: skip
         return uvloop.run(run_server(config))
     if args.command == "cluster":
