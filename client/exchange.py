@@ -109,8 +109,9 @@ class Exchange:
     async def book(self, symbol: str, levels: int = 10) -> R.BookReply:
         return await self._query(Q.BookQuery(symbol, levels), R.BookReply)
 
-    async def orders(self) -> R.OrdersReply:
-        return await self._query(Q.OrdersQuery(), R.OrdersReply)
+    async def orders(self, symbol: str | None = None, limit: int = 1000, after: int = 0) -> R.OrdersReply:
+        """A page of open orders (reply.next: ask again with after=reply.next for more)."""
+        return await self._query(Q.OrdersQuery(symbol and symbol.upper(), limit, after), R.OrdersReply)
 
     async def balances(self) -> R.BalancesReply:
         return await self._query(Q.BalancesQuery(), R.BalancesReply)

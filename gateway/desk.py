@@ -22,7 +22,7 @@ from gateway.logins import LoginThrottle
 from gateway.orders import OpenOrders
 from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Reason, Refusal, Rejected, Replaced
-from protocol.requests import BalancesQuery, BookQuery, KlinesQuery, Login, MarketQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
+from protocol.requests import BalancesQuery, BookQuery, KlinesQuery, Login, MarketQuery, OrdersQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
 from protocol.text import clip
 from telemetry.registry import Telemetry
 
@@ -31,6 +31,8 @@ ADDED = Liquidity.ADDED
 # REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
 ReportsSource = Callable[[str, int], Awaitable[tuple[list["ReportEvent"], int]]]
 MAX_BOOK_LEVELS = 1000
+ALL_ORDERS = OrdersQuery()  # the first page, every symbol
+MAX_ORDERS_PAGE = 10_000
 MAX_LOGINS_WAITING = 200  # password checks queued (one hasher thread, ~70 ms each): beyond, "busy"
 PasswordCheck = Callable[[str, str], Awaitable[bool]]
 # (account) -> its (asset, available, locked) rows, from its risk shard (a cluster)
@@ -119,9 +121,19 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ queries
 
-    def orders_reply(self, owner: str) -> R.OrdersReply:
-        rows = []
+    def orders_reply(self, owner: str, query: OrdersQuery = ALL_ORDERS) -> R.Reply:
+        """A page of the owner's open orders (a whole list could be megabytes: one page at a time)."""
+        symbol, limit, after = query.symbol, query.limit, query.after
+        if not 1 <= limit <= MAX_ORDERS_PAGE:
+            return R.Error("bad_request", f"limit must be 1..{MAX_ORDERS_PAGE}")
+        if symbol is not None and symbol not in self.instruments:
+            return R.Reject(Reason.UNKNOWN_SYMBOL.value, f"no such symbol {clip(symbol)}; type SYMBOLS")
+        rows: list[R.OpenOrder] = []
         for order_id, cmd in self.orders.of_owner(owner).items():
+            if order_id <= after or (symbol is not None and cmd.symbol != symbol):
+                continue
+            if len(rows) == limit:
+                return R.OrdersReply(rows, rows[-1].order_id)
             inst = self.instruments[cmd.symbol]
             qty, price = self.open_qty_price(order_id, cmd)
             price_text = "MKT" if price is None else inst.format_price(price)

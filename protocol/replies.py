@@ -110,6 +110,7 @@ class OpenOrder(msgspec.Struct, frozen=True, omit_defaults=True):
 
 class OrdersReply(_Reply, frozen=True, tag="orders"):
     orders: list[OpenOrder]
+    next: int | None = None  # more open orders: ask ORDERS after=<next> for them
 
 
 class SymbolInfo(msgspec.Struct, frozen=True):
@@ -281,7 +282,7 @@ def to_text(r: Reply) -> bytes:
         lines += [f"ASK {p} {q}" for p, q in r.asks]
         s = "\n".join(lines) + "\nEND\n"
     elif type(r) is OrdersReply:
-        lines = [f"ORDERS {len(r.orders)}"]
+        lines = [f"ORDERS {len(r.orders)}" + ("" if r.next is None else f" next={r.next}")]
         lines += [f"ORDER {o.order_id} {o.side} {o.symbol} {o.qty} {o.price} {o.tif}{_id(o.id)}" for o in r.orders]
         s = "\n".join(lines) + "\nEND\n"
     elif type(r) is SymbolsReply:

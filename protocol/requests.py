@@ -49,7 +49,12 @@ class BookQuery(_Request, frozen=True, tag="book"):
 
 
 class OrdersQuery(_Request, frozen=True, tag="orders"):
-    pass
+    """A page of the caller's open orders, in order id order: those after `after`, in
+    `symbol` if given, at most `limit` (the reply's `next` asks for the rest)."""
+
+    symbol: str | None = None
+    limit: int = 1000
+    after: int = 0
 
 
 class SymbolsQuery(_Request, frozen=True, tag="symbols"):

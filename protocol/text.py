@@ -201,6 +201,8 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
         if isinstance(limit, BadRequest):
             return limit
         return TradesQuery(args[0].upper(), limit, options.get("before"))
+    if verb == "ORDERS":
+        return _orders_query(args)
     if verb == "LOGIN":
         if len(args) != 2:
             return BadRequest("bad_request", "usage: LOGIN <name> <password>")
@@ -214,7 +216,6 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
 
 
 _SIMPLE: dict[str, Request] = {
-    "ORDERS": OrdersQuery(),
     "SYMBOLS": SymbolsQuery(),
     "PING": Ping(),
     "HELP": Help(),
@@ -223,6 +224,18 @@ _SIMPLE: dict[str, Request] = {
     "STATS": StatsQuery(),
     "EXIT": Quit(),
 }
+
+
+def _orders_query(args: list[str]) -> OrdersQuery | BadRequest:
+    """ORDERS [<symbol>] [limit=<n>] [after=<order id>]"""
+    symbol = args[0].upper() if args and "=" not in args[0] else None
+    options = _options(args[1:] if symbol else args, ("limit", "after"))
+    if isinstance(options, BadRequest):
+        return options
+    limit, after = _int_arg(options.get("limit", "1000"), "limit"), _int_arg(options.get("after", "0"), "after")
+    if isinstance(limit, BadRequest) or isinstance(after, BadRequest):
+        return limit if isinstance(limit, BadRequest) else after  # type: ignore[return-value]
+    return OrdersQuery(symbol, limit, after)
 
 
 def _options(tokens: list[str], names: tuple[str, ...]) -> dict[str, str] | BadRequest:
@@ -257,7 +270,7 @@ HELP_LINES = [
     "CANCEL <order-id> | CANCEL id=<client-order-id>",
     "REPLACE <order-id> <qty> [<price>]     qty is the new open quantity (or REPLACE id=<cid> ...)",
     "BOOK <symbol> [<levels>]               price levels, best first (default 10)",
-    "ORDERS                                 your open orders",
+    "ORDERS [<sym>] [limit=<n>] [after=<id>] your open orders, 1000 a page (next=<id> in the reply: there are more)",
     "SYMBOLS                                what trades here, with tick and lot sizes",
     "LOGIN <name> <password>                trade as your account (orders need it)",
     "BALANCES                               your available and locked amounts per asset",

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness import ROOT, Server
+from tests.harness import ROOT, Client, Server
 
 
 def read_all(sock: socket.socket, timeout: float = 10.0) -> list[str]:
@@ -316,7 +316,7 @@ def test_snapshots_come_on_time_too_and_segments_rotate_at_a_set_size(tmp_path: 
         srv.kill()
     srv.start()  # after kill -9: from the snapshot, every acknowledged order is back
     try:
-        assert srv.client(c.owner).ask("ORDERS", 1) == ["ORDERS 20000"]
+        assert Client(srv.port).login(c.owner) == f"LOGGED_IN account={c.owner} open=20000"
     finally:
         srv.kill()
     verify = tickline("replay", "--verify", "--data-dir", str(data))

@@ -226,3 +226,22 @@ def test_a_lookup_answered_at_once_keeps_its_place_and_nothing_comes_after_bye(s
         "BYE goodbye",
     ]
     assert anon.closed()
+
+
+def test_orders_come_a_page_at_a_time_so_a_big_book_never_makes_a_reply_too_big(server: Server) -> None:
+    # Reported: ORDERS for ~400,000 open orders built an 18 MB reply, and the server dropped
+    # the client that asked as a slow consumer. Now 1,000 a page; `next=` asks for the rest.
+    c = server.client()
+    c.send("".join(f"BUY {'AAPL' if i % 2 else 'ES'} 1 {100 + i % 50}.00\n" for i in range(2_500)))
+    assert c.lines(2_500)[-1].startswith("ACK 2560 ")
+    first = c.ask("ORDERS", 1)[0]
+    assert first == "ORDERS 1000 next=1060"
+    page = c.until("END")
+    assert page[0].startswith("ORDER 61 ") and page[-2].startswith("ORDER 1060 ") and len(page) == 1001
+    assert c.ask("ORDERS after=2060", 1) == ["ORDERS 500"] and len(c.until("END")) == 501
+    assert c.ask("ORDERS es limit=2 after=61", 4) == ["ORDERS 2 next=65", "ORDER 63 BUY ES 1 102.00 GTC", "ORDER 65 BUY ES 1 104.00 GTC", "END"]
+    assert c.ask("ORDERS NOPE") == ["REJ unknown_symbol no such symbol NOPE; type SYMBOLS"]
+    assert c.ask("ORDERS limit=0") == ["ERR bad_request limit must be 1..10000"]
+    assert c.ask('{"op":"orders","symbol":"AAPL","limit":1}') == [
+        '{"type":"orders","orders":[{"order_id":62,"side":"BUY","symbol":"AAPL","qty":"1","price":"101.00","tif":"GTC"}],"next":62}'
+    ]
