@@ -187,3 +187,28 @@ def test_the_page_shows_depth_ticker_and_trades_live(server: Server, tmp_path: P
     finally:
         driver.quit()
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+@browser
+def test_the_page_says_so_for_an_unknown_symbol_and_one_far_order_does_not_squash_the_depth(server: Server, tmp_path: Path) -> None:
+    """Reported: /?symbol=NOPE was a blank page; one far bid (100.00) squashed the depth chart
+    into a block; the volume label covered the price axis."""
+    driver = chromium(tmp_path / "chromium-profile")
+    try:
+        driver.get(f"http://127.0.0.1:{server.web_port}/?symbol=NOPE")
+        assert text_of(driver, "#notice", "no such symbol NOPE; showing AAPL") == "no such symbol NOPE; showing AAPL"
+        assert text_of(driver, "#tk-symbol", "AAPL") == "AAPL"
+        maker = server.client()
+        maker.send("BUY AAPL 1 100.00\nBUY AAPL 2 149.00\nBUY AAPL 2 149.50\nSELL AAPL 2 150.50\nSELL AAPL 1 151.00\n")
+        assert all(line.startswith("ACK") for line in maker.lines(5))
+        assert text_of(driver, "#book tbody tr:first-child", "2 149.50 150.50 2") == "2 149.50 150.50 2"
+        deadline = time.monotonic() + 10
+        while driver.execute_script("return document.getElementById('depth').dataset.range") != "149.00 151.00" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.execute_script("return document.getElementById('depth').dataset.range") == "149.00 151.00"  # 100.00 is left off
+        assert driver.execute_script("return charts.volume.options().lastValueVisible") is False
+        driver.get(f"http://127.0.0.1:{server.web_port}/?symbol=es")  # any case
+        assert text_of(driver, "#tk-symbol", "ES") == "ES"
+        assert not driver.find_element("id", "notice").is_displayed()
+    finally:
+        driver.quit()

@@ -10,6 +10,7 @@
 const $ = (id) => document.getElementById(id);
 const INTERVALS = ["1m", "5m", "15m", "1h", "1d"];
 const BOOK_ROWS = 10, TRADE_ROWS = 30, DEPTH_LEVELS = 50;
+const DEPTH_RANGE = 0.05;  // the depth chart shows prices within 5% of the mid: one far order must not squash it
 const PAINTS_PER_SECOND = 4;
 const CANDLE_PAINT_MS = 1000;  // the chart is the costliest paint: once a second is enough
 const TICKER_EVERY_MS = 2000, KLINES_EVERY_MS = 10000;  // refetched while trades come
@@ -167,12 +168,19 @@ function paintDepth() {
   let [bids, asks] = sortedLevels();
   bids = bids.slice(0, DEPTH_LEVELS); asks = asks.slice(0, DEPTH_LEVELS);
   if (!bids.length && !asks.length) return;
+  // Clamp around the mid (or the one side's best): levels further away are left off the
+  // chart (the book table lists them), but the best of each side always shows.
+  const best = [bids[0], asks[0]].filter(Boolean).map((l) => Number(l[0]));
+  const mid = best.reduce((a, b) => a + b, 0) / best.length;
+  const near = (levels) => levels.filter((l, i) => i === 0 || Math.abs(Number(l[0]) - mid) <= mid * DEPTH_RANGE);
+  bids = near(bids); asks = near(asks);
   const cum = (levels) => { let t = 0; return levels.map(([p, q]) => [Number(p), (t += Number(q))]); };
   const cb = cum(bids), ca = cum(asks);
   const texts = [...bids, ...asks].map((x) => x[0]);  // the prices as the server prints them
   const prices = texts.map(Number);
   const lo = Math.min(...prices), hi = Math.max(...prices), span = hi - lo || 1;
   const loText = texts[prices.indexOf(lo)], hiText = texts[prices.indexOf(hi)];
+  canvas.dataset.range = `${loText} ${hiText}`;  // (what the axis shows, for tests and tools)
   const top = Math.max(cb.length ? cb[cb.length - 1][1] : 0, ca.length ? ca[ca.length - 1][1] : 0) || 1;
   const x = (p) => 10 + ((p - lo) / span) * (w - 20), y = (q) => h - 18 - (q / top) * (h - 30);
   const area = (points, color) => {
@@ -232,7 +240,10 @@ function makeChart() {
     timeScale: { timeVisible: true, secondsVisible: false },
   });
   charts.candles = chart.addSeries(L.CandlestickSeries, { upColor: "#26a69a", downColor: "#ef5350", wickUpColor: "#26a69a", wickDownColor: "#ef5350", borderVisible: false });
-  charts.volume = chart.addSeries(L.HistogramSeries, { priceScaleId: "", priceFormat: { type: "volume" }, color: "#3a4a5e" });
+  // Volume on its own overlay scale, with no label of its own on the price axis (it covered the prices).
+  charts.volume = chart.addSeries(L.HistogramSeries, {
+    priceScaleId: "", priceFormat: { type: "volume" }, color: "#3a4a5e", lastValueVisible: false, priceLineVisible: false,
+  });
   charts.volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
 }
 
@@ -332,6 +343,12 @@ function tick() {
   if (state.refresh.klines && now >= state.refresh.klines) { state.refresh.klines = 0; loadKlines(); }
 }
 
+function notice(text) {
+  const n = $("notice");
+  n.textContent = text;
+  n.hidden = !text;
+}
+
 async function main() {
   makeChart();
   intervalButtons();
@@ -339,8 +356,12 @@ async function main() {
   const select = $("symbol");
   select.innerHTML = symbols.symbols.map((s) => `<option>${s.symbol}</option>`).join("");
   const wanted = new URLSearchParams(location.search).get("symbol");
-  if (wanted) select.value = wanted;
-  select.onchange = () => choose(select.value);
+  if (wanted) {
+    const known = symbols.symbols.some((s) => s.symbol === wanted.toUpperCase());
+    if (known) select.value = wanted.toUpperCase();
+    else notice(`no such symbol ${wanted.slice(0, 24)}; showing ${select.value}`);
+  }
+  select.onchange = () => { notice(""); choose(select.value); };
   connect();
   await choose(select.value);
   loadStats();
