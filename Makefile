@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-restart bench-fanout bench-queries bench-jetstream bench-cluster cluster-up cluster-down install clean
+.PHONY: run test lint bench bench-engine bench-restart bench-crashloop bench-fanout bench-queries bench-jetstream bench-cluster cluster-up cluster-down install clean
 
 $(STAMP): pyproject.toml web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-engine: $(STAMP)
 
 bench-restart: $(STAMP)
 	$(PY) -m bench.restart
+
+bench-crashloop: $(STAMP)
+	$(PY) -m bench.crashloop
 
 bench-fanout: $(STAMP)
 	$(PY) -m bench.fanout

@@ -20,11 +20,13 @@ class Entry(msgspec.Struct, gc=False):
 
 
 class OwnerOrders:
-    __slots__ = ("by_id", "by_client_id")
+    __slots__ = ("by_id", "by_client_id", "in_order", "last")
 
     def __init__(self) -> None:
-        self.by_id: dict[int, NewOrder] = {}  # in order id order: ORDERS lists them so
+        self.by_id: dict[int, NewOrder] = {}  # as added: in order id order, unless in_order says not
         self.by_client_id: dict[str, int] = {}
+        self.in_order = True  # False once an id came after a larger one (restored from the books, a cluster's shards)
+        self.last = 0
 
 
 class OpenOrders:
@@ -38,6 +40,9 @@ class OpenOrders:
         if mine is None:
             mine = self.owners[cmd.owner] = OwnerOrders()
         mine.by_id[order_id] = cmd
+        if order_id < mine.last:
+            mine.in_order = False
+        mine.last = order_id
         if cmd.client_id is not None:
             mine.by_client_id[cmd.client_id] = order_id
 
@@ -59,5 +64,11 @@ class OpenOrders:
         return None if mine is None else mine.by_client_id.get(client_id)
 
     def of_owner(self, owner: str) -> dict[int, NewOrder]:
+        """The owner's open orders, in order id order (ORDERS pages by id)."""
         mine = self.owners.get(owner)
-        return {} if mine is None else mine.by_id
+        if mine is None:
+            return {}
+        if not mine.in_order:
+            mine.by_id = dict(sorted(mine.by_id.items()))
+            mine.in_order, mine.last = True, max(mine.by_id, default=0)
+        return mine.by_id

@@ -226,3 +226,28 @@ def test_a_dead_trade_log_writer_costs_no_order_and_the_restart_fills_the_log(tm
     server.stop()
     assert [row["trade_id"] for row in trades(data / "trades.sqlite")] == ["62-1"]
     assert replay_verify(data).returncode == 0
+
+
+def test_orders_pages_list_every_open_order_once_after_a_restart(tmp_path: Path) -> None:
+    # Found by bench/crashloop.py: restored from the books, open orders were listed by price
+    # level, not by id, so paging with after=<id> skipped most of them.
+    server = Server(tmp_path / "data").start()
+    try:
+        c = server.client("t1")
+        c.send("".join(f"BUY {'AAPL' if i % 3 else 'ES'} 1 {100 + (i * 7) % 50}.00\n" for i in range(300)))
+        acked = {int(line.split()[1]) for line in c.lines(300)}
+        server.kill()
+        server.start()
+        c = Client(server.port)
+        assert c.login("t1") == "LOGGED_IN account=t1 open=300"
+        listed: list[int] = []
+        after = 0
+        while True:
+            head = c.ask(f"ORDERS after={after} limit=7", 1)[0].split()
+            listed += [int(line.split()[1]) for line in c.until("END")[:-1]]
+            if len(head) < 3:
+                break
+            after = int(head[2].removeprefix("next="))
+        assert listed == sorted(acked)
+    finally:
+        server.kill()
