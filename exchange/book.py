@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from heapq import heapify, heappop, heappush
+from itertools import islice
 from typing import Iterable, Iterator
 
 import msgspec
@@ -453,6 +454,12 @@ def hash_book(symbol: str, md_seq: int, orders: Iterable[RestingTuple]) -> str:
     """The state hash of one book: its market-data sequence and resting orders in priority order."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{symbol}#{md_seq}".encode())
-    for order_id, side, price, leaves, tif, owner, client_id in orders:
-        h.update(f"|{order_id},{side.value},{price},{leaves},{tif.value},{owner},{client_id}".encode())
+    # The same bytes as one update per order, built in chunks (a snapshot hashes every order
+    # twice: when written and when loaded); enum ._value_, not the slow .value descriptor.
+    rows = iter(orders)
+    while chunk := [
+        f"|{order_id},{side._value_},{price},{leaves},{tif._value_},{owner},{client_id}"
+        for order_id, side, price, leaves, tif, owner, client_id in islice(rows, 65_536)
+    ]:
+        h.update("".join(chunk).encode())
     return h.hexdigest()
