@@ -117,6 +117,11 @@ class Matching:
         """
         return all(not m.inbox or m.inbox[0][0] > seq for m in self.matchers.values())
 
+    def applied_through(self, durable: int) -> int:
+        """The last seq up to which every durable command has been applied (its events out)."""
+        heads = [m.inbox[0][0] - 1 for m in self.matchers.values() if m.inbox]
+        return min(heads) if heads and min(heads) < durable else durable
+
     def queued(self) -> int:
         """Commands durable and waiting to be matched, over every symbol."""
         return sum(len(m.inbox) for m in self.matchers.values())

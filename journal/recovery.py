@@ -1,7 +1,8 @@
 """Restart: the newest valid snapshot, then the journal tail after it.
 
-The trade log and the order audit get the rows of every replayed command (INSERT OR
-IGNORE), so rows lost with a crash reappear exactly once. A trade log that is new while
+The trade log and the order audit get the rows of every replayed command past what the log
+records it has whole (its `through`; INSERT OR IGNORE), so rows lost with a crash reappear
+exactly once and a restart does not hand the log's writer what it has already. A trade log that is new while
 snapshots exist cannot have the rows before the snapshot: then the whole journal is
 replayed, if it still reaches back to the first command.
 """
@@ -71,7 +72,9 @@ async def recover(data_dir: Path, instruments: dict[str, Instrument], tradelog: 
                 events += engine.apply(seq, cmd)
                 replayed += 1
         last = first_seq + len(cmds) - 1
-        if tradelog is not None:
+        if tradelog is not None and last <= tradelog.recorded_through:
+            tradelog.skip_batch(first_seq, len(cmds))  # its rows are committed (the log says so)
+        elif tradelog is not None:
             tradelog.recover_batch(first_seq, cmds, ts_ns, events)
             if tradelog.queued - tradelog.committed > 1_000_000:
                 await tradelog.wait_committed()  # bound memory: let the writer catch up

@@ -32,6 +32,8 @@ log = structlog.get_logger("snapshots")
 # sustained overload (clients sending more than matching can take) the queues never
 # empty by themselves, and without snapshots a restart would replay without bound.
 QUIESCE_PATIENCE = 0.2
+# A restart that replayed at least this many commands takes a snapshot at once.
+AFTER_RESTART = 10_000
 
 
 class Snapshotter:
@@ -72,12 +74,14 @@ class Snapshotter:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         last_time = loop.time()
-        while True:
-            await asyncio.sleep(min(1.0, self.interval))
+        every = min(self.every, AFTER_RESTART)  # at once on start: a restart that replayed a tail snapshots now,
+        while True:  # so that in a crash loop no restart replays what the one before it did
             behind = self.durable_seq() - self.last_seq
-            if behind >= self.every or (behind > 0 and loop.time() - last_time >= self.interval):
+            if behind >= every or (behind > 0 and loop.time() - last_time >= self.interval):
                 if await self.take() is not None:
                     last_time = loop.time()
+            every = self.every
+            await asyncio.sleep(min(1.0, self.interval))
 
     async def take(self) -> Path | None:
         started = time.perf_counter()

@@ -21,14 +21,14 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import cast
+from typing import Callable, cast
 
 import msgspec
 import structlog
 
 from exchange.instruments import Instrument, assets_of
 from journal.records import encode_batch
-from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report, create_tables
+from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report, committed_through
 from protocol.messages import Canceled, Command, Event, Fill, Refusal, Rejected, Replaced, Trade
 from telemetry.registry import Telemetry
 
@@ -71,12 +71,17 @@ class TradeLog:
         t.gauge("tradelog_backlog_rows", lambda: self.queued - self.committed, "rows handed to the trade log, not yet committed")
         self._trades = t.counter("trades_total", "trades matched")
         self._sent_at: deque[float] = deque()  # when each frame not yet acknowledged was sent
+        self.recorded_through = 0  # read at open: every command up to it has its rows in the file
+        self._fed_through = 0  # recovery's hand-over so far
+        # The journal seq up to which every command's rows have been handed over (the server
+        # sets it: durable and matched); each burst of frames records it with its last frame.
+        self.handed_through: Callable[[], int] = lambda: self._fed_through
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Tables first (~10 ms): a REPLAY or REPORTS may read the file before the writer
         # process is up (it was seen: "no such table: trades" right after a start).
-        await asyncio.to_thread(lambda: create_tables(self.path).close())
+        self.recorded_through = await asyncio.to_thread(committed_through, self.path)  # (and the tables)
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "journal.tradelog_writer", str(self.path),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -122,6 +127,11 @@ class TradeLog:
         self._pending += units
         self.queued += units
         self._put(units, first_seq, Piece([(first_seq, encode_batch(first_seq, cmds, ts_ns))], trades, reports))
+        self._fed_through = first_seq + len(cmds) - 1
+
+    def skip_batch(self, first_seq: int, count: int) -> None:
+        """A replayed batch whose rows the file has (up to recorded_through): nothing to hand over."""
+        self._fed_through = first_seq + count - 1
 
     def _put(self, units: int, first_seq: int | None, piece: Piece) -> None:
         self._queue.append((units, first_seq, self._encode(piece)))
@@ -163,8 +173,13 @@ class TradeLog:
             if self._refusals:
                 refusals, self._refusals = self._refusals, []
                 self._queue.append((len(refusals), None, self._encode(Piece(refusals=refusals))))
+            through = self.handed_through() if self._queue else 0  # (before popping: what is queued covers it)
+            if self.behind_from is not None:
+                through = min(through, self.behind_from - 1)
             while self._queue:
                 frame, first = self._next_frame()
+                if not self._queue:
+                    frame.through = max(through, 0)
                 try:
                     await self._send(frame)
                 except (BrokenPipeError, ConnectionResetError, RuntimeError) as exc:

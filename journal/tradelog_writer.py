@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS reports (  -- execution reports (REPORTS since=<seq>,
     PRIMARY KEY (owner, seq, n)     -- one B-tree, in the order REPORTS and the audit read it
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS instruments (symbol TEXT PRIMARY KEY, tick TEXT NOT NULL, lot TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'through': every command up to it has all its rows
 CREATE TABLE IF NOT EXISTS candles (  -- OHLCV per symbol and interval, kept as trades are committed (KLINES, TICKER)
     symbol    TEXT    NOT NULL,
     interval  INTEGER NOT NULL,     -- seconds: 60, 300, 900, 3600, 86400
@@ -127,6 +128,7 @@ class Frame(msgspec.Struct, array_like=True):
     pieces: list[msgspec.Raw]
     instruments: dict[str, tuple[str, str]] | None = None  # symbol -> (tick, lot): first frame
     assets: dict[str, str] | None = None  # asset -> its unit: first frame
+    through: int = 0  # every journaled command up to this seq has all its rows in this frame or an earlier one
 
 
 def iso(ts_ns: int) -> str:
@@ -173,6 +175,20 @@ def merge_candle(c: Candle, other: Candle) -> None:
     c[4] += other[4]
     c[5] += other[5]
     c[6] += other[6]
+
+
+SET_THROUGH = "INSERT INTO meta VALUES ('through', ?) ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)"
+
+
+def committed_through(db: str | Path) -> int:
+    """The journal seq up to which every command's rows are committed (0: none known, e.g. a
+    log written before this was kept): a restart refills only the rows after it."""
+    conn = create_tables(db)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'through'").fetchone()
+        return 0 if row is None else int(row[0])
+    finally:
+        conn.close()
 
 
 def create_tables(db: str | Path) -> sqlite3.Connection:
@@ -231,6 +247,8 @@ class Writer:
         self.conn.executemany(INSERT_ORDER, self.order_rows(batches))
         self.conn.executemany(INSERT_ORDER, self.refusal_rows(piece.refusals))
         self.conn.executemany(INSERT_REPORT, self.report_rows(piece.reports))
+        if frame.through:
+            self.conn.execute(SET_THROUGH, (frame.through,))
         self.conn.execute("COMMIT")
 
     def time_of(self, seq: int) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from journal.journal import read_journal, repair, segment_paths
 from journal.queries import trades
 from journal.snapshots import snapshot_paths
+from journal.snapshotter import AFTER_RESTART
 from protocol.messages import NewOrder
 from tests.harness import ROOT, Client, Server
 
@@ -251,3 +252,31 @@ def test_orders_pages_list_every_open_order_once_after_a_restart(tmp_path: Path)
         assert listed == sorted(acked)
     finally:
         server.kill()
+
+
+def test_in_a_crash_loop_no_restart_replays_what_the_one_before_it_did(tmp_path: Path) -> None:
+    # Reported: killed every few seconds, the server never lived long enough to snapshot
+    # (its snapshot waited for the trade log to take the whole replayed tail again), so
+    # each restart replayed more: 1.0 s to listening, 6.5 s by the 10th, 14.5 s by the 20th.
+    data = tmp_path / "data"
+    server = Server(data).start()
+    c = server.client("t1")
+    c.send("".join(f"BUY AAPL 1 {100 + i % 400}.00\nSELL AAPL 1 {100 + i % 400}.00\n" for i in range(10_000)))
+    assert c.lines(20_000 + 10_000, timeout=60)[-1].startswith(("FILL", "ACK", "CANCELED"))  # ACKs, and fills or self-trade cancels
+    server.kill()
+    replayed = []
+    for _ in range(2):
+        server.start()
+        replayed.append(int(next(re.search(r"replayed=(\d+)", line).group(1) for line in server.log if "event='recovered'" in line)))  # type: ignore[union-attr]
+        deadline = time.monotonic() + 3  # killed again soon: the snapshot must come first
+        while not any("snapshot_written" in line for line in server.log) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.kill()
+    assert replayed[0] >= AFTER_RESTART and replayed[1] == 0, replayed  # the first restart snapshotted at once: the second replays nothing
+    server.start()
+    try:
+        assert recovered_state(server) == full_replay_state(data)
+    finally:
+        server.stop()
+    verdict = replay_verify(data)  # and the trade log has every trade once: the restarts handed it only what it lacked
+    assert verdict.returncode == 0, verdict.stdout

@@ -163,6 +163,8 @@ class Serve:
         self.step_us = telemetry.histogram("matching_step_us", "matching a durable batch (or what a symbol had left of one) and its sinks")
         self.matching = Matching(self.books, timed(asyncio.get_running_loop().call_soon, self.step_us))
         self.intake = JournalIntake(self.sequencer, lambda: journal.durable_seq, self.matching.applied)
+        matching = self.matching
+        self.tradelog.handed_through = lambda: matching.applied_through(journal.durable_seq)  # the log records how far it is whole
 
     async def _caught_up(self) -> int:
         """Everything durable up to now, matched and committed to the trade log."""
