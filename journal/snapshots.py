@@ -25,6 +25,7 @@ from exchange.risk import BalanceRow, HoldRow, Risk, RiskState, hash_risk
 from protocol.messages import TIF, Side
 
 log = structlog.get_logger("snapshots")
+BUY = Side.BUY
 
 MAGIC = b"TLSNAP2\n"  # 2: balances too
 HEADER = struct.Struct("<IQ")
@@ -147,8 +148,9 @@ def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None
                 f"snapshot {snap.seq} holds orders of {state.symbol}, which the instruments file does not define; "
                 "restore it there (an instrument cannot be removed while the journal or snapshots hold it)"
             )
-        book.load((Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in state.orders), state.md_seq)
-    held_orders = {o.order_id: (state.symbol, o.side is Side.BUY) for state in snap.books for o in state.orders}
+        book.load([Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in state.orders], state.md_seq)
+    buy, sell = {s.symbol: (s.symbol, True) for s in snap.books}, {s.symbol: (s.symbol, False) for s in snap.books}  # shared keys
+    held_orders = {o.order_id: (buy if o.side is BUY else sell)[state.symbol] for state in snap.books for o in state.orders}
     try:
         engine.risk.load((snap.balances, snap.holds, snap.refs), held_orders)
         engine.risk.ref_terms = {ref: (account, asset, amount) for ref, account, asset, amount in snap.ref_terms}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import ssl
@@ -150,6 +151,7 @@ class Serve:
         self.tradelog = TradeLog(data.trades, self.instruments, max_rows=config.tradelog_max_rows, telemetry=self.telemetry)
         await self.tradelog.open()
         self.tradelog_task = asyncio.create_task(self.tradelog.run(), name="tradelog-writer")
+        gc.disable()  # recovery builds the books' long-lived objects: rescanning them as they come is wasted (tune_runtime freezes them)
         self.recovered = await recover(config.data_dir, self.instruments, self.tradelog, fresh_log=fresh_log)
         self.books, self.risk = self.recovered.engine.books, self.recovered.engine.risk
         tune_runtime()

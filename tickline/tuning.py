@@ -24,6 +24,7 @@ def tune_runtime() -> None:
     Many long-lived objects (orders, open-order entries, market-data updates, messages)
     are msgspec Structs with gc=False: the collector never looks at them at all.
     """
+    gc.enable()  # (off while recovery built them: see tickline/app.py)
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
