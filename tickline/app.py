@@ -21,6 +21,7 @@ import gc
 import os
 import signal
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -110,18 +111,25 @@ class Serve:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):  # from the start: a signal during recovery waits for it
             loop.add_signal_handler(sig, self.stop.set)
+        took = Stopwatch()  # each step's seconds, logged once listening: where a restart's time goes
         self.open_journal()  # 1
+        took("open_journal")
         await self.recover_books()  # 2
+        took("recover_books")
         self.build_core()  # 3
         await self.build_order_entry()  # 4
+        took("build_order_entry")
         await self.build_market_data()  # 5
         await self.connect_outputs()  # 6
-        self.start_snapshots()  # 7
+        took("connect_outputs")
         try:
-            await self.listen()  # 8
+            await self.listen()  # 7
         except BaseException:  # a port in use: the admin socket (ours: the data dir is locked) goes too
             self.data.admin_socket.unlink(missing_ok=True)
             raise
+        took("listen")
+        log.info("started", **took.laps)
+        self.start_snapshots()  # 8
         await self.stop.wait()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _exit_now)
@@ -222,18 +230,8 @@ class Serve:
                     self.desk.submit(transfer)  # journaled like any other
             log.info("demo_accounts", accounts=" ".join(n for n, _ in DEMO_ACCOUNTS), login="LOGIN alice alice  (or: LOGIN bob bob)")
 
-    def start_snapshots(self) -> None:
-        """7. Snapshots every so many commands (and at shutdown), so a restart replays little."""
-        config, journal, intake = self.config, self.journal, self.intake
-        self.snapshotter = Snapshotter(
-            config.data_dir, self.books, self.risk, lambda: journal.durable_seq, lambda: intake.settled(journal.durable_seq), self.tradelog,
-            every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention,
-            last_seq=self.recovered.snapshot_seq, telemetry=self.telemetry, hold_intake=self.gateway.hold_intake,
-        )  # fmt: skip
-        self.snapshots = asyncio.create_task(self.snapshotter.run(), name="snapshots")
-
     async def listen(self) -> None:
-        """8. Listen: the admin channel, market data, the dashboard (the page, its JSON,
+        """7. Listen: the admin channel, market data, the dashboard (the page, its JSON,
         /metrics, market data over a WebSocket), then order entry."""
         config, telemetry, journal, notifier = self.config, self.telemetry, self.journal, self.notifier
         self.probes: list[LoopLag | GcPauses] = [LoopLag(telemetry), GcPauses(telemetry)]
@@ -253,6 +251,18 @@ class Serve:
             log.info("dashboard_listening", url=f"{'https' if tls else 'http'}://{web_host}:{web_port}/", host=web_host, port=web_port)
         host, port = await self.gateway.start(config.host, config.port, tls)
         log.info("order_entry_listening", host=host, port=port, tls=tls is not None, data_dir=str(config.data_dir), next_seq=journal.next_seq)
+
+    def start_snapshots(self) -> None:
+        """8. Snapshots every so many commands (and at shutdown), so a restart replays little.
+        Once listening: a restart's first snapshot (its capture is on the event loop) must
+        not hold up listening."""
+        config, journal, intake = self.config, self.journal, self.intake
+        self.snapshotter = Snapshotter(
+            config.data_dir, self.books, self.risk, lambda: journal.durable_seq, lambda: intake.settled(journal.durable_seq), self.tradelog,
+            every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention,
+            last_seq=self.recovered.snapshot_seq, telemetry=self.telemetry, hold_intake=self.gateway.hold_intake,
+        )  # fmt: skip
+        self.snapshots = asyncio.create_task(self.snapshotter.run(), name="snapshots")
 
     async def shut_down(self) -> int:
         """9. In reverse: stop taking requests, make everything received durable, let
@@ -276,6 +286,19 @@ class Serve:
         log.info("stopped", last_seq=self.journal.durable_seq, fsyncs=self.journal.commits)
         self.lock.release()
         return 1 if self.failures else 0
+
+
+class Stopwatch:
+    """Seconds since the last call, by name."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
 
 
 def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
