@@ -63,7 +63,8 @@ class Server:
     def start(self, timeout: float = 15.0) -> Server:
         if self.funded:
             create_accounts(self.data_dir)
-        cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(self.data_dir), *self.extra]
+        cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(self.data_dir)]
+        cmd += ["--log-recovered-state", *self.extra]  # (the recovery tests compare it with a full replay)
         self.log = []
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         ready = threading.Event()

@@ -81,6 +81,7 @@ class Config:
     tls_cert: Path | None = None  # both ports speak TLS when given (LOGIN carries a password)
     tls_key: Path | None = None
     demo: bool = False  # a fresh data directory gets funded demo accounts (make run)
+    log_recovered_state: bool = False  # log the recovered state's hash (compare with `tickline replay`)
 
 
 # make run's newcomers: (name, password) and what each is given.
@@ -160,7 +161,7 @@ class Serve:
         await self.tradelog.open()
         self.tradelog_task = asyncio.create_task(self.tradelog.run(), name="tradelog-writer")
         gc.disable()  # recovery builds the books' long-lived objects: rescanning them as they come is wasted (tune_runtime freezes them)
-        self.recovered = await recover(config.data_dir, self.instruments, self.tradelog, fresh_log=fresh_log)
+        self.recovered = await recover(config.data_dir, self.instruments, self.tradelog, fresh_log=fresh_log, log_state=config.log_recovered_state)
         self.books, self.risk = self.recovered.engine.books, self.recovered.engine.risk
         tune_runtime()
 
