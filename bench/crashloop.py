@@ -43,8 +43,9 @@ class Server:
             if "event='recovered'" in line or "recovered" in line and "replayed=" in line:
                 m = re.search(r"replayed=(\d+)", line)
                 self.replayed = int(m.group(1)) if m else 0
-            if "order_entry_listening" in line:
-                self.port = int(re.search(r"port=(\d+)", line).group(1))  # type: ignore[union-attr]
+            port = re.search(r"event='order_entry_listening' .*port=(\d+)", line)
+            if port is not None:
+                self.port = int(port.group(1))
                 break
         self.to_listen = time.perf_counter() - self.started
         if not self.port:

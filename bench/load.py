@@ -17,6 +17,7 @@ these machines; ratios from one run compare), and the fsync floor of the data di
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -601,10 +602,9 @@ def table(results: list[PhaseResult]) -> str:
 
 def plot(results: list[PhaseResult], path: Path) -> None:
     try:
-        import matplotlib  # type: ignore[import-not-found]  # optional: --plot only
-
+        matplotlib = importlib.import_module("matplotlib")  # optional (--plot only): not a dependency
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+        plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         sys.stderr.write("--plot needs matplotlib: .venv/bin/pip install matplotlib\n")
         return

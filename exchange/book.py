@@ -392,8 +392,9 @@ class Book:
         # _rest, inline (a restart loads every resting order: a call each was a third of it)
         book_orders, bids, asks = self.orders, self.bids, self.asks
         for order in orders:
-            half = bids if order.side is BUY else asks
-            level = half.levels.get(order.price) or half.add_level(order.price)  # type: ignore[arg-type]  # resting: priced
+            half, price = bids if order.side is BUY else asks, order.price
+            assert price is not None  # a resting order has a price
+            level = half.levels.get(price) or half.add_level(price)
             level.orders[order.order_id] = order
             level.total += order.leaves
             book_orders[order.order_id] = order

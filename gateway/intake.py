@@ -46,7 +46,9 @@ class JournalIntake:
 
     def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         decision = self.step(cmd)
-        return (0, decision) if type(decision) is Problem else (decision, decision)  # type: ignore[return-value]
+        if isinstance(decision, int):
+            return decision, decision
+        return 0, decision
 
     def decision(self, ticket: int) -> Decision:
         return ticket

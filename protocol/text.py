@@ -233,8 +233,10 @@ def _orders_query(args: list[str]) -> OrdersQuery | BadRequest:
     if isinstance(options, BadRequest):
         return options
     limit, after = _int_arg(options.get("limit", "1000"), "limit"), _int_arg(options.get("after", "0"), "after")
-    if isinstance(limit, BadRequest) or isinstance(after, BadRequest):
-        return limit if isinstance(limit, BadRequest) else after  # type: ignore[return-value]
+    if isinstance(limit, BadRequest):
+        return limit
+    if isinstance(after, BadRequest):
+        return after
     return OrdersQuery(symbol, limit, after)
 
 

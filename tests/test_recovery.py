@@ -267,7 +267,7 @@ def test_in_a_crash_loop_no_restart_replays_what_the_one_before_it_did(tmp_path:
     replayed = []
     for _ in range(2):
         server.start()
-        replayed.append(int(next(re.search(r"replayed=(\d+)", line).group(1) for line in server.log if "event='recovered'" in line)))  # type: ignore[union-attr]
+        replayed += [int(m.group(1)) for line in server.log if (m := re.search(r"event='recovered' .*replayed=(\d+)", line))]
         deadline = time.monotonic() + 3  # killed again soon: the snapshot must come first
         while not any("snapshot_written" in line for line in server.log) and time.monotonic() < deadline:
             time.sleep(0.1)
