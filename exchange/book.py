@@ -444,17 +444,23 @@ class Book:
     def order(self, order_id: int) -> Order | None:
         return self.orders.get(order_id)
 
+    def resting_tuples(self) -> list[RestingTuple]:
+        """Every resting order as plain values, in priority order (a snapshot's rows, the
+        state hash's input); inline, no call per order: a restart or a snapshot does it for
+        every resting order, the capture on the event loop."""
+        return [
+            (o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id)
+            for half in (self.bids, self.asks)
+            for price in half.prices()
+            for o in half.levels[price].orders.values()
+        ]
+
     def state_hash(self) -> str:
         """A digest of everything that decides future matching: levels, FIFO order, leaves."""
-        resting = ((o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in self.resting())  # as_tuple, inline
-        return hash_book(self.symbol, self.md_seq, resting)
+        return hash_book(self.symbol, self.md_seq, self.resting_tuples())
 
 
 RestingTuple = tuple[int, Side, "int | None", int, TIF, str, "str | None"]
-
-
-def as_tuple(o: Order) -> RestingTuple:
-    return (o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id)
 
 
 def hash_book(symbol: str, md_seq: int, orders: Iterable[RestingTuple]) -> str:

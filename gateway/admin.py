@@ -28,7 +28,6 @@ from typing import Awaitable, Callable
 import structlog
 
 from exchange import transfers
-from exchange.risk import FEE_ACCOUNT
 from gateway.desk import OrderDesk
 from protocol.messages import Problem
 from telemetry.registry import Telemetry
@@ -101,7 +100,7 @@ class AdminServer:
         cmd = transfers.parse_line(line, self.desk.risk.assets)
         if isinstance(cmd, Problem):
             return transfers.reply(None, cmd)
-        if cmd.account != FEE_ACCOUNT and not await self.account_exists(cmd.account):
+        if not await self.account_exists(cmd.account):
             return transfers.reply(cmd, transfers.unknown_account(cmd.account))
         ticket, decision = self.desk.submit(cmd)  # the sequencer: a ref applied before, or funds short, is refused there
         if type(decision) is Problem:

@@ -415,15 +415,12 @@ class Connection:
             return self._refuse(req, side, Problem(Reason.SHUTTING_DOWN, "the exchange is shutting down"), is_json), 0
         qty, price, tif = terms
         cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
-        ticket, decision = desk.submit(cmd)
+        ticket, decision = self._submit(cmd)
         if type(decision) is int:  # accepted now (serve): the ACK waits for the disk
-            self.last_seq = ticket
-            desk.orders.add(decision, cmd)
             return self._ack(decision, side, inst, qty, price, tif._value_, cid, is_json), ticket
         if decision is not None:  # refused now: its owner cannot pay for it
             return self._refuse(req, side, cast(Problem, decision), is_json), 0
-        self.last_seq = ticket  # decided later (a cluster's risk shard): the order id comes with it
-        intake = desk.intake
+        intake = desk.intake  # decided later (a cluster's risk shard): the order id comes with it
 
         def render() -> bytes:
             later = intake.decision(ticket)

@@ -19,7 +19,7 @@ from exchange.instruments import Instrument
 from exchange.risk import Risk
 from gateway.intake import Decision, Intake
 from gateway.logins import LoginThrottle
-from gateway.orders import OpenOrders
+from netio.plumbing import address_of
 from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Reason, Refusal, Rejected, Replaced
 from protocol.requests import BalancesQuery, BookQuery, KlinesQuery, Login, MarketQuery, OrdersQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
@@ -61,7 +61,6 @@ class OrderDesk:
         check_password: PasswordCheck | None = None,
         market_source: MarketSource | None = None,
         balances_source: BalancesSource | None = None,
-        orders: OpenOrders | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.instruments = instruments
@@ -82,7 +81,7 @@ class OrderDesk:
         self.telemetry = t = telemetry or Telemetry()  # STATS prints its figures
         self._orders = t.counter("orders_total", "new orders accepted (journaled)")
         self.rejects = t.counter("rejects_total", "orders, cancels and replaces refused, by reason", label="reason")
-        self.orders = OpenOrders() if orders is None else orders
+        self.orders = intake.orders  # accepted orders join it as the intake hears of them
         self.closing = False  # shutting down: no new commands
         self._fetches: set[asyncio.Task[None]] = set()
         for book in books.values():
@@ -180,7 +179,7 @@ class OrderDesk:
         if check is None:
             done(R.Error("unavailable", "this server has no accounts"), None)
             return
-        account, address = name[:40], peer.rsplit(":", 1)[0]
+        account, address = name[:40], address_of(peer)
         throttle = self.throttle
         delay = None if self._logins_waiting >= MAX_LOGINS_WAITING else throttle.wait(account, address, time.monotonic())  # gateway/logins.py
         if delay is None:

@@ -26,6 +26,8 @@ Decision = int | Problem  # the seq (a new order's id) the command was accepted 
 
 
 class Intake(Protocol):
+    orders: OpenOrders  # the open orders: an accepted new order joins them once it is decided
+
     def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         """(its ticket, its decision if made now: None means it comes later, by decision())."""
     def decision(self, ticket: int) -> Decision:
@@ -40,15 +42,18 @@ class JournalIntake:
     """`tickline serve`: decided at once by the sequencer, which records to the journal."""
 
     def __init__(self, sequencer: Sequencer, durable_seq: Callable[[], int], applied: Callable[[int], bool]) -> None:
+        self.orders = OpenOrders()
         self.step = sequencer.step
         self.durable_seq = durable_seq  # the last seq fsync'd
         self.applied = applied  # whether matching has applied every seq up to one
 
     def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         decision = self.step(cmd)
-        if isinstance(decision, int):
-            return decision, decision
-        return 0, decision
+        if not isinstance(decision, int):
+            return 0, decision
+        if type(cmd) is NewOrder:
+            self.orders.add(decision, cmd)
+        return decision, decision
 
     def decision(self, ticket: int) -> Decision:
         return ticket
@@ -64,10 +69,10 @@ class StreamIntake:
     """A cluster gateway: tickets are this gateway's own numbers (its `name` is this
     incarnation); `forward` sends a command with its ticket to its account's risk shard."""
 
-    def __init__(self, name: str, forward: Callable[[int, Command], None], orders: OpenOrders) -> None:
+    def __init__(self, name: str, forward: Callable[[int, Command], None]) -> None:
         self.name = name
         self.forward = forward
-        self.orders = orders  # accepted new orders join the gateway's open orders as they are heard of
+        self.orders = OpenOrders()  # every accepted new order joins as the stream tells of it (this gateway's or not)
         self.tickets = 0  # the last ticket given
         self.through = 0  # every ticket up to this one is decided
         self.undecided: set[int] = set()  # tickets not decided yet

@@ -19,7 +19,7 @@ import structlog
 
 from gateway.connection import Connection
 from gateway.desk import OrderDesk
-from netio.plumbing import FlowControl, capped_write, close_all, limit_buffers, listen, peer_name
+from netio.plumbing import FlowControl, address_of, capped_write, close_all, limit_buffers, listen, peer_name
 from protocol import replies as R
 from protocol.messages import Event
 from telemetry.registry import Telemetry
@@ -60,6 +60,7 @@ class Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl | None = None
         self.peer = "?"
+        self.address = "?"
         self.outbuf: list[bytes] = []
         self._over_inflight = False  # the last state told to flow control
         self.unread = b""  # input read from the socket and not yet handed to the Connection
@@ -79,6 +80,7 @@ class Session(asyncio.Protocol):
         self.flow = FlowControl(transport)
         limit_buffers(transport, WRITE_HIGH)
         self.peer = self.conn.peer = peer_name(transport)
+        self.address = address_of(self.peer)
         refusal = self.gw.admit(self)
         if refusal is not None:
             transport.write(R.to_text(R.Error("too_many_connections", refusal)))
@@ -278,7 +280,7 @@ class Gateway:
         """Take a new connection, or say why not."""
         if len(self.sessions) >= self.max_sessions:
             return f"the server is full ({self.max_sessions} connections); try again later"
-        address = session.peer.rsplit(":", 1)[0]
+        address = session.address
         if self.per_address.get(address, 0) >= self.max_per_address:
             return f"{self.max_per_address} connections from your address already; close some first"
         self.per_address[address] = self.per_address.get(address, 0) + 1
@@ -288,12 +290,11 @@ class Gateway:
     def forget(self, session: Session) -> None:
         if session in self.sessions:  # (one refused at admit was never counted)
             del self.sessions[session]
-            address = session.peer.rsplit(":", 1)[0]
-            left = self.per_address.get(address, 1) - 1
+            left = self.per_address.get(session.address, 1) - 1
             if left > 0:
-                self.per_address[address] = left
+                self.per_address[session.address] = left
             else:
-                self.per_address.pop(address, None)
+                self.per_address.pop(session.address, None)
         self._waiting.pop(session, None)
         self._unread.pop(session, None)
         self._held_back.pop(session, None)

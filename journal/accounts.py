@@ -26,6 +26,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from exchange.risk import FEE_ACCOUNT
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}", re.ASCII)
 SCRYPT_N = 2**14  # ~70 ms and 16 MiB per check on this machine kind
 SCRYPT_R, SCRYPT_P = 8, 1
@@ -143,4 +145,5 @@ class Accounts:
         return ok and row is not None and not row[1]
 
     async def exists(self, name: str) -> bool:
-        return NAME.fullmatch(name) is not None and await self._row(name) is not None
+        """An account transfers may move money of: one added here, or the fee account."""
+        return name == FEE_ACCOUNT or NAME.fullmatch(name) is not None and await self._row(name) is not None

@@ -67,20 +67,9 @@ Captured = tuple[int, int, list[tuple[str, int, list[RestingTuple]]], RiskState,
 def capture(books: dict[str, Book], risk: Risk, seq: int) -> Captured:
     """The books and balances as plain tuples after exactly the commands up to seq (every
     one of them matched), taken on the event loop; hash and encode elsewhere."""
-    books_now = [(s, b.md_seq, _resting_tuples(b)) for s, b in sorted(books.items())]
+    books_now = [(s, b.md_seq, b.resting_tuples()) for s, b in sorted(books.items())]
     state = risk.state(through=seq)
     return seq, time.time_ns(), books_now, state, risk.terms_of(state[2])
-
-
-def _resting_tuples(book: Book) -> list[RestingTuple]:
-    """as_tuple of every resting order in priority order, inline: this runs on the event
-    loop, and a call per order made a 400,000-order capture take a second."""
-    return [
-        (o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id)
-        for half in (book.bids, book.asks)
-        for price in half.prices()
-        for o in half.levels[price].orders.values()
-    ]
 
 
 def path_for(directory: Path, seq: int) -> Path:

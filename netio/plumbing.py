@@ -86,6 +86,11 @@ def peer_name(transport: asyncio.BaseTransport) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else "?"
 
 
+def address_of(peer: str) -> str:
+    """The client's address in a peer_name (its port left off): what per-address limits key on."""
+    return peer.rsplit(":", 1)[0]
+
+
 class Closable(Protocol):
     def goodbye(self, text: str) -> None: ...
     def abort(self) -> None: ...

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import ssl
@@ -50,7 +49,7 @@ from protocol.messages import Transfer
 from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed, timed_call
 from telemetry.registry import Telemetry
 from tickline import __version__
-from tickline.tuning import tune_runtime
+from tickline.tuning import before_recovery, tune_runtime
 from web.server import Dashboard
 
 log = structlog.get_logger("tickline")
@@ -160,7 +159,7 @@ class Serve:
         self.tradelog = TradeLog(data.trades, self.instruments, max_rows=config.tradelog_max_rows, telemetry=self.telemetry)
         await self.tradelog.open()
         self.tradelog_task = asyncio.create_task(self.tradelog.run(), name="tradelog-writer")
-        gc.disable()  # recovery builds the books' long-lived objects: rescanning them as they come is wasted (tune_runtime freezes them)
+        before_recovery()
         self.recovered = await recover(config.data_dir, self.instruments, self.tradelog, fresh_log=fresh_log, log_state=config.log_recovered_state)
         self.books, self.risk = self.recovered.engine.books, self.recovered.engine.risk
         tune_runtime()

@@ -35,13 +35,12 @@ from cluster.stream import Input, Reader, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_verdicts, encode
 from exchange.instruments import assets_of, load_instruments
-from exchange.risk import FEE_ACCOUNT, SETTLED, Risk
+from exchange.risk import SETTLED, Risk
 from exchange.transfers import reply as transfer_reply
 from exchange.transfers import terms as transfer_terms
 from exchange.transfers import unknown_account
 from gateway.desk import OrderDesk
 from gateway.intake import StreamIntake
-from gateway.orders import OpenOrders
 from gateway.server import Gateway
 from journal.accounts import Accounts
 from journal.history import History
@@ -162,8 +161,7 @@ class GatewayRole:
         accounts' risk shards (grouped into one message per shard while one is in flight)."""
         self.replica = Replica(self.js, self.instruments)
         submitter = Submitter(self.js, self.name, self.config.layout)
-        self.orders = OpenOrders()  # filled as the stream says what was accepted
-        self.intake = StreamIntake(self.name, submitter.forward, self.orders)
+        self.intake = StreamIntake(self.name, submitter.forward)
 
     async def build_desk(self) -> None:
         """2. The desk and the gateway: balances from the account's risk shard, history from
@@ -177,7 +175,7 @@ class GatewayRole:
 
         self.history = History(data.trades, self.instruments, lambda symbol: books[symbol].bbo(), heard_of)
         self.desk = OrderDesk(
-            self.instruments, books, Risk(self.instruments), intake, orders=self.orders, version=__version__,
+            self.instruments, books, Risk(self.instruments), intake, version=__version__,
             check_password=self.accounts.check, market_source=self.history.answer, reports_source=self.history.reports,
             balances_source=self.balances, telemetry=self.telemetry,
         )  # fmt: skip (its Risk only names the assets: the balances are the risk shards')
@@ -440,7 +438,7 @@ async def transfers(config: ClusterConfig, moves: list[list[str]]) -> list[str]:
             cmd: Transfer | Problem = Problem(Reason.BAD_REQUEST, "usage: <account> <asset> <amount> <ref>")
             if len(words) == 4:
                 cmd = transfer_terms("DEPOSIT", words[0], words[1], words[2], words[3], assets)
-            if isinstance(cmd, Transfer) and cmd.account != FEE_ACCOUNT and not await accounts.exists(cmd.account):
+            if isinstance(cmd, Transfer) and not await accounts.exists(cmd.account):
                 cmd = unknown_account(cmd.account)
             if isinstance(cmd, Problem):
                 answers[token] = transfer_reply(None, cmd)
