@@ -35,7 +35,7 @@ class Server:
         cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--no-web", "--data-dir", str(data)]
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.port, self.replayed, self.log = 0, 0, []
+        self.port, self.replayed, self.log, self.steps, self.to_listen = 0, 0, [], "", 0.0
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
@@ -46,8 +46,10 @@ class Server:
             port = re.search(r"event='order_entry_listening' .*port=(\d+)", line)
             if port is not None:
                 self.port = int(port.group(1))
+                self.to_listen = time.perf_counter() - self.started
+            if "event='started'" in line:  # logged right after listening: each step's seconds
+                self.steps = line.split("event='started'")[1].strip()
                 break
-        self.to_listen = time.perf_counter() - self.started
         if not self.port:
             raise RuntimeError("the server did not start:\n" + "".join(self.log[-20:]))
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-life", type=float, default=0.5)
     parser.add_argument("--max-life", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep-data", type=Path, help="leave the data directory here (to profile a restart from it)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="tickline-crashloop-"))
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
             server = Server(data)
             times.append(server.to_listen)
-            print(f"cycle {cycle:3}: {len(acked):,} orders ACKed so far; restart replayed {server.replayed:,} commands, listening after {server.to_listen:.2f}s", flush=True)
+            replayed = f"restart replayed {server.replayed:,} commands"
+            print(f"cycle {cycle:3}: {len(acked):,} orders ACKed so far; {replayed}, listening after {server.to_listen:.2f}s ({server.steps})", flush=True)
         count, ids = all_open(server.port, account)
         server.kill()
         lost = acked - ids
@@ -131,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ACKed orders: {len(acked):,}; open after the last restart: {count:,}; ACKed and missing: {len(lost)}")
         return 1 if lost else 0
     finally:
+        if args.keep_data is not None:
+            shutil.move(data, args.keep_data)
         shutil.rmtree(root, ignore_errors=True)
 
 

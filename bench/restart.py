@@ -49,7 +49,7 @@ async def timed_recover(data: Path, instruments: dict, with_log: bool) -> tuple[
         await tradelog.open()
         writer = asyncio.create_task(tradelog.run())
     t0 = time.perf_counter()
-    rec = await recover(data, instruments, tradelog, fresh_log=False)
+    rec = await recover(data, instruments, tradelog)
     took = time.perf_counter() - t0
     if tradelog is not None:
         await tradelog.close()
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--snapshot-every", type=int, default=120_000, help="the server's default: the longest tail a crash leaves")
+    parser.add_argument("--snapshot-every", type=int, default=50_000, help="the server's default: the longest tail a crash leaves")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # quiet recovery logs
     instruments = {**load_instruments(), "BENCH": BENCH_INSTRUMENT}

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from sortedcontainers import SortedDict
 
-from exchange.book import hash_book
+from exchange.book import Order, encode_orders, hash_book
 from exchange.instruments import Instrument
 from exchange.orderbook import PriceLevel
 from exchange.rules import check_order, check_replace
@@ -215,5 +215,5 @@ class NaiveBook:
         return self.orders.get(order_id)
 
     def state_hash(self) -> str:
-        rows = ((o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in self.resting())
-        return hash_book(self.symbol, 0, rows)
+        rows = [Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in self.resting()]
+        return hash_book(self.symbol, 0, encode_orders(rows))

@@ -470,12 +470,11 @@ class Connection:
             if order_id is None:
                 shown = cid if CLIENT_ID.fullmatch(cid) else None
                 return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, f"no open order has id {clip(cid)}", shown)
-        entry = desk.orders.by_id.get(order_id)
-        problem = check_owned(None if entry is None else entry.cmd.owner, order_id, self.owner)
+        order = desk.orders.by_id.get(order_id)
+        problem = check_owned(None if order is None else order.owner, order_id, self.owner)
         if problem is not None:
             return 0, None, R.Reject(problem.reason.value, problem.text, cid, order_id)
-        assert entry is not None
-        order = entry.cmd
+        assert order is not None
         if desk.closing:
             return 0, None, R.Reject(Reason.SHUTTING_DOWN.value, "the exchange is shutting down", cid, order_id)
         return order_id, order, None

@@ -85,8 +85,7 @@ class OrderDesk:
         self.closing = False  # shutting down: no new commands
         self._fetches: set[asyncio.Task[None]] = set()
         for book in books.values():
-            for o in book.resting():
-                self.orders.add(o.order_id, NewOrder(book.symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id))
+            self.orders.restore(book.symbol, list(book.resting()))
 
     # ------------------------------------------------------------------ sequencing
 
@@ -203,7 +202,7 @@ class OrderDesk:
             if ok:
                 throttle.succeeded(account, address)
                 log.info("login", account=name, peer=peer)
-                done(R.LoggedIn(name, len(self.orders.of_owner(name))), name)
+                done(R.LoggedIn(name, self.orders.count(name)), name)  # (of_owner may sort them: not for a count)
                 return
             throttle.failed(account, address, time.monotonic())
             log.info("login_refused", account=clip(name), peer=peer, delayed=round(delay, 3))
@@ -289,7 +288,7 @@ class OrderDesk:
                 # The engine refused a command the gateway let through: a cancel or replace
                 # that lost the race with a fill, or (never expected) a new order.
                 entry = by_id.get(e.order_id) if e.order_id is not None else None
-                if entry is not None and e.order_id is not None and self.books[entry.cmd.symbol].order(e.order_id) is None:
+                if entry is not None and e.order_id is not None and self.books[entry.symbol].order(e.order_id) is None:
                     orders.remove(e.order_id)
             else:
                 continue

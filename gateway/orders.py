@@ -7,16 +7,11 @@ is the order's NewOrder command; the live quantity and price are the book's. Ent
 
 from __future__ import annotations
 
-import msgspec
+from itertools import compress
+from typing import cast
 
+from exchange.book import Order
 from protocol.messages import NewOrder
-
-
-class Entry(msgspec.Struct, gc=False):
-    """An open order as the gateway knows it: its command. Untracked by the collector
-    (refers to nothing that refers back): one per open order."""
-
-    cmd: NewOrder
 
 
 class OwnerOrders:
@@ -31,11 +26,11 @@ class OwnerOrders:
 
 class OpenOrders:
     def __init__(self) -> None:
-        self.by_id: dict[int, Entry] = {}
+        self.by_id: dict[int, NewOrder] = {}  # (a NewOrder is untracked by the collector: one per open order)
         self.owners: dict[str, OwnerOrders] = {}
 
     def add(self, order_id: int, cmd: NewOrder) -> None:
-        self.by_id[order_id] = Entry(cmd)
+        self.by_id[order_id] = cmd
         mine = self.owners.get(cmd.owner)
         if mine is None:
             mine = self.owners[cmd.owner] = OwnerOrders()
@@ -46,22 +41,44 @@ class OpenOrders:
         if cmd.client_id is not None:
             mine.by_client_id[cmd.client_id] = order_id
 
-    def remove(self, order_id: int) -> Entry | None:
-        entry = self.by_id.pop(order_id, None)
-        if entry is None:
+    def restore(self, symbol: str, resting: list[Order]) -> None:
+        """A book's resting orders at start (a restart restores every one: per order, only
+        C where it can be, and one pass in Python for their owners and client ids)."""
+        cmds = [NewOrder(symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id) for o in resting]
+        ids = [o.order_id for o in resting]
+        owners = [o.owner for o in resting]
+        self.by_id.update(zip(ids, cmds, strict=True))
+        mines = {owner: self.owners.setdefault(owner, OwnerOrders()) for owner in set(owners)}
+        for mine in mines.values():
+            mine.in_order = False  # priority order, not id order
+        if len(mines) == 1:
+            mines[owners[0]].by_id.update(zip(ids, cmds, strict=True))
+        else:
+            for order_id, cmd, owner in zip(ids, cmds, owners, strict=True):
+                mines[owner].by_id[order_id] = cmd
+        client_ids = [o.client_id for o in resting]
+        for order_id, client_id, owner in compress(zip(ids, client_ids, owners, strict=True), client_ids):
+            mines[owner].by_client_id[cast(str, client_id)] = order_id  # (compress: only those with one)
+
+    def remove(self, order_id: int) -> NewOrder | None:
+        cmd = self.by_id.pop(order_id, None)
+        if cmd is None:
             return None
-        cmd = entry.cmd
         mine = self.owners[cmd.owner]
         del mine.by_id[order_id]
         if cmd.client_id is not None:
             del mine.by_client_id[cmd.client_id]
         if not mine.by_id:
             del self.owners[cmd.owner]
-        return entry
+        return cmd
 
     def find_client_id(self, owner: str, client_id: str) -> int | None:
         mine = self.owners.get(owner)
         return None if mine is None else mine.by_client_id.get(client_id)
+
+    def count(self, owner: str) -> int:
+        mine = self.owners.get(owner)
+        return 0 if mine is None else len(mine.by_id)
 
     def of_owner(self, owner: str) -> dict[int, NewOrder]:
         """The owner's open orders, in order id order (ORDERS pages by id)."""

@@ -2,9 +2,9 @@
 
 The trade log and the order audit get the rows of every replayed command past what the log
 records it has whole (its `through`; INSERT OR IGNORE), so rows lost with a crash reappear
-exactly once and a restart does not hand the log's writer what it has already. A trade log that is new while
-snapshots exist cannot have the rows before the snapshot: then the whole journal is
-replayed, if it still reaches back to the first command.
+exactly once and a restart does not hand the log's writer what it has already. Rows
+between the log's `through` and the snapshot (snapshots do not wait for the log; a new
+log has none) are refilled after listening, by journal/refill.py: `Recovered.refill_to`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ class Recovered:
     replayed: int  # commands replayed after it
     last_seq: int
     seconds: float
+    refill_to: int | None = None  # the trade log lacks rows up to this seq (the snapshot's): refill them
 
 
-def load_state(data_dir: Path, instruments: dict[str, Instrument], use_snapshots: bool = True) -> tuple[Engine, int]:
+def load_state(data_dir: Path, instruments: dict[str, Instrument]) -> tuple[Engine, int]:
     """The engine from the newest valid snapshot (or empty) and the seq it covers."""
-    if use_snapshots:
-        for snap, engine in newest_valid(DataDir(data_dir).snapshots, instruments):
-            return engine, snap.seq
+    for snap, engine in newest_valid(DataDir(data_dir).snapshots, instruments):
+        return engine, snap.seq
     return Engine(instruments), 0
 
 
@@ -55,14 +55,12 @@ def latest_state(data_dir: Path, instruments: dict[str, Instrument]) -> tuple[En
 
 
 async def recover(
-    data_dir: Path, instruments: dict[str, Instrument], tradelog: TradeLog | None, *, fresh_log: bool = False, log_state: bool = False
+    data_dir: Path, instruments: dict[str, Instrument], tradelog: TradeLog | None, *, log_state: bool = False
 ) -> Recovered:
     t0 = time.perf_counter()
     journal_dir = DataDir(data_dir).journal
     journal_dir.mkdir(parents=True, exist_ok=True)
-    engine, start = load_state(data_dir, instruments, use_snapshots=not fresh_log)
-    if fresh_log and start == 0:
-        log.info("recovery_full_replay", why="the trade log is new: rebuilding it from the whole journal")
+    engine, start = load_state(data_dir, instruments)
     replayed, last, first_batch = 0, start, True
     for first_seq, cmds, ts_ns in read_batches(journal_dir, after=start):
         if first_batch and first_seq > start + 1:
@@ -81,9 +79,10 @@ async def recover(
             if tradelog.queued - tradelog.committed > 1_000_000:
                 await tradelog.wait_committed()  # bound memory: let the writer catch up
     # The trade log catches up in the background: the server listens as soon as the books
-    # are rebuilt (snapshots wait for the log to commit, so none can skip a row).
+    # are rebuilt; the rows before the snapshot it lacks are refilled then.
+    refill_to = start if tradelog is not None and tradelog.recorded_through < start else None
     took = time.perf_counter() - t0
     # The state's hash (what `tickline replay` prints) costs ~1 s per million open orders: on request.
     state = {"state": engine.state_hash()} if log_state else {}
     log.info("recovered", snapshot_seq=start, replayed=replayed, last_seq=last, seconds=round(took, 3), **state)
-    return Recovered(engine, start, replayed, last, took)
+    return Recovered(engine, start, replayed, last, took, refill_to)

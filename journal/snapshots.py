@@ -18,33 +18,21 @@ from typing import Iterator
 import msgspec
 import structlog
 
-from exchange.book import Book, Order, RestingTuple, hash_book
+from exchange.book import Book, Order, hash_book
 from exchange.engine import Engine, combine_hashes
 from exchange.instruments import Instrument, MissingInstrument
 from exchange.risk import BalanceRow, HoldRow, Risk, RiskState, hash_risk
-from protocol.messages import TIF, Side
 
 log = structlog.get_logger("snapshots")
-BUY = Side.BUY
 
-MAGIC = b"TLSNAP2\n"  # 2: balances too
+MAGIC = b"TLSNAP3\n"  # 2: balances too; 3: orders as Book encodes them, the hash over those bytes
 HEADER = struct.Struct("<IQ")
-
-
-class RestingOrder(msgspec.Struct, array_like=True, frozen=True):
-    order_id: int
-    side: Side
-    price: int
-    leaves: int
-    tif: TIF
-    owner: str
-    client_id: str | None
 
 
 class BookState(msgspec.Struct, array_like=True, frozen=True):
     symbol: str
     md_seq: int
-    orders: list[RestingOrder]  # bids best first, then asks best first; FIFO within a level
+    orders: list[Order]  # bids best first, then asks best first; FIFO within a level
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -53,7 +41,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     state_hash: str
     books: list[BookState]
     balances: list[BalanceRow]  # (account, asset, available, locked)
-    holds: list[HoldRow]  # (order id, account, asset, locked for it, price)
+    holds: list[HoldRow]  # (order id, account, asset, locked for it, price, symbol, buy)
     refs: list[tuple[str, int]]  # transfer refs already applied, with their seq
     ref_terms: list[tuple[str, str, str, int]] = []  # (ref, account, asset, amount) of those: not hashed (older snapshots have none)
 
@@ -61,13 +49,14 @@ class Snapshot(msgspec.Struct, frozen=True):
 _decode = msgspec.msgpack.Decoder(Snapshot).decode
 
 
-Captured = tuple[int, int, list[tuple[str, int, list[RestingTuple]]], RiskState, list[tuple[str, str, str, int]]]
+Captured = tuple[int, int, list[tuple[str, int, bytes]], RiskState, list[tuple[str, str, str, int]]]
 
 
 def capture(books: dict[str, Book], risk: Risk, seq: int) -> Captured:
-    """The books and balances as plain tuples after exactly the commands up to seq (every
-    one of them matched), taken on the event loop; hash and encode elsewhere."""
-    books_now = [(s, b.md_seq, b.resting_tuples()) for s, b in sorted(books.items())]
+    """The books (encoded: the copy is made in C) and the balances (plain tuples) after
+    exactly the commands up to seq (every one of them matched), taken on the event loop;
+    hash and write elsewhere."""
+    books_now = [(s, b.md_seq, b.encoded_orders()) for s, b in sorted(books.items())]
     state = risk.state(through=seq)
     return seq, time.time_ns(), books_now, state, risk.terms_of(state[2])
 
@@ -82,8 +71,9 @@ def write_snapshot(directory: Path, captured: Captured) -> Path:
     seq, taken_ns, books, risk, ref_terms = captured
     state_hash = combine_hashes([*(hash_book(symbol, md_seq, orders) for symbol, md_seq, orders in books), hash_risk(risk)])
     balances, holds, refs = risk
+    rows = [(symbol, md_seq, msgspec.Raw(orders)) for symbol, md_seq, orders in books]
     payload = msgspec.msgpack.encode(
-        {"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": books, "balances": balances, "holds": holds, "refs": refs,
+        {"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": rows, "balances": balances, "holds": holds, "refs": refs,
          "ref_terms": ref_terms}
     )
     final = path_for(directory, seq)
@@ -137,24 +127,28 @@ def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None
                 f"snapshot {snap.seq} holds orders of {state.symbol}, which the instruments file does not define; "
                 "restore it there (an instrument cannot be removed while the journal or snapshots hold it)"
             )
-        book.load([Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in state.orders], state.md_seq)
-    buy, sell = {s.symbol: (s.symbol, True) for s in snap.books}, {s.symbol: (s.symbol, False) for s in snap.books}  # shared keys
-    held_orders = {o.order_id: (buy if o.side is BUY else sell)[state.symbol] for state in snap.books for o in state.orders}
+        book.load(state.orders, state.md_seq)
+    risk_state = (snap.balances, snap.holds, snap.refs)
     try:
-        engine.risk.load((snap.balances, snap.holds, snap.refs), held_orders)
-        engine.risk.ref_terms = {ref: (account, asset, amount) for ref, account, asset, amount in snap.ref_terms}
+        engine.risk.load(risk_state)
     except KeyError:
-        log.warning("snapshot_skipped", seq=snap.seq, why="a hold names an order that is not on the books")
+        log.warning("snapshot_skipped", seq=snap.seq, why="a hold names an instrument the instruments file does not define")
         return None
-    if engine.state_hash() != snap.state_hash:
+    engine.risk.ref_terms = {ref: (account, asset, amount) for ref, account, asset, amount in snap.ref_terms}
+    # The books are hashed as restored (they are rebuilt from their rows); the balances as
+    # read (Risk.load copies its rows; re-reading a million holds back costs ~0.4 s a restart).
+    books_hash = [engine.books[symbol].state_hash() for symbol in sorted(engine.books)]
+    if combine_hashes([*books_hash, hash_risk(risk_state)]) != snap.state_hash:
         log.warning("snapshot_skipped", seq=snap.seq, why="books do not match the recorded state hash")
         return None
     return engine
 
 
-def newest_valid(directory: Path, instruments: dict[str, Instrument]) -> Iterator[tuple[Snapshot, Engine]]:
-    """Valid snapshots with their restored engines, newest first."""
+def newest_valid(directory: Path, instruments: dict[str, Instrument], at_most: int | None = None) -> Iterator[tuple[Snapshot, Engine]]:
+    """Valid snapshots (at or before seq at_most, if given) with their restored engines, newest first."""
     for path in snapshot_paths(directory):
+        if at_most is not None and seq_of(path) > at_most:
+            continue
         snap = read_snapshot(path)
         if snap is None:
             continue
@@ -163,11 +157,17 @@ def newest_valid(directory: Path, instruments: dict[str, Instrument]) -> Iterato
             yield snap, engine
 
 
-def prune(directory: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` snapshots (and stray temporaries); return what is kept."""
+def prune(directory: Path, keep: int, anchor_at_most: int | None = None) -> list[Path]:
+    """Delete all but the newest `keep` snapshots (and stray temporaries), and the newest
+    one at or before seq anchor_at_most (what the trade log has whole: a restart refills the
+    log by replaying from it); return what is kept, newest first."""
     paths = snapshot_paths(directory)
-    for old in paths[keep:]:
-        old.unlink(missing_ok=True)
+    kept = paths[:keep]
+    if anchor_at_most is not None and not any(seq_of(p) <= anchor_at_most for p in kept):
+        kept += [p for p in paths[keep:] if seq_of(p) <= anchor_at_most][:1]
+    for old in paths:
+        if old not in kept:
+            old.unlink(missing_ok=True)
     for tmp in directory.glob("snap-*.tmp"):
         tmp.unlink(missing_ok=True)
-    return paths[:keep]
+    return kept

@@ -8,9 +8,10 @@ The server only hands over: journal batches (accepted orders), trades from the m
 tasks, refused orders from the gateway. The writer task (`run`) sends what accumulated to
 a writer process (journal/tradelog_writer.py) as one msgpack frame every BATCH_WINDOW;
 that process builds the rows and commits one transaction per frame. Nothing upstream ever
-waits for it. What waits is bounded (`max_rows`); past the bound rows are dropped and the
-log is marked behind from the first dropped command: snapshots past that point are held
-back, so the next restart replays from an earlier snapshot and fills the gap
+waits for it, snapshots included. What waits is bounded (`max_rows`); past the bound rows
+are dropped and the log is marked behind from the first dropped command. The file records
+how far it is whole (`through`); a restart from a snapshot newer than that refills the
+rows in between in a process of its own (journal/refill.py) while the server serves
 (docs/OPERATIONS.md). Gateway refusals are not journaled; their audit rows are best effort.
 """
 
@@ -70,8 +71,10 @@ class TradeLog:
         self._h_frame = t.histogram("tradelog_frame_rows", "rows per writer transaction")
         t.gauge("tradelog_backlog_rows", lambda: self.queued - self.committed, "rows handed to the trade log, not yet committed")
         self._trades = t.counter("trades_total", "trades matched")
-        self._sent_at: deque[float] = deque()  # when each frame not yet acknowledged was sent
+        self._sent_at: deque[tuple[float, int]] = deque()  # (when, its through) of each frame not yet acknowledged
         self.recorded_through = 0  # read at open: every command up to it has its rows in the file
+        self.committed_through = 0  # the same, as the writer acknowledges frames (a snapshot is kept at or before it)
+        self.capped_at: int | None = None  # a refill of the rows after this seq is under way: `through` stays here
         self._fed_through = 0  # recovery's hand-over so far
         # The journal seq up to which every command's rows have been handed over (the server
         # sets it: durable and matched); each burst of frames records it with its last frame.
@@ -82,6 +85,7 @@ class TradeLog:
         # Tables first (~10 ms): a REPLAY or REPORTS may read the file before the writer
         # process is up (it was seen: "no such table: trades" right after a start).
         self.recorded_through = await asyncio.to_thread(committed_through, self.path)  # (and the tables)
+        self.committed_through = self.recorded_through
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "journal.tradelog_writer", str(self.path),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -176,6 +180,8 @@ class TradeLog:
             through = self.handed_through() if self._queue else 0  # (before popping: what is queued covers it)
             if self.behind_from is not None:
                 through = min(through, self.behind_from - 1)
+            if self.capped_at is not None:
+                through = min(through, self.capped_at)
             while self._queue:
                 frame, first = self._next_frame()
                 if not self._queue:
@@ -184,7 +190,7 @@ class TradeLog:
                     await self._send(frame)
                 except (BrokenPipeError, ConnectionResetError, RuntimeError) as exc:
                     # The writer process died: the rows are in the journal; the next
-                    # restart puts them in (snapshots are held back meanwhile).
+                    # restart refills them (journal/refill.py).
                     if self.behind_from is None:
                         log.error("tradelog_writer_died", error=repr(exc))
                         self.behind_from = first or 1
@@ -205,7 +211,7 @@ class TradeLog:
         if self._proc.returncode is not None or self._proc.stdin.is_closing():
             raise BrokenPipeError(f"the trade log writer exited ({self._proc.returncode})")
         payload = self._encode(frame)
-        self._sent_at.append(time.perf_counter())
+        self._sent_at.append((time.perf_counter(), frame.through))
         self._h_frame.record(frame.units)
         self._proc.stdin.write(LENGTH.pack(len(payload)) + payload)
         await self._proc.stdin.drain()  # only this task waits on a slow writer process
@@ -219,7 +225,9 @@ class TradeLog:
                 return
             self.committed += UNITS.unpack(data)[0]
             if self._sent_at:
-                self._h_commit.record(int((time.perf_counter() - self._sent_at.popleft()) * 1e6))
+                sent, through = self._sent_at.popleft()
+                self._h_commit.record(int((time.perf_counter() - sent) * 1e6))
+                self.committed_through = max(self.committed_through, through)
 
     @property
     def healthy(self) -> bool:
@@ -233,6 +241,29 @@ class TradeLog:
                 raise RuntimeError(f"the trade log writer exited with {self._proc.returncode}")
             self._wake.set()
             await asyncio.sleep(0.005)
+
+    async def refill(self, data_dir: Path, instruments_file: Path | None, to: int) -> None:
+        """Rebuild the rows after what the file has whole up to seq `to` (a snapshot newer
+        than the log), in a process of its own (journal/refill.py); meanwhile the file's
+        `through` stays where it was. A refill that fails leaves it there: the next restart
+        tries again."""
+        through = self.capped_at = self.recorded_through
+        log.info("tradelog_refill_started", through=through, to=to)
+        args = [str(data_dir), str(through), str(to), *([str(instruments_file)] if instruments_file else [])]
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "journal.refill", *args, cwd=Path(__file__).resolve().parent.parent)
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            proc.kill()  # shutting down: what it committed stays, the next restart refills the rest
+            await proc.wait()
+            raise
+        if code == 0:
+            self.capped_at = None
+            self.committed_through = max(self.committed_through, to)
+            self._wake.set()
+            log.info("tradelog_refilled", through=through, to=to)
+        else:
+            log.error("tradelog_refill_failed", through=through, to=to, exit_code=code)
 
     async def close(self) -> None:
         """Send what is left; run() then ends the writer process."""

@@ -239,7 +239,7 @@ class Writer:
             self.times.append(ts_ns)
         if len(self.last_seqs) > MAX_TIMES:
             del self.last_seqs[: MAX_TIMES // 2], self.times[: MAX_TIMES // 2]
-        self.conn.execute("BEGIN")
+        self.conn.execute("BEGIN IMMEDIATE")  # the write lock first: a refill (journal/refill.py) may write too
         if frame.instruments and not self.conn.execute("SELECT 1 FROM candles LIMIT 1").fetchone():
             self.rebuild_candles()  # a trade log from before candles were kept
         self.add_candles(fold_candles(self.candle_trades(self.new_trades(piece.trades))))

@@ -113,6 +113,16 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
+    def logged(self, event: str, timeout: float = 15.0) -> str:
+        """The first log line of an event, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [line for line in self.log if f"event='{event}'" in line]
+            if found:
+                return found[0]
+            time.sleep(0.02)
+        raise AssertionError(f"no {event} in the log:\n" + "\n".join(self.log[-20:]))
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()

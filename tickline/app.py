@@ -61,7 +61,7 @@ class Config:
     port: int = 7001
     data_dir: Path = Path("var")
     instruments: Path | None = None
-    snapshot_every: int = 120_000  # commands between snapshots (at most)...
+    snapshot_every: int = 50_000  # commands between snapshots (at most)...
     snapshot_interval: float = 10.0  # ...or seconds, whichever comes first: bounds the restart
     segment_bytes: int = 64 * 1024 * 1024  # journal segment size before rotating
     retention: str = "keep"  # journal segments a snapshot covers: keep | delete
@@ -155,12 +155,11 @@ class Serve:
         """2. The trade log, then the books: the newest snapshot + the journal tail, whose
         trades the log gets again (INSERT OR IGNORE) in case a crash lost them."""
         config, data = self.config, self.data
-        fresh_log = not data.trades.exists()
         self.tradelog = TradeLog(data.trades, self.instruments, max_rows=config.tradelog_max_rows, telemetry=self.telemetry)
         await self.tradelog.open()
         self.tradelog_task = asyncio.create_task(self.tradelog.run(), name="tradelog-writer")
         before_recovery()
-        self.recovered = await recover(config.data_dir, self.instruments, self.tradelog, fresh_log=fresh_log, log_state=config.log_recovered_state)
+        self.recovered = await recover(config.data_dir, self.instruments, self.tradelog, log_state=config.log_recovered_state)
         self.books, self.risk = self.recovered.engine.books, self.recovered.engine.risk
         tune_runtime()
 
@@ -253,9 +252,9 @@ class Serve:
         log.info("order_entry_listening", host=host, port=port, tls=tls is not None, data_dir=str(config.data_dir), next_seq=journal.next_seq)
 
     def start_snapshots(self) -> None:
-        """8. Snapshots every so many commands (and at shutdown), so a restart replays little.
-        Once listening: a restart's first snapshot (its capture is on the event loop) must
-        not hold up listening."""
+        """8. Snapshots every so many commands (and at shutdown), so a restart replays little;
+        and the trade log's refill, if it lacks rows before the snapshot restarted from.
+        Once listening: neither may hold up listening."""
         config, journal, intake = self.config, self.journal, self.intake
         self.snapshotter = Snapshotter(
             config.data_dir, self.books, self.risk, lambda: journal.durable_seq, lambda: intake.settled(journal.durable_seq), self.tradelog,
@@ -263,6 +262,8 @@ class Serve:
             last_seq=self.recovered.snapshot_seq, telemetry=self.telemetry, hold_intake=self.gateway.hold_intake,
         )  # fmt: skip
         self.snapshots = asyncio.create_task(self.snapshotter.run(), name="snapshots")
+        refill_to = self.recovered.refill_to  # the trade log's rows before the snapshot, if it lacks some
+        self.refill = None if refill_to is None else asyncio.create_task(self.tradelog.refill(config.data_dir, config.instruments, refill_to))
 
     async def shut_down(self) -> int:
         """9. In reverse: stop taking requests, make everything received durable, let
@@ -277,6 +278,8 @@ class Serve:
         if self.dashboard is not None:
             await self.dashboard.close()
         self.snapshots.cancel()
+        if self.refill is not None:
+            self.refill.cancel()
         await self.snapshotter.take()
         await self.tradelog.close()
         await self.tradelog_task  # the market and accounts readers close as serve() returns (its exit stack)

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--no-web", action="store_true", help="no dashboard, no /metrics")
     serve.add_argument("--md-hard-cap", type=int, default=8 * 1024 * 1024, help="unread bytes before a subscriber is disconnected")
     serve.add_argument("--md-pause-deadline", type=float, default=10.0, help="seconds a subscriber may stop reading")
-    serve.add_argument("--snapshot-every", type=int, default=int(env("TICKLINE_SNAPSHOT_EVERY", "120000")), help="commands between snapshots, at most")
+    serve.add_argument("--snapshot-every", type=int, default=int(env("TICKLINE_SNAPSHOT_EVERY", "50000")), help="commands between snapshots, at most")
     serve.add_argument(
         "--snapshot-interval", type=float, default=float(env("TICKLINE_SNAPSHOT_INTERVAL", "10")), help="seconds between snapshots, at most (when busy)"
     )

@@ -1,0 +1,93 @@
+"""Refills the trade log after a restart, in a process of its own, while the server serves.
+
+    python -m journal.refill <data dir> <through> <to> [<instruments file>]
+
+Snapshots do not wait for the trade log, so a restart may start from a snapshot (seq `to`)
+newer than what the log has whole (`through`, its meta row). The trades and reports of the
+commands in between are matching's output: this process rebuilds them by replaying the
+journal from the newest kept snapshot at or before `through` (the snapshotter keeps one) or
+from the first command, and writes the rows of (through, to] in frames (INSERT OR IGNORE),
+raising the log's `through` as it goes: killed midway, the next restart refills less.
+Exit 0: the log is whole through `to`; 1: it cannot be (the journal no longer reaches back).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from exchange.engine import Engine
+from exchange.instruments import Instrument, assets_of, load_instruments
+from journal.journal import read_batches
+from journal.layout import DataDir, first_seq_of, segment_paths
+from journal.records import encode_batch
+from journal.snapshots import newest_valid
+from journal.tradelog import split
+from journal.tradelog_writer import Frame, Piece, Writer
+
+log = structlog.get_logger("refill")
+FRAME_UNITS = 8_000  # rows per transaction
+
+
+def anchor(data_dir: Path, instruments: dict[str, Instrument], through: int) -> tuple[Engine, int] | None:
+    """The engine at the newest valid snapshot at or before `through`, or empty if the
+    journal still starts at the first command; None if neither."""
+    for snap, engine in newest_valid(DataDir(data_dir).snapshots, instruments, at_most=through):
+        return engine, snap.seq
+    segments = segment_paths(DataDir(data_dir).journal)
+    if segments and first_seq_of(segments[0]) == 1:
+        return Engine(instruments), 0
+    return None
+
+
+def refill(data_dir: Path, instruments: dict[str, Instrument], through: int, to: int) -> bool:
+    start = anchor(data_dir, instruments, through)
+    if start is None:
+        log.error("refill_impossible", through=through, to=to, why="no snapshot at or before it, and the journal starts later")
+        return False
+    engine, first = start
+    writer = Writer(str(DataDir(data_dir).trades))
+    writer.instruments, writer.assets = instruments, assets_of(instruments)
+    encode = msgspec.msgpack.Encoder().encode
+    pieces: list[msgspec.Raw] = []
+    units = 0
+    last, parent = first, os.getppid()
+    for first_seq, cmds, ts_ns in read_batches(DataDir(data_dir).journal, after=first):
+        if first_seq > to:
+            break
+        if os.getppid() != parent:
+            return False  # the server was killed: its restart refills (from where this one got)
+        events = []
+        for seq, cmd in enumerate(cmds, first_seq):
+            if first < seq <= to:
+                events += engine.apply(seq, cmd)
+        last = min(first_seq + len(cmds) - 1, to)
+        if last <= through:
+            continue  # the log has these rows: replayed for the state only
+        trades, reports = split(events)
+        record = encode_batch(first_seq, cmds[: last - first_seq + 1], ts_ns)
+        pieces.append(msgspec.Raw(encode(Piece([(first_seq, record)], trades, reports))))
+        units += len(cmds) + len(trades) + len(reports)
+        if units >= FRAME_UNITS:
+            writer.write(Frame(units, pieces, through=last))
+            pieces, units = [], 0
+    if pieces:
+        writer.write(Frame(units, pieces, through=last))
+    writer.conn.close()
+    log.info("refilled", through=through, to=to, replayed_from=first)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    os.nice(19)  # derived data: the server's own work goes first
+    data_dir, through, to = Path(argv[0]), int(argv[1]), int(argv[2])
+    instruments = load_instruments(argv[3] if len(argv) > 3 else None)
+    return 0 if refill(data_dir, instruments, through, to) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
