@@ -23,7 +23,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
@@ -50,7 +50,9 @@ from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed, timed_cal
 from telemetry.registry import Telemetry
 from tickline import __version__
 from tickline.tuning import before_recovery, tune_runtime
-from web.server import Dashboard
+
+if TYPE_CHECKING:
+    from web.server import Dashboard
 
 log = structlog.get_logger("tickline")
 
@@ -244,8 +246,11 @@ class Serve:
         await self.admin.start(self.data.admin_socket)
         md_host, md_port = await notifier.start(config.md_host, config.md_port, tls)
         log.info("market_data_listening", host=md_host, port=md_port, tls=tls is not None)
-        self.dashboard = None if config.web_port is None else Dashboard(self.desk.answer_public, notifier.new_session, telemetry)
-        if self.dashboard is not None and config.web_port is not None:
+        self.dashboard: Dashboard | None = None
+        if config.web_port is not None:
+            from web.server import Dashboard  # (aiohttp: 0.2 s of a start, only with a dashboard)
+
+            self.dashboard = Dashboard(self.desk.answer_public, notifier.new_session, telemetry)
             web_host, web_port = await self.dashboard.start(config.web_host, config.web_port, tls)
             log.info("dashboard_listening", url=f"{'https' if tls else 'http'}://{web_host}:{web_port}/", host=web_host, port=web_port)
         host, port = await self.gateway.start(config.host, config.port, tls)
