@@ -61,6 +61,9 @@ async def recover(
     journal_dir = DataDir(data_dir).journal
     journal_dir.mkdir(parents=True, exist_ok=True)
     engine, start = load_state(data_dir, instruments)
+    refill_to = start if tradelog is not None and tradelog.recorded_through < start else None
+    if tradelog is not None and refill_to is not None:
+        tradelog.capped_at = tradelog.recorded_through  # its `through` stays there until the refill is done
     replayed, last, first_batch = 0, start, True
     for first_seq, cmds, ts_ns in read_batches(journal_dir, after=start):
         if first_batch and first_seq > start + 1:
@@ -80,7 +83,6 @@ async def recover(
                 await tradelog.wait_committed()  # bound memory: let the writer catch up
     # The trade log catches up in the background: the server listens as soon as the books
     # are rebuilt; the rows before the snapshot it lacks are refilled then.
-    refill_to = start if tradelog is not None and tradelog.recorded_through < start else None
     took = time.perf_counter() - t0
     # The state's hash (what `tickline replay` prints) costs ~1 s per million open orders: on request.
     state = {"state": engine.state_hash()} if log_state else {}

@@ -247,7 +247,7 @@ class TradeLog:
         than the log), in a process of its own (journal/refill.py); meanwhile the file's
         `through` stays where it was. A refill that fails leaves it there: the next restart
         tries again."""
-        through = self.capped_at = self.recorded_through
+        through = self.capped_at = self.recorded_through  # (recovery capped it already: rows after it were handed over)
         log.info("tradelog_refill_started", through=through, to=to)
         args = [str(data_dir), str(through), str(to), *([str(instruments_file)] if instruments_file else [])]
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "journal.refill", *args, cwd=Path(__file__).resolve().parent.parent)
