@@ -30,7 +30,7 @@ from client.inbox import MAX_LINE, Inbox, close_stream
 from protocol import replies as R
 from protocol import requests as Q
 
-Report = R.FillReport | R.CanceledReport | R.ReplacedReport | R.Reject
+Report = R.FillReport | R.CanceledReport | R.ReplacedReport | R.TriggeredReport | R.Reject
 MAX_REPORTS = 100_000  # reports kept for reports() before the oldest are dropped (counted)
 T = TypeVar("T")
 
@@ -67,19 +67,31 @@ class Exchange:
 
     # ------------------------------------------------------------ orders (pipelined: these do not wait)
 
-    def buy(self, symbol: str, qty: str, price: str | None = None, *, tif: str | None = None, id: str | None = None) -> asyncio.Future[R.Ack]:
-        """Send a BUY now; the future is its ACK (or raises OrderRejected). No price: market."""
-        return self._order(Q.Buy, symbol, qty, price, tif, id)
+    def buy(self, symbol: str, qty: str, price: str | None = None, **options: str | None) -> asyncio.Future[R.Ack]:
+        """Send a BUY now; the future is its ACK (or raises OrderRejected). No price: market.
+        Options (keywords): tif=; id= (a client order id; one is made up if not given);
+        stop= (a stop: off the book until a trade reaches that price, then a TRIGGERED
+        report); show= (an iceberg's slice); oco= (the client id of an open order of yours
+        to pair with: one cancels the other)."""
+        return self._order(Q.Buy, symbol, qty, price, **options)
 
-    def sell(self, symbol: str, qty: str, price: str | None = None, *, tif: str | None = None, id: str | None = None) -> asyncio.Future[R.Ack]:
-        return self._order(Q.Sell, symbol, qty, price, tif, id)
+    def sell(self, symbol: str, qty: str, price: str | None = None, **options: str | None) -> asyncio.Future[R.Ack]:
+        return self._order(Q.Sell, symbol, qty, price, **options)
 
-    def _order(self, kind: type[Q.Buy] | type[Q.Sell], symbol: str, qty: str, price: str | None, tif: str | None, cid: str | None) -> asyncio.Future[R.Ack]:
-        cid = cid or f"{self._prefix}-{next(self._ids)}"
+    def _order(
+        self, kind: type[Q.Buy] | type[Q.Sell], symbol: str, qty: str, price: str | None, *, tif: str | None = None, id: str | None = None,
+        stop: str | None = None, show: str | None = None, oco: str | None = None,
+    ) -> asyncio.Future[R.Ack]:  # fmt: skip
+        cid = id or f"{self._prefix}-{next(self._ids)}"
         future: asyncio.Future[R.Ack] = asyncio.get_running_loop().create_future()
         self._orders[cid] = future
-        self._send(kind(symbol, qty, price, tif, cid))
+        self._send(kind(symbol, qty, price, tif, cid, stop, show, oco))
         return future
+
+    async def cancel_all(self, symbol: str | None = None) -> int:
+        """CANCEL ALL: every open order of the account (in that symbol), each with its
+        CANCELED report; how many."""
+        return (await self._query(Q.CancelAll(symbol), R.CanceledAll)).count
 
     def cancel(self, order_id: int) -> asyncio.Future[R.CanceledReport]:
         """Cancel an open order; the future is its CANCELED (or raises OrderRejected)."""
@@ -208,8 +220,8 @@ class Exchange:
             future = self._orders.pop(reply.id or "", None)  # a new order refused
             if future is not None:
                 self._settle(future, reply)
-        elif isinstance(reply, (R.FillReport, R.CanceledReport, R.ReplacedReport, R.Reject)):
-            if not isinstance(reply, R.FillReport) and reply.order_id is not None:
+        elif isinstance(reply, (R.FillReport, R.CanceledReport, R.ReplacedReport, R.TriggeredReport, R.Reject)):
+            if not isinstance(reply, (R.FillReport, R.TriggeredReport)) and reply.order_id is not None:
                 self._answered(reply.order_id, reply)
             self._reports.put(reply)
         else:

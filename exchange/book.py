@@ -25,7 +25,17 @@ from typing import Iterator
 import msgspec
 
 from exchange.instruments import Instrument
-from exchange.rules import check_order, check_owned, check_replace
+from exchange.rules import (
+    check_not_paired,
+    check_not_pending,
+    check_oco,
+    check_order,
+    check_owned,
+    check_replace,
+    check_show,
+    check_stop,
+    check_trigger,
+)
 from protocol.messages import (
     TIF,
     Accepted,
@@ -36,6 +46,7 @@ from protocol.messages import (
     Event,
     Fill,
     Liquidity,
+    MassCancel,
     NewOrder,
     Problem,
     Quote,
@@ -45,6 +56,7 @@ from protocol.messages import (
     Replaced,
     Side,
     Trade,
+    Triggered,
 )
 
 BUY, SELL = Side.BUY, Side.SELL
@@ -67,6 +79,12 @@ class Order(msgspec.Struct, array_like=True, gc=False):
     owner: str
     client_id: str | None
     budget: int | None = None  # a market BUY's spending limit, lots x ticks
+    stop: int | None = None  # a pending stop's trigger (None once it fired, and for any other order)
+    cod: bool = False  # canceled when the connection it was entered on closes
+    show: int | None = None  # an iceberg's displayed slice: `leaves` is what is shown (and trades first),
+    hidden: int = 0  # the reserve behind it; a new slice comes from it at the back of the level
+    oco: int | None = None  # the other order of its one-cancels-the-other pair
+    touched: bool = False  # traded or replaced since it was accepted (then it cannot join a pair)
 
 
 class Level:
@@ -125,13 +143,21 @@ class Book:
         self.asks = Half(SELL)
         self.md_seq = 0  # the last market-data sequence number used (see protocol.messages)
         self.quote: tuple[int | None, int, int | None, int] = (None, 0, None, 0)  # last published top
+        self.last: int | None = None  # the last trade's price (stops fire on trades; part of the state)
+        self.stops: dict[int, Order] = {}  # pending stops by id, in the order they were accepted
+        self._buy_stops: list[tuple[int, int]] = []  # heaps of (trigger, id), BUY lowest first, SELL (-trigger) highest
+        self._sell_stops: list[tuple[int, int]] = []  # first; a canceled stop's entry stays until met
         self._cause = 0  # the journal sequence of the command being applied
+        self._match_no = 0  # its trades so far (trade ids are <cause>-<n>: fired stops trade in the same command)
+        self._hi, self._lo = 0, 0  # the highest and lowest price its trades printed at (0: none)
+        self.pairs: dict[int, int] = {}  # OCO: order id -> the other's, both ways (from the orders' oco)
 
     # ------------------------------------------------------------------ commands
 
     def apply(self, seq: int, cmd: Command) -> list[Event]:
         """Apply one command; seq is its journal sequence number (and a new order's id)."""
         self._cause = seq  # every report this command causes names it
+        self._match_no = self._hi = self._lo = 0
         out: list[Event] = []
         # Levels this command changed, in the order it changed them: one BookLevelChanged
         # each at the end, however many fills hit them (a dict is an ordered set here).
@@ -142,8 +168,14 @@ class Book:
             self._new(seq, cmd, out, touched)
         elif type(cmd) is Cancel:
             self._cancel(cmd, out, touched)
+        elif type(cmd) is MassCancel:
+            self._mass_cancel(cmd, out, touched)
         else:
             raise TypeError(f"not a command: {cmd!r}")
+        if self.pairs:
+            self._cancel_pairs(out, 0, touched)
+        if self._hi and self.stops:
+            self._fire_stops(out, touched)
         if touched:
             symbol, md_seq = self.symbol, self.md_seq
             bid, _, ask, _ = self.quote
@@ -178,10 +210,30 @@ class Book:
         if problem is not None:
             out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq, seq))
             return
-        out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, price, tif, cmd.owner, cmd.client_id))
+        if cmd.oco is not None:
+            partner = self.orders.get(cmd.oco) or self.stops.get(cmd.oco)
+            problem = check_oco(cmd.oco, None if partner is None else (partner.owner, partner.oco, partner.touched), cmd.owner)
+            if problem is not None:
+                out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq, seq))
+                return
+        if cmd.stop is not None:
+            self._new_stop(seq, cmd, out)
+            return
+        out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, price, tif, cmd.owner, cmd.client_id, None, cmd.show))
         order = Order(seq, cmd.side, price, cmd.qty, tif, cmd.owner, cmd.client_id)
         if cmd.budget is not None and price is None and cmd.side is BUY:
             order.budget = cmd.budget
+        if cmd.cod:
+            order.cod = True
+        if cmd.show is not None:
+            order.show = cmd.show
+        if cmd.oco is not None:
+            self._pair(order, cmd.oco)
+        self._enter(order, out, touched)
+
+    def _enter(self, order: Order, out: list[Event], touched: dict) -> None:
+        """An accepted order meets the book: it matches, rests or is canceled, by its tif."""
+        price, tif = order.price, order.tif
         crosses = self._crosses(order)
         if tif is POST and crosses:
             self._kill(order, Reason.WOULD_CROSS, out)
@@ -190,7 +242,7 @@ class Book:
             self._kill(order, Reason.FOK_UNFILLED, out)
             return
         if crosses:
-            self._match(seq, order, out, touched)
+            self._match(self._cause, order, out, touched)
         if order.leaves:
             if price is None:
                 self._kill(order, Reason.NO_LIQUIDITY, out)
@@ -199,21 +251,129 @@ class Book:
             else:
                 self._kill(order, Reason.EXPIRED, out)
 
+    # ------------------------------------------------------------------ stops
+
+    def _new_stop(self, seq: int, cmd: NewOrder, out: list[Event]) -> None:
+        """A stop waits off the book (not in market data) until a trade reaches its trigger;
+        one the last trade has reached already is refused."""
+        stop, buy = cmd.stop, cmd.side is BUY
+        assert stop is not None
+        problem = check_stop(self.instrument, stop) or check_trigger(self.instrument, buy, stop, self.last)
+        if problem is not None:
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq, seq))
+            return
+        out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.owner, cmd.client_id, stop, cmd.show))
+        order = Order(
+            seq, cmd.side, cmd.price, cmd.qty, cmd.tif, cmd.owner, cmd.client_id, cmd.budget if buy and cmd.price is None else None, stop, cmd.cod, cmd.show
+        )  # fmt: skip
+        if cmd.oco is not None:
+            self._pair(order, cmd.oco)
+        self._pend(order)
+
+    def _pair(self, order: Order, other_id: int) -> None:
+        """An accepted order joins its OCO pair (its other order was checked: open, free)."""
+        other = self.orders.get(other_id) or self.stops.get(other_id)
+        assert other is not None
+        order.oco, other.oco = other_id, order.order_id
+        self.pairs[order.order_id], self.pairs[other_id] = other_id, order.order_id
+
+    def _cancel_pairs(self, out: list[Event], since: int, touched: dict) -> None:
+        """One-cancels-the-other: an order of a pair that traded (even partly) or was canceled
+        in out[since:] takes the other one with it (CANCELED reason=oco)."""
+        pairs = self.pairs
+        for i in range(since, len(out)):
+            e = out[i]
+            if (type(e) is Fill or type(e) is Canceled) and e.order_id in pairs:
+                other_id = pairs.pop(e.order_id)
+                del pairs[other_id]
+                other = self.orders.get(other_id) or self.stops.get(other_id)
+                if other is None:
+                    continue
+                other.oco = None
+                if other.stop is not None:
+                    del self.stops[other_id]
+                elif other.order_id in self.orders and other.leaves:
+                    self._unrest(other, touched)
+                self._kill(other, Reason.OCO, out)
+
+    def _pend(self, order: Order) -> None:
+        stop = order.stop
+        assert stop is not None
+        self.stops[order.order_id] = order
+        if order.side is BUY:
+            heappush(self._buy_stops, (stop, order.order_id))
+        else:
+            heappush(self._sell_stops, (-stop, order.order_id))
+
+    def _fire_stops(self, out: list[Event], touched: dict) -> None:
+        """Fire every stop the command's trades reached (BUY: a trade at or above its
+        trigger; SELL: at or below), those reached together in the order they were accepted;
+        their own trades may fire more."""
+        stops, symbol = self.stops, self.symbol
+        while self._hi and stops:
+            hi, lo = self._hi, self._lo
+            self._hi = self._lo = 0
+            fired: list[int] = []
+            for heap, bound in ((self._buy_stops, hi), (self._sell_stops, -lo)):  # (a SELL's key is -trigger)
+                while heap and heap[0][0] <= bound:
+                    order_id = heappop(heap)[1]
+                    if order_id in stops:  # (not: canceled while pending)
+                        fired.append(order_id)
+            for order_id in sorted(fired):
+                order = stops.pop(order_id, None)
+                if order is None:
+                    continue  # the other order of a pair that a stop fired before it traded: canceled
+                stop = order.stop
+                assert stop is not None
+                order.stop = None
+                since = len(out)
+                out.append(Triggered(order.order_id, symbol, order.side, order.leaves, order.price, stop, order.owner, order.client_id, self._cause))
+                self._enter(order, out, touched)
+                if self.pairs:
+                    self._cancel_pairs(out, since, touched)
+        if len(self._buy_stops) + len(self._sell_stops) > 2 * len(stops) + 64:  # canceled stops' entries: rebuild
+            self._buy_stops = [(o.stop, i) for i, o in stops.items() if o.side is BUY and o.stop is not None]
+            self._sell_stops = [(-o.stop, i) for i, o in stops.items() if o.side is SELL and o.stop is not None]
+            heapify(self._buy_stops)
+            heapify(self._sell_stops)
+
     def _check_new(self, cmd: NewOrder) -> Problem | None:
         if cmd.symbol != self.symbol:
             return Problem(Reason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
-        return check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
+        return check_order(self.instrument, cmd.qty, cmd.price, cmd.tif) or check_show(cmd.show, cmd.price)
 
     def _cancel(self, cmd: Cancel, out: list[Event], touched: dict) -> None:
         order = self._owned(cmd.order_id, cmd.owner, out)
         if order is None:
             return
-        self._unrest(order, touched)
+        if order.stop is not None:  # pending: its heap entry is skipped when met
+            del self.stops[order.order_id]
+        else:
+            self._unrest(order, touched)
         self._kill(order, Reason.USER, out)
+
+    def _mass_cancel(self, cmd: MassCancel, out: list[Event], touched: dict) -> None:
+        """The owner's open orders here (resting and pending stops; only the listed ones, if
+        a list is given), oldest first. Nothing to cancel is no error: it is zero canceled."""
+        only = None if cmd.order_ids is None else set(cmd.order_ids)
+        mine = [o for o in (*self.orders.values(), *self.stops.values()) if o.owner == cmd.owner and (only is None or o.order_id in only)]
+        for order in sorted(mine, key=_order_id):
+            if order.stop is not None:
+                del self.stops[order.order_id]
+            else:
+                self._unrest(order, touched)
+            self._kill(order, cmd.reason, out)
 
     def _replace(self, seq: int, cmd: Replace, out: list[Event], touched: dict) -> None:
         order = self._owned(cmd.order_id, cmd.owner, out)
         if order is None:
+            return
+        pending = check_not_pending(order.order_id, order.stop) or check_not_paired(order.order_id, order.oco)
+        if pending is not None:
+            out.append(Rejected(pending.reason, pending.text, cmd.owner, order.client_id, order.order_id, self._cause))
+            return
+        if order.show is not None:
+            self._replace_iceberg(seq, cmd, order, out, touched)
             return
         old_price = order.price
         assert old_price is not None  # a resting order has a price
@@ -223,6 +383,8 @@ class Book:
         if problem is not None:
             out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id, self._cause))
             return
+        if qty != order.leaves or price != old_price:
+            order.touched = True
         side = order.side
         half = self.bids if side is BUY else self.asks
         level = half.levels[old_price]
@@ -264,8 +426,41 @@ class Book:
         level.total += order.leaves
         touched[level] = None
 
+    def _replace_iceberg(self, seq: int, cmd: Replace, order: Order, out: list[Event], touched: dict) -> None:
+        """The same rules for an iceberg, on its whole open quantity (shown + hidden): a
+        decrease at its price keeps priority (the hidden part goes first), anything else
+        re-enters it at the back, showing a new slice."""
+        old_price, total = order.price, order.leaves + order.hidden
+        assert old_price is not None
+        price = old_price if cmd.price is None or cmd.shrink else cmd.price
+        qty = cmd.qty if not cmd.shrink or cmd.qty < total else total
+        problem = check_replace(self.instrument, qty, price)
+        if problem is not None:
+            out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id, self._cause))
+            return
+        if qty != total or price != old_price:
+            order.touched = True
+        level = (self.bids if order.side is BUY else self.asks).levels[old_price]
+        if price == old_price and qty <= total:
+            shown = min(order.leaves, qty)
+            level.total -= order.leaves - shown
+            order.leaves, order.hidden = shown, qty - shown
+            touched[level] = None
+            out.append(Replaced(order.order_id, self.symbol, order.side, qty, price, True, order.owner, order.client_id, self._cause))
+            return
+        self._unrest(order, touched)
+        order.price, order.leaves, order.hidden = price, qty, 0
+        out.append(Replaced(order.order_id, self.symbol, order.side, qty, price, False, order.owner, order.client_id, self._cause))
+        if order.tif is POST and self._crosses(order):
+            self._kill(order, Reason.WOULD_CROSS, out)
+            return
+        if self._crosses(order):
+            self._match(seq, order, out, touched)
+        if order.leaves:
+            self._rest(order, touched)
+
     def _owned(self, order_id: int, owner: str, out: list[Event]) -> Order | None:
-        order = self.orders.get(order_id)
+        order = self.orders.get(order_id) or self.stops.get(order_id)
         if order is not None and order.owner == owner:  # the common case, without a call
             return order
         problem = check_owned(None if order is None else order.owner, order_id, owner)
@@ -286,13 +481,15 @@ class Book:
         limit = taker.price
         symbol, owner, book_orders = self.symbol, taker.owner, self.orders
         budget = taker.budget
-        match_no = 0
+        match_no = first_match = self._match_no
         while True:
             price = half.best()
             if price is None or (limit is not None and (price > limit if buying else price < limit)):
-                return
+                break
             level = levels[price]
+            before = match_no
             gone: list[Order] = []
+            sliced: list[Order] = []  # icebergs whose slice is gone: a new one, at the back of the level
             for maker in level.orders.values():
                 if maker.owner == owner:
                     level.total -= maker.leaves
@@ -312,24 +509,41 @@ class Book:
                 self.md_seq += 1
                 tid = f"{seq}-{match_no}"
                 maker.leaves -= qty
+                maker.touched = True
                 taker.leaves -= qty
                 level.total -= qty
                 out.append(Trade(self.md_seq, tid, seq, symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, owner))
-                out.append(Fill(maker.order_id, symbol, maker_side, qty, price, maker.leaves, tid, ADDED, maker.owner, maker.client_id, seq))
+                out.append(Fill(maker.order_id, symbol, maker_side, qty, price, maker.leaves + maker.hidden, tid, ADDED, maker.owner, maker.client_id, seq))
                 out.append(Fill(taker.order_id, symbol, taker.side, qty, price, taker.leaves, tid, REMOVED, owner, taker.client_id, seq))
                 if not maker.leaves:
-                    gone.append(maker)
+                    (sliced if maker.hidden else gone).append(maker)
                 if not taker.leaves:
                     break
             level_orders = level.orders
             for maker in gone:
                 del level_orders[maker.order_id]
                 del book_orders[maker.order_id]
+            for maker in sliced:  # (after the level's pass: the same place as at once, behind every order of it)
+                del level_orders[maker.order_id]
+                level_orders[maker.order_id] = maker
+                assert maker.show is not None
+                maker.leaves = min(maker.show, maker.hidden)
+                maker.hidden -= maker.leaves
+                level.total += maker.leaves
             touched[level] = None
             if not level_orders:
                 del levels[price]
+            if match_no != before:  # traded at this price: the last price, and what stops fire on
+                self.last = price
+                if price > self._hi:
+                    self._hi = price
+                if price < self._lo or not self._lo:
+                    self._lo = price
             if not taker.leaves or taker.budget is not None and taker.budget < (half.best() or 0):
-                return
+                break
+        self._match_no = match_no
+        if match_no != first_match:
+            taker.touched = True
 
     def _crosses(self, order: Order) -> bool:
         """Whether the order would meet the best opposite price (a market order: any)."""
@@ -348,7 +562,7 @@ class Book:
                 break
             for maker in half.levels[price].orders.values():
                 if maker.owner != taker.owner:
-                    qty = maker.leaves
+                    qty = maker.leaves + maker.hidden
                     if budget is not None:
                         qty = min(qty, budget // price)
                         budget -= qty * price
@@ -358,10 +572,13 @@ class Book:
         return total
 
     def budgeted(self, cmd: NewOrder) -> NewOrder:
-        """A market BUY with its budget (what the book would cost now): the sequencing
-        point locks that much, and matching never spends more. Other orders as they are."""
+        """A market BUY with its budget (what the book would cost now; a stop: its trigger
+        plus the instrument's collar): the sequencing point locks that much, and matching
+        never spends more. Other orders as they are."""
         if cmd.price is not None or cmd.side is not BUY:
             return cmd
+        if cmd.stop is not None:
+            return msgspec.structs.replace(cmd, budget=self.instrument.stop_budget(cmd.qty, cmd.stop))
         return msgspec.structs.replace(cmd, budget=self.sweep_cost(cmd.qty, cmd.owner))
 
     def sweep_cost(self, qty: int, owner: str) -> int:
@@ -371,7 +588,7 @@ class Book:
         for price in self.asks.prices():
             for maker in self.asks.levels[price].orders.values():
                 if maker.owner != owner:
-                    take = min(qty, maker.leaves)
+                    take = min(qty, maker.leaves + maker.hidden)
                     cost += take * price
                     qty -= take
                     if not qty:
@@ -383,6 +600,8 @@ class Book:
     def _rest(self, order: Order, touched: dict) -> None:
         price = order.price
         assert price is not None
+        if order.show is not None and order.leaves > order.show:  # an iceberg shows a slice
+            order.leaves, order.hidden = order.show, order.leaves - order.show
         half = self.bids if order.side is BUY else self.asks
         level = half.levels.get(price) or half.add_level(price)
         level.orders[order.order_id] = order
@@ -390,7 +609,7 @@ class Book:
         self.orders[order.order_id] = order
         touched[level] = None
 
-    def load(self, orders: list[Order], md_seq: int) -> None:
+    def load(self, orders: list[Order], md_seq: int, stops: list[Order] = [], last: int | None = None) -> None:  # noqa: B006 (read only)
         """Rest orders as they were (restoring a snapshot): bids best first, then asks best
         first, FIFO within a level; no matching. Per order only C runs (columns by
         attrgetter, dicts by zip): a restart loads every resting order."""
@@ -403,7 +622,10 @@ class Book:
             level.orders = dict(zip(ids[start:end], orders[start:end], strict=True))
             level.total = sum(leaves[start:end])
             start = end
-        self.md_seq = md_seq
+        for order in stops:
+            self._pend(order)
+        self.pairs = {o.order_id: o.oco for o in (*orders, *stops) if o.oco is not None}
+        self.md_seq, self.last = md_seq, last
         bid, ask = self.bids.best(), self.asks.best()
         self.quote = (bid, 0 if bid is None else self.bids.levels[bid].total, ask, 0 if ask is None else self.asks.levels[ask].total)
 
@@ -420,8 +642,9 @@ class Book:
             del half.levels[price]
 
     def _kill(self, order: Order, reason: Reason, out: list[Event]) -> None:
-        out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id, self._cause))
-        order.leaves = 0
+        leaves = order.leaves + order.hidden
+        out.append(Canceled(order.order_id, self.symbol, order.side, leaves, reason, order.owner, order.client_id, self._cause))
+        order.leaves = order.hidden = 0
 
     # ------------------------------------------------------------------ views
 
@@ -446,26 +669,53 @@ class Book:
             for price in half.prices():
                 yield from half.levels[price].orders.values()
 
+    def pending(self) -> Iterator[Order]:
+        """Every pending stop, in the order they were accepted."""
+        return iter(self.stops.values())
+
     def order(self, order_id: int) -> Order | None:
-        return self.orders.get(order_id)
+        """An open order: resting, or a pending stop."""
+        return self.orders.get(order_id) or self.stops.get(order_id)
 
     def encoded_orders(self) -> bytes:
         """Every resting order in priority order, msgpack-encoded (a snapshot's rows, the
         state hash's input): a copy taken in C, on the event loop when a snapshot is captured."""
         return encode_orders([o for half in (self.bids, self.asks) for price in half.prices() for o in half.levels[price].orders.values()])
 
+    def encoded_stops(self) -> bytes:
+        """The pending stops in the order they were accepted, msgpack-encoded (as encoded_orders)."""
+        return encode_orders(list(self.stops.values()))
+
     def state_hash(self) -> str:
-        """A digest of everything that decides future matching: levels, FIFO order, leaves."""
-        return hash_book(self.symbol, self.md_seq, self.encoded_orders())
+        """A digest of everything that decides future matching: levels, FIFO order, leaves,
+        pending stops and the last trade's price."""
+        return hash_book(self.symbol, self.md_seq, self.encoded_orders(), self.encoded_stops(), self.last)
+
+
+def disconnected(books: dict[str, Book]) -> list[MassCancel]:
+    """After a restart no connection is left: the open orders entered with
+    cancel_on_disconnect, as one MassCancel per symbol and owner (in that order)."""
+    out = []
+    for symbol, book in sorted(books.items()):
+        ids: dict[str, list[int]] = {}
+        for o in (*book.orders.values(), *book.stops.values()):
+            if o.cod:
+                ids.setdefault(o.owner, []).append(o.order_id)
+        out += [MassCancel(symbol, owner, sorted(mine), Reason.DISCONNECT) for owner, mine in sorted(ids.items())]
+    return out
 
 
 encode_orders = msgspec.msgpack.Encoder().encode
+NO_ORDERS = encode_orders([])
+_order_id = attrgetter("order_id")
 
 
-def hash_book(symbol: str, md_seq: int, encoded_orders: bytes) -> str:
-    """The state hash of one book: its market-data sequence and its resting orders in
-    priority order, as Book.encoded_orders gives them."""
+def hash_book(symbol: str, md_seq: int, encoded_orders: bytes, encoded_stops: bytes = NO_ORDERS, last: int | None = None) -> str:
+    """The state hash of one book: its market-data sequence, its resting orders in
+    priority order and its pending stops, as Book encodes them, and the last trade price."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{symbol}#{md_seq}|".encode())
+    h.update(f"{symbol}#{md_seq}#{last}|".encode())
     h.update(encoded_orders)
+    h.update(b"|")
+    h.update(encoded_stops)
     return h.hexdigest()

@@ -112,6 +112,7 @@ class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     quote: str | None = None  # what it is paid in; default: the part after "-", or USD
     maker_fee_bps: int = 0  # fee on what the maker receives, in 1/100 of a percent
     taker_fee_bps: int = 0  # fee on what the taker receives
+    stop_collar_bps: int = 500  # a stop-market BUY locks qty x trigger x (1 + this / 10,000) and never spends more
 
 
 class InstrumentsFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -149,6 +150,7 @@ class Instrument:
     __slots__ = (
         "symbol", "tick", "lot", "min_qty", "max_qty", "min_price", "max_price",
         "base", "quote", "base_asset", "quote_asset", "base_per_lot", "quote_per_lot_tick", "maker_fee_bps", "taker_fee_bps",
+        "stop_collar_bps",
     )  # fmt: skip
 
     def __init__(self, symbol: str, spec: InstrumentSpec) -> None:
@@ -167,6 +169,9 @@ class Instrument:
                 raise ValueError(f"{symbol}: a fee is 0..10000 basis points, not {bps}")
         self.maker_fee_bps = spec.maker_fee_bps
         self.taker_fee_bps = spec.taker_fee_bps
+        if not 0 <= spec.stop_collar_bps <= 100_000:
+            raise ValueError(f"{symbol}: stop_collar_bps is 0..100000 basis points, not {spec.stop_collar_bps}")
+        self.stop_collar_bps = spec.stop_collar_bps
         # Priced alone at first; parse_instruments prices every instrument in the units of
         # the whole file's assets.
         self.price_in(Asset(self.base, _coarsest_unit([[self.lot]])), Asset(self.quote, _coarsest_unit([[self.lot, self.tick]])))
@@ -185,6 +190,10 @@ class Instrument:
         if steps is None or steps < 0:
             raise ValueError(f"limit {text!r} is not a positive multiple of {step.text}")
         return steps
+
+    def stop_budget(self, qty: int, trigger: int) -> int:
+        """What a stop-market BUY may spend, in lots x ticks: its trigger plus the collar, rounded up."""
+        return -(-qty * trigger * (10_000 + self.stop_collar_bps) // 10_000)
 
     # ---- text -> integers (the gateway's job, before anything is journaled)
 

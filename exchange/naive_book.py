@@ -11,14 +11,14 @@ times both on the same stream and prints the ratio.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from sortedcontainers import SortedDict
 
 from exchange.book import Order, encode_orders, hash_book
 from exchange.instruments import Instrument
 from exchange.orderbook import PriceLevel
-from exchange.rules import check_order, check_replace
+from exchange.rules import check_not_paired, check_not_pending, check_oco, check_order, check_replace, check_show, check_stop, check_trigger
 from protocol.messages import (
     TIF,
     Accepted,
@@ -28,6 +28,7 @@ from protocol.messages import (
     Event,
     Fill,
     Liquidity,
+    MassCancel,
     NewOrder,
     Problem,
     Reason,
@@ -36,13 +37,22 @@ from protocol.messages import (
     Replaced,
     Side,
     Trade,
+    Triggered,
 )
 
 
 class NaiveOrder:
-    def __init__(self, order_id: int, side: Side, price: int | None, leaves: int, tif: TIF, owner: str, client_id: str | None):
+    def __init__(
+        self, order_id: int, side: Side, price: int | None, leaves: int, tif: TIF, owner: str, client_id: str | None,
+        budget: int | None = None, stop: int | None = None, cod: bool = False, show: int | None = None,
+    ) -> None:  # fmt: skip
         self.order_id, self.side, self.price, self.leaves = order_id, side, price, leaves
         self.tif, self.owner, self.client_id = tif, owner, client_id
+        self.budget, self.stop = budget, stop  # a market BUY's spending limit; a pending stop's trigger
+        self.cod = cod  # canceled when its connection closes
+        self.show, self.hidden = show, 0  # an iceberg: leaves is the slice shown, hidden the rest
+        self.oco: int | None = None  # the other order of its OCO pair
+        self.touched = False  # traded or replaced since accepted: it cannot join a pair
 
 
 class NaiveBook:
@@ -52,35 +62,96 @@ class NaiveBook:
         self.bids: SortedDict = SortedDict()  # price -> deque[NaiveOrder]
         self.asks: SortedDict = SortedDict()
         self.orders: dict[int, NaiveOrder] = {}
+        self.stops: list[NaiveOrder] = []  # pending stops, in the order they were accepted
+        self.last: int | None = None  # the last trade's price
         self._cause = 0  # the journal sequence of the command being applied
+        self._match_no = 0  # trades of this command so far
+        self._prices: list[int] = []  # the prices this command's trades printed at, not yet looked at by the stops
+        self.pairs: dict[int, int] = {}  # OCO pairs, both ways
 
     def apply(self, seq: int, cmd: Command) -> list[Event]:
-        self._cause = seq
+        self._cause, self._match_no, self._prices = seq, 0, []
         out: list[Event] = []
         if isinstance(cmd, NewOrder):
             self.new(seq, cmd, out)
         elif isinstance(cmd, Cancel):
             order = self.find(cmd.order_id, cmd.owner, out)
             if order is not None:
-                self.remove(order)
+                if order in self.stops:
+                    self.stops.remove(order)
+                else:
+                    self.remove(order)
                 self.cancel(order, Reason.USER, out)
         elif isinstance(cmd, Replace):
             self.replace(seq, cmd, out)
+        elif isinstance(cmd, MassCancel):
+            for order in sorted([*self.orders.values(), *self.stops], key=lambda o: o.order_id):
+                if order.owner == cmd.owner and (cmd.order_ids is None or order.order_id in cmd.order_ids):
+                    if order in self.stops:
+                        self.stops.remove(order)
+                    else:
+                        self.remove(order)
+                    self.cancel(order, cmd.reason, out)
+        self.cancel_pairs(out, 0)
+        while self._prices:  # stops reached by this command's trades fire, in the order they came
+            high, low = max(self._prices), min(self._prices)
+            self._prices = []
+            fired = [o for o in self.stops if o.stop is not None and (o.stop <= high if o.side == Side.BUY else o.stop >= low)]
+            for order in fired:
+                if order not in self.stops:
+                    continue  # canceled: the other order of a pair a stop before it traded
+                self.stops.remove(order)
+                stop, order.stop = order.stop, None
+                assert stop is not None
+                since = len(out)
+                out.append(Triggered(order.order_id, self.symbol, order.side, order.leaves, order.price, stop, order.owner, order.client_id, seq))
+                self.enter(order, out)
+                self.cancel_pairs(out, since)
         return out
+
+    def cancel_pairs(self, out: list[Event], since: int) -> None:
+        for e in out[since:]:
+            if isinstance(e, (Fill, Canceled)) and e.order_id in self.pairs:
+                other_id = self.pairs.pop(e.order_id)
+                del self.pairs[other_id]
+                other = self.orders.get(other_id) or next((o for o in self.stops if o.order_id == other_id), None)
+                if other is not None:
+                    other.oco = None
+                    if other in self.stops:
+                        self.stops.remove(other)
+                    else:
+                        self.remove(other)
+                    self.cancel(other, Reason.OCO, out)
 
     def new(self, seq: int, cmd: NewOrder, out: list[Event]) -> None:
         if cmd.symbol != self.symbol:
             problem: Problem | None = Problem(Reason.UNKNOWN_SYMBOL, f"this book trades {self.symbol}, not {cmd.symbol}")
         else:
-            problem = check_order(self.instrument, cmd.qty, cmd.price, cmd.tif)
+            problem = check_order(self.instrument, cmd.qty, cmd.price, cmd.tif) or check_show(cmd.show, cmd.price)
+        partner = None if cmd.oco is None else self.order(cmd.oco)
+        if not problem and cmd.oco is not None:
+            problem = check_oco(cmd.oco, None if partner is None else (partner.owner, partner.oco, partner.touched), cmd.owner)
+        if not problem and cmd.stop is not None:
+            problem = check_stop(self.instrument, cmd.stop) or check_trigger(self.instrument, cmd.side == Side.BUY, cmd.stop, self.last)
         if problem:
             out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq, seq))
             return
-        out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.owner, cmd.client_id))
-        order = NaiveOrder(seq, cmd.side, cmd.price, cmd.qty, cmd.tif, cmd.owner, cmd.client_id)
-        if cmd.tif == TIF.POST and self.would_cross(order):
+        out.append(Accepted(seq, self.symbol, cmd.side, cmd.qty, cmd.price, cmd.tif, cmd.owner, cmd.client_id, cmd.stop, cmd.show))
+        budget = cmd.budget if cmd.side == Side.BUY and cmd.price is None else None
+        order = NaiveOrder(seq, cmd.side, cmd.price, cmd.qty, cmd.tif, cmd.owner, cmd.client_id, budget, cmd.stop, cmd.cod, cmd.show)
+        if partner is not None:
+            order.oco, partner.oco = partner.order_id, seq
+            self.pairs[seq], self.pairs[partner.order_id] = partner.order_id, seq
+        if cmd.stop is not None:
+            self.stops.append(order)
+        else:
+            self.enter(order, out)
+
+    def enter(self, order: NaiveOrder, out: list[Event]) -> None:
+        seq = self._cause
+        if order.tif == TIF.POST and self.would_cross(order):
             self.cancel(order, Reason.WOULD_CROSS, out)
-        elif cmd.tif == TIF.FOK and self.available(order) < order.leaves:
+        elif order.tif == TIF.FOK and self.available(order) < order.leaves:
             self.cancel(order, Reason.FOK_UNFILLED, out)
         else:
             self.match(seq, order, out)
@@ -96,18 +167,25 @@ class NaiveBook:
         order = self.find(cmd.order_id, cmd.owner, out)
         if order is None:
             return
+        pending = check_not_pending(order.order_id, order.stop) or check_not_paired(order.order_id, order.oco)
+        if pending is not None:
+            out.append(Rejected(pending.reason, pending.text, cmd.owner, order.client_id, order.order_id, self._cause))
+            return
         price = cmd.price if cmd.price is not None else order.price
         assert price is not None  # a resting order has a price
         problem = check_replace(self.instrument, cmd.qty, price)
         if problem:
             out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id, self._cause))
             return
-        keeps_priority = price == order.price and cmd.qty <= order.leaves
-        if keeps_priority:
-            order.leaves = cmd.qty
+        if (cmd.qty, price) != (order.leaves + order.hidden, order.price):
+            order.touched = True
+        keeps_priority = price == order.price and cmd.qty <= order.leaves + order.hidden
+        if keeps_priority:  # (an iceberg: its hidden part goes first)
+            order.leaves = min(order.leaves, cmd.qty)
+            order.hidden = cmd.qty - order.leaves
         else:
             self.remove(order)
-            order.price, order.leaves = price, cmd.qty
+            order.price, order.leaves, order.hidden = price, cmd.qty, 0
         out.append(Replaced(order.order_id, self.symbol, order.side, cmd.qty, price, keeps_priority, order.owner, order.client_id, self._cause))
         if keeps_priority:
             return
@@ -119,7 +197,7 @@ class NaiveBook:
             self.add(order)
 
     def find(self, order_id: int, owner: str, out: list[Event]) -> NaiveOrder | None:
-        order = self.orders.get(order_id)
+        order = self.orders.get(order_id) or next((o for o in self.stops if o.order_id == order_id), None)
         if order is None:
             out.append(Rejected(Reason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
         elif order.owner != owner:
@@ -145,17 +223,21 @@ class NaiveBook:
     def available(self, taker: NaiveOrder) -> int:
         book = self.asks if taker.side == Side.BUY else self.bids
         prices = list(book.keys()) if taker.side == Side.BUY else list(reversed(book.keys()))
-        total = 0
+        total, budget = 0, taker.budget
         for price in prices:
             if not self.acceptable(taker, price):
                 break
-            total += sum(o.leaves for o in book[price] if o.owner != taker.owner)
+            for o in book[price]:
+                if o.owner != taker.owner:
+                    qty = o.leaves + o.hidden if budget is None else min(o.leaves + o.hidden, budget // price)
+                    if budget is not None:
+                        budget -= qty * price
+                    total += qty
         return total
 
     def match(self, seq: int, taker: NaiveOrder, out: list[Event]) -> None:
         book = self.asks if taker.side == Side.BUY else self.bids
         maker_side = Side.SELL if taker.side == Side.BUY else Side.BUY
-        match_no = 0
         while taker.leaves > 0:
             price = self.best_opposite(taker)
             if price is None or not self.acceptable(taker, price):
@@ -167,17 +249,33 @@ class NaiveBook:
                 self.cancel(maker, Reason.SELF_TRADE, out)
                 continue
             qty = min(taker.leaves, maker.leaves)
-            match_no += 1
-            trade_id = f"{seq}-{match_no}"
+            if taker.budget is not None:  # a market BUY spends no more than it locked
+                qty = min(qty, taker.budget // price)
+                if not qty:
+                    return
+                taker.budget -= qty * price
+            self._match_no += 1
+            self.last = price
+            self._prices.append(price)
+            trade_id = f"{seq}-{self._match_no}"
             maker.leaves -= qty
             taker.leaves -= qty
+            maker.touched = taker.touched = True
             out.append(Trade(0, trade_id, seq, self.symbol, qty, price, taker.side, maker.order_id, taker.order_id, maker.owner, taker.owner))
-            out.append(Fill(maker.order_id, self.symbol, maker_side, qty, price, maker.leaves, trade_id, Liquidity.ADDED, maker.owner, maker.client_id, seq))
+            left = maker.leaves + maker.hidden
+            out.append(Fill(maker.order_id, self.symbol, maker_side, qty, price, left, trade_id, Liquidity.ADDED, maker.owner, maker.client_id, seq))
             out.append(Fill(taker.order_id, self.symbol, taker.side, qty, price, taker.leaves, trade_id, Liquidity.REMOVED, taker.owner, taker.client_id, seq))
-            if maker.leaves == 0:
+            if maker.leaves == 0 and maker.hidden:  # an iceberg's next slice, at the back of its level
+                queue.popleft()
+                maker.leaves = min(maker.show or 0, maker.hidden)
+                maker.hidden -= maker.leaves
+                queue.append(maker)
+            elif maker.leaves == 0:
                 self.remove(maker)
 
     def add(self, order: NaiveOrder) -> None:
+        if order.show is not None and order.leaves > order.show:
+            order.leaves, order.hidden = order.show, order.leaves - order.show
         book = self.bids if order.side == Side.BUY else self.asks
         book.setdefault(order.price, deque()).append(order)
         self.orders[order.order_id] = order
@@ -191,8 +289,8 @@ class NaiveBook:
         del self.orders[order.order_id]
 
     def cancel(self, order: NaiveOrder, reason: Reason, out: list[Event]) -> None:
-        out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves, reason, order.owner, order.client_id, self._cause))
-        order.leaves = 0
+        out.append(Canceled(order.order_id, self.symbol, order.side, order.leaves + order.hidden, reason, order.owner, order.client_id, self._cause))
+        order.leaves = order.hidden = 0
 
     # ---- the views of the contract
 
@@ -211,9 +309,16 @@ class NaiveBook:
         for price in self.asks.keys():
             yield from self.asks[price]
 
+    def pending(self) -> Iterator[NaiveOrder]:
+        return iter(self.stops)
+
     def order(self, order_id: int) -> NaiveOrder | None:
-        return self.orders.get(order_id)
+        return self.orders.get(order_id) or next((o for o in self.stops if o.order_id == order_id), None)
 
     def state_hash(self) -> str:
-        rows = [Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id) for o in self.resting()]
-        return hash_book(self.symbol, 0, encode_orders(rows))
+        def rows(orders: Iterable[NaiveOrder]) -> bytes:
+            return encode_orders(
+                [Order(o.order_id, o.side, o.price, o.leaves, o.tif, o.owner, o.client_id, o.budget, o.stop, o.cod, o.show, o.hidden, o.oco, o.touched) for o in orders]
+            )
+
+        return hash_book(self.symbol, 0, rows(self.resting()), rows(self.stops), self.last)

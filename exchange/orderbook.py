@@ -55,8 +55,12 @@ class OrderBook(Protocol):
         """Every resting order, bids then asks, best price first, each level in time priority."""
         ...
 
+    def pending(self) -> Iterator[RestingOrder]:
+        """Every pending stop (off the book until triggered), in the order they were accepted."""
+        ...
+
     def order(self, order_id: int) -> RestingOrder | None:
-        """The resting order with this id, if it is on the book."""
+        """The open order with this id: resting on the book, or a pending stop."""
         ...
 
     def state_hash(self) -> str:

@@ -71,12 +71,16 @@ class Hold(msgspec.Struct, gc=False):
     unit: int  # what one lot x tick (a BUY) or one lot (a SELL) locks
     bal: list[int]
     got: list[int] | None = None  # the balance of what it receives, once it first trades
+    # The second order of an OCO pair paying with the same asset locks only what it needs
+    # beyond the first's lock (the pair never both trade); this is the first's id until it
+    # trades and takes that lock over.
+    oco: int | None = None
 
 
-# (account, asset, available, locked), sorted; (order id, account, asset, held, price, symbol, buy);
+# (account, asset, available, locked), sorted; (order id, account, asset, held, price, symbol, buy, oco);
 # (ref, seq): the state a snapshot holds.
 BalanceRow = tuple[str, str, int, int]
-HoldRow = tuple[int, str, str, int, int | None, str, bool]
+HoldRow = tuple[int, str, str, int, int | None, str, bool, int | None]
 RiskState = tuple[list[BalanceRow], list[HoldRow], list[tuple[str, int]]]
 
 
@@ -127,11 +131,18 @@ class Risk:
             else:
                 asset, amount = inst.base, cmd.qty * inst.base_per_lot
             bal = self.balance(cmd.owner, asset)
+            paired = None if cmd.oco is None else self.holds.get(cmd.oco)
+            if paired is not None and paired.bal is bal:  # the pair locks what the larger order needs
+                amount = max(0, amount - paired.held)
+            else:
+                paired = None
             if bal[0] < amount and not replay:
                 return self._short(asset, amount, bal[0])
             bal[0] -= amount
             bal[1] += amount
-            self.holds[seq] = Hold(cmd.owner, asset, amount, cmd.price, buy, inst, inst.quote_per_lot_tick if buy else inst.base_per_lot, bal)
+            h = self.holds[seq] = Hold(cmd.owner, asset, amount, cmd.price, buy, inst, inst.quote_per_lot_tick if buy else inst.base_per_lot, bal)
+            if paired is not None:
+                h.oco = cmd.oco
         elif type(cmd) is Transfer:
             bal = self.balance(cmd.account, cmd.asset)
             if bal[0] + cmd.amount < 0 and not replay:
@@ -167,6 +178,8 @@ class Risk:
                 h.held, h.price = need, e.price
             elif type(e) is Fill:
                 h = holds[e.order_id]
+                if h.oco is not None:
+                    self._take_over(h, e)
                 inst = h.inst
                 gross_quote = e.qty * e.price * inst.quote_per_lot_tick
                 bps = inst.maker_fee_bps if e.liquidity is MAKER else inst.taker_fee_bps
@@ -205,6 +218,21 @@ class Risk:
                     if h3 is not None:
                         self._release(h3)
 
+    def _take_over(self, h: Hold, e: Fill) -> None:
+        """The second order of an OCO pair trades: it takes over its first's lock (which is
+        canceled in this same command) and gives back what it does not need."""
+        first = None if h.oco is None else self.holds.get(h.oco)
+        h.oco = None
+        if first is None:
+            return
+        h.held += first.held
+        first.held = 0
+        if h.price is not None or not h.buy:  # (a market BUY keeps its budget's lock: spent or given back at its end)
+            need = (e.leaves + e.qty) * (h.price * h.unit if h.buy and h.price is not None else h.unit)
+            if h.held > need:
+                _unlock(h.bal, h.held - need)
+                h.held = need
+
     def _release(self, h: Hold) -> None:
         _unlock(h.bal, h.held)
         h.held = 0
@@ -223,7 +251,7 @@ class Risk:
         funds already: their locks are taken out again. They are easy to find: a new
         order's hold is keyed by its seq (its order id), a replace's pending lock too,
         and transfers are listed."""
-        hold_rows = [(oid, h.account, h.asset, h.held, h.price, h.inst.symbol, h.buy) for oid, h in self.holds.items()]
+        hold_rows = [(oid, h.account, h.asset, h.held, h.price, h.inst.symbol, h.buy, h.oco) for oid, h in self.holds.items()]
         hold_rows.sort()  # (nearly sorted already: ids are seqs, held in order)
         if through is None:  # all of it: no copies to take locks out of (state_hash, a full snapshot)
             rows = sorted((acct, asset, b[0], b[1]) for (acct, asset), b in self.balances.items() if b[0] or b[1])
@@ -253,11 +281,11 @@ class Risk:
             symbol: ((False, inst, inst.base_per_lot), (True, inst, inst.quote_per_lot_tick)) for symbol, inst in self.instruments.items()
         }
         balance, last, bal = self.balance, ("", ""), [0, 0]
-        for oid, acct, asset, held, price, symbol, buy in holds:  # (one per open order: no call but Hold's)
+        for oid, acct, asset, held, price, symbol, buy, oco in holds:  # (one per open order: no call but Hold's)
             if last != (acct, asset):
                 last = (acct, asset)
                 bal = balance(acct, asset)
-            mine[oid] = Hold(acct, asset, held, price, *specs[symbol][buy], bal)
+            mine[oid] = Hold(acct, asset, held, price, *specs[symbol][buy], bal, None, oco)
         self.refs = dict(refs)
 
     def state_hash(self) -> str:

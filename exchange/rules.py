@@ -37,6 +37,70 @@ def check_order(inst: Instrument, qty: int, price: int | None, tif: TIF) -> Prob
     return inst.check(qty, price)
 
 
+def check_stop(inst: Instrument, stop: int) -> Problem | None:
+    """A stop's trigger: a positive price inside the band (the book applies it again)."""
+    if 0 < stop and inst.min_price <= stop <= inst.max_price:
+        return None
+    if stop <= 0:
+        return Problem(Reason.BAD_PRICE, "stop price must be positive")
+    return inst.check(inst.min_qty, stop)
+
+
+def check_trigger(inst: Instrument, buy: bool, stop: int, last: int | None) -> Problem | None:
+    """A new stop the last trade has already reached is refused: it would fire at once."""
+    if last is not None and (last >= stop if buy else last <= stop):
+        fmt = inst.format_price
+        return Problem(Reason.WOULD_TRIGGER, f"the last trade ({fmt(last)}) has reached the stop price {fmt(stop)}")
+    return None
+
+
+def check_show(show: int | None, price: int | None) -> Problem | None:
+    """An iceberg's displayed quantity: positive, on a limit order."""
+    if show is None or show > 0 and price is not None:
+        return None
+    if price is None:
+        return Problem(Reason.BAD_SHOW, "an iceberg (SHOW=) needs a price: a market order never rests")
+    return Problem(Reason.BAD_SHOW, "SHOW= must be a positive quantity")
+
+
+def show_terms(inst: Instrument, show_text: str, price: int | None) -> int | Problem:
+    """An iceberg's SHOW= text to lots (on the lot), or the rule it breaks."""
+    show = inst.parse_qty(show_text)
+    if isinstance(show, Problem):
+        return Problem(Reason.BAD_SHOW, f"show {show.text}")
+    problem = check_show(show, price)
+    return show if problem is None else problem
+
+
+def check_oco(order_id: int, partner: tuple[str, int | None, bool] | None, owner: str) -> Problem | None:
+    """The other order of an OCO pair: open in the same book (partner: its owner, its own
+    pair, whether it traded or was replaced; None if not open there), the sender's, in no pair
+    yet, untouched since it was accepted (the pair's funds were reckoned with its lock then)."""
+    if partner is None:
+        return Problem(Reason.BAD_OCO, f"order {order_id} is not open in this symbol (an OCO pair is in one symbol)")
+    if partner[0] != owner:
+        return Problem(Reason.BAD_OCO, f"order {order_id} is not yours")
+    if partner[1] is not None:
+        return Problem(Reason.BAD_OCO, f"order {order_id} is one of an OCO pair already")
+    if partner[2]:
+        return Problem(Reason.BAD_OCO, f"order {order_id} has traded or been replaced: pair an untouched order")
+    return None
+
+
+def check_not_paired(order_id: int, oco: int | None) -> Problem | None:
+    """A replace of one order of an OCO pair is refused: cancel the pair, place another."""
+    if oco is None:
+        return None
+    return Problem(Reason.BAD_OCO, f"order {order_id} is one of an OCO pair (with {oco}): cancel it and place another")
+
+
+def check_not_pending(order_id: int, stop: int | None) -> Problem | None:
+    """A replace needs an order on the book: a pending stop is canceled and placed again."""
+    if stop is None:
+        return None
+    return Problem(Reason.STOP_PENDING, f"order {order_id} is a pending stop: cancel it and place another")
+
+
 def check_owned(order_owner: str | None, order_id: int, owner: str) -> Problem | None:
     """A cancel or replace names an open order of its sender's (None: no such open order).
     The gateway asks before journaling, the book again when it applies (a fill may win)."""
@@ -85,6 +149,15 @@ def order_terms(inst: Instrument, qty_text: str, price_text: str | None, tif_tex
         return Problem(Reason.BAD_TIF, f"time in force {clip(tif_name)} is not GTC, IOC, FOK or POST")
     problem = check_order(inst, qty, price, tif)
     return (qty, price, tif) if problem is None else problem
+
+
+def stop_terms(inst: Instrument, stop_text: str) -> int | Problem:
+    """A stop's trigger text to ticks (on the tick, inside the band), or the rule it breaks."""
+    stop = inst.parse_price(stop_text)
+    if isinstance(stop, Problem):
+        return Problem(stop.reason, f"stop {stop.text}")
+    problem = check_stop(inst, stop)
+    return stop if problem is None else problem
 
 
 def replace_terms(inst: Instrument, qty_text: str, price_text: str | None, current_price: int | None) -> tuple[int, int | None] | Problem:

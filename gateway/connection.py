@@ -24,19 +24,21 @@ import re
 from collections import deque
 from typing import Callable, Protocol, Sequence, cast
 
+import msgspec
 import structlog
 
 from exchange.instruments import Instrument
-from exchange.rules import check_owned, order_terms, replace_terms
+from exchange.rules import check_not_pending, check_owned, order_terms, replace_terms, show_terms, stop_terms
 from gateway.intake import Decision, Intake
 from gateway.orders import OpenOrders
 from protocol import replies as R
-from protocol.messages import Cancel, Command, NewOrder, Problem, Reason, Refusal, Replace, Side
+from protocol.messages import Cancel, Command, MassCancel, NewOrder, Problem, Reason, Refusal, Replace, Side
 from protocol.requests import (
     BadRequest,
     BalancesQuery,
     BookQuery,
     Buy,
+    CancelAll,
     CancelOrder,
     Help,
     KlinesQuery,
@@ -81,6 +83,9 @@ class Desk(Protocol):
 
     def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         """To the intake: (its ticket, its decision if made now; None: intake.decision later)."""
+    def stop_reached(self, inst: Instrument, side: Side, stop: int) -> Problem | None: ...
+    def oco_partner(self, inst: Instrument, owner: str, cid: str) -> int | Problem: ...
+    def canceled_by(self, seqs: list[int]) -> int: ...
     def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]: ...
     def orders_reply(self, owner: str, query: OrdersQuery) -> R.Reply: ...
     def book_reply(self, symbol: str, levels: int) -> R.Reply: ...
@@ -103,9 +108,15 @@ def encode(reply: R.Reply, json: bool) -> bytes:
     return R.to_json(reply) if json else R.to_text(reply)
 
 
+class CancelAllDone(msgspec.Struct, frozen=True):
+    """CANCEL ALL's reply, a query held until its commands (tickets) are matched."""
+
+    tickets: list[int]
+
+
 Query = (
     OrdersQuery | BookQuery | SymbolsQuery | Ping | Help | ReportsQuery | BalancesQuery | Login | BadRequest
-    | TickerQuery | KlinesQuery | TradesQuery | StatsQuery
+    | TickerQuery | KlinesQuery | TradesQuery | StatsQuery | CancelAllDone
 )  # fmt: skip
 FetchedQuery = ReportsQuery | Login | MarketQuery | BalancesQuery
 
@@ -154,6 +165,8 @@ class Connection:
         self.done = False  # nothing more to send after what the last call returned
         self.backlog: list[bytes | None] = []  # lines read after a query that is waiting
         self.on_ready: Callable[[], None] = lambda: None  # a lookup came back: call settle() again
+        self.cancel_on_disconnect = False  # LOGIN ... cancel_on_disconnect: orders entered here go when it closes
+        self.entered: list[int] = []  # those orders' ids (some closed since)
 
     # ------------------------------------------------------------------ state
 
@@ -337,6 +350,7 @@ class Connection:
         def done(reply: R.Reply, account: str | None = None) -> None:
             if account is not None:  # lines after LOGIN act as the account
                 self.owner = account
+                self.cancel_on_disconnect = type(req) is Login and req.cancel_on_disconnect
             h.items = [encode(reply, is_json)]
             h.fetching = False
             if not starting:
@@ -374,6 +388,8 @@ class Connection:
                 reject, seq = self._replace(req, is_json)
             case CancelOrder():
                 reject, seq = self._cancel(req, is_json)
+            case CancelAll():
+                return self._cancel_all(req, is_json), 0
             case Buy() | Sell():
                 return self._new_order(req, is_json)
             case Quit():
@@ -384,6 +400,42 @@ class Connection:
         if reject is None or type(reject) is Pending:
             return reject, seq
         return encode(cast(R.Reject, reject), is_json), seq
+
+    def _cancel_all(self, req: CancelAll, is_json: bool) -> bytes | tuple[Query, bool]:
+        """One MassCancel per symbol the caller has open orders in (or the one named); the
+        reply, CANCELED_ALL <n>, waits until they are matched (after their CANCELED lines)."""
+        desk = self.desk
+        problem = None if self.owner else Problem(Reason.NOT_LOGGED_IN, NOT_LOGGED_IN.text)
+        if problem is None and req.symbol is not None and req.symbol not in desk.instruments:
+            problem = Problem(Reason.UNKNOWN_SYMBOL, f"no such symbol {clip(req.symbol)}; type SYMBOLS")
+        if problem is None and desk.closing:
+            problem = Problem(Reason.SHUTTING_DOWN, "the exchange is shutting down")
+        if problem is not None:
+            return encode(R.Reject(problem.reason.value, problem.text), is_json)
+        symbols = [s for s in desk.orders.symbols_of(self.owner) if req.symbol in (None, s)]
+        return CancelAllDone([self._submit(MassCancel(symbol, self.owner))[0] for symbol in symbols]), is_json
+
+    def closed(self) -> None:
+        """The connection is gone (for any reason): with cancel_on_disconnect, the orders
+        entered on it that are still open are canceled, one MassCancel per symbol."""
+        desk = self.desk
+        if not self.cancel_on_disconnect or desk.closing:  # (shutting down: the restart cancels them)
+            return
+        by_symbol: dict[str, list[int]] = {}
+        for order_id in self.entered:
+            cmd = desk.orders.by_id.get(order_id)
+            if cmd is not None and cmd.owner == self.owner:
+                by_symbol.setdefault(cmd.symbol, []).append(order_id)
+        for symbol, ids in sorted(by_symbol.items()):
+            self._submit(MassCancel(symbol, self.owner, sorted(ids), Reason.DISCONNECT))
+
+    def _entered(self, order_id: int) -> None:
+        """An order entered here (cancel_on_disconnect): remembered, the closed ones forgotten now and then."""
+        entered = self.entered
+        entered.append(order_id)
+        if len(entered) > 64 and len(entered) > 2 * self.desk.orders.count(self.owner):
+            by_id = self.desk.orders.by_id
+            self.entered = [i for i in entered if i in by_id]
 
     def _submit(self, cmd: Command) -> tuple[int, Decision | None]:
         ticket, decision = outcome = self.desk.submit(cmd)
@@ -409,15 +461,28 @@ class Connection:
         terms = order_terms(inst, req.qty, req.price, req.tif)
         if isinstance(terms, Problem):
             return self._refuse(req, side, terms, is_json), 0
+        stop = None if req.stop is None else stop_terms(inst, req.stop)
+        if isinstance(stop, Problem):
+            return self._refuse(req, side, stop, is_json), 0
+        show = None if req.show is None else show_terms(inst, req.show, terms[1])
+        if isinstance(show, Problem):
+            return self._refuse(req, side, show, is_json), 0
+        oco = None if req.oco is None else desk.oco_partner(inst, self.owner, req.oco)
+        if isinstance(oco, Problem):
+            return self._refuse(req, side, oco, is_json), 0
+        if stop is not None and (reached := desk.stop_reached(inst, side, stop)) is not None:
+            return self._refuse(req, side, reached, is_json), 0
         if cid is not None and desk.orders.find_client_id(self.owner, cid) is not None:
             return self._refuse(req, side, Problem(Reason.DUPLICATE_ID, f"an open order already has id {cid}"), is_json), 0
         if desk.closing:
             return self._refuse(req, side, Problem(Reason.SHUTTING_DOWN, "the exchange is shutting down"), is_json), 0
         qty, price, tif = terms
-        cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid)
+        cmd = NewOrder(inst.symbol, side, qty, price, tif, self.owner, cid, None, stop, self.cancel_on_disconnect, show, oco)
         ticket, decision = self._submit(cmd)
         if type(decision) is int:  # accepted now (serve): the ACK waits for the disk
-            return self._ack(decision, side, inst, qty, price, tif._value_, cid, is_json), ticket
+            if self.cancel_on_disconnect:
+                self._entered(decision)
+            return self._ack(decision, side, inst, qty, price, tif._value_, cid, is_json, stop, show, oco), ticket
         if decision is not None:  # refused now: its owner cannot pay for it
             return self._refuse(req, side, cast(Problem, decision), is_json), 0
         intake = desk.intake  # decided later (a cluster's risk shard): the order id comes with it
@@ -425,16 +490,23 @@ class Connection:
         def render() -> bytes:
             later = intake.decision(ticket)
             if type(later) is int:
-                return self._ack(later, side, inst, qty, price, tif._value_, cid, is_json)
+                if cmd.cod:
+                    self._entered(later)
+                return self._ack(later, side, inst, qty, price, tif._value_, cid, is_json, stop, show, oco)
             return self._refuse(req, side, cast(Problem, later), is_json)
 
         return Pending(render), ticket
 
     @staticmethod
-    def _ack(order_id: int, side: Side, inst: Instrument, qty: int, price: int | None, tif: str, cid: str | None, is_json: bool) -> bytes:
+    def _ack(
+        order_id: int, side: Side, inst: Instrument, qty: int, price: int | None, tif: str, cid: str | None, is_json: bool,
+        stop: int | None = None, show: int | None = None, oco: int | None = None,
+    ) -> bytes:  # fmt: skip
         # Enum._value_, not .value: .value is a descriptor costing ~0.5 us a read, on every order.
         fields = (order_id, side._value_, inst.symbol, inst.format_qty(qty), "MKT" if price is None else inst.format_price(price), tif, cid)
-        return R.to_json(R.Ack(*fields)) if is_json else R.ack_text(*fields)
+        stop_text = None if stop is None else inst.format_price(stop)
+        show_text = None if show is None else inst.format_qty(show)
+        return R.to_json(R.Ack(*fields, stop_text, show_text, oco)) if is_json else R.ack_text(*fields, stop_text, show_text, oco)
 
     def _refuse(self, req: Buy | Sell, side: Side, problem: Problem, is_json: bool) -> bytes:
         """REJ for an order that is not journaled, and its row in the order audit."""
@@ -496,7 +568,7 @@ class Connection:
             return reject, 0
         inst = self.desk.instruments[order.symbol]
         open_qty, current = self.desk.open_qty_price(order_id, order)
-        terms = replace_terms(inst, req.qty, req.price, current if req.price is None else None)
+        terms = check_not_pending(order_id, order.stop) or replace_terms(inst, req.qty, req.price, current if req.price is None else None)
         if not isinstance(terms, Problem):
             qty, price = terms
             # A decrease at the same price locks nothing (a shrink); anything else locks its
@@ -545,6 +617,9 @@ class Connection:
                 reply = R.HelpReply(HELP_LINES)
             case StatsQuery():
                 reply = self.desk.stats_reply()
+            case CancelAllDone(tickets=tickets):
+                intake = self.desk.intake
+                reply = R.CanceledAll(self.desk.canceled_by([cast(int, intake.decision(t)) for t in tickets]))
             case ReportsQuery() | Login() | TickerQuery() | KlinesQuery() | TradesQuery():  # only at shutdown: the lookup cannot come back any more
                 reply = R.Error(Reason.SHUTTING_DOWN.value, "the exchange is shutting down; ask again after it restarts")
             case _:

@@ -17,11 +17,12 @@ import structlog
 from exchange.book import Book
 from exchange.instruments import Instrument
 from exchange.risk import Risk
+from exchange.rules import check_oco, check_trigger
 from gateway.intake import Decision, Intake
 from gateway.logins import LoginThrottle
 from netio.plumbing import address_of
 from protocol import replies as R
-from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Reason, Refusal, Rejected, Replaced
+from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Reason, Refusal, Rejected, Replaced, Report, Side, Triggered
 from protocol.requests import BalancesQuery, BookQuery, KlinesQuery, Login, MarketQuery, OrdersQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
 from protocol.text import clip
 from telemetry.registry import Telemetry
@@ -29,7 +30,7 @@ from telemetry.registry import Telemetry
 log = structlog.get_logger("gateway")
 ADDED = Liquidity.ADDED
 # REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
-ReportsSource = Callable[[str, int], Awaitable[tuple[list["ReportEvent"], int]]]
+ReportsSource = Callable[[str, int], Awaitable[tuple[list["Report"], int]]]
 MAX_BOOK_LEVELS = 1000
 ALL_ORDERS = OrdersQuery()  # the first page, every symbol
 MAX_ORDERS_PAGE = 10_000
@@ -44,7 +45,8 @@ MarketSource = Callable[[MarketQuery], Awaitable[R.Reply]]
 # An execution report for one owner: (owner, text formatter, reply Struct, fields). Each of
 # the owner's connections gets it in its own form (that of its last request); the server
 # formats each report at most once per form, and only for owners with a live session.
-Report = tuple[str, Callable[..., bytes], type[R.Reply], tuple]
+ReportLine = tuple[str, Callable[..., bytes], type[R.Reply], tuple]
+CANCELS_KEPT = 10_000  # cancelling commands whose count is kept for CANCEL ALL's reply
 
 
 class OrderDesk:
@@ -84,8 +86,9 @@ class OrderDesk:
         self.orders = intake.orders  # accepted orders join it as the intake hears of them
         self.closing = False  # shutting down: no new commands
         self._fetches: set[asyncio.Task[None]] = set()
+        self._canceled_by: dict[int, int] = {}  # seq of a command -> orders it canceled (recent ones)
         for book in books.values():
-            self.orders.restore(book.symbol, list(book.resting()))
+            self.orders.restore(book.symbol, [*book.resting(), *book.stops.values()])
 
     # ------------------------------------------------------------------ sequencing
 
@@ -135,13 +138,40 @@ class OrderDesk:
             inst = self.instruments[cmd.symbol]
             qty, price = self.open_qty_price(order_id, cmd)
             price_text = "MKT" if price is None else inst.format_price(price)
-            rows.append(R.OpenOrder(order_id, cmd.side.value, cmd.symbol, inst.format_qty(qty), price_text, cmd.tif.value, cmd.client_id))
+            stop = None if cmd.stop is None else inst.format_price(cmd.stop)
+            show = None if cmd.show is None else inst.format_qty(cmd.show)
+            live = self.books[cmd.symbol].order(order_id)
+            oco = None if live is None else live.oco
+            rows.append(R.OpenOrder(order_id, cmd.side.value, cmd.symbol, inst.format_qty(qty), price_text, cmd.tif.value, cmd.client_id, stop, show, oco))
         return R.OrdersReply(rows)
+
+    def canceled_by(self, seqs: list[int]) -> int:
+        """How many orders the commands with these seqs canceled (CANCEL ALL's count; asked
+        once they are matched, so the last CANCELS_KEPT cancelling commands suffice)."""
+        return sum(self._canceled_by.pop(seq, 0) for seq in seqs)
+
+    def oco_partner(self, inst: Instrument, owner: str, cid: str) -> int | Problem:
+        """The id of the owner's open order named by client id `cid`, to pair a new order
+        with: open, in the same symbol, in no pair, untouched (the book checks again)."""
+        order_id = self.orders.find_client_id(owner, cid)
+        if order_id is None:
+            return Problem(Reason.BAD_OCO, f"no open order has id {clip(cid)}")
+        other_symbol = self.orders.by_id[order_id].symbol
+        if other_symbol != inst.symbol:
+            return Problem(Reason.BAD_OCO, f"order {order_id} trades {other_symbol}: an OCO pair is in one symbol")
+        live = self.books[inst.symbol].order(order_id)  # (None: accepted, not matched yet: the book decides)
+        problem = None if live is None else check_oco(order_id, (live.owner, live.oco, live.touched), owner)
+        return order_id if problem is None else problem
+
+    def stop_reached(self, inst: Instrument, side: Side, stop: int) -> Problem | None:
+        """A stop the last trade has reached already is refused before it is journaled
+        (the book applies the same rule to what comes after this look)."""
+        return check_trigger(inst, side is Side.BUY, stop, self.books[inst.symbol].last)
 
     def open_qty_price(self, order_id: int, cmd: NewOrder) -> tuple[int, int | None]:
         """An open order's quantity and price now: the book's, or as sent if not matched yet."""
         live = self.books[cmd.symbol].order(order_id)
-        return (cmd.qty, cmd.price) if live is None else (live.leaves, live.price)
+        return (cmd.qty, cmd.price) if live is None else (live.leaves + live.hidden, live.price)
 
     def book_reply(self, symbol: str, levels: int) -> R.Reply:
         book = self.books.get(symbol.upper())
@@ -272,17 +302,23 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ reports
 
-    def reports(self, events: list[Event]) -> list[Report]:
+    def reports(self, events: list[Event]) -> list[ReportLine]:
         """Execution reports for a matching batch, in order; open orders follow the events."""
         orders, by_id, instruments = self.orders, self.orders.by_id, self.instruments
-        out: list[Report] = []
+        out: list[ReportLine] = []
         for e in events:
             if type(e) is Fill:
                 entry = by_id.get(e.order_id) if e.leaves else orders.remove(e.order_id)
             elif type(e) is Canceled:
                 entry = orders.remove(e.order_id)
+                canceled = self._canceled_by
+                canceled[e.seq] = canceled.get(e.seq, 0) + 1
+                if len(canceled) > CANCELS_KEPT:
+                    del canceled[next(iter(canceled))]
             elif type(e) is Replaced:
                 entry = by_id.get(e.order_id)
+            elif type(e) is Triggered:
+                orders.fired(e.order_id)  # open still: a limit or market order from now on
             elif type(e) is Rejected:
                 self.rejects.inc_by(e.reason._value_)
                 # The engine refused a command the gateway let through: a cancel or replace
@@ -296,10 +332,9 @@ class OrderDesk:
         return out
 
 
-ReportEvent = Fill | Canceled | Replaced | Rejected
 
 
-def report_fields(e: ReportEvent, instruments: dict[str, Instrument]) -> tuple[Callable[..., bytes], type[R.Reply], tuple]:
+def report_fields(e: Report, instruments: dict[str, Instrument]) -> tuple[Callable[..., bytes], type[R.Reply], tuple]:
     """(text formatter, reply Struct, fields) of one report: live, and for REPORTS from the log.
     Hot path: enums are read as ._value_ (.value is a slow descriptor)."""
     if type(e) is Fill:
@@ -315,5 +350,9 @@ def report_fields(e: ReportEvent, instruments: dict[str, Instrument]) -> tuple[C
         inst = instruments[e.symbol]
         priority = "kept" if e.priority_kept else "lost"
         return R.replaced_text, R.ReplacedReport, (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)
+    if type(e) is Triggered:
+        inst = instruments[e.symbol]
+        price = "MKT" if e.price is None else inst.format_price(e.price)
+        return R.triggered_text, R.TriggeredReport, (e.order_id, e.symbol, e.side._value_, inst.format_qty(e.qty), price, inst.format_price(e.stop), e.client_id)
     assert type(e) is Rejected
     return R.reject_text, R.Reject, (e.reason._value_, e.text, e.client_id, e.order_id)

@@ -78,6 +78,7 @@ class StreamIntake:
         self.undecided: set[int] = set()  # tickets not decided yet
         self.decisions: dict[int, Decision] = {}  # ticket -> decision, until its reply takes it
         self.latest = 0  # the highest seq heard of on the stream
+        self.matched_through = 0  # every ticket up to this one is decided and its matching applied here
 
     def submit(self, cmd: Command) -> tuple[int, Decision | None]:
         self.tickets += 1
@@ -92,7 +93,12 @@ class StreamIntake:
         return self.through
 
     def settled(self, ticket: int) -> bool:
-        return ticket <= self.through
+        return ticket <= self.matched_through
+
+    def matched(self, through: int) -> None:
+        """Tickets up to through are decided and the replica has applied their matching
+        (the gateway calls it after a batch's replies, before its reports)."""
+        self.matched_through = through
 
     # ------------------------------------------------------------------ from the stream
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from itertools import compress
 from typing import cast
 
+import msgspec
+
 from exchange.book import Order
 from protocol.messages import NewOrder
 
@@ -44,7 +46,7 @@ class OpenOrders:
     def restore(self, symbol: str, resting: list[Order]) -> None:
         """A book's resting orders at start (a restart restores every one: per order, only
         C where it can be, and one pass in Python for their owners and client ids)."""
-        cmds = [NewOrder(symbol, o.side, o.leaves, o.price, o.tif, o.owner, o.client_id) for o in resting]
+        cmds = [NewOrder(symbol, o.side, o.leaves + o.hidden, o.price, o.tif, o.owner, o.client_id, None, o.stop, o.cod, o.show) for o in resting]
         ids = [o.order_id for o in resting]
         owners = [o.owner for o in resting]
         self.by_id.update(zip(ids, cmds, strict=True))
@@ -59,6 +61,12 @@ class OpenOrders:
         client_ids = [o.client_id for o in resting]
         for order_id, client_id, owner in compress(zip(ids, client_ids, owners, strict=True), client_ids):
             mines[owner].by_client_id[cast(str, client_id)] = order_id  # (compress: only those with one)
+
+    def fired(self, order_id: int) -> None:
+        """A stop fired: the order is a plain limit or market order from now on."""
+        cmd = self.by_id.get(order_id)
+        if cmd is not None:
+            self.by_id[order_id] = self.owners[cmd.owner].by_id[order_id] = msgspec.structs.replace(cmd, stop=None)
 
     def remove(self, order_id: int) -> NewOrder | None:
         cmd = self.by_id.pop(order_id, None)
@@ -75,6 +83,11 @@ class OpenOrders:
     def find_client_id(self, owner: str, client_id: str) -> int | None:
         mine = self.owners.get(owner)
         return None if mine is None else mine.by_client_id.get(client_id)
+
+    def symbols_of(self, owner: str) -> list[str]:
+        """The symbols the owner has open orders in, sorted."""
+        mine = self.owners.get(owner)
+        return [] if mine is None else sorted({cmd.symbol for cmd in mine.by_id.values()})
 
     def count(self, owner: str) -> int:
         mine = self.owners.get(owner)

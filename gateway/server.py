@@ -18,7 +18,7 @@ from typing import Callable, cast
 import structlog
 
 from gateway.connection import Connection
-from gateway.desk import OrderDesk
+from gateway.desk import OrderDesk, ReportLine
 from netio.plumbing import FlowControl, address_of, capped_write, close_all, limit_buffers, listen, peer_name
 from protocol import replies as R
 from protocol.messages import Event
@@ -138,6 +138,7 @@ class Session(asyncio.Protocol):
         if self._login_timer is not None:
             self._login_timer.cancel()
         self.gw.forget(self)
+        self.conn.closed()  # cancel_on_disconnect: its orders go now
         log.info("session_closed", peer=self.peer, owner=self.owner, error=str(exc) if exc else None)
 
     def pause_writing(self) -> None:
@@ -401,9 +402,13 @@ class Gateway:
 
     def deliver(self, events: list[Event]) -> None:
         """Execution reports from a matching step, to every live session of each owner."""
+        self.send_reports(self.desk.reports(events))
+
+    def send_reports(self, reports: list[ReportLine]) -> None:
+        """Reports made by desk.reports (which moved the open orders on first), sent."""
         outgoing: dict[Session, list[bytes]] = {}
         by_owner = self.by_owner
-        for owner, text_of, struct, fields in self.desk.reports(events):
+        for owner, text_of, struct, fields in reports:
             sessions = by_owner.get(owner)
             if not sessions:
                 continue

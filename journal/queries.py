@@ -10,9 +10,7 @@ from typing import Iterator
 import msgspec
 
 from exchange.instruments import Instrument, InstrumentSpec
-from protocol.messages import Canceled, Fill, Rejected, Replaced
-
-Report = Fill | Canceled | Replaced | Rejected
+from protocol.messages import Canceled, Fill, Rejected, Replaced, Report, Triggered
 
 
 class NoTradeLog(Exception):
@@ -145,6 +143,8 @@ def _said(r: Report, instruments: dict[str, Instrument]) -> str:
         return f"replaced {inst.format_qty(r.qty)}@{inst.format_price(r.price)}"
     if type(r) is Canceled:
         return f"canceled {r.reason.value}"
+    if type(r) is Triggered:
+        return f"triggered at stop {instruments[r.symbol].format_price(r.stop)}"
     assert type(r) is Rejected
     return f"rejected {r.reason.value}"
 

@@ -33,6 +33,8 @@ class BookState(msgspec.Struct, array_like=True, frozen=True):
     symbol: str
     md_seq: int
     orders: list[Order]  # bids best first, then asks best first; FIFO within a level
+    stops: list[Order] = []  # pending stops, in the order they were accepted
+    last: int | None = None  # the last trade's price
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -49,14 +51,14 @@ class Snapshot(msgspec.Struct, frozen=True):
 _decode = msgspec.msgpack.Decoder(Snapshot).decode
 
 
-Captured = tuple[int, int, list[tuple[str, int, bytes]], RiskState, list[tuple[str, str, str, int]]]
+Captured = tuple[int, int, list[tuple[str, int, bytes, bytes, int | None]], RiskState, list[tuple[str, str, str, int]]]
 
 
 def capture(books: dict[str, Book], risk: Risk, seq: int) -> Captured:
     """The books (encoded: the copy is made in C) and the balances (plain tuples) after
     exactly the commands up to seq (every one of them matched), taken on the event loop;
     hash and write elsewhere."""
-    books_now = [(s, b.md_seq, b.encoded_orders()) for s, b in sorted(books.items())]
+    books_now = [(s, b.md_seq, b.encoded_orders(), b.encoded_stops(), b.last) for s, b in sorted(books.items())]
     state = risk.state(through=seq)
     return seq, time.time_ns(), books_now, state, risk.terms_of(state[2])
 
@@ -69,9 +71,9 @@ def write_snapshot(directory: Path, captured: Captured) -> Path:
     """Hash, encode and write a captured snapshot atomically (runs in a worker thread)."""
     directory.mkdir(parents=True, exist_ok=True)
     seq, taken_ns, books, risk, ref_terms = captured
-    state_hash = combine_hashes([*(hash_book(symbol, md_seq, orders) for symbol, md_seq, orders in books), hash_risk(risk)])
+    state_hash = combine_hashes([*(hash_book(*book) for book in books), hash_risk(risk)])
     balances, holds, refs = risk
-    rows = [(symbol, md_seq, msgspec.Raw(orders)) for symbol, md_seq, orders in books]
+    rows = [(symbol, md_seq, msgspec.Raw(orders), msgspec.Raw(stops), last) for symbol, md_seq, orders, stops, last in books]
     payload = msgspec.msgpack.encode(
         {"seq": seq, "taken_ns": taken_ns, "state_hash": state_hash, "books": rows, "balances": balances, "holds": holds, "refs": refs,
          "ref_terms": ref_terms}
@@ -127,7 +129,7 @@ def restore(snap: Snapshot, instruments: dict[str, Instrument]) -> Engine | None
                 f"snapshot {snap.seq} holds orders of {state.symbol}, which the instruments file does not define; "
                 "restore it there (an instrument cannot be removed while the journal or snapshots hold it)"
             )
-        book.load(state.orders, state.md_seq)
+        book.load(state.orders, state.md_seq, state.stops, state.last)
     risk_state = (snap.balances, snap.holds, snap.refs)
     try:
         engine.risk.load(risk_state)

@@ -29,21 +29,20 @@ import structlog
 
 from exchange.instruments import Instrument, assets_of
 from journal.records import encode_batch
-from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, Report, committed_through
-from protocol.messages import Canceled, Command, Event, Fill, Refusal, Rejected, Replaced, Trade
+from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, committed_through
+from protocol.messages import REPORT_TYPES, Command, Event, Refusal, Report, Trade
 from telemetry.registry import Telemetry
 
 log = structlog.get_logger("tradelog")
 
 BATCH_WINDOW = 0.02  # seconds between frames: few, large transactions
 FRAME_UNITS = 8_000  # rows per frame (one writer transaction): joining its encoded pieces is a copy
-REPORTS = frozenset((Fill, Canceled, Replaced, Rejected))
 
 
 def split(events: list[Event]) -> tuple[list[Trade], list[Report]]:
     """The trades and the execution reports among a matching step's events."""
     trades = [e for e in events if type(e) is Trade]
-    reports = [e for e in events if type(e) in REPORTS]
+    reports = [e for e in events if type(e) in REPORT_TYPES]
     return trades, cast(list[Report], reports)  # filtered by exact type
 
 

@@ -28,7 +28,7 @@ import msgspec
 
 from exchange.instruments import Asset, Instrument, InstrumentSpec
 from journal.records import decode_records
-from protocol.messages import Cancel, Canceled, Command, Fill, NewOrder, OrderCommand, Refusal, Rejected, Replace, Replaced, Trade, Transfer
+from protocol.messages import Cancel, Command, MassCancel, NewOrder, OrderCommand, Refusal, Replace, Report, Trade, Transfer
 
 LENGTH = struct.Struct("<I")
 UNITS = struct.Struct("<Q")
@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS reports (  -- execution reports (REPORTS since=<seq>,
     seq       INTEGER NOT NULL,     -- journal sequence of the command that caused it
     n         INTEGER NOT NULL,     -- n-th report of that command
     owner     TEXT    NOT NULL,
-    report    BLOB    NOT NULL,     -- the event (Fill, Canceled, Replaced, Rejected) as msgpack: formatted when read
+    report    BLOB    NOT NULL,     -- the event (Fill, Canceled, Replaced, Rejected, Triggered) as msgpack: formatted when read
     PRIMARY KEY (owner, seq, n)     -- one B-tree, in the order REPORTS and the audit read it
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS instruments (symbol TEXT PRIMARY KEY, tick TEXT NOT NULL, lot TEXT NOT NULL);
@@ -108,7 +108,6 @@ INSERT_ORDER = (
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 INSERT_REPORT = "INSERT OR IGNORE INTO reports (seq, n, owner, report) VALUES (?,?,?,?)"
-Report = Fill | Canceled | Replaced | Rejected
 MAX_TIMES = 100_000  # journal batch times remembered to stamp trades
 
 
@@ -327,6 +326,8 @@ class Writer:
                     )  # fmt: skip
                 elif type(cmd) is Cancel:
                     yield (seq, ts, cmd.owner, cmd.symbol, "", "", "", "", None, "accepted", None, None, "cancel", cmd.order_id)
+                elif type(cmd) is MassCancel:  # its order ids: the orders it canceled (the reports say)
+                    yield (seq, ts, cmd.owner, cmd.symbol, "", "", "", "", None, "accepted", None, None, "cancel_all", None)
                 elif type(cmd) is Replace:
                     price = "" if cmd.price is None else inst.format_price(cmd.price)
                     yield (seq, ts, cmd.owner, cmd.symbol, "", inst.format_qty(cmd.qty), price, "", None, "accepted", None, None, "replace", cmd.order_id)

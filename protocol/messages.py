@@ -70,6 +70,13 @@ class Reason(enum.Enum):
     NO_LIQUIDITY = "no_liquidity"  # the unfilled remainder of a market order
     SELF_TRADE = "self_trade"  # self-trade prevention canceled the resting order
     WOULD_CROSS = "would_cross"  # a post-only order that would have taken liquidity
+    DISCONNECT = "disconnect"  # entered on a cancel_on_disconnect connection, which closed
+    OCO = "oco"  # the other order of its one-cancels-the-other pair traded or was canceled
+    # stops
+    WOULD_TRIGGER = "would_trigger"  # a stop whose trigger the last trade has already reached
+    BAD_SHOW = "bad_show"  # an iceberg's SHOW= must be a positive quantity on the lot, of a limit order
+    BAD_OCO = "bad_oco"  # oco= must name an open order of yours in the same symbol, not in a pair yet
+    STOP_PENDING = "stop_pending"  # a pending stop cannot be replaced (cancel it, place another)
 
 
 class Problem(NamedTuple):
@@ -103,6 +110,16 @@ class NewOrder(msgspec.Struct, frozen=True, gc=False, tag="new", omit_defaults=T
     # A market BUY's spending limit in lots x ticks: what the visible book would cost when
     # it was sequenced, which is what its owner's funds were locked for. It never spends more.
     budget: int | None = None
+    # A stop: held off the book until a trade prints at or beyond this price (ticks; BUY:
+    # at or above, SELL: at or below), then a limit order (with a price) or a market order.
+    stop: int | None = None
+    # Entered on a cancel_on_disconnect connection: canceled when it closes (and by the
+    # restart after a crash, when every connection is gone).
+    cod: bool = False
+    # An iceberg: the book (and market data) shows this much of it at a time (lots).
+    show: int | None = None
+    # One-cancels-the-other: the owner's open order (same symbol) this one is paired with.
+    oco: int | None = None
 
 
 class Cancel(msgspec.Struct, frozen=True, gc=False, tag="cancel", omit_defaults=True):
@@ -128,6 +145,16 @@ class Replace(msgspec.Struct, frozen=True, gc=False, tag="replace", omit_default
     shrink: bool = False
 
 
+class MassCancel(msgspec.Struct, frozen=True, gc=False, tag="mass_cancel", omit_defaults=True):
+    """Cancel the owner's open orders in a symbol (pending stops too), oldest first: all of
+    them (CANCEL ALL), or only those listed (a closed cancel_on_disconnect connection's)."""
+
+    symbol: str
+    owner: str
+    order_ids: list[int] | None = None
+    reason: Reason = Reason.USER
+
+
 class Transfer(msgspec.Struct, frozen=True, gc=False, tag="transfer", omit_defaults=True):
     """A deposit (amount > 0) or withdrawal (amount < 0) of an asset, in its smallest units.
 
@@ -140,8 +167,8 @@ class Transfer(msgspec.Struct, frozen=True, gc=False, tag="transfer", omit_defau
     ref: str
 
 
-OrderCommand = NewOrder | Cancel | Replace
-Command = NewOrder | Cancel | Replace | Transfer
+OrderCommand = NewOrder | Cancel | Replace | MassCancel
+Command = NewOrder | Cancel | Replace | MassCancel | Transfer
 
 
 # ---------------------------------------------------------------- events
@@ -158,6 +185,23 @@ class Accepted(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="acce
     tif: TIF
     owner: str
     client_id: str | None = None
+    stop: int | None = None  # a stop: pending until triggered
+    show: int | None = None  # an iceberg: the slice shown
+
+
+class Triggered(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="triggered"):
+    """A stop fired: from now on a limit order (price) or a market order (None), entering
+    the book with the priority of this moment. Sent to its owner; not market data."""
+
+    order_id: int
+    symbol: str
+    side: Side
+    qty: int
+    price: int | None
+    stop: int
+    owner: str
+    client_id: str | None = None
+    seq: int = 0  # the journal sequence of the command whose trade fired it
 
 
 class Rejected(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="rejected"):
@@ -249,7 +293,10 @@ class Quote(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="quote")
 # one gap-free sequence per symbol (md_seq), in the order the matching core produces them:
 # trades as they match, then each changed level, then the quote if the top changed. The
 # numbering is part of the book's state, so replay reproduces it.
-Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChanged | Quote
+Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChanged | Quote | Triggered
+# Execution reports: what an order's owner is told (and REPORTS reads back from the trade log).
+Report = Fill | Canceled | Replaced | Rejected | Triggered
+REPORT_TYPES = frozenset((Fill, Canceled, Replaced, Rejected, Triggered))
 
 
 class Refusal(msgspec.Struct, frozen=True, gc=False):

@@ -23,6 +23,27 @@ class Ack(_Reply, frozen=True, tag="ack"):
     price: str  # "MKT" for a market order
     tif: str
     id: str | None = None
+    stop: str | None = None  # a stop: its trigger (pending until a trade reaches it)
+    show: str | None = None  # an iceberg: the quantity shown at a time
+    oco: int | None = None  # the order it is paired with (one cancels the other)
+
+
+class TriggeredReport(_Reply, frozen=True, tag="triggered"):
+    """A stop fired: a limit order (price) or a market order (MKT) from now on."""
+
+    order_id: int
+    symbol: str
+    side: str
+    qty: str
+    price: str
+    stop: str
+    id: str | None = None
+
+
+class CanceledAll(_Reply, frozen=True, tag="canceled_all"):
+    """CANCEL ALL is done: how many orders it canceled (each had its CANCELED line first)."""
+
+    count: int
 
 
 class FillReport(_Reply, frozen=True, tag="fill"):
@@ -106,6 +127,9 @@ class OpenOrder(msgspec.Struct, frozen=True, omit_defaults=True):
     price: str
     tif: str
     id: str | None = None
+    stop: str | None = None  # a pending stop's trigger
+    show: str | None = None  # an iceberg's slice
+    oco: int | None = None  # the order it is paired with
 
 
 class OrdersReply(_Reply, frozen=True, tag="orders"):
@@ -131,7 +155,7 @@ class HelpReply(_Reply, frozen=True, tag="help"):
     lines: list[str]
 
 
-ReportStruct = FillReport | CanceledReport | ReplacedReport | Reject
+ReportStruct = FillReport | CanceledReport | ReplacedReport | TriggeredReport | Reject
 
 
 class ReportsReply(_Reply, frozen=True, tag="reports"):
@@ -206,7 +230,7 @@ class StatsReply(_Reply, frozen=True, tag="stats"):
 
 
 Reply = (
-    Ack | FillReport | CanceledReport | ReplacedReport | Reject | Error | Hello | LoggedIn | Pong | Bye
+    Ack | FillReport | CanceledReport | ReplacedReport | TriggeredReport | CanceledAll | Reject | Error | Hello | LoggedIn | Pong | Bye
     | BookReply | OrdersReply | SymbolsReply | HelpReply | ReportsReply | BalancesReply
     | TickerReply | KlinesReply | TradesReply | StatsReply
 )  # fmt: skip
@@ -214,6 +238,18 @@ Reply = (
 
 def _opt(value: str | None) -> str:
     return "-" if value is None else value
+
+
+def _stop(stop: str | None) -> str:
+    return f" stop={stop}" if stop is not None else ""
+
+
+def _show(show: str | None) -> str:
+    return f" show={show}" if show is not None else ""
+
+
+def _oco(oco: int | None) -> str:
+    return f" oco={oco}" if oco is not None else ""
 
 
 def _id(cid: str | None) -> str:
@@ -224,10 +260,19 @@ def _id(cid: str | None) -> str:
 # per-order paths (no Struct built just to be formatted and dropped).
 
 
-def ack_text(order_id: int, side: str, symbol: str, qty: str, price: str, tif: str, cid: str | None) -> bytes:
+def ack_text(
+    order_id: int, side: str, symbol: str, qty: str, price: str, tif: str, cid: str | None,
+    stop: str | None = None, show: str | None = None, oco: int | None = None,
+) -> bytes:  # fmt: skip
+    if stop is not None or show is not None or oco is not None:
+        return f"ACK {order_id} {side} {symbol} {qty} {price} {tif}{_stop(stop)}{_show(show)}{_id(cid)}{_oco(oco)}\n".encode()
     if cid is None:
         return f"ACK {order_id} {side} {symbol} {qty} {price} {tif}\n".encode()
     return f"ACK {order_id} {side} {symbol} {qty} {price} {tif} id={cid}\n".encode()
+
+
+def triggered_text(order_id: int, symbol: str, side: str, qty: str, price: str, stop: str, cid: str | None) -> bytes:
+    return f"TRIGGERED {order_id} {symbol} {side} {qty} {price} stop={stop}{_id(cid)}\n".encode()
 
 
 def fill_text(order_id: int, symbol: str, side: str, qty: str, price: str, leaves: str, trade: str, liq: str, cid: str | None) -> bytes:
@@ -253,19 +298,23 @@ def to_text(r: Reply) -> bytes:
     """One reply as text, ending in LF (several lines for BOOK, ORDERS, SYMBOLS, HELP)."""
     # type(r) is C, not match/isinstance: this runs for every REJ and is 2.5x faster.
     if type(r) is Ack:
-        return ack_text(r.order_id, r.side, r.symbol, r.qty, r.price, r.tif, r.id)
+        return ack_text(r.order_id, r.side, r.symbol, r.qty, r.price, r.tif, r.id, r.stop, r.show, r.oco)
     elif type(r) is FillReport:
         return fill_text(r.order_id, r.symbol, r.side, r.qty, r.price, r.leaves, r.trade, r.liq, r.id)
     elif type(r) is CanceledReport:
         return canceled_text(r.order_id, r.leaves, r.reason, r.id)
     elif type(r) is ReplacedReport:
         return replaced_text(r.order_id, r.qty, r.price, r.priority, r.id)
+    elif type(r) is TriggeredReport:
+        return triggered_text(r.order_id, r.symbol, r.side, r.qty, r.price, r.stop, r.id)
     elif type(r) is Reject:
         return reject_text(r.reason, r.text, r.id, r.order_id)
     elif type(r) is Error:
         s = f"ERR {r.code} {r.text}\n"
     elif type(r) is Pong:
         s = "PONG\n"
+    elif type(r) is CanceledAll:
+        s = f"CANCELED_ALL {r.count}\n"
     elif type(r) is Hello:
         s = f"HELLO tickline {r.version} log in with LOGIN <name> <password>; type HELP for commands\n"
     elif type(r) is LoggedIn:
@@ -283,7 +332,7 @@ def to_text(r: Reply) -> bytes:
         s = "\n".join(lines) + "\nEND\n"
     elif type(r) is OrdersReply:
         lines = [f"ORDERS {len(r.orders)}" + ("" if r.next is None else f" next={r.next}")]
-        lines += [f"ORDER {o.order_id} {o.side} {o.symbol} {o.qty} {o.price} {o.tif}{_id(o.id)}" for o in r.orders]
+        lines += [f"ORDER {o.order_id} {o.side} {o.symbol} {o.qty} {o.price} {o.tif}{_stop(o.stop)}{_show(o.show)}{_id(o.id)}{_oco(o.oco)}" for o in r.orders]
         s = "\n".join(lines) + "\nEND\n"
     elif type(r) is SymbolsReply:
         lines = [f"SYMBOLS {len(r.symbols)}"]

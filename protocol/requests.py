@@ -21,6 +21,9 @@ class Buy(_Request, frozen=True, tag="buy"):
     price: str | None = None  # None: a market order
     tif: str | None = None  # GTC (default for limits), IOC (default for market), FOK, POST
     id: str | None = None  # the client's order id
+    stop: str | None = None  # a stop's trigger price: held off the book until a trade reaches it
+    show: str | None = None  # an iceberg: the quantity shown at a time
+    oco: str | None = None  # the client id of an open order of yours to pair with: one cancels the other
 
 
 class Sell(_Request, frozen=True, tag="sell"):
@@ -29,11 +32,18 @@ class Sell(_Request, frozen=True, tag="sell"):
     price: str | None = None
     tif: str | None = None
     id: str | None = None
+    stop: str | None = None
+    show: str | None = None
+    oco: str | None = None
 
 
 class CancelOrder(_Request, frozen=True, tag="cancel"):
     order_id: int | None = None
     id: str | None = None  # cancel by client order id instead
+
+
+class CancelAll(_Request, frozen=True, tag="cancel_all"):
+    symbol: str | None = None  # None: in every symbol
 
 
 class ReplaceOrder(_Request, frozen=True, tag="replace"):
@@ -76,6 +86,7 @@ class Quit(_Request, frozen=True, tag="quit"):
 class Login(_Request, frozen=True, tag="login"):
     name: str
     password: str
+    cancel_on_disconnect: bool = False  # the orders entered on this connection are canceled when it closes
 
     def __repr__(self) -> str:  # a password never reaches a log line
         return f"Login(name={self.name!r}, password=<hidden>)"
@@ -121,7 +132,7 @@ class StatsQuery(_Request, frozen=True, tag="stats"):
 
 MarketQuery = TickerQuery | KlinesQuery | TradesQuery
 Request = (
-    Buy | Sell | CancelOrder | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Login | BalancesQuery | ReportsQuery
+    Buy | Sell | CancelOrder | CancelAll | ReplaceOrder | BookQuery | OrdersQuery | SymbolsQuery | Ping | Help | Quit | Login | BalancesQuery | ReportsQuery
     | TickerQuery | KlinesQuery | TradesQuery | StatsQuery
 )  # fmt: skip
 

@@ -14,6 +14,7 @@ from protocol.requests import (
     BalancesQuery,
     BookQuery,
     Buy,
+    CancelAll,
     CancelOrder,
     Help,
     KlinesQuery,
@@ -103,10 +104,12 @@ class LineSplitter:
 def _order(side: type[Buy] | type[Sell], args: list[str]) -> Request | BadRequest:
     if len(args) < 2:
         verb = side.__name__.upper()
-        return BadRequest("bad_request", f"usage: {verb} <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]")
-    price = tif = cid = None
+        return BadRequest(
+            "bad_request", f"usage: {verb} <symbol> <qty> [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=<client-order-id>] [oco=<client-order-id>]"
+        )
+    price = tif = cid = stop = show = oco = None
     for token in args[2:]:
-        if token[0] in _PRICE_START and price is None and tif is None and cid is None:
+        if token[0] in _PRICE_START and price is None and tif is None and cid is None and stop is None and show is None and oco is None:
             price = token  # validated against the tick by the instrument
             continue
         upper = token.upper()
@@ -114,17 +117,29 @@ def _order(side: type[Buy] | type[Sell], args: list[str]) -> Request | BadReques
             if cid is not None:
                 return BadRequest("bad_request", "id= given twice")
             cid = token[3:]
+        elif upper.startswith("STOP="):
+            if stop is not None:
+                return BadRequest("bad_request", "stop= given twice")
+            stop = token[5:]
+        elif upper.startswith("SHOW="):
+            if show is not None:
+                return BadRequest("bad_request", "show= given twice")
+            show = token[5:]
+        elif upper.startswith("OCO="):
+            if oco is not None:
+                return BadRequest("bad_request", "oco= given twice")
+            oco = token[4:]
         elif upper in TIFS:
             if tif is not None:
                 return BadRequest("bad_request", f"time in force given twice ({tif} and {upper})")
             tif = upper
         elif upper == "MKT" and price is None:
             price = "MKT"
-        elif price is None and tif is None and cid is None:
+        elif price is None and tif is None and cid is None and stop is None and show is None and oco is None:
             price = token
         else:
-            return BadRequest("bad_request", f"unexpected {_show(token)}; expected [<price>] [GTC|IOC|FOK|POST] [id=...]")
-    return side(args[0].upper(), args[1], None if price == "MKT" else price, tif, cid)
+            return BadRequest("bad_request", f"unexpected {_show(token)}; expected [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=...] [oco=<id>]")
+    return side(args[0].upper(), args[1], None if price == "MKT" else price, tif, cid, stop, show, oco)
 
 
 _PRICE_START = frozenset("0123456789.-+")
@@ -151,8 +166,10 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
     if verb == "SELL":
         return _order(Sell, args)
     if verb == "CANCEL":
+        if args and args[0].upper() == "ALL" and len(args) <= 2:
+            return CancelAll(args[1].upper() if len(args) == 2 else None)
         if len(args) != 1:
-            return BadRequest("bad_request", "usage: CANCEL <order-id> | CANCEL id=<client-order-id>")
+            return BadRequest("bad_request", "usage: CANCEL <order-id> | CANCEL id=<client-order-id> | CANCEL ALL [<symbol>]")
         if args[0].upper().startswith("ID="):
             return CancelOrder(None, args[0][3:])
         order_id = _int_arg(args[0], "order id")
@@ -204,9 +221,9 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
     if verb == "ORDERS":
         return _orders_query(args)
     if verb == "LOGIN":
-        if len(args) != 2:
-            return BadRequest("bad_request", "usage: LOGIN <name> <password>")
-        return Login(args[0], args[1])
+        if len(args) not in (2, 3) or len(args) == 3 and args[2].lower() != "cancel_on_disconnect":
+            return BadRequest("bad_request", "usage: LOGIN <name> <password> [cancel_on_disconnect]")
+        return Login(args[0], args[1], len(args) == 3)
     simple = _SIMPLE.get(verb)
     if simple is not None:
         if args:
@@ -267,14 +284,18 @@ def _show(token: str) -> str:
 
 
 HELP_LINES = [
-    "BUY  <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]   no price: market order",
-    "SELL <symbol> <qty> [<price>] [GTC|IOC|FOK|POST] [id=<client-order-id>]",
+    "BUY  <symbol> <qty> [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=<client-order-id>]   no price: market order",
+    "SELL <symbol> <qty> [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=<client-order-id>]",
+    "     STOP=<price>: a stop, off the book until a trade reaches it (BUY: at or above, SELL: at or below)",
+    "     SHOW=<qty>: an iceberg, showing that much at a time (each new slice at the back of its level)",
+    "     oco=<cid>: paired with your open order <cid> (same symbol): when one trades or is canceled, the other is canceled",
     "CANCEL <order-id> | CANCEL id=<client-order-id>",
+    "CANCEL ALL [<symbol>]                  every open order of yours (in that symbol), then CANCELED_ALL <n>",
     "REPLACE <order-id> <qty> [<price>]     qty is the new open quantity (or REPLACE id=<cid> ...)",
     "BOOK <symbol> [<levels>]               price levels, best first (default 10)",
     "ORDERS [<sym>] [limit=<n>] [after=<id>] your open orders, 1000 a page (next=<id> in the reply: there are more)",
     "SYMBOLS                                what trades here, with tick and lot sizes",
-    "LOGIN <name> <password>                trade as your account (orders need it)",
+    "LOGIN <name> <password> [cancel_on_disconnect]   trade as your account (orders need it)",
     "BALANCES                               your available and locked amounts per asset",
     "REPORTS since=<seq>                    your execution reports since a journal seq (after a reconnect: what you missed)",
     "TICKER <symbol>                        last price, 24 h open/high/low/change, volume, VWAP, best bid/ask",

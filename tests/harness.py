@@ -147,8 +147,8 @@ class Client:
         self.hello = self.line() if greet else ""
         self.owner = ""  # the account, once logged in
 
-    def login(self, account: str, password: str = PASSWORD) -> str:
-        reply = self.ask(f"LOGIN {account} {password}")[0]
+    def login(self, account: str, password: str = PASSWORD, cancel_on_disconnect: bool = False) -> str:
+        reply = self.ask(f"LOGIN {account} {password}" + (" cancel_on_disconnect" if cancel_on_disconnect else ""))[0]
         assert reply.startswith(f"LOGGED_IN account={account} "), reply
         self.owner = account
         return reply

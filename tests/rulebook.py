@@ -1,17 +1,22 @@
 """A tiny notation for order-book tests, so that scenarios read like an exchange rulebook.
 
 Commands:  "a BUY 10 @100"  "b SELL 5 @101 IOC"  "c BUY 7 MKT"  "a CANCEL 3"  "a REPLACE 3 4 @99"
+           "a BUY 5 @101 STOP=100" (a stop)  "a SELL 100 @50 SHOW=10" (an iceberg)
+           "a SELL 10 @90 STOP=95 OCO=2" (paired with order 2: one cancels the other)  "a CANCEL ALL" (every open order of a's)  "a CANCEL ALL 1 4" (those)
            (owner first; prices and quantities in ticks and lots of TEST, tick 1, lot 1)
 Events:    "accepted 3"  "rejected bad_qty"  "trade 3-1 5@100 maker=1 taker=3"
            "fill 1 5@100 leaves=0 A"  "canceled 3 leaves=5 expired"  "replaced 3 4@99 lost"
-Book:      "BUY 100: 1a:5 2b:3"  one line per level, best first, bids then asks; orders in priority order
+           "accepted 3 stop=100"  "triggered 3"
+Book:      "BUY 100: 1a:5 2b:3+20"  one line per level, best first, bids then asks; orders in priority order
+           (an iceberg: shown+hidden);
+           then "STOP BUY 3a:5@101 at 100" per pending stop, in the order they were accepted
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
-from exchange.book import Book
+from exchange.book import Book, Order
 from exchange.instruments import Instrument, InstrumentSpec
 from exchange.naive_book import NaiveBook
 from exchange.orderbook import OrderBook
@@ -24,6 +29,7 @@ from protocol.messages import (
     Command,
     Event,
     Fill,
+    MassCancel,
     NewOrder,
     Quote,
     Rejected,
@@ -31,6 +37,7 @@ from protocol.messages import (
     Replaced,
     Side,
     Trade,
+    Triggered,
 )
 
 TEST = Instrument("TEST", InstrumentSpec(tick="1", lot="1", max_qty="1000", min_price="1", max_price="10000"))
@@ -40,10 +47,15 @@ def command(text: str) -> Command:
     owner, verb, *rest = text.split()
     verb = verb.upper()
     if verb in ("BUY", "SELL"):
-        qty, price_text, *tif = rest
+        qty, price_text, *options = rest
         price = None if price_text == "MKT" else int(price_text.lstrip("@"))
-        default = "IOC" if price is None else "GTC"
-        return NewOrder("TEST", Side[verb], int(qty), price, TIF[(tif or [default])[0]], owner)
+        stop = next((int(o[5:]) for o in options if o.startswith("STOP=")), None)
+        show = next((int(o[5:]) for o in options if o.startswith("SHOW=")), None)
+        oco = next((int(o[4:]) for o in options if o.startswith("OCO=")), None)
+        tif = [o for o in options if "=" not in o] or ["IOC" if price is None else "GTC"]
+        return NewOrder("TEST", Side[verb], int(qty), price, TIF[tif[0]], owner, stop=stop, show=show, oco=oco)
+    if verb == "CANCEL" and rest[0] == "ALL":
+        return MassCancel("TEST", owner, [int(i) for i in rest[1:]] or None)
     if verb == "CANCEL":
         return Cancel("TEST", int(rest[0]), owner)
     if verb == "REPLACE":
@@ -54,7 +66,9 @@ def command(text: str) -> Command:
 
 def event(e: Event) -> str:
     if isinstance(e, Accepted):
-        return f"accepted {e.order_id}"
+        return f"accepted {e.order_id}" + ("" if e.stop is None else f" stop={e.stop}")
+    if isinstance(e, Triggered):
+        return f"triggered {e.order_id}"
     if isinstance(e, Rejected):
         return f"rejected {e.reason.value}"
     if isinstance(e, Trade):
@@ -76,8 +90,11 @@ def book_lines(book: OrderBook) -> list[str]:
     """The book through its contract (resting orders in priority order), one line per level."""
     levels: dict[tuple[str, int | None], list[str]] = {}
     for o in book.resting():
-        levels.setdefault((o.side.value, o.price), []).append(f"{o.order_id}{o.owner}:{o.leaves}")
-    return [f"{side} {price}: {' '.join(orders)}" for (side, price), orders in levels.items()]
+        hidden = cast(Order, o).hidden
+        levels.setdefault((o.side.value, o.price), []).append(f"{o.order_id}{o.owner}:{o.leaves}" + (f"+{hidden}" if hidden else ""))
+    lines = [f"{side} {price}: {' '.join(orders)}" for (side, price), orders in levels.items()]
+    pending = [cast(Order, o) for o in book.pending()]
+    return lines + [f"STOP {o.side.value} {o.order_id}{o.owner}:{o.leaves}@{'MKT' if o.price is None else o.price} at {o.stop}" for o in pending]
 
 
 BOOKS: dict[str, Callable[[], OrderBook]] = {"fast": lambda: Book(TEST), "naive": lambda: NaiveBook(TEST)}

@@ -19,6 +19,7 @@ from protocol.messages import (
     Command,
     Fill,
     Liquidity,
+    MassCancel,
     NewOrder,
     Quote,
     Reason,
@@ -26,6 +27,7 @@ from protocol.messages import (
     Replaced,
     Side,
     Trade,
+    Triggered,
 )
 from tests.rulebook import TEST
 
@@ -43,8 +45,24 @@ new_orders = st.builds(
     st.sampled_from([TIF.GTC, TIF.GTC, TIF.GTC, TIF.IOC, TIF.FOK, TIF.POST]),
     st.sampled_from(OWNERS),
 )
+def _stop(side: Side, qty: int, price: int | None, tif: TIF, owner: str, trigger: int) -> NewOrder:
+    budget = TEST.stop_budget(qty, trigger) if side is Side.BUY and price is None else None
+    return NewOrder("TEST", side, qty, price, TIF.IOC if price is None and tif in (TIF.GTC, TIF.POST) else tif, owner, None, budget, trigger)
+
+
+stop_orders = st.builds(
+    _stop, st.sampled_from(Side), qtys, st.one_of(st.none(), prices, prices), st.sampled_from([TIF.GTC, TIF.GTC, TIF.IOC, TIF.FOK]),
+    st.sampled_from(OWNERS), prices,
+)
+icebergs = st.builds(
+    lambda side, qty, price, show, owner: NewOrder("TEST", side, qty, price, TIF.GTC, owner, show=show),
+    st.sampled_from(Side), st.integers(1, 40), prices, st.integers(1, 6), st.sampled_from(OWNERS),
+)
 order_refs = st.integers(1, 60)
 cancels = st.builds(lambda oid, owner: Cancel("TEST", oid, owner), order_refs, st.sampled_from(OWNERS))
+mass_cancels = st.builds(
+    lambda owner, ids: MassCancel("TEST", owner, ids), st.sampled_from(OWNERS), st.one_of(st.none(), st.lists(order_refs, max_size=5))
+)
 replaces = st.builds(
     lambda oid, qty, price, owner: Replace("TEST", oid, qty, price, owner),
     order_refs,
@@ -52,7 +70,10 @@ replaces = st.builds(
     st.one_of(st.none(), prices),
     st.sampled_from(OWNERS),
 )
-streams = st.lists(st.one_of(new_orders, new_orders, cancels, replaces, replaces), max_size=60)
+oco_orders = st.builds(
+    lambda order, other: msgspec.structs.replace(order, oco=other), st.one_of(new_orders, stop_orders), st.integers(1, 30)
+)
+streams = st.lists(st.one_of(new_orders, new_orders, stop_orders, icebergs, oco_orders, cancels, mass_cancels, replaces, replaces), max_size=60)
 
 
 def depth_map(book: Book) -> dict[tuple[Side, int], int]:
@@ -102,7 +123,8 @@ def test_quantity_is_conserved_per_order(stream: list[Command]) -> None:
                 canceled[e.order_id] += e.leaves
                 leaves[e.order_id] = 0
     for oid, qty in submitted.items():
-        resting = book.orders[oid].leaves if oid in book.orders else 0
+        open_order = book.order(oid)
+        resting = open_order.leaves + open_order.hidden if open_order is not None else 0  # (an iceberg: shown + hidden)
         assert resting == leaves[oid]
         assert qty == filled[oid] + canceled[oid] + resting, f"order {oid}"
 
@@ -122,13 +144,15 @@ def test_no_order_trades_ahead_of_an_earlier_order_at_its_price(stream: list[Com
                 maker, key = e.order_id, (e.side, e.price)
             elif isinstance(e, Canceled) and e.reason is Reason.SELF_TRADE:
                 maker = e.order_id
-                key = next(k for k, q in queues.items() if maker in q)
+                key = next((k for k, q in queues.items() if maker in q), (e.side, 0))
             if maker is not None and maker not in consumed[key]:
                 consumed[key].append(maker)
         for key, makers in consumed.items():
-            assert makers == queues[key][: len(makers)], "an order traded ahead of an older one"
-            for oid in makers[:-1]:
-                assert oid not in book.orders, "a later order traded while an older one still rests"
+            queue = queues.get(key, [])
+            makers = [m for m in makers if m in queue]  # (not: a fired stop that rested during the command)
+            assert makers == queue[: len(makers)], "an order traded ahead of an older one"
+            for oid in makers[:-1]:  # (an iceberg rests on with its next slice, behind them)
+                assert oid not in book.orders or book.orders[oid].show is not None, "a later order traded while an older one still rests"
 
 
 @settings(max_examples=200, deadline=None)
@@ -170,3 +194,63 @@ def test_market_data_is_numbered_gap_free_and_quotes_follow_the_top(stream: list
         else:
             assert book.quote == top  # unchanged top: no quote
     assert numbers == list(range(1, len(numbers) + 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams)
+def test_stops_fire_only_when_a_trade_reaches_them_and_stay_hidden_until_then(stream: list[Command]) -> None:
+    book = Book(TEST)
+    for seq, cmd in enumerate(stream, 1):
+        events = book.apply(seq, cmd)
+        printed: list[int] = []
+        for e in events:
+            if isinstance(e, Trade):
+                printed.append(e.price)
+            elif isinstance(e, Triggered):  # a trade of this command, before it, reached its trigger
+                assert any(p >= e.stop if e.side is Side.BUY else p <= e.stop for p in printed), f"{e} fired without a trade reaching it"
+        for stop in book.pending():  # and every stop this command's trades reached has fired
+            assert stop.stop is not None
+            assert not any(p >= stop.stop if stop.side is Side.BUY else p <= stop.stop for p in printed)
+        depth = depth_map(book)
+        resting = defaultdict(int)
+        for o in book.resting():
+            assert o.order_id not in book.stops
+            resting[(o.side, o.price)] += o.leaves
+        assert depth == dict(resting), "the depth shows exactly the resting orders, never a pending stop"
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams)
+def test_an_iceberg_shows_at_most_its_slice_and_hides_the_rest(stream: list[Command]) -> None:
+    book = Book(TEST)
+    for seq, cmd in enumerate(stream, 1):
+        events = book.apply(seq, cmd)
+        for e in events:
+            if isinstance(e, BookLevelChanged):  # market data never shows more than the slices
+                level = (book.bids if e.side is Side.BUY else book.asks).levels.get(e.price)
+                assert e.qty == (0 if level is None else sum(o.leaves for o in level.orders.values()))
+        for o in book.resting():
+            if o.show is not None:
+                assert 0 < o.leaves <= o.show and o.hidden >= 0
+            else:
+                assert o.hidden == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams)
+def test_the_two_orders_of_an_oco_pair_never_both_trade(stream: list[Command]) -> None:
+    book = Book(TEST)
+    partner: dict[int, int] = {}
+    traded: set[int] = set()
+    for seq, cmd in enumerate(stream, 1):
+        events = book.apply(seq, cmd)
+        if isinstance(cmd, NewOrder) and cmd.oco is not None and any(isinstance(e, Accepted) for e in events):
+            partner[seq], partner[cmd.oco] = cmd.oco, seq
+        for e in events:
+            if isinstance(e, Fill):
+                traded.add(e.order_id)
+                assert partner.get(e.order_id) not in traded, f"both {e.order_id} and {partner[e.order_id]} traded"
+        for oid, other in partner.items():  # an open order's pair is open too, or it is unpaired now
+            order = book.order(oid)
+            if order is not None and order.oco is not None:
+                assert book.order(other) is not None

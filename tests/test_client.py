@@ -190,3 +190,44 @@ def test_every_connection_gets_reports_in_its_own_form_and_the_client_never_dies
             assert (await algo.orders()).orders == []
 
     asyncio.run(main())
+
+
+def test_the_client_places_stops_and_hears_them_fire(server: Server) -> None:
+    async def main() -> None:
+        async with connect("127.0.0.1", server.port, account="t1", password=PASSWORD) as a, connect("127.0.0.1", server.port, account="t2", password=PASSWORD) as b:
+            ack = await a.sell("AAPL", "2", stop="99.50")
+            assert (ack.price, ack.tif, ack.stop) == ("MKT", "IOC", "99.50")
+            await b.buy("AAPL", "5", "99.50")
+            await a.sell("AAPL", "1", "99.50")  # trades at 99.50: the stop fires, sells 2 more into the bid
+            seen = []
+            async for report in a.reports():
+                seen.append(report)
+                if len(seen) == 3:
+                    break
+            assert [(type(r).__name__, r.order_id) for r in seen] == [("FillReport", 63), ("TriggeredReport", 61), ("FillReport", 61)]
+            assert seen[1] == R.TriggeredReport(61, "AAPL", "SELL", "2", "MKT", "99.50", ack.id)
+
+    asyncio.run(main())
+
+
+def test_the_example_bracket_order_enters_then_its_stop_loss_cancels_its_take_profit(server: Server) -> None:
+    seller, bidder = server.client("t6"), server.client("t7")
+    seller.ask("SELL BTC-USD 0.5 60000")
+    cmd = [
+        sys.executable, "examples/bracket_order.py", "--port", str(server.port), "--account", "t5", "--password", PASSWORD,
+        "--symbol", "BTC-USD", "--qty", "0.5", "--entry", "60000", "--take-profit", "63000", "--stop-loss", "58000", "--duration", "20",
+    ]  # fmt: skip
+    bracket = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert bracket.stdout is not None
+    assert bracket.stdout.readline() == "entry FILL 0.50000 @ 60000.00\n"
+    assert re.fullmatch(r"bracket: take-profit (\d+) @ 63000, stop-loss \d+ at 58000 \(oco=\1\)\n", bracket.stdout.readline())
+    bidder.ask("BUY BTC-USD 1 57000")
+    seller.ask("SELL BTC-USD 0.1 57000", 2)  # prints 57000.00: the stop-loss fires and sells into the bid
+    out, err = bracket.communicate(timeout=20)
+    assert bracket.returncode == 0, err
+    assert out.splitlines() == [
+        "stop-loss TRIGGERED at 58000.00",
+        "stop-loss FILL 0.50000 @ 57000.00 leaves=0.00000",
+        "take-profit CANCELED reason=oco",
+        "done",
+    ]

@@ -119,6 +119,34 @@ def refusals(port: int) -> list[str]:
     return [re.sub(r" \d{4}-\d\d-\d\dT[\d:.]+Z", "", line) for line in out]
 
 
+def stops(port: int) -> list[str]:
+    """Stops on EUR-USD (which nothing else trades), one step at a time, each waiting for
+    every line it causes: pending, fired by a trade, refused as already reached, canceled."""
+    t9, t10, t11 = (Client(port) for _ in range(3))
+    for c, name in ((t9, "t9"), (t10, "t10"), (t11, "t11")):
+        c.login(name)
+    out = t9.ask("BUY EUR-USD 5000 1.08002 STOP=1.08001 id=up") + t9.ask("SELL EUR-USD 3000 STOP=1.07990 id=dn")
+    out += t10.ask("SELL EUR-USD 10000 1.08001") + t11.ask("BUY EUR-USD 1000 1.08001", 2)
+    out += t9.lines(2) + t10.lines(2)  # the stop fired: TRIGGERED, its FILL; the maker's two FILLs
+    out += t9.ask("BUY EUR-USD 1000 1.08000 STOP=1.08001") + t9.ask("CANCEL id=up") + t9.ask("ORDERS", 3)
+    out += t9.ask("REPLACE id=dn 1000 1.07000") + t9.ask("CANCEL id=dn")
+    out += t9.ask("BUY EUR-USD 1000 1.07000") + t9.ask("SELL EUR-USD 2000 1.09000 STOP=1.07500") + t9.ask("CANCEL ALL EUR-USD", 3)
+    cod = Client(port)
+    cod.login("t9", cancel_on_disconnect=True)
+    out += cod.ask("BUY EUR-USD 1000 1.06000") + t9.ask("BUY EUR-USD 1000 1.05000")
+    cod.close()
+    out += t9.lines(1) + t9.ask("CANCEL ALL", 2)
+    # An iceberg, refreshed behind a later order; an OCO pair, one canceling the other.
+    out += t10.ask("CANCEL ALL", 2)
+    out += t9.ask("SELL EUR-USD 30000 1.10000 SHOW=10000") + t10.ask("SELL EUR-USD 5000 1.10000") + t9.ask("SELL EUR-USD 1000 1.1 SHOW=0")
+    out += t11.ask("BOOK EUR-USD 1", 3) + t11.ask("BUY EUR-USD 25000 1.10000 IOC", 4) + t9.lines(2) + t10.lines(1) + t11.ask("BOOK EUR-USD 1", 3)
+    out += t9.ask("SELL EUR-USD 1000 1.12000 id=tp") + t9.ask("SELL EUR-USD 1000 STOP=1.09000 oco=tp") + t9.ask("SELL EUR-USD 1000 1.2 oco=tp")
+    out += t9.ask("CANCEL id=tp", 2) + t9.ask("CANCEL ALL", 2)
+    for c in (t9, t10, t11):
+        c.close()
+    return out
+
+
 # Transfers, each as (account, asset, signed amount, ref): applied, applied again, a
 # withdrawal, one too large, an unknown account, asset and amount, a bad ref.
 TRANSFERS = [
@@ -172,12 +200,14 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         want_trades = settled(lambda: trades(single.port), {"never": []}, within=1.0)
         want_balances = balances_right_after_a_cancel(single.port)
         want_refusals = refusals(single.port)
+        want_stops = stops(single.port)
         want_transfers = [serve_transfer(single.data_dir, *t) for t in TRANSFERS]
         want_transfer_balances = final_state(single.port)
     finally:
         single.stop()
     assert sum(line.startswith("FILL") for lines in want_lines.values() for line in lines) > 50  # the stream trades a lot
-    reasons = {line.split()[1] for line in want_refusals if line.startswith("REJ")} | set(re.findall(r"reason=(\w+)", "\n".join(want_refusals)))
+    said = want_refusals + want_stops
+    reasons = {line.split()[1] for line in said if line.startswith("REJ")} | set(re.findall(r"reason=(\w+)", "\n".join(said)))
     # (shutting_down needs a stopping server; price_band an instruments file with a band: the built-in ones have none)
     assert reasons >= {r.value for r in Reason} - TRANSFER_REASONS - {"shutting_down", "price_band"}, sorted({r.value for r in Reason} - reasons)
     assert [line.split()[1] if line.startswith("ERR") else line.split()[2] for line in want_transfers] == [
@@ -193,6 +223,7 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         assert settled(lambda: trades(cluster.port), want_trades) == want_trades
         assert balances_right_after_a_cancel(cluster.port) == want_balances
         assert refusals(cluster.port) == want_refusals
+        assert stops(cluster.port) == want_stops
         assert [cluster.transfer(*t) for t in TRANSFERS] == want_transfers
         assert settled(lambda: final_state(cluster.port), want_transfer_balances) == want_transfer_balances
     finally:

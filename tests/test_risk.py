@@ -8,11 +8,11 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exchange.book import Book
+from exchange.book import Book, Order
 from exchange.engine import Engine
-from exchange.instruments import load_instruments, parse_instruments
+from exchange.instruments import Instrument, load_instruments, parse_instruments
 from exchange.risk import FEE_ACCOUNT, Risk, totals
-from protocol.messages import TIF, Cancel, Command, NewOrder, Problem, Replace, Side, Transfer
+from protocol.messages import TIF, Cancel, Command, MassCancel, NewOrder, Problem, Replace, Side, Transfer
 
 INSTRUMENTS = load_instruments()
 AAPL = INSTRUMENTS["AAPL"]  # lot 1 share, tick 0.01 USD; USD unit 1e-7: a lot x tick is 100,000 units
@@ -65,6 +65,24 @@ def test_a_market_buy_spends_at_most_its_budget() -> None:
     assert engine.risk.balances[("alice", "USD")] == [(1_000_000 - 40_000) * CENT, 0]
 
 
+def test_an_oco_pair_locks_what_its_larger_order_needs_and_the_one_that_trades_takes_it_over() -> None:
+    engine = Engine(INSTRUMENTS)
+    seq = funded(engine, "alice", "bob", "carol")
+    risk, book = engine.risk, engine.books["AAPL"]
+    # A bracket on 800 of alice's 1,000 AAPL: a take-profit at 160.00 and a stop-loss at 140.00.
+    engine.apply(seq + 1, NewOrder("AAPL", Side.SELL, 800, 16000, TIF.GTC, "alice"))
+    stop_loss = NewOrder("AAPL", Side.SELL, 800, None, TIF.IOC, "alice", stop=14000, oco=seq + 1)
+    assert risk.hold(seq + 2, stop_loss) is None  # 200 available: the sum would be refused
+    risk.settle(book.apply(seq + 2, stop_loss))
+    assert risk.balances[("alice", "AAPL")] == [200, 800]  # not 1,600: they never both execute
+    engine.apply(seq + 3, NewOrder("AAPL", Side.BUY, 900, 13900, TIF.GTC, "bob"))
+    engine.apply(seq + 4, NewOrder("AAPL", Side.SELL, 1, 13900, TIF.GTC, "carol"))  # prints 139.00: the stop fires
+    assert book.order(seq + 1) is None and book.order(seq + 2) is None  # sold; the take-profit went with it
+    assert risk.balances[("alice", "AAPL")] == [200, 0]  # sold 800 out of the pair's one lock
+    assert risk.balances[("alice", "USD")] == [(1_000_000 + 800 * 13900) * CENT, 0]
+    assert not [h for h in risk.holds.values() if h.account == "alice"]
+
+
 def test_fees_go_to_the_fee_account() -> None:
     toml = '[instruments.X]\ntick = "1"\nlot = "1"\nmaker_fee_bps = 10\ntaker_fee_bps = 20\n[assets]\nUSD = "0.01"\nX = "0.001"\n'
     instruments = parse_instruments(toml)
@@ -114,13 +132,20 @@ def streams(draw: st.DrawFn) -> list[tuple]:
     n = draw(st.integers(5, 60))
     out = []
     for _ in range(n):
-        kind = draw(st.sampled_from(["new", "new", "new", "market", "cancel", "replace", "withdraw"]))
+        kind = draw(st.sampled_from(["new", "new", "new", "market", "stop", "stop_market", "iceberg", "oco", "cancel", "cancel_all", "replace", "withdraw"]))
         out.append((
             kind, draw(st.sampled_from(ACCOUNTS)), draw(st.sampled_from(SYMBOLS)), draw(st.sampled_from([Side.BUY, Side.SELL])),
             draw(st.integers(1, 20)), draw(st.integers(95, 105)) * 400, draw(st.sampled_from([TIF.GTC, TIF.GTC, TIF.IOC, TIF.FOK])),
             draw(st.integers(0, 1000)),
         ))  # fmt: skip
     return out
+
+
+def need_of_order(x: Order, inst: Instrument) -> int:
+    """What an open order locks: a SELL its lots, a BUY lots x price (a market BUY its budget)."""
+    if x.side is not Side.BUY:
+        return (x.leaves + x.hidden) * inst.base_per_lot
+    return ((x.leaves + x.hidden) * x.price if x.price is not None else x.budget or 0) * inst.quote_per_lot_tick
 
 
 def need_of(book: Book, order_id: int) -> tuple[int, int | None] | None:
@@ -166,6 +191,18 @@ def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: lis
         elif kind == "market":
             budget = books[symbol].sweep_cost(qty, account) if side is Side.BUY else None
             sequence(NewOrder(symbol, side, qty, None, TIF.IOC, account, budget=budget))
+        elif kind in ("stop", "stop_market"):  # the trigger: the pick-th tick around the price
+            stop = price + (pick % 9 - 4) * 400
+            limit = price if kind == "stop" else None
+            sequence(books[symbol].budgeted(NewOrder(symbol, side, qty, limit, tif if limit else TIF.IOC, account, stop=stop)))
+        elif kind == "iceberg":
+            sequence(NewOrder(symbol, side, qty * 3, price, TIF.GTC, account, show=1 + pick % 5))
+        elif kind == "oco" and new_orders:  # paired with one of the account's orders (the book refuses what it must)
+            target, cmd = new_orders[pick % len(new_orders)]
+            stop = price + (pick % 9 - 4) * 400 if pick % 2 else None
+            sequence(NewOrder(cmd.symbol, side, qty, price, TIF.GTC, account, stop=stop, oco=target))
+        elif kind == "cancel_all":
+            sequence(MassCancel(symbol, account))
         elif kind == "withdraw":
             sequence(Transfer(account, "USD", -qty * 1000 * CENT, f"w{len(journal)}"))
         elif new_orders:
@@ -192,12 +229,22 @@ def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: lis
     locked: dict[tuple[str, str], int] = {}
     for book in books.values():
         inst = book.instrument
-        for o in book.resting():
+        for o in [*book.resting(), *book.pending()]:  # a pending stop-market BUY: its budget; an iceberg: all of it
+            leaves = o.leaves + o.hidden
+            bought = leaves * o.price if o.price is not None else o.budget or 0
             key, amount = (
-                ((o.owner, inst.quote), o.leaves * (o.price or 0) * inst.quote_per_lot_tick)
-                if o.side is Side.BUY else ((o.owner, inst.base), o.leaves * inst.base_per_lot)
+                ((o.owner, inst.quote), bought * inst.quote_per_lot_tick)
+                if o.side is Side.BUY else ((o.owner, inst.base), leaves * inst.base_per_lot)
             )  # fmt: skip
             locked[key] = locked.get(key, 0) + amount
+    for book in books.values():  # an OCO pair paying with one asset locks what its larger order needs
+        inst = book.instrument
+        for o in [*book.resting(), *book.pending()]:
+            other = None if o.oco is None or o.oco > o.order_id else book.order(o.oco)
+            if other is not None and other.side is o.side:
+                asset = inst.quote if o.side is Side.BUY else inst.base
+
+                locked[(o.owner, asset)] -= min(need_of_order(o, inst), need_of_order(other, inst))
     assert {(acct, asset): lk for acct, asset, _, lk in rows if lk} == {k: v for k, v in locked.items() if v}
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import structlog
 
+from exchange.book import disconnected
 from exchange.instruments import load_instruments
 from exchange.matching import Durable, Matching
 from exchange.sequencer import Sequencer
@@ -218,11 +219,14 @@ class Serve:
     async def connect_outputs(self) -> None:
         """6. Matching's output: settlement of balances first, then execution reports to the
         owners' sessions, trades to the log, market data to the notifier. Then the journal
-        starts committing into matching (exchange/matching.py Durable says in which order)."""
+        starts committing into matching (exchange/matching.py Durable says in which order);
+        cancel_on_disconnect orders left open by the last process are canceled first."""
         matching, gateway, tradelog = self.matching, self.gateway, self.tradelog
         matching.send_to([self.risk.settle, gateway.deliver, tradelog.on_events, self.notifier.on_events])
         released: list[Callable[[int], None]] = [gateway.on_released, self.admin.on_released]
         await self.journal.start(Durable(matching, released, tradelog.on_durable, gateway.write_now, timed_call(matching.apply_now, self.step_us)))
+        for cancel in disconnected(self.books):  # their connections died with the last process
+            self.desk.submit(cancel)
         if self.config.demo and create_demo_accounts(self.data.accounts):
             for words in DEMO_TRANSFERS:
                 name, asset, amount, ref = words

@@ -217,11 +217,16 @@ class GatewayRole:
                 self.money_seen.setdefault(e.owner, {})[engine] = inp.seq  # type: ignore[union-attr]
 
     def _after_batch(self) -> None:
-        gateway = self.gateway
-        gateway.on_released(self.intake.advance())
-        if self.events:
-            gateway.deliver(self.events)  # (read, not kept)
-            self.events.clear()
+        """The batch's replies (ACKs, REJs), then its reports, then what waited for its
+        matching (queries, CANCELED_ALL, a QUIT): as serve sends them. The open orders (and
+        CANCEL ALL's counts) follow the batch first."""
+        gateway, intake = self.gateway, self.intake
+        reports = gateway.desk.reports(self.events) if self.events else []
+        self.events.clear()  # (read, not kept)
+        through = intake.advance()
+        gateway.on_released(through)
+        intake.matched(through)
+        gateway.send_reports(reports)  # (and on_matched: what waited for matching goes now)
         gateway.write_now()
 
     async def listen(self, follow: asyncio.Task[Any]) -> None:
