@@ -131,11 +131,13 @@ class Risk:
             else:
                 asset, amount = inst.base, cmd.qty * inst.base_per_lot
             bal = self.balance(cmd.owner, asset)
-            paired = None if cmd.oco is None else self.holds.get(cmd.oco)
-            if paired is not None and paired.bal is bal:  # the pair locks what the larger order needs
-                amount = max(0, amount - paired.held)
-            else:
-                paired = None
+            paired = None
+            if cmd.oco is not None:
+                paired = self.holds.get(cmd.oco)
+                if paired is not None and paired.bal is bal:  # the pair locks what the larger order needs
+                    amount = max(0, amount - paired.held)
+                else:
+                    paired = None
             if bal[0] < amount and not replay:
                 return self._short(asset, amount, bal[0])
             bal[0] -= amount
