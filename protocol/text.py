@@ -107,42 +107,34 @@ def _order(side: type[Buy] | type[Sell], args: list[str]) -> Request | BadReques
         return BadRequest(
             "bad_request", f"usage: {verb} <symbol> <qty> [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=<client-order-id>] [oco=<client-order-id>]"
         )
-    price = tif = cid = stop = show = oco = None
+    price = tif = None
+    options: dict[str, str] = {}  # id=, stop=, show=, oco=
     for token in args[2:]:
-        if token[0] in _PRICE_START and price is None and tif is None and cid is None and stop is None and show is None and oco is None:
+        if token[0] in _PRICE_START and price is None and tif is None and not options:
             price = token  # validated against the tick by the instrument
             continue
         upper = token.upper()
-        if upper.startswith("ID="):
-            if cid is not None:
-                return BadRequest("bad_request", "id= given twice")
-            cid = token[3:]
-        elif upper.startswith("STOP="):
-            if stop is not None:
-                return BadRequest("bad_request", "stop= given twice")
-            stop = token[5:]
-        elif upper.startswith("SHOW="):
-            if show is not None:
-                return BadRequest("bad_request", "show= given twice")
-            show = token[5:]
-        elif upper.startswith("OCO="):
-            if oco is not None:
-                return BadRequest("bad_request", "oco= given twice")
-            oco = token[4:]
+        key, eq, value = token.partition("=")
+        if eq and key.lower() in ORDER_OPTIONS:
+            if key.lower() in options:
+                return BadRequest("bad_request", f"{key.lower()}= given twice")
+            options[key.lower()] = value
         elif upper in TIFS:
             if tif is not None:
                 return BadRequest("bad_request", f"time in force given twice ({tif} and {upper})")
             tif = upper
         elif upper == "MKT" and price is None:
             price = "MKT"
-        elif price is None and tif is None and cid is None and stop is None and show is None and oco is None:
+        elif price is None and tif is None and not options:
             price = token
         else:
             return BadRequest("bad_request", f"unexpected {_show(token)}; expected [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=...] [oco=<id>]")
-    return side(args[0].upper(), args[1], None if price == "MKT" else price, tif, cid, stop, show, oco)
+    get = options.get
+    return side(args[0].upper(), args[1], None if price == "MKT" else price, tif, get("id"), get("stop"), get("show"), get("oco"))
 
 
 _PRICE_START = frozenset("0123456789.-+")
+ORDER_OPTIONS = frozenset(("id", "stop", "show", "oco"))  # key=value tokens of an order
 
 
 def _int_arg(text: str, what: str) -> int | BadRequest:
