@@ -30,7 +30,7 @@ from telemetry.registry import Telemetry
 log = structlog.get_logger("gateway")
 ADDED = Liquidity.ADDED
 # REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
-ReportsSource = Callable[[str, int], Awaitable[tuple[list["Report"], int]]]
+ReportsSource = Callable[[str, int], Awaitable[tuple[list[Report], int]]]
 MAX_BOOK_LEVELS = 1000
 ALL_ORDERS = OrdersQuery()  # the first page, every symbol
 MAX_ORDERS_PAGE = 10_000
@@ -330,8 +330,6 @@ class OrderDesk:
                 continue
             out.append((e.owner, *report_fields(e, instruments)))
         return out
-
-
 
 
 def report_fields(e: Report, instruments: dict[str, Instrument]) -> tuple[Callable[..., bytes], type[R.Reply], tuple]:
