@@ -212,7 +212,7 @@ class Book:
             out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq, seq))
             return
         if cmd.oco is not None:
-            partner = self.orders.get(cmd.oco) or self.stops.get(cmd.oco)
+            partner = self.order(cmd.oco)
             problem = check_oco(cmd.oco, None if partner is None else (partner.owner, partner.oco, partner.touched), cmd.owner)
             if problem is not None:
                 out.append(Rejected(problem.reason, problem.text, cmd.owner, cmd.client_id, seq, seq))
@@ -273,7 +273,7 @@ class Book:
 
     def _pair(self, order: Order, other_id: int) -> None:
         """An accepted order joins its OCO pair (its other order was checked: open, free)."""
-        other = self.orders.get(other_id) or self.stops.get(other_id)
+        other = self.order(other_id)
         assert other is not None
         order.oco, other.oco = other_id, order.order_id
         self.pairs[order.order_id], self.pairs[other_id] = other_id, order.order_id
@@ -287,14 +287,11 @@ class Book:
             if (type(e) is Fill or type(e) is Canceled) and e.order_id in pairs:
                 other_id = pairs.pop(e.order_id)
                 del pairs[other_id]
-                other = self.orders.get(other_id) or self.stops.get(other_id)
+                other = self.order(other_id)
                 if other is None:
                     continue
                 other.oco = None
-                if other.stop is not None:
-                    del self.stops[other_id]
-                elif other.order_id in self.orders and other.leaves:
-                    self._unrest(other, touched)
+                self._take_off(other, touched)
                 self._kill(other, Reason.OCO, out)
 
     def _pend(self, order: Order) -> None:
@@ -348,10 +345,7 @@ class Book:
         order = self._owned(cmd.order_id, cmd.owner, out)
         if order is None:
             return
-        if order.stop is not None:  # pending: its heap entry is skipped when met
-            del self.stops[order.order_id]
-        else:
-            self._unrest(order, touched)
+        self._take_off(order, touched)
         self._kill(order, Reason.USER, out)
 
     def _mass_cancel(self, cmd: MassCancel, out: list[Event], touched: dict) -> None:
@@ -360,11 +354,16 @@ class Book:
         only = None if cmd.order_ids is None else set(cmd.order_ids)
         mine = [o for o in (*self.orders.values(), *self.stops.values()) if o.owner == cmd.owner and (only is None or o.order_id in only)]
         for order in sorted(mine, key=_order_id):
-            if order.stop is not None:
-                del self.stops[order.order_id]
-            else:
-                self._unrest(order, touched)
+            self._take_off(order, touched)
             self._kill(order, cmd.reason, out)
+
+    def _take_off(self, order: Order, touched: dict) -> None:
+        """An open order leaves: a pending stop (its heap entry is skipped when met), or off
+        its level."""
+        if order.stop is not None:
+            del self.stops[order.order_id]
+        else:
+            self._unrest(order, touched)
 
     def _replace(self, seq: int, cmd: Replace, out: list[Event], touched: dict) -> None:
         order = self._owned(cmd.order_id, cmd.owner, out)
@@ -376,7 +375,7 @@ class Book:
                 out.append(Rejected(problem.reason, problem.text, cmd.owner, order.client_id, order.order_id, self._cause))
                 return
             if order.show is not None:
-                self._replace_iceberg(seq, cmd, order, out, touched)
+                self._replace_iceberg(cmd, order, out, touched)
                 return
         old_price = order.price
         assert old_price is not None  # a resting order has a price
@@ -429,7 +428,7 @@ class Book:
         level.total += order.leaves
         touched[level] = None
 
-    def _replace_iceberg(self, seq: int, cmd: Replace, order: Order, out: list[Event], touched: dict) -> None:
+    def _replace_iceberg(self, cmd: Replace, order: Order, out: list[Event], touched: dict) -> None:
         """The same rules for an iceberg, on its whole open quantity (shown + hidden): a
         decrease at its price keeps priority (the hidden part goes first), anything else
         re-enters it at the back, showing a new slice."""
@@ -454,13 +453,7 @@ class Book:
         self._unrest(order, touched)
         order.price, order.leaves, order.hidden = price, qty, 0
         out.append(Replaced(order.order_id, self.symbol, order.side, qty, price, False, order.owner, order.client_id, self._cause))
-        if order.tif is POST and self._crosses(order):
-            self._kill(order, Reason.WOULD_CROSS, out)
-            return
-        if self._crosses(order):
-            self._match(seq, order, out, touched)
-        if order.leaves:
-            self._rest(order, touched)
+        self._enter(order, out, touched)  # as if new: it matches, then rests a new slice
 
     def _owned(self, order_id: int, owner: str, out: list[Event]) -> Order | None:
         order = self.orders.get(order_id) or self.stops.get(order_id)

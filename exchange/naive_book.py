@@ -77,20 +77,14 @@ class NaiveBook:
         elif isinstance(cmd, Cancel):
             order = self.find(cmd.order_id, cmd.owner, out)
             if order is not None:
-                if order in self.stops:
-                    self.stops.remove(order)
-                else:
-                    self.remove(order)
+                self.withdraw(order)
                 self.cancel(order, Reason.USER, out)
         elif isinstance(cmd, Replace):
             self.replace(seq, cmd, out)
         elif isinstance(cmd, MassCancel):
             for order in sorted([*self.orders.values(), *self.stops], key=lambda o: o.order_id):
                 if order.owner == cmd.owner and (cmd.order_ids is None or order.order_id in cmd.order_ids):
-                    if order in self.stops:
-                        self.stops.remove(order)
-                    else:
-                        self.remove(order)
+                    self.withdraw(order)
                     self.cancel(order, cmd.reason, out)
         self.cancel_pairs(out, 0)
         while self._prices:  # stops reached by this command's trades fire, in the order they came
@@ -114,14 +108,18 @@ class NaiveBook:
             if isinstance(e, (Fill, Canceled)) and e.order_id in self.pairs:
                 other_id = self.pairs.pop(e.order_id)
                 del self.pairs[other_id]
-                other = self.orders.get(other_id) or next((o for o in self.stops if o.order_id == other_id), None)
+                other = self.order(other_id)
                 if other is not None:
                     other.oco = None
-                    if other in self.stops:
-                        self.stops.remove(other)
-                    else:
-                        self.remove(other)
+                    self.withdraw(other)
                     self.cancel(other, Reason.OCO, out)
+
+    def withdraw(self, order: NaiveOrder) -> None:
+        """An open order leaves: a pending stop, or off the book."""
+        if order in self.stops:
+            self.stops.remove(order)
+        else:
+            self.remove(order)
 
     def new(self, seq: int, cmd: NewOrder, out: list[Event]) -> None:
         if cmd.symbol != self.symbol:
@@ -197,7 +195,7 @@ class NaiveBook:
             self.add(order)
 
     def find(self, order_id: int, owner: str, out: list[Event]) -> NaiveOrder | None:
-        order = self.orders.get(order_id) or next((o for o in self.stops if o.order_id == order_id), None)
+        order = self.order(order_id)
         if order is None:
             out.append(Rejected(Reason.UNKNOWN_ORDER, f"order {order_id} is not open", owner, None, order_id, self._cause))
         elif order.owner != owner:

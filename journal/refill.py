@@ -24,13 +24,11 @@ from exchange.engine import Engine
 from exchange.instruments import Instrument, assets_of, load_instruments
 from journal.journal import read_batches
 from journal.layout import DataDir, first_seq_of, segment_paths
-from journal.records import encode_batch
 from journal.snapshots import newest_valid
-from journal.tradelog import split
-from journal.tradelog_writer import Frame, Piece, Writer
+from journal.tradelog import FRAME_UNITS, replayed_piece
+from journal.tradelog_writer import Frame, Writer
 
 log = structlog.get_logger("refill")
-FRAME_UNITS = 8_000  # rows per transaction
 
 
 def anchor(data_dir: Path, instruments: dict[str, Instrument], through: int) -> tuple[Engine, int] | None:
@@ -68,10 +66,9 @@ def refill(data_dir: Path, instruments: dict[str, Instrument], through: int, to:
         last = min(first_seq + len(cmds) - 1, to)
         if last <= through:
             continue  # the log has these rows: replayed for the state only
-        trades, reports = split(events)
-        record = encode_batch(first_seq, cmds[: last - first_seq + 1], ts_ns)
-        pieces.append(msgspec.Raw(encode(Piece([(first_seq, record)], trades, reports))))
-        units += len(cmds) + len(trades) + len(reports)
+        count, piece = replayed_piece(first_seq, cmds[: last - first_seq + 1], ts_ns, events)
+        pieces.append(msgspec.Raw(encode(piece)))
+        units += count
         if units >= FRAME_UNITS:
             writer.write(Frame(units, pieces, through=last))
             pieces, units = [], 0

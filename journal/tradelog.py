@@ -46,6 +46,13 @@ def split(events: list[Event]) -> tuple[list[Trade], list[Report]]:
     return trades, cast(list[Report], reports)  # filtered by exact type
 
 
+def replayed_piece(first_seq: int, cmds: list[Command], ts_ns: int, events: list[Event]) -> tuple[int, Piece]:
+    """The rows of a replayed journal batch as one hand-over, and the units it counts as
+    (recovery hands it to the writer, journal/refill.py writes it itself)."""
+    trades, reports = split(events)
+    return len(cmds) + len(trades) + len(reports), Piece([(first_seq, encode_batch(first_seq, cmds, ts_ns))], trades, reports)
+
+
 class TradeLog:
     def __init__(self, path: str | Path, instruments: dict[str, Instrument], *, max_rows: int = 500_000, telemetry: Telemetry | None = None) -> None:
         self.path = Path(path)
@@ -125,11 +132,10 @@ class TradeLog:
 
     def recover_batch(self, first_seq: int, cmds: list[Command], ts_ns: int, events: list[Event]) -> None:
         """Rows for a replayed journal batch (INSERT OR IGNORE keeps what is already there)."""
-        trades, reports = split(events)
-        units = len(cmds) + len(trades) + len(reports)
+        units, piece = replayed_piece(first_seq, cmds, ts_ns, events)
         self._pending += units
         self.queued += units
-        self._put(units, first_seq, Piece([(first_seq, encode_batch(first_seq, cmds, ts_ns))], trades, reports))
+        self._put(units, first_seq, piece)
         self._fed_through = first_seq + len(cmds) - 1
 
     def skip_batch(self, first_seq: int, count: int) -> None:

@@ -225,10 +225,10 @@ def test_an_iceberg_shows_at_most_its_slice_and_hides_the_rest(stream: list[Comm
     book = Book(TEST)
     for seq, cmd in enumerate(stream, 1):
         events = book.apply(seq, cmd)
-        for e in events:
-            if isinstance(e, BookLevelChanged):  # market data never shows more than the slices
-                level = (book.bids if e.side is Side.BUY else book.asks).levels.get(e.price)
-                assert e.qty == (0 if level is None else sum(o.leaves for o in level.orders.values()))
+        shown = {(e.side, e.price): e.qty for e in events if isinstance(e, BookLevelChanged)}  # (a level emptied and refilled: its last)
+        for (side, price), qty in shown.items():  # market data never shows more than the slices
+            level = (book.bids if side is Side.BUY else book.asks).levels.get(price)
+            assert qty == (0 if level is None else sum(o.leaves for o in level.orders.values()))
         for o in book.resting():
             if o.show is not None:
                 assert 0 < o.leaves <= o.show and o.hidden >= 0
