@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from heapq import heapify, heappop, heappush
-from itertools import groupby
+from itertools import compress, groupby
 from operator import attrgetter
 from typing import Iterator
 
@@ -696,14 +696,15 @@ def disconnected(books: dict[str, Book]) -> list[MassCancel]:
     out = []
     for symbol, book in sorted(books.items()):
         ids: dict[str, list[int]] = {}
-        for o in (*book.orders.values(), *book.stops.values()):
-            if o.cod:
-                ids.setdefault(o.owner, []).append(o.order_id)
+        orders = [*book.orders.values(), *book.stops.values()]
+        for o in compress(orders, map(attrgetter("cod"), orders)):  # (a restart looks at every open order: in C)
+            ids.setdefault(o.owner, []).append(o.order_id)
         out += [MassCancel(symbol, owner, sorted(mine), Reason.DISCONNECT) for owner, mine in sorted(ids.items())]
     return out
 
 
 encode_orders = msgspec.msgpack.Encoder().encode
+decode_orders = msgspec.msgpack.Decoder(list[Order]).decode
 NO_ORDERS = encode_orders([])
 _order_id = attrgetter("order_id")
 

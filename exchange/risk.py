@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
-from operator import itemgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Iterable
 
 import msgspec
@@ -52,6 +53,7 @@ FEE_ACCOUNT = "@fees"  # where fees go; "@" is not allowed in account names
 BUY = Side.BUY
 MAKER = Liquidity.ADDED
 _seq_of = itemgetter(0)
+_hold_key = attrgetter("account", "asset", "inst.symbol", "buy")
 SETTLED = frozenset((Replaced, Fill, Canceled, Rejected))  # the events that move money
 
 
@@ -77,11 +79,11 @@ class Hold(msgspec.Struct, gc=False):
     oco: int | None = None
 
 
-# (account, asset, available, locked), sorted; (order id, account, asset, held, price, symbol, buy, oco);
-# (ref, seq): the state a snapshot holds.
+# (account, asset, available, locked), sorted; the holds by (account, asset, symbol, buy), as
+# columns (order ids ascending, held, price, oco); (ref, seq): the state a snapshot holds.
 BalanceRow = tuple[str, str, int, int]
-HoldRow = tuple[int, str, str, int, int | None, str, bool, int | None]
-RiskState = tuple[list[BalanceRow], list[HoldRow], list[tuple[str, int]]]
+HoldGroup = tuple[str, str, str, bool, list[int], list[int], list[int | None], list[int | None]]
+RiskState = tuple[list[BalanceRow], list[HoldGroup], list[tuple[str, int]]]
 
 
 class Risk:
@@ -253,17 +255,18 @@ class Risk:
         funds already: their locks are taken out again. They are easy to find: a new
         order's hold is keyed by its seq (its order id), a replace's pending lock too,
         and transfers are listed."""
-        hold_rows = [(oid, h.account, h.asset, h.held, h.price, h.inst.symbol, h.buy, h.oco) for oid, h in self.holds.items()]
-        hold_rows.sort()  # (nearly sorted already: ids are seqs, held in order)
+        hold_groups = self._hold_groups()
         if through is None:  # all of it: no copies to take locks out of (state_hash, a full snapshot)
             rows = sorted((acct, asset, b[0], b[1]) for (acct, asset), b in self.balances.items() if b[0] or b[1])
-            return rows, hold_rows, sorted(self.refs.items())
+            return rows, hold_groups, sorted(self.refs.items())
         balances = {k: list(v) for k, v in self.balances.items()}
         refs = dict(self.refs)
-        later = bisect_right(hold_rows, through, key=_seq_of)
-        for _, account, asset, held, *_ in hold_rows[later:]:
-            _unlock(balances[(account, asset)], held)
-        del hold_rows[later:]
+        for account, asset, _, _, ids, helds, prices, ocos in hold_groups:
+            later = bisect_right(ids, through)
+            _unlock(balances[(account, asset)], sum(helds[later:]))
+            for column in (ids, helds, prices, ocos):
+                del column[later:]
+        hold_groups = [group for group in hold_groups if group[4]]
         for seq, (h, amount) in self.pending.items():
             if seq > through:
                 _unlock(balances[(h.account, h.asset)], amount)
@@ -272,22 +275,39 @@ class Risk:
             balances[(t.account, t.asset)][0] -= t.amount
             refs.pop(t.ref, None)
         rows = sorted((acct, asset, b[0], b[1]) for (acct, asset), b in balances.items() if b[0] or b[1])
-        return rows, hold_rows, sorted(refs.items())
+        return rows, hold_groups, sorted(refs.items())
+
+    def _hold_groups(self) -> list[HoldGroup]:
+        """The holds as columns, one group per (account, asset, symbol, side), ids ascending:
+        a million holds are a few lists of numbers, made and read back in C (a restart
+        loads every one)."""
+        holds = self.holds
+        by_key: dict[tuple[str, str, str, bool], list[int]] = {}
+        for oid, key in zip(holds, map(_hold_key, holds.values()), strict=True):  # (the one Python step per hold)
+            ids = by_key.get(key)
+            if ids is None:
+                by_key[key] = [oid]
+            else:
+                ids.append(oid)
+        groups: list[HoldGroup] = []
+        for (account, asset, symbol, buy), ids in sorted(by_key.items()):
+            ids.sort()  # (in order already, unless restored from a snapshot's groups)
+            mine = list(map(holds.__getitem__, ids))
+            helds, prices, ocos = (list(map(attrgetter(f), mine)) for f in ("held", "price", "oco"))
+            groups.append((account, asset, symbol, buy, ids, helds, prices, ocos))
+        return groups
 
     def load(self, state: RiskState) -> None:
-        """Restore a snapshot's state."""
-        balances, holds, refs = state
+        """Restore a snapshot's state: per hold only C (map and zip over its group's columns)."""
+        balances, hold_groups, refs = state
         self.balances = {(acct, asset): [avail, locked] for acct, asset, avail, locked in balances}
-        self.holds = mine = {}
-        specs = {  # symbol -> (a SELL's, a BUY's (buy, instrument, what a unit locks))
-            symbol: ((False, inst, inst.base_per_lot), (True, inst, inst.quote_per_lot_tick)) for symbol, inst in self.instruments.items()
-        }
-        balance, last, bal = self.balance, ("", ""), [0, 0]
-        for oid, acct, asset, held, price, symbol, buy, oco in holds:  # (one per open order: no call but Hold's)
-            if last != (acct, asset):
-                last = (acct, asset)
-                bal = balance(acct, asset)
-            mine[oid] = Hold(acct, asset, held, price, *specs[symbol][buy], bal, None, oco)
+        self.holds = mine = dict[int, Hold]()
+        for acct, asset, symbol, buy, ids, helds, prices, ocos in hold_groups:
+            inst = self.instruments[symbol]
+            unit = inst.quote_per_lot_tick if buy else inst.base_per_lot
+            n, bal = len(ids), self.balance(acct, asset)
+            made = map(Hold, repeat(acct, n), repeat(asset, n), helds, prices, repeat(buy, n), repeat(inst, n), repeat(unit, n), repeat(bal, n), repeat(None, n), ocos)
+            mine.update(zip(ids, made, strict=True))
         self.refs = dict(refs)
 
     def state_hash(self) -> str:

@@ -153,6 +153,38 @@ def need_of(book: Book, order_id: int) -> tuple[int, int | None] | None:
     return None if o is None else (o.leaves, o.price)
 
 
+def command_of(item: tuple, books: dict[str, Book], journal: list[Command]) -> Command | None:
+    """The stream item's command, given the books and the journal so far (None: nothing to do)."""
+    kind, account, symbol, side, qty, price, tif, pick = item
+    new_orders = [(s, c) for s, c in enumerate(journal, 1) if isinstance(c, NewOrder) and c.owner == account]
+    if kind == "new":
+        return NewOrder(symbol, side, qty, price, tif, account)
+    if kind == "market":
+        budget = books[symbol].sweep_cost(qty, account) if side is Side.BUY else None
+        return NewOrder(symbol, side, qty, None, TIF.IOC, account, budget=budget)
+    if kind in ("stop", "stop_market"):  # the trigger: the pick-th tick around the price
+        stop = price + (pick % 9 - 4) * 400
+        limit = price if kind == "stop" else None
+        return books[symbol].budgeted(NewOrder(symbol, side, qty, limit, tif if limit else TIF.IOC, account, stop=stop))
+    if kind == "iceberg":
+        return NewOrder(symbol, side, qty * 3, price, TIF.GTC, account, show=1 + pick % 5)
+    if kind == "cancel_all":
+        return MassCancel(symbol, account)
+    if kind == "withdraw":
+        return Transfer(account, "USD", -qty * 1000 * CENT, f"w{len(journal)}")
+    if not new_orders:
+        return None
+    target, cmd = new_orders[pick % len(new_orders)]
+    if kind == "oco":  # paired with one of the account's orders (the book refuses what it must)
+        stop = price + (pick % 9 - 4) * 400 if pick % 2 else None
+        return NewOrder(cmd.symbol, side, qty, price, TIF.GTC, account, stop=stop, oco=target)
+    if kind == "cancel":
+        return Cancel(cmd.symbol, target, account)
+    now = need_of(books[cmd.symbol], target)
+    shrink = now is not None and qty <= now[0] and pick % 2 == 0
+    return Replace(cmd.symbol, target, qty, None if shrink else price, account, shrink=shrink)
+
+
 @settings(max_examples=150, deadline=None)
 @given(stream=streams(), order=st.lists(st.integers(0, 3), min_size=200, max_size=200))
 def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: list[tuple], order: list[int]) -> None:
@@ -182,37 +214,12 @@ def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: lis
         for asset, amount in INITIAL.items():
             sequence(Transfer(account, asset, amount, f"{account}:{asset}"))
     steps = iter(order)
-    for kind, account, symbol, side, qty, price, tif, pick in stream:
+    for item in stream:
         for _ in range(next(steps, 0)):  # matching runs a few steps, in whichever symbol's order
             drain_one(SYMBOLS[next(steps, 0) % 2])
-        new_orders = [(s, c) for s, c in enumerate(journal, 1) if isinstance(c, NewOrder) and c.owner == account]
-        if kind == "new":
-            sequence(NewOrder(symbol, side, qty, price, tif, account))
-        elif kind == "market":
-            budget = books[symbol].sweep_cost(qty, account) if side is Side.BUY else None
-            sequence(NewOrder(symbol, side, qty, None, TIF.IOC, account, budget=budget))
-        elif kind in ("stop", "stop_market"):  # the trigger: the pick-th tick around the price
-            stop = price + (pick % 9 - 4) * 400
-            limit = price if kind == "stop" else None
-            sequence(books[symbol].budgeted(NewOrder(symbol, side, qty, limit, tif if limit else TIF.IOC, account, stop=stop)))
-        elif kind == "iceberg":
-            sequence(NewOrder(symbol, side, qty * 3, price, TIF.GTC, account, show=1 + pick % 5))
-        elif kind == "oco" and new_orders:  # paired with one of the account's orders (the book refuses what it must)
-            target, cmd = new_orders[pick % len(new_orders)]
-            stop = price + (pick % 9 - 4) * 400 if pick % 2 else None
-            sequence(NewOrder(cmd.symbol, side, qty, price, TIF.GTC, account, stop=stop, oco=target))
-        elif kind == "cancel_all":
-            sequence(MassCancel(symbol, account))
-        elif kind == "withdraw":
-            sequence(Transfer(account, "USD", -qty * 1000 * CENT, f"w{len(journal)}"))
-        elif new_orders:
-            target, cmd = new_orders[pick % len(new_orders)]
-            if kind == "cancel":
-                sequence(Cancel(cmd.symbol, target, account))
-            else:
-                now = need_of(books[cmd.symbol], target)
-                shrink = now is not None and qty <= now[0] and pick % 2 == 0
-                sequence(Replace(cmd.symbol, target, qty, None if shrink else price, account, shrink=shrink))
+        cmd = command_of(item, books, journal)
+        if cmd is not None:
+            sequence(cmd)
     for symbol in SYMBOLS:
         while queues[symbol]:
             drain_one(symbol)
