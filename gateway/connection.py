@@ -423,7 +423,7 @@ class Connection:
             return
         by_symbol: dict[str, list[int]] = {}
         for order_id in self.entered:
-            cmd = desk.orders.by_id.get(order_id)
+            cmd = desk.orders.get(order_id)
             if cmd is not None and cmd.owner == self.owner:
                 by_symbol.setdefault(cmd.symbol, []).append(order_id)
         for symbol, ids in sorted(by_symbol.items()):
@@ -434,8 +434,8 @@ class Connection:
         entered = self.entered
         entered.append(order_id)
         if len(entered) > 64 and len(entered) > 2 * self.desk.orders.count(self.owner):
-            by_id = self.desk.orders.by_id
-            self.entered = [i for i in entered if i in by_id]
+            is_open = self.desk.orders.is_open
+            self.entered = [i for i in entered if is_open(i)]
 
     def _submit(self, cmd: Command) -> tuple[int, Decision | None]:
         ticket, decision = outcome = self.desk.submit(cmd)
@@ -542,7 +542,7 @@ class Connection:
             if order_id is None:
                 shown = cid if CLIENT_ID.fullmatch(cid) else None
                 return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, f"no open order has id {clip(cid)}", shown)
-        order = desk.orders.by_id.get(order_id)
+        order = desk.orders.get(order_id)
         problem = check_owned(None if order is None else order.owner, order_id, self.owner)
         if problem is not None:
             return 0, None, R.Reject(problem.reason.value, problem.text, cid, order_id)

@@ -88,7 +88,7 @@ class OrderDesk:
         self._fetches: set[asyncio.Task[None]] = set()
         self._canceled_by: dict[int, int] = {}  # seq of a command -> orders it canceled (recent ones)
         for book in books.values():
-            self.orders.restore(book.symbol, [*book.resting(), *book.stops.values()])
+            self.orders.restore(book)
 
     # ------------------------------------------------------------------ sequencing
 
@@ -130,11 +130,13 @@ class OrderDesk:
         if symbol is not None and symbol not in self.instruments:
             return R.Reject(Reason.UNKNOWN_SYMBOL.value, f"no such symbol {clip(symbol)}; type SYMBOLS")
         rows: list[R.OpenOrder] = []
-        for order_id, cmd in self.orders.of_owner(owner).items():
-            if order_id <= after or (symbol is not None and cmd.symbol != symbol):
+        for order_id, order_symbol in self.orders.of_owner(owner).items():
+            if order_id <= after or (symbol is not None and order_symbol != symbol):
                 continue
             if len(rows) == limit:
                 return R.OrdersReply(rows, rows[-1].order_id)
+            cmd = self.orders.get(order_id)
+            assert cmd is not None  # (open: of_owner says so)
             inst = self.instruments[cmd.symbol]
             qty, price = self.open_qty_price(order_id, cmd)
             price_text = "MKT" if price is None else inst.format_price(price)
@@ -156,7 +158,9 @@ class OrderDesk:
         order_id = self.orders.find_client_id(owner, cid)
         if order_id is None:
             return Problem(Reason.BAD_OCO, f"no open order has id {clip(cid)}")
-        other_symbol = self.orders.by_id[order_id].symbol
+        other = self.orders.get(order_id)
+        assert other is not None  # (its owner's client id names it: open)
+        other_symbol = other.symbol
         if other_symbol != inst.symbol:
             return Problem(Reason.BAD_OCO, f"order {order_id} trades {other_symbol}: an OCO pair is in one symbol")
         live = self.books[inst.symbol].order(order_id)  # (None: accepted, not matched yet: the book decides)
@@ -304,29 +308,28 @@ class OrderDesk:
 
     def reports(self, events: list[Event]) -> list[ReportLine]:
         """Execution reports for a matching batch, in order; open orders follow the events."""
-        orders, by_id, instruments = self.orders, self.orders.by_id, self.instruments
+        orders, instruments = self.orders, self.instruments
         out: list[ReportLine] = []
         for e in events:
             if type(e) is Fill:
-                entry = by_id.get(e.order_id) if e.leaves else orders.remove(e.order_id)
+                if not e.leaves:
+                    orders.remove(e.order_id, e.owner, e.client_id)
             elif type(e) is Canceled:
-                entry = orders.remove(e.order_id)
+                orders.remove(e.order_id, e.owner, e.client_id)
                 canceled = self._canceled_by
                 canceled[e.seq] = canceled.get(e.seq, 0) + 1
                 if len(canceled) > CANCELS_KEPT:
                     del canceled[next(iter(canceled))]
-            elif type(e) is Replaced:
-                entry = by_id.get(e.order_id)
             elif type(e) is Triggered:
                 orders.fired(e.order_id)  # open still: a limit or market order from now on
             elif type(e) is Rejected:
                 self.rejects.inc_by(e.reason._value_)
                 # The engine refused a command the gateway let through: a cancel or replace
                 # that lost the race with a fill, or (never expected) a new order.
-                entry = by_id.get(e.order_id) if e.order_id is not None else None
+                entry = orders.get(e.order_id) if e.order_id is not None else None
                 if entry is not None and e.order_id is not None and self.books[entry.symbol].order(e.order_id) is None:
-                    orders.remove(e.order_id)
-            else:
+                    orders.remove(e.order_id, entry.owner, entry.client_id)
+            elif type(e) is not Replaced:
                 continue
             out.append((e.owner, *report_fields(e, instruments)))
         return out

@@ -17,15 +17,18 @@ from gateway.connection import Connection
 from gateway.desk import OrderDesk
 from gateway.intake import JournalIntake
 from protocol import replies as R
-from protocol.messages import Command, Event, Refusal, Transfer
+from protocol.messages import TIF, Command, Event, NewOrder, Refusal, Side, Transfer
 
 
 class Bench:
-    def __init__(self, max_inflight: int = 20_000) -> None:
+    def __init__(self, max_inflight: int = 20_000, journal: list[Command] = []) -> None:  # noqa: B006 (read only)
+        """journal: what a process before this one journaled (this one restarts after it)."""
         self.max_inflight = max_inflight
         self.engine = Engine(load_instruments())
-        self.journaled: list[Command] = []
-        self.durable = 0
+        for seq, cmd in enumerate(journal, 1):
+            self.engine.apply(seq, cmd)
+        self.journaled: list[Command] = list(journal)
+        self.durable = len(journal)
         self.steps: list[Callable[[], None]] = []
         self.matching = Matching(self.engine.books, self.steps.append)
         self.refusals: list[Refusal] = []
@@ -197,6 +200,28 @@ def test_json_requests_get_json_replies_in_order() -> None:
         '{"type":"ack","order_id":1,"side":"BUY","symbol":"AAPL","qty":"2","price":"99.50","tif":"GTC","id":"j1"}',
         '{"type":"pong"}',
     ]
+
+
+def test_orders_resting_at_a_restart_are_listed_canceled_by_client_id_and_free_their_client_ids() -> None:
+    before = [
+        Transfer("acct0", "USD", 10**18, "before:USD"),
+        NewOrder("AAPL", Side.BUY, 5, 9000, TIF.GTC, "acct0", "q1"),
+        NewOrder("AAPL", Side.BUY, 2, 8900, TIF.GTC, "acct0"),
+        NewOrder("ES", Side.BUY, 1, 18000, TIF.GTC, "acct1", "q1"),
+    ]
+    b = Bench(journal=before)  # the desk knows them from the books alone
+    c = b.connect()
+    b.send(c, "ORDERS\nCANCEL id=q1\n")
+    b.sync()
+    b.send(c, "BUY AAPL 1 90 id=q1\nORDERS\nCANCEL 4\n")
+    b.sync()
+    assert b.take(c) == [
+        "ORDERS 2", "ORDER 2 BUY AAPL 5 90.00 GTC id=q1", "ORDER 3 BUY AAPL 2 89.00 GTC", "END",
+        "CANCELED 2 leaves=5 reason=user id=q1",
+        "ACK 6 BUY AAPL 1 90.00 GTC id=q1",
+        "ORDERS 2", "ORDER 3 BUY AAPL 2 89.00 GTC", "ORDER 6 BUY AAPL 1 90.00 GTC id=q1", "END",
+        "REJ not_owner order=4 order 4 is not yours",
+    ]  # fmt: skip
 
 
 def test_an_owner_cannot_cancel_anothers_order() -> None:
