@@ -20,7 +20,7 @@ import hashlib
 from heapq import heapify, heappop, heappush
 from itertools import compress, groupby
 from operator import attrgetter
-from typing import Iterator
+from typing import Iterator, cast
 
 import msgspec
 
@@ -611,18 +611,20 @@ class Book:
         """Rest orders as they were (restoring a snapshot): bids best first, then asks best
         first, FIFO within a level; no matching. Per order only C runs (columns by
         attrgetter, dicts by zip): a restart loads every resting order."""
-        ids, sides, prices, leaves = (list(map(attrgetter(f), orders)) for f in ("order_id", "side", "price", "leaves"))
+        ids, prices = list(map(_order_id, orders)), list(map(_price, orders))
         self.orders.update(zip(ids, orders, strict=True))
         start = 0
         for price, run in groupby(prices):  # a bid's price is never an adjacent ask's: no crossed book
-            end = start + sum(1 for _ in run)
-            level = (self.bids if sides[start] is BUY else self.asks).add_level(price)
-            level.orders = dict(zip(ids[start:end], orders[start:end], strict=True))
-            level.total = sum(leaves[start:end])
+            end = start + len(list(run))
+            mine = orders[start:end]
+            level = (self.bids if mine[0].side is BUY else self.asks).add_level(price)
+            level.orders = dict(zip(ids[start:end], mine, strict=True))
+            level.total = sum(map(_leaves, mine))
             start = end
         for order in stops:
             self._pend(order)
-        self.pairs = {o.order_id: o.oco for o in (*orders, *stops) if o.oco is not None}
+        paired = [*orders, *stops]
+        self.pairs = {o.order_id: cast(int, o.oco) for o in compress(paired, map(_oco, paired))}
         self.md_seq, self.last = md_seq, last
         bid, ask = self.bids.best(), self.asks.best()
         self.quote = (bid, 0 if bid is None else self.bids.levels[bid].total, ask, 0 if ask is None else self.asks.levels[ask].total)
@@ -706,7 +708,7 @@ def disconnected(books: dict[str, Book]) -> list[MassCancel]:
 encode_orders = msgspec.msgpack.Encoder().encode
 decode_orders = msgspec.msgpack.Decoder(list[Order]).decode
 NO_ORDERS = encode_orders([])
-_order_id = attrgetter("order_id")
+_order_id, _price, _leaves, _oco = attrgetter("order_id"), attrgetter("price"), attrgetter("leaves"), attrgetter("oco")
 
 
 def hash_book(symbol: str, md_seq: int, encoded_orders: bytes, encoded_stops: bytes = NO_ORDERS, last: int | None = None) -> str:

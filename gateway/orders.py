@@ -13,7 +13,7 @@ entry from the book's order the first time it is needed.
 
 from __future__ import annotations
 
-from itertools import compress, repeat
+from itertools import compress
 from operator import attrgetter
 from typing import Mapping, cast
 
@@ -58,12 +58,12 @@ class OpenOrders:
         self.books = {**self.books, book.symbol: book}
         symbol, resting = book.symbol, [*book.orders.values(), *book.stops.values()]
         ids, owners, client_ids = (list(map(attrgetter(f), resting)) for f in ("order_id", "owner", "client_id"))
-        self.restored.update(zip(ids, repeat(symbol)))
+        self.restored.update(dict.fromkeys(ids, symbol))
         mines = {owner: self.owners.setdefault(owner, OwnerOrders()) for owner in set(owners)}
         for mine in mines.values():
             mine.in_order = False  # priority order, not id order
         if len(mines) == 1:
-            mines[owners[0]].symbols.update(zip(ids, repeat(symbol)))
+            mines[owners[0]].symbols.update(dict.fromkeys(ids, symbol))
         else:
             for order_id, owner in zip(ids, owners, strict=True):
                 mines[owner].symbols[order_id] = symbol

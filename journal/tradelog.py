@@ -54,8 +54,16 @@ def replayed_piece(first_seq: int, cmds: list[Command], ts_ns: int, events: list
 
 
 class TradeLog:
-    def __init__(self, path: str | Path, instruments: dict[str, Instrument], *, max_rows: int = 500_000, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self, path: str | Path, instruments: dict[str, Instrument], *, max_rows: int = 500_000, telemetry: Telemetry | None = None, held: bool = False
+    ) -> None:
         self.path = Path(path)
+        # held: nothing goes to the writer process until release() (or until something waits
+        # for it): a restart's replayed rows then wait until the server listens, instead of
+        # taking CPU from rebuilding the books on a machine with few cores.
+        self._released = asyncio.Event()
+        if not held:
+            self._released.set()
         self.instruments = instruments
         self.max_rows = max_rows
         self._proc: asyncio.subprocess.Process | None = None
@@ -174,8 +182,12 @@ class TradeLog:
         self._pending -= units
         return Frame(units, pieces), first
 
+    def release(self) -> None:
+        self._released.set()
+
     async def run(self) -> None:
         """Every BATCH_WINDOW, what was handed over goes to the writer process, in frames."""
+        await self._released.wait()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -241,6 +253,7 @@ class TradeLog:
     async def wait_committed(self) -> None:
         """Wait until everything handed over so far is committed."""
         target = self.queued
+        self.release()
         while self.committed < target:
             if self._proc is not None and self._proc.returncode is not None:
                 raise RuntimeError(f"the trade log writer exited with {self._proc.returncode}")
@@ -274,3 +287,4 @@ class TradeLog:
         """Send what is left; run() then ends the writer process."""
         self._closing = True
         self._wake.set()
+        self.release()

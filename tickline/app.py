@@ -158,7 +158,7 @@ class Serve:
         """2. The trade log, then the books: the newest snapshot + the journal tail, whose
         trades the log gets again (INSERT OR IGNORE) in case a crash lost them."""
         config, data = self.config, self.data
-        self.tradelog = TradeLog(data.trades, self.instruments, max_rows=config.tradelog_max_rows, telemetry=self.telemetry)
+        self.tradelog = TradeLog(data.trades, self.instruments, max_rows=config.tradelog_max_rows, telemetry=self.telemetry, held=True)
         await self.tradelog.open()
         self.tradelog_task = asyncio.create_task(self.tradelog.run(), name="tradelog-writer")
         before_recovery()
@@ -262,9 +262,10 @@ class Serve:
 
     def start_snapshots(self) -> None:
         """8. Snapshots every so many commands (and at shutdown), so a restart replays little;
-        and the trade log's refill, if it lacks rows before the snapshot restarted from.
-        Once listening: neither may hold up listening."""
+        the trade log's writer takes the rows recovery replayed; and its refill, if it lacks
+        rows before the snapshot restarted from. Once listening: none may hold up listening."""
         config, journal, intake = self.config, self.journal, self.intake
+        self.tradelog.release()
         self.snapshotter = Snapshotter(
             config.data_dir, self.books, self.risk, lambda: journal.durable_seq, lambda: intake.settled(journal.durable_seq), self.tradelog,
             every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention,
