@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import profile
 from bench.browser import chromium
 from bench.fsync_probe import fsync_latency_us
 from bench.workload import Stream, make_stream
@@ -267,6 +268,7 @@ class PhaseResult:
     send_lag_ms: dict[str, float] = field(default_factory=dict)  # open loop: the generator's own lateness
     telemetry: dict = field(default_factory=dict)  # the exchange's own figures for the phase (admin TELEMETRY)
     cpu_us_per_request: dict[str, float] = field(default_factory=dict)  # CPU time by thread/process over requests answered
+    profile: list[str] = field(default_factory=list)  # --profile: the top functions per process (bench/profile.py)
 
 
 def _summary(values: array[int]) -> dict[str, float]:
@@ -436,6 +438,9 @@ def breakdown(r: PhaseResult) -> list[str]:
     rows = [f"  {r.phase}: longest interval with no reply {r.silence_ms:.1f} ms"]
     if r.cpu_us_per_request:
         rows.append("    CPU per request answered (us): " + ", ".join(f"{k} {v:g}" for k, v in r.cpu_us_per_request.items()))
+    if r.profile:
+        rows.append("    where it went (py-spy, own samples per function):")
+        rows += r.profile
     lag = r.send_lag_ms
     if lag:
         rows.append(f"    {'load generator lag (planned -> sent)':46} p50 {lag['p50']:8.2f}  p99 {lag['p99']:8.2f}  max {lag['max']:8.1f} ms")
@@ -634,7 +639,7 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
         if per_conn not in streams_by_size:
             streams_by_size[per_conn] = [make_stream(per_conn, args.seed, c) for c in range(args.connections)]
     sys.stderr.write(f"generated {sum(len(s.lines) for v in streams_by_size.values() for s in v):,} request lines in {time.perf_counter() - t0:.1f}s\n")
-    results = []
+    results: list[PhaseResult] = []
     for label, rate, per_conn in phases:
         for kind in servers:
             data = Path(tempfile.mkdtemp(prefix="tickline-bench-", dir=args.data_dir))
@@ -646,6 +651,10 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
                     fund_accounts(data, logins)
                     server_telemetry(data, reset=True)  # the phase's figures only, not the start's
                 gap = args.send_every_ms if args.send_every_ms is not None else (0.1 if (rate or 0) <= 20_000 else 1.0)
+                sampler = None
+                if args.profile is not None and kind == "exchange":
+                    profile_path = args.profile / f"{len(results) + 1}-{label.split(',')[0].replace(' ', '-').replace('/', '')}.txt"
+                    sampler = profile.start(server.proc.pid, profile_path)
                 cpu_before, generator_before = cpu_seconds(server.proc.pid), time.process_time()
                 browser_before = tree_cpu_seconds(page.service.process.pid) if page is not None else 0.0
                 result = run_phase(
@@ -653,6 +662,9 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
                     md_port=server.md_port, subscribers=args.subscribers, logins=logins,
                 )  # fmt: skip
                 cpu = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_seconds(server.proc.pid).items()}
+                if sampler is not None:
+                    profile.stop(sampler)
+                    result.profile = profile.summary(profile_path)
                 cpu["load generator"] = time.process_time() - generator_before
                 if page is not None:
                     cpu["browser (one page)"] = tree_cpu_seconds(page.service.process.pid) - browser_before
@@ -695,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "bench", help="where the exchange's journal goes (its disk is probed)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "load.json")
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--profile", type=Path, help="sample the exchange with py-spy over each phase: raw stacks here, top functions printed")
     args = parser.parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     args.pinned = pin_generator() if args.pin_generator else None
