@@ -462,7 +462,21 @@ def test_the_whole_cluster_down_and_up_again_keeps_books_orders_balances_and_ids
             return out
 
         before = state()
+        # `tickline balances` on a cluster directory asks its risk shards (both, here)
+        said = tickline_cli("balances", "--data-dir", str(cluster.dir))
+        assert said.returncode == 0 and said.stdout.startswith("balances from the running cluster (risk shard 0 through"), said
+        for name in ("t1", "t2"):
+            shown = sorted(tuple(line.split()[1:]) for line in before[name] if line.startswith("BALANCE "))
+            listed = sorted(tuple(line.split()[1:]) for line in said.stdout.splitlines() if line.startswith(f"{name} "))
+            assert shown and listed == shown, (shown, listed)
         cluster.stop()
+        # Pointed at a stopped cluster's directory, the commands that read a journal say why not.
+        for words in (["balances"], ["replay", "--verify"], ["serve", "--port", "0"]):
+            refused = tickline_cli(*words, "--data-dir", str(cluster.dir))
+            assert refused.returncode == 1 and refused.stdout == "", refused
+            assert refused.stderr.startswith(f"tickline: {cluster.dir} is a `tickline cluster` directory: its journal is its JetStream stream") or (
+                words == ["balances"] and refused.stderr.startswith(f"tickline: the cluster in {cluster.dir} is not running")
+            ), refused.stderr
         cluster.up()  # the same directory: the NATS nodes' stores, every role replaying
         assert state() == before
         # t1's risk shard numbers on from where it was (every second number: two shards)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     telemetry.add_argument("--reset", action="store_true", help="then start the figures again")
     telemetry.add_argument("--json", action="store_true", help="one line of JSON, as the admin channel says it")
 
-    balances = commands.add_parser("balances", help="every account's balances, from the journal (offline: the server may run or not)")
+    balances = commands.add_parser("balances", help="every account's balances, from the journal (offline: the server may run or not; a cluster's from its running risk shards)")
     _common(balances)
     balances.add_argument("--account")
 
@@ -176,8 +176,15 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _not_a_cluster(data_dir: Path, why: str) -> None:
+    """Refuse a `tickline cluster` directory where a serve data directory is meant."""
+    if (Path(data_dir) / "cluster.json").exists():
+        raise OperatorError(f"{data_dir} is a `tickline cluster` directory: {why}")
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
+        _not_a_cluster(args.data_dir, f"its journal is its JetStream stream; start it with `tickline cluster up --dir {args.data_dir}`")
         if (args.tls_cert is None) != (args.tls_key is None):
             raise OperatorError("--tls-cert and --tls-key go together")
         exposed = [h for h in (args.host, args.md_host) if not _loopback(h)]
@@ -327,16 +334,34 @@ def _accounts(args: argparse.Namespace) -> int:
 
 
 def _balances(args: argparse.Namespace) -> int:
-    """Replays the snapshot + journal tail (read only) and prints every balance."""
-    from exchange.instruments import load_instruments
-    from journal.recovery import latest_state
+    """Replays the snapshot + journal tail (read only) and prints every balance; a cluster's
+    come from its risk shards (it has no journal files: it must be running)."""
+    from exchange.instruments import assets_of, load_instruments
 
-    engine, _, last = latest_state(args.data_dir, load_instruments(args.instruments))
-    risk = engine.risk
-    sys.stdout.write(f"balances after journal seq {last}\n")
-    for account, asset, available, locked in risk.state()[0]:
+    if (Path(args.data_dir) / "cluster.json").exists():
+        import asyncio
+
+        from tickline.cluster import ClusterConfig, ClusterDown
+        from tickline.cluster import balances as cluster_balances
+
+        config = ClusterConfig.load(args.data_dir)
+        try:
+            rows, applied = asyncio.run(cluster_balances(config))
+        except ClusterDown as exc:
+            where = args.data_dir
+            raise OperatorError(f"the cluster in {where} is not running, {exc}: its balances live in its risk shards; `tickline cluster up --dir {where}`") from None
+        assets = assets_of(load_instruments(Path(config.instruments) if config.instruments else None))
+        shards = ", ".join(f"risk shard {shard} through stream seq {seq}" for shard, seq in sorted(applied.items()))
+        sys.stdout.write(f"balances from the running cluster ({shards})\n")
+    else:
+        from journal.recovery import latest_state
+
+        engine, _, last = latest_state(args.data_dir, load_instruments(args.instruments))
+        rows, assets = engine.risk.state()[0], engine.risk.assets
+        sys.stdout.write(f"balances after journal seq {last}\n")
+    for account, asset, available, locked in rows:
         if args.account is None or account == args.account:
-            a = risk.assets[asset]
+            a = assets[asset]
             sys.stdout.write(f"{account} {asset} available={a.format(available)} locked={a.format(locked)}\n")
     return 0
 
@@ -345,6 +370,7 @@ def _replay(args: argparse.Namespace) -> int:
     from exchange.instruments import load_instruments
     from journal.verify import verify
 
+    _not_a_cluster(args.data_dir, "its journal is its JetStream stream, not files here; `tickline replay` reads a `tickline serve` data directory")
     v = verify(args.data_dir, load_instruments(args.instruments))
     out = sys.stdout.write
     out(f"journal: {v.commands:,} commands; full replay state {v.full_hash}\n")

@@ -482,3 +482,36 @@ async def _submit_transfers(config: ClusterConfig, wanted: dict[int, Transfer], 
     finally:
         reading.cancel()
         await nc.close()
+
+
+class ClusterDown(Exception):
+    """The cluster's processes do not answer."""
+
+
+async def balances(config: ClusterConfig) -> tuple[list[tuple[str, str, int, int]], dict[int, int]]:
+    """Every balance, from the risk shards that own them (a cluster has no journal files to
+    replay): (account, asset, available, locked) rows sorted, and each shard's last input applied."""
+    import nats
+
+    try:  # (nats.connect retries a refused first connection for ever: the deadline is ours)
+        nc = await asyncio.wait_for(nats.connect(config.urls, connect_timeout=1, max_reconnect_attempts=0, error_cb=_quiet_error), 5)
+    except Exception as exc:  # (nats raises its own kinds, and OSError)
+        why = "within 5 s" if isinstance(exc, TimeoutError) else f"({type(exc).__name__})"
+        raise ClusterDown(f"its NATS nodes do not answer {why}") from None
+    try:
+        rows: list[tuple[str, str, int, int]] = []
+        applied: dict[int, int] = {}
+        for shard in range(config.layout.risk_shards):
+            try:
+                reply = json.loads((await nc.request(f"state.risk.{shard}", b"", timeout=5)).data)
+            except Exception as exc:  # (no responders, a timeout)
+                raise ClusterDown(f"risk shard {shard} does not answer ({type(exc).__name__})") from None
+            rows += [tuple(row) for row in reply["balances"]]
+            applied[shard] = reply["applied"]
+        return sorted(rows), applied
+    finally:
+        await nc.close()
+
+
+async def _quiet_error(exc: Exception) -> None:
+    pass
