@@ -446,6 +446,37 @@ def test_kill_9_of_any_one_process_under_load_loses_no_acked_order_and_duplicate
         cluster.stop()
 
 
+def test_down_stops_a_role_started_by_hand_and_up_refuses_while_one_serves(tmp_path: Path) -> None:
+    """Reported: a role restarted with `tickline cluster role ...` (as the docs say) kept
+    running after `cluster down`, and the next `up` started a second gateway on its port."""
+    from tickline.cluster import start_role
+
+    cluster = Cluster(tmp_path / "c").start(funded=["t1"])
+    try:
+        log = cluster.dir / "gateway-0.log"
+        listened = log.read_text(errors="replace").count("order_entry_listening")
+        cluster.kill("gateway")
+        by_hand = start_role(cluster.dir, "gateway", 0)  # as an operator would, not through the harness
+        deadline = time.monotonic() + 60
+        while log.read_text(errors="replace").count("order_entry_listening") == listened:
+            assert by_hand.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert cluster.client("t1").ask("PING") == ["PONG"]
+        again = tickline_cli("cluster", "up", "--dir", str(cluster.dir), "--port", str(cluster.port), "--md-port", str(cluster.md_port))
+        assert again.returncode == 1 and again.stderr.startswith(f"tickline: a cluster is up in {cluster.dir}"), again
+        assert tickline_cli("cluster", "down", "--dir", str(cluster.dir)).returncode == 0
+        by_hand.wait(timeout=15)  # stopped by `down`, like the roles `up` started
+        assert not [pid for pid in cluster_pids_alive(cluster)], "something still serves the directory"
+    finally:
+        if by_hand.poll() is None:
+            by_hand.kill()
+        cluster.stop()
+
+
+def cluster_pids_alive(cluster: Cluster) -> list[int]:
+    return [int(line.split()[0]) for line in (cluster.dir / "pids").read_text().splitlines() if process_alive(int(line.split()[0]))] if (cluster.dir / "pids").exists() else []
+
+
 def test_the_whole_cluster_down_and_up_again_keeps_books_orders_balances_and_ids(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path / "c", "--risk-shards", "2").start(funded=["t1", "t2"])
     try:

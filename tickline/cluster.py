@@ -98,6 +98,7 @@ class ClusterConfig:
 
 
 async def run_role(config: ClusterConfig, role: str, index: int) -> int:
+    register(Path(config.directory), role, index)  # (started by hand too: `down` stops it)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -323,14 +324,49 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
 # ---------------------------------------------------------------------- up / down
 
 
+def register(directory: Path, role: str, index: int) -> None:
+    """Add this process to <dir>/pids (pid role index), where `down` finds what serves the
+    directory: a role started by hand as well as those `up` started (it lists them too)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "pids", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # roles start together: one reads and appends at a time
+        f.seek(0)
+        if not any(line.split()[:1] == [str(os.getpid())] for line in f.read().splitlines()):
+            f.write(f"{os.getpid()} {role} {index}\n")
+
+
+def _serving(directory: Path) -> list[int]:
+    """The pids in <dir>/pids that are still this directory's processes (a pid the system
+    has since given to another program is not signalled)."""
+    pids_file = directory / "pids"
+    if not pids_file.exists():
+        return []
+    pids = list(dict.fromkeys(int(line.split()[0]) for line in pids_file.read_text().splitlines() if line.strip()))
+    return [pid for pid in pids if _ours(pid, directory)]
+
+
+def _ours(pid: int, directory: Path) -> bool:
+    if not process_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return True  # (no /proc: trust the file)
+    here = directory.resolve()
+    return any(form in cmdline for form in (str(directory), str(here), os.path.relpath(here)))
+
+
 def up(config: ClusterConfig, demo: bool = False) -> int:
     """Start the NATS nodes and every role as background processes; wait until each has
     caught up with the stream (gateways and notifiers listen, shards answer). Their pids
-    go to <dir>/pids for `down`."""
+    go to <dir>/pids for `down` (and each role adds itself, also when started by hand)."""
     directory = Path(config.directory)
-    if (directory / "pids").exists() and any(process_alive(int(line.split()[0])) for line in (directory / "pids").read_text().splitlines() if line.strip()):
+    if _serving(directory):
         sys.stderr.write(f"tickline: a cluster is up in {directory}: tickline cluster down --dir {directory} first\n")
         return 1
+    (directory / "pids").unlink(missing_ok=True)  # (what a crashed cluster left: none of it runs)
     config.save()
     nats = NatsCluster(directory / "nats", ports=config.nats_ports)
     nats.directory.mkdir(parents=True, exist_ok=True)
@@ -349,7 +385,8 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
     logs_before = {(role, i): _size(directory / f"{role}-{i}.log") for role, i in roles}  # a restart appends
     procs = [(role, i, start_role(directory, role, i)) for role, i in roles]
     pids += [f"{p.pid} {role} {i}" for role, i, p in procs]
-    (directory / "pids").write_text("\n".join(pids) + "\n")  # pid role index, per line
+    with open(directory / "pids", "a") as f:  # pid role index, per line (the roles add themselves too)
+        f.write("\n".join(pids) + "\n")
     for role, i, proc in procs:  # each caught up with the stream, and listening or answering
         if role != "tradelog" and not _wait_ready(directory / f"{role}-{i}.log", logs_before[(role, i)], proc):
             sys.stderr.write(f"tickline: the {role} {i} did not start; see {directory}/{role}-{i}.log\n")
@@ -397,19 +434,28 @@ def _wait_ready(log_path: Path, start: int, proc: subprocess.Popen[bytes], timeo
 
 
 def down(directory: Path) -> int:
-    """SIGTERM every process `up` started (roles first, NATS last), kill what lingers."""
+    """SIGTERM every process that serves the directory (roles first, NATS last: `up`
+    started those, a role started by hand added itself), kill what lingers."""
     pids_file = directory / "pids"
     if not pids_file.exists():
         sys.stderr.write(f"tickline: no cluster is up in {directory}\n")
         return 1
-    pids = [int(line.split()[0]) for line in pids_file.read_text().splitlines() if line.strip()]
-    for pid in reversed(pids):
+    pids = _serving(directory)
+    nats = [pid for pid in pids if "nats-server" in _cmdline(pid)]
+    for pid in [*reversed([p for p in pids if p not in nats]), *nats]:
         _signal(pid, signal.SIGTERM)
         if not _wait_gone(pid, 10.0):
             _signal(pid, signal.SIGKILL)
     pids_file.unlink()
     sys.stdout.write("cluster down\n")
     return 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _signal(pid: int, sig: int) -> None:
