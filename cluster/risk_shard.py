@@ -50,8 +50,17 @@ class RiskShard:
         await self.nc.subscribe(f"balances.{self.shard}", cb=self._balances)
         await self.nc.subscribe(f"state.risk.{self.shard}", cb=self._state)
         log.info("risk_shard_caught_up", shard=self.shard, applied=self.applied)
+        heartbeat = asyncio.create_task(self._heartbeat())  # (the gateways call a silent shard down)
+        try:
+            while True:
+                await self.step(await self.reader.batch())
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self) -> None:
         while True:
-            await self.step(await self.reader.batch())
+            await self.nc.publish(f"alive.risk.{self.shard}", b"")
+            await asyncio.sleep(0.5)
 
     async def step(self, batch: list) -> None:
         layout, risk, step = self.layout, self.risk, self.sequencer.step

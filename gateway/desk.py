@@ -49,6 +49,11 @@ ReportLine = tuple[str, Callable[..., bytes], type[R.Reply], tuple]
 CANCELS_KEPT = 10_000  # cancelling commands whose count is kept for CANCEL ALL's reply
 
 
+
+class SourceUnavailable(Exception):
+    """A lookup's source (a cluster's risk shard) is not answering: said to the client as
+    ERR unavailable with this text."""
+
 class OrderDesk:
     def __init__(
         self,
@@ -280,6 +285,8 @@ class OrderDesk:
         async def run() -> None:
             try:
                 reply = await work
+            except SourceUnavailable as exc:
+                reply = R.Error("unavailable", str(exc))
             except Exception as exc:
                 log.error(f"{what}_query_failed", about=about, error=repr(exc))
                 reply = R.Error("internal", f"{source} could not be read; try again")

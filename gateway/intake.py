@@ -16,11 +16,12 @@ until what came before them is *settled*: released and matched. Two intakes, one
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Protocol
 
 from exchange.sequencer import Sequencer
 from gateway.orders import OpenOrders
-from protocol.messages import Command, NewOrder, Problem, Reason
+from protocol.messages import Command, NewOrder, Problem, Reason, Replace
 
 Decision = int | Problem  # the seq (a new order's id) the command was accepted as, or why not
 
@@ -69,9 +70,13 @@ class StreamIntake:
     """A cluster gateway: tickets are this gateway's own numbers (its `name` is this
     incarnation); `forward` sends a command with its ticket to its account's risk shard."""
 
-    def __init__(self, name: str, forward: Callable[[int, Command], None]) -> None:
+    def __init__(self, name: str, forward: Callable[[int, Command], None], unavailable: Callable[[Command], str | None] = lambda cmd: None) -> None:
         self.name = name
         self.forward = forward
+        # Why a command's risk shard cannot decide it now (it stopped answering), or None:
+        # a new order or replace for it is refused at once rather than left waiting.
+        self.unavailable = unavailable
+        self.waiting: dict[int, tuple[float, Command]] = {}  # forwarded new orders and replaces not decided yet: (since, command)
         self.orders = OpenOrders()  # every accepted new order joins as the stream tells of it (this gateway's or not)
         self.tickets = 0  # the last ticket given
         self.through = 0  # every ticket up to this one is decided
@@ -81,10 +86,28 @@ class StreamIntake:
         self.matched_through = 0  # every ticket up to this one is decided and its matching applied here
 
     def submit(self, cmd: Command) -> tuple[int, Decision | None]:
+        weighed = type(cmd) is NewOrder or type(cmd) is Replace
+        if weighed and (why := self.unavailable(cmd)) is not None:
+            return 0, Problem(Reason.UNAVAILABLE, f"{why}: nothing was done; try again")
         self.tickets += 1
         self.undecided.add(self.tickets)
+        if weighed:
+            self.waiting[self.tickets] = (time.monotonic(), cmd)
         self.forward(self.tickets, cmd)
         return self.tickets, None
+
+    def give_up(self, after: float) -> bool:
+        """Refuse the new orders and replaces that have waited more than `after` seconds for
+        a risk shard that stopped answering: their clients hear within a bound (and what
+        came after them is answered). Whether false: once the shard is back it decides them
+        from the stream, so the refusal says so. Returns whether any was refused."""
+        now, refused = time.monotonic(), False
+        for ticket, (since, cmd) in list(self.waiting.items()):
+            why = self.unavailable(cmd) if now - since > after else None
+            if why is not None:
+                self.turned_down(ticket, Reason.UNAVAILABLE.value, f"{why} and has not decided it; it may still take effect once it is back: see ORDERS")
+                refused = True
+        return refused
 
     def decision(self, ticket: int) -> Decision:
         return self.decisions.pop(ticket)
@@ -105,15 +128,17 @@ class StreamIntake:
     def sequenced(self, gateway: str, ticket: int, seq: int, cmd: Command) -> None:
         """A risk shard accepted a command (it is on the stream's quorum) as seq."""
         self.latest = max(self.latest, seq)
-        if gateway == self.name:
+        if gateway == self.name and ticket in self.undecided:  # (not if it was given up on)
             self.decisions[ticket] = seq
             self.undecided.discard(ticket)
+            self.waiting.pop(ticket, None)
         if type(cmd) is NewOrder:
             self.orders.add(seq, cmd)
 
     def turned_down(self, ticket: int, reason: str, text: str) -> None:
         if ticket in self.undecided:
             self.undecided.discard(ticket)
+            self.waiting.pop(ticket, None)
             self.decisions[ticket] = Problem(Reason(reason), text)
 
     def advance(self) -> int:

@@ -51,6 +51,7 @@ class Reason(enum.Enum):
     DUPLICATE_ID = "duplicate_id"  # the client order id is already used by an open order
     BAD_ID = "bad_id"  # a client order id must be 1-32 of A-Z a-z 0-9 . _ : -
     SHUTTING_DOWN = "shutting_down"
+    UNAVAILABLE = "unavailable"  # a cluster: the account's risk shard is not answering
     INSUFFICIENT_FUNDS = "insufficient_funds"  # the owner cannot pay for it (see exchange/risk.py)
     NOT_LOGGED_IN = "not_logged_in"  # orders need an account: LOGIN first
     BAD_LOGIN = "bad_login"  # a wrong name or password

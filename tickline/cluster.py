@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import structlog
@@ -39,7 +39,7 @@ from exchange.risk import SETTLED, Risk
 from exchange.transfers import reply as transfer_reply
 from exchange.transfers import terms as transfer_terms
 from exchange.transfers import unknown_account
-from gateway.desk import OrderDesk
+from gateway.desk import OrderDesk, SourceUnavailable
 from gateway.intake import StreamIntake
 from gateway.server import Gateway
 from journal.accounts import Accounts
@@ -48,12 +48,13 @@ from journal.layout import DataDir
 from journal.records import encode_batch
 from journal.tradelog import TradeLog
 from notifier.server import Notifier
-from protocol.messages import Event, Problem, Reason, Transfer
+from protocol.messages import Command, Event, OrderCommand, Problem, Reason, Transfer
 from telemetry.registry import Telemetry
 from tickline import __version__
 
 log = structlog.get_logger("cluster")
 DECISIONS_GRACE = 10.0  # seconds a stopping gateway waits for the risk shards' decisions on what it took
+RISK_SILENT = 3.0  # seconds without a risk shard's heartbeat (it sends one every 0.5 s) before a gateway calls it down
 TRADELOG_BEHIND = 100_000  # rows handed to the trade log's writer and not committed before reading waits
 
 
@@ -162,7 +163,29 @@ class GatewayRole:
         accounts' risk shards (grouped into one message per shard while one is in flight)."""
         self.replica = Replica(self.js, self.instruments)
         submitter = Submitter(self.js, self.name, self.config.layout)
-        self.intake = StreamIntake(self.name, submitter.forward)
+        self.intake = StreamIntake(self.name, submitter.forward, self.unavailable)
+        self.heard: dict[int, float] = {}  # risk shard -> when its last heartbeat came (alive.risk.<k>)
+        self.since = time.monotonic()
+
+    def risk_down(self, account: str) -> str | None:
+        """Why the account's risk shard cannot answer now (no heartbeat for RISK_SILENT s), or None."""
+        shard = self.config.layout.risk_of(account)
+        if time.monotonic() - self.heard.get(shard, self.since) > RISK_SILENT:
+            return f"risk shard {shard} is not answering"
+        return None
+
+    def unavailable(self, cmd: Command) -> str | None:
+        return self.risk_down(cast(OrderCommand, cmd).owner)
+
+    async def _heartbeat(self, msg: Any) -> None:
+        self.heard[int(msg.subject.rsplit(".", 1)[1])] = time.monotonic()
+
+    async def _give_up(self) -> None:
+        """Twice a second: what waits on a risk shard that stopped answering is refused."""
+        while True:
+            await asyncio.sleep(0.5)
+            if self.intake.give_up(RISK_SILENT):
+                self._after_batch()
 
     async def build_desk(self) -> None:
         """2. The desk and the gateway: balances from the account's risk shard, history from
@@ -184,8 +207,14 @@ class GatewayRole:
 
     async def balances(self, account: str) -> list[tuple[str, int, int]]:
         """BALANCES, once the risk shard has settled what this gateway has shown the account."""
+        down = self.risk_down(account)
+        if down is not None:
+            raise SourceUnavailable(f"{down}; try again")
         ask = encode(BalancesAsk(account, self.money_seen.get(account, {})))
-        reply = await self.nc.request(f"balances.{self.config.layout.risk_of(account)}", ask, timeout=5)
+        try:
+            reply = await self.nc.request(f"balances.{self.config.layout.risk_of(account)}", ask, timeout=5)
+        except Exception as exc:  # (nats: a timeout, no responders)
+            raise SourceUnavailable(f"risk shard {self.config.layout.risk_of(account)} did not answer ({type(exc).__name__}); try again") from None
         return [tuple(row) for row in msgspec.msgpack.decode(reply.data)]
 
     def follow_the_stream(self) -> asyncio.Task[Any]:
@@ -193,6 +222,7 @@ class GatewayRole:
         the accepted commands with their matching (orders.>); then ACKs and REJs in request
         order, then the reports."""
         self.refusals = asyncio.create_task(self._read_refusals())
+        self.watch = asyncio.create_task(self._give_up())
         return asyncio.create_task(self._follow_orders())
 
     async def _read_refusals(self) -> None:  # (a gateway sends no transfers: every verdict is a refusal)
@@ -233,6 +263,8 @@ class GatewayRole:
     async def listen(self, follow: asyncio.Task[Any]) -> None:
         """4. Once caught up with the stream (current books), listen."""
         await _until_caught_up(self.replica, follow)
+        await self.nc.subscribe("alive.risk.*", cb=self._heartbeat)
+        self.since = time.monotonic()  # (a shard is given RISK_SILENT from now to be heard)
         host, port = await self.gateway.start(self.config.host, self.config.port, reuse_port=True)
         log.info("order_entry_listening", host=host, port=port, gateway=self.name, caught_up=self.replica.applied)
         self.follow = follow
@@ -250,6 +282,7 @@ class GatewayRole:
             log.warning("shutting_down_undecided", requests=undecided)
         await self.gateway.close(f"shutting down; {undecided} requests undecided: see ORDERS after reconnecting" if undecided else "shutting down", 2.0)
         self.refusals.cancel()
+        self.watch.cancel()
         follow.cancel()
         await self.history.close()
         await self.accounts.close()
