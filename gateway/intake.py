@@ -99,8 +99,8 @@ class StreamIntake:
     def give_up(self, after: float) -> bool:
         """Refuse the new orders and replaces that have waited more than `after` seconds for
         a risk shard that stopped answering: their clients hear within a bound (and what
-        came after them is answered). Whether false: once the shard is back it decides them
-        from the stream, so the refusal says so. Returns whether any was refused."""
+        came after them is answered). The shard, once back, still decides them from the
+        stream, so the refusal says they may take effect. Returns whether any was refused."""
         now, refused = time.monotonic(), False
         for ticket, (since, cmd) in list(self.waiting.items()):
             why = self.unavailable(cmd) if now - since > after else None

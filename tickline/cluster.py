@@ -381,14 +381,15 @@ def _serving(directory: Path) -> list[int]:
 
 
 def _ours(pid: int, directory: Path) -> bool:
+    """Alive, and started for this directory (its command line names it, as given or resolved)."""
     if not process_alive(pid):
         return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+    cmdline = _cmdline(pid)
+    if not cmdline:
         return True  # (no /proc: trust the file)
     here = directory.resolve()
-    return any(form in cmdline for form in (str(directory), str(here), os.path.relpath(here)))
+    forms = {str(directory), str(here), os.path.relpath(here)} - {".", ""}
+    return any(form in cmdline for form in forms)
 
 
 def up(config: ClusterConfig, demo: bool = False) -> int:
