@@ -16,7 +16,7 @@ import msgspec
 import structlog
 
 from cluster.stream import Outbox, Reader, last_message, publish_once
-from cluster.wire import Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
+from cluster.wire import BalancesAnswer, Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
 from exchange.risk import Risk
 from exchange.sequencer import Sequencer
@@ -114,7 +114,8 @@ class RiskShard:
             if all(self.settled_through.get(e, 0) >= seq for e, seq in ask.seen.items()):
                 break
             await asyncio.sleep(0.001)
-        await msg.respond(encode(self.risk.of(ask.account)))
+        behind = sorted(e for e, seq in ask.seen.items() if self.settled_through.get(e, 0) < seq)
+        await msg.respond(encode(BalancesAnswer(self.risk.of(ask.account), behind)))
 
     async def _state(self, msg: Any) -> None:
         """For tests and operators: the state hash, every balance, the last input applied."""

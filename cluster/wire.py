@@ -89,6 +89,18 @@ decode_verdicts = msgspec.msgpack.Decoder(Verdicts).decode
 decode_balances_ask = msgspec.msgpack.Decoder(BalancesAsk).decode
 
 
+class BalancesAnswer(msgspec.Struct, array_like=True):
+    """A risk shard's answer: the account's (asset, available, locked) rows, and the engine
+    shards whose settlements of what the asker has seen it has not had in time (then the
+    rows are stale: the gateway says so rather than show them)."""
+
+    rows: list[tuple[str, int, int]]
+    behind: list[int] = []
+
+
+decode_balances_answer = msgspec.msgpack.Decoder(BalancesAnswer).decode
+
+
 class Layout(msgspec.Struct, frozen=True):
     """Which shard owns what: accounts to risk shards by hash, symbols to engine shards by
     table (a symbol not in the table is on shard 0)."""

@@ -96,16 +96,20 @@ class StreamIntake:
         self.forward(self.tickets, cmd)
         return self.tickets, None
 
-    def give_up(self, after: float) -> bool:
-        """Refuse the new orders and replaces that have waited more than `after` seconds for
-        a risk shard that stopped answering: their clients hear within a bound (and what
-        came after them is answered). The shard, once back, still decides them from the
-        stream, so the refusal says they may take effect. Returns whether any was refused."""
+    def give_up(self, silent_after: float, stuck_after: float) -> bool:
+        """Refuse the new orders and replaces still waiting for their risk shard's decision
+        after `silent_after` seconds if the shard stopped answering, or after `stuck_after`
+        whatever the reason (the stream has no quorum): their clients hear within a bound,
+        and what came after them is answered. The shard still decides them from the stream
+        once it can, so the refusal says they may take effect. Returns whether any was."""
         now, refused = time.monotonic(), False
         for ticket, (since, cmd) in list(self.waiting.items()):
-            why = self.unavailable(cmd) if now - since > after else None
+            waited = now - since
+            why = self.unavailable(cmd) if waited > silent_after else None
+            if why is None and waited > stuck_after:
+                why = f"its risk shard has not decided it within {stuck_after:g} s (the stream may have no quorum)"
             if why is not None:
-                self.turned_down(ticket, Reason.UNAVAILABLE.value, f"{why} and has not decided it; it may still take effect once it is back: see ORDERS")
+                self.turned_down(ticket, Reason.UNAVAILABLE.value, f"{why}; it may still take effect once it does: see ORDERS")
                 refused = True
         return refused
 

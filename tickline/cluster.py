@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import msgspec
 import structlog
 
 from cluster.engine_shard import EngineShard
@@ -33,7 +32,7 @@ from cluster.replica import Replica
 from cluster.risk_shard import RiskShard
 from cluster.stream import Input, Reader, connect, ensure_stream
 from cluster.submitter import Submitter
-from cluster.wire import BalancesAsk, Layout, Sequenced, decode_verdicts, encode
+from cluster.wire import BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
 from exchange.instruments import assets_of, load_instruments
 from exchange.risk import SETTLED, Risk
 from exchange.transfers import reply as transfer_reply
@@ -55,6 +54,7 @@ from tickline import __version__
 log = structlog.get_logger("cluster")
 DECISIONS_GRACE = 10.0  # seconds a stopping gateway waits for the risk shards' decisions on what it took
 RISK_SILENT = 3.0  # seconds without a risk shard's heartbeat (it sends one every 0.5 s) before a gateway calls it down
+DECISION_WAIT = 20.0  # seconds a new order or replace waits for a risk shard that answers but cannot decide (no quorum) before it is refused
 TRADELOG_BEHIND = 100_000  # rows handed to the trade log's writer and not committed before reading waits
 
 
@@ -181,10 +181,10 @@ class GatewayRole:
         self.heard[int(msg.subject.rsplit(".", 1)[1])] = time.monotonic()
 
     async def _give_up(self) -> None:
-        """Twice a second: what waits on a risk shard that stopped answering is refused."""
+        """Twice a second: what waits on a silent risk shard, or too long on any, is refused."""
         while True:
             await asyncio.sleep(0.5)
-            if self.intake.give_up(RISK_SILENT):
+            if self.intake.give_up(RISK_SILENT, DECISION_WAIT):
                 self._after_batch()
 
     async def build_desk(self) -> None:
@@ -215,7 +215,11 @@ class GatewayRole:
             reply = await self.nc.request(f"balances.{self.config.layout.risk_of(account)}", ask, timeout=5)
         except Exception as exc:  # (nats: a timeout, no responders)
             raise SourceUnavailable(f"risk shard {self.config.layout.risk_of(account)} did not answer ({type(exc).__name__}); try again") from None
-        return [tuple(row) for row in msgspec.msgpack.decode(reply.data)]
+        answer = decode_balances_answer(reply.data)
+        if answer.behind:  # (the FILL went out from this gateway's books; its settlement has not reached the shard)
+            shards = ", ".join(map(str, answer.behind))
+            raise SourceUnavailable(f"engine shard {shards} has not settled what you were sent yet: the balances would be stale; try again")
+        return answer.rows
 
     def follow_the_stream(self) -> asyncio.Task[Any]:
         """3. What comes back, both from the stream: refusals (verdicts.<this gateway>), and
