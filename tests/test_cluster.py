@@ -333,6 +333,23 @@ class Load:
             t.join(90)
 
 
+def input_seq(cluster: Cluster, shard: int) -> int:
+    """The stream sequence of risk shard `shard`'s last input message."""
+    import asyncio
+
+    from cluster.stream import connect, last_message
+    from tickline.cluster import ClusterConfig
+
+    async def ask() -> int:
+        nc, js = await connect(ClusterConfig.load(cluster.dir).urls, "test")
+        try:
+            return (await last_message(js, f"in.{shard}.>")).seq
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
 def read_stream(cluster: Cluster) -> tuple[list, list]:
     from tickline.cluster import ClusterConfig
 
@@ -396,14 +413,12 @@ def test_kill_9_of_any_one_process_under_load_loses_no_acked_order_and_duplicate
         assert any(gateway_down[0] < t < gateway_down[1] for t in load.ack_times)
 
         # Orders refused as unavailable while a risk shard was down are on the stream and
-        # may still be decided after the load ends: read it once it has stopped growing.
+        # may still be decided after the load ends: read it once each risk shard has applied
+        # its whole input (and so published all it will).
+        for k in range(2):
+            last = input_seq(cluster, k)
+            assert settled(lambda k=k, last=last: {"caught up": cluster.state(f"state.risk.{k}")["applied"] >= last}, {"caught up": True}, within=60.0)
         sequenced, settles = read_stream(cluster)
-        for _ in range(30):
-            time.sleep(1.0)
-            again = read_stream(cluster)
-            if len(again[0]) == len(sequenced) and len(again[1]) == len(settles):
-                break
-            sequenced, settles = again
         ids = [seq for s in sequenced for seq in s.seqs]
         assert len(ids) == len(set(ids)), "a command was sequenced twice"
         assert load.acked <= set(ids), f"ACKed and lost: {sorted(load.acked - set(ids))[:10]}"
