@@ -232,3 +232,28 @@ def test_an_owner_cannot_cancel_anothers_order() -> None:
     b.send(mallory, "CANCEL 1\n")
     assert b.take(mallory) == ["REJ not_owner order=1 order 1 is not yours"]
     assert len(b.journaled) == 1
+
+
+def test_orders_resting_at_a_restart_are_counted_and_closed_before_their_owner_asks_for_them() -> None:
+    before = [
+        Transfer("acct0", "USD", 10**18, "before:USD"),
+        NewOrder("AAPL", Side.BUY, 5, 9000, TIF.GTC, "acct0", "q1"),
+        NewOrder("AAPL", Side.BUY, 2, 8900, TIF.GTC, "acct0", "q2"),
+        Transfer("acct1", "AAPL", 10**6, "before:AAPL"),
+        NewOrder("AAPL", Side.SELL, 1, 9500, TIF.GTC, "acct1", "s1"),  # two owners in one book
+    ]
+    b = Bench(journal=before)
+    alice, bob = b.connect(), b.connect()
+    assert (b.desk.orders.count("acct0"), b.desk.orders.count("acct1")) == (2, 1)  # LOGIN's open=
+    b.send(bob, "SELL AAPL 5 90\n")  # fills q1 (order 2) before acct0 asked about its orders
+    b.sync()
+    assert (b.desk.orders.count("acct0"), b.desk.orders.count("acct1")) == (1, 1)
+    b.send(alice, "BUY AAPL 1 80 id=q1\nBUY AAPL 1 80 id=q2\nORDERS\n")
+    b.sync()
+    assert b.take(alice) == [
+        "FILL 2 AAPL BUY 5 90.00 leaves=0 trade=6-1 liq=A id=q1",
+        "ACK 7 BUY AAPL 1 80.00 GTC id=q1",
+        "REJ duplicate_id id=q2 an open order already has id q2",
+        "ORDERS 2", "ORDER 3 BUY AAPL 2 89.00 GTC id=q2", "ORDER 7 BUY AAPL 1 80.00 GTC id=q1", "END",
+    ]  # fmt: skip
+    assert b.desk.orders.count("acct0") == 2
