@@ -18,6 +18,7 @@ rows in between in a process of its own (journal/refill.py) while the server ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections import deque
@@ -35,7 +36,11 @@ from telemetry.registry import Telemetry
 
 log = structlog.get_logger("tradelog")
 
-BATCH_WINDOW = 0.02  # seconds between frames: few, large transactions
+# Seconds between frames: few, large transactions. Each commit rewrites the last page of
+# every B-tree it touched (seven) into the WAL: 0.1 s rather than 0.02 took the writer
+# from ~33 to ~27 us per request at 10,000 orders/s. Whoever waits for the log (a query,
+# shutdown) cuts the window short: it never waits 0.1 s for nothing.
+BATCH_WINDOW = 0.1
 FRAME_UNITS = 8_000  # rows per frame (one writer transaction): joining its encoded pieces is a copy
 
 
@@ -75,6 +80,7 @@ class TradeLog:
         self._refusals: list[tuple[int, Refusal]] = []  # at most one tick's worth
         self._pending = 0  # units waiting to be sent
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # someone waits for the log: send now, not at the window's end
         self._closing = False
         self._encode = msgspec.msgpack.Encoder().encode
         self.behind_from: int | None = None  # first command whose rows were dropped
@@ -215,7 +221,9 @@ class TradeLog:
                     self._queue.clear()
             if self._closing and not self._queue and not self._refusals:
                 break
-            await asyncio.sleep(BATCH_WINDOW)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), BATCH_WINDOW)
+            self._hurry.clear()
         assert self._proc is not None and self._proc.stdin is not None
         if not self._proc.stdin.is_closing():
             self._proc.stdin.close()
@@ -258,6 +266,7 @@ class TradeLog:
             if self._proc is not None and self._proc.returncode is not None:
                 raise RuntimeError(f"the trade log writer exited with {self._proc.returncode}")
             self._wake.set()
+            self._hurry.set()
             await asyncio.sleep(0.005)
 
     async def refill(self, data_dir: Path, instruments_file: Path | None, to: int) -> None:
@@ -287,4 +296,5 @@ class TradeLog:
         """Send what is left; run() then ends the writer process."""
         self._closing = True
         self._wake.set()
+        self._hurry.set()
         self.release()
