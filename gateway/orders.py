@@ -64,6 +64,8 @@ class OpenOrders:
         """A book's open orders at start: their columns, per owner (per order only C, but
         one pass in Python when they have more than one owner)."""
         resting = [*book.orders.values(), *book.stops.values()]
+        if self.by_id:  # (never at a restart: an order with an entry is counted once)
+            resting = [o for o in resting if o.order_id not in self.by_id]
         if not resting:
             return
         self.books[book.symbol] = book
