@@ -214,9 +214,10 @@ class Client:
 class Cluster:
     """`tickline cluster up` in its own directory on free ports: 3 NATS nodes and the roles."""
 
-    def __init__(self, directory: Path, *options: str) -> None:
+    def __init__(self, directory: Path, *options: str, supervise: bool = False) -> None:
         self.dir = directory
-        self.options = options
+        # (unsupervised unless asked: most tests kill a role and decide themselves when it comes back)
+        self.options = options if supervise else (*options, "--no-supervise")
         self.port, self.md_port = free_ports(2)
         self.nats_port = free_nats_base()
 

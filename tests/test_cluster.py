@@ -497,6 +497,45 @@ def test_down_stops_a_role_started_by_hand_and_up_refuses_while_one_serves(tmp_p
         cluster.stop()
 
 
+def test_up_restarts_a_role_that_dies_with_a_log_line_and_down_stops_its_supervisor_first(tmp_path: Path) -> None:
+    """Reported: a role that died stayed dead until someone restarted it by hand; `cluster up`
+    should supervise its roles (restart a dead one, with a log line)."""
+    cluster = Cluster(tmp_path / "c", supervise=True).start(funded=["t1"])
+    try:
+        t1 = cluster.client("t1")
+        assert t1.ask("BUY AAPL 1 100.00 id=a")[0].startswith("ACK")
+        for role in ("risk", "engine", "gateway"):
+            killed = cluster.pids()[(role, 0)]
+            os.kill(killed, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not ((pid := cluster.pids()[(role, 0)]) != killed and process_alive(pid)):
+                assert time.monotonic() < deadline, (cluster.dir / "supervisor.log").read_text()[-2000:]
+                time.sleep(0.1)
+        supervised = (cluster.dir / "supervisor.log").read_text()
+        for role in ("risk", "engine", "gateway"):
+            assert re.search(rf"event='role_exited' role='{role}' index=0 code=-9 .*\n.*event='role_restarted' role='{role}' index=0 pid=\d+", supervised), supervised
+        deadline = time.monotonic() + 30  # the new gateway listens once it has caught up; the new risk shard decides
+        while True:
+            try:
+                t1 = cluster.client("t1")
+                reply = t1.ask("BUY AAPL 1 99.00 id=b")[0]
+                if reply.startswith("ACK"):
+                    break
+            except (OSError, AssertionError) as exc:
+                reply = repr(exc)
+            assert time.monotonic() < deadline, reply
+            time.sleep(0.5)
+        orders = t1.ask("ORDERS")[0:1] + t1.until("END")
+        assert sorted(re.findall(r"id=(\w)", " ".join(orders))) == ["a", "b"], orders
+        serving = cluster_pids_alive(cluster)
+        assert len(serving) >= 3 + 5 + 1, serving  # NATS nodes, roles (and the dead ones' successors), the supervisor
+        assert tickline_cli("cluster", "down", "--dir", str(cluster.dir)).returncode == 0
+        time.sleep(1.0)  # (what a supervisor still running would restart by now)
+        assert not [pid for pid in serving if process_alive(pid)] and not cluster_pids_alive(cluster), "something still serves the directory"
+    finally:
+        cluster.stop()
+
+
 def cluster_pids_alive(cluster: Cluster) -> list[int]:
     return [int(line.split()[0]) for line in (cluster.dir / "pids").read_text().splitlines() if process_alive(int(line.split()[0]))] if (cluster.dir / "pids").exists() else []
 

@@ -94,18 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nats-port", type=int, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
     up.add_argument("--instruments", default=env("TICKLINE_INSTRUMENTS"))
     up.add_argument("--demo", action="store_true", help="with no accounts yet: create alice and bob, funded (as serve --demo)")
+    up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
     down = steps.add_parser("down", help="stop what `up` started")
     role = steps.add_parser("role", help="run one role in the foreground (what `up` starts)")
     role.add_argument("role", choices=["gateway", "risk", "engine", "notifier", "tradelog"])
     role.add_argument("index", type=int)
     role.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
+    supervise = steps.add_parser("supervise", help="what `up` leaves running: starts the roles, restarts one that dies (log: <dir>/supervisor.log)")
+    supervise.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
     deposit = steps.add_parser("deposit", help="credit (a negative amount: debit) an account through its risk shard")
     deposit.add_argument("name")
     deposit.add_argument("asset")
     deposit.add_argument("amount")
     deposit.add_argument("--ref", required=True, help="your unique id for this transfer")
     deposits = steps.add_parser("deposits", help="many at once: lines of <name> <asset> <amount> <ref> on stdin, a verdict line each")
-    for step in (up, down, role, deposit, deposits):
+    for step in (up, down, role, supervise, deposit, deposits):
         step.add_argument("--dir", default=env("TICKLINE_CLUSTER_DIR", "var/cluster"), help="the cluster's files (TICKLINE_CLUSTER_DIR)")
 
     telemetry = commands.add_parser("telemetry", help="the running server's own figures: each stage's latency histogram (docs/PERFORMANCE.md)")
@@ -253,12 +256,14 @@ def _cluster(args: argparse.Namespace) -> int:
         config = cluster.ClusterConfig(
             args.dir, port=args.port, md_port=args.md_port, gateways=args.gateways, notifiers=args.notifiers,
             risk_shards=args.risk_shards, engines=engines, engine_shards=max(engines.values(), default=0) + 1,
-            nats_ports=[(base + i, base + 2000 + i) for i in range(3)], instruments=args.instruments,
+            nats_ports=[(base + i, base + 2000 + i) for i in range(3)], instruments=args.instruments, supervise=not args.no_supervise,
         )  # fmt: skip
         return cluster.up(config, demo=args.demo)
     if args.action == "down":
         return cluster.down(Path(args.dir))
     config = cluster.ClusterConfig.load(args.dir)
+    if args.action == "supervise":
+        return cluster.supervise(config)
     if args.action in ("deposit", "deposits"):
         if args.action == "deposit":
             moves = [[args.name, args.asset, args.amount, args.ref]]

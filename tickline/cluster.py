@@ -32,6 +32,7 @@ from cluster.replica import Replica
 from cluster.risk_shard import RiskShard
 from cluster.stream import Input, Reader, connect, ensure_stream
 from cluster.submitter import Submitter
+from cluster.supervisor import Supervisor
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
 from exchange.instruments import assets_of, load_instruments
 from exchange.risk import SETTLED, Risk
@@ -71,6 +72,7 @@ class ClusterConfig:
     engine_shards: int = 1
     nats_ports: list[tuple[int, int]] = field(default_factory=lambda: [(4222, 6222), (4223, 6223), (4224, 6224)])
     instruments: str | None = None
+    supervise: bool = True  # a supervisor process restarts a role that dies (cluster/supervisor.py)
 
     @property
     def layout(self) -> Layout:
@@ -397,9 +399,10 @@ def _ours(pid: int, directory: Path) -> bool:
 
 
 def up(config: ClusterConfig, demo: bool = False) -> int:
-    """Start the NATS nodes and every role as background processes; wait until each has
-    caught up with the stream (gateways and notifiers listen, shards answer). Their pids
-    go to <dir>/pids for `down` (and each role adds itself, also when started by hand)."""
+    """Start the NATS nodes and every role as background processes (under a supervisor
+    that restarts a role that dies, unless --no-supervise); wait until each has caught up
+    with the stream (gateways and notifiers listen, shards answer). Their pids go to
+    <dir>/pids for `down` (and each role adds itself, also when started by hand)."""
     directory = Path(config.directory)
     if _serving(directory):
         sys.stderr.write(f"tickline: a cluster is up in {directory}: tickline cluster down --dir {directory} first\n")
@@ -416,23 +419,67 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
         nats.stop()
         sys.stderr.write(f"tickline: {exc}\n")
         return 1
-    pids = [f"{n.proc.pid} nats {i}" for i, n in enumerate(nats.nodes) if n.proc is not None]
+    with open(directory / "pids", "a") as f:  # pid role index, per line (the roles add themselves too)
+        f.write("".join(f"{n.proc.pid} nats {i}\n" for i, n in enumerate(nats.nodes) if n.proc is not None))
+    failed = _start_supervisor(config) if config.supervise else start_roles(config)[1]
+    if failed is not None:
+        sys.stderr.write(f"tickline: {failed}\n")
+        down(directory)
+        return 1
+    if demo:
+        _demo_accounts(config)
+    sys.stdout.write(f"cluster up: order entry {config.host}:{config.port}, market data {config.host}:{config.md_port}; logs in {directory}\n")
+    return 0
+
+
+def start_roles(config: ClusterConfig) -> tuple[list[tuple[str, int, subprocess.Popen[bytes]]], str | None]:
+    """Every role as a background process, then until each has caught up with the stream
+    (gateways and notifiers listen, shards answer): the processes, and what did not start."""
+    directory = Path(config.directory)
     roles = [("tradelog", 0)]
     roles += [("risk", k) for k in range(config.risk_shards)] + [("engine", e) for e in range(config.engine_shards)]
     roles += [("gateway", i) for i in range(config.gateways)] + [("notifier", i) for i in range(config.notifiers)]
     logs_before = {(role, i): _size(directory / f"{role}-{i}.log") for role, i in roles}  # a restart appends
     procs = [(role, i, start_role(directory, role, i)) for role, i in roles]
-    pids += [f"{p.pid} {role} {i}" for role, i, p in procs]
-    with open(directory / "pids", "a") as f:  # pid role index, per line (the roles add themselves too)
-        f.write("\n".join(pids) + "\n")
-    for role, i, proc in procs:  # each caught up with the stream, and listening or answering
+    with open(directory / "pids", "a") as f:
+        f.write("".join(f"{p.pid} {role} {i}\n" for role, i, p in procs))
+    for role, i, proc in procs:
         if role != "tradelog" and not _wait_ready(directory / f"{role}-{i}.log", logs_before[(role, i)], proc):
-            sys.stderr.write(f"tickline: the {role} {i} did not start; see {directory}/{role}-{i}.log\n")
-            down(directory)
-            return 1
-    if demo:
-        _demo_accounts(config)
-    sys.stdout.write(f"cluster up: order entry {config.host}:{config.port}, market data {config.host}:{config.md_port}; logs in {directory}\n")
+            return procs, f"the {role} {i} did not start; see {directory}/{role}-{i}.log"
+    return procs, None
+
+
+def _start_supervisor(config: ClusterConfig) -> str | None:
+    """`tickline cluster supervise` in the background; it answers one line once every role
+    is up ("ready"), or says which did not start."""
+    directory = Path(config.directory)
+    out = open(directory / "supervisor.log", "ab")
+    cmd = [sys.executable, "-m", "tickline.cli", "cluster", "supervise", "--dir", str(directory)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=out, start_new_session=True)
+    out.close()
+    assert proc.stdout is not None
+    answer = proc.stdout.readline().decode().strip()
+    proc.stdout.close()
+    return None if answer == "ready" else answer or f"the supervisor did not start; see {directory}/supervisor.log"
+
+
+def supervise(config: ClusterConfig) -> int:
+    """The supervisor's process: start the roles, say whether they are up (to `up`, which
+    waits for that line), then restart any that dies until `down` stops this first."""
+    directory = Path(config.directory)
+    register(directory, "supervisor", 0)
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    since = time.monotonic()
+    procs, failed = start_roles(config)
+    sys.stdout.write(f"{failed or 'ready'}\n")
+    sys.stdout.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # (`up` has read its line and is gone)
+    if failed is not None:
+        return 1
+    log.info("supervising", roles=len(procs))
+    Supervisor(procs, lambda role, index: start_role(directory, role, index), since=since).run(lambda: bool(stopping))
     return 0
 
 
@@ -480,7 +527,9 @@ def down(directory: Path) -> int:
         return 1
     pids = _serving(directory)
     nats = [pid for pid in pids if "nats-server" in _cmdline(pid)]
-    for pid in [*reversed([p for p in pids if p not in nats]), *nats]:
+    supervisors = [pid for pid in pids if " cluster supervise " in _cmdline(pid)]  # first: it would restart the roles
+    roles = [pid for pid in pids if pid not in nats and pid not in supervisors]
+    for pid in [*supervisors, *reversed(roles), *nats]:
         _signal(pid, signal.SIGTERM)
         if not _wait_gone(pid, 10.0):
             _signal(pid, signal.SIGKILL)
