@@ -7,13 +7,23 @@ shards (3 NATS nodes, every write fsync'd, all on this machine): the same seeded
 closed-loop stream as `make bench` (bench/workload.py), durable orders/s, ACK p50/p99,
 and the CPU each process spent per order (from /proc, its child processes included: the
 journal's and the trade log's writers), so what each stage costs per order can be read off. Then market-data fan-out to 1,000 subscribers with 1 and 2
-notifier processes (bench/fanout.py's measurement: kernel receive timestamps).
+notifier processes (bench/fanout.py's measurement: kernel receive timestamps). Then each
+role's restart: --restart-orders (1,000,000) orders through a cluster, then kill -9 of each
+role in turn and the time until it is back (listening, or caught up with the stream). Last,
+the summary lines:
+
+    cpu per order: serve <a> us, cluster 1 gateway <b> us, cluster 2 gateways <c> us
+    cluster ack at 2,000/s: p50 <x> ms p99 <y> ms
+    role restart after <n> orders: <role> <s> s      (one per role, the slowest last)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +61,28 @@ class ClusterProcesses:
 
     def pids(self) -> dict[str, int]:
         return {f"{role} {i}": int(pid) for pid, role, i in (line.split() for line in (self.dir / "pids").read_text().splitlines())}
+
+    def kill_and_restart(self, role: str, timeout: float = 900.0) -> float:
+        """kill -9 the role's process (index 0), start it as `up` does; seconds to its line
+        saying it is back. (Each role adds its new pid to <dir>/pids: `down` stops it.)"""
+        log_path = self.dir / f"{role}-0.log"
+        os.kill(self.pids()[f"{role} 0"], signal.SIGKILL)
+        time.sleep(0.5)  # (gone; its NATS connection dropped)
+        start = log_path.stat().st_size
+        t0 = time.monotonic()
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tickline.cli", "cluster", "role", role, "0", "--dir", str(self.dir)], cwd=ROOT, stdout=out, stderr=out, start_new_session=True
+            )
+        while time.monotonic() - t0 < timeout:
+            with open(log_path, "rb") as f:
+                f.seek(start)
+                if re.search(rb"_listening|_caught_up", f.read()):
+                    return time.monotonic() - t0
+            if proc.poll() is not None:
+                raise RuntimeError(f"the {role} exited on restart: see {log_path}")
+            time.sleep(0.02)
+        raise RuntimeError(f"the {role} was not back within {timeout:.0f} s")
 
     def stop(self) -> None:
         self.cli("down")
@@ -96,6 +128,34 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
             "steady_p50": steady.ack_ms.get("p50", 0), "steady_p99": steady.ack_ms.get("p99", 0), "steady_rate": steady.rate}  # fmt: skip
 
 
+ROLES = ["tradelog", "risk", "engine", "notifier", "gateway"]
+
+
+def restarts(args: argparse.Namespace) -> dict[str, float]:
+    """args.restart_orders orders through a cluster (1 gateway), then each role killed (-9)
+    and started again as `up` starts it: seconds from its start to the line that says it is
+    back (a gateway or notifier listens; a shard or the trade log has caught up with the
+    stream, the trade log's rows committed)."""
+    data = Path(tempfile.mkdtemp(prefix="tickline-bench-restart-"))
+    names = bench_accounts(data, args.connections)
+    cluster = ClusterProcesses(data / "cluster", ["--no-supervise"])
+    try:
+        shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
+        cluster.fund(names)
+        per_conn = args.restart_orders // args.connections
+        streams = [make_stream(per_conn, args.seed + 2, c) for c in range(args.connections)]
+        result = run_phase(cluster.port, streams, f"closed loop, {args.restart_orders:,} orders", "cluster", None, args.window, drain_s=120.0, logins=names)
+        sys.stderr.write(f"restart phase: {result.completed:,} orders answered at {result.rate:,.0f}/s\n")
+        seconds = {}
+        for role in ROLES:
+            seconds[role] = cluster.kill_and_restart(role)
+            sys.stderr.write(f"restart phase: {role} back in {seconds[role]:.2f} s\n")
+        return seconds
+    finally:
+        cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
     data = Path(tempfile.mkdtemp(prefix="tickline-bench-fanout-"))
     names = bench_accounts(data, 2)
@@ -138,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fanout-rate", type=int, default=200)
     parser.add_argument("--fanout-seconds", type=float, default=10.0)
     parser.add_argument("--skip-fanout", action="store_true")
+    parser.add_argument("--restart-orders", type=int, default=1_000_000, help="orders through the cluster before each role is killed and restarted")
+    parser.add_argument("--skip-restart", action="store_true")
+    parser.add_argument("--only-restart", action="store_true", help="only the restart phase (and its summary line)")
     args = parser.parse_args(argv)
+    if args.only_restart:
+        summarize_restarts(args, restarts(args))
+        return 0
     runs = [
         ("tickline serve", None),
         ("cluster: 1 gateway, 1 engine", []),
@@ -161,7 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_fanout:
         for label, notifiers in [("tickline serve", None), ("cluster, 1 notifier", 1), ("cluster, 2 notifiers", 2)]:
             print(f"fan-out, {label}: " + fanout(args, notifiers).replace("\n", "\n    "))
+    serve, one_gw, two_gw = (sum(r["cpu_us"].values()) for r in results if r["label"] in (runs[0][0], runs[1][0], runs[3][0]))
+    print(f"cpu per order: serve {serve:.0f} us, cluster 1 gateway {one_gw:.0f} us, cluster 2 gateways {two_gw:.0f} us")
+    one = next(r for r in results if r["label"] == "cluster: 1 gateway, 1 engine")
+    print(f"cluster ack at {args.rate:,}/s: p50 {one['steady_p50']:.1f} ms p99 {one['steady_p99']:.1f} ms")
+    if not args.skip_restart:
+        summarize_restarts(args, restarts(args))
     return 0
+
+
+def summarize_restarts(args: argparse.Namespace, seconds: dict[str, float]) -> None:
+    for role, s in sorted(seconds.items(), key=lambda item: item[1]):
+        print(f"role restart after {args.restart_orders:,} orders: {role} {s:.1f} s")
 
 
 if __name__ == "__main__":

@@ -348,11 +348,18 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
             while tradelog.queued - tradelog.committed > TRADELOG_BEHIND:
                 await tradelog.wait_committed()
 
+    async def announce() -> None:  # (what `up` and a restart's timing wait for)
+        await replica.caught_up.wait()
+        await tradelog.wait_committed()
+        log.info("tradelog_caught_up", applied=replica.applied)
+
     await replica.start()
     log.info("tradelog_started", path=str(config.data.trades))
     follow_task = asyncio.create_task(follow())
+    announcing = asyncio.create_task(announce())
 
     async def close() -> None:
+        announcing.cancel()
         follow_task.cancel()  # nothing more handed to the writer, then it finishes what it has
         await tradelog.close()
         await writer
