@@ -9,12 +9,14 @@ notifiers, the trade log) applies the same stream to its own replica (cluster/re
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
 from cluster.replica import Replica
+from cluster.snapshots import RoleSnapshots
 from cluster.stream import Outbox
 from cluster.wire import Layout, Settle, Settlement, encode, in_subject
 from exchange.engine import combine_hashes
@@ -25,10 +27,10 @@ log = structlog.get_logger("engine")
 
 
 class EngineShard:
-    def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument]) -> None:
+    def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument], snapshots: Path | None = None, every: int = 0) -> None:
         self.nc, self.shard, self.layout = nc, shard, layout
         mine = {s: i for s, i in instruments.items() if layout.engine_of(s) == shard}
-        self.replica = Replica(js, mine, f"orders.{shard}.>")
+        self.replica = Replica(js, mine, f"orders.{shard}.>", RoleSnapshots(snapshots, mine, every) if snapshots else None)
         self.outboxes = [Outbox(js, in_subject(k, f"e{shard}")) for k in range(layout.risk_shards)]
 
     async def run(self) -> None:
@@ -54,6 +56,7 @@ class EngineShard:
                             out[k].append(e)  # type: ignore[arg-type]  # SETTLED: exactly these types
             through = batch[-1].seq
             await asyncio.gather(*(outboxes[k].publish(through, encode(Settle(settled, self.shard, through))) for k, settled in enumerate(out) if settled))
+            self.replica.snapshot_if_due()  # (its outputs for the batch are out: a restart after it publishes from the next)
 
     async def _state(self, msg: Any) -> None:
         books = self.replica.books

@@ -9,8 +9,9 @@ sequence numbers as the engine shard itself, without the events being published 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, cast
+from typing import Any, Awaitable, Callable, cast
 
+from cluster.snapshots import RoleSnapshots
 from cluster.stream import Input, Reader, last_message
 from cluster.wire import Sequenced, decode_sequenced
 from exchange.book import Book
@@ -22,21 +23,26 @@ OnApplied = Callable[[Input, Sequenced, list[Event]], None]
 
 
 class Replica:
-    def __init__(self, js: Any, instruments: dict[str, Instrument], subject: str = "orders.>") -> None:
-        self.js, self.subject = js, subject
+    def __init__(self, js: Any, instruments: dict[str, Instrument], subject: str = "orders.>", snapshots: RoleSnapshots | None = None) -> None:
+        self.js, self.subject, self.snapshots = js, subject, snapshots
         self.books: dict[str, Book] = {symbol: Book(inst) for symbol, inst in sorted(instruments.items())}
         self.reader = Reader(js, subject)
         self.applied = 0  # the last input message applied
         self.through = 0  # the input's last message when reading started
         self.caught_up = asyncio.Event()  # set once that one is applied: the state is current
+        loaded = snapshots.load() if snapshots is not None else None
+        if loaded is not None:  # (before anything reads the books: a gateway's desk indexes them)
+            self.applied, engine, _ = loaded
+            self.books.update(engine.books)
 
     async def start(self) -> int:
-        """Start reading; returns the stream sequence to have applied to be caught up."""
+        """Start reading (after the snapshot, if one was loaded); returns the stream sequence
+        to have applied to be caught up."""
         last = await last_message(self.js, self.subject)
         self.through = 0 if last is None else int(last.seq)
-        if not self.through:
+        if self.through <= self.applied:
             self.caught_up.set()
-        await self.reader.start()
+        await self.reader.start(after=self.applied)
         return self.through
 
     def apply(self, inp: Input) -> tuple[Sequenced, list[Event]]:
@@ -48,7 +54,14 @@ class Replica:
         self.applied = inp.seq
         if inp.seq >= self.through and not self.caught_up.is_set():
             self.caught_up.set()
+        if self.snapshots is not None:
+            self.snapshots.applied(len(s.seqs))
         return s, events
+
+    def snapshot_if_due(self, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
+        """After a batch: the books as applied through now, every so many commands."""
+        if self.snapshots is not None and self.snapshots.due():
+            self.snapshots.take(self.applied, self.books, None, {}, before_write)
 
     async def follow(self, on_applied: OnApplied, after_batch: Callable[[], None] = lambda: None) -> None:
         """Apply every message as it comes, forever; after_batch once per batch."""
@@ -56,3 +69,4 @@ class Replica:
             for inp in await self.reader.batch():
                 on_applied(inp, *self.apply(inp))
             after_batch()
+            self.snapshot_if_due()

@@ -10,11 +10,13 @@ ids and refusals: the state is rebuilt by replaying it from its first message.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 import structlog
 
+from cluster.snapshots import RoleSnapshots
 from cluster.stream import Outbox, Reader, last_message, publish_once
 from cluster.wire import BalancesAnswer, Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
@@ -26,25 +28,31 @@ log = structlog.get_logger("risk")
 
 
 class RiskShard:
-    def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument]) -> None:
+    def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument], snapshots: Path | None = None, every: int = 0) -> None:
         self.nc, self.js, self.shard, self.layout = nc, js, shard, layout
         self.risk = Risk(instruments)
         self.accepted = 0  # commands accepted: the next one's id is layout.order_id(shard, accepted)
+        self.applied = 0  # the last input message applied
+        self.settled_through: dict[int, int] = {}  # engine shard -> its last input settled here
+        self.snapshots = RoleSnapshots(snapshots, instruments, every) if snapshots else None
+        loaded = self.snapshots.load() if self.snapshots is not None else None
+        if loaded is not None:  # the balances, holds and refs at a stream sequence, with the counters
+            self.applied, engine, counters = loaded
+            self.risk, self.accepted = engine.risk, counters["accepted"]
+            self.settled_through = {int(e): through for e, through in counters["settled_through"].items()}
         # The core's first stage, as `tickline serve` has it: numbered with this shard's
         # share of the ids, recorded by counting (publishing is this adapter's: step below).
         self.sequencer = Sequencer(self.risk, lambda: layout.order_id(shard, self.accepted), self._count)
         self.reader = Reader(js, f"in.{shard}.>")
         self.outboxes = [Outbox(js, orders_subject(e, shard)) for e in range(layout.engine_shards)]
-        self.applied = 0  # the last input message applied
-        self.settled_through: dict[int, int] = {}  # engine shard -> its last input settled here
         self._asks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         for outbox in self.outboxes:
             await outbox.open()
         last = await last_message(self.reader.js, self.reader.subject)
-        await self.reader.start()
-        log.info("risk_shard_started", shard=self.shard, replaying_through=0 if last is None else last.seq)
+        await self.reader.start(after=self.applied)
+        log.info("risk_shard_started", shard=self.shard, snapshot=self.applied, replaying_through=0 if last is None else last.seq)
         while last is not None and self.applied < last.seq:  # replaying: balances are not to be asked yet
             await self.step(await self.reader.batch())
         await self.nc.subscribe(f"balances.{self.shard}", cb=self._balances)
@@ -66,6 +74,7 @@ class RiskShard:
         layout, risk, step = self.layout, self.risk, self.sequencer.step
         out = [Sequenced([], [], [], [], []) for _ in self.outboxes]
         verdicts: dict[str, Verdicts] = {}
+        commands = 0  # (settlements not counted: a snapshot every so many commands)
         for inp in batch:
             msg = decode_in(inp.data)
             self.applied = inp.seq
@@ -73,6 +82,7 @@ class RiskShard:
                 risk.settle(msg.events)  # type: ignore[arg-type]
                 self.settled_through[msg.engine] = msg.through
                 continue
+            commands += len(msg.cmds)
             for token, cmd in zip(msg.tokens, msg.cmds, strict=True):
                 seq = step(cmd)
                 if type(seq) is Problem:  # (a duplicate transfer's carries the seq it was applied as)
@@ -97,6 +107,12 @@ class RiskShard:
         if last > max(o.published_through for o in self.outboxes):
             await asyncio.gather(*(publish_once(self.js, f"verdicts.{gateway}", last, encode(v)) for gateway, v in verdicts.items()))
         await asyncio.gather(*(self.outboxes[e].publish(last, encode(s)) for e, s in enumerate(out) if s.seqs))
+        snapshots = self.snapshots
+        if snapshots is not None:
+            snapshots.applied(commands)
+            if snapshots.due():  # (the batch's outputs are out: a restart after it publishes from the next)
+                counters = {"accepted": self.accepted, "settled_through": self.settled_through}
+                snapshots.take(self.applied, {}, self.risk, counters)
 
     def _count(self, cmd: Command) -> None:
         self.accepted += 1

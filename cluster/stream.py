@@ -126,8 +126,9 @@ class Reader:
         self.queue: asyncio.Queue[Input] = asyncio.Queue(limit)  # bounded: the consumer waits
         self._sub: Any = None
 
-    async def start(self) -> None:
-        from nats.js.api import DeliverPolicy
+    async def start(self, after: int = 0) -> None:
+        """Deliver from the message after stream sequence `after` (a snapshot's), or from the first."""
+        from nats.js.api import ConsumerConfig, DeliverPolicy
 
         async def arrived(msg: Any) -> None:
             md = msg.metadata
@@ -135,8 +136,12 @@ class Reader:
 
         self._sub = await patiently(
             f"subscribe to {self.subject}",
-            lambda: self.js.subscribe(self.subject, stream=STREAM, cb=arrived, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL, idle_heartbeat=2.0),
-        )
+            lambda: self.js.subscribe(
+                self.subject, stream=STREAM, cb=arrived, ordered_consumer=True, idle_heartbeat=2.0,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1) if after else None,
+                deliver_policy=None if after else DeliverPolicy.ALL,
+            ),
+        )  # fmt: skip
 
     async def batch(self) -> list[Input]:
         queue = self.queue

@@ -391,7 +391,7 @@ def test_kill_9_of_any_one_process_under_load_loses_no_acked_order_and_duplicate
 
     traders = ACCOUNTS[:8]
     cluster = Cluster(
-        tmp_path / "c", "--gateways", "2", "--notifiers", "2", "--risk-shards", "2", "--engine", "AAPL=0", "--engine", "BTC-USD=1"
+        tmp_path / "c", "--gateways", "2", "--notifiers", "2", "--risk-shards", "2", "--engine", "AAPL=0", "--engine", "BTC-USD=1", "--snapshot-every", "300"
     ).start(funded=traders)
     try:
         load = Load(cluster.port, traders).start()
@@ -408,6 +408,8 @@ def test_kill_9_of_any_one_process_under_load_loses_no_acked_order_and_duplicate
         load.stop()
         for (role, index), pid in cluster.pids().items():  # every process, restarted or not, still runs
             assert process_alive(pid), f"{role} {index} died: see its log"
+        for role, index in [("gateway", 0), ("risk", 1), ("engine", 0), ("notifier", 0), ("tradelog", 0)]:  # each came back from its snapshot
+            assert re.search(r"event='snapshot_loaded' seq=[1-9]", (cluster.dir / f"{role}-{index}.log").read_text()), f"{role} {index} replayed from the start"
         assert len(load.acked) > 500, (len(load.acked), load.errors[-5:])
         # Clients of the surviving gateway kept trading while the other was down.
         assert any(gateway_down[0] < t < gateway_down[1] for t in load.ack_times)

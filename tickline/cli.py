@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nats-port", type=int, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
     up.add_argument("--instruments", default=env("TICKLINE_INSTRUMENTS"))
     up.add_argument("--demo", action="store_true", help="with no accounts yet: create alice and bob, funded (as serve --demo)")
+    up.add_argument("--snapshot-every", type=int, default=200_000, help="commands each role applies between its snapshots (0: none: a restarted role replays the whole stream)")
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
     down = steps.add_parser("down", help="stop what `up` started")
     role = steps.add_parser("role", help="run one role in the foreground (what `up` starts)")
@@ -257,6 +258,7 @@ def _cluster(args: argparse.Namespace) -> int:
             args.dir, port=args.port, md_port=args.md_port, gateways=args.gateways, notifiers=args.notifiers,
             risk_shards=args.risk_shards, engines=engines, engine_shards=max(engines.values(), default=0) + 1,
             nats_ports=[(base + i, base + 2000 + i) for i in range(3)], instruments=args.instruments, supervise=not args.no_supervise,
+            snapshot_every=args.snapshot_every,
         )  # fmt: skip
         return cluster.up(config, demo=args.demo)
     if args.action == "down":

@@ -30,6 +30,7 @@ from cluster.engine_shard import EngineShard
 from cluster.nats import NatsCluster, process_alive
 from cluster.replica import Replica
 from cluster.risk_shard import RiskShard
+from cluster.snapshots import RoleSnapshots
 from cluster.stream import Input, Reader, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.supervisor import Supervisor
@@ -73,6 +74,11 @@ class ClusterConfig:
     nats_ports: list[tuple[int, int]] = field(default_factory=lambda: [(4222, 6222), (4223, 6223), (4224, 6224)])
     instruments: str | None = None
     supervise: bool = True  # a supervisor process restarts a role that dies (cluster/supervisor.py)
+    snapshot_every: int = 200_000  # commands a role applies between its snapshots (0: none); cluster/snapshots.py
+
+    def snapshots(self, role: str, index: int) -> Path | None:
+        """Where a role keeps its snapshots (None: it keeps none, and replays from the start)."""
+        return Path(self.directory) / "snapshots" / f"{role}-{index}" if self.snapshot_every > 0 else None
 
     @property
     def layout(self) -> Layout:
@@ -111,10 +117,11 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
     instruments = load_instruments(Path(config.instruments) if config.instruments else None)
     work: asyncio.Task[Any]
     closers: list[Any] = []
+    snapshots, every = config.snapshots(role, index), config.snapshot_every
     if role == "risk":
-        work = asyncio.create_task(RiskShard(nc, js, index, config.layout, instruments).run())
+        work = asyncio.create_task(RiskShard(nc, js, index, config.layout, instruments, snapshots, every).run())
     elif role == "engine":
-        work = asyncio.create_task(EngineShard(nc, js, index, config.layout, instruments).run())
+        work = asyncio.create_task(EngineShard(nc, js, index, config.layout, instruments, snapshots, every).run())
     elif role == "gateway":
         work, closers = await _gateway(config, index, nc, js, instruments)
     elif role == "notifier":
@@ -147,7 +154,7 @@ class GatewayRole:
     come back on the stream. Each numbered step is a method, called in order by start()."""
 
     def __init__(self, config: ClusterConfig, index: int, nc: Any, js: Any, instruments: dict) -> None:
-        self.config, self.nc, self.js, self.instruments = config, nc, js, instruments
+        self.config, self.index, self.nc, self.js, self.instruments = config, index, nc, js, instruments
         self.name = f"g{index}x{time.time_ns():x}"  # this incarnation: its tickets are its own
         self.telemetry = Telemetry()
         self.events: list[Event] = []  # a stream batch's matching events, handed to the gateway after it
@@ -163,7 +170,7 @@ class GatewayRole:
     def build_intake(self) -> None:
         """1. The replica of every engine shard's books, and the intake: commands to the
         accounts' risk shards (grouped into one message per shard while one is in flight)."""
-        self.replica = Replica(self.js, self.instruments)
+        self.replica = Replica(self.js, self.instruments, snapshots=_role_snapshots(self.config, "gateway", self.index, self.instruments))
         submitter = Submitter(self.js, self.name, self.config.layout)
         self.intake = StreamIntake(self.name, submitter.forward, self.unavailable)
         self.heard: dict[int, float] = {}  # risk shard -> when its last heartbeat came (alive.risk.<k>)
@@ -305,8 +312,13 @@ async def _until_caught_up(replica: Replica, follow: asyncio.Task[Any]) -> None:
     waiter.cancel()
 
 
+def _role_snapshots(config: ClusterConfig, role: str, index: int, instruments: dict) -> RoleSnapshots | None:
+    directory = config.snapshots(role, index)
+    return RoleSnapshots(directory, instruments, config.snapshot_every) if directory is not None else None
+
+
 async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
-    replica = Replica(js, instruments)
+    replica = Replica(js, instruments, snapshots=_role_snapshots(config, "notifier", index, instruments))
     history = History(config.data.trades, instruments, lambda symbol: replica.books[symbol].bbo(), _nothing_to_wait_for)
     notifier = Notifier(replica.books, history.older_trades, version=__version__)
     events: list[Event] = []
@@ -332,7 +344,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
     tradelog = TradeLog(config.data.trades, instruments)
     await tradelog.open()
     writer = asyncio.create_task(tradelog.run())
-    replica = Replica(js, instruments)
+    replica = Replica(js, instruments, snapshots=_role_snapshots(config, "tradelog", 0, instruments))
 
     def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
         for ts, seq, cmd in zip(s.ts_ns, s.seqs, s.cmds, strict=True):
@@ -345,6 +357,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
         while True:
             for inp in await replica.reader.batch():
                 applied(inp, *replica.apply(inp))
+            replica.snapshot_if_due(tradelog.wait_committed)  # (kept once the rows it covers are in the file)
             while tradelog.queued - tradelog.committed > TRADELOG_BEHIND:
                 await tradelog.wait_committed()
 

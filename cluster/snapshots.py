@@ -1,0 +1,94 @@
+"""Snapshots of a cluster role's state at one stream sequence: a restarted role loads the
+newest valid one and reads its input from the message after it, instead of from the
+stream's first message (docs/SCALING.md).
+
+The files are `tickline serve`'s (journal/snapshots.py: books and balances, checksummed,
+their state hash checked on load, written atomically), named by the stream sequence they
+cover, in <cluster dir>/snapshots/<role>-<index>/. A role's own counters (a risk shard's
+ids given and settlements seen) go in snap-<seq>.json beside it, written first: a snapshot
+without its counters is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import structlog
+
+from exchange.book import Book
+from exchange.engine import Engine
+from exchange.instruments import Instrument
+from exchange.risk import Risk
+from journal.snapshots import Captured, newest_valid, path_for, prune, write_snapshot
+
+log = structlog.get_logger("cluster")
+KEEP = 2  # snapshots kept per role (the newest may be the one a crash cut short)
+
+
+class RoleSnapshots:
+    """One role's snapshots: load() at start, then due() and take() after its batches."""
+
+    def __init__(self, directory: Path, instruments: dict[str, Instrument], every: int) -> None:
+        self.directory, self.instruments, self.every = directory, instruments, every
+        self.since = 0  # commands applied since the last snapshot (or the start)
+        self.writing: asyncio.Task[None] | None = None
+
+    def load(self) -> tuple[int, Engine, dict[str, Any]] | None:
+        """The newest valid snapshot: (the stream sequence it covers, its books and
+        balances, the role's counters), or None (then the role reads from the start)."""
+        started = time.monotonic()
+        for snap, engine in newest_valid(self.directory, self.instruments):
+            extra = self.directory / f"snap-{snap.seq:020d}.json"
+            if not extra.exists():
+                log.warning("snapshot_skipped", seq=snap.seq, why="its counters file is missing")
+                continue
+            log.info("snapshot_loaded", seq=snap.seq, directory=str(self.directory), seconds=round(time.monotonic() - started, 3))
+            return snap.seq, engine, json.loads(extra.read_text())
+        return None
+
+    def applied(self, commands: int) -> None:
+        self.since += commands
+
+    def due(self) -> bool:
+        return self.every > 0 and self.since >= self.every and (self.writing is None or self.writing.done())
+
+    def take(self, seq: int, books: dict[str, Book], risk: Risk | None, extra: dict[str, Any], before_write: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Capture now, on the loop (every message up to seq applied, none after); write in a
+        thread, after before_write() (the trade log: once its rows up to seq are committed)."""
+        self.since = 0
+        state = risk.state() if risk is not None else ([], [], [])
+        captured: Captured = (
+            seq, time.time_ns(), [(s, b.md_seq, b.encoded_orders(), b.encoded_stops(), b.last) for s, b in sorted(books.items())],
+            state, risk.terms_of(state[2]) if risk is not None else [],
+        )  # fmt: skip
+        self.writing = asyncio.create_task(self._write(captured, extra, before_write))
+
+    async def _write(self, captured: Captured, extra: dict[str, Any], before_write: Callable[[], Awaitable[None]] | None) -> None:
+        if before_write is not None:
+            await before_write()
+        started = time.monotonic()
+        await asyncio.to_thread(self._write_files, captured, extra)
+        log.info("snapshot_written", seq=captured[0], books_bytes=sum(len(b[2]) for b in captured[2]), seconds=round(time.monotonic() - started, 3))
+
+    def _write_files(self, captured: Captured, extra: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        side = path_for(self.directory, captured[0]).with_suffix(".json")
+        tmp = side.with_suffix(".jtmp")
+        tmp.write_text(json.dumps(extra))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, side)
+        write_snapshot(self.directory, captured)
+        kept = {p.with_suffix(".json") for p in prune(self.directory, KEEP)}
+        for old in self.directory.glob("snap-*.json"):
+            if old not in kept:
+                old.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        if self.writing is not None and not self.writing.done():
+            await self.writing
