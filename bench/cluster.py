@@ -45,6 +45,7 @@ class ClusterProcesses:
     def __init__(self, directory: Path, options: list[str]) -> None:
         self.dir = directory
         self.port, self.md_port = free_ports(2)
+        self.replayed: dict[str, int] = {}  # role -> commands its restart applied after its snapshot
         self.cli("up", "--port", str(self.port), "--md-port", str(self.md_port), "--nats-port", str(free_nats_base()), *options)
 
     def cli(self, *args: str, stdin: str = "") -> str:
@@ -77,8 +78,12 @@ class ClusterProcesses:
         while time.monotonic() - t0 < timeout:
             with open(log_path, "rb") as f:
                 f.seek(start)
-                if re.search(rb"_listening|_caught_up", f.read()):
-                    return time.monotonic() - t0
+                back = re.search(rb"_listening.*|_caught_up.*", f.read())
+                if back:
+                    took = time.monotonic() - t0
+                    replayed = re.search(rb"replayed=(\d+)", back.group())
+                    self.replayed[role] = int(replayed.group(1)) if replayed else -1
+                    return took
             if proc.poll() is not None:
                 raise RuntimeError(f"the {role} exited on restart: see {log_path}")
             time.sleep(0.02)
@@ -138,7 +143,7 @@ def restarts(args: argparse.Namespace) -> dict[str, float]:
     stream, the trade log's rows committed)."""
     data = Path(tempfile.mkdtemp(prefix="tickline-bench-restart-"))
     names = bench_accounts(data, args.connections)
-    cluster = ClusterProcesses(data / "cluster", ["--no-supervise"])
+    cluster = ClusterProcesses(data / "cluster", ["--no-supervise", *(["--snapshot-every", str(args.snapshot_every)] if args.snapshot_every is not None else [])])
     try:
         shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
         cluster.fund(names)
@@ -149,7 +154,7 @@ def restarts(args: argparse.Namespace) -> dict[str, float]:
         seconds = {}
         for role in ROLES:
             seconds[role] = cluster.kill_and_restart(role)
-            sys.stderr.write(f"restart phase: {role} back in {seconds[role]:.2f} s\n")
+            sys.stderr.write(f"restart phase: {role} back in {seconds[role]:.2f} s, {cluster.replayed[role]:,} commands applied after its snapshot\n")
         return seconds
     finally:
         cluster.stop()
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--restart-orders", type=int, default=1_000_000, help="orders through the cluster before each role is killed and restarted")
     parser.add_argument("--skip-restart", action="store_true")
+    parser.add_argument("--snapshot-every", type=int, help="the restart phase's cluster: commands between each role's snapshots (default: up's)")
     parser.add_argument("--only-restart", action="store_true", help="only the restart phase (and its summary line)")
     args = parser.parse_args(argv)
     if args.only_restart:

@@ -44,7 +44,7 @@ class EngineShard:
             if not answering and self.replica.caught_up.is_set():  # its state may be asked now
                 answering = True
                 await self.nc.subscribe(f"state.engine.{self.shard}", cb=self._state)
-                log.info("engine_shard_caught_up", shard=self.shard, applied=self.replica.applied)
+                log.info("engine_shard_caught_up", shard=self.shard, applied=self.replica.applied, replayed=self.replica.replayed)
             batch = await reader.batch()
             out: list[list[Settlement]] = [[] for _ in outboxes]
             for inp in batch:

@@ -30,6 +30,7 @@ class Replica:
         self.applied = 0  # the last input message applied
         self.through = 0  # the input's last message when reading started
         self.caught_up = asyncio.Event()  # set once that one is applied: the state is current
+        self.replayed = 0  # commands applied before caught_up (after the snapshot, if one was loaded)
         loaded = snapshots.load() if snapshots is not None else None
         if loaded is not None:  # (before anything reads the books: a gateway's desk indexes them)
             self.applied, engine, _ = loaded
@@ -52,8 +53,10 @@ class Replica:
         for seq, cmd in zip(s.seqs, s.cmds, strict=True):
             events += books[cast(OrderCommand, cmd).symbol].apply(seq, cmd)
         self.applied = inp.seq
-        if inp.seq >= self.through and not self.caught_up.is_set():
-            self.caught_up.set()
+        if not self.caught_up.is_set():
+            self.replayed += len(s.seqs)
+            if inp.seq >= self.through:
+                self.caught_up.set()
         if self.snapshots is not None:
             self.snapshots.applied(len(s.seqs))
         return s, events

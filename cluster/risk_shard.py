@@ -53,11 +53,13 @@ class RiskShard:
         last = await last_message(self.reader.js, self.reader.subject)
         await self.reader.start(after=self.applied)
         log.info("risk_shard_started", shard=self.shard, snapshot=self.applied, replaying_through=0 if last is None else last.seq)
+        replayed = self.accepted
         while last is not None and self.applied < last.seq:  # replaying: balances are not to be asked yet
             await self.step(await self.reader.batch())
+        replayed = self.accepted - replayed
         await self.nc.subscribe(f"balances.{self.shard}", cb=self._balances)
         await self.nc.subscribe(f"state.risk.{self.shard}", cb=self._state)
-        log.info("risk_shard_caught_up", shard=self.shard, applied=self.applied)
+        log.info("risk_shard_caught_up", shard=self.shard, applied=self.applied, replayed=replayed)
         heartbeat = asyncio.create_task(self._heartbeat())  # (the gateways call a silent shard down)
         try:
             while True:

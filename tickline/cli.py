@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nats-port", type=int, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
     up.add_argument("--instruments", default=env("TICKLINE_INSTRUMENTS"))
     up.add_argument("--demo", action="store_true", help="with no accounts yet: create alice and bob, funded (as serve --demo)")
-    up.add_argument("--snapshot-every", type=int, default=200_000, help="commands each role applies between its snapshots (0: none: a restarted role replays the whole stream)")
+    up.add_argument("--snapshot-every", type=int, default=100_000, help="commands each role applies between its snapshots (0: none: a restarted role replays the whole stream)")
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
     down = steps.add_parser("down", help="stop what `up` started")
     role = steps.add_parser("role", help="run one role in the foreground (what `up` starts)")

@@ -74,7 +74,7 @@ class ClusterConfig:
     nats_ports: list[tuple[int, int]] = field(default_factory=lambda: [(4222, 6222), (4223, 6223), (4224, 6224)])
     instruments: str | None = None
     supervise: bool = True  # a supervisor process restarts a role that dies (cluster/supervisor.py)
-    snapshot_every: int = 200_000  # commands a role applies between its snapshots (0: none); cluster/snapshots.py
+    snapshot_every: int = 100_000  # commands a role applies between its snapshots (0: none); cluster/snapshots.py
 
     def snapshots(self, role: str, index: int) -> Path | None:
         """Where a role keeps its snapshots (None: it keeps none, and replays from the start)."""
@@ -279,7 +279,7 @@ class GatewayRole:
         await self.nc.subscribe("alive.risk.*", cb=self._heartbeat)
         self.since = time.monotonic()  # (a shard is given RISK_SILENT from now to be heard)
         host, port = await self.gateway.start(self.config.host, self.config.port, reuse_port=True)
-        log.info("order_entry_listening", host=host, port=port, gateway=self.name, caught_up=self.replica.applied)
+        log.info("order_entry_listening", host=host, port=port, gateway=self.name, caught_up=self.replica.applied, replayed=self.replica.replayed)
         self.follow = follow
 
     async def close(self) -> None:
@@ -332,7 +332,7 @@ async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dic
     follow = asyncio.create_task(replica.follow(lambda inp, s, made: events.extend(made), after_batch))
     await _until_caught_up(replica, follow)  # (the history's trades fill the feeds' memory for REPLAY)
     host, port = await notifier.start(config.host, config.md_port, reuse_port=True)
-    log.info("market_data_listening", host=host, port=port, notifier=index, caught_up=through)
+    log.info("market_data_listening", host=host, port=port, notifier=index, caught_up=through, replayed=replica.replayed)
 
     async def close() -> None:
         await notifier.close("shutting down", 2.0)
@@ -364,7 +364,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
     async def announce() -> None:  # (what `up` and a restart's timing wait for)
         await replica.caught_up.wait()
         await tradelog.wait_committed()
-        log.info("tradelog_caught_up", applied=replica.applied)
+        log.info("tradelog_caught_up", applied=replica.applied, replayed=replica.replayed)
 
     await replica.start()
     log.info("tradelog_started", path=str(config.data.trades))
