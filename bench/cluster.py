@@ -61,7 +61,10 @@ class ClusterProcesses:
         self.cli("deposits", stdin="\n".join(lines))
 
     def pids(self) -> dict[str, int]:
-        return {f"{role} {i}": int(pid) for pid, role, i in (line.split() for line in (self.dir / "pids").read_text().splitlines())}
+        """Each process that does the exchange's work (not the supervisor: the roles are its
+        children, and their CPU is counted once, each on its own)."""
+        rows = (line.split() for line in (self.dir / "pids").read_text().splitlines())
+        return {f"{role} {i}": int(pid) for pid, role, i in rows if role != "supervisor"}
 
     def kill_and_restart(self, role: str, timeout: float = 900.0) -> float:
         """kill -9 the role's process (index 0), start it as `up` does; seconds to its line
