@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
+from cluster.retention import check_covered
 from exchange.book import Book
 from exchange.engine import Engine
 from exchange.instruments import Instrument
@@ -40,15 +41,18 @@ class RoleSnapshots:
 
     def load(self) -> tuple[int, Engine, dict[str, Any]] | None:
         """The newest valid snapshot: (the stream sequence it covers, its books and
-        balances, the role's counters), or None (then the role reads from the start)."""
+        balances, the role's counters), or None (then the role reads from the start).
+        Raises StreamCompacted if the stream no longer holds every message after it."""
         started = time.monotonic()
         for snap, engine in newest_valid(self.directory, self.instruments):
             extra = self.directory / f"snap-{snap.seq:020d}.json"
             if not extra.exists():
                 log.warning("snapshot_skipped", seq=snap.seq, why="its counters file is missing")
                 continue
+            check_covered(self.directory.parent, self.directory.name, snap.seq)
             log.info("snapshot_loaded", seq=snap.seq, directory=str(self.directory), seconds=round(time.monotonic() - started, 3))
             return snap.seq, engine, json.loads(extra.read_text())
+        check_covered(self.directory.parent, self.directory.name, 0)
         return None
 
     def applied(self, commands: int) -> None:

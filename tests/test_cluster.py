@@ -727,3 +727,94 @@ def test_a_gateway_that_is_stopped_answers_every_request_it_took_before_its_bye(
         assert acked and opened == f"LOGGED_IN account=t1 open={acked}", (opened, acked, replies[-3:])  # every order placed was ACKed, and only those
     finally:
         cluster.stop()
+
+
+def test_compact_drops_what_every_snapshot_covers_and_each_role_restarts_from_its_snapshot_on_what_is_left(tmp_path: Path) -> None:
+    """Issue 27: roles restart from snapshots, so old stream data may be dropped, by a
+    documented retention (`tickline cluster compact`)."""
+    import asyncio
+    import shutil
+
+    import nats
+
+    from tickline.cluster import start_role
+
+    cluster = Cluster(tmp_path / "c", "--snapshot-every", "40").start(funded=["t1", "t2"])
+    try:
+        t1, t2 = cluster.client("t1"), cluster.client("t2")
+        for i in range(60):  # resting orders, half of them crossed later
+            assert t1.ask(f"BUY AAPL 1 {140 + i % 10}.00")[0].startswith("ACK")
+            assert t2.ask(f"SELL BTC-USD 1 {61000 + i}.00")[0].startswith("ACK")
+        for _ in range(30):  # each takes the best bid
+            assert t2.ask("SELL AAPL 1 140.00", 2)[0].startswith("ACK")
+        assert all(line.startswith("FILL") for line in t1.lines(30))
+        assert t1.ask("BUY BTC-USD 2 61001.00", 3)[0].startswith("ACK")
+
+        def state() -> dict[str, list[str]]:
+            c = cluster.client("t1")
+            out = {f"book {s}": c.ask(f"BOOK {s}")[0:1] + c.until("END")[:-1] for s in SYMBOLS}
+            out["trades"] = c.ask("TRADES AAPL limit=100")[0:1] + c.until("END")[:-1]
+            for name in ("t1", "t2"):
+                c = cluster.client(name)
+                out[name] = c.ask("ORDERS")[0:1] + c.until("END")[:-1] + c.ask("BALANCES")[0:1] + c.until("END")[:-1]
+            return out
+
+        def compact() -> str:
+            run = tickline_cli("cluster", "compact", "--dir", str(cluster.dir))
+            assert run.returncode == 0 and run.stderr == "", run
+            return run.stdout
+
+        async def stream(window: float | None = None) -> tuple[int, int]:
+            nc = await nats.connect([f"nats://127.0.0.1:{cluster.nats_port + i}" for i in range(3)])
+            try:
+                js = nc.jetstream()
+                info = await js.stream_info("TICKLINE")
+                if window is not None:  # (JetStream lets an operator edit the window)
+                    info.config.duplicate_window = window
+                    await js.update_stream(info.config)
+                return info.state.first_seq, info.state.messages
+            finally:
+                await nc.close()
+
+        time.sleep(1.0)  # (the trade log's rows committed: TRADES reads the file)
+        before, engine, risk = state(), cluster.state("state.engine.0"), cluster.state("state.risk.0")
+        assert len(before["trades"]) > 30, before["trades"]
+        # Every snapshot is younger than the stream's duplicate window (120 s): all kept.
+        assert compact() == f"nothing dropped: what the snapshots cover is younger than the stream's duplicate window; the stream holds {asyncio.run(stream())[1]:,} messages\n"
+        _, held = asyncio.run(stream(window=1.0))
+        time.sleep(1.5)
+        said = compact()
+        m = re.fullmatch(r"dropped ([\d,]+) messages through stream sequence ([\d,]+) \(each subject's last kept\); the stream holds ([\d,]+)\n", said)
+        assert m, said
+        dropped, through, left = (int(g.replace(",", "")) for g in m.groups())
+        _, messages = asyncio.run(stream())
+        assert dropped > 50 and left == messages == held - dropped, (said, messages, held)
+        assert compact().startswith("nothing dropped: the snapshots cover nothing more yet")
+
+        # kill -9 of every role, one at a time, each started again: it loads a snapshot and
+        # reads what is left of the stream
+        for role in ("risk", "engine", "tradelog", "notifier", "gateway"):
+            log = cluster.dir / f"{role}-0.log"
+            loaded = log.read_text().count("snapshot_loaded")
+            cluster.kill(role)
+            cluster.restart(role)
+            deadline = time.monotonic() + 30
+            while log.read_text().count("_caught_up" if role != "gateway" and role != "notifier" else "_listening") < 2:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.1)
+            assert log.read_text().count("snapshot_loaded") == loaded + 1, log.read_text()[-3000:]
+        assert cluster.state("state.engine.0") == engine and cluster.state("state.risk.0")["balances"] == risk["balances"]
+        assert state() == before
+        fills = cluster.client("t2").ask("SELL AAPL 2 140.00", 3)  # still trading, ids going on
+        assert fills[0].startswith("ACK") and all(line.startswith("FILL") for line in fills[1:]), fills
+
+        # A role whose snapshots are lost refuses to start on a stream with a hole, saying why.
+        cluster.kill("notifier")
+        shutil.rmtree(cluster.dir / "snapshots" / "notifier-0")
+        proc = start_role(cluster.dir, "notifier", 0)
+        assert proc.wait(timeout=60) == 2
+        said = (cluster.dir / "notifier-0.log").read_text().splitlines()[-1]
+        assert "event='role_cannot_start' role='notifier' index=0" in said and f"the stream's messages through {through} were dropped" in said, said
+        assert "copy the newest snapshot of another role of the same kind" in said, said
+    finally:
+        cluster.stop()

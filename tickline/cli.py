@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nats-port", type=int, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
     up.add_argument("--instruments", default=env("TICKLINE_INSTRUMENTS"))
     up.add_argument("--demo", action="store_true", help="with no accounts yet: create alice and bob, funded (as serve --demo)")
-    up.add_argument("--snapshot-every", type=int, default=100_000, help="commands each role applies between its snapshots (0: none: a restarted role replays the whole stream)")
+    up.add_argument("--snapshot-every", type=int, default=100_000, help="commands each role applies between its snapshots (0: none written)")
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
     down = steps.add_parser("down", help="stop what `up` started")
     role = steps.add_parser("role", help="run one role in the foreground (what `up` starts)")
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     deposit.add_argument("amount")
     deposit.add_argument("--ref", required=True, help="your unique id for this transfer")
     deposits = steps.add_parser("deposits", help="many at once: lines of <name> <asset> <amount> <ref> on stdin, a verdict line each")
-    for step in (up, down, role, supervise, deposit, deposits):
+    compact = steps.add_parser("compact", help="drop the stream's messages that every role's snapshots cover (docs/SCALING.md, Retention)")
+    for step in (up, down, role, supervise, deposit, deposits, compact):
         step.add_argument("--dir", default=env("TICKLINE_CLUSTER_DIR", "var/cluster"), help="the cluster's files (TICKLINE_CLUSTER_DIR)")
 
     telemetry = commands.add_parser("telemetry", help="the running server's own figures: each stage's latency histogram (docs/PERFORMANCE.md)")
@@ -274,6 +275,13 @@ def _cluster(args: argparse.Namespace) -> int:
         lines = asyncio.run(cluster.transfers(config, moves))
         sys.stdout.write("".join(line + "\n" for line in lines))
         return 0 if all(line.startswith("OK") for line in lines) else 1
+    if args.action == "compact":
+        try:
+            said = asyncio.run(cluster.compact_stream(config))
+        except cluster.ClusterDown as exc:
+            raise OperatorError(f"the cluster in {args.dir} is not running, {exc}: `tickline cluster up --dir {args.dir}`") from None
+        sys.stdout.write(said + "\n")
+        return 0
     import uvloop
 
     return uvloop.run(cluster.run_role(config, args.role, args.index))

@@ -29,6 +29,7 @@ import structlog
 from cluster.engine_shard import EngineShard
 from cluster.nats import NatsCluster, process_alive
 from cluster.replica import Replica
+from cluster.retention import StreamCompacted, compact
 from cluster.risk_shard import RiskShard
 from cluster.snapshots import RoleSnapshots
 from cluster.stream import Input, Reader, connect, ensure_stream
@@ -76,9 +77,19 @@ class ClusterConfig:
     supervise: bool = True  # a supervisor process restarts a role that dies (cluster/supervisor.py)
     snapshot_every: int = 100_000  # commands a role applies between its snapshots (0: none); cluster/snapshots.py
 
-    def snapshots(self, role: str, index: int) -> Path | None:
-        """Where a role keeps its snapshots (None: it keeps none, and replays from the start)."""
-        return Path(self.directory) / "snapshots" / f"{role}-{index}" if self.snapshot_every > 0 else None
+    def snapshots(self, role: str, index: int) -> Path:
+        """Where a role keeps its snapshots (with snapshot_every 0 it writes none, but loads
+        what is there: the stream may have been compacted since they were written)."""
+        return self.snapshots_root / f"{role}-{index}"
+
+    @property
+    def snapshots_root(self) -> Path:
+        return Path(self.directory) / "snapshots"
+
+    def roles(self) -> list[tuple[str, int]]:
+        """Every role process of this cluster, as (role, index)."""
+        counts = {"tradelog": 1, "risk": self.risk_shards, "engine": self.engine_shards, "gateway": self.gateways, "notifier": self.notifiers}
+        return [(role, index) for role, n in counts.items() for index in range(n)]
 
     @property
     def layout(self) -> Layout:
@@ -118,18 +129,23 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
     work: asyncio.Task[Any]
     closers: list[Any] = []
     snapshots, every = config.snapshots(role, index), config.snapshot_every
-    if role == "risk":
-        work = asyncio.create_task(RiskShard(nc, js, index, config.layout, instruments, snapshots, every).run())
-    elif role == "engine":
-        work = asyncio.create_task(EngineShard(nc, js, index, config.layout, instruments, snapshots, every).run())
-    elif role == "gateway":
-        work, closers = await _gateway(config, index, nc, js, instruments)
-    elif role == "notifier":
-        work, closers = await _notifier(config, index, js, instruments)
-    elif role == "tradelog":
-        work, closers = await _tradelog(config, js, instruments)
-    else:
-        raise ValueError(f"no role {role}")
+    try:
+        if role == "risk":
+            work = asyncio.create_task(RiskShard(nc, js, index, config.layout, instruments, snapshots, every).run())
+        elif role == "engine":
+            work = asyncio.create_task(EngineShard(nc, js, index, config.layout, instruments, snapshots, every).run())
+        elif role == "gateway":
+            work, closers = await _gateway(config, index, nc, js, instruments)
+        elif role == "notifier":
+            work, closers = await _notifier(config, index, js, instruments)
+        elif role == "tradelog":
+            work, closers = await _tradelog(config, js, instruments)
+        else:
+            raise ValueError(f"no role {role}")
+    except StreamCompacted as exc:  # (its input has a hole: no state can be built from it)
+        log.error("role_cannot_start", role=role, index=index, why=str(exc))
+        await nc.close()
+        return 2
     done, _ = await asyncio.wait([work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     failed = work in done and work.exception() is not None
     if failed:
@@ -312,9 +328,8 @@ async def _until_caught_up(replica: Replica, follow: asyncio.Task[Any]) -> None:
     waiter.cancel()
 
 
-def _role_snapshots(config: ClusterConfig, role: str, index: int, instruments: dict) -> RoleSnapshots | None:
-    directory = config.snapshots(role, index)
-    return RoleSnapshots(directory, instruments, config.snapshot_every) if directory is not None else None
+def _role_snapshots(config: ClusterConfig, role: str, index: int, instruments: dict) -> RoleSnapshots:
+    return RoleSnapshots(config.snapshots(role, index), instruments, config.snapshot_every)
 
 
 async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
@@ -456,9 +471,7 @@ def start_roles(config: ClusterConfig) -> tuple[list[tuple[str, int, subprocess.
     """Every role as a background process, then until each has caught up with the stream
     (gateways and notifiers listen, shards answer): the processes, and what did not start."""
     directory = Path(config.directory)
-    roles = [("tradelog", 0)]
-    roles += [("risk", k) for k in range(config.risk_shards)] + [("engine", e) for e in range(config.engine_shards)]
-    roles += [("gateway", i) for i in range(config.gateways)] + [("notifier", i) for i in range(config.notifiers)]
+    roles = config.roles()
     logs_before = {(role, i): _size(directory / f"{role}-{i}.log") for role, i in roles}  # a restart appends
     procs = [(role, i, start_role(directory, role, i)) for role, i in roles]
     with open(directory / "pids", "a") as f:
@@ -641,16 +654,35 @@ class ClusterDown(Exception):
     """The cluster's processes do not answer."""
 
 
-async def balances(config: ClusterConfig) -> tuple[list[tuple[str, str, int, int]], dict[int, int]]:
-    """Every balance, from the risk shards that own them (a cluster has no journal files to
-    replay): (account, asset, available, locked) rows sorted, and each shard's last input applied."""
+async def _connect_once(config: ClusterConfig) -> Any:
+    """A command's own connection: ClusterDown if the nodes do not answer."""
     import nats
 
     try:  # (nats.connect retries a refused first connection for ever: the deadline is ours)
-        nc = await asyncio.wait_for(nats.connect(config.urls, connect_timeout=1, max_reconnect_attempts=0, error_cb=_quiet_error), 5)
+        return await asyncio.wait_for(nats.connect(config.urls, connect_timeout=1, max_reconnect_attempts=0, error_cb=_quiet_error), 5)
     except Exception as exc:  # (nats raises its own kinds, and OSError)
         why = "within 5 s" if isinstance(exc, TimeoutError) else f"({type(exc).__name__})"
         raise ClusterDown(f"its NATS nodes do not answer {why}") from None
+
+
+async def compact_stream(config: ClusterConfig) -> str:
+    """`tickline cluster compact`: drop the stream's messages every role's snapshots cover
+    (cluster/retention.py); one line saying what was dropped, or why nothing was."""
+    nc = await _connect_once(config)
+    try:
+        done = await compact(nc.jetstream(), config.snapshots_root, [f"{role}-{i}" for role, i in config.roles()])
+    finally:
+        await nc.close()
+    if done.why_not:
+        return f"nothing dropped: {done.why_not}; the stream holds {done.left:,} messages" + (f" (dropped through {done.through:,} before)" if done.through else "")
+    log.info("stream_compacted", through=done.through, dropped=done.dropped, left=done.left)
+    return f"dropped {done.dropped:,} messages through stream sequence {done.through:,} (each subject's last kept); the stream holds {done.left:,}"
+
+
+async def balances(config: ClusterConfig) -> tuple[list[tuple[str, str, int, int]], dict[int, int]]:
+    """Every balance, from the risk shards that own them (a cluster has no journal files to
+    replay): (account, asset, available, locked) rows sorted, and each shard's last input applied."""
+    nc = await _connect_once(config)
     try:
         rows: list[tuple[str, str, int, int]] = []
         applied: dict[int, int] = {}
