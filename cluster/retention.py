@@ -9,59 +9,20 @@ loaded when the newer is damaged) are needed by nobody, with two exceptions, bot
 - messages younger than the stream's duplicate window: a gateway that retries a Submit
   must still find its Nats-Msg-Id there and be stored once.
 
-The point is recorded first (<dir>/snapshots/dropped-through), then the messages dropped:
-a role whose snapshots do not reach it (its directory lost, or a role added since) refuses
-to start rather than build its state from a stream with a hole.
+The point is recorded first (<dir>/snapshots/dropped-through, cluster/snapshots.py), then
+the messages dropped: a role whose snapshots do not reach it (its directory lost, or a role
+added since) refuses to start rather than build its state from a stream with a hole.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.snapshots import dropped_through, kept_snapshots, record_dropped
 from cluster.wire import STREAM
-from journal.snapshots import seq_of, snapshot_paths
-
-DROPPED = "dropped-through"  # in <cluster dir>/snapshots/: the stream sequence dropped through
-
-
-class StreamCompacted(Exception):
-    """A role's snapshots do not reach what was dropped from the stream."""
-
-
-def kept_snapshots(directory: Path) -> list[int]:
-    """The stream sequences of a role's usable snapshots (those with their counters file)."""
-    return [seq_of(p) for p in snapshot_paths(directory) if p.with_suffix(".json").exists()]
-
-
-def dropped_through(snapshots_root: Path) -> int:
-    path = snapshots_root / DROPPED
-    return int(json.loads(path.read_text())["through"]) if path.exists() else 0
-
-
-def check_covered(snapshots_root: Path, role: str, loaded: int) -> None:
-    """Raise unless a role starting from stream sequence `loaded` (0: no snapshot) has its
-    whole input in the stream."""
-    through = dropped_through(snapshots_root)
-    if loaded < through:
-        raise StreamCompacted(
-            f"{role}: the stream's messages through {through} were dropped (tickline cluster compact) and this role's "
-            f"snapshot covers {'nothing' if loaded == 0 else f'only through {loaded}'}: copy the newest snapshot of another "
-            f"role of the same kind (an engine shard's: the same shard's) into {snapshots_root / role}"
-        )
-
-
-def _record(snapshots_root: Path, through: int) -> None:
-    snapshots_root.mkdir(parents=True, exist_ok=True)
-    tmp = snapshots_root / f"{DROPPED}.tmp"
-    tmp.write_text(json.dumps({"through": through}))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, snapshots_root / DROPPED)
 
 
 @dataclass
@@ -75,15 +36,14 @@ class Compaction:
 async def compact(js: Any, snapshots_root: Path, roles: list[str], now: datetime.datetime | None = None) -> Compaction:
     """Drop what every role's snapshots cover; roles are their directories' names (risk-0...)."""
     info = await js.stream_info(STREAM, subjects_filter=">")
-    before = info.state.messages
+    before, done = info.state.messages, dropped_through(snapshots_root)
     covered: list[int] = []
     for role in roles:
         kept = kept_snapshots(snapshots_root / role)
         if not kept:
-            return Compaction(dropped_through(snapshots_root), 0, before, f"{role} has no snapshot yet")
+            return Compaction(done, 0, before, f"{role} has no snapshot yet")
         covered.append(min(kept))
     cut = first = min(covered)
-    done = dropped_through(snapshots_root)
     if first <= done:
         return Compaction(done, 0, before, "the snapshots cover nothing more yet")
     # Younger than the duplicate window: kept. Messages are stored in time order, so if the
@@ -98,7 +58,7 @@ async def compact(js: Any, snapshots_root: Path, roles: list[str], now: datetime
         cut -= max(1, (cut - done) // 2)
     if cut <= done:
         return Compaction(done, 0, before, "what the snapshots cover is younger than the stream's duplicate window")
-    _record(snapshots_root, cut)
+    record_dropped(snapshots_root, cut)
     for subject in sorted(info.state.subjects or {}):
         last = await js.get_last_msg(STREAM, subject)
         upto = min(cut + 1, int(last.seq))  # (purge drops below this sequence: the last one stays)

@@ -6,7 +6,9 @@ The files are `tickline serve`'s (journal/snapshots.py: books and balances, chec
 their state hash checked on load, written atomically), named by the stream sequence they
 cover, in <cluster dir>/snapshots/<role>-<index>/. A role's own counters (a risk shard's
 ids given and settlements seen) go in snap-<seq>.json beside it, written first: a snapshot
-without its counters is not used.
+without its counters is not used. Beside the roles' directories, `dropped-through` says how
+far `tickline cluster compact` dropped the stream (cluster/retention.py): a role whose
+snapshots do not reach it refuses to start.
 """
 
 from __future__ import annotations
@@ -20,15 +22,61 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
-from cluster.retention import check_covered
 from exchange.book import Book
 from exchange.engine import Engine
 from exchange.instruments import Instrument
 from exchange.risk import Risk
-from journal.snapshots import Captured, newest_valid, path_for, prune, write_snapshot
+from journal.snapshots import Captured, newest_valid, path_for, prune, seq_of, snapshot_paths, write_snapshot
 
 log = structlog.get_logger("cluster")
 KEEP = 2  # snapshots kept per role (the newest may be the one a crash cut short)
+
+DROPPED = "dropped-through"  # in <cluster dir>/snapshots/: the stream sequence dropped through
+
+
+class StreamCompacted(Exception):
+    """A role's snapshots do not reach what was dropped from the stream."""
+
+
+def counters_path(directory: Path, seq: int) -> Path:
+    """A role's counters for its snapshot at seq (written before it: without it, not used)."""
+    return path_for(directory, seq).with_suffix(".json")
+
+
+def kept_snapshots(directory: Path) -> list[int]:
+    """The stream sequences of a role's usable snapshots (those with their counters file)."""
+    return [seq for seq in map(seq_of, snapshot_paths(directory)) if counters_path(directory, seq).exists()]
+
+
+def dropped_through(snapshots_root: Path) -> int:
+    path = snapshots_root / DROPPED
+    return int(json.loads(path.read_text())["through"]) if path.exists() else 0
+
+
+def check_covered(snapshots_root: Path, role: str, loaded: int) -> None:
+    """Raise unless a role starting from stream sequence `loaded` (0: no snapshot) has its
+    whole input in the stream."""
+    through = dropped_through(snapshots_root)
+    if loaded < through:
+        raise StreamCompacted(
+            f"{role}: the stream's messages through {through} were dropped (tickline cluster compact) and this role's "
+            f"snapshot covers {'nothing' if loaded == 0 else f'only through {loaded}'}: copy the newest snapshot of another "
+            f"role of the same kind (an engine shard's: the same shard's) into {snapshots_root / role}"
+        )
+
+
+def record_dropped(snapshots_root: Path, through: int) -> None:
+    snapshots_root.mkdir(parents=True, exist_ok=True)
+    _write_json(snapshots_root / DROPPED, {"through": through})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written to a temporary name, fsync'd, renamed: whole or not there."""
+    tmp = path.with_suffix(".jtmp")
+    tmp.write_text(json.dumps(data))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class RoleSnapshots:
@@ -45,7 +93,7 @@ class RoleSnapshots:
         Raises StreamCompacted if the stream no longer holds every message after it."""
         started = time.monotonic()
         for snap, engine in newest_valid(self.directory, self.instruments):
-            extra = self.directory / f"snap-{snap.seq:020d}.json"
+            extra = counters_path(self.directory, snap.seq)
             if not extra.exists():
                 log.warning("snapshot_skipped", seq=snap.seq, why="its counters file is missing")
                 continue
@@ -81,12 +129,7 @@ class RoleSnapshots:
 
     def _write_files(self, captured: Captured, extra: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        side = path_for(self.directory, captured[0]).with_suffix(".json")
-        tmp = side.with_suffix(".jtmp")
-        tmp.write_text(json.dumps(extra))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, side)
+        _write_json(counters_path(self.directory, captured[0]), extra)
         write_snapshot(self.directory, captured)
         kept = {p.with_suffix(".json") for p in prune(self.directory, KEEP)}
         for old in self.directory.glob("snap-*.json"):

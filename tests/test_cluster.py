@@ -764,7 +764,8 @@ def test_compact_drops_what_every_snapshot_covers_and_each_role_restarts_from_it
             assert run.returncode == 0 and run.stderr == "", run
             return run.stdout
 
-        async def stream(window: float | None = None) -> tuple[int, int]:
+        async def stream(window: float | None = None) -> int:
+            """The messages the stream holds (after setting its duplicate window)."""
             nc = await nats.connect([f"nats://127.0.0.1:{cluster.nats_port + i}" for i in range(3)])
             try:
                 js = nc.jetstream()
@@ -772,7 +773,7 @@ def test_compact_drops_what_every_snapshot_covers_and_each_role_restarts_from_it
                 if window is not None:  # (JetStream lets an operator edit the window)
                     info.config.duplicate_window = window
                     await js.update_stream(info.config)
-                return info.state.first_seq, info.state.messages
+                return int(info.state.messages)
             finally:
                 await nc.close()
 
@@ -780,14 +781,14 @@ def test_compact_drops_what_every_snapshot_covers_and_each_role_restarts_from_it
         before, engine, risk = state(), cluster.state("state.engine.0"), cluster.state("state.risk.0")
         assert len(before["trades"]) > 30, before["trades"]
         # Every snapshot is younger than the stream's duplicate window (120 s): all kept.
-        assert compact() == f"nothing dropped: what the snapshots cover is younger than the stream's duplicate window; the stream holds {asyncio.run(stream())[1]:,} messages\n"
-        _, held = asyncio.run(stream(window=1.0))
+        assert compact() == f"nothing dropped: what the snapshots cover is younger than the stream's duplicate window; the stream holds {asyncio.run(stream()):,} messages\n"
+        held = asyncio.run(stream(window=1.0))
         time.sleep(1.5)
         said = compact()
         m = re.fullmatch(r"dropped ([\d,]+) messages through stream sequence ([\d,]+) \(each subject's last kept\); the stream holds ([\d,]+)\n", said)
         assert m, said
         dropped, through, left = (int(g.replace(",", "")) for g in m.groups())
-        _, messages = asyncio.run(stream())
+        messages = asyncio.run(stream())
         assert dropped > 50 and left == messages == held - dropped, (said, messages, held)
         assert compact().startswith("nothing dropped: the snapshots cover nothing more yet")
 

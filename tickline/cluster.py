@@ -29,9 +29,9 @@ import structlog
 from cluster.engine_shard import EngineShard
 from cluster.nats import NatsCluster, process_alive
 from cluster.replica import Replica
-from cluster.retention import StreamCompacted, compact
+from cluster.retention import compact
 from cluster.risk_shard import RiskShard
-from cluster.snapshots import RoleSnapshots
+from cluster.snapshots import RoleSnapshots, StreamCompacted
 from cluster.stream import Input, Reader, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.supervisor import Supervisor
