@@ -73,6 +73,20 @@ class Sequenced(msgspec.Struct, array_like=True, tag="sequenced"):
     tokens: list[int]
 
 
+    def runs(self) -> list[tuple[int, list[Command], int]]:
+        """The commands as journal batches (first id, commands, time): each run of ids one
+        apart that was stored at one time (one Submit's, with one risk and one engine shard)."""
+        out: list[tuple[int, list[Command], int]] = []
+        last_seq = last_ts = -1
+        for ts, seq, cmd in zip(self.ts_ns, self.seqs, self.cmds, strict=True):
+            if seq == last_seq + 1 and ts == last_ts:
+                out[-1][1].append(cmd)
+            else:
+                out.append((seq, [cmd], ts))
+            last_seq, last_ts = seq, ts
+        return out
+
+
 class Verdicts(msgspec.Struct, array_like=True):
     """What a risk shard tells one gateway directly: (token, 0, reason, text) for a command
     it refused (a duplicate transfer: the seq it was applied as, not 0), (token, seq, "", "")

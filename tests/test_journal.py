@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cluster.wire import Sequenced
 from journal.journal import Journal, JournalCorrupt, read_journal, repair, segment_paths
-from journal.records import HEADER
+from journal.records import HEADER, decode_records, encode_batch
 from protocol.messages import TIF, Cancel, NewOrder, Side
 
 
@@ -108,3 +109,15 @@ def test_the_trade_log_can_be_read_as_soon_as_it_is_opened(tmp_path: Path) -> No
             await task
 
     assert asyncio.run(main()) == ([], [])
+
+
+def test_a_cluster_trade_log_gets_each_command_with_its_own_id_and_time_from_a_sequenced_message() -> None:
+    # (the trade-log role hands its writer journal records built from the stream's messages)
+    cmds = [NewOrder("AAPL", Side.BUY, 1, 100 + i, TIF.GTC, f"u{i}") for i in range(6)]
+    ids, times = [5, 6, 7, 9, 10, 11], [1, 1, 2, 2, 2, 3]  # two shards' ids leave gaps; each Submit its own time
+    s = Sequenced(times, ids, list(cmds), ["g"] * 6, list(range(6)))
+    assert [(first, len(run), ts) for first, run, ts in s.runs()] == [(5, 2, 1), (7, 1, 2), (9, 2, 2), (11, 1, 3)]
+    records = [decode_records(encode_batch(first, run, ts), first) for first, run, ts in s.runs()]
+    back = [(seq, cmd, ts) for record in records for first, _, got, ts, _ in record for seq, cmd in enumerate(got or [], first)]
+    assert [(seq, ts) for seq, _, ts in back] == list(zip(ids, times, strict=True))
+    assert [cmd for _, cmd, _ in back] == cmds

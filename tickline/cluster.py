@@ -362,8 +362,8 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
     replica = Replica(js, instruments, snapshots=_role_snapshots(config, "tradelog", 0, instruments))
 
     def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
-        for ts, seq, cmd in zip(s.ts_ns, s.seqs, s.cmds, strict=True):
-            tradelog.on_durable(seq, 1, encode_batch(seq, [cmd], ts))  # its audit row, its trades' time
+        for first, cmds, ts in s.runs():  # their audit rows, their trades' time
+            tradelog.on_durable(first, len(cmds), encode_batch(first, cmds, ts))
         tradelog.on_events(made)
 
     async def follow() -> None:
