@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, Coroutine, cast
+from typing import Awaitable, Callable, Container, Coroutine, cast
 
 import structlog
 
@@ -313,8 +313,10 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ reports
 
-    def reports(self, events: list[Event]) -> list[ReportLine]:
-        """Execution reports for a matching batch, in order; open orders follow the events."""
+    def reports(self, events: list[Event], listening: Container[str]) -> list[ReportLine]:
+        """Execution reports for a matching batch, in order, for the owners in listening (those
+        with a session here: a cluster gateway sees every owner's events); the open orders
+        follow every event."""
         orders, instruments = self.orders, self.instruments
         out: list[ReportLine] = []
         for e in events:
@@ -338,7 +340,8 @@ class OrderDesk:
                     orders.remove(e.order_id, entry.owner, entry.client_id)
             elif type(e) is not Replaced:
                 continue
-            out.append((e.owner, *report_fields(e, instruments)))
+            if e.owner in listening:
+                out.append((e.owner, *report_fields(e, instruments)))
         return out
 
 

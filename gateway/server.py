@@ -402,7 +402,7 @@ class Gateway:
 
     def deliver(self, events: list[Event]) -> None:
         """Execution reports from a matching step, to every live session of each owner."""
-        self.send_reports(self.desk.reports(events))
+        self.send_reports(self.desk.reports(events, self.by_owner))
 
     def send_reports(self, reports: list[ReportLine]) -> None:
         """Reports made by desk.reports (which moved the open orders on first), sent."""

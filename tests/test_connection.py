@@ -73,7 +73,7 @@ class Bench:
             self.steps.pop(0)()
 
     def deliver(self, events: list[Event]) -> None:
-        for owner, text_of, struct, fields in self.desk.reports(events):
+        for owner, text_of, struct, fields in self.desk.reports(events, {conn.owner for conn in self.conns}):
             for conn in self.conns:
                 if conn.owner == owner:
                     self.out[conn] += conn.report(R.to_json(struct(*fields)) if conn.json_mode else text_of(*fields))
