@@ -30,7 +30,7 @@ class EngineShard:
     def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument], snapshots: Path | None = None, every: int = 0) -> None:
         self.nc, self.shard, self.layout = nc, shard, layout
         mine = {s: i for s, i in instruments.items() if layout.engine_of(s) == shard}
-        self.replica = Replica(js, mine, f"orders.{shard}.>", RoleSnapshots(snapshots, mine, every) if snapshots else None)
+        self.replica = Replica(js, mine, f"orders.{shard}.>", RoleSnapshots(snapshots, mine, every) if snapshots else None, market_data=False)
         self.outboxes = [Outbox(js, in_subject(k, f"e{shard}")) for k in range(layout.risk_shards)]
 
     async def run(self) -> None:

@@ -23,9 +23,12 @@ OnApplied = Callable[[Input, Sequenced, list[Event]], None]
 
 
 class Replica:
-    def __init__(self, js: Any, instruments: dict[str, Instrument], subject: str = "orders.>", snapshots: RoleSnapshots | None = None) -> None:
+    def __init__(
+        self, js: Any, instruments: dict[str, Instrument], subject: str = "orders.>", snapshots: RoleSnapshots | None = None, market_data: bool = True
+    ) -> None:
+        """market_data False: its books make no BookLevelChanged or Quote events (exchange/book.py)."""
         self.js, self.subject, self.snapshots = js, subject, snapshots
-        self.books: dict[str, Book] = {symbol: Book(inst) for symbol, inst in sorted(instruments.items())}
+        self.books: dict[str, Book] = {symbol: Book(inst, market_data) for symbol, inst in sorted(instruments.items())}
         self.reader = Reader(js, subject)
         self.applied = 0  # the last input message applied
         self.through = 0  # the input's last message when reading started
@@ -34,6 +37,8 @@ class Replica:
         loaded = snapshots.load() if snapshots is not None else None
         if loaded is not None:  # (before anything reads the books: a gateway's desk indexes them)
             self.applied, engine, _ = loaded
+            for book in engine.books.values():
+                book.market_data = market_data
             self.books.update(engine.books)
 
     async def start(self) -> int:

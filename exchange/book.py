@@ -135,8 +135,12 @@ class Half:
 
 
 class Book:
-    def __init__(self, instrument: Instrument) -> None:
+    def __init__(self, instrument: Instrument, market_data: bool = True) -> None:
+        """market_data False: apply() returns no BookLevelChanged and no Quote (md_seq and the
+        quote move as ever), for a replica that reads only reports and trades (a cluster's
+        engine shard, gateways and trade log: the notifiers make the market data)."""
         self.instrument = instrument
+        self.market_data = market_data
         self.symbol = instrument.symbol
         self.orders: dict[int, Order] = {}
         self.bids = Half(BUY)
@@ -181,9 +185,11 @@ class Book:
             symbol, md_seq = self.symbol, self.md_seq
             bid, _, ask, _ = self.quote
             at_top = False  # only a change at or inside the last quote can move it
+            market_data = self.market_data
             for level in touched:
                 md_seq += 1
-                out.append(BookLevelChanged(md_seq, symbol, level.side, level.price, level.total))
+                if market_data:
+                    out.append(BookLevelChanged(md_seq, symbol, level.side, level.price, level.total))
                 if level.side is BUY:
                     at_top = at_top or bid is None or level.price >= bid
                 else:
@@ -203,7 +209,8 @@ class Book:
         if quote != self.quote:
             self.quote = quote
             self.md_seq += 1
-            out.append(Quote(self.md_seq, self.symbol, *quote))
+            if self.market_data:
+                out.append(Quote(self.md_seq, self.symbol, *quote))
 
     def _new(self, seq: int, cmd: NewOrder, out: list[Event], touched: dict) -> None:
         price, tif = cmd.price, cmd.tif

@@ -164,6 +164,17 @@ def test_replay_gives_identical_events_and_state(stream: list[Command]) -> None:
     assert first.state_hash() == second.state_hash()
 
 
+@settings(max_examples=300, deadline=None)
+@given(streams)
+def test_a_book_without_market_data_events_gives_the_same_other_events_and_state(stream: list[Command]) -> None:
+    # (a cluster's engine shard, gateways and trade log keep such books; the notifiers the full ones)
+    full, quiet = Book(TEST), Book(TEST, market_data=False)
+    for seq, cmd in enumerate(stream, 1):
+        assert [e for e in full.apply(seq, cmd) if not isinstance(e, (BookLevelChanged, Quote))] == quiet.apply(seq, cmd), f"command {seq}: {cmd}"
+        assert (quiet.md_seq, quiet.quote) == (full.md_seq, full.quote)
+    assert quiet.state_hash() == full.state_hash()
+
+
 @settings(max_examples=500, deadline=None)
 @given(streams)
 def test_engine_and_naive_reference_agree(stream: list[Command]) -> None:

@@ -186,7 +186,7 @@ class GatewayRole:
     def build_intake(self) -> None:
         """1. The replica of every engine shard's books, and the intake: commands to the
         accounts' risk shards (grouped into one message per shard while one is in flight)."""
-        self.replica = Replica(self.js, self.instruments, snapshots=_role_snapshots(self.config, "gateway", self.index, self.instruments))
+        self.replica = Replica(self.js, self.instruments, snapshots=_role_snapshots(self.config, "gateway", self.index, self.instruments), market_data=False)
         submitter = Submitter(self.js, self.name, self.config.layout)
         self.intake = StreamIntake(self.name, submitter.forward, self.unavailable)
         self.heard: dict[int, float] = {}  # risk shard -> when its last heartbeat came (alive.risk.<k>)
@@ -359,7 +359,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
     tradelog = TradeLog(config.data.trades, instruments)
     await tradelog.open()
     writer = asyncio.create_task(tradelog.run())
-    replica = Replica(js, instruments, snapshots=_role_snapshots(config, "tradelog", 0, instruments))
+    replica = Replica(js, instruments, snapshots=_role_snapshots(config, "tradelog", 0, instruments), market_data=False)  # (trades and reports)
 
     def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
         for first, cmds, ts in s.runs():  # their audit rows, their trades' time
