@@ -72,10 +72,10 @@ class Sequenced(msgspec.Struct, array_like=True, tag="sequenced"):
     gateways: list[str]
     tokens: list[int]
 
-
     def runs(self) -> list[tuple[int, list[Command], int]]:
         """The commands as journal batches (first id, commands, time): each run of ids one
-        apart that was stored at one time (one Submit's, with one risk and one engine shard)."""
+        apart that was stored at one time (a Submit's; with k risk shards a shard's ids are
+        k apart, so each command is a batch of its own)."""
         out: list[tuple[int, list[Command], int]] = []
         last_seq = last_ts = -1
         for ts, seq, cmd in zip(self.ts_ns, self.seqs, self.cmds, strict=True):
