@@ -53,6 +53,7 @@ from notifier.server import Notifier
 from protocol.messages import Command, Event, OrderCommand, Problem, Reason, Transfer
 from telemetry.registry import Telemetry
 from tickline import __version__
+from tickline.tuning import tune_runtime
 
 log = structlog.get_logger("cluster")
 DECISIONS_GRACE = 10.0  # seconds a stopping gateway waits for the risk shards' decisions on what it took
@@ -119,6 +120,7 @@ class ClusterConfig:
 
 async def run_role(config: ClusterConfig, role: str, index: int) -> int:
     register(Path(config.directory), role, index)  # (started by hand too: `down` stops it)
+    tune_runtime()  # the collector as `tickline serve` sets it: every role keeps books too
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
