@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, Container, Coroutine, cast
+from typing import Awaitable, Callable, Coroutine, cast
 
 import structlog
 
@@ -42,10 +42,6 @@ BalancesSource = Callable[[str], Awaitable[list[tuple[str, int, int]]]]
 MarketSource = Callable[[MarketQuery], Awaitable[R.Reply]]
 
 
-# An execution report for one owner: (owner, text formatter, reply Struct, fields). Each of
-# the owner's connections gets it in its own form (that of its last request); the server
-# formats each report at most once per form, and only for owners with a live session.
-ReportLine = tuple[str, Callable[..., bytes], type[R.Reply], tuple]
 CANCELS_KEPT = 10_000  # cancelling commands whose count is kept for CANCEL ALL's reply
 
 
@@ -313,12 +309,12 @@ class OrderDesk:
 
     # ------------------------------------------------------------------ reports
 
-    def reports(self, events: list[Event], listening: Container[str]) -> list[ReportLine]:
-        """Execution reports for a matching batch, in order, for the owners in listening (those
-        with a session here: a cluster gateway sees every owner's events); the open orders
-        follow every event."""
-        orders, instruments = self.orders, self.instruments
-        out: list[ReportLine] = []
+    def reports(self, events: list[Event]) -> list[Report]:
+        """The execution reports among a matching batch's events, in order, once the open
+        orders have followed every event (the server formats them, report_fields, only for
+        owners with a session: a cluster gateway sees every owner's)."""
+        orders = self.orders
+        out: list[Report] = []
         for e in events:
             if type(e) is Fill:
                 if not e.leaves:
@@ -340,8 +336,7 @@ class OrderDesk:
                     orders.remove(e.order_id, entry.owner, entry.client_id)
             elif type(e) is not Replaced:
                 continue
-            if e.owner in listening:
-                out.append((e.owner, *report_fields(e, instruments)))
+            out.append(e)
         return out
 
 

@@ -18,10 +18,10 @@ from typing import Callable, cast
 import structlog
 
 from gateway.connection import Connection
-from gateway.desk import OrderDesk, ReportLine
+from gateway.desk import OrderDesk, report_fields
 from netio.plumbing import FlowControl, address_of, capped_write, close_all, limit_buffers, listen, peer_name
 from protocol import replies as R
-from protocol.messages import Event
+from protocol.messages import Event, Report
 from telemetry.registry import Telemetry
 
 log = structlog.get_logger("gateway")
@@ -402,16 +402,19 @@ class Gateway:
 
     def deliver(self, events: list[Event]) -> None:
         """Execution reports from a matching step, to every live session of each owner."""
-        self.send_reports(self.desk.reports(events, self.by_owner))
+        self.send_reports(self.desk.reports(events))
 
-    def send_reports(self, reports: list[ReportLine]) -> None:
-        """Reports made by desk.reports (which moved the open orders on first), sent."""
+    def send_reports(self, reports: list[Report]) -> None:
+        """Reports from desk.reports (which moved the open orders on first), to every live
+        session of each owner in its own form (that of its last request): formatted at most
+        once per form, and only for owners with a session here."""
         outgoing: dict[Session, list[bytes]] = {}
-        by_owner = self.by_owner
-        for owner, text_of, struct, fields in reports:
-            sessions = by_owner.get(owner)
+        by_owner, instruments = self.by_owner, self.desk.instruments
+        for e in reports:
+            sessions = by_owner.get(e.owner)
             if not sessions:
                 continue
+            text_of, struct, fields = report_fields(e, instruments)
             text = json = b""
             for session in sessions:
                 if session.conn.json_mode:  # each connection in its own form

@@ -14,7 +14,7 @@ from exchange.instruments import load_instruments
 from exchange.matching import Durable, Matching
 from exchange.sequencer import Sequencer
 from gateway.connection import Connection
-from gateway.desk import OrderDesk
+from gateway.desk import OrderDesk, report_fields
 from gateway.intake import JournalIntake
 from protocol import replies as R
 from protocol.messages import TIF, Command, Event, NewOrder, Refusal, Side, Transfer
@@ -73,9 +73,10 @@ class Bench:
             self.steps.pop(0)()
 
     def deliver(self, events: list[Event]) -> None:
-        for owner, text_of, struct, fields in self.desk.reports(events, {conn.owner for conn in self.conns}):
+        for e in self.desk.reports(events):
+            text_of, struct, fields = report_fields(e, self.desk.instruments)
             for conn in self.conns:
-                if conn.owner == owner:
+                if conn.owner == e.owner:
                     self.out[conn] += conn.report(R.to_json(struct(*fields)) if conn.json_mode else text_of(*fields))
         for conn in self.conns:
             self.out[conn] += conn.settle()

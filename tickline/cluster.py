@@ -283,7 +283,7 @@ class GatewayRole:
         matching (queries, CANCELED_ALL, a QUIT): as serve sends them. The open orders (and
         CANCEL ALL's counts) follow the batch first."""
         gateway, intake = self.gateway, self.intake
-        reports = gateway.desk.reports(self.events, gateway.by_owner) if self.events else []
+        reports = gateway.desk.reports(self.events) if self.events else []
         self.events.clear()  # (read, not kept)
         through = intake.advance()
         gateway.on_released(through)
