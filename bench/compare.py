@@ -3,12 +3,13 @@
     python -m bench.compare <git ref> [--rounds 3] [--orders 80000] [-- <cluster up options>]
 
 The machine drifts 20-40% between runs, more than most changes move, so whole-run totals
-rarely decide an A/B. Here each round runs the ref (from a temporary git worktree) and then
-this tree, each in a fresh cluster with the same seeded closed loop (bench/workload.py, 8
-connections x 200 in flight), and prints every process's own CPU per order (from /proc:
-user + system, children not included, so the trade log's SQLite writer is its own row),
-orders/s and the total over all processes. Compare a role's figures within a round, and the
-roles that did not change as the measure of the drift.
+rarely decide an A/B. Here each round runs the ref (from a temporary git worktree) and this
+tree, each going first in turn (a run leaves the next one faster), each in a fresh cluster
+with the same seeded closed loop (bench/workload.py, 8 connections x 200 in flight), and
+prints every process's own CPU per order (bench.load's tree_cpu_seconds of the process less
+its children's, so the trade log's SQLite writer is its own row), orders/s and the total
+over all processes. Compare a role's figures within a round, and the roles that did not
+change as the measure of the drift.
 """
 
 from __future__ import annotations
@@ -25,15 +26,11 @@ from bench.load import ROOT
 
 # One run from the tree it is started in (cwd): only what every commit with bench-cluster has.
 ONE_RUN = """
-import json, os, shutil, sys, tempfile
+import json, shutil, sys, tempfile
 from pathlib import Path
 from bench.cluster import ClusterProcesses
 from bench.load import bench_accounts, run_phase, tree_cpu_seconds
 from bench.workload import make_stream
-
-def own(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 orders, options = int(sys.argv[1]), sys.argv[2:]
 data = Path(tempfile.mkdtemp(prefix="tickline-compare-"))
@@ -44,7 +41,9 @@ try:
     cluster.fund(names)
     pids = cluster.pids()
     kids = {k: [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()] for k, p in pids.items()}
-    cpu = lambda: {**{k: own(p) for k, p in pids.items()}, **{f"{k} writer": sum(map(own, c)) for k, c in kids.items() if c}, "all": sum(map(tree_cpu_seconds, pids.values()))}
+    def cpu():  # each process's own (its tree less its children's), the children's, everything
+        trees, children = {k: tree_cpu_seconds(p) for k, p in pids.items()}, {k: sum(map(tree_cpu_seconds, c)) for k, c in kids.items()}
+        return {**{k: trees[k] - children[k] for k in pids}, **{f"{k} writer": children[k] for k in pids if kids[k]}, "all": sum(trees.values())}
     before = cpu()
     result = run_phase(cluster.port, [make_stream(orders // 8, 7, c) for c in range(8)], "closed loop", "compare", None, 200, logins=names)
     after = cpu()
@@ -74,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     worktree = Path(tempfile.mkdtemp(prefix="tickline-compare-ref-")) / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(worktree), args.ref], cwd=ROOT, check=True)
     try:
+        sides = [(args.ref, worktree), ("this tree", ROOT)]
         for n in range(1, args.rounds + 1):
-            for label, tree in ((args.ref, worktree), ("this tree", ROOT)):
+            for label, tree in sides if n % 2 else sides[::-1]:  # (each goes first in turn: a run can slow the next one)
                 r = run_once(tree, args.orders, options)
                 roles = "  ".join(f"{k} {v:.1f}" for k, v in r["us"].items() if k != "all")
                 print(f"round {n} {label:>12}: {r['orders_s']:8,.0f} orders/s  all {r['us']['all']:5.1f} us/order  own: {roles}", flush=True)

@@ -131,7 +131,7 @@ class RoleSnapshots:
         self.directory.mkdir(parents=True, exist_ok=True)
         _write_json(counters_path(self.directory, captured[0]), extra)
         write_snapshot(self.directory, captured)
-        kept = {p.with_suffix(".json") for p in prune(self.directory, KEEP)}
+        kept = {counters_path(self.directory, seq_of(p)) for p in prune(self.directory, KEEP)}
         for old in self.directory.glob("snap-*.json"):
             if old not in kept:
                 old.unlink(missing_ok=True)
