@@ -56,3 +56,12 @@ def test_restart_benchmark_times_the_worst_case_on_the_real_server() -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "worst case after kill -9 (snapshot at 15,000, 5,000 tail commands)" in run.stdout, run.stdout
+
+
+def test_writer_benchmark_commits_every_command_of_the_mix() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.writer", "--commands", "3000", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert run.returncode == 0, run.stderr
+    # 3,000 orders after two deposits for each owner they name: one audit row each.
+    assert ",594 commands of the exchange-core mix" in run.stdout and "rows per command: audit 1.00," in run.stdout, run.stdout

@@ -1,0 +1,114 @@
+"""The trade log's writer alone: its CPU per command, without a server around it.
+
+    python -m bench.writer [--commands 200000] [--rounds 3] [--journal DATA_DIR]
+
+Builds the frames the server hands the writer process (journal records, trades, reports:
+journal/tradelog.py's pieces, FRAME_UNITS rows each) for a seeded command stream, the
+exchange-core mix with stops and icebergs (bench/mix.py, 1,000 owners, five commands per
+journal record as at 10,000 orders/s), or for the journal of a data directory (e.g. one a
+`bench.load` run left), then times journal.tradelog_writer.Writer over them into a fresh
+SQLite file, once per round. `make bench` measures the same process under the server at
+10,000/s; this one separates the writer's own cost from the machine's other load, so an
+A/B of a change to it shows in a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import msgspec
+
+from bench.mix import BENCH_INSTRUMENT, generate
+from exchange.engine import Engine
+from exchange.instruments import Instrument, assets_of, load_instruments
+from journal.journal import read_batches
+from journal.layout import DataDir
+from journal.tradelog import FRAME_UNITS, replayed_piece
+from journal.tradelog_writer import Frame, Writer
+from protocol.messages import Command, Transfer
+
+PER_RECORD = 5  # commands per journal record (group commit) at 10,000 orders/s, as make bench shows
+RECORD_NS = 500_000  # one record every 0.5 ms
+
+
+def mix_batches(n: int) -> Iterator[tuple[int, list[Command], int]]:
+    """The seeded mix as journal batches: (first seq, commands, time ns); deposits first."""
+    orders = [cmd for _, cmd in generate(n, order_types=True)]
+    owners = sorted({cmd.owner for cmd in orders})  # type: ignore[union-attr]
+    funding: list[Command] = [Transfer(o, a, 10**15, f"{o}:{a}") for o in owners for a in (BENCH_INSTRUMENT.base, BENCH_INSTRUMENT.quote)]
+    cmds = funding + orders
+    ts = 1_780_000_000 * 10**9
+    for i in range(0, len(cmds), PER_RECORD):
+        yield i + 1, cmds[i : i + PER_RECORD], ts + i // PER_RECORD * RECORD_NS
+
+
+def frames_of(batches: Iterator[tuple[int, list[Command], int]], instruments: dict[str, Instrument]) -> tuple[list[bytes], int]:
+    """Encoded frames as the server sends them, and the number of commands they hold."""
+    engine, encode = Engine(instruments), msgspec.msgpack.Encoder().encode
+    frames: list[bytes] = []
+    pieces: list[msgspec.Raw] = []
+    units = commands = 0
+    for first_seq, cmds, ts_ns in batches:
+        events = []
+        for seq, cmd in enumerate(cmds, first_seq):
+            events += engine.apply(seq, cmd)
+        count, piece = replayed_piece(first_seq, cmds, ts_ns, events)
+        pieces.append(msgspec.Raw(encode(piece)))
+        units += count
+        commands += len(cmds)
+        if units >= FRAME_UNITS:
+            frames.append(encode(Frame(units, pieces, through=first_seq + len(cmds) - 1)))
+            pieces, units = [], 0
+    if pieces:
+        frames.append(encode(Frame(units, pieces)))
+    return frames, commands
+
+
+def time_writer(frames: list[bytes], instruments: dict[str, Instrument], db: Path) -> float:
+    """CPU seconds of decoding and committing every frame into a fresh file."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    writer = Writer(str(db))
+    writer.instruments, writer.assets = instruments, assets_of(instruments)
+    decode = msgspec.msgpack.Decoder(Frame).decode
+    start = time.process_time()
+    for data in frames:
+        writer.write(decode(data))
+    spent = time.process_time() - start
+    writer.conn.close()
+    return spent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commands", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--journal", type=Path, help="a data directory whose journal to use instead of the mix (default instruments)")
+    args = parser.parse_args(argv)
+    if args.journal is not None:
+        instruments = load_instruments(None)
+        frames, n = frames_of(read_batches(DataDir(args.journal).journal, after=0), instruments)
+        source = f"the journal of {args.journal}"
+    else:
+        instruments = {BENCH_INSTRUMENT.symbol: BENCH_INSTRUMENT}
+        frames, n = frames_of(mix_batches(args.commands), instruments)
+        source = "the exchange-core mix with stops and icebergs"
+    with tempfile.TemporaryDirectory(prefix="tickline-writer-") as tmp:
+        spent = [time_writer(frames, instruments, Path(tmp) / "trades.sqlite") for _ in range(args.rounds)]
+        rows = Writer(str(Path(tmp) / "trades.sqlite")).conn
+        counts = {t: rows.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("orders", "reports", "trades")}
+    per = sorted(s / n * 1e6 for s in spent)
+    print(f"trade-log writer, {n:,} commands of {source} in {len(frames)} frames (pid {os.getpid()}):")
+    print(f"  rows per command: audit {counts['orders'] / n:.2f}, reports {counts['reports'] / n:.2f}, trades {counts['trades'] / n:.2f}")
+    print(f"  CPU per command: {' / '.join(f'{p:.2f}' for p in per)} us (rounds, sorted); median {per[len(per) // 2]:.2f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
