@@ -1,11 +1,17 @@
-"""The trade-log writer's row building: candles and times as the log has always had them."""
+"""The trade-log writer's rows: candles, times and the audit as the log has always had them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from journal.tradelog_writer import INTERVALS, IsoClock, fold_candles, iso
+from journal.queries import order_line, orders
+from journal.records import encode_batch
+from journal.tradelog_writer import INSERT_ORDER, INTERVALS, Frame, IsoClock, Piece, Writer, create_tables, fold_candles, iso
+from protocol.messages import TIF, Cancel, NewOrder, Refusal, Side, Transfer
 
 DAY_NS = 86_400 * 10**9
 T0 = 1_780_000_000 * 10**9  # 2026-05-28
@@ -43,3 +49,34 @@ def test_candles_of_every_interval_are_those_of_their_trades_in_key_order(rows: 
 def test_a_clock_formats_every_time_as_iso_does_including_microsecond_rounding(times: list[int]) -> None:
     clock = IsoClock()
     assert [clock(t) for t in times] == [iso(t) for t in times]
+
+
+def test_the_audit_of_a_log_from_before_audit_batches_lists_each_request_once_in_time_order(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    conn = create_tables(db)  # as written by the writer before audit_batches: a row per journaled command
+    conn.executemany(INSERT_ORDER, [
+        (1, iso(T0), "alice", "USD", "", "1000.00", "", "", "alice-usd", "accepted", None, None, "deposit", None),
+        (2, iso(T0 + 1000), "alice", "AAPL", "BUY", "5", "150.00", "GTC", "b1", "accepted", None, None, "new", None),
+    ])  # fmt: skip
+    conn.close()
+    writer = Writer(str(db))
+    writer.write(Frame(0, [], {"AAPL": ("0.01", "1")}, {"USD": "0.01", "AAPL": "1"}))
+    # After the upgrade, recovery hands over the batch of 2 again (the log's `through` was before it).
+    cmds = [NewOrder("AAPL", Side.BUY, 5, 15000, TIF.GTC, "alice", client_id="b1"), Cancel("AAPL", 2, "alice"), Transfer("bob", "USD", -500, "bob-out")]
+    refused = Refusal("bob", "AAPL", "SELL", "1", "150.001", "GTC", None, "bad_tick", "price 150.001 is not on the tick 0.01")
+    piece = Piece(records=[(2, encode_batch(2, cmds, T0 + 2000))], refusals=[(T0 + 3000, refused)])
+    writer.write(Frame(4, [msgspec.Raw(msgspec.msgpack.encode(piece))]))
+    writer.write(Frame(1, [msgspec.Raw(msgspec.msgpack.encode(Piece(records=[(5, encode_batch(5, [Transfer("bob", "USD", 300, "bob-in")], T0 + 4000))])))]))
+    writer.conn.close()
+
+    lines = [order_line(row) for row in orders(db)]
+    assert [line.split(" ", 2)[:2] for line in lines] == [["DEPOSIT", "1"], ["ORDER", "2"], ["CANCEL", "3"], ["WITHDRAWAL", "4"], ["ORDER", "-"], ["DEPOSIT", "5"]]
+    assert lines[2].endswith(" accepted AAPL order=2 owner=alice")
+    assert lines[3].endswith(" accepted USD 5.00 account=bob ref=bob-out") and lines[5].endswith(" accepted USD 3.00 account=bob ref=bob-in")
+    assert lines[4].endswith(" rejected SELL AAPL 1 150.001 GTC owner=bob reason=bad_tick price 150.001 is not on the tick 0.01")
+    # Filters apply to both kinds of rows.
+    assert [row["order_id"] for row in orders(db, owner="bob")] == [4, None, 5]
+    assert [row["order_id"] for row in orders(db, since="3")] == [3, 4, 5]
+    assert [row["order_id"] for row in orders(db, status="rejected")] == [None]
+    assert [row["order_id"] for row in orders(db, owner="alice", limit=2)] == [1, 2]
+    assert [row["order_id"] for row in orders(db, symbol="usd")] == [1, 4, 5]
