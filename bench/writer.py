@@ -102,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tickline-writer-") as tmp:
         spent = [time_writer(frames, instruments, Path(tmp) / "trades.sqlite") for _ in range(args.rounds)]
         rows = Writer(str(Path(tmp) / "trades.sqlite")).conn
-        counts = {t: rows.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("orders", "reports", "trades")}
+        counts = {t: rows.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("audit_batches", "audit_owners", "reports", "trades")}
     per = sorted(s / n * 1e6 for s in spent)
     print(f"trade-log writer, {n:,} commands of {source} in {len(frames)} frames (pid {os.getpid()}):")
-    print(f"  rows per command: audit {counts['orders'] / n:.2f}, reports {counts['reports'] / n:.2f}, trades {counts['trades'] / n:.2f}")
+    print(
+        f"  rows per command: audit batches {counts['audit_batches'] / n:.2f} (owners of each {counts['audit_owners'] / n:.2f}),"
+        f" reports {counts['reports'] / n:.2f}, trades {counts['trades'] / n:.2f}"
+    )
     print(f"  CPU per command: {' / '.join(f'{p:.2f}' for p in per)} us (rounds, sorted); median {per[len(per) // 2]:.2f} us")
     return 0
 

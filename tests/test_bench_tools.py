@@ -63,5 +63,5 @@ def test_writer_benchmark_commits_every_command_of_the_mix() -> None:
         [sys.executable, "-m", "bench.writer", "--commands", "3000", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=180
     )
     assert run.returncode == 0, run.stderr
-    # 3,000 orders after two deposits for each owner they name: one audit row each.
-    assert ",594 commands of the exchange-core mix" in run.stdout and "rows per command: audit 1.00," in run.stdout, run.stdout
+    # 3,000 orders after two deposits for each owner they name, five to a journal record: a batch row each.
+    assert "4,594 commands of the exchange-core mix" in run.stdout and "rows per command: audit batches 0.20 " in run.stdout, run.stdout
