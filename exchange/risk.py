@@ -270,12 +270,16 @@ class Risk:
         for seq, (h, amount) in self.pending.items():
             if seq > through:
                 _unlock(balances[(h.account, h.asset)], amount)
-        del self.transfers[: bisect_right(self.transfers, through, key=_seq_of)]  # durable for good
+        self.forget_transfers(through)
         for _, t in self.transfers:
             balances[(t.account, t.asset)][0] -= t.amount
             refs.pop(t.ref, None)
         rows = sorted((acct, asset, b[0], b[1]) for (acct, asset), b in balances.items() if b[0] or b[1])
         return rows, hold_groups, sorted(refs.items())
+
+    def forget_transfers(self, through: int) -> None:
+        """Transfers up to `through` are in a snapshot: durable for good, never left out of one again."""
+        del self.transfers[: bisect_right(self.transfers, through, key=_seq_of)]
 
     def _hold_groups(self) -> list[HoldGroup]:
         """The holds as columns, one group per (account, asset, symbol, side), ids ascending:

@@ -3,8 +3,10 @@
 journal tail a restart after kill -9 must replay, and so the time to restart.
 
 A snapshot must show the books after exactly the commands up to some seq: it is captured
-when every matching task has drained its queue (then everything durable is applied), and
-written (fsync'd, renamed) in a thread. It never waits for the trade log: the newest
+when every matching task has drained its queue (then everything durable is applied), by a
+forked child that encodes and writes (fsync'd, renamed) its copy-on-write view of that
+moment while the event loop goes on (journal/forked.py; where fork is missing, it is copied
+on the loop and written in a thread). It never waits for the trade log: the newest
 snapshot at or before what the log has whole is kept too, so that a restart can refill
 the log's missing rows by replaying from it (journal/refill.py). Older snapshots beyond
 `keep` are deleted; with retention "delete", journal segments that snapshot covers too.
@@ -21,8 +23,9 @@ import structlog
 
 from exchange.book import Book
 from exchange.risk import Risk
+from journal import forked
 from journal.layout import DataDir, first_seq_of, segment_paths
-from journal.snapshots import capture, prune, seq_of, write_snapshot
+from journal.snapshots import capture, path_for, prune, seq_of, write_snapshot
 from journal.tradelog import TradeLog
 from telemetry.registry import Telemetry
 
@@ -68,8 +71,8 @@ class Snapshotter:
         self.last_seq = last_seq
         self.hold_intake = hold_intake  # stop reading new commands while matching catches up
         t = telemetry or Telemetry()
-        self._h_capture = t.histogram("snapshot_capture_us", "copying the books and balances, on the event loop")
-        self._h_write = t.histogram("snapshot_write_us", "hashing, encoding and writing one, in a thread")
+        self._h_capture = t.histogram("snapshot_capture_us", "the event loop's pause for one: a fork (where fork is missing: copying the books and balances)")
+        self._h_write = t.histogram("snapshot_write_us", "copying, hashing, encoding and writing one, in the forked child (or hashing and writing in a thread)")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,12 +102,22 @@ class Snapshotter:
         if seq <= self.last_seq:
             return None  # nothing new since the last one
         started = time.perf_counter()
-        captured = capture(self.books, self.risk, seq)
         orders = sum(len(book.orders) for book in self.books.values())
+        child = forked.start(lambda: write_snapshot(self.directory, capture(self.books, self.risk, seq)))
+        if child is not None:  # the child captures from its copy of this moment
+            self.risk.forget_transfers(seq)  # (as capture did in the child)
+        else:
+            captured = capture(self.books, self.risk, seq)
         self.hold_intake(False)  # captured: the books may move on
         self._h_capture.record(int((time.perf_counter() - started) * 1e6))
         started = time.perf_counter()
-        path = await asyncio.to_thread(write_snapshot, self.directory, captured)
+        if child is None:
+            path = await asyncio.to_thread(write_snapshot, self.directory, captured)
+        elif (code := await forked.wait(child)) == 0:
+            path = path_for(self.directory, seq)
+        else:
+            log.error("snapshot_failed", seq=seq, exit_code=code)
+            return None
         self._h_write.record(int((time.perf_counter() - started) * 1e6))
         self.last_seq = seq
         whole = self.tradelog.committed_through

@@ -1,0 +1,80 @@
+"""Snapshots are written by a forked child: what it sees, what it keeps, when it dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from journal import forked
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_child_sees_the_memory_of_the_moment_it_was_started(tmp_path: Path) -> None:
+    state = {"seq": 1}
+    out = tmp_path / "seen"
+
+    def work() -> None:
+        time.sleep(0.2)  # the parent has moved on by now
+        out.write_text(str(state["seq"]))
+
+    pid = forked.start(work)
+    assert pid is not None
+    state["seq"] = 2
+    assert asyncio.run(forked.wait(pid)) == 0
+    assert out.read_text() == "1" and state["seq"] == 2
+
+
+def test_a_child_whose_work_raises_exits_1_and_says_why(capfd: pytest.CaptureFixture[str]) -> None:
+    def work() -> None:
+        raise RuntimeError("disk full")
+
+    pid = forked.start(work)
+    assert pid is not None and asyncio.run(forked.wait(pid)) == 1
+    assert "RuntimeError: disk full" in capfd.readouterr().err
+
+
+def test_the_child_keeps_no_descriptor_of_the_parent() -> None:
+    # A listening socket or the data directory's lock held by a child would outlive a killed server.
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        pid = forked.start(lambda: time.sleep(1.0))
+        assert pid is not None
+        time.sleep(0.3)
+        kept = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        assert asyncio.run(forked.wait(pid)) == 0
+    finally:
+        listener.close()
+    assert kept == [0, 1, 2]
+
+
+def test_a_child_dies_with_its_parent() -> None:
+    # kill -9 of the server takes the snapshot in progress with it, as a thread's would be.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import time; from journal import forked; print(forked.start(lambda: time.sleep(60)), flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie is dead, waiting for its (new) parent to reap it
+    except FileNotFoundError:
+        return False
