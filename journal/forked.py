@@ -22,6 +22,7 @@ import gc
 import os
 import signal
 import traceback
+import warnings
 from typing import Callable
 
 PR_SET_PDEATHSIG = 1
@@ -31,7 +32,12 @@ def start(work: Callable[[], object]) -> int | None:
     """Run work in a forked child; its pid, or None where the system cannot fork."""
     parent = os.getpid()
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12 warns that a multi-threaded process's child may deadlock on a lock
+            # another thread held: this child takes none (no logging, no executor, no I/O
+            # but its own file), and leaves with os._exit.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
     except (AttributeError, OSError):
         return None
     if pid:

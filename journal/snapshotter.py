@@ -83,6 +83,8 @@ class Snapshotter:
             if behind >= every or (behind > 0 and loop.time() - last_time >= self.interval):
                 if await self.take() is not None:
                     last_time = loop.time()
+                else:  # it failed (logged): not again at once (a fork each time)
+                    await asyncio.sleep(self.interval)
             every = self.every
             await asyncio.sleep(min(0.1, self.interval))  # (a second at 40,000 commands/s was most of a restart's tail)
 

@@ -78,3 +78,34 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"  # a zombie is dead, waiting for its (new) parent to reap it
     except FileNotFoundError:
         return False
+
+
+def test_the_snapshotter_writes_through_a_child_and_says_when_one_failed(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from exchange.engine import Engine
+    from exchange.instruments import load_instruments
+    from journal.snapshots import newest_valid
+    from journal.snapshotter import Snapshotter
+    from protocol.messages import TIF, NewOrder, Side, Transfer
+
+    instruments = load_instruments(None)
+    engine = Engine(instruments)
+    engine.apply(1, Transfer("alice", "USD", 10**9, "fund"))
+    engine.apply(2, NewOrder("AAPL", Side.BUY, 3, 15000, TIF.GTC, "alice"))
+    seq = [2]
+    snapshotter = Snapshotter(tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0))  # type: ignore[arg-type]
+
+    path = asyncio.run(snapshotter.take())
+    assert path is not None and path.name == "snap-00000000000000000002.tls"
+    restored, copy = next(newest_valid(tmp_path / "snapshots", instruments))
+    assert restored.seq == 2 and copy.state_hash() == engine.state_hash()
+
+    (tmp_path / "snapshots").rename(tmp_path / "kept")
+    (tmp_path / "snapshots").write_text("not a directory")  # the child cannot write
+    seq[0] = 3
+    with capture_logs() as logs:
+        assert asyncio.run(snapshotter.take()) is None
+    assert [(e["event"], e["seq"], e["exit_code"]) for e in logs] == [("snapshot_failed", 3, 1)]
