@@ -268,9 +268,18 @@ def create_tables(db: str | Path) -> sqlite3.Connection:
     return conn
 
 
+CACHE_KIB = 65_536  # the writer's page cache (SQLite's default is 2 MiB)
+
+
 class Writer:
     def __init__(self, db: str) -> None:
         self.conn = create_tables(db)
+        # Each commit inserts at one place per owner in the owner-keyed B-trees (reports,
+        # audit_owners) and descends every index: past a few million rows the default 2 MiB
+        # no longer holds those pages, and each insert read its page back from the OS
+        # (bench.writer's mix, 1,000,000 commands of 1,000 owners, alternating: 26.3/23.7 us per
+        # command with 2 MiB, 18.6/18.2 with this; at 100,000 commands no difference).
+        self.conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self.instruments: dict[str, Instrument] = {}
         self.assets: dict[str, Asset] = {}
         self.last_seqs: list[int] = []
