@@ -146,7 +146,7 @@ def big_book(directory: Path, instruments: dict, resting: int) -> None:
     print(
         f"snapshot of {resting:,} resting orders: captured in {t1 - t0:.2f}s, hashed and written in {t2 - t1:.2f}s "
         f"({resting / (t2 - t0):,.0f} orders/s); read, restored and checked in {t3 - t_child:.2f}s ({resting / (t3 - t_child):,.0f} orders/s)\n"
-        f"the server's event loop pauses for a fork only: {(t_forked - t2) * 1000:.1f} ms (its child captured and wrote the snapshot in {t_child - t_forked:.2f}s, at nice 19)"
+        f"the server's event loop pauses for a fork only: {(t_forked - t2) * 1000:.1f} ms (its child captured and wrote the snapshot in {t_child - t_forked:.2f}s)"
     )
 
 

@@ -9,8 +9,10 @@ The child never returns to the event loop: it closes every inherited descriptor 
 listening socket or the data directory's lock must not outlive the server), stops the
 collector (an object it frees could close a descriptor number it reuses), dies with its
 parent (a kill -9 of the server takes the snapshot in progress with it, as a thread's
-would be), runs at nice 19 (on two busy cores its encoding delayed ACKs), and leaves with
-os._exit: 0 when the work returned, 1 when it raised.
+would be), and leaves with os._exit: 0 when the work returned, 1 when it raised. It runs
+at the server's priority: at nice 19 a client streaming flat out starved it, snapshots
+stopped completing between kills, and a crash loop's restarts replayed ever longer tails
+(the very thing snapshots bound).
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ def start(work: Callable[[], object]) -> int | None:
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 4096)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
-        os.nice(19)  # background work: on a busy machine the server's own goes first
         work()
         code = 0
     except BaseException:

@@ -3,10 +3,11 @@
 journal tail a restart after kill -9 must replay, and so the time to restart.
 
 A snapshot must show the books after exactly the commands up to some seq: it is captured
-when every matching task has drained its queue (then everything durable is applied), by a
-forked child that encodes and writes (fsync'd, renamed) its copy-on-write view of that
-moment while the event loop goes on (journal/forked.py; where fork is missing, it is copied
-on the loop and written in a thread). It never waits for the trade log: the newest
+when every matching task has drained its queue (then everything durable is applied). The
+periodic ones are taken by a forked child that encodes and writes (fsync'd, renamed) its
+copy-on-write view of that moment while the event loop goes on (journal/forked.py); the
+first after a start and the one at shutdown are copied on the loop and written in a thread
+(as all are where fork is missing). It never waits for the trade log: the newest
 snapshot at or before what the log has whole is kept too, so that a restart can refill
 the log's missing rows by replaying from it (journal/refill.py). Older snapshots beyond
 `keep` are deleted; with retention "delete", journal segments that snapshot covers too.
@@ -78,34 +79,40 @@ class Snapshotter:
         loop = asyncio.get_running_loop()
         last_time = loop.time()
         every = min(self.every, AFTER_RESTART)  # at once on start: a restart that replayed a tail snapshots now,
-        while True:  # so that in a crash loop no restart replays what the one before it did
+        first = True  # so that in a crash loop no restart replays what the one before it did
+        while True:
             behind = self.durable_seq() - self.last_seq
             if behind >= every or (behind > 0 and loop.time() - last_time >= self.interval):
-                if await self.take() is not None:
+                # The first on the loop: a forked child copies every page it touches (~5 us
+                # each here), so with a big book it takes seconds, and a server killed every
+                # few seconds never completed one. Right after a restart a pause costs little.
+                if await self.take(fork=not first) is not None:
                     last_time = loop.time()
+                    first = False
                 else:  # it failed (logged): not again at once (a fork each time)
                     await asyncio.sleep(self.interval)
             every = self.every
             await asyncio.sleep(min(0.1, self.interval))  # (a second at 40,000 commands/s was most of a restart's tail)
 
-    async def take(self) -> Path | None:
+    async def take(self, fork: bool = False) -> Path | None:
+        """Snapshot now: captured on the loop, or (fork) by a forked child."""
         started = time.perf_counter()
         try:
             while not self.quiescent():
                 if time.perf_counter() - started > QUIESCE_PATIENCE:
                     self.hold_intake(True)  # overloaded: matching never catches up otherwise
                 await asyncio.sleep(0.001)
-            return await self._take()
+            return await self._take(fork)
         finally:
             self.hold_intake(False)
 
-    async def _take(self) -> Path | None:
+    async def _take(self, fork: bool) -> Path | None:
         seq = self.durable_seq()
         if seq <= self.last_seq:
             return None  # nothing new since the last one
         started = time.perf_counter()
         orders = sum(len(book.orders) for book in self.books.values())
-        child = forked.start(lambda: write_snapshot(self.directory, capture(self.books, self.risk, seq)))
+        child = forked.start(lambda: write_snapshot(self.directory, capture(self.books, self.risk, seq))) if fork else None
         if child is not None:  # the child captures from its copy of this moment
             self.risk.forget_transfers(seq)  # (as capture did in the child)
         else:

@@ -98,7 +98,7 @@ def test_the_snapshotter_writes_through_a_child_and_says_when_one_failed(tmp_pat
     seq = [2]
     snapshotter = Snapshotter(tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0))  # type: ignore[arg-type]
 
-    path = asyncio.run(snapshotter.take())
+    path = asyncio.run(snapshotter.take(fork=True))
     assert path is not None and path.name == "snap-00000000000000000002.tls"
     restored, copy = next(newest_valid(tmp_path / "snapshots", instruments))
     assert restored.seq == 2 and copy.state_hash() == engine.state_hash()
@@ -107,5 +107,5 @@ def test_the_snapshotter_writes_through_a_child_and_says_when_one_failed(tmp_pat
     (tmp_path / "snapshots").write_text("not a directory")  # the child cannot write
     seq[0] = 3
     with capture_logs() as logs:
-        assert asyncio.run(snapshotter.take()) is None
+        assert asyncio.run(snapshotter.take(fork=True)) is None
     assert [(e["event"], e["seq"], e["exit_code"]) for e in logs] == [("snapshot_failed", 3, 1)]
