@@ -53,7 +53,7 @@ def test_the_child_keeps_no_descriptor_of_the_parent() -> None:
         assert asyncio.run(forked.wait(pid)) == 0
     finally:
         listener.close()
-    assert kept == [0, 1, 2]
+    assert [fd for fd in kept if fd > 2] == []  # (stdin, stdout and stderr stay, whatever they are)
 
 
 def test_a_child_dies_with_its_parent() -> None:
