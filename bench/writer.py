@@ -29,7 +29,7 @@ from exchange.engine import Engine
 from exchange.instruments import Instrument, assets_of, load_instruments
 from journal.journal import read_batches
 from journal.layout import DataDir
-from journal.tradelog import FRAME_UNITS, replayed_piece
+from journal.refill import replayed_frames
 from journal.tradelog_writer import Frame, Writer
 from protocol.messages import Command, Transfer
 
@@ -49,25 +49,11 @@ def mix_batches(n: int) -> Iterator[tuple[int, list[Command], int]]:
 
 
 def frames_of(batches: Iterator[tuple[int, list[Command], int]], instruments: dict[str, Instrument]) -> tuple[list[bytes], int]:
-    """Encoded frames as the server sends them, and the number of commands they hold."""
-    engine, encode = Engine(instruments), msgspec.msgpack.Encoder().encode
-    frames: list[bytes] = []
-    pieces: list[msgspec.Raw] = []
-    units = commands = 0
-    for first_seq, cmds, ts_ns in batches:
-        events = []
-        for seq, cmd in enumerate(cmds, first_seq):
-            events += engine.apply(seq, cmd)
-        count, piece = replayed_piece(first_seq, cmds, ts_ns, events)
-        pieces.append(msgspec.Raw(encode(piece)))
-        units += count
-        commands += len(cmds)
-        if units >= FRAME_UNITS:
-            frames.append(encode(Frame(units, pieces, through=first_seq + len(cmds) - 1)))
-            pieces, units = [], 0
-    if pieces:
-        frames.append(encode(Frame(units, pieces)))
-    return frames, commands
+    """Encoded frames as the server sends them (journal/refill.py makes them), and the
+    number of commands they hold (the journal's seqs start at 1: the last one's)."""
+    frames = list(replayed_frames(Engine(instruments), batches, 0, 0, None))
+    encode = msgspec.msgpack.Encoder().encode
+    return [encode(frame) for frame in frames], frames[-1].through if frames else 0
 
 
 def time_writer(frames: list[bytes], instruments: dict[str, Instrument], db: Path) -> float:

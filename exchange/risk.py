@@ -270,15 +270,15 @@ class Risk:
         for seq, (h, amount) in self.pending.items():
             if seq > through:
                 _unlock(balances[(h.account, h.asset)], amount)
-        self.forget_transfers(through)
-        for _, t in self.transfers:
+        for _, t in self.transfers[bisect_right(self.transfers, through, key=_seq_of) :]:
             balances[(t.account, t.asset)][0] -= t.amount
             refs.pop(t.ref, None)
         rows = sorted((acct, asset, b[0], b[1]) for (acct, asset), b in balances.items() if b[0] or b[1])
         return rows, hold_groups, sorted(refs.items())
 
     def forget_transfers(self, through: int) -> None:
-        """Transfers up to `through` are in a snapshot: durable for good, never left out of one again."""
+        """Transfers up to `through` are in a snapshot (the snapshotter says so once it
+        captured one): durable for good, state() never leaves them out again."""
         del self.transfers[: bisect_right(self.transfers, through, key=_seq_of)]
 
     def _hold_groups(self) -> list[HoldGroup]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import msgspec
 import structlog
@@ -27,6 +28,7 @@ from journal.layout import DataDir, first_seq_of, segment_paths
 from journal.snapshots import newest_valid
 from journal.tradelog import FRAME_UNITS, replayed_piece
 from journal.tradelog_writer import Frame, Writer
+from protocol.messages import Command
 
 log = structlog.get_logger("refill")
 
@@ -50,33 +52,47 @@ def refill(data_dir: Path, instruments: dict[str, Instrument], through: int, to:
     engine, first = start
     writer = Writer(str(DataDir(data_dir).trades))
     writer.instruments, writer.assets = instruments, assets_of(instruments)
+    parent = os.getppid()
+    alive = lambda: os.getppid() == parent  # noqa: E731 (the server was killed: its restart refills, from where this one got)
+    for frame in replayed_frames(engine, read_batches(DataDir(data_dir).journal, after=first), first, through, to, alive):
+        writer.write(frame)
+    writer.conn.close()
+    if not alive():
+        return False
+    log.info("refilled", through=through, to=to, replayed_from=first)
+    return True
+
+
+def replayed_frames(
+    engine: Engine, batches: Iterable[tuple[int, list[Command], int]], first: int, through: int, to: int | None, alive: Callable[[], bool] = lambda: True
+) -> Iterator[Frame]:
+    """The trade log's frames for the commands in (through, to] of these journal batches,
+    as the server would hand them over (FRAME_UNITS rows each), replayed on engine from
+    seq `first` (the commands up to `through` only move its state). Stops, without the
+    frame in progress, once alive() says no."""
     encode = msgspec.msgpack.Encoder().encode
     pieces: list[msgspec.Raw] = []
-    units = 0
-    last, parent = first, os.getppid()
-    for first_seq, cmds, ts_ns in read_batches(DataDir(data_dir).journal, after=first):
-        if first_seq > to:
+    units, last = 0, first
+    for first_seq, cmds, ts_ns in batches:
+        if to is not None and first_seq > to:
             break
-        if os.getppid() != parent:
-            return False  # the server was killed: its restart refills (from where this one got)
+        if not alive():
+            return
         events = []
         for seq, cmd in enumerate(cmds, first_seq):
-            if first < seq <= to:
+            if first < seq and (to is None or seq <= to):
                 events += engine.apply(seq, cmd)
-        last = min(first_seq + len(cmds) - 1, to)
+        last = first_seq + len(cmds) - 1 if to is None else min(first_seq + len(cmds) - 1, to)
         if last <= through:
             continue  # the log has these rows: replayed for the state only
         count, piece = replayed_piece(first_seq, cmds[: last - first_seq + 1], ts_ns, events)
         pieces.append(msgspec.Raw(encode(piece)))
         units += count
         if units >= FRAME_UNITS:
-            writer.write(Frame(units, pieces, through=last))
+            yield Frame(units, pieces, through=last)
             pieces, units = [], 0
     if pieces:
-        writer.write(Frame(units, pieces, through=last))
-    writer.conn.close()
-    log.info("refilled", through=through, to=to, replayed_from=first)
-    return True
+        yield Frame(units, pieces, through=last)
 
 
 def main(argv: list[str]) -> int:

@@ -112,15 +112,15 @@ class Snapshotter:
             return None  # nothing new since the last one
         started = time.perf_counter()
         orders = sum(len(book.orders) for book in self.books.values())
+        # A child captures from its copy of this moment; without one, the copy is made here.
         child = forked.start(lambda: write_snapshot(self.directory, capture(self.books, self.risk, seq))) if fork else None
-        if child is not None:  # the child captures from its copy of this moment
-            self.risk.forget_transfers(seq)  # (as capture did in the child)
-        else:
-            captured = capture(self.books, self.risk, seq)
+        captured = None if child is not None else capture(self.books, self.risk, seq)
+        self.risk.forget_transfers(seq)
         self.hold_intake(False)  # captured: the books may move on
         self._h_capture.record(int((time.perf_counter() - started) * 1e6))
         started = time.perf_counter()
         if child is None:
+            assert captured is not None
             path = await asyncio.to_thread(write_snapshot, self.directory, captured)
         elif (code := await forked.wait(child)) == 0:
             path = path_for(self.directory, seq)
