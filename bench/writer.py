@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sized
 
 import msgspec
 
@@ -29,6 +29,7 @@ from exchange.engine import Engine
 from exchange.instruments import Instrument, assets_of, load_instruments
 from journal.journal import read_batches
 from journal.layout import DataDir
+from journal.queries import orders, reports_of
 from journal.refill import replayed_frames
 from journal.tradelog_writer import Frame, Writer
 from protocol.messages import Command, Transfer
@@ -61,7 +62,8 @@ def time_writer(frames: list[bytes], instruments: dict[str, Instrument], db: Pat
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     writer = Writer(str(db))
-    writer.instruments, writer.assets = instruments, assets_of(instruments)
+    specs = {s: (i.tick.text, i.lot.text) for s, i in instruments.items()}
+    writer.write(Frame(0, [], specs, {a.name: a.unit.text for a in assets_of(instruments).values()}))  # as the server's first frame
     decode = msgspec.msgpack.Decoder(Frame).decode
     start = time.process_time()
     for data in frames:
@@ -69,6 +71,29 @@ def time_writer(frames: list[bytes], instruments: dict[str, Instrument], db: Pat
     spent = time.process_time() - start
     writer.conn.close()
     return spent
+
+
+READS = 5
+RECENT = 5_000  # a reconnecting client's REPORTS since=: its last seq a few seconds back
+
+
+def time_reads(db: Path, owner: str, last: int) -> list[tuple[str, int, float]]:
+    """What one owner's reads of the log cost: REPORTS for a reconnect and for the whole
+    history, and its audit (tickline orders --owner): (what, rows, median ms)."""
+    reads: dict[str, Callable[[], Sized]] = {
+        f"REPORTS since={last - RECENT:,}": lambda: reports_of(db, owner, last - RECENT, last),
+        "REPORTS since=0": lambda: reports_of(db, owner, 0, last),
+        "audit": lambda: list(orders(db, owner=owner)),
+    }
+    out = []
+    for what, read in reads.items():
+        times = []
+        for _ in range(READS):
+            start = time.perf_counter()
+            found = len(read())
+            times.append(time.perf_counter() - start)
+        out.append((what, found, sorted(times)[READS // 2] * 1e3))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,9 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         frames, n = frames_of(mix_batches(args.commands), instruments)
         source = "the exchange-core mix with stops and icebergs"
     with tempfile.TemporaryDirectory(prefix="tickline-writer-") as tmp:
-        spent = [time_writer(frames, instruments, Path(tmp) / "trades.sqlite") for _ in range(args.rounds)]
-        rows = Writer(str(Path(tmp) / "trades.sqlite")).conn
+        db = Path(tmp) / "trades.sqlite"
+        spent = [time_writer(frames, instruments, db) for _ in range(args.rounds)]
+        rows = Writer(str(db)).conn
         counts = {t: rows.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("audit_batches", "audit_owners", "reports", "trades")}
+        owner = rows.execute("SELECT min(owner) FROM audit_owners").fetchone()[0]
+        rows.close()
+        reads = time_reads(db, owner, n)
     per = sorted(s / n * 1e6 for s in spent)
     print(f"trade-log writer, {n:,} commands of {source} in {len(frames)} frames (pid {os.getpid()}):")
     print(
@@ -96,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         f" reports {counts['reports'] / n:.2f}, trades {counts['trades'] / n:.2f}"
     )
     print(f"  CPU per command: {' / '.join(f'{p:.2f}' for p in per)} us (rounds, sorted); median {per[len(per) // 2]:.2f} us")
+    print(f"  reads of one owner ({owner}), median of {READS}: " + ", ".join(f"{what} {found:,} rows in {ms:.1f} ms" for what, found, ms in reads))
     return 0
 
 

@@ -13,6 +13,7 @@ import msgspec
 
 from exchange.instruments import Asset, Instrument, InstrumentSpec
 from journal.records import decode_records
+from journal.tradelog_writer import PART_BITS, columns_of, create_tables
 from protocol.messages import Cancel, Canceled, Command, Fill, MassCancel, NewOrder, OrderCommand, Rejected, Replace, Replaced, Report, Transfer, Triggered
 
 
@@ -24,8 +25,19 @@ def connect_readonly(db: Path) -> sqlite3.Connection:
     if not db.exists():
         raise NoTradeLog(f"no trade log at {db}: is --data-dir (or TICKLINE_DATA) the server's data directory?")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    if "part" not in columns_of(conn, "reports"):  # written before parts (or by no server yet): upgrade it first
+        conn.close()
+        create_tables(db).close()
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _parts(first_seq: int, last_seq: int) -> tuple[str, list[int]]:
+    """A WITH clause naming the parts (tradelog_writer.PART_BITS) from first_seq's to
+    last_seq's: joined to an owner-keyed table, one seek per part."""
+    sql = "WITH RECURSIVE parts(p) AS (SELECT ? UNION ALL SELECT p + 1 FROM parts WHERE p < ?) "
+    return sql, [max(first_seq, 0) >> PART_BITS, max(last_seq, 0) >> PART_BITS]
 
 
 def since_value(text: str) -> str:
@@ -98,11 +110,16 @@ def _journaled_rows(conn: sqlite3.Connection, instruments: dict[str, Instrument]
     assets = {name: Asset(name, unit) for name, unit in conn.execute("SELECT name, unit FROM assets")}
     value = since_value(since) if since is not None else None
     sql, args = "SELECT b.first_seq, b.ts, b.record FROM audit_batches b", cast(list[object], [])
-    if owner:
-        sql, args = sql + " JOIN audit_owners o ON o.first_seq = b.first_seq AND o.owner = ?", [owner]
+    first = 0  # the first batch that may hold a row to list
     if value is not None and value.isdigit():  # from the batch holding that seq on
-        sql += " WHERE b.first_seq >= (SELECT coalesce(max(first_seq), 0) FROM audit_batches WHERE first_seq <= ?)"
-        args.append(int(value))
+        first = conn.execute("SELECT coalesce(max(first_seq), 0) FROM audit_batches WHERE first_seq <= ?", (int(value),)).fetchone()[0]
+    if owner:
+        last = conn.execute("SELECT coalesce(max(first_seq), 0) FROM audit_batches").fetchone()[0]
+        with_parts, bounds = _parts(first, last)
+        sql = with_parts + "SELECT b.first_seq, b.ts, b.record FROM parts JOIN audit_owners o ON o.part = parts.p AND o.owner = ?"
+        sql, args = sql + " JOIN audit_batches b ON b.first_seq = o.first_seq", [*bounds, owner]
+    if value is not None and value.isdigit():
+        sql, args = sql + " WHERE b.first_seq >= ?", args + [first]
     elif value is not None:
         sql, args = sql + " WHERE b.ts >= ?", args + [value]
     # A log from before audit_batches has its journaled rows in orders: a batch recovery
@@ -178,7 +195,9 @@ def reports_of(db: Path, owner: str, since: int, through: int) -> list[Report]:
     if not db.exists():
         return []
     with connect_readonly(db) as conn:
-        rows = conn.execute("SELECT report FROM reports WHERE owner = ? AND seq > ? AND seq <= ? ORDER BY seq, n", (owner, since, through))
+        with_parts, args = _parts(since + 1, through)
+        sql = with_parts + "SELECT r.report FROM parts JOIN reports r ON r.part = parts.p AND r.owner = ? WHERE r.seq > ? AND r.seq <= ? ORDER BY r.seq, r.n"
+        rows = conn.execute(sql, [*args, owner, since, through])
         return [_decode_report(r[0]) for r in rows]
 
 
@@ -187,7 +206,7 @@ def outcome(conn: sqlite3.Connection, seq: int, owner: str, instruments: dict[st
     a report about another of the owner's orders (a resting order canceled by self-trade
     prevention) names it: "canceled self_trade order=28"."""
     parts = []
-    for (blob,) in conn.execute("SELECT report FROM reports WHERE seq = ? AND owner = ? ORDER BY n", (seq, owner)):
+    for (blob,) in conn.execute("SELECT report FROM reports WHERE part = ? AND owner = ? AND seq = ? ORDER BY n", (seq >> PART_BITS, owner, seq)):
         r = _decode_report(blob)
         if r.order_id not in (seq, target, None):
             parts.append(f"{_said(r, instruments)} order={r.order_id}")

@@ -30,7 +30,7 @@ import structlog
 
 from exchange.instruments import Instrument, assets_of
 from journal.records import encode_batch
-from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, committed_through
+from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, committed_through, to_upgrade
 from protocol.messages import REPORT_TYPES, Command, Event, Refusal, Report, Trade
 from telemetry.registry import Telemetry
 
@@ -104,7 +104,10 @@ class TradeLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Tables first (~10 ms): a REPLAY or REPORTS may read the file before the writer
         # process is up (it was seen: "no such table: trades" right after a start).
+        upgrading, started = await asyncio.to_thread(to_upgrade, self.path), time.perf_counter()
         self.recorded_through = await asyncio.to_thread(committed_through, self.path)  # (and the tables)
+        if upgrading:  # a log written by an older version (docs/OPERATIONS.md): once, ~4 s per million commands
+            log.info("trade_log_upgraded", tables=",".join(upgrading), seconds=round(time.perf_counter() - started, 2))
         self.committed_through = self.recorded_through
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "journal.tradelog_writer", str(self.path),

@@ -8,10 +8,10 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from journal.queries import order_line, orders
+from journal.queries import order_line, orders, reports_of
 from journal.records import encode_batch
 from journal.tradelog_writer import INSERT_ORDER, INTERVALS, Frame, IsoClock, Piece, Writer, create_tables, fold_candles, iso
-from protocol.messages import TIF, Cancel, NewOrder, Refusal, Side, Transfer
+from protocol.messages import TIF, Cancel, Canceled, NewOrder, Reason, Refusal, Side, Transfer
 
 DAY_NS = 86_400 * 10**9
 T0 = 1_780_000_000 * 10**9  # 2026-05-28
@@ -80,3 +80,45 @@ def test_the_audit_of_a_log_from_before_audit_batches_lists_each_request_once_in
     assert [row["order_id"] for row in orders(db, status="rejected")] == [None]
     assert [row["order_id"] for row in orders(db, owner="alice", limit=2)] == [1, 2]
     assert [row["order_id"] for row in orders(db, symbol="usd")] == [1, 4, 5]
+
+
+def canceled(seq: int, owner: str) -> Canceled:
+    return Canceled(seq, "AAPL", Side.BUY, 1, Reason.USER, owner, None, seq)
+
+
+def test_an_owners_reports_and_audit_span_parts_and_a_log_written_before_parts_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    conn = create_tables(db)  # then reports and audit_owners as they were before parts: keyed by owner
+    conn.executescript("""
+        DROP TABLE reports; DROP TABLE audit_owners;
+        CREATE TABLE reports (seq INTEGER NOT NULL, n INTEGER NOT NULL, owner TEXT NOT NULL, report BLOB NOT NULL, PRIMARY KEY (owner, seq, n)) WITHOUT ROWID;
+        CREATE TABLE audit_owners (owner TEXT NOT NULL, first_seq INTEGER NOT NULL, PRIMARY KEY (owner, first_seq)) WITHOUT ROWID;
+    """)
+    conn.execute("INSERT INTO audit_batches VALUES (?,?,?)", (2, iso(T0), encode_batch(2, [NewOrder("AAPL", Side.BUY, 1, 15000, TIF.GTC, "alice")], T0)))
+    conn.execute("INSERT INTO audit_owners VALUES (?,?)", ("alice", 2))
+    conn.executemany("INSERT INTO reports VALUES (?,?,?,?)", [(2, n, owner, msgspec.msgpack.encode(canceled(2, owner))) for n, owner in ((1, "alice"), (2, "bob"))])
+    conn.commit()
+    conn.close()
+
+    writer = Writer(str(db))  # upgrades the log, then writes batches whose seqs cross parts
+    writer.write(Frame(0, [], {"AAPL": ("0.01", "1")}, {"USD": "0.01", "AAPL": "1"}))
+    batches = {4095: ["alice", "bob", "alice"], 8192: ["bob"], 12289: ["alice"]}
+    for first, owners in batches.items():
+        cmds = [NewOrder("AAPL", Side.BUY, 1, 15000, TIF.GTC, owner) for owner in owners]
+        reports = [canceled(seq, owner) for seq, owner in enumerate(owners, first)] + [canceled(first, "carol")]
+        piece = Piece(records=[(first, encode_batch(first, cmds, T0 + first))], reports=reports)
+        writer.write(Frame(len(cmds), [msgspec.Raw(msgspec.msgpack.encode(piece))]))
+    writer.conn.close()
+
+    def seqs(owner: str, since: int, through: int) -> list[int]:
+        return [r.seq for r in reports_of(db, owner, since, through)]
+
+    assert seqs("alice", 0, 20_000) == [2, 4095, 4097, 12289]
+    assert seqs("bob", 0, 20_000) == [2, 4096, 8192]
+    assert seqs("carol", 0, 20_000) == [4095, 8192, 12289]
+    assert seqs("alice", 4095, 12_289) == [4097, 12289] and seqs("carol", 4094, 8191) == [4095] and seqs("bob", 8192, 20_000) == []
+    assert [(row["order_id"], row["result"]) for row in orders(db, owner="alice")] == [
+        (2, "canceled user"), (4095, "canceled user"), (4097, "canceled user"), (12289, "canceled user")
+    ]  # fmt: skip
+    assert [row["order_id"] for row in orders(db, owner="bob", since="4096")] == [4096, 8192]
+    assert [row["order_id"] for row in orders(db, owner="carol")] == []
