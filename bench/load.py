@@ -676,7 +676,10 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
                 if page is not None:
                     page.quit()
                 server.stop()
-                shutil.rmtree(data, ignore_errors=True)
+                if args.keep_data:
+                    sys.stderr.write(f"kept {data}\n")
+                else:
+                    shutil.rmtree(data, ignore_errors=True)
             sys.stderr.write("\n" if sys.stderr.isatty() else "")
     return results
 
@@ -705,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the load generator on the last CPU only (the servers keep every CPU): how much of the tail is the generator's sharing the server's core",
     )  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "bench", help="where the exchange's journal goes (its disk is probed)")
+    parser.add_argument("--keep-data", action="store_true", help="leave each exchange phase's data directory (e.g. for python -m bench.writer --journal)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-results" / "load.json")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--profile", type=Path, help="sample the exchange with py-spy over each phase: raw stacks here, top functions printed")

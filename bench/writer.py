@@ -1,10 +1,10 @@
 """The trade log's writer alone: its CPU per command, without a server around it.
 
-    python -m bench.writer [--commands 200000] [--rounds 3] [--journal DATA_DIR]
+    python -m bench.writer [--commands 200000] [--owners 1000] [--rounds 3] [--journal DATA_DIR]
 
 Builds the frames the server hands the writer process (journal records, trades, reports:
 journal/tradelog.py's pieces, FRAME_UNITS rows each) for a seeded command stream, the
-exchange-core mix with stops and icebergs (bench/mix.py, 1,000 owners, five commands per
+exchange-core mix with stops and icebergs (bench/mix.py, 1,000 owners by default, five commands per
 journal record as at 10,000 orders/s), or for the journal of a data directory (e.g. one a
 `bench.load` run left), then times journal.tradelog_writer.Writer over them into a fresh
 SQLite file, once per round. `make bench` measures the same process under the server at
@@ -38,11 +38,11 @@ PER_RECORD = 5  # commands per journal record (group commit) at 10,000 orders/s,
 RECORD_NS = 500_000  # one record every 0.5 ms
 
 
-def mix_batches(n: int) -> Iterator[tuple[int, list[Command], int]]:
+def mix_batches(n: int, owners: int = 1_000) -> Iterator[tuple[int, list[Command], int]]:
     """The seeded mix as journal batches: (first seq, commands, time ns); deposits first."""
-    orders = [cmd for _, cmd in generate(n, order_types=True)]
-    owners = sorted({cmd.owner for cmd in orders})  # type: ignore[union-attr]
-    funding: list[Command] = [Transfer(o, a, 10**15, f"{o}:{a}") for o in owners for a in (BENCH_INSTRUMENT.base, BENCH_INSTRUMENT.quote)]
+    orders = [cmd for _, cmd in generate(n, owners=owners, order_types=True)]
+    names = sorted({cmd.owner for cmd in orders})  # type: ignore[union-attr]
+    funding: list[Command] = [Transfer(o, a, 10**15, f"{o}:{a}") for o in names for a in (BENCH_INSTRUMENT.base, BENCH_INSTRUMENT.quote)]
     cmds = funding + orders
     ts = 1_780_000_000 * 10**9
     for i in range(0, len(cmds), PER_RECORD):
@@ -99,6 +99,7 @@ def time_reads(db: Path, owner: str, last: int) -> list[tuple[str, int, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=200_000)
+    parser.add_argument("--owners", type=int, default=1_000, help="accounts in the mix (bench.load has 8)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--journal", type=Path, help="a data directory whose journal to use instead of the mix (default instruments)")
     args = parser.parse_args(argv)
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         source = f"the journal of {args.journal}"
     else:
         instruments = {BENCH_INSTRUMENT.symbol: BENCH_INSTRUMENT}
-        frames, n = frames_of(mix_batches(args.commands), instruments)
-        source = "the exchange-core mix with stops and icebergs"
+        frames, n = frames_of(mix_batches(args.commands, args.owners), instruments)
+        source = f"the exchange-core mix with stops and icebergs, {args.owners:,} owners,"
     with tempfile.TemporaryDirectory(prefix="tickline-writer-") as tmp:
         db = Path(tmp) / "trades.sqlite"
         spent = [time_writer(frames, instruments, db) for _ in range(args.rounds)]
