@@ -13,8 +13,8 @@ import msgspec
 
 from exchange.instruments import Asset, Instrument, InstrumentSpec
 from journal.records import decode_records
-from journal.tradelog_writer import PART_BITS, columns_of, create_tables
-from protocol.messages import Cancel, Canceled, Command, Fill, MassCancel, NewOrder, OrderCommand, Rejected, Replace, Replaced, Report, Transfer, Triggered
+from journal.tradelog_writer import PART_BITS, columns_of, create_tables, iso
+from protocol.messages import Cancel, Canceled, Command, Fill, MassCancel, NewOrder, OrderCommand, Refusal, Rejected, Replace, Replaced, Report, Transfer, Triggered
 
 
 class NoTradeLog(Exception):
@@ -86,7 +86,10 @@ def orders(
         instruments = stored_instruments(conn)
         stored = _table_rows(conn, owner, symbol, status, since)
         journaled = _journaled_rows(conn, instruments, owner, symbol, since) if status in (None, "accepted") else iter(())
-        merged = heapq.merge(((r["ts"], 1, r["id"], r) for r in stored), ((r["ts"], 0, r["order_id"], r) for r in journaled))
+        refused = _refused_rows(conn, owner, symbol, since) if status in (None, "rejected") else iter(())
+        merged = heapq.merge(
+            ((r["ts"], 0, r["order_id"], r) for r in journaled), ((r["ts"], 1, r["id"], r) for r in stored), ((r["ts"], 2, n, r) for n, r in enumerate(refused))
+        )
         for _, _, _, row in itertools.islice(merged, limit or None):
             result = outcome(conn, row["order_id"], row["owner"], instruments, row["target"]) if row["order_id"] is not None else ""
             yield {**row, "result": result}
@@ -102,6 +105,34 @@ def _table_rows(conn: sqlite3.Connection, owner: str | None, symbol: str | None,
     clause = clause.replace("seq", "order_id")
     for row in conn.execute(f"SELECT * FROM orders {where}{clause} ORDER BY ts, id", args + more):
         yield dict(row)
+
+
+_decode_refusals = msgspec.msgpack.Decoder(list[tuple[int, Refusal]]).decode
+
+
+def _refused_rows(conn: sqlite3.Connection, owner: str | None, symbol: str | None, since: str | None) -> Iterator[dict]:
+    """An audit row for every refused request (status rejected), in time order, from the
+    records in refusal_batches. A refusal has no journal seq: --since <seq> lists none."""
+    value = since_value(since) if since is not None else None
+    if value is not None and value.isdigit():
+        return
+    sql, args = "SELECT b.record FROM refusal_batches b", cast(list[object], [])
+    if owner:
+        sql, args = sql + " JOIN refusal_owners o ON o.batch = b.id AND o.owner = ?", [owner]
+    if value is not None:  # from the batch holding that time on (a batch's refusals all come before the next one's)
+        sql, args = sql + " WHERE b.id >= (SELECT coalesce(max(id), 0) FROM refusal_batches WHERE ts < ?)", args + [value]
+    for (record,) in conn.execute(sql + " ORDER BY b.id", args):
+        for ts_ns, r in _decode_refusals(record):
+            if owner and r.owner != owner or symbol and r.symbol != symbol.upper():
+                continue
+            price = r.price or ("MKT" if r.kind == "new" else "")
+            ts = iso(ts_ns)
+            if value is not None and ts < value:
+                continue
+            yield {
+                "id": None, "order_id": None, "ts": ts, "owner": r.owner, "symbol": r.symbol, "side": r.side, "qty": r.qty, "price": price, "tif": r.tif or "",
+                "client_id": r.client_id, "status": "rejected", "reason": r.reason, "text": r.text, "kind": r.kind, "target": r.target,
+            }  # fmt: skip
 
 
 def _journaled_rows(conn: sqlite3.Connection, instruments: dict[str, Instrument], owner: str | None, symbol: str | None, since: str | None) -> Iterator[dict]:

@@ -65,7 +65,17 @@ CREATE TABLE IF NOT EXISTS audit_owners (  -- the batches that hold an owner's c
     PRIMARY KEY (part, owner, first_seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS assets (name TEXT PRIMARY KEY, unit TEXT NOT NULL);  -- to format a transfer's amount
-CREATE TABLE IF NOT EXISTS orders (  -- the audit of refused requests, and (logs written before audit_batches) of journaled ones
+CREATE TABLE IF NOT EXISTS refusal_batches (  -- the audit of refused requests: those of one writer transaction together
+    id        INTEGER PRIMARY KEY,
+    ts        TEXT    NOT NULL,     -- the first one's time (UTC)
+    record    BLOB    NOT NULL      -- msgpack [[time ns, Refusal], ...]: its rows are made when read (journal/queries.py)
+);
+CREATE TABLE IF NOT EXISTS refusal_owners (  -- the refusal batches that hold an owner's requests
+    owner     TEXT    NOT NULL,
+    batch     INTEGER NOT NULL,
+    PRIMARY KEY (owner, batch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS orders (  -- the audit, as logs written before refusal_batches (refusals) and audit_batches (journaled commands) have it
     id        INTEGER PRIMARY KEY,  -- row id
     order_id  INTEGER UNIQUE,       -- journal sequence (a new order's id); NULL for requests the gateway refused (all rows now)
     ts        TEXT    NOT NULL,
@@ -131,6 +141,8 @@ INSERT_ORDER = (
     "INSERT OR IGNORE INTO orders (order_id, ts, owner, symbol, side, qty, price, tif, client_id, status, reason, text, kind, target) "
     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+INSERT_REFUSALS = "INSERT INTO refusal_batches (ts, record) VALUES (?,?)"
+INSERT_REFUSAL_OWNER = "INSERT INTO refusal_owners VALUES (?,?)"
 INSERT_REPORT = "INSERT OR IGNORE INTO reports (part, seq, n, owner, report) VALUES (?,?,?,?,?)"
 INSERT_BATCH = "INSERT OR IGNORE INTO audit_batches VALUES (?,?,?)"
 INSERT_OWNER = "INSERT OR IGNORE INTO audit_owners VALUES (?,?,?)"
@@ -354,7 +366,8 @@ class Writer:
         self.conn.executemany(INSERT_TRADE, self.trade_rows(piece.trades))
         self.conn.executemany(INSERT_BATCH, self.batch_rows(batches, records))
         self.conn.executemany(INSERT_OWNER, self.owner_rows(batches))
-        self.conn.executemany(INSERT_ORDER, self.refusal_rows(piece.refusals))
+        if piece.refusals:
+            self.add_refusals(piece.refusals)
         self.conn.executemany(INSERT_REPORT, self.report_rows(piece.reports))
         if frame.through:
             self.conn.execute(SET_THROUGH, (frame.through,))
@@ -433,11 +446,11 @@ class Writer:
             last_seq = r.seq
             yield (r.seq >> PART_BITS, r.seq, n, r.owner, encode(r))
 
-    def refusal_rows(self, refusals: list[tuple[int, Refusal]]) -> Iterable[tuple]:
-        iso = self.iso
-        for ts_ns, r in refusals:
-            price = r.price or ("MKT" if r.kind == "new" else "")
-            yield (None, iso(ts_ns), r.owner, r.symbol, r.side, r.qty, price, r.tif or "", r.client_id, "rejected", r.reason, r.text, r.kind, r.target)
+    def add_refusals(self, refusals: list[tuple[int, Refusal]]) -> None:
+        """The frame's refused requests as one row (a flood of them costs the writer one
+        encode, not a row each), and one per owner that names it."""
+        batch = self.conn.execute(INSERT_REFUSALS, (self.iso(refusals[0][0]), self.encode(refusals))).lastrowid
+        self.conn.executemany(INSERT_REFUSAL_OWNER, ((owner, batch) for owner in sorted({r.owner for _, r in refusals})))
 
 
 def read_exactly(stream: BinaryIO, n: int) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from hypothesis import given, settings
@@ -122,3 +123,32 @@ def test_an_owners_reports_and_audit_span_parts_and_a_log_written_before_parts_k
     ]  # fmt: skip
     assert [row["order_id"] for row in orders(db, owner="bob", since="4096")] == [4096, 8192]
     assert [row["order_id"] for row in orders(db, owner="carol")] == []
+
+
+def test_refused_requests_are_kept_per_frame_and_listed_one_by_one_in_time_order_with_every_filter(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    conn = create_tables(db)  # a refusal as written before refusal_batches: a row of orders
+    conn.execute(INSERT_ORDER, (None, iso(T0), "carol", "AAPL", "BUY", "1", "1.001", "GTC", None, "rejected", "bad_tick", "old", "new", None))
+    conn.commit()
+    conn.close()
+
+    def refusal(owner: str, symbol: str, text: str) -> Refusal:
+        return Refusal(owner, symbol, "", "", None, None, None, "unknown_order", text, "cancel", 7)
+
+    writer = Writer(str(db))
+    writer.write(Frame(0, [], {"AAPL": ("0.01", "1")}, {"USD": "0.01", "AAPL": "1"}))
+    first = [(T0 + 1000, refusal("alice", "AAPL", "a1")), (T0 + 2000, refusal("bob", "MSFT", "b1")), (T0 + 3000, refusal("alice", "MSFT", "a2"))]
+    second = [(T0 + 4000, refusal("bob", "AAPL", "b2"))]
+    for ticks in ([first[:2], first[2:]], [second]):  # two writer frames, the first with the refusals of two ticks
+        writer.write(Frame(sum(map(len, ticks)), [msgspec.Raw(msgspec.msgpack.encode(Piece(refusals=refusals))) for refusals in ticks]))
+    writer.conn.close()
+
+    def texts(**filters: Any) -> list[str]:
+        return [row["text"] for row in orders(db, **filters)]
+
+    assert texts() == ["old", "a1", "b1", "a2", "b2"]
+    assert order_line(next(orders(db, owner="bob"))).endswith(" rejected MSFT order=7 owner=bob reason=unknown_order b1")
+    assert texts(owner="alice") == ["a1", "a2"] and texts(owner="bob") == ["b1", "b2"] and texts(owner="dave") == []
+    assert texts(symbol="msft") == ["b1", "a2"] and texts(status="rejected", owner="carol") == ["old"] and texts(status="accepted") == []
+    assert texts(since=iso(T0 + 2000)) == ["b1", "a2", "b2"] and texts(since=iso(T0 + 3000), owner="bob") == ["b2"]
+    assert texts(since="1") == [] and texts(limit=2) == ["old", "a1"]
