@@ -25,7 +25,7 @@ def connect_readonly(db: Path) -> sqlite3.Connection:
     if not db.exists():
         raise NoTradeLog(f"no trade log at {db}: is --data-dir (or TICKLINE_DATA) the server's data directory?")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    if "part" not in columns_of(conn, "reports"):  # written before parts (or by no server yet): upgrade it first
+    if "part" not in columns_of(conn, "reports") or not columns_of(conn, "refusal_batches"):  # an older layout: upgrade it first
         conn.close()
         create_tables(db).close()
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

@@ -77,7 +77,7 @@ CREATE TABLE IF NOT EXISTS refusal_owners (  -- the refusal batches that hold an
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS orders (  -- the audit, as logs written before refusal_batches (refusals) and audit_batches (journaled commands) have it
     id        INTEGER PRIMARY KEY,  -- row id
-    order_id  INTEGER UNIQUE,       -- journal sequence (a new order's id); NULL for requests the gateway refused (all rows now)
+    order_id  INTEGER UNIQUE,       -- journal sequence (a new order's id); NULL for requests the gateway refused (no rows are added now)
     ts        TEXT    NOT NULL,
     owner     TEXT    NOT NULL,     -- the session's identity (owner id)
     symbol    TEXT    NOT NULL,
@@ -127,7 +127,7 @@ COARSER = sorted(set(INTERVALS.values()) - {FINEST})  # each a multiple of FINES
 # each commit inserted at one place per owner all over the table (a dirty page each, and a
 # page read back once the table outgrew the cache); keyed by (part, owner), it inserts into
 # the newest part's few pages, and an owner's rows are one seek per part away (bench.writer,
-# 1,000,000 commands of 1,000 owners: 15.0-15.6 us per command keyed by owner, 7.5-7.9 so).
+# 1,000,000 commands of 1,000 owners: 14.7/15.8 us per command keyed by owner, 7.2/7.8 so).
 PART_BITS = 12
 # A log written before parts has these rows moved on open (create_tables).
 UNPARTED = {"reports": "seq >> {bits}, seq, n, owner, report", "audit_owners": "first_seq >> {bits}, owner, first_seq"}
@@ -137,10 +137,6 @@ SELECT_CANDLE = "SELECT open, high, low, close, volume, quote, trades, first_key
 # Columns added after the first release: a log made before gets them on open.
 ADDED_COLUMNS = {"orders": ["kind TEXT NOT NULL DEFAULT 'new'", "target INTEGER"]}
 INSERT_TRADE = "INSERT OR IGNORE INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-INSERT_ORDER = (
-    "INSERT OR IGNORE INTO orders (order_id, ts, owner, symbol, side, qty, price, tif, client_id, status, reason, text, kind, target) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
 INSERT_REFUSALS = "INSERT INTO refusal_batches (ts, record) VALUES (?,?)"
 INSERT_REFUSAL_OWNER = "INSERT INTO refusal_owners VALUES (?,?)"
 INSERT_REPORT = "INSERT OR IGNORE INTO reports (part, seq, n, owner, report) VALUES (?,?,?,?,?)"

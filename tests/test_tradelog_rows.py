@@ -11,10 +11,15 @@ from hypothesis import strategies as st
 
 from journal.queries import order_line, orders, reports_of
 from journal.records import encode_batch
-from journal.tradelog_writer import INSERT_ORDER, INTERVALS, Frame, IsoClock, Piece, Writer, create_tables, fold_candles, iso
+from journal.tradelog_writer import INTERVALS, Frame, IsoClock, Piece, Writer, create_tables, fold_candles, iso
 from protocol.messages import TIF, Cancel, Canceled, NewOrder, Reason, Refusal, Side, Transfer
 
 DAY_NS = 86_400 * 10**9
+# An audit row as the writer added them to orders before audit_batches and refusal_batches.
+INSERT_ORDER = (
+    "INSERT OR IGNORE INTO orders (order_id, ts, owner, symbol, side, qty, price, tif, client_id, status, reason, text, kind, target) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 T0 = 1_780_000_000 * 10**9  # 2026-05-28
 
 trades = st.lists(
