@@ -27,16 +27,34 @@ DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers a Nats-Msg-Id (a replayi
 
 
 def free_ports(n: int) -> list[int]:
-    """n TCP ports free on loopback just now."""
+    """n TCP ports free on loopback just now, below the kernel's ephemeral range: a port
+    bound and released in that range can be taken, before its server binds it, as the
+    source port of any outgoing connection (a NATS client's, a route's), which failed a
+    role's start with "address already in use" (seen once in CI)."""
+    import random
     import socket
 
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randrange(PORTS_FROM, _ephemeral_start() - 2_003)  # (room for free_nats_base's layout)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
+
+
+PORTS_FROM = 10_000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def free_nats_base() -> int:
@@ -46,8 +64,6 @@ def free_nats_base() -> int:
 
     while True:
         base = free_ports(1)[0]
-        if base > 60000:
-            continue
         socks = []
         try:
             for port in (base, base + 1, base + 2, base + 2000, base + 2001, base + 2002):
