@@ -373,9 +373,11 @@ class Book:
             self._unrest(order, touched)
 
     def _replace(self, seq: int, cmd: Replace, out: list[Event], touched: dict) -> None:
-        order = self._owned(cmd.order_id, cmd.owner, out)
-        if order is None:
-            return
+        order = self.orders.get(cmd.order_id)
+        if order is None or order.owner != cmd.owner:  # (the common case without a call: a pending stop, or a refusal)
+            order = self._owned(cmd.order_id, cmd.owner, out)
+            if order is None:
+                return
         if order.stop is not None or order.oco is not None or order.show is not None:  # (replace is 82% of a busy book: one test)
             problem = check_not_pending(order.order_id, order.stop) or check_not_paired(order.order_id, order.oco)
             if problem is not None:
@@ -421,7 +423,8 @@ class Book:
         order.price = price
         order.leaves = qty
         out.append(Replaced(order.order_id, self.symbol, side, qty, price, False, order.owner, order.client_id, self._cause))
-        if self._crosses(order):
+        best = self.asks.best() if side is BUY else self.bids.best()  # (_crosses, for a priced order)
+        if best is not None and (price >= best if side is BUY else price <= best):
             if order.tif is POST:
                 del self.orders[order.order_id]
                 self._kill(order, Reason.WOULD_CROSS, out)
