@@ -87,14 +87,15 @@ class Order(msgspec.Struct, array_like=True, gc=False):
     touched: bool = False  # traded or replaced since it was accepted (then it cannot join a pair)
 
 
-class Level:
-    __slots__ = ("side", "price", "orders", "total")
+class Level(msgspec.Struct, eq=False):
+    """A price level: its orders in time priority (a dict is an ordered set) and their
+    shown total. A Struct, made in C: a replace to a new price makes one (~45% of the
+    exchange-core mix's commands); eq=False: equal and hashed by identity (a dict key)."""
 
-    def __init__(self, side: Side, price: int) -> None:
-        self.side = side
-        self.price = price
-        self.orders: dict[int, Order] = {}
-        self.total = 0
+    side: Side
+    price: int
+    orders: dict[int, Order] = msgspec.field(default_factory=dict)
+    total: int = 0
 
 
 class Half:
