@@ -32,7 +32,7 @@ from journal import forked
 from journal.layout import DataDir
 from journal.records import encode_batch
 from journal.recovery import recover
-from journal.snapshots import capture, write_snapshot
+from journal.snapshots import capture, snapshot_now, write_snapshot
 from journal.tradelog import TradeLog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"full replay, rebuilding the trade log:   {full_log:6.2f}s")
 
         engine = asyncio.run(recover(data, instruments, None)).engine
-        write_snapshot(DataDir(data).snapshots, capture(engine.books, engine.risk, args.commands))
+        snapshot_now(DataDir(data).snapshots, engine.books, engine.risk, args.commands)
         snap_size = next((DataDir(data).snapshots).iterdir()).stat().st_size
         from_snap, n = asyncio.run(timed_recover(data, instruments, with_log=True))
         print(f"from the snapshot at {args.commands:,} ({snap_size / 1e3:.0f} kB), empty tail: {from_snap:6.2f}s  (target < 3 s)")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(DataDir(data).snapshots)
         tail_at = args.commands - args.commands // 10
         engine = asyncio.run(_replay_until(data, instruments, tail_at))
-        write_snapshot(DataDir(data).snapshots, capture(engine.books, engine.risk, tail_at))
+        snapshot_now(DataDir(data).snapshots, engine.books, engine.risk, tail_at)
         with_tail, n = asyncio.run(timed_recover(data, instruments, with_log=True))
         print(f"from a snapshot at {tail_at:,} + {n:,} tail commands: {with_tail:6.2f}s")
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(DataDir(data).snapshots)
         tail_at = args.commands - args.snapshot_every
         engine = asyncio.run(_replay_until(data, instruments, tail_at))
-        write_snapshot(DataDir(data).snapshots, capture(engine.books, engine.risk, tail_at))
+        snapshot_now(DataDir(data).snapshots, engine.books, engine.risk, tail_at)
         took = time_to_listen(data, root / "instruments.toml")
         print(f"worst case after kill -9 (snapshot at {tail_at:,}, {args.snapshot_every:,} tail commands): {took:6.2f}s to listening  (target < 3 s)")
         big_book(root / "big", instruments, args.resting)
@@ -133,7 +133,7 @@ def big_book(directory: Path, instruments: dict, resting: int) -> None:
         write_snapshot(directory, captured)
         t2 = time.perf_counter()
         del captured
-        child = forked.start(functools.partial(_write, directory, engine, resting + 2))
+        child = forked.start(functools.partial(snapshot_now, directory, engine.books, engine.risk, resting + 2))
         t_forked = time.perf_counter()
         assert child is not None and os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
         t_child = time.perf_counter()
@@ -148,10 +148,6 @@ def big_book(directory: Path, instruments: dict, resting: int) -> None:
         f"({resting / (t2 - t0):,.0f} orders/s); read, restored and checked in {t3 - t_child:.2f}s ({resting / (t3 - t_child):,.0f} orders/s)\n"
         f"the server's event loop pauses for a fork only: {(t_forked - t2) * 1000:.1f} ms (its child captured and wrote the snapshot in {t_child - t_forked:.2f}s)"
     )
-
-
-def _write(directory: Path, engine: Engine, seq: int) -> None:
-    write_snapshot(directory, capture(engine.books, engine.risk, seq))
 
 
 def time_to_listen(data: Path, instruments_file: Path) -> float:

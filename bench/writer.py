@@ -26,12 +26,12 @@ import msgspec
 
 from bench.mix import BENCH_INSTRUMENT, generate
 from exchange.engine import Engine
-from exchange.instruments import Instrument, assets_of, load_instruments
+from exchange.instruments import Instrument, load_instruments
 from journal.journal import read_batches
 from journal.layout import DataDir
 from journal.queries import orders, reports_of
 from journal.refill import replayed_frames
-from journal.tradelog_writer import Frame, Writer
+from journal.tradelog_writer import Frame, Writer, first_frame
 from protocol.messages import Command, Transfer
 
 PER_RECORD = 5  # commands per journal record (group commit) at 10,000 orders/s, as make bench shows
@@ -62,8 +62,7 @@ def time_writer(frames: list[bytes], instruments: dict[str, Instrument], db: Pat
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     writer = Writer(str(db))
-    specs = {s: (i.tick.text, i.lot.text) for s, i in instruments.items()}
-    writer.write(Frame(0, [], specs, {a.name: a.unit.text for a in assets_of(instruments).values()}))  # as the server's first frame
+    writer.write(first_frame(instruments))  # as the server's
     decode = msgspec.msgpack.Decoder(Frame).decode
     start = time.process_time()
     for data in frames:

@@ -13,7 +13,7 @@ import msgspec
 
 from exchange.instruments import Asset, Instrument, InstrumentSpec
 from journal.records import decode_records
-from journal.tradelog_writer import PART_BITS, columns_of, create_tables, iso
+from journal.tradelog_writer import LAYOUT, PART_BITS, create_tables, iso
 from protocol.messages import Cancel, Canceled, Command, Fill, MassCancel, NewOrder, OrderCommand, Refusal, Rejected, Replace, Replaced, Report, Transfer, Triggered
 
 
@@ -25,7 +25,7 @@ def connect_readonly(db: Path) -> sqlite3.Connection:
     if not db.exists():
         raise NoTradeLog(f"no trade log at {db}: is --data-dir (or TICKLINE_DATA) the server's data directory?")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    if "part" not in columns_of(conn, "reports") or not columns_of(conn, "refusal_batches"):  # an older layout: upgrade it first
+    if conn.execute("PRAGMA user_version").fetchone()[0] < LAYOUT:  # an older layout: upgrade it first
         conn.close()
         create_tables(db).close()
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)

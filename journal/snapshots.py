@@ -65,6 +65,11 @@ def capture(books: dict[str, Book], risk: Risk, seq: int) -> Captured:
     return seq, time.time_ns(), books_now, state, risk.terms_of(state[2])
 
 
+def snapshot_now(directory: Path, books: dict[str, Book], risk: Risk, seq: int) -> Path:
+    """Capture and write in one go (a forked child's work, and benchmarks')."""
+    return write_snapshot(directory, capture(books, risk, seq))
+
+
 def path_for(directory: Path, seq: int) -> Path:
     return directory / f"snap-{seq:020d}.tls"
 

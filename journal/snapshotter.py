@@ -26,7 +26,7 @@ from exchange.book import Book
 from exchange.risk import Risk
 from journal import forked
 from journal.layout import DataDir, first_seq_of, segment_paths
-from journal.snapshots import capture, path_for, prune, seq_of, write_snapshot
+from journal.snapshots import capture, path_for, prune, seq_of, snapshot_now, write_snapshot
 from journal.tradelog import TradeLog
 from telemetry.registry import Telemetry
 
@@ -113,7 +113,7 @@ class Snapshotter:
         started = time.perf_counter()
         orders = sum(len(book.orders) for book in self.books.values())
         # A child captures from its copy of this moment; without one, the copy is made here.
-        child = forked.start(lambda: write_snapshot(self.directory, capture(self.books, self.risk, seq))) if fork else None
+        child = forked.start(lambda: snapshot_now(self.directory, self.books, self.risk, seq)) if fork else None
         captured = None if child is not None else capture(self.books, self.risk, seq)
         self.risk.forget_transfers(seq)
         self.hold_intake(False)  # captured: the books may move on

@@ -28,9 +28,9 @@ from typing import Callable, cast
 import msgspec
 import structlog
 
-from exchange.instruments import Instrument, assets_of
+from exchange.instruments import Instrument
 from journal.records import encode_batch
-from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, committed_through, to_upgrade
+from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, committed_through, first_frame, to_upgrade
 from protocol.messages import REPORT_TYPES, Command, Event, Refusal, Report, Trade
 from telemetry.registry import Telemetry
 
@@ -115,8 +115,7 @@ class TradeLog:
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        specs = {s: (i.tick.text, i.lot.text) for s, i in self.instruments.items()}
-        first = self._encode(Frame(0, [], specs, {a.name: a.unit.text for a in assets_of(self.instruments).values()}))
+        first = self._encode(first_frame(self.instruments))
         self._proc.stdin.write(LENGTH.pack(len(first)) + first)
         # Its answer: the writer is ready, and a log from before candles has them (a query
         # right after the start must not find them missing).

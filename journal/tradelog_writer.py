@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterable, cast
 
 import msgspec
 
-from exchange.instruments import Asset, Instrument, InstrumentSpec
+from exchange.instruments import Asset, Instrument, InstrumentSpec, assets_of
 from journal.records import decode_records
 from protocol.messages import Command, OrderCommand, Refusal, Report, Trade, Transfer
 
@@ -129,6 +129,9 @@ COARSER = sorted(set(INTERVALS.values()) - {FINEST})  # each a multiple of FINES
 # the newest part's few pages, and an owner's rows are one seek per part away (bench.writer,
 # 1,000,000 commands of 1,000 owners: 14.7/15.8 us per command keyed by owner, 7.2/7.8 so).
 PART_BITS = 12
+# The tables' layout, as PRAGMA user_version (0: a log from before it was kept): a reader
+# of an older one has create_tables bring it up to date first.
+LAYOUT = 1  # 1: reports and audit_owners by part, refusal_batches
 # A log written before parts has these rows moved on open (create_tables).
 UNPARTED = {"reports": "seq >> {bits}, seq, n, owner, report", "audit_owners": "first_seq >> {bits}, owner, first_seq"}
 MATCH_BITS = 20  # a trade's key: seq << MATCH_BITS | match_no (match_no < 2**20: a command matches fewer orders)
@@ -162,6 +165,12 @@ class Frame(msgspec.Struct, array_like=True):
     instruments: dict[str, tuple[str, str]] | None = None  # symbol -> (tick, lot): first frame
     assets: dict[str, str] | None = None  # asset -> its unit: first frame
     through: int = 0  # every journaled command up to this seq has all its rows in this frame or an earlier one
+
+
+def first_frame(instruments: dict[str, Instrument]) -> Frame:
+    """The frame the writer gets first: every instrument's tick and lot, every asset's unit."""
+    specs = {s: (i.tick.text, i.lot.text) for s, i in instruments.items()}
+    return Frame(0, [], specs, {a.name: a.unit.text for a in assets_of(instruments).values()})
 
 
 def iso(ts_ns: int) -> str:
@@ -282,7 +291,7 @@ def create_tables(db: str | Path) -> sqlite3.Connection:
     unparted = unparted_tables(conn)
     renamed = "".join(f"ALTER TABLE {t} RENAME TO {t}_unparted;" for t in unparted)
     moved = "".join(f"INSERT OR IGNORE INTO {t} SELECT {UNPARTED[t].format(bits=PART_BITS)} FROM {t}_unparted; DROP TABLE {t}_unparted;" for t in unparted)
-    conn.executescript(f"BEGIN IMMEDIATE; {renamed} {SCHEMA} {moved} COMMIT;")
+    conn.executescript(f"BEGIN IMMEDIATE; {renamed} {SCHEMA} {moved} PRAGMA user_version = {LAYOUT}; COMMIT;")
     for table, columns in ADDED_COLUMNS.items():
         have = columns_of(conn, table)
         for column in columns:
@@ -314,11 +323,10 @@ CACHE_KIB = 65_536  # the writer's page cache (SQLite's default is 2 MiB)
 class Writer:
     def __init__(self, db: str) -> None:
         self.conn = create_tables(db)
-        # Each commit inserts at one place per owner in the owner-keyed B-trees (reports,
-        # audit_owners) and descends every index: past a few million rows the default 2 MiB
-        # no longer holds those pages, and each insert read its page back from the OS
-        # (bench.writer's mix, 1,000,000 commands of 1,000 owners, alternating: 26.3/23.7 us per
-        # command with 2 MiB, 18.6/18.2 with this; at 100,000 commands no difference).
+        # Each commit descends every index: past a few million rows the default 2 MiB no
+        # longer held their pages, and inserts read them back from the OS (measured while
+        # reports and audit_owners were keyed by owner, bench.writer's mix, 1,000,000
+        # commands of 1,000 owners: 26.3/23.7 us per command with 2 MiB, 18.6/18.2 with this).
         self.conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self.instruments: dict[str, Instrument] = {}
         self.assets: dict[str, Asset] = {}

@@ -157,3 +157,18 @@ def test_refused_requests_are_kept_per_frame_and_listed_one_by_one_in_time_order
     assert texts(symbol="msft") == ["b1", "a2"] and texts(status="rejected", owner="carol") == ["old"] and texts(status="accepted") == []
     assert texts(since=iso(T0 + 2000)) == ["b1", "a2", "b2"] and texts(since=iso(T0 + 3000), owner="bob") == ["b2"]
     assert texts(since="1") == [] and texts(limit=2) == ["old", "a1"]
+
+
+def test_a_reader_upgrades_a_log_of_an_older_layout_before_it_reads(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    conn = create_tables(db)  # then as a log from before parts: keyed by owner, no layout number
+    conn.executescript("""
+        DROP TABLE reports;
+        CREATE TABLE reports (seq INTEGER NOT NULL, n INTEGER NOT NULL, owner TEXT NOT NULL, report BLOB NOT NULL, PRIMARY KEY (owner, seq, n)) WITHOUT ROWID;
+        PRAGMA user_version = 0;
+    """)
+    conn.execute("INSERT INTO reports VALUES (?,?,?,?)", (5000, 1, "alice", msgspec.msgpack.encode(canceled(5000, "alice"))))
+    conn.commit()
+    conn.close()
+    assert [r.seq for r in reports_of(db, "alice", 0, 10_000)] == [5000]
+    assert [r.seq for r in reports_of(db, "alice", 4999, 5000)] == [5000]
