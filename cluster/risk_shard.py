@@ -20,7 +20,7 @@ from cluster.snapshots import RoleSnapshots
 from cluster.stream import Outbox, Reader, last_message, publish_once
 from cluster.wire import BalancesAnswer, Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
-from exchange.risk import Risk
+from exchange.risk import MAX_OPEN_ORDERS, Risk
 from exchange.sequencer import Sequencer
 from protocol.messages import Command, OrderCommand, Problem, Transfer
 
@@ -28,7 +28,10 @@ log = structlog.get_logger("risk")
 
 
 class RiskShard:
-    def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument], snapshots: Path | None = None, every: int = 0) -> None:
+    def __init__(
+        self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument], snapshots: Path | None = None, every: int = 0,
+        max_open_orders: int = MAX_OPEN_ORDERS,
+    ) -> None:  # fmt: skip
         self.nc, self.js, self.shard, self.layout = nc, js, shard, layout
         self.risk = Risk(instruments)
         self.accepted = 0  # commands accepted: the next one's id is layout.order_id(shard, accepted)
@@ -40,6 +43,7 @@ class RiskShard:
             self.applied, engine, counters = loaded
             self.risk, self.accepted = engine.risk, counters["accepted"]
             self.settled_through = {int(e): through for e, through in counters["settled_through"].items()}
+        self.risk.max_open_orders = max_open_orders
         # The core's first stage, as `tickline serve` has it: numbered with this shard's
         # share of the ids, recorded by counting (publishing is this adapter's: step below).
         self.sequencer = Sequencer(self.risk, lambda: layout.order_id(shard, self.accepted), self._count)

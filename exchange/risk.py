@@ -50,6 +50,10 @@ from protocol.messages import (
 )
 
 FEE_ACCOUNT = "@fees"  # where fees go; "@" is not allowed in account names
+# Open orders one account may have (resting, pending stops, entered and not yet matched):
+# what bounds the memory and the restart time one client can cause (~650 bytes and ~2 us of
+# restart per resting order here). `tickline serve --max-open-orders`, `cluster up` the same.
+MAX_OPEN_ORDERS = 1_000_000
 BUY = Side.BUY
 MAKER = Liquidity.ADDED
 _seq_of = itemgetter(0)
@@ -87,13 +91,15 @@ RiskState = tuple[list[BalanceRow], list[HoldGroup], list[tuple[str, int]]]
 
 
 class Risk:
-    def __init__(self, instruments: dict[str, Instrument]) -> None:
+    def __init__(self, instruments: dict[str, Instrument], max_open_orders: int = MAX_OPEN_ORDERS) -> None:
         self.instruments = instruments
+        self.max_open_orders = max_open_orders
         self.assets: dict[str, Asset] = assets_of(instruments)
         # (account, asset) -> [available, locked]. The lists live as long as the Risk:
         # holds keep references to them (one dict lookup less per command).
         self.balances: dict[tuple[str, str], list[int]] = {}
         self.holds: dict[int, Hold] = {}  # open order id -> its hold
+        self.open_orders: dict[str, int] = {}  # account -> its holds (derived from them: not in a snapshot)
         self.pending: dict[int, tuple[Hold, int]] = {}  # a replace's seq -> (its order's hold, what it locked) until it takes effect
         self.refs: dict[str, int] = {}  # transfer ref -> its seq
         self.ref_terms: dict[str, tuple[str, str, int]] = {}  # transfer ref -> (account, asset, amount): a reuse is told from a repeat
@@ -125,6 +131,10 @@ class Risk:
                 bal[1] += amount
                 self.pending[seq] = (h, amount)
         elif type(cmd) is NewOrder:
+            owner = cmd.owner
+            n = self.open_orders.get(owner, 0)
+            if n >= self.max_open_orders and not replay:
+                return Problem(Reason.TOO_MANY_ORDERS, f"{owner} has {n} open orders, as many as one account may have; cancel some first")
             inst = self.instruments[cmd.symbol]
             buy = cmd.side is BUY
             if buy:
@@ -132,7 +142,7 @@ class Risk:
                 amount = (cmd.budget or 0) * inst.quote_per_lot_tick if cmd.price is None else cmd.qty * cmd.price * inst.quote_per_lot_tick
             else:
                 asset, amount = inst.base, cmd.qty * inst.base_per_lot
-            bal = self.balance(cmd.owner, asset)
+            bal = self.balance(owner, asset)
             paired = None
             if cmd.oco is not None:
                 paired = self.holds.get(cmd.oco)
@@ -144,7 +154,8 @@ class Risk:
                 return self._short(asset, amount, bal[0])
             bal[0] -= amount
             bal[1] += amount
-            h = self.holds[seq] = Hold(cmd.owner, asset, amount, cmd.price, buy, inst, inst.quote_per_lot_tick if buy else inst.base_per_lot, bal)
+            self.open_orders[owner] = n + 1
+            h = self.holds[seq] = Hold(owner, asset, amount, cmd.price, buy, inst, inst.quote_per_lot_tick if buy else inst.base_per_lot, bal)
             if paired is not None:
                 h.oco = cmd.oco
         elif type(cmd) is Transfer:
@@ -238,8 +249,10 @@ class Risk:
                 h.held = need
 
     def _release(self, h: Hold) -> None:
+        """The order is closed (its hold just popped): what it still locks is given back."""
         _unlock(h.bal, h.held)
         h.held = 0
+        self.open_orders[h.account] -= 1
 
     # ------------------------------------------------------------------ views and state
 
@@ -306,7 +319,9 @@ class Risk:
         balances, hold_groups, refs = state
         self.balances = {(acct, asset): [avail, locked] for acct, asset, avail, locked in balances}
         self.holds = mine = dict[int, Hold]()
+        self.open_orders = counts = dict[str, int]()
         for acct, asset, symbol, buy, ids, helds, prices, ocos in hold_groups:
+            counts[acct] = counts.get(acct, 0) + len(ids)
             inst = self.instruments[symbol]
             unit = inst.quote_per_lot_tick if buy else inst.base_per_lot
             n, bal = len(ids), self.balance(acct, asset)

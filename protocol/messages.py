@@ -53,6 +53,7 @@ class Reason(enum.Enum):
     SHUTTING_DOWN = "shutting_down"
     UNAVAILABLE = "unavailable"  # a cluster: the account's risk shard is not answering
     INSUFFICIENT_FUNDS = "insufficient_funds"  # the owner cannot pay for it (see exchange/risk.py)
+    TOO_MANY_ORDERS = "too_many_orders"  # the owner has as many open orders as one account may (exchange/risk.py)
     NOT_LOGGED_IN = "not_logged_in"  # orders need an account: LOGIN first
     BAD_LOGIN = "bad_login"  # a wrong name or password
     UNKNOWN_TRADE = "unknown_trade"  # TRADES before=<id> names no trade of the symbol

@@ -19,6 +19,7 @@ import pytest
 from cluster.nats import process_alive, server_binary
 from protocol.messages import Reason
 from tests.harness import ACCOUNTS, FUNDS, Client, Cluster, Server, create_accounts, tickline_cli
+from tests.test_e2e_accounts import CAPPED
 
 if TYPE_CHECKING:
     from tickline.cluster import ClusterConfig
@@ -209,8 +210,10 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
     said = want_refusals + want_stops
     reasons = {line.split()[1] for line in said if line.startswith("REJ")} | set(re.findall(r"reason=(\w+)", "\n".join(said)))
     # (shutting_down needs a stopping server; price_band an instruments file with a band: the built-in ones have none;
-    # unavailable a cluster whose risk shard is down)
-    assert reasons >= {r.value for r in Reason} - TRANSFER_REASONS - {"shutting_down", "price_band", "unavailable"}, sorted({r.value for r in Reason} - reasons)
+    # unavailable a cluster whose risk shard is down; too_many_orders a low --max-open-orders: its own test in both modes)
+    assert reasons >= {r.value for r in Reason} - TRANSFER_REASONS - {"shutting_down", "price_band", "unavailable", "too_many_orders"}, sorted(
+        {r.value for r in Reason} - reasons
+    )
     assert [line.split()[1] if line.startswith("ERR") else line.split()[2] for line in want_transfers] == [
         "deposited", "duplicate:", "withdrawn", "insufficient_funds", "unknown_account", "unknown_asset", "bad_amount", "bad_ref", "duplicate:",
         "ref_reused",
@@ -544,6 +547,36 @@ def test_up_restarts_a_role_that_dies_with_a_log_line_and_down_stops_its_supervi
 
 def cluster_pids_alive(cluster: Cluster) -> list[int]:
     return [int(line.split()[0]) for line in (cluster.dir / "pids").read_text().splitlines() if process_alive(int(line.split()[0]))] if (cluster.dir / "pids").exists() else []
+
+
+def test_an_account_may_have_at_most_max_open_orders_in_a_cluster_too_and_a_restarted_risk_shard_counts_them(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "c", "--max-open-orders", "3").start(funded=["t1", "t2"])
+    try:
+        t1 = cluster.client("t1")
+        acks = [t1.ask("BUY AAPL 1 100.00")[0], t1.ask("SELL BTC-USD 1 90000")[0], t1.ask("BUY AAPL 1 90.00 STOP=200.00")[0]]
+        assert [a.split()[0] for a in acks] == ["ACK", "ACK", "ACK"], acks
+        assert t1.ask("BUY AAPL 1 101.00 id=x4") == [CAPPED.replace("orders t1", "orders id=x4 t1")]
+        assert cluster.client("t2").ask("BUY AAPL 1 100.00")[0].startswith("ACK ")
+        first = acks[0].split()[1]
+        assert t1.ask(f"CANCEL {first}") == [f"CANCELED {first} leaves=1 reason=user"]
+        # The cancel's release reaches the account's risk shard a moment after CANCELED here
+        # (serve settles before it reports); BALANCES waits for it.
+        t1.send("BALANCES\n")
+        t1.until("END")
+        assert t1.ask("BUY AAPL 1 99.00")[0].startswith("ACK ")
+        assert t1.ask("BUY AAPL 1 98.00") == [CAPPED]
+        cluster.kill("risk")
+        cluster.restart("risk")
+        deadline = time.monotonic() + 30
+        while (reply := t1.ask("BUY AAPL 1 98.00")[0]).startswith("REJ unavailable"):
+            assert time.monotonic() < deadline, reply
+            time.sleep(0.5)
+        assert reply == CAPPED  # counted again from its input
+        cluster.stop()
+        changed = tickline_cli("cluster", "up", "--max-open-orders", "5", "--dir", str(cluster.dir))
+        assert (changed.returncode, changed.stderr) == (1, f"tickline: {cluster.dir} was brought up with --max-open-orders 3; a cluster keeps the limit it started with\n")
+    finally:
+        cluster.stop()
 
 
 def test_with_its_risk_shard_killed_a_gateway_answers_every_request_within_seconds(tmp_path: Path) -> None:

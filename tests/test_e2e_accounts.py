@@ -240,3 +240,36 @@ def test_a_data_directory_too_deep_for_a_unix_socket_still_serves(tmp_path: Path
         assert Client(server.port).ask("PING") == ["PONG"]
     finally:
         server.kill()
+
+
+CAPPED = "REJ too_many_orders t1 has 3 open orders, as many as one account may have; cancel some first"
+
+
+def test_an_account_may_have_at_most_max_open_orders_and_a_restart_still_counts_them(tmp_path: Path) -> None:
+    # Reported (step 13): one client streaming resting orders grows the book, the memory and
+    # every restart without bound. Orders that hold funds count: resting ones and pending stops.
+    server = Server(tmp_path / "data", "--max-open-orders", "3").start()
+    try:
+        c = server.client("t1")
+        acks = [c.ask("BUY AAPL 1 100.00")[0], c.ask("SELL BTC-USD 1 90000")[0], c.ask("BUY AAPL 1 90.00 STOP=200.00")[0]]
+        assert [a.split()[0] for a in acks] == ["ACK", "ACK", "ACK"], acks
+        assert c.ask("BUY AAPL 1 101.00 id=x4") == [CAPPED.replace("orders t1", "orders id=x4 t1")]
+        assert server.client("t2").ask("BUY AAPL 1 100.00")[0].startswith("ACK ")  # another account is not affected
+        assert c.ask("BUY AAPL 1 101.00 IOC") == [CAPPED]  # even one that would not rest
+        first = acks[0].split()[1]
+        assert c.ask(f"CANCEL {first}") == [f"CANCELED {first} leaves=1 reason=user"]
+        assert c.ask("BUY AAPL 1 99.00")[0].startswith("ACK ")  # a place is free again
+        assert c.ask("BUY AAPL 1 98.00") == [CAPPED]
+        server.kill()
+        server.start()
+        c = server.client("t1")
+        assert c.ask("BUY AAPL 1 98.00") == [CAPPED]  # counted again from the journal after kill -9
+        assert c.ask("ORDERS", 5)[0] == "ORDERS 3"
+        assert server.stop() == 0  # a snapshot at shutdown: counted again from its holds
+        server.start()
+        c = server.client("t1")
+        assert c.ask("BUY AAPL 1 98.00") == [CAPPED]
+        assert c.ask("CANCEL ALL", 4)[3] == "CANCELED_ALL 3"
+        assert c.ask("BUY AAPL 1 98.00")[0].startswith("ACK ")
+    finally:
+        server.kill()

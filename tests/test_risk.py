@@ -3,7 +3,7 @@ live-like interleavings of per-symbol matching, checked against a serial replay.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from exchange.book import Book, Order
 from exchange.engine import Engine
 from exchange.instruments import Instrument, load_instruments, parse_instruments
-from exchange.risk import FEE_ACCOUNT, Risk, totals
-from protocol.messages import TIF, Cancel, Command, MassCancel, NewOrder, Problem, Replace, Side, Transfer
+from exchange.risk import FEE_ACCOUNT, MAX_OPEN_ORDERS, Risk, totals
+from protocol.messages import TIF, Cancel, Command, MassCancel, NewOrder, Problem, Reason, Replace, Side, Transfer
 
 INSTRUMENTS = load_instruments()
 AAPL = INSTRUMENTS["AAPL"]  # lot 1 share, tick 0.01 USD; USD unit 1e-7: a lot x tick is 100,000 units
@@ -186,17 +186,23 @@ def command_of(item: tuple, books: dict[str, Book], journal: list[Command]) -> C
 
 
 @settings(max_examples=150, deadline=None)
-@given(stream=streams(), order=st.lists(st.integers(0, 3), min_size=200, max_size=200))
-def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: list[tuple], order: list[int]) -> None:
+@given(stream=streams(), order=st.lists(st.integers(0, 3), min_size=200, max_size=200), cap=st.sampled_from([2, 6, MAX_OPEN_ORDERS]))
+def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: list[tuple], order: list[int], cap: int) -> None:
     live = Engine(INSTRUMENTS)  # books and risk, driven as the server drives them
     risk, books = live.risk, live.books
+    risk.max_open_orders = cap  # (a replay applies what was accepted, whatever the limit)
     journal: list[Command] = []
     queues: dict[str, deque[tuple[int, Command]]] = {s: deque() for s in SYMBOLS}
     deposits: dict[str, int] = {}
 
     def sequence(cmd: Command) -> None:
         seq = len(journal) + 1
-        if risk.hold(seq, cmd) is None:
+        before = risk.open_orders.get(cmd.owner, 0) if isinstance(cmd, NewOrder) else 0
+        problem = risk.hold(seq, cmd)
+        if isinstance(cmd, NewOrder):  # refused for the count exactly when the owner has `cap` already
+            assert (problem is not None and problem.reason is Reason.TOO_MANY_ORDERS) == (before >= cap)
+            assert risk.open_orders.get(cmd.owner, 0) == before + (problem is None) <= cap
+        if problem is None:
             journal.append(cmd)
             if isinstance(cmd, Transfer):
                 deposits[cmd.asset] = deposits.get(cmd.asset, 0) + cmd.amount
@@ -230,6 +236,13 @@ def test_live_interleaving_and_serial_replay_reach_the_same_balances(stream: lis
         for (acct, asset), (avail, locked) in replay.risk.balances.items():
             assert avail >= 0 and locked >= 0, ("replay", seq, acct, asset, avail, locked)
     assert replay.state_hash() == live.state_hash()
+    # Each account's count of open orders is what its books hold (resting, pending stops),
+    # live, replayed, and restored from a snapshot's state.
+    open_now = Counter(o.owner for book in books.values() for o in [*book.resting(), *book.pending()])
+    restored = Risk(INSTRUMENTS)
+    restored.load(live.risk.state())
+    for r in (live.risk, replay.risk, restored):
+        assert {a: n for a, n in r.open_orders.items() if n} == open_now
     rows, holds, _ = live.risk.state()
     assert {a: t for a, t in totals(rows).items() if t} == {a: t for a, t in deposits.items() if t}
     # Locked is exactly what the open orders need.

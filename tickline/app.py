@@ -30,6 +30,7 @@ import structlog
 from exchange.book import disconnected
 from exchange.instruments import load_instruments
 from exchange.matching import Durable, Matching
+from exchange.risk import MAX_OPEN_ORDERS
 from exchange.sequencer import Sequencer
 from exchange.transfers import terms as transfer_terms
 from gateway.admin import AdminServer
@@ -73,6 +74,7 @@ class Config:
     max_connections: int = 5_000  # order-entry connections in all...
     max_connections_per_address: int = 500  # ...and from one client address
     login_timeout: float = 60.0  # seconds an order-entry connection may stay without logging in (0: no limit)
+    max_open_orders: int = MAX_OPEN_ORDERS  # per account: beyond, a new order is refused (too_many_orders)
     md_host: str = "127.0.0.1"
     md_port: int = 7002
     web_host: str = "127.0.0.1"
@@ -164,6 +166,7 @@ class Serve:
         before_recovery()
         self.recovered = await recover(config.data_dir, self.instruments, self.tradelog, log_state=config.log_recovered_state)
         self.books, self.risk = self.recovered.engine.books, self.recovered.engine.risk
+        self.risk.max_open_orders = config.max_open_orders  # (replay applied what was accepted, whatever the limit then)
         tune_runtime()
 
     def build_core(self) -> None:

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from exchange.risk import MAX_OPEN_ORDERS
 from journal.layout import DataDir
 from tickline import __version__
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-connections", type=int, default=5000, help="order-entry connections in all")
     serve.add_argument("--max-connections-per-address", type=int, default=500, help="order-entry connections from one client address")
     serve.add_argument("--login-timeout", type=float, default=60.0, help="seconds an order-entry connection may stay without logging in (0: no limit)")
+    serve.add_argument("--max-open-orders", type=_at_least_one, default=MAX_OPEN_ORDERS, help="open orders one account may have (resting, pending stops)")
     serve.add_argument("--tradelog-max-rows", type=int, default=int(env("TICKLINE_TRADELOG_MAX_ROWS", "500000")), help="trade log queue bound")
     serve.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
     serve.add_argument("--tls-cert", type=Path, default=env("TICKLINE_TLS_CERT"), help="certificate chain (PEM): both ports speak TLS")
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nats-port", type=int, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
     up.add_argument("--instruments", default=env("TICKLINE_INSTRUMENTS"))
     up.add_argument("--demo", action="store_true", help="with no accounts yet: create alice and bob, funded (as serve --demo)")
+    up.add_argument("--max-open-orders", type=_at_least_one, help="open orders one account may have: set when the cluster is first brought up (default 1000000)")
     up.add_argument("--snapshot-every", type=int, default=100_000, help="commands each role applies between its snapshots (0: none written)")
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
     down = steps.add_parser("down", help="stop what `up` started")
@@ -159,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _since(text: str) -> str:
     from journal.queries import since_value
 
@@ -216,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert, tls_key=args.tls_key, demo=args.demo,
             web_host=args.web_host, web_port=None if args.no_web else args.web_port, max_connections=args.max_connections,
             max_connections_per_address=args.max_connections_per_address, login_timeout=args.login_timeout,
-            log_recovered_state=args.log_recovered_state,
+            max_open_orders=args.max_open_orders, log_recovered_state=args.log_recovered_state,
         )  # fmt: skip
         return uvloop.run(run_server(config))
     if args.command == "cluster":
@@ -255,11 +264,14 @@ def _cluster(args: argparse.Namespace) -> int:
             symbol, _, shard = item.partition("=")
             engines[symbol.upper()] = int(shard)
         base = args.nats_port
+        recorded = cluster.ClusterConfig.load(args.dir).max_open_orders if (Path(args.dir) / "cluster.json").exists() else None
+        if None not in (recorded, args.max_open_orders) and recorded != args.max_open_orders:
+            raise OperatorError(f"{args.dir} was brought up with --max-open-orders {recorded}; a cluster keeps the limit it started with")
         config = cluster.ClusterConfig(
             args.dir, port=args.port, md_port=args.md_port, gateways=args.gateways, notifiers=args.notifiers,
             risk_shards=args.risk_shards, engines=engines, engine_shards=max(engines.values(), default=0) + 1,
             nats_ports=[(base + i, base + 2000 + i) for i in range(3)], instruments=args.instruments, supervise=not args.no_supervise,
-            snapshot_every=args.snapshot_every,
+            snapshot_every=args.snapshot_every, max_open_orders=next(n for n in (args.max_open_orders, recorded, MAX_OPEN_ORDERS) if n is not None),
         )  # fmt: skip
         return cluster.up(config, demo=args.demo)
     if args.action == "down":

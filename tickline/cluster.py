@@ -37,7 +37,7 @@ from cluster.submitter import Submitter
 from cluster.supervisor import Supervisor
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
 from exchange.instruments import assets_of, load_instruments
-from exchange.risk import SETTLED, Risk
+from exchange.risk import MAX_OPEN_ORDERS, SETTLED, Risk
 from exchange.transfers import reply as transfer_reply
 from exchange.transfers import terms as transfer_terms
 from exchange.transfers import unknown_account
@@ -77,6 +77,9 @@ class ClusterConfig:
     instruments: str | None = None
     supervise: bool = True  # a supervisor process restarts a role that dies (cluster/supervisor.py)
     snapshot_every: int = 100_000  # commands a role applies between its snapshots (0: none); cluster/snapshots.py
+    # Open orders one account may have: fixed for the cluster's life (a restarted risk shard
+    # decides its input's tail again, and must decide it as it did).
+    max_open_orders: int = MAX_OPEN_ORDERS
 
     def snapshots(self, role: str, index: int) -> Path:
         """Where a role keeps its snapshots (with snapshot_every 0 it writes none, but loads
@@ -133,7 +136,8 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
     snapshots, every = config.snapshots(role, index), config.snapshot_every
     try:
         if role == "risk":
-            work = asyncio.create_task(RiskShard(nc, js, index, config.layout, instruments, snapshots, every).run())
+            shard = RiskShard(nc, js, index, config.layout, instruments, snapshots, every, max_open_orders=config.max_open_orders)
+            work = asyncio.create_task(shard.run())
         elif role == "engine":
             work = asyncio.create_task(EngineShard(nc, js, index, config.layout, instruments, snapshots, every).run())
         elif role == "gateway":
