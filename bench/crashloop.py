@@ -7,7 +7,8 @@ Each cycle: start `tickline serve` on the same data directory (time from start t
 listening), a client logs in and pipelines resting BUY orders (every ACKed id is kept)
 for a random 0.5-3 s, then the server is killed with SIGKILL mid-stream. After the last
 cycle the server starts once more and every ACKed order must be open (LOGIN's open=
-count equals the ACKs, and ORDERS pages list exactly those ids). Prints each restart time
+count equals the ACKs, and ORDERS pages list exactly those ids). The book stops growing at
+the account's --max-open-orders (1,000,000): past it orders are refused, and counted. Prints each restart time
 and the verdict; exits 1 if an ACKed order is missing. The client sends as fast as the
 server takes orders (the book grows by ~40,000 a second here), or at most --rate a second.
 """
@@ -59,10 +60,12 @@ class Server:
         self.proc.wait()
 
 
-def stream(port: int, account: str, seconds: float, rng: random.Random, rate: float = 0) -> set[int]:
+def stream(port: int, account: str, seconds: float, rng: random.Random, rate: float = 0) -> tuple[set[int], int]:
     """Pipeline resting BUYs for `seconds` (the server is killed meanwhile), 200 at a time,
-    as fast as the server takes them or at most `rate` a second; the ACKed ids."""
+    as fast as the server takes them or at most `rate` a second; the ACKed ids, and how
+    many were refused as one too many (the account at --max-open-orders)."""
     acked: set[int] = set()
+    capped = 0
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     buf = b""
     try:
@@ -82,9 +85,10 @@ def stream(port: int, account: str, seconds: float, rng: random.Random, rate: fl
                 pass
             *lines, buf = buf.split(b"\n")
             acked.update(int(line.split()[1]) for line in lines if line.startswith(b"ACK "))
+            capped += sum(line.startswith(b"REJ too_many_orders ") for line in lines)
     except OSError:
         pass
-    return acked
+    return acked, capped
 
 
 def all_open(port: int, account: str) -> tuple[int, set[int]]:
@@ -127,9 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(data)
         fund_accounts(data, [account])
         acked: set[int] = set()
+        capped = 0
         times: list[tuple[float, int]] = []  # (seconds to listening, resting orders it restored)
         for cycle in range(1, args.cycles + 1):
-            acked |= stream(server.port, account, rng.uniform(args.min_life, args.max_life), rng, args.rate)
+            got, refused = stream(server.port, account, rng.uniform(args.min_life, args.max_life), rng, args.rate)
+            acked |= got
+            capped += refused
             server.kill()
             server = Server(data)
             times.append((server.to_listen, len(acked)))
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         smallest_beyond = f"; the first over 3 s had {min(beyond):,} resting orders" if beyond else ""
         print(f"within 3 s: {len(within)} of {len(times)}, up to {max(within, default=0):,} resting orders{smallest_beyond}")
         print(f"ACKed orders: {len(acked):,}; open after the last restart: {count:,}; ACKed and missing: {len(lost)}")
+        if capped:
+            print(f"refused as one too many for the account (REJ too_many_orders, its --max-open-orders): {capped:,}")
         return 1 if lost else 0
     finally:
         if args.keep_data is not None:
