@@ -7,10 +7,11 @@ Each cycle: start `tickline serve` on the same data directory (time from start t
 listening), a client logs in and pipelines resting BUY orders (every ACKed id is kept)
 for a random 0.5-3 s, then the server is killed with SIGKILL mid-stream. After the last
 cycle the server starts once more and every ACKed order must be open (LOGIN's open=
-count equals the ACKs, and ORDERS pages list exactly those ids). The book stops growing at
-the account's --max-open-orders (1,000,000): past it orders are refused, and counted. Prints each restart time
+count equals the ACKs, and ORDERS pages list exactly those ids). Prints each restart time
 and the verdict; exits 1 if an ACKed order is missing. The client sends as fast as the
-server takes orders (the book grows by ~40,000 a second here), or at most --rate a second.
+server takes orders (the book grows by ~40,000 a second here), or at most --rate a second;
+the book stops growing at the account's --max-open-orders (1,000,000): past it orders are
+refused, and counted.
 """
 
 from __future__ import annotations

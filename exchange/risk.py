@@ -91,9 +91,11 @@ RiskState = tuple[list[BalanceRow], list[HoldGroup], list[tuple[str, int]]]
 
 
 class Risk:
-    def __init__(self, instruments: dict[str, Instrument], max_open_orders: int = MAX_OPEN_ORDERS) -> None:
+    def __init__(self, instruments: dict[str, Instrument]) -> None:
         self.instruments = instruments
-        self.max_open_orders = max_open_orders
+        # Set by the adapter once its state is restored (serve's flag, a cluster's config):
+        # a replay applies what was accepted, whatever the limit was then.
+        self.max_open_orders = MAX_OPEN_ORDERS
         self.assets: dict[str, Asset] = assets_of(instruments)
         # (account, asset) -> [available, locked]. The lists live as long as the Risk:
         # holds keep references to them (one dict lookup less per command).
