@@ -99,15 +99,22 @@ class Level(msgspec.Struct, eq=False):
 
 
 class Half:
-    """One side of the book: levels by price and a lazily cleaned heap of prices."""
+    """One side of the book: levels by price and a lazily cleaned heap of prices.
 
-    __slots__ = ("side", "sign", "levels", "heap")
+    A level that empties goes from `levels` to `dormant` while its price is still in the
+    heap: a new order at that price takes it back without a new Level or a heap push (a
+    busy book empties and refills the same few prices near the top all the time), and no
+    price is ever in the heap twice. Every price in the heap is in exactly one of the two.
+    """
+
+    __slots__ = ("side", "sign", "levels", "heap", "dormant")
 
     def __init__(self, side: Side) -> None:
         self.side = side
         self.sign = -1 if side is BUY else 1  # heap key = sign * price: best on top
         self.levels: dict[int, Level] = {}
         self.heap: list[int] = []
+        self.dormant: dict[int, Level] = {}  # empty levels whose price is still in the heap
 
     def best(self) -> int | None:
         heap, levels, sign = self.heap, self.levels, self.sign
@@ -116,9 +123,14 @@ class Half:
             if price in levels:
                 return price
             heappop(heap)
+            del self.dormant[price]
         return None
 
     def add_level(self, price: int) -> Level:
+        level = self.dormant.pop(price, None)
+        if level is not None:
+            self.levels[price] = level
+            return level
         level = self.levels[price] = Level(self.side, price)
         heap = self.heap
         if len(heap) > 2 * len(self.levels) + 64:
@@ -126,9 +138,14 @@ class Half:
             sign = self.sign
             heap[:] = [sign * p for p in self.levels]
             heapify(heap)
+            self.dormant.clear()
         else:
             heappush(heap, self.sign * price)
         return level
+
+    def empty(self, price: int) -> None:
+        """The level at price has no order left: off the live levels, kept dormant."""
+        self.dormant[price] = self.levels.pop(price)
 
     def prices(self) -> list[int]:
         """Live prices, best first."""
@@ -420,11 +437,15 @@ class Book:
         level.total -= order.leaves
         touched[level] = None
         if not level.orders:
-            del half.levels[old_price]
+            half.dormant[old_price] = half.levels.pop(old_price)  # (Half.empty, inline: the hot path)
         order.price = price
         order.leaves = qty
         out.append(Replaced(order.order_id, self.symbol, side, qty, price, False, order.owner, order.client_id, self._cause))
-        best = self.asks.best() if side is BUY else self.bids.best()  # (_crosses, for a priced order)
+        other = self.asks if side is BUY else self.bids  # (_crosses, for a priced order)
+        heap = other.heap
+        best = heap[0] * other.sign if heap else None  # (Half.best, inline while its top is live)
+        if best is not None and best not in other.levels:
+            best = other.best()
         if best is not None and (price >= best if side is BUY else price <= best):
             if order.tif is POST:
                 del self.orders[order.order_id]
@@ -541,7 +562,7 @@ class Book:
                 level.total += maker.leaves
             touched[level] = None
             if not level_orders:
-                del levels[price]
+                half.empty(price)
             if match_no != before:  # traded at this price: the last price, and what stops fire on
                 self.last = price
                 if price > self._hi:
@@ -650,7 +671,7 @@ class Book:
         del self.orders[order.order_id]
         touched[level] = None
         if not level.orders:
-            del half.levels[price]
+            half.empty(price)
 
     def _kill(self, order: Order, reason: Reason, out: list[Event]) -> None:
         leaves = order.leaves + order.hidden

@@ -81,6 +81,19 @@ def depth_map(book: Book) -> dict[tuple[Side, int], int]:
     return {**{(Side.BUY, p): q for p, q in bids}, **{(Side.SELL, p): q for p, q in asks}}
 
 
+def assert_price_heaps_sound(book: Book) -> None:
+    """Each side's heap holds every live price and every dormant (emptied) level's price,
+    each once; a dormant level is empty; the heap's top, if live, is the best price."""
+    for half in (book.bids, book.asks):
+        in_heap = [half.sign * key for key in half.heap]
+        assert len(in_heap) == len(set(in_heap)), "a price twice in the heap"
+        assert set(in_heap) == half.levels.keys() | half.dormant.keys()
+        assert not half.levels.keys() & half.dormant.keys()
+        assert all(not level.orders and level.total == 0 for level in half.dormant.values())
+        assert all(level.orders for level in half.levels.values())
+        assert half.best() == (max(half.levels) if half.side is Side.BUY else min(half.levels)) if half.levels else half.best() is None
+
+
 @settings(max_examples=300, deadline=None)
 @given(streams)
 def test_book_never_crossed_and_level_events_match_the_book(stream: list[Command]) -> None:
@@ -96,6 +109,35 @@ def test_book_never_crossed_and_level_events_match_the_book(stream: list[Command
         assert changed <= reported.keys(), "a level changed without a BookLevelChanged"
         for key, qty in reported.items():
             assert after.get(key, 0) == qty
+        assert_price_heaps_sound(book)
+
+
+def test_price_heaps_stay_sound_when_many_prices_come_and_go() -> None:
+    """Hundreds of prices rest and leave (cancels, replaces to new prices), past the point
+    where a side rebuilds its heap from the live levels, and back to prices left dormant."""
+    book = Book(TEST)
+    seq = 0
+    for round_ in range(6):
+        ids = []
+        for i in range(150):
+            seq += 1
+            price = 1_000 + 200 * round_ + (i * 7) % 300  # a third of them the last round's prices
+            book.apply(seq, NewOrder("TEST", Side.BUY, 1, price, TIF.GTC, "a"))
+            ids.append(seq)
+            seq += 1
+            book.apply(seq, NewOrder("TEST", Side.SELL, 1, 2_000 + price, TIF.GTC, "b"))
+            ids.append(seq)
+        for n, order_id in enumerate(ids):
+            seq += 1
+            owner = "a" if n % 2 == 0 else "b"
+            if n % 3:
+                book.apply(seq, Cancel("TEST", order_id, owner))
+            else:
+                moved = book.order(order_id)
+                assert moved is not None and moved.price is not None
+                book.apply(seq, Replace("TEST", order_id, 1, moved.price + 1, owner))
+            assert_price_heaps_sound(book)
+    assert len(book.orders) == 100 * 6
 
 
 @settings(max_examples=300, deadline=None)
