@@ -2,10 +2,11 @@
 
 Data layout (shaped by bench/engine.py; the hot path is replace, 82% of the standard mix):
 - each side (a Half) keeps a dict price -> Level and a heap of its prices, best on top
-  (bids as negative prices). Empty levels leave the dict at once and the heap lazily:
-  a price on top of the heap with no level is popped when met, and the heap is rebuilt
-  when stale entries outnumber live ones. heapq is C; a sorted container costs several
-  times more per level created or emptied, which most replaces do.
+  (bids as negative prices). Empty levels leave the dict at once and the heap lazily
+  (dormant until then: a new order at that price takes its level back): a price on top
+  of the heap with no live level is popped when met, and the heap is rebuilt when stale
+  entries outnumber live ones. heapq is C; a sorted container costs several times more
+  per level created or emptied, which most replaces do.
 - a Level's FIFO is a dict order_id -> Order: dicts keep insertion order, so iteration
   is time priority, and removing any order (cancel, replace) is O(1);
 - self.orders maps order_id -> Order for O(1) cancel and replace.
