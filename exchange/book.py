@@ -438,13 +438,13 @@ class Book:
         level.total -= order.leaves
         touched[level] = None
         if not level.orders:
-            half.dormant[old_price] = half.levels.pop(old_price)  # (Half.empty, inline: the hot path)
+            half.dormant[old_price] = half.levels.pop(old_price)  # (Half.empty, inline: 0.9% of the mix's instructions)
         order.price = price
         order.leaves = qty
         out.append(Replaced(order.order_id, self.symbol, side, qty, price, False, order.owner, order.client_id, self._cause))
         other = self.asks if side is BUY else self.bids  # (_crosses, for a priced order)
         heap = other.heap
-        best = heap[0] * other.sign if heap else None  # (Half.best, inline while its top is live)
+        best = heap[0] * other.sign if heap else None  # (Half.best inline while its top is live: 1.6% of the mix's instructions)
         if best is not None and best not in other.levels:
             best = other.best()
         if best is not None and (price >= best if side is BUY else price <= best):

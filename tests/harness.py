@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ACCOUNTS = [f"t{i}" for i in range(1, 13)]
 PASSWORD = "pw"
 FUNDS = [("USD", "10000000"), ("AAPL", "1000000"), ("BTC", "1000"), ("ES", "100000"), ("EUR", "100000000")]
+# The refusal past --max-open-orders 3 for t1, word for word (serve and cluster alike).
+CAPPED = "REJ too_many_orders t1 has 3 open orders, as many as one account may have; cancel some first"
 
 
 def create_accounts(data_dir: Path, names: list[str] = ACCOUNTS) -> None:

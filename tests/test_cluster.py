@@ -18,8 +18,7 @@ import pytest
 
 from cluster.nats import process_alive, server_binary
 from protocol.messages import Reason
-from tests.harness import ACCOUNTS, FUNDS, Client, Cluster, Server, create_accounts, tickline_cli
-from tests.test_e2e_accounts import CAPPED
+from tests.harness import ACCOUNTS, CAPPED, FUNDS, Client, Cluster, Server, create_accounts, tickline_cli
 
 if TYPE_CHECKING:
     from tickline.cluster import ClusterConfig

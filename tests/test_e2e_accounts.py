@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trustme
 
-from tests.harness import ROOT, Client, Server
+from tests.harness import CAPPED, ROOT, Client, Server
 
 
 def tickline(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -240,9 +240,6 @@ def test_a_data_directory_too_deep_for_a_unix_socket_still_serves(tmp_path: Path
         assert Client(server.port).ask("PING") == ["PONG"]
     finally:
         server.kill()
-
-
-CAPPED = "REJ too_many_orders t1 has 3 open orders, as many as one account may have; cancel some first"
 
 
 def test_an_account_may_have_at_most_max_open_orders_and_a_restart_still_counts_them(tmp_path: Path) -> None:

@@ -271,7 +271,7 @@ def _cluster(args: argparse.Namespace) -> int:
             args.dir, port=args.port, md_port=args.md_port, gateways=args.gateways, notifiers=args.notifiers,
             risk_shards=args.risk_shards, engines=engines, engine_shards=max(engines.values(), default=0) + 1,
             nats_ports=[(base + i, base + 2000 + i) for i in range(3)], instruments=args.instruments, supervise=not args.no_supervise,
-            snapshot_every=args.snapshot_every, max_open_orders=next(n for n in (args.max_open_orders, recorded, MAX_OPEN_ORDERS) if n is not None),
+            snapshot_every=args.snapshot_every, max_open_orders=args.max_open_orders or recorded or MAX_OPEN_ORDERS,  # (each at least 1 when given)
         )  # fmt: skip
         return cluster.up(config, demo=args.demo)
     if args.action == "down":
