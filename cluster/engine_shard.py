@@ -1,9 +1,11 @@
 """An engine shard: the books of its symbols (the configuration's table), matching the
-commands of orders.<shard>.> in the stream's order, and the settlement of every match
-sent to the risk shard of each account it moves money for (in.<risk>.e<shard>).
+commands of orders.<shard>.> in the stream's order; the settlement of every match sent to
+the risk shard of each account it moves money for (in.<risk>.e<shard>), and its market
+data (trades, level changes, quotes) to md.<shard>, which the notifiers read.
 
-The events themselves are not published: every process that needs them (gateways,
-notifiers, the trade log) applies the same stream to its own replica (cluster/replica.py).
+Execution reports are not published: the gateways and the trade log apply the same
+orders.> to their own replicas (cluster/replica.py), as they need the books too (BOOK,
+ORDERS).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import structlog
 from cluster.replica import Replica
 from cluster.snapshots import RoleSnapshots
 from cluster.stream import Outbox
-from cluster.wire import Layout, Settle, Settlement, encode, in_subject
+from cluster.wire import Layout, MarketUpdates, Settle, Settlement, encode, in_subject, md_subject
 from exchange.engine import combine_hashes
 from exchange.instruments import Instrument
 from exchange.risk import SETTLED
+from protocol.messages import MARKET_DATA, MarketData
 
 log = structlog.get_logger("engine")
 
@@ -30,15 +33,16 @@ class EngineShard:
     def __init__(self, nc: Any, js: Any, shard: int, layout: Layout, instruments: dict[str, Instrument], snapshots: Path | None = None, every: int = 0) -> None:
         self.nc, self.shard, self.layout = nc, shard, layout
         mine = {s: i for s, i in instruments.items() if layout.engine_of(s) == shard}
-        self.replica = Replica(js, mine, f"orders.{shard}.>", RoleSnapshots(snapshots, mine, every) if snapshots else None, market_data=False)
+        self.replica = Replica(js, mine, f"orders.{shard}.>", RoleSnapshots(snapshots, mine, every) if snapshots else None)
         self.outboxes = [Outbox(js, in_subject(k, f"e{shard}")) for k in range(layout.risk_shards)]
+        self.md = Outbox(js, md_subject(shard))
 
     async def run(self) -> None:
-        for outbox in self.outboxes:
+        for outbox in (*self.outboxes, self.md):
             await outbox.open()
-        through = await self.replica.start()
+        through = await self.replica.begin()
         log.info("engine_shard_started", shard=self.shard, symbols=" ".join(self.replica.books), replaying_through=through)
-        reader, layout, outboxes = self.replica.reader, self.layout, self.outboxes
+        reader, layout, outboxes, md = self.replica, self.layout, self.outboxes, self.md
         answering = False
         while True:
             if not answering and self.replica.caught_up.is_set():  # its state may be asked now
@@ -47,15 +51,23 @@ class EngineShard:
                 log.info("engine_shard_caught_up", shard=self.shard, applied=self.replica.applied, replayed=self.replica.replayed)
             batch = await reader.batch()
             out: list[list[Settlement]] = [[] for _ in outboxes]
+            market: list[MarketData] = []
             for inp in batch:
                 _, events = self.replica.apply(inp)
+                fresh_md = inp.seq > md.published_through  # else: sent before a restart
                 for e in events:
-                    if type(e) in SETTLED:
+                    kind = type(e)
+                    if kind in SETTLED:
                         k = layout.risk_of(e.owner)  # type: ignore[union-attr]
-                        if inp.seq > outboxes[k].published_through:  # else: sent before a restart
+                        if inp.seq > outboxes[k].published_through:
                             out[k].append(e)  # type: ignore[arg-type]  # SETTLED: exactly these types
+                    elif kind in MARKET_DATA and fresh_md:
+                        market.append(e)  # type: ignore[arg-type]
             through = batch[-1].seq
-            await asyncio.gather(*(outboxes[k].publish(through, encode(Settle(settled, self.shard, through))) for k, settled in enumerate(out) if settled))
+            sends = [outboxes[k].publish(through, encode(Settle(settled, self.shard, through))) for k, settled in enumerate(out) if settled]
+            if market:
+                sends.append(md.publish(through, encode(MarketUpdates(market))))
+            await asyncio.gather(*sends)
             self.replica.snapshot_if_due()  # (its outputs for the batch are out: a restart after it publishes from the next)
 
     async def _state(self, msg: Any) -> None:

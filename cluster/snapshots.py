@@ -1,6 +1,7 @@
 """Snapshots of a cluster role's state at one stream sequence: a restarted role loads the
 newest valid one and reads its input from the message after it, instead of from the
-stream's first message (docs/SCALING.md).
+stream's first message (docs/SCALING.md). (A notifier's are of its feeds, not books:
+cluster/market_data.py.)
 
 The files are `tickline serve`'s (journal/snapshots.py: books and balances, checksummed,
 their state hash checked on load, written atomically), named by the stream sequence they
@@ -44,8 +45,22 @@ def counters_path(directory: Path, seq: int) -> Path:
 
 
 def kept_snapshots(directory: Path) -> list[int]:
-    """The stream sequences of a role's usable snapshots (those with their counters file)."""
-    return [seq for seq in map(seq_of, snapshot_paths(directory)) if counters_path(directory, seq).exists()]
+    """The stream sequences of a role's usable snapshots (those with their counters file;
+    a notifier's are its feeds: cluster/market_data.py)."""
+    books = [seq for seq in map(seq_of, snapshot_paths(directory)) if counters_path(directory, seq).exists()]
+    return books + list(map(feed_snapshot_seq, feed_snapshot_paths(directory)))
+
+
+FEEDS = "feeds-"  # a notifier's snapshots: feeds-<seq>.msgpack
+
+
+def feed_snapshot_paths(directory: Path) -> list[Path]:
+    """A notifier's snapshots, newest first."""
+    return sorted(directory.glob(f"{FEEDS}*.msgpack"), reverse=True) if directory.exists() else []
+
+
+def feed_snapshot_seq(path: Path) -> int:
+    return int(path.stem.removeprefix(FEEDS))
 
 
 def dropped_through(snapshots_root: Path) -> int:

@@ -61,7 +61,8 @@ class Final(Exception):
 
 
 async def ensure_stream(js: Any, replicas: int = 3) -> None:
-    """The one stream, created if missing (by whichever stage starts first)."""
+    """The one stream, created if missing (by whichever stage starts first), its subjects
+    brought up to date."""
     from nats.js.api import StorageType, StreamConfig
     from nats.js.errors import NotFoundError
 
@@ -69,9 +70,13 @@ async def ensure_stream(js: Any, replicas: int = 3) -> None:
 
     async def attempt() -> None:
         try:
-            await js.stream_info(STREAM)
+            info = await js.stream_info(STREAM)
         except NotFoundError:
             await js.add_stream(config)
+            return
+        if sorted(info.config.subjects or []) != sorted(SUBJECTS):  # (made by an older version: md.> came later)
+            info.config.subjects = SUBJECTS
+            await js.update_stream(info.config)
 
     await patiently("stream", attempt)
 
@@ -153,6 +158,35 @@ class Reader:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+
+
+class Tail(Reader):
+    """A Reader that knows when its state is current: once it has applied the message that
+    was its input's last when it started reading (from `applied`: a snapshot's sequence)."""
+
+    def __init__(self, js: Any, subject: str) -> None:
+        super().__init__(js, subject)
+        self.applied = 0  # the last input message applied
+        self.through = 0  # the input's last message when reading started
+        self.caught_up = asyncio.Event()  # set once that one is applied: the state is current
+        self.replayed = 0  # what was applied before caught_up (commands, updates: the caller counts)
+
+    async def begin(self) -> int:
+        """Start reading after `applied`; returns the stream sequence to have applied to be caught up."""
+        last = await last_message(self.js, self.subject)
+        self.through = 0 if last is None else int(last.seq)
+        if self.through <= self.applied:
+            self.caught_up.set()
+        await self.start(after=self.applied)
+        return self.through
+
+    def mark(self, seq: int, count: int) -> None:
+        """Input message seq is applied (count: what it held, counted while catching up)."""
+        self.applied = seq
+        if not self.caught_up.is_set():
+            self.replayed += count
+            if seq >= self.through:
+                self.caught_up.set()
 
 
 async def publish_once(js: Any, subject: str, input_seq: int, payload: bytes) -> None:

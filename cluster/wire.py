@@ -9,6 +9,9 @@ One stream, TICKLINE (3 replicas, every write fsync'd), holds every stage's inpu
                                   replicas (gateways, notifiers, trade log) read orders.>
     verdicts.<gateway>            Verdicts: what a risk shard refused (and accepted
                                   transfers), for the one gateway incarnation that sent them
+    md.<engine shard>             MarketUpdates: the trades, level changes and quotes its
+                                  matching made, with their per-symbol seqs; the notifiers
+                                  read md.> (and keep no books)
 
 Each subject has exactly one writer (the <writer>/<risk> part names it), so a stage that
 restarts finds what it already published as the last message on its own subjects
@@ -26,10 +29,10 @@ import zlib
 
 import msgspec
 
-from protocol.messages import Canceled, Command, Fill, Rejected, Replaced
+from protocol.messages import Canceled, Command, Fill, MarketData, Rejected, Replaced
 
 STREAM = "TICKLINE"
-SUBJECTS = ["in.>", "orders.>", "verdicts.>"]
+SUBJECTS = ["in.>", "orders.>", "verdicts.>", "md.>"]
 INPUT_SEQ = "Tickline-Input-Seq"  # header: the stream sequence of the input a message came from
 
 
@@ -51,6 +54,13 @@ class Settle(msgspec.Struct, array_like=True, tag="settle"):
     events: list[Settlement]
     engine: int
     through: int
+
+
+class MarketUpdates(msgspec.Struct, array_like=True):
+    """An engine shard's market data for its input messages up to the one in the header
+    (INPUT_SEQ): each symbol's updates in its md_seq order, as `tickline serve` sends them."""
+
+    events: list[MarketData]
 
 
 class BalancesAsk(msgspec.Struct, array_like=True):
@@ -101,6 +111,7 @@ decode_in = msgspec.msgpack.Decoder(InMessage).decode
 decode_sequenced = msgspec.msgpack.Decoder(Sequenced).decode
 decode_verdicts = msgspec.msgpack.Decoder(Verdicts).decode
 decode_balances_ask = msgspec.msgpack.Decoder(BalancesAsk).decode
+decode_market_updates = msgspec.msgpack.Decoder(MarketUpdates).decode
 
 
 class BalancesAnswer(msgspec.Struct, array_like=True):
@@ -138,6 +149,10 @@ class Layout(msgspec.Struct, frozen=True):
 
 def in_subject(shard: int, writer: str) -> str:
     return f"in.{shard}.{writer}"
+
+
+def md_subject(engine: int) -> str:
+    return f"md.{engine}"
 
 
 def orders_subject(engine: int, risk: int) -> str:

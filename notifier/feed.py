@@ -17,13 +17,17 @@ import structlog
 from exchange.book import Book
 from exchange.instruments import Instrument
 from protocol import marketdata as M
-from protocol.messages import BookLevelChanged, Quote, Side, Trade
-
-MarketData = Trade | BookLevelChanged | Quote
+from protocol.messages import BookLevelChanged, MarketData, Quote, Side, Trade
 
 log = structlog.get_logger("notifier")
 
 RECENT_TRADES = 10_000  # per symbol, served from memory by REPLAY; older ones from the trade log
+
+
+def feeds_of(books: dict[str, Book], last_trade_seqs: dict[str, int] | None = None) -> dict[str, SymbolFeed]:
+    """Each book's feed, as at its current state."""
+    last = last_trade_seqs or {}
+    return {symbol: SymbolFeed.of_book(book, last.get(symbol, 0)) for symbol, book in books.items()}
 
 
 class Update(msgspec.Struct, gc=False):
@@ -55,19 +59,34 @@ class Update(msgspec.Struct, gc=False):
         return self._json
 
 
+# A feed's state, as a snapshot keeps it (a cluster notifier's, cluster/market_data.py):
+# (seq, last seq of each kind {trades, book, quotes}, bids, asks, quote)
+FeedState = tuple[int, dict[str, int], list[tuple[int, int]], list[tuple[int, int]], tuple[int | None, int, int | None, int]]
+
+
 class SymbolFeed:
-    def __init__(self, book: Book, last_trade_seq: int = 0) -> None:
-        """last_trade_seq: the newest trade's seq (from the trade log), so the trades
-        channel's prev links across a restart; book and quotes restart at a snapshot."""
-        self.symbol = book.symbol
-        self.inst: Instrument = book.instrument
-        self.seq = book.md_seq
-        self.last = {"trades": last_trade_seq, "book": book.md_seq, "quotes": book.md_seq}  # seq of each channel's last update
-        bids, asks = book.depth(10**9)
+    def __init__(self, inst: Instrument, state: FeedState) -> None:
+        seq, last, bids, asks, quote = state
+        self.symbol = inst.symbol
+        self.inst = inst
+        self.seq = seq
+        self.last = dict(last)  # seq of each channel's last update
         self.levels: dict[Side, dict[int, int]] = {Side.BUY: dict(bids), Side.SELL: dict(asks)}
-        self.quote = book.quote
+        self.quote = quote
         self.pending: list[Update] = []
         self.recent: deque[Update] = deque(maxlen=RECENT_TRADES)
+
+    @classmethod
+    def of_book(cls, book: Book, last_trade_seq: int = 0) -> SymbolFeed:
+        """last_trade_seq: the newest trade's seq (from the trade log), so the trades
+        channel's prev links across a restart; book and quotes restart at the book's seq."""
+        bids, asks = book.depth(10**9)
+        return cls(book.instrument, (book.md_seq, {"trades": last_trade_seq, "book": book.md_seq, "quotes": book.md_seq}, bids, asks, book.quote))
+
+    def state(self) -> FeedState:
+        """What a snapshot keeps: with it, a restarted feed goes on as if it had not stopped
+        (every prev link included)."""
+        return self.seq, dict(self.last), list(self.levels[Side.BUY].items()), list(self.levels[Side.SELL].items()), self.quote
 
     def follow(self, e: MarketData) -> None:
         """Take one market-data event (in md_seq order) into the state and the pending list."""

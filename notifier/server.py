@@ -20,19 +20,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 import structlog
 
-from exchange.book import Book
 from netio.plumbing import close_all, listen
 from notifier.feed import SymbolFeed
 from notifier.session import Limits, Subscriber
 from protocol import marketdata as M
-from protocol.messages import BookLevelChanged, Event, Quote, Trade
+from protocol.messages import MARKET_DATA, Event
 
 log = structlog.get_logger("notifier")
-MARKET_DATA = (Trade, BookLevelChanged, Quote)
 # REPLAY's older trades: (symbol, from seq) -> rows of (md_seq, qty, price, aggressor, trade_id, prev)
 ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str, int]]]]
 
@@ -40,16 +38,15 @@ ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str
 class Notifier:
     def __init__(
         self,
-        books: dict[str, Book],
+        feeds: dict[str, SymbolFeed],
         replay_source: ReplaySource | None,
         *,
         version: str,
         max_subscribers: int = 10_000,
         limits: Limits | None = None,
-        last_trade_seqs: dict[str, int] | None = None,
     ) -> None:
-        last = last_trade_seqs or {}
-        self.feeds = {symbol: SymbolFeed(book, last.get(symbol, 0)) for symbol, book in books.items()}
+        """feeds: each symbol's, as at the first event on_events will be given (notifier/feed.py feeds_of)."""
+        self.feeds = feeds
         self.replay_source = replay_source
         self.version = version
         self.max_subscribers = max_subscribers
@@ -72,7 +69,7 @@ class Notifier:
 
     # ------------------------------------------------------------ from matching
 
-    def on_events(self, events: list[Event]) -> None:
+    def on_events(self, events: Sequence[Event]) -> None:
         feeds, dirty = self.feeds, self._dirty
         if not self.subscribers:  # follow the state only; nobody to send updates to
             for e in events:

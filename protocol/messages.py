@@ -296,6 +296,8 @@ class Quote(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="quote")
 # trades as they match, then each changed level, then the quote if the top changed. The
 # numbering is part of the book's state, so replay reproduces it.
 Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChanged | Quote | Triggered
+MarketData = Trade | BookLevelChanged | Quote
+MARKET_DATA = (Trade, BookLevelChanged, Quote)  # (for isinstance and `type(e) in`)
 # Execution reports: what an order's owner is told (and REPORTS reads back from the trade log).
 Report = Fill | Canceled | Replaced | Rejected | Triggered
 REPORT_TYPES = frozenset((Fill, Canceled, Replaced, Rejected, Triggered))

@@ -181,6 +181,42 @@ def trades(port: int) -> dict[str, list[str]]:
     return out
 
 
+class Tap:
+    """A market-data subscriber to every kind of every symbol, read as the lines come (by a
+    thread: one that stopped reading would be conflated, then cut off)."""
+
+    def __init__(self, port: int) -> None:
+        self.client = Client(port)
+        self.lines: list[str] = []
+        self.client.send("SUB *\n")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self.lines.append(self.client.line(timeout=3600))
+        except (EOFError, OSError):
+            return
+
+    def by_symbol(self, quiet: float = 1.0) -> dict[str, list[str]]:
+        """Every line once none has come for `quiet` seconds, per symbol in the order
+        received (each symbol's seq is its own: a cluster's engine shards interleave
+        symbols differently than one process does)."""
+        seen = -1
+        while seen != len(self.lines):
+            seen = len(self.lines)
+            time.sleep(quiet)
+        self.client.close()
+        per: dict[str, list[str]] = {}
+        symbol = "*"
+        for line in self.lines:
+            word = line.split()
+            if word[0] in ("SUBSCRIBED", "SNAPSHOT", "TRADE", "BOOK", "QUOTE"):
+                symbol = word[1]
+            per.setdefault(symbol, []).append(line)  # (BID, ASK and END belong to the SNAPSHOT before them)
+        return per
+
+
 def settled(read: Callable[[], dict], want: dict, within: float = 15.0) -> dict:
     """read() until it equals want (a cluster settles balances and the trade log a few
     milliseconds after the reports), or its last answer."""
@@ -195,6 +231,7 @@ def settled(read: Callable[[], dict], want: dict, within: float = 15.0) -> dict:
 def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_serve(tmp_path: Path) -> None:
     single = Server(tmp_path / "serve").start()
     try:
+        early = Tap(single.md_port)
         want_lines = drive(single.port, seed=11, steps=300)
         want_state = final_state(single.port)
         want_trades = settled(lambda: trades(single.port), {"never": []}, within=1.0)
@@ -203,8 +240,11 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         want_stops = stops(single.port)
         want_transfers = [serve_transfer(single.data_dir, *t) for t in TRANSFERS]
         want_transfer_balances = final_state(single.port)
+        want_md = early.by_symbol()
+        want_late_md = Tap(single.md_port).by_symbol()
     finally:
         single.stop()
+    assert sum(line.startswith("TRADE") for lines in want_md.values() for line in lines) > 50 and set(want_md) > set(SYMBOLS)
     assert sum(line.startswith("FILL") for lines in want_lines.values() for line in lines) > 50  # the stream trades a lot
     said = want_refusals + want_stops
     reasons = {line.split()[1] for line in said if line.startswith("REJ")} | set(re.findall(r"reason=(\w+)", "\n".join(said)))
@@ -217,8 +257,10 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         "deposited", "duplicate:", "withdrawn", "insufficient_funds", "unknown_account", "unknown_asset", "bad_amount", "bad_ref", "duplicate:",
         "ref_reused",
     ]  # fmt: skip
-    cluster = Cluster(tmp_path / "cluster", "--engine", "AAPL=0", "--engine", "BTC-USD=1").start()
+    # (snapshots every 100 commands: the notifier restarted below starts from one)
+    cluster = Cluster(tmp_path / "cluster", "--engine", "AAPL=0", "--engine", "BTC-USD=1", "--snapshot-every", "100").start()
     try:
+        early = Tap(cluster.md_port)
         got_lines = drive(cluster.port, seed=11, steps=300)
         for name in TRADERS:
             assert got_lines[name] == want_lines[name], name
@@ -229,6 +271,14 @@ def test_the_same_commands_give_the_same_reports_trades_books_and_balances_as_se
         assert stops(cluster.port) == want_stops
         assert [cluster.transfer(*t) for t in TRANSFERS] == want_transfers
         assert settled(lambda: final_state(cluster.port), want_transfer_balances) == want_transfer_balances
+        # Market data: every update with its seq and prev, and a late subscriber's
+        # snapshot, as serve sent them; the same from a notifier killed and restarted.
+        assert early.by_symbol() == want_md
+        assert Tap(cluster.md_port).by_symbol() == want_late_md
+        cluster.kill("notifier")
+        cluster.restart("notifier")
+        assert "snapshot_loaded" in (cluster.dir / "notifier-0.log").read_text()
+        assert Tap(cluster.md_port).by_symbol() == want_late_md
     finally:
         cluster.stop()
 

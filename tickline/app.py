@@ -45,6 +45,7 @@ from journal.queries import last_trade_seqs
 from journal.recovery import recover
 from journal.snapshotter import Snapshotter
 from journal.tradelog import TradeLog
+from notifier.feed import feeds_of
 from notifier.server import Notifier
 from notifier.session import Limits
 from protocol.messages import Transfer
@@ -217,7 +218,7 @@ class Serve:
         config = self.config
         limits = Limits(hard_cap=config.md_hard_cap, pause_deadline=config.md_pause_deadline)
         last_trades = await asyncio.to_thread(last_trade_seqs, self.data.trades)
-        self.notifier = Notifier(self.books, self.history.older_trades, version=__version__, limits=limits, last_trade_seqs=last_trades)
+        self.notifier = Notifier(feeds_of(self.books, last_trades), self.history.older_trades, version=__version__, limits=limits)
 
     async def connect_outputs(self) -> None:
         """6. Matching's output: settlement of balances first, then execution reports to the

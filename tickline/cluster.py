@@ -4,8 +4,9 @@
     clients --TCP--> gateway(s) --Submit--> in.<risk shard>  (an ACK: accepted and on a quorum)
     risk shard (holds, ids) --Sequenced--> orders.<engine shard>.r<risk>
     engine shard (matching) --Settle--> in.<risk shard>  (the merge is the stream's)
-    orders.> --> replicas: gateways (BOOK, ORDERS, execution reports), notifiers
-                 (market data to their share of the subscribers), the trade log (SQLite)
+    engine shard --MarketUpdates--> md.<engine shard> --> notifiers (market data to their
+                 share of the subscribers)
+    orders.> --> replicas: gateways (BOOK, ORDERS, execution reports), the trade log (SQLite)
 
 Every process is started by `up` with the same cluster.json; each role wires its pieces
 in the numbered order of the data's path.
@@ -27,15 +28,17 @@ from typing import Any, cast
 import structlog
 
 from cluster.engine_shard import EngineShard
+from cluster.market_data import FeedSnapshots, MarketDataTail
 from cluster.nats import NatsCluster, process_alive
 from cluster.replica import Replica
 from cluster.retention import compact
 from cluster.risk_shard import RiskShard
 from cluster.snapshots import RoleSnapshots, StreamCompacted
-from cluster.stream import Input, Reader, connect, ensure_stream
+from cluster.stream import Input, Reader, Tail, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.supervisor import Supervisor
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
+from exchange.book import Book
 from exchange.instruments import assets_of, load_instruments
 from exchange.risk import MAX_OPEN_ORDERS, SETTLED, Risk
 from exchange.transfers import reply as transfer_reply
@@ -49,6 +52,7 @@ from journal.history import History
 from journal.layout import DataDir
 from journal.records import encode_batch
 from journal.tradelog import TradeLog
+from notifier.feed import SymbolFeed
 from notifier.server import Notifier
 from protocol.messages import Command, Event, OrderCommand, Problem, Reason, Transfer
 from telemetry.registry import Telemetry
@@ -270,7 +274,7 @@ class GatewayRole:
             self._after_batch()
 
     async def _follow_orders(self) -> None:
-        await self.replica.start()
+        await self.replica.begin()
         await self.replica.follow(self._applied, self._after_batch)
 
     def _applied(self, inp: Input, s: Sequenced, made: list[Event]) -> None:
@@ -327,9 +331,9 @@ async def _nothing_to_wait_for() -> int:
     return 0
 
 
-async def _until_caught_up(replica: Replica, follow: asyncio.Task[Any]) -> None:
-    """Listen only with current books: wait for the replica (or for its task to fail)."""
-    waiter = asyncio.create_task(replica.caught_up.wait())
+async def _until_caught_up(tail: Tail, follow: asyncio.Task[Any]) -> None:
+    """Listen only with current state: wait for the input's tail (or for its task to fail)."""
+    waiter = asyncio.create_task(tail.caught_up.wait())
     await asyncio.wait([follow, waiter], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
 
@@ -339,26 +343,32 @@ def _role_snapshots(config: ClusterConfig, role: str, index: int, instruments: d
 
 
 async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
-    replica = Replica(js, instruments, snapshots=_role_snapshots(config, "notifier", index, instruments))
-    history = History(config.data.trades, instruments, lambda symbol: replica.books[symbol].bbo(), _nothing_to_wait_for)
-    notifier = Notifier(replica.books, history.older_trades, version=__version__)
-    events: list[Event] = []
+    """No books: the feeds as the engine shards' market data (md.>) makes them, from the
+    newest snapshot of them."""
+    snapshots = FeedSnapshots(config.snapshots("notifier", index), config.snapshot_every)
+    loaded = snapshots.load()
+    tail = MarketDataTail(js, snapshots)
+    tail.applied, states = loaded if loaded is not None else (0, {})
+    feeds = {s: SymbolFeed(inst, states[s]) if s in states else SymbolFeed.of_book(Book(inst)) for s, inst in sorted(instruments.items())}
+    history = History(config.data.trades, instruments, lambda symbol: (None, None), _nothing_to_wait_for)  # (REPLAY only: no TICKER here)
+    notifier = Notifier(feeds, history.older_trades, version=__version__)
 
-    def after_batch() -> None:
-        if events:
-            notifier.on_events(events)  # (read, not kept)
-            events.clear()
+    async def follow() -> None:
+        while True:
+            notifier.on_events(await tail.updates())
+            if snapshots.due():
+                snapshots.take(tail.applied, {s: feed.state() for s, feed in feeds.items()})
 
-    through = await replica.start()
-    follow = asyncio.create_task(replica.follow(lambda inp, s, made: events.extend(made), after_batch))
-    await _until_caught_up(replica, follow)  # (the history's trades fill the feeds' memory for REPLAY)
+    through = await tail.begin()
+    following = asyncio.create_task(follow())
+    await _until_caught_up(tail, following)  # (what it applies fills the feeds' memory of trades for REPLAY)
     host, port = await notifier.start(config.host, config.md_port, reuse_port=True)
-    log.info("market_data_listening", host=host, port=port, notifier=index, caught_up=through, replayed=replica.replayed)
+    log.info("market_data_listening", host=host, port=port, notifier=index, caught_up=through, replayed=tail.replayed)
 
     async def close() -> None:
         await notifier.close("shutting down", 2.0)
 
-    return follow, [close]
+    return following, [close]
 
 
 async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
@@ -376,7 +386,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
         # Nothing is dropped here (tickline serve drops past max_rows and refills from its
         # journal): reading the stream waits while the writer is behind.
         while True:
-            for inp in await replica.reader.batch():
+            for inp in await replica.batch():
                 applied(inp, *replica.apply(inp))
             replica.snapshot_if_due(tradelog.wait_committed)  # (kept once the rows it covers are in the file)
             while tradelog.queued - tradelog.committed > TRADELOG_BEHIND:
@@ -387,7 +397,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
         await tradelog.wait_committed()
         log.info("tradelog_caught_up", applied=replica.applied, replayed=replica.replayed)
 
-    await replica.start()
+    await replica.begin()
     log.info("tradelog_started", path=str(config.data.trades))
     follow_task = asyncio.create_task(follow())
     announcing = asyncio.create_task(announce())
