@@ -72,7 +72,7 @@ class SymbolFeed:
         self.seq = seq
         self.last = dict(last)  # seq of each channel's last update
         self.levels: dict[Side, dict[int, int]] = {Side.BUY: dict(bids), Side.SELL: dict(asks)}
-        self.quote = quote
+        self.quote = (quote[0], quote[1], quote[2], quote[3])  # (a tuple again when read from a snapshot)
         self.pending: list[Update] = []
         self.recent: deque[Update] = deque(maxlen=RECENT_TRADES)
 
