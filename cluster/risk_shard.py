@@ -5,13 +5,20 @@ number them, or refuse them) and the engine shards' matching events (settle). Ac
 commands go to their symbol's engine shard (orders.<engine>.r<shard>) with their order
 ids; refusals to the gateway that sent them. The same input replayed gives the same holds,
 ids and refusals: the state is rebuilt by replaying it from its first message.
+
+A new order or replace whose owner has been shown a fill, cancel or replace that is not
+settled here yet (Submit.seen: the engine shard's settlement is in flight) waits for that
+settlement, and the owner's later commands wait behind it: what a CANCELED freed pays for
+the next order, as in `tickline serve`. Whether a command waits depends only on the input,
+so a replay decides it at the same point; snapshots are taken when nothing waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import structlog
@@ -22,9 +29,17 @@ from cluster.wire import BalancesAnswer, Layout, Sequenced, Settle, Verdicts, de
 from exchange.instruments import Instrument
 from exchange.risk import MAX_OPEN_ORDERS, Risk
 from exchange.sequencer import Sequencer
-from protocol.messages import Command, OrderCommand, Problem, Transfer
+from protocol.messages import Command, NewOrder, OrderCommand, Problem, Replace, Transfer
 
 log = structlog.get_logger("risk")
+
+
+class Waiting(NamedTuple):
+    gateway: str
+    token: int
+    cmd: Command
+    ts_ns: int  # when its input was stored: the order's time, however long it waited
+    needs: dict[int, int] | None  # engine shard -> the input it must have settled through
 
 
 class RiskShard:
@@ -37,6 +52,8 @@ class RiskShard:
         self.accepted = 0  # commands accepted: the next one's id is layout.order_id(shard, accepted)
         self.applied = 0  # the last input message applied
         self.settled_through: dict[int, int] = {}  # engine shard -> its last input settled here
+        # Owner -> its commands that wait for settlements its gateway had shown it (Submit.seen)
+        self.waiting: dict[str, deque[Waiting]] = {}
         self.snapshots = RoleSnapshots(snapshots, instruments, every) if snapshots else None
         loaded = self.snapshots.load() if self.snapshots is not None else None
         if loaded is not None:  # the balances, holds and refs at a stream sequence, with the counters
@@ -77,35 +94,29 @@ class RiskShard:
             await asyncio.sleep(0.5)
 
     async def step(self, batch: list) -> None:
-        layout, risk, step = self.layout, self.risk, self.sequencer.step
         out = [Sequenced([], [], [], [], []) for _ in self.outboxes]
         verdicts: dict[str, Verdicts] = {}
         commands = 0  # (settlements not counted: a snapshot every so many commands)
+        waiting = self.waiting
         for inp in batch:
             msg = decode_in(inp.data)
             self.applied = inp.seq
             if isinstance(msg, Settle):
-                risk.settle(msg.events)  # type: ignore[arg-type]
+                self.risk.settle(msg.events)  # type: ignore[arg-type]
                 self.settled_through[msg.engine] = msg.through
+                if waiting:
+                    self._release(inp.seq, out, verdicts)
                 continue
             commands += len(msg.cmds)
             for token, cmd in zip(msg.tokens, msg.cmds, strict=True):
-                seq = step(cmd)
-                if type(seq) is Problem:  # (a duplicate transfer's carries the seq it was applied as)
-                    verdicts.setdefault(msg.gateway, Verdicts([])).results.append((token, seq.seq, seq.reason._value_, seq.text))
-                    continue
-                seq = cast(int, seq)
-                if type(cmd) is Transfer:  # nothing to match: the sender hears here
-                    verdicts.setdefault(msg.gateway, Verdicts([])).results.append((token, seq, "", ""))
-                    continue
-                e = layout.engine_of(cast(OrderCommand, cmd).symbol)
-                if inp.seq > self.outboxes[e].published_through:  # else: published before a restart
-                    s = out[e]
-                    s.ts_ns.append(inp.ts_ns)
-                    s.seqs.append(seq)
-                    s.cmds.append(cmd)
-                    s.gateways.append(msg.gateway)
-                    s.tokens.append(token)
+                if type(cmd) is not Transfer:
+                    # An owner's commands are decided in their order: behind one that waits, they wait.
+                    owner = cast(OrderCommand, cmd).owner
+                    needs = msg.seen.get(owner) if type(cmd) is NewOrder or type(cmd) is Replace else None
+                    if owner in waiting or needs is not None and not self._settled(needs):
+                        waiting.setdefault(owner, deque()).append(Waiting(msg.gateway, token, cmd, inp.ts_ns, needs))
+                        continue
+                self._decide(msg.gateway, token, cmd, inp.seq, inp.ts_ns, out, verdicts)
         # Verdicts first: once any of the batch's orders is out, its verdicts are too (a
         # restart then skips them); then one message per engine shard, at once (each
         # subject is fenced on its own).
@@ -116,9 +127,47 @@ class RiskShard:
         snapshots = self.snapshots
         if snapshots is not None:
             snapshots.applied(commands)
-            if snapshots.due():  # (the batch's outputs are out: a restart after it publishes from the next)
+            # (the batch's outputs are out: a restart after it publishes from the next; and
+            # none waits, so the state is the balances and counters alone)
+            if snapshots.due() and not waiting:
                 counters = {"accepted": self.accepted, "settled_through": self.settled_through}
                 snapshots.take(self.applied, {}, self.risk, counters)
+
+    def _settled(self, needs: dict[int, int]) -> bool:
+        """Has every engine shard's settlement reached what the owner was shown?"""
+        settled = self.settled_through
+        return all(settled.get(e, 0) >= seq for e, seq in needs.items())
+
+    def _release(self, input_seq: int, out: list[Sequenced], verdicts: dict[str, Verdicts]) -> None:
+        """After a settlement: decide what waited for it, each owner's in order."""
+        waiting = self.waiting
+        for owner in list(waiting):  # (in the order they began to wait: the input's)
+            queue = waiting[owner]
+            while queue and (queue[0].needs is None or self._settled(queue[0].needs)):
+                w = queue.popleft()
+                self._decide(w.gateway, w.token, w.cmd, input_seq, w.ts_ns, out, verdicts)
+            if not queue:
+                del waiting[owner]
+
+    def _decide(self, gateway: str, token: int, cmd: Command, input_seq: int, ts_ns: int, out: list[Sequenced], verdicts: dict[str, Verdicts]) -> None:
+        """Hold, number or refuse one command, while input input_seq is applied; an accepted
+        order goes to its engine shard's message, a refusal to its gateway's verdicts."""
+        seq = self.sequencer.step(cmd)
+        if type(seq) is Problem:  # (a duplicate transfer's carries the seq it was applied as)
+            verdicts.setdefault(gateway, Verdicts([])).results.append((token, seq.seq, seq.reason._value_, seq.text))
+            return
+        seq = cast(int, seq)
+        if type(cmd) is Transfer:  # nothing to match: the sender hears here
+            verdicts.setdefault(gateway, Verdicts([])).results.append((token, seq, "", ""))
+            return
+        e = self.layout.engine_of(cast(OrderCommand, cmd).symbol)
+        if input_seq > self.outboxes[e].published_through:  # else: published before a restart
+            s = out[e]
+            s.ts_ns.append(ts_ns)
+            s.seqs.append(seq)
+            s.cmds.append(cmd)
+            s.gateways.append(gateway)
+            s.tokens.append(token)
 
     def _count(self, cmd: Command) -> None:
         self.accepted += 1

@@ -37,11 +37,16 @@ INPUT_SEQ = "Tickline-Input-Seq"  # header: the stream sequence of the input a m
 
 
 class Submit(msgspec.Struct, array_like=True, tag="submit"):
-    """A gateway's group commit to one risk shard: commands and the gateway's tokens for them."""
+    """A gateway's group commit to one risk shard: commands and the gateway's tokens for
+    them; and, for the owners of its new orders and replaces, what the gateway had shown
+    them (engine shard -> the input of the owner's last money event): the risk shard
+    decides those once it has settled that much, so a CANCELED's release pays for the next
+    order at once, as in `tickline serve`."""
 
     gateway: str
     tokens: list[int]
     cmds: list[Command]
+    seen: dict[str, dict[int, int]] = {}
 
 
 Settlement = Fill | Canceled | Replaced | Rejected

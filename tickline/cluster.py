@@ -197,7 +197,7 @@ class GatewayRole:
         """1. The replica of every engine shard's books, and the intake: commands to the
         accounts' risk shards (grouped into one message per shard while one is in flight)."""
         self.replica = Replica(self.js, self.instruments, snapshots=_role_snapshots(self.config, "gateway", self.index, self.instruments), market_data=False)
-        submitter = Submitter(self.js, self.name, self.config.layout)
+        submitter = Submitter(self.js, self.name, self.config.layout, self.money_seen.get)
         self.intake = StreamIntake(self.name, submitter.forward, self.unavailable)
         self.heard: dict[int, float] = {}  # risk shard -> when its last heartbeat came (alive.risk.<k>)
         self.since = time.monotonic()
