@@ -10,7 +10,7 @@ A new order or replace whose owner has been shown a fill, cancel or replace that
 settled here yet (Submit.seen: the engine shard's settlement is in flight) waits for that
 settlement, and the owner's later commands wait behind it: what a CANCELED freed pays for
 the next order, as in `tickline serve`. Whether a command waits depends only on the input,
-so a replay decides it at the same point; snapshots are taken when nothing waits.
+so a replay decides it at the same point; a snapshot keeps what waits.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class RiskShard:
             self.applied, engine, counters = loaded
             self.risk, self.accepted = engine.risk, counters["accepted"]
             self.settled_through = {int(e): through for e, through in counters["settled_through"].items()}
+            for w in msgspec.json.decode(counters.get("waiting", "[]"), type=list[Waiting]):
+                self.waiting.setdefault(cast(OrderCommand, w.cmd).owner, deque()).append(w)
         self.risk.max_open_orders = max_open_orders
         # The core's first stage, as `tickline serve` has it: numbered with this shard's
         # share of the ids, recorded by counting (publishing is this adapter's: step below).
@@ -124,13 +126,17 @@ class RiskShard:
         if last > max(o.published_through for o in self.outboxes):
             await asyncio.gather(*(publish_once(self.js, f"verdicts.{gateway}", last, encode(v)) for gateway, v in verdicts.items()))
         await asyncio.gather(*(self.outboxes[e].publish(last, encode(s)) for e, s in enumerate(out) if s.seqs))
+        self.snapshot_if_due(commands)  # (the batch's outputs are out: a restart after it publishes from the next)
+
+    def snapshot_if_due(self, commands: int) -> None:
+        """After a batch of so many commands: the balances, holds, refs and counters, and
+        what waits for a settlement (owner by owner, in order), every so many commands."""
         snapshots = self.snapshots
         if snapshots is not None:
             snapshots.applied(commands)
-            # (the batch's outputs are out: a restart after it publishes from the next; and
-            # none waits, so the state is the balances and counters alone)
-            if snapshots.due() and not waiting:
-                counters = {"accepted": self.accepted, "settled_through": self.settled_through}
+            if snapshots.due():
+                held = msgspec.json.encode([w for queue in self.waiting.values() for w in queue]).decode()
+                counters = {"accepted": self.accepted, "settled_through": self.settled_through, "waiting": held}
                 snapshots.take(self.applied, {}, self.risk, counters)
 
     def _settled(self, needs: dict[int, int]) -> bool:
@@ -192,4 +198,3 @@ class RiskShard:
         """For tests and operators: the state hash, every balance, the last input applied."""
         rows, _, _ = self.risk.state()
         await msg.respond(msgspec.json.encode({"hash": self.risk.state_hash(), "balances": rows, "applied": self.applied, "accepted": self.accepted}))
-

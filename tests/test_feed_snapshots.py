@@ -21,10 +21,7 @@ AAPL = INSTRUMENTS["AAPL"]
 
 def orders(seed: int, n: int) -> list[NewOrder]:
     rng = random.Random(seed)
-    return [
-        NewOrder("AAPL", rng.choice([Side.BUY, Side.SELL]), rng.randint(1, 9), 15_000 + rng.randint(-20, 20), TIF.GTC, f"o{rng.randint(1, 5)}")
-        for _ in range(n)
-    ]
+    return [NewOrder("AAPL", rng.choice([Side.BUY, Side.SELL]), rng.randint(1, 9), 15_000 + rng.randint(-20, 20), TIF.GTC, f"o{rng.randint(1, 5)}") for _ in range(n)]
 
 
 def follow(feed: SymbolFeed, events: list[Event]) -> list[bytes]:
