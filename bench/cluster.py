@@ -157,7 +157,8 @@ def restarts(args: argparse.Namespace) -> dict[str, float]:
         seconds = {}
         for role in ROLES:
             seconds[role] = cluster.kill_and_restart(role)
-            sys.stderr.write(f"restart phase: {role} back in {seconds[role]:.2f} s, {cluster.replayed[role]:,} commands applied after its snapshot\n")
+            what = "market-data updates" if role == "notifier" else "commands"
+            sys.stderr.write(f"restart phase: {role} back in {seconds[role]:.2f} s, {cluster.replayed[role]:,} {what} applied after its snapshot\n")
         return seconds
     finally:
         cluster.stop()
