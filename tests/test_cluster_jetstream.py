@@ -156,3 +156,34 @@ def test_a_partitioned_node_never_acknowledges_and_the_quorum_goes_on(tmp_path: 
             cluster.stop()
 
     asyncio.run(main())
+
+
+def test_a_stream_made_before_md_gets_its_subject_and_keeps_its_messages(tmp_path: Path) -> None:
+    """A cluster directory from before the engine shards published market data: the first
+    role to start adds md.> to the stream, and what it held is still there."""
+    cluster = three_nodes(tmp_path)
+
+    async def main() -> None:
+        import nats
+        from nats.js.api import StorageType, StreamConfig
+
+        from cluster.stream import ensure_stream
+        from cluster.wire import STREAM, SUBJECTS
+
+        await cluster.start()
+        nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = nc.jetstream(timeout=3)
+        try:
+            old = StreamConfig(name=STREAM, subjects=["in.>", "orders.>", "verdicts.>"], num_replicas=3, storage=StorageType.FILE)
+            await eventually(lambda: js.add_stream(old), 15)
+            await eventually(lambda: js.publish("orders.0.r0", b"an old order", timeout=1), 15)
+            await ensure_stream(js)
+            info = await js.stream_info(STREAM)
+            assert sorted(info.config.subjects) == sorted(SUBJECTS) and "md.>" in SUBJECTS
+            assert info.state.messages == 1
+            assert (await js.publish("md.0", b"updates", timeout=3)).seq == 2
+        finally:
+            await nc.close()
+            cluster.stop()
+
+    asyncio.run(main())
