@@ -15,7 +15,6 @@ newest two are kept, and the newest whose checksum holds is loaded.
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 import time
 import zlib
@@ -25,7 +24,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from cluster.snapshots import FEEDS, KEEP, check_covered, feed_snapshot_paths, feed_snapshot_seq
+from cluster.snapshots import FEEDS, KEEP, Cadence, check_covered, feed_snapshot_paths, feed_snapshot_seq, write_whole
 from cluster.stream import Tail
 from cluster.wire import decode_market_updates
 from protocol.messages import MarketData
@@ -49,17 +48,16 @@ class MarketDataTail(Tail):
             events = decode_market_updates(inp.data).events
             out += events
             self.mark(inp.seq, len(events))
-            self.snapshots.since += len(events)
+            self.snapshots.applied(len(events))
         return out
 
 
-class FeedSnapshots:
+class FeedSnapshots(Cadence):
     """A notifier's snapshots: load() at start, take() every `every` updates (0: never)."""
 
     def __init__(self, directory: Path, every: int) -> None:
-        self.directory, self.every = directory, every
-        self.since = 0  # updates applied since the last snapshot (or the start)
-        self.writing: asyncio.Task[None] | None = None
+        super().__init__(every)
+        self.directory = directory
 
     def load(self) -> tuple[int, dict[str, Any]] | None:
         """The newest valid snapshot: (the stream sequence it covers, symbol -> feed state),
@@ -76,9 +74,6 @@ class FeedSnapshots:
         check_covered(self.directory.parent, self.directory.name, 0)
         return None
 
-    def due(self) -> bool:
-        return self.every > 0 and self.since >= self.every and (self.writing is None or self.writing.done())
-
     def take(self, seq: int, states: dict[str, Any]) -> None:
         """states: each feed's, captured now (every message up to seq applied); written in a thread."""
         self.since = 0
@@ -88,13 +83,7 @@ class FeedSnapshots:
     def _write(self, seq: int, data: bytes) -> None:
         started = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{FEEDS}{seq:020d}.msgpack"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_whole(self.directory / f"{FEEDS}{seq:020d}.msgpack", data)
         for old in feed_snapshot_paths(self.directory)[KEEP:]:
             old.unlink(missing_ok=True)
         log.info("snapshot_written", seq=seq, bytes=len(data), seconds=round(time.monotonic() - started, 3))

@@ -60,7 +60,7 @@ class RiskShard:
             self.applied, engine, counters = loaded
             self.risk, self.accepted = engine.risk, counters["accepted"]
             self.settled_through = {int(e): through for e, through in counters["settled_through"].items()}
-            for w in msgspec.json.decode(counters.get("waiting", "[]"), type=list[Waiting]):
+            for w in msgspec.convert(counters.get("waiting", []), list[Waiting], strict=False):  # (JSON keys are strings)
                 self.waiting.setdefault(cast(OrderCommand, w.cmd).owner, deque()).append(w)
         self.risk.max_open_orders = max_open_orders
         # The core's first stage, as `tickline serve` has it: numbered with this shard's
@@ -135,7 +135,7 @@ class RiskShard:
         if snapshots is not None:
             snapshots.applied(commands)
             if snapshots.due():
-                held = msgspec.json.encode([w for queue in self.waiting.values() for w in queue]).decode()
+                held = msgspec.to_builtins([w for queue in self.waiting.values() for w in queue])
                 counters = {"accepted": self.accepted, "settled_through": self.settled_through, "waiting": held}
                 snapshots.take(self.applied, {}, self.risk, counters)
 
@@ -188,7 +188,7 @@ class RiskShard:
         here (a client that read FILL and then BALANCES sees the fill in it)."""
         ask = decode_balances_ask(msg.data)
         for _ in range(2_000):  # settlements are milliseconds behind; give up after ~2 s
-            if all(self.settled_through.get(e, 0) >= seq for e, seq in ask.seen.items()):
+            if self._settled(ask.seen):
                 break
             await asyncio.sleep(0.001)
         behind = sorted(e for e, seq in ask.seen.items() if self.settled_through.get(e, 0) < seq)

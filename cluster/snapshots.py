@@ -85,22 +85,46 @@ def record_dropped(snapshots_root: Path, through: int) -> None:
     _write_json(snapshots_root / DROPPED, {"through": through})
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_whole(path: Path, data: bytes) -> None:
     """Written to a temporary name, fsync'd, renamed: whole or not there."""
-    tmp = path.with_suffix(".jtmp")
-    tmp.write_text(json.dumps(data))
-    with open(tmp, "rb") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-class RoleSnapshots:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    write_whole(path, json.dumps(data).encode())
+
+
+class Cadence:
+    """When a role's next snapshot is due: once `every` units (commands; a notifier's
+    market-data updates) are applied since the last one (0: never), one write at a time."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.since = 0  # units applied since the last snapshot (or the start)
+        self.writing: asyncio.Task[None] | None = None
+
+    def applied(self, units: int) -> None:
+        self.since += units
+
+    def due(self) -> bool:
+        return self.every > 0 and self.since >= self.every and (self.writing is None or self.writing.done())
+
+    async def close(self) -> None:
+        if self.writing is not None and not self.writing.done():
+            await self.writing
+
+
+class RoleSnapshots(Cadence):
     """One role's snapshots: load() at start, then due() and take() after its batches."""
 
     def __init__(self, directory: Path, instruments: dict[str, Instrument], every: int) -> None:
-        self.directory, self.instruments, self.every = directory, instruments, every
-        self.since = 0  # commands applied since the last snapshot (or the start)
-        self.writing: asyncio.Task[None] | None = None
+        super().__init__(every)
+        self.directory, self.instruments = directory, instruments
 
     def load(self) -> tuple[int, Engine, dict[str, Any]] | None:
         """The newest valid snapshot: (the stream sequence it covers, its books and
@@ -117,12 +141,6 @@ class RoleSnapshots:
             return snap.seq, engine, json.loads(extra.read_text())
         check_covered(self.directory.parent, self.directory.name, 0)
         return None
-
-    def applied(self, commands: int) -> None:
-        self.since += commands
-
-    def due(self) -> bool:
-        return self.every > 0 and self.since >= self.every and (self.writing is None or self.writing.done())
 
     def take(self, seq: int, books: dict[str, Book], risk: Risk | None, extra: dict[str, Any], before_write: Callable[[], Awaitable[None]] | None = None) -> None:
         """Capture now, on the loop (every message up to seq applied, none after); write in a
@@ -150,7 +168,3 @@ class RoleSnapshots:
         for old in self.directory.glob("snap-*.json"):
             if old not in kept:
                 old.unlink(missing_ok=True)
-
-    async def close(self) -> None:
-        if self.writing is not None and not self.writing.done():
-            await self.writing

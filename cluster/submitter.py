@@ -58,5 +58,5 @@ class Submitter:
             if type(cmd) is NewOrder or type(cmd) is Replace:
                 owner = cmd.owner
                 if owner not in seen and (shown := self.seen_of(owner)):
-                    seen[owner] = dict(shown)
+                    seen[owner] = shown  # (not copied: the Submit is encoded before anything awaits)
         return seen
