@@ -107,7 +107,7 @@ class StreamIntake:
             waited = now - since
             why = self.unavailable(cmd) if waited > silent_after else None
             if why is None and waited > stuck_after:
-                why = f"its risk shard has not decided it within {stuck_after:g} s (the stream may have no quorum)"
+                why = f"its risk shard has not decided it within {stuck_after:g} s (the stream may have no quorum, or an engine shard it waits for is down)"
             if why is not None:
                 self.turned_down(ticket, Reason.UNAVAILABLE.value, f"{why}; it may still take effect once it does: see ORDERS")
                 refused = True
