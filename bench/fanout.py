@@ -14,6 +14,7 @@ Targets: spread p99 under 5 ms, end-to-end p99 under 20 ms.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import select
@@ -66,15 +67,29 @@ def main(argv: list[str] | None = None) -> int:
     server = ServerProcess("exchange", data_dir)
     try:
         fund_accounts(data_dir, names)
-        print(measure_fanout(server.port, server.md_port, names, args.subscribers, args.rate, args.duration, BENCH_PASSWORD))
+        print(measure_fanout(server.port, server.md_port, names, args.subscribers, args.rate, args.duration, BENCH_PASSWORD, server.proc.pid))
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0
 
 
-def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, rate: int, duration: float, password: str) -> str:
-    """Subscribers on md_port (AAPL, all kinds), a maker and a trader on port: the report lines."""
+def user_system(pid: int | None = None) -> tuple[float, float]:
+    """A thread's CPU seconds (user, system): the server's main thread, or this process."""
+    if pid is None:
+        t = os.times()
+        return t.user, t.system
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, rate: int, duration: float, password: str, server_pid: int | None = None) -> str:
+    """Subscribers on md_port (AAPL, all kinds), a maker and a trader on port: the report lines
+    (with the server's pid, also each side's CPU per trade: where the two cores went)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, subscribers + 512)), hard))
     subs = []
@@ -109,6 +124,7 @@ def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, 
     poller.register(trader.fileno(), select.EPOLLIN)
     n_orders = int(rate * duration)
     interval = 1.0 / rate
+    cpu0 = {"server": user_system(server_pid) if server_pid else None, "this client": user_system()}
     t0 = time.perf_counter()
     sent = 0
     deadline = t0 + duration + 10
@@ -138,6 +154,7 @@ def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, 
                 count[oid] = count.get(oid, 0) + 1
         if sent >= n_orders and len(count) >= n_orders and all(c == subscribers for c in count.values()):
             break
+    cpu = {who: (user_system(server_pid if who == "server" else None), was) for who, was in cpu0.items() if was is not None}
     complete = [oid for oid, c in count.items() if c == subscribers]
     spread_ms = [(last[o] - first[o]) * 1000 for o in complete]
     e2e_ms = [(last[o] - acked[o]) * 1000 for o in complete if o in acked]
@@ -146,8 +163,13 @@ def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, 
     worst = max(spread_ms, default=float("nan"))
     return (
         f"{subscribers} subscribers to AAPL, {rate} trades/s for {duration:g}s: {len(complete):,}/{n_orders:,} trades reached every subscriber\n"
-        f"spread first->last subscriber:  p50 {pct(spread_ms, .5):6.2f} ms  p99 {pct(spread_ms, .99):6.2f} ms  max {worst:6.2f} ms  (target p99 < 5 ms)\n"
-        f"ACK -> last subscriber's TRADE:  p50 {pct(e2e_ms, .5):6.2f} ms  p99 {pct(e2e_ms, .99):6.2f} ms  (target p99 < 20 ms)"
+        f"spread first->last subscriber:  p50 {pct(spread_ms, 0.5):6.2f} ms  p99 {pct(spread_ms, 0.99):6.2f} ms  max {worst:6.2f} ms  (target p99 < 5 ms)\n"
+        f"ACK -> last subscriber's TRADE:  p50 {pct(e2e_ms, 0.5):6.2f} ms  p99 {pct(e2e_ms, 0.99):6.2f} ms  (target p99 < 20 ms)"
+        + "".join(
+            f"\nCPU per trade, {who + (' main thread' if who == 'server' else ''):19} {((u1 - u0) + (s1 - s0)) * 1000 / max(1, sent):5.2f} ms"
+            f" ({(s1 - s0) * 100 / max(1e-9, (u1 - u0) + (s1 - s0)):3.0f}% in the kernel)"
+            for who, ((u1, s1), (u0, s0)) in cpu.items()
+        )
     )
 
 
