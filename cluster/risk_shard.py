@@ -24,7 +24,7 @@ import msgspec
 import structlog
 
 from cluster.snapshots import RoleSnapshots
-from cluster.stream import Outbox, Reader, last_message, publish_once
+from cluster.stream import Outbox, Tail, publish_once
 from cluster.wire import BalancesAnswer, Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
 from exchange.risk import MAX_OPEN_ORDERS, Risk
@@ -50,14 +50,14 @@ class RiskShard:
         self.nc, self.js, self.shard, self.layout = nc, js, shard, layout
         self.risk = Risk(instruments)
         self.accepted = 0  # commands accepted: the next one's id is layout.order_id(shard, accepted)
-        self.applied = 0  # the last input message applied
+        self.reader = Tail(js, f"in.{shard}.>")  # (its applied: the last input message applied)
         self.settled_through: dict[int, int] = {}  # engine shard -> its last input settled here
         # Owner -> its commands that wait for settlements its gateway had shown it (Submit.seen)
         self.waiting: dict[str, deque[Waiting]] = {}
         self.snapshots = RoleSnapshots(snapshots, instruments, every) if snapshots else None
         loaded = self.snapshots.load() if self.snapshots is not None else None
         if loaded is not None:  # the balances, holds and refs at a stream sequence, with the counters
-            self.applied, engine, counters = loaded
+            self.reader.applied, engine, counters = loaded
             self.risk, self.accepted = engine.risk, counters["accepted"]
             self.settled_through = {int(e): through for e, through in counters["settled_through"].items()}
             for w in msgspec.convert(counters.get("waiting", []), list[Waiting], strict=False):  # (JSON keys are strings)
@@ -66,29 +66,31 @@ class RiskShard:
         # The core's first stage, as `tickline serve` has it: numbered with this shard's
         # share of the ids, recorded by counting (publishing is this adapter's: step below).
         self.sequencer = Sequencer(self.risk, lambda: layout.order_id(shard, self.accepted), self._count)
-        self.reader = Reader(js, f"in.{shard}.>")
         self.outboxes = [Outbox(js, orders_subject(e, shard)) for e in range(layout.engine_shards)]
         self._asks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         for outbox in self.outboxes:
             await outbox.open()
-        last = await last_message(self.reader.js, self.reader.subject)
-        await self.reader.start(after=self.applied)
-        log.info("risk_shard_started", shard=self.shard, snapshot=self.applied, replaying_through=0 if last is None else last.seq)
-        replayed = self.accepted
-        while last is not None and self.applied < last.seq:  # replaying: balances are not to be asked yet
+        snapshot = self.applied
+        through = await self.reader.begin()
+        log.info("risk_shard_started", shard=self.shard, snapshot=snapshot, replaying_through=through)
+        while not self.reader.caught_up.is_set():  # replaying: balances are not to be asked yet
             await self.step(await self.reader.batch())
-        replayed = self.accepted - replayed
         await self.nc.subscribe(f"balances.{self.shard}", cb=self._balances)
         await self.nc.subscribe(f"state.risk.{self.shard}", cb=self._state)
-        log.info("risk_shard_caught_up", shard=self.shard, applied=self.applied, replayed=replayed)
+        log.info("risk_shard_caught_up", shard=self.shard, applied=self.applied, replayed=self.reader.replayed)
         heartbeat = asyncio.create_task(self._heartbeat())  # (the gateways call a silent shard down)
         try:
             while True:
                 await self.step(await self.reader.batch())
         finally:
             heartbeat.cancel()
+
+    @property
+    def applied(self) -> int:
+        """The last input message applied."""
+        return self.reader.applied
 
     async def _heartbeat(self) -> None:
         while True:
@@ -102,7 +104,7 @@ class RiskShard:
         waiting = self.waiting
         for inp in batch:
             msg = decode_in(inp.data)
-            self.applied = inp.seq
+            self.reader.mark(inp.seq, 0 if isinstance(msg, Settle) else len(msg.cmds))
             if isinstance(msg, Settle):
                 self.risk.settle(msg.events)  # type: ignore[arg-type]
                 self.settled_through[msg.engine] = msg.through

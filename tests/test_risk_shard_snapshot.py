@@ -18,7 +18,7 @@ INSTRUMENTS = load_instruments()
 
 def test_what_waits_for_a_settlement_is_in_the_snapshot_and_back_after_a_restart(tmp_path: Path) -> None:
     shard = RiskShard(None, None, 0, Layout(), INSTRUMENTS, tmp_path / "risk-0", every=1)
-    shard.applied, shard.accepted, shard.settled_through = 77, 5, {0: 70}
+    shard.reader.applied, shard.accepted, shard.settled_through = 77, 5, {0: 70}
     shard.waiting = {
         "t2": deque([Waiting("g0x1", 9, NewOrder("AAPL", Side.BUY, 3, 15_000, TIF.GTC, "t2", client_id="a"), 123, {0: 75}),
                      Waiting("g0x1", 10, Cancel("AAPL", 4, "t2"), 124, None)]),
