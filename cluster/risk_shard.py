@@ -32,6 +32,7 @@ from exchange.sequencer import Sequencer
 from protocol.messages import Command, NewOrder, OrderCommand, Problem, Replace, Transfer
 
 log = structlog.get_logger("risk")
+BALANCES_WAIT = 2.0  # seconds a BALANCES waits for the settlements its asker has seen (then: stale, say so)
 
 
 class Waiting(NamedTuple):
@@ -68,6 +69,7 @@ class RiskShard:
         self.sequencer = Sequencer(self.risk, lambda: layout.order_id(shard, self.accepted), self._count)
         self.outboxes = [Outbox(js, orders_subject(e, shard)) for e in range(layout.engine_shards)]
         self._asks: set[asyncio.Task[None]] = set()
+        self._asks_waiting: dict[asyncio.Future[None], dict[int, int]] = {}  # BALANCES until settled that far
 
     async def run(self) -> None:
         for outbox in self.outboxes:
@@ -110,6 +112,8 @@ class RiskShard:
                 self.settled_through[msg.engine] = msg.through
                 if waiting:
                     self._release(inp.seq, out, verdicts)
+                if self._asks_waiting:
+                    self._answer_settled()
                 continue
             commands += len(msg.cmds)
             for token, cmd in zip(msg.tokens, msg.cmds, strict=True):
@@ -189,12 +193,23 @@ class RiskShard:
         """An account's balances once every fill and cancel its asker has seen is settled
         here (a client that read FILL and then BALANCES sees the fill in it)."""
         ask = decode_balances_ask(msg.data)
-        for _ in range(2_000):  # settlements are milliseconds behind; give up after ~2 s
-            if self._settled(ask.seen):
-                break
-            await asyncio.sleep(0.001)
+        if not self._settled(ask.seen):  # settlements are milliseconds behind; give up after BALANCES_WAIT s
+            settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._asks_waiting[settled] = ask.seen
+            try:
+                await asyncio.wait_for(settled, BALANCES_WAIT)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._asks_waiting.pop(settled, None)
         behind = sorted(e for e, seq in ask.seen.items() if self.settled_through.get(e, 0) < seq)
         await msg.respond(encode(BalancesAnswer(self.risk.of(ask.account), behind)))
+
+    def _answer_settled(self) -> None:
+        """The BALANCES asks whose asker's fills and cancels are now all settled here."""
+        for settled, seen in list(self._asks_waiting.items()):
+            if not settled.done() and self._settled(seen):
+                settled.set_result(None)
 
     async def _state(self, msg: Any) -> None:
         """For tests and operators: the state hash, every balance, the last input applied."""
