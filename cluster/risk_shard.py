@@ -74,9 +74,8 @@ class RiskShard:
     async def run(self) -> None:
         for outbox in self.outboxes:
             await outbox.open()
-        snapshot = self.applied
-        through = await self.reader.begin()
-        log.info("risk_shard_started", shard=self.shard, snapshot=snapshot, replaying_through=through)
+        through = await self.reader.begin()  # (reading from after the snapshot's sequence, self.applied)
+        log.info("risk_shard_started", shard=self.shard, snapshot=self.applied, replaying_through=through)
         while not self.reader.caught_up.is_set():  # replaying: balances are not to be asked yet
             await self.step(await self.reader.batch())
         await self.nc.subscribe(f"balances.{self.shard}", cb=self._balances)
