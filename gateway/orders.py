@@ -145,7 +145,7 @@ class OpenOrders:
 
     def find_client_id(self, owner: str, client_id: str) -> int | None:
         mine = self.owners.get(owner)
-        if mine is not None and any(client_ids for _, _, client_ids in mine.unindexed):
+        if mine is not None and mine.unindexed and any(client_ids for _, _, client_ids in mine.unindexed):
             mine = self._indexed(owner)
         return None if mine is None else mine.by_client_id.get(client_id)
 

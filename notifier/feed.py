@@ -88,8 +88,9 @@ class SymbolFeed:
         (every prev link included)."""
         return self.seq, dict(self.last), list(self.levels[Side.BUY].items()), list(self.levels[Side.SELL].items()), self.quote
 
-    def follow(self, e: MarketData) -> None:
-        """Take one market-data event (in md_seq order) into the state and the pending list."""
+    def follow(self, e: MarketData, send: bool = True) -> None:
+        """Take one market-data event (in md_seq order) into the state and, to be sent, the
+        pending list (send False: nobody subscribes, only trades are kept, for REPLAY)."""
         seq = e.md_seq
         if seq != self.seq + 1:
             log.error("md_sequence_gap", symbol=self.symbol, expected=self.seq + 1, got=seq)
@@ -101,19 +102,22 @@ class SymbolFeed:
                 self.levels[e.side][e.price] = e.qty
             else:
                 self.levels[e.side].pop(e.price, None)
-            update = Update(seq, last["book"], "book", e, self)
+            if send:
+                self.pending.append(Update(seq, last["book"], "book", e, self))
             last["book"] = seq
         elif type(e) is Trade:
             update = Update(seq, last["trades"], "trades", e, self)
             last["trades"] = seq
             self.recent.append(update)
+            if send:
+                self.pending.append(update)
         elif type(e) is Quote:
             self.quote = (e.bid, e.bid_qty, e.ask, e.ask_qty)
-            update = Update(seq, last["quotes"], "quotes", e, self)
+            if send:
+                self.pending.append(Update(seq, last["quotes"], "quotes", e, self))
             last["quotes"] = seq
         else:
             raise TypeError(f"not market data: {e!r}")
-        self.pending.append(update)
 
     def encode(self, e: MarketData, prev: int, as_json: bool) -> bytes:
         # Enums as ._value_: .value is a descriptor, slow on a path taken for every update.

@@ -74,9 +74,7 @@ class Notifier:
         if not self.subscribers:  # follow the state only; nobody to send updates to
             for e in events:
                 if isinstance(e, MARKET_DATA):
-                    feeds[e.symbol].follow(e)
-            for feed in feeds.values():
-                feed.pending.clear()
+                    feeds[e.symbol].follow(e, False)
             return
         for e in events:
             if isinstance(e, MARKET_DATA):

@@ -1,6 +1,7 @@
 """A cluster notifier's snapshots (cluster/market_data.py): its feeds at a stream sequence.
 A feed restored from one must go on exactly as the feed it was taken from: the same
-SNAPSHOT and QUOTE, and the same prev links on the next updates."""
+SNAPSHOT and QUOTE, and the same prev links on the next updates. So must a feed that
+followed the market with nobody subscribed (the server's, then)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,21 @@ def test_a_damaged_newest_snapshot_is_skipped_for_the_older_and_two_are_kept(tmp
     newest.write_bytes(bytes(data))
     loaded = FeedSnapshots(directory, every=1).load()
     assert loaded is not None and loaded[0] == 200
+
+
+def test_a_feed_followed_with_nobody_subscribed_goes_on_exactly_as_one_that_sent_everything() -> None:
+    """With no subscriber the server's feeds keep only the state and the recent trades
+    (notifier/server.py): the first subscriber after that must get the same SNAPSHOT,
+    QUOTE, REPLAY from memory and prev links as if every update had been sent."""
+    book = Book(AAPL)
+    sent, quiet = SymbolFeed.of_book(Book(AAPL)), SymbolFeed.of_book(Book(AAPL))
+    first = [e for seq, cmd in enumerate(orders(3, 300), start=1) for e in book.apply(seq, cmd)]
+    assert follow(sent, first)
+    for e in first:
+        if isinstance(e, MARKET_DATA):
+            quiet.follow(e, False)
+    assert quiet.pending == [] and quiet.state() == sent.state()
+    assert quiet.snapshot(False) == sent.snapshot(False) and quiet.current_quote(False) == sent.current_quote(False)
+    assert [u.text for u in quiet.recent] == [u.text for u in sent.recent] and quiet.recent
+    later = [e for seq, cmd in enumerate(orders(4, 300), start=301) for e in book.apply(seq, cmd)]
+    assert follow(quiet, later) == follow(sent, later)  # every seq and prev
