@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Sequence, cast
 
 import structlog
 
@@ -28,9 +28,12 @@ from netio.plumbing import close_all, listen
 from notifier.feed import SymbolFeed
 from notifier.session import Limits, Subscriber
 from protocol import marketdata as M
-from protocol.messages import MARKET_DATA, Event
+from protocol.messages import MARKET_DATA, Event, MarketData
 
 log = structlog.get_logger("notifier")
+# A set of the classes, not isinstance with the tuple: for each of the other events (most of
+# them) that walks every class's MRO; here once per event matching makes (0.2 us each).
+MD_TYPES = frozenset(MARKET_DATA)
 # REPLAY's older trades: (symbol, from seq) -> rows of (md_seq, qty, price, aggressor, trade_id, prev)
 ReplaySource = Callable[[str, int], Awaitable[list[tuple[int, str, str, str, str, int]]]]
 
@@ -73,13 +76,15 @@ class Notifier:
         feeds, dirty = self.feeds, self._dirty
         if not self.subscribers:  # follow the state only; nobody to send updates to
             for e in events:
-                if isinstance(e, MARKET_DATA):
-                    feeds[e.symbol].follow(e, False)
+                if type(e) in MD_TYPES:
+                    md = cast(MarketData, e)
+                    feeds[md.symbol].follow(md, False)
             return
         for e in events:
-            if isinstance(e, MARKET_DATA):
-                feed = feeds[e.symbol]
-                feed.follow(e)
+            if type(e) in MD_TYPES:
+                md = cast(MarketData, e)
+                feed = feeds[md.symbol]
+                feed.follow(md)
                 dirty[feed.symbol] = feed
         if dirty and not self._scheduled:
             self._scheduled = True
