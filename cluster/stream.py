@@ -24,6 +24,9 @@ MAX_BATCH = 2_000  # input messages applied before their outputs are published
 PUBLISH_TIMEOUT = 2.0  # seconds for a quorum ack before the same message (same Msg-Id) is sent again
 
 
+FENCE_RECHECKS = 100  # an Outbox's tries while a new stream leader refuses our own last sequence
+
+
 class Fenced(Exception):
     """Another copy of this stage wrote to its subject: this one must stop."""
 
@@ -215,20 +218,33 @@ class Outbox:
 
     async def publish(self, input_seq: int, payload: bytes) -> None:
         """Publish once for input_seq (skipped if already published), retried until a quorum
-        stores it: an output is never given up, since the input it came from is durable."""
-        if input_seq <= self.published_through:
-            return
-        headers = {
-            "Nats-Msg-Id": f"{self.subject}:{input_seq}",
-            INPUT_SEQ: str(input_seq),
-            "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
-        }
-        try:
-            ack = await publish_retried(self.js, self.subject, payload, headers)
-        except Exception:  # the fence: someone wrote since our last message
-            await self.open()  # ...or a timed-out try of ours was stored after all
-            if self.published_through >= input_seq:
+        stores it: an output is never given up, since the input it came from is durable.
+
+        A fence that fails while the subject's last message is still our own is not another
+        writer: a stream leader elected a moment ago may judge the expected sequence before it
+        has applied its log (nats-server #6194, #7361; seen here when a NATS node was killed
+        under load). That is tried again, FENCE_RECHECKS times at most."""
+        for _ in range(FENCE_RECHECKS):
+            if input_seq <= self.published_through:
                 return
-            raise Fenced(f"{self.subject} has another writer") from None
-        self.last_seq = ack.seq
-        self.published_through = input_seq
+            headers = {
+                "Nats-Msg-Id": f"{self.subject}:{input_seq}",
+                INPUT_SEQ: str(input_seq),
+                "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
+            }
+            try:
+                ack = await publish_retried(self.js, self.subject, payload, headers)
+            except Exception as exc:  # the fence: someone wrote since our last message
+                ours = self.last_seq
+                await self.open()  # ...or a timed-out try of ours was stored after all
+                if self.published_through >= input_seq:
+                    return
+                if self.last_seq != ours:
+                    raise Fenced(f"{self.subject} has another writer") from None
+                log.warning("fence_recheck", subject=self.subject, last_seq=ours, error=str(exc)[:120])
+                await asyncio.sleep(0.1)
+                continue
+            self.last_seq = ack.seq
+            self.published_through = input_seq
+            return
+        raise Fenced(f"{self.subject}: the stream kept refusing our own last sequence {self.last_seq}")
