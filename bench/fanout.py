@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.load import BENCH_PASSWORD, ServerProcess, bench_accounts, fund_accounts
+from bench.load import BENCH_PASSWORD, ServerProcess, bench_accounts, fund_accounts, user_system
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 TIMESPEC = struct.Struct("qq")
@@ -74,17 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def user_system(pid: int | None = None) -> tuple[float, float]:
-    """A thread's CPU seconds (user, system): the server's main thread, or this process."""
+def cpu_now(pid: int | None = None) -> tuple[float, float]:
+    """CPU seconds (user, system): the server's main thread, or this process."""
     if pid is None:
         t = os.times()
         return t.user, t.system
     try:
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return user_system(f"/proc/{pid}/task/{pid}/stat")
     except OSError:
         return float("nan"), float("nan")
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, rate: int, duration: float, password: str, server_pid: int | None = None) -> str:
@@ -124,7 +122,7 @@ def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, 
     poller.register(trader.fileno(), select.EPOLLIN)
     n_orders = int(rate * duration)
     interval = 1.0 / rate
-    cpu0 = {"server": user_system(server_pid) if server_pid else None, "this client": user_system()}
+    cpu0 = {"server": cpu_now(server_pid) if server_pid else None, "this client": cpu_now()}
     t0 = time.perf_counter()
     sent = 0
     deadline = t0 + duration + 10
@@ -154,7 +152,7 @@ def measure_fanout(port: int, md_port: int, names: list[str], subscribers: int, 
                 count[oid] = count.get(oid, 0) + 1
         if sent >= n_orders and len(count) >= n_orders and all(c == subscribers for c in count.values()):
             break
-    cpu = {who: (user_system(server_pid if who == "server" else None), was) for who, was in cpu0.items() if was is not None}
+    cpu = {who: (cpu_now(server_pid if who == "server" else None), was) for who, was in cpu0.items() if was is not None}
     complete = [oid for oid, c in count.items() if c == subscribers]
     spread_ms = [(last[o] - first[o]) * 1000 for o in complete]
     e2e_ms = [(last[o] - acked[o]) * 1000 for o in complete if o in acked]

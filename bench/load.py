@@ -455,24 +455,28 @@ def breakdown(r: PhaseResult) -> list[str]:
     return rows
 
 
+def user_system(stat_path: str) -> tuple[float, float]:
+    """A process's or thread's CPU seconds (user, system) from its /proc .../stat file."""
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pid: int) -> dict[str, float]:
     """CPU time (user + system) of a server's threads and child processes, by name, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
 
-    def times(stat: str) -> float:
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
+    def times(stat_path: str) -> float:
+        return sum(user_system(stat_path))
 
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
             name = "server main thread" if tid == str(pid) else "server other threads"
-            out[name] = out.get(name, 0.0) + times(stat)
+            out[name] = out.get(name, 0.0) + times(f"/proc/{pid}/task/{tid}/stat")
         for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
             cmdline = Path(f"/proc/{child}/cmdline").read_text()
             name = "journal writer" if "journal_writer" in cmdline else "trade-log writer" if "tradelog_writer" in cmdline else "other child"
-            out[name] = out.get(name, 0.0) + times(Path(f"/proc/{child}/stat").read_text())
+            out[name] = out.get(name, 0.0) + times(f"/proc/{child}/stat")
     except OSError:
         pass  # not Linux, or the server is gone
     return out
@@ -480,13 +484,11 @@ def cpu_seconds(pid: int) -> dict[str, float]:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process and all its descendants (the browser: chromedriver's tree)."""
-    tick = os.sysconf("SC_CLK_TCK")
     total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            total += sum(user_system(f"/proc/{p}/stat"))
             for tid in os.listdir(f"/proc/{p}/task"):
                 todo += [int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
         except OSError:

@@ -105,8 +105,8 @@ class RiskShard:
         waiting = self.waiting
         for inp in batch:
             msg = decode_in(inp.data)
-            self.reader.mark(inp.seq, 0 if isinstance(msg, Settle) else len(msg.cmds))
             if isinstance(msg, Settle):
+                self.reader.mark(inp.seq, 0)
                 self.risk.settle(msg.events)  # type: ignore[arg-type]
                 self.settled_through[msg.engine] = msg.through
                 if waiting:
@@ -114,6 +114,7 @@ class RiskShard:
                 if self._asks_waiting:
                     self._answer_settled()
                 continue
+            self.reader.mark(inp.seq, len(msg.cmds))
             commands += len(msg.cmds)
             for token, cmd in zip(msg.tokens, msg.cmds, strict=True):
                 if type(cmd) is not Transfer:
@@ -146,8 +147,12 @@ class RiskShard:
 
     def _settled(self, needs: dict[int, int]) -> bool:
         """Has every engine shard's settlement reached what the owner was shown?"""
+        return not self._behind(needs)
+
+    def _behind(self, needs: dict[int, int]) -> list[int]:
+        """The engine shards whose settlements have not reached what the owner was shown."""
         settled = self.settled_through
-        return all(settled.get(e, 0) >= seq for e, seq in needs.items())
+        return sorted(e for e, seq in needs.items() if settled.get(e, 0) < seq)
 
     def _release(self, input_seq: int, out: list[Sequenced], verdicts: dict[str, Verdicts]) -> None:
         """After a settlement: decide what waited for it, each owner's in order."""
@@ -201,8 +206,7 @@ class RiskShard:
                 pass
             finally:
                 self._asks_waiting.pop(settled, None)
-        behind = sorted(e for e, seq in ask.seen.items() if self.settled_through.get(e, 0) < seq)
-        await msg.respond(encode(BalancesAnswer(self.risk.of(ask.account), behind)))
+        await msg.respond(encode(BalancesAnswer(self.risk.of(ask.account), self._behind(ask.seen))))
 
     def _answer_settled(self) -> None:
         """The BALANCES asks whose asker's fills and cancels are now all settled here."""
