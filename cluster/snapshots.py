@@ -1,15 +1,18 @@
 """Snapshots of a cluster role's state at one stream sequence: a restarted role loads the
 newest valid one and reads its input from the message after it, instead of from the
-stream's first message (docs/SCALING.md). (A notifier's are of its feeds, not books:
-cluster/market_data.py.)
+stream's first message (docs/SCALING.md).
 
-The files are `tickline serve`'s (journal/snapshots.py: books and balances, checksummed,
+An engine or risk shard's (RoleSnapshots) are `tickline serve`'s files (journal/snapshots.py: books and balances, checksummed,
 their state hash checked on load, written atomically), named by the stream sequence they
 cover, in <cluster dir>/snapshots/<role>-<index>/. A role's own counters (a risk shard's
 ids given and settlements seen) go in snap-<seq>.json beside it, written first: a snapshot
 without its counters is not used. Beside the roles' directories, `dropped-through` says how
 far `tickline cluster compact` dropped the stream (cluster/retention.py): a role whose
 snapshots do not reach it refuses to start.
+
+A role that keeps no books has a small state (StateSnapshots): a notifier its feeds, the
+trade log only how far it has read. Those are `<kind>-<seq>.msgpack`, a crc32 of the body
+then the body (msgpack), written the same way.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import struct
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import msgspec
 import structlog
 
 from exchange.book import Book
@@ -30,6 +36,7 @@ from exchange.risk import Risk
 from journal.snapshots import Captured, newest_valid, path_for, prune, seq_of, snapshot_paths, write_snapshot
 
 log = structlog.get_logger("cluster")
+CRC = struct.Struct(">I")
 KEEP = 2  # snapshots kept per role (the newest may be the one a crash cut short)
 
 DROPPED = "dropped-through"  # in <cluster dir>/snapshots/: the stream sequence dropped through
@@ -46,21 +53,18 @@ def counters_path(directory: Path, seq: int) -> Path:
 
 def kept_snapshots(directory: Path) -> list[int]:
     """The stream sequences of a role's usable snapshots (those with their counters file;
-    a notifier's are its feeds: cluster/market_data.py)."""
+    a role without books: its state's)."""
     books = [seq for seq in map(seq_of, snapshot_paths(directory)) if counters_path(directory, seq).exists()]
-    return books + list(map(feed_snapshot_seq, feed_snapshot_paths(directory)))
+    return books + list(map(state_snapshot_seq, state_snapshot_paths(directory)))
 
 
-FEEDS = "feeds-"  # a notifier's snapshots: feeds-<seq>.msgpack
+def state_snapshot_paths(directory: Path) -> list[Path]:
+    """A role's small-state snapshots (<kind>-<seq>.msgpack), newest first."""
+    return sorted(directory.glob("*.msgpack"), key=state_snapshot_seq, reverse=True) if directory.exists() else []
 
 
-def feed_snapshot_paths(directory: Path) -> list[Path]:
-    """A notifier's snapshots, newest first."""
-    return sorted(directory.glob(f"{FEEDS}*.msgpack"), reverse=True) if directory.exists() else []
-
-
-def feed_snapshot_seq(path: Path) -> int:
-    return int(path.stem.removeprefix(FEEDS))
+def state_snapshot_seq(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[1])
 
 
 def dropped_through(snapshots_root: Path) -> int:
@@ -168,3 +172,47 @@ class RoleSnapshots(Cadence):
         for old in self.directory.glob("snap-*.json"):
             if old not in kept:
                 old.unlink(missing_ok=True)
+
+
+class StateSnapshots(Cadence):
+    """The snapshots of a role that keeps no books: load() at start, take() every `every`
+    units (0: never). kind names the files: feeds (a notifier), through (the trade log)."""
+
+    def __init__(self, directory: Path, every: int, kind: str) -> None:
+        super().__init__(every)
+        self.directory, self.kind = directory, kind
+
+    def load(self) -> tuple[int, Any] | None:
+        """The newest valid snapshot: (the stream sequence it covers, the state), or None.
+        Raises StreamCompacted if the stream no longer holds what follows it."""
+        for path in state_snapshot_paths(self.directory):
+            data = path.read_bytes()
+            if len(data) < CRC.size or CRC.unpack_from(data)[0] != zlib.crc32(data[CRC.size :]):
+                log.warning("snapshot_skipped", file=path.name, why="truncated or damaged")
+                continue
+            seq = state_snapshot_seq(path)
+            check_covered(self.directory.parent, self.directory.name, seq)
+            log.info("snapshot_loaded", seq=seq, directory=str(self.directory))
+            return seq, msgspec.msgpack.decode(data[CRC.size :])
+        check_covered(self.directory.parent, self.directory.name, 0)
+        return None
+
+    def take(self, seq: int, state: Any, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
+        """state: captured now (every message up to seq applied); written in a thread, after
+        before_write() (the trade log: once its rows up to seq are committed)."""
+        self.since = 0
+        body = msgspec.msgpack.encode(state)
+        self.writing = asyncio.create_task(self._write(seq, CRC.pack(zlib.crc32(body)) + body, before_write))
+
+    async def _write(self, seq: int, data: bytes, before_write: Callable[[], Awaitable[None]] | None) -> None:
+        if before_write is not None:
+            await before_write()
+        await asyncio.to_thread(self._write_file, seq, data)
+
+    def _write_file(self, seq: int, data: bytes) -> None:
+        started = time.monotonic()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_whole(self.directory / f"{self.kind}-{seq:020d}.msgpack", data)
+        for old in state_snapshot_paths(self.directory)[KEEP:]:
+            old.unlink(missing_ok=True)
+        log.info("snapshot_written", seq=seq, bytes=len(data), seconds=round(time.monotonic() - started, 3))

@@ -12,6 +12,9 @@ One stream, TICKLINE (3 replicas, every write fsync'd), holds every stage's inpu
     md.<engine shard>             MarketUpdates: the trades, level changes and quotes its
                                   matching made, with their per-symbol seqs; the notifiers
                                   read md.> (and keep no books)
+    reports.<engine shard>        Reports: its input messages (orders.<shard>.>) as read,
+                                  with the trades and execution reports their matching
+                                  made; the trade log reads reports.> (and keeps no books)
 
 Each subject has exactly one writer (the <writer>/<risk> part names it), so a stage that
 restarts finds what it already published as the last message on its own subjects
@@ -29,10 +32,10 @@ import zlib
 
 import msgspec
 
-from protocol.messages import Canceled, Command, Fill, MarketData, Rejected, Replaced
+from protocol.messages import Canceled, Command, Fill, MarketData, Rejected, Replaced, Report, Trade
 
 STREAM = "TICKLINE"
-SUBJECTS = ["in.>", "orders.>", "verdicts.>", "md.>"]
+SUBJECTS = ["in.>", "orders.>", "verdicts.>", "md.>", "reports.>"]
 INPUT_SEQ = "Tickline-Input-Seq"  # header: the stream sequence of the input a message came from
 
 
@@ -66,6 +69,16 @@ class MarketUpdates(msgspec.Struct, array_like=True):
     (INPUT_SEQ): each symbol's updates in its md_seq order, as `tickline serve` sends them."""
 
     events: list[MarketData]
+
+
+class Reports(msgspec.Struct, array_like=True):
+    """What an engine shard's matching made for the trade log, for its input messages up to
+    the one in the header (INPUT_SEQ): those messages (Sequenced, their bytes as read: the
+    commands' audit rows and times), then their trades and execution reports in the order
+    matching made them."""
+
+    orders: list[msgspec.Raw]
+    events: list[Trade | Report]
 
 
 class BalancesAsk(msgspec.Struct, array_like=True):
@@ -117,6 +130,7 @@ decode_sequenced = msgspec.msgpack.Decoder(Sequenced).decode
 decode_verdicts = msgspec.msgpack.Decoder(Verdicts).decode
 decode_balances_ask = msgspec.msgpack.Decoder(BalancesAsk).decode
 decode_market_updates = msgspec.msgpack.Decoder(MarketUpdates).decode
+decode_reports = msgspec.msgpack.Decoder(Reports).decode
 
 
 class BalancesAnswer(msgspec.Struct, array_like=True):
@@ -158,6 +172,10 @@ def in_subject(shard: int, writer: str) -> str:
 
 def md_subject(engine: int) -> str:
     return f"md.{engine}"
+
+
+def reports_subject(engine: int) -> str:
+    return f"reports.{engine}"
 
 
 def orders_subject(engine: int, risk: int) -> str:

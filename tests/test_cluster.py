@@ -888,6 +888,11 @@ def test_compact_drops_what_every_snapshot_covers_and_each_role_restarts_from_it
             assert log.read_text().count("snapshot_loaded") == loaded + 1, log.read_text()[-3000:]
         assert cluster.state("state.engine.0") == engine and cluster.state("state.risk.0")["balances"] == risk["balances"]
         assert state() == before
+        # Only the engine shards match: the trade log's snapshot is how far it has read (the
+        # engine shards publish its rows' input, reports.>), a notifier's its feeds.
+        for role, kind in (("tradelog", "through"), ("notifier", "feeds")):
+            kept = sorted(p.name.split("-")[0] for p in (cluster.dir / "snapshots" / f"{role}-0").iterdir())
+            assert kept and set(kept) == {kind}, (role, kept)
         fills = cluster.client("t2").ask("SELL AAPL 2 140.00", 3)  # still trading, ids going on
         assert fills[0].startswith("ACK") and all(line.startswith("FILL") for line in fills[1:]), fills
 

@@ -1,4 +1,4 @@
-"""A cluster notifier's snapshots (cluster/market_data.py): its feeds at a stream sequence.
+"""A cluster notifier's snapshots (cluster/snapshots.py StateSnapshots): its feeds at a stream sequence.
 A feed restored from one must go on exactly as the feed it was taken from: the same
 SNAPSHOT and QUOTE, and the same prev links on the next updates. So must a feed that
 followed the market with nobody subscribed (the server's, then)."""
@@ -9,8 +9,7 @@ import asyncio
 import random
 from pathlib import Path
 
-from cluster.market_data import FeedSnapshots
-from cluster.snapshots import kept_snapshots
+from cluster.snapshots import StateSnapshots, kept_snapshots
 from exchange.book import Book
 from exchange.instruments import load_instruments
 from notifier.feed import SymbolFeed
@@ -40,7 +39,7 @@ def test_a_feed_restored_from_its_snapshot_goes_on_exactly_as_the_one_it_was_tak
     feed = SymbolFeed.of_book(Book(AAPL))
     first = [e for seq, cmd in enumerate(orders(1, 300), start=1) for e in book.apply(seq, cmd)]
     assert follow(feed, first)
-    snapshots = FeedSnapshots(tmp_path / "notifier-0", every=1)
+    snapshots = StateSnapshots(tmp_path / "notifier-0", every=1, kind="feeds")
 
     async def take() -> None:
         snapshots.take(1234, {"AAPL": feed.state()})
@@ -48,7 +47,7 @@ def test_a_feed_restored_from_its_snapshot_goes_on_exactly_as_the_one_it_was_tak
         await snapshots.writing
 
     asyncio.run(take())
-    loaded = FeedSnapshots(tmp_path / "notifier-0", every=1).load()
+    loaded = StateSnapshots(tmp_path / "notifier-0", every=1, kind="feeds").load()
     assert loaded is not None and loaded[0] == 1234
     restored = SymbolFeed(AAPL, loaded[1]["AAPL"])
     assert restored.snapshot(False) == feed.snapshot(False) and restored.snapshot(True) == feed.snapshot(True)
@@ -60,7 +59,7 @@ def test_a_feed_restored_from_its_snapshot_goes_on_exactly_as_the_one_it_was_tak
 
 def test_a_damaged_newest_snapshot_is_skipped_for_the_older_and_two_are_kept(tmp_path: Path) -> None:
     directory = tmp_path / "notifier-0"
-    snapshots = FeedSnapshots(directory, every=1)
+    snapshots = StateSnapshots(directory, every=1, kind="feeds")
     feed = SymbolFeed.of_book(Book(AAPL))
     book = Book(AAPL)
 
@@ -77,7 +76,7 @@ def test_a_damaged_newest_snapshot_is_skipped_for_the_older_and_two_are_kept(tmp
     data = bytearray(newest.read_bytes())
     data[-3] ^= 0xFF
     newest.write_bytes(bytes(data))
-    loaded = FeedSnapshots(directory, every=1).load()
+    loaded = StateSnapshots(directory, every=1, kind="feeds").load()
     assert loaded is not None and loaded[0] == 200
 
 

@@ -6,7 +6,8 @@
     engine shard (matching) --Settle--> in.<risk shard>  (the merge is the stream's)
     engine shard --MarketUpdates--> md.<engine shard> --> notifiers (market data to their
                  share of the subscribers)
-    orders.> --> replicas: gateways (BOOK, ORDERS, execution reports), the trade log (SQLite)
+    engine shard --Reports--> reports.<engine shard> --> the trade log (SQLite)
+    orders.> --> replicas: gateways (BOOK, ORDERS, execution reports)
 
 Every process is started by `up` with the same cluster.json; each role wires its pieces
 in the numbered order of the data's path.
@@ -28,15 +29,16 @@ from typing import Any, cast
 import structlog
 
 from cluster.engine_shard import EngineShard
-from cluster.market_data import FeedSnapshots, MarketDataTail
+from cluster.market_data import MarketDataTail
 from cluster.nats import NatsCluster, process_alive
 from cluster.replica import Replica
 from cluster.retention import compact
 from cluster.risk_shard import RiskShard
-from cluster.snapshots import RoleSnapshots, StreamCompacted
+from cluster.snapshots import RoleSnapshots, StateSnapshots, StreamCompacted
 from cluster.stream import Input, Reader, Tail, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.supervisor import Supervisor
+from cluster.trade_log import ReportsTail
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
 from exchange.book import Book
 from exchange.instruments import assets_of, load_instruments
@@ -345,7 +347,7 @@ def _role_snapshots(config: ClusterConfig, role: str, index: int, instruments: d
 async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
     """No books: the feeds as the engine shards' market data (md.>) makes them, from the
     newest snapshot of them."""
-    snapshots = FeedSnapshots(config.snapshots("notifier", index), config.snapshot_every)
+    snapshots = StateSnapshots(config.snapshots("notifier", index), config.snapshot_every, "feeds")
     loaded = snapshots.load()
     tail = MarketDataTail(js, snapshots)
     tail.applied, states = loaded if loaded is not None else (0, {})
@@ -372,32 +374,36 @@ async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dic
 
 
 async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
+    """No books: the rows of what the engine shards' matching made (reports.>), from how far
+    the newest snapshot says the file holds."""
     tradelog = TradeLog(config.data.trades, instruments)
     await tradelog.open()
     writer = asyncio.create_task(tradelog.run())
-    replica = Replica(js, instruments, snapshots=_role_snapshots(config, "tradelog", 0, instruments), market_data=False)  # (trades and reports)
-
-    def applied(inp: Input, s: Sequenced, made: list[Event]) -> None:
-        for first, cmds, ts in s.runs():  # their audit rows, their trades' time
-            tradelog.on_durable(first, len(cmds), encode_batch(first, cmds, ts))
-        tradelog.on_events(made)
+    snapshots = StateSnapshots(config.snapshots("tradelog", 0), config.snapshot_every, "through")
+    tail = ReportsTail(js, snapshots)
+    loaded = snapshots.load()
+    tail.applied = loaded[0] if loaded is not None else 0
 
     async def follow() -> None:
         # Nothing is dropped here (tickline serve drops past max_rows and refills from its
         # journal): reading the stream waits while the writer is behind.
         while True:
-            for inp in await replica.batch():
-                applied(inp, *replica.apply(inp))
-            replica.snapshot_if_due(tradelog.wait_committed)  # (kept once the rows it covers are in the file)
+            for inputs, events in await tail.reports():
+                for s in inputs:
+                    for first, cmds, ts in s.runs():  # their audit rows, their trades' time
+                        tradelog.on_durable(first, len(cmds), encode_batch(first, cmds, ts))
+                tradelog.on_events(events)  # type: ignore[arg-type]
+            if snapshots.due():  # (written once the rows it covers are in the file)
+                snapshots.take(tail.applied, {}, tradelog.wait_committed)
             while tradelog.queued - tradelog.committed > TRADELOG_BEHIND:
                 await tradelog.wait_committed()
 
     async def announce() -> None:  # (what `up` and a restart's timing wait for)
-        await replica.caught_up.wait()
+        await tail.caught_up.wait()
         await tradelog.wait_committed()
-        log.info("tradelog_caught_up", applied=replica.applied, replayed=replica.replayed)
+        log.info("tradelog_caught_up", applied=tail.applied, replayed=tail.replayed)
 
-    await replica.begin()
+    await tail.begin()
     log.info("tradelog_started", path=str(config.data.trades))
     follow_task = asyncio.create_task(follow())
     announcing = asyncio.create_task(announce())
