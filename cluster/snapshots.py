@@ -2,13 +2,13 @@
 newest valid one and reads its input from the message after it, instead of from the
 stream's first message (docs/SCALING.md).
 
-An engine or risk shard's (RoleSnapshots) are `tickline serve`'s files (journal/snapshots.py: books and balances, checksummed,
-their state hash checked on load, written atomically), named by the stream sequence they
-cover, in <cluster dir>/snapshots/<role>-<index>/. A role's own counters (a risk shard's
-ids given and settlements seen) go in snap-<seq>.json beside it, written first: a snapshot
-without its counters is not used. Beside the roles' directories, `dropped-through` says how
-far `tickline cluster compact` dropped the stream (cluster/retention.py): a role whose
-snapshots do not reach it refuses to start.
+A shard's or a gateway's (RoleSnapshots) are `tickline serve`'s files (journal/snapshots.py:
+books and balances, checksummed, their state hash checked on load, written atomically),
+named by the stream sequence they cover, in <cluster dir>/snapshots/<role>-<index>/. A
+role's own counters (a risk shard's ids given and settlements seen) go in snap-<seq>.json
+beside it, written first: a snapshot without its counters is not used. Beside the roles'
+directories, `dropped-through` says how far `tickline cluster compact` dropped the stream
+(cluster/retention.py): a role whose snapshots do not reach it refuses to start.
 
 A role that keeps no books has a small state (StateSnapshots): a notifier its feeds, the
 trade log only how far it has read. Those are `<kind>-<seq>.msgpack`, a crc32 of the body
