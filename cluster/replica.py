@@ -1,10 +1,10 @@
 """Books applied from the stream: what an engine shard matches, and what the gateways (BOOK,
-ORDERS and reports) and the trade log (trades and reports) keep of every engine shard.
+ORDERS and their owners' reports) keep of every engine shard.
 
 Matching is deterministic, so applying the same orders.<engine>.> messages in the
 stream's order gives every process the same books, events and trade ids as the engine
-shard itself, without its execution reports being published. (Its market data is
-published, on md.<engine>: the notifiers keep no books.)
+shard itself. (What the notifiers and the trade log need is published by the engine
+shard, on md.<engine> and reports.<engine>: they keep no books.)
 """
 
 from __future__ import annotations

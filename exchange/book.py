@@ -157,7 +157,7 @@ class Book:
     def __init__(self, instrument: Instrument, market_data: bool = True) -> None:
         """market_data False: apply() returns no BookLevelChanged and no Quote (md_seq and the
         quote move as ever), for a replica that reads only reports and trades (a cluster's
-        engine shard, gateways and trade log: the notifiers make the market data)."""
+        gateways: the engine shards publish the market data)."""
         self.instrument = instrument
         self.market_data = market_data
         self.symbol = instrument.symbol
