@@ -24,6 +24,11 @@ from pathlib import Path
 
 CLIENT_PORT, ROUTE_PORT = 4222, 6222  # node i listens on these + i
 DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers a Nats-Msg-Id (a replaying stage republishes within it)
+# The largest message a node takes (NATS's default is 1 MB). A stage's batch holds at most
+# 1 MiB of input (cluster/stream.py), but one command's output can be far larger than the
+# command: a market order that sweeps 8,000 resting orders makes ~1.1 MB of the trade log's
+# reports (tests/test_cluster.py), 11,600 over 1 MB of settlements.
+MAX_PAYLOAD = 8 * 1024 * 1024
 
 
 def free_ports(n: int) -> list[int]:
@@ -136,6 +141,7 @@ class NatsCluster:
         return (
             f"server_name: {node.name}\n"
             f"listen: 127.0.0.1:{node.port}\n"
+            f"max_payload: {MAX_PAYLOAD}\n"
             f'jetstream {{ store_dir: "{node.store}", sync_interval: always }}\n'
             f"cluster {{ name: {self.name}, listen: 127.0.0.1:{node.route_port}, routes: [{routes}]{self._advertise(i)} }}\n"
         )

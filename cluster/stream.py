@@ -21,6 +21,10 @@ from cluster.wire import INPUT_SEQ, STREAM, SUBJECTS
 
 log = structlog.get_logger("cluster")
 MAX_BATCH = 2_000  # input messages applied before their outputs are published
+# ...and input bytes: a stage's output for a batch (a risk shard's Sequenced, an engine
+# shard's Settle, market data and reports) grows with its input, and NATS refuses a message
+# over its max_payload (cluster/nats.py: MAX_PAYLOAD) for good: the stage would retry it forever.
+MAX_BATCH_BYTES = 1024 * 1024
 PUBLISH_TIMEOUT = 2.0  # seconds for a quorum ack before the same message (same Msg-Id) is sent again
 
 
@@ -154,8 +158,11 @@ class Reader:
     async def batch(self) -> list[Input]:
         queue = self.queue
         out = [await queue.get()]
-        while not queue.empty() and len(out) < MAX_BATCH:
-            out.append(queue.get_nowait())
+        size = len(out[0].data)
+        while not queue.empty() and len(out) < MAX_BATCH and size < MAX_BATCH_BYTES:
+            inp = queue.get_nowait()
+            out.append(inp)
+            size += len(inp.data)
         return out
 
     async def stop(self) -> None:

@@ -943,3 +943,35 @@ def test_what_a_cancel_frees_is_the_owners_once_it_reads_canceled_in_both_modes(
         assert cancel_and_reuse(cluster.port) == want
     finally:
         cluster.stop()
+
+
+def test_one_market_order_that_sweeps_8000_resting_orders_is_settled_logged_and_trading_goes_on(tmp_path: Path) -> None:
+    """One command's output can be much larger than the command: 8,000 makers swept make
+    8,000 trades and 16,000 fills, ~1.1 MB of the trade log's reports (reports.<engine>),
+    over NATS's default 1 MB message (~11,600 makers would do it to the settlements alone).
+    Before the nodes took larger messages the engine shard retried that publish forever:
+    nothing after it was matched, settled or logged."""
+    import sqlite3
+
+    n = 8_000
+    cluster = Cluster(tmp_path / "c").start(funded=["t1", "t2"])
+    try:
+        t1, t2 = cluster.client("t1"), cluster.client("t2")
+        t1.send("".join(f"SELL AAPL 1 {150 + i % 50}.00\n" for i in range(n)))
+        assert all(line.startswith("ACK") for line in t1.lines(n, timeout=120))
+        swept = t2.ask(f"BUY AAPL {n}", 1 + n)
+        assert swept[0].startswith("ACK") and all(line.startswith("FILL") for line in swept[1:]), swept[:3]
+        assert sum(int(line.split()[4]) for line in swept[1:]) == n, swept[1]
+        assert t2.ask("BUY AAPL 1 150.00")[0].startswith("ACK")  # the engine shard went on
+
+        def after() -> dict:
+            c = cluster.client("t2")
+            rows = c.ask("BALANCES")[0:1] + c.until("END")[:-1]
+            with sqlite3.connect(cluster.dir / "trades.sqlite") as db:
+                trades = db.execute("select count(*) from trades").fetchone()[0]
+            return {"usd locked": next(r for r in rows if r.startswith("BALANCE USD ")).split()[-1], "trades": trades}
+
+        # The sweep's lock is settled away (only the resting BUY's is left), every trade logged.
+        assert settled(after, {"usd locked": "locked=150.0000000", "trades": n}, within=60) == {"usd locked": "locked=150.0000000", "trades": n}
+    finally:
+        cluster.stop()
