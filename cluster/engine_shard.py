@@ -25,7 +25,7 @@ from cluster.wire import Layout, MarketUpdates, Reports, Settle, Settlement, enc
 from exchange.engine import combine_hashes
 from exchange.instruments import Instrument
 from exchange.risk import SETTLED
-from protocol.messages import MARKET_DATA, REPORT_TYPES, MarketData, Report, Trade
+from protocol.messages import MARKET_DATA_TYPES, REPORT_TYPES, MarketData, Report, Trade
 
 log = structlog.get_logger("engine")
 LOGGED = REPORT_TYPES | {Trade}  # what the trade log keeps of matching's events
@@ -69,7 +69,7 @@ class EngineShard:
                         k = layout.risk_of(e.owner)  # type: ignore[union-attr]
                         if inp.seq > outboxes[k].published_through:
                             out[k].append(e)  # type: ignore[arg-type]  # SETTLED: exactly these types
-                    if kind in MARKET_DATA and fresh_md:
+                    if kind in MARKET_DATA_TYPES and fresh_md:
                         market.append(e)  # type: ignore[arg-type]
                     if kind in LOGGED and fresh_log:
                         logged.append(e)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, cast
+from typing import Callable, Sequence, cast
 
 import msgspec
 import structlog
@@ -44,7 +44,7 @@ BATCH_WINDOW = 0.1
 FRAME_UNITS = 8_000  # rows per frame (one writer transaction): joining its encoded pieces is a copy
 
 
-def split(events: list[Event]) -> tuple[list[Trade], list[Report]]:
+def split(events: Sequence[Event]) -> tuple[list[Trade], list[Report]]:
     """The trades and the execution reports among a matching step's events."""
     trades = [e for e in events if type(e) is Trade]
     reports = [e for e in events if type(e) in REPORT_TYPES]
@@ -130,7 +130,7 @@ class TradeLog:
         if self._admit(count, first_seq):
             self._put(count, first_seq, Piece(records=[(first_seq, record)]))
 
-    def on_events(self, events: list[Event]) -> None:
+    def on_events(self, events: Sequence[Event]) -> None:
         """Events from a matching step: trades, and the execution reports (REPORTS, audit outcomes)."""
         trades, reports = split(events)
         units = len(trades) + len(reports)

@@ -297,7 +297,10 @@ class Quote(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="quote")
 # numbering is part of the book's state, so replay reproduces it.
 Event = Accepted | Rejected | Fill | Trade | Canceled | Replaced | BookLevelChanged | Quote | Triggered
 MarketData = Trade | BookLevelChanged | Quote
-MARKET_DATA = (Trade, BookLevelChanged, Quote)  # (for isinstance and `type(e) in`)
+MARKET_DATA = (Trade, BookLevelChanged, Quote)  # (for isinstance)
+# For `type(e) in`: a set, not isinstance with the tuple, which walks every class's MRO for
+# each of the other events (most of them; 0.2 us each on a path taken per event).
+MARKET_DATA_TYPES = frozenset(MARKET_DATA)
 # Execution reports: what an order's owner is told (and REPORTS reads back from the trade log).
 Report = Fill | Canceled | Replaced | Rejected | Triggered
 REPORT_TYPES = frozenset((Fill, Canceled, Replaced, Rejected, Triggered))

@@ -392,7 +392,7 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
                 for s in inputs:
                     for first, cmds, ts in s.runs():  # their audit rows, their trades' time
                         tradelog.on_durable(first, len(cmds), encode_batch(first, cmds, ts))
-                tradelog.on_events(events)  # type: ignore[arg-type]
+                tradelog.on_events(events)
             if snapshots.due():  # (written once the rows it covers are in the file)
                 snapshots.take(tail.applied, {}, tradelog.wait_committed)
             while tradelog.queued - tradelog.committed > TRADELOG_BEHIND:
