@@ -13,22 +13,40 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import structlog
 
 from cluster.replica import Replica
 from cluster.snapshots import RoleSnapshots
-from cluster.stream import Outbox
+from cluster.stream import Input, Outbox
 from cluster.wire import Layout, MarketUpdates, Reports, Settle, Settlement, encode, in_subject, md_subject, reports_subject
 from exchange.engine import combine_hashes
 from exchange.instruments import Instrument
 from exchange.risk import SETTLED
-from protocol.messages import MARKET_DATA_TYPES, REPORT_TYPES, MarketData, Report, Trade
+from protocol.messages import MARKET_DATA_TYPES, REPORT_TYPES, Event, MarketData, Report, Trade
 
 log = structlog.get_logger("engine")
 LOGGED = REPORT_TYPES | {Trade}  # what the trade log keeps of matching's events
+# Events in one message at most. A message must stay under the nodes' max_payload
+# (cluster/nats.py, 8 MiB), and one command's output has no bound: a market order that
+# sweeps 70,000 resting orders makes 70,000 trades and 140,000 fills. An event is at most
+# a few hundred bytes (names and client ids are 32 characters at most): ~1-4 MB a message.
+PART_EVENTS = 16_000
+
+
+class Outputs:
+    """What a run of inputs made for each output subject: settlements per risk shard, market
+    data, and for the trade log the inputs as read with their trades and reports."""
+
+    __slots__ = ("settled", "market", "inputs", "logged")
+
+    def __init__(self, risk_shards: int) -> None:
+        self.settled: list[list[Settlement]] = [[] for _ in range(risk_shards)]
+        self.market: list[MarketData] = []
+        self.inputs: list[msgspec.Raw] = []
+        self.logged: list[Trade | Report] = []
 
 
 class EngineShard:
@@ -45,7 +63,7 @@ class EngineShard:
             await outbox.open()
         through = await self.replica.begin()
         log.info("engine_shard_started", shard=self.shard, symbols=" ".join(self.replica.books), replaying_through=through)
-        reader, layout, outboxes, md, reports = self.replica, self.layout, self.outboxes, self.md, self.reports
+        reader, outboxes = self.replica, self.outboxes
         answering = False
         while True:
             if not answering and self.replica.caught_up.is_set():  # its state may be asked now
@@ -53,34 +71,61 @@ class EngineShard:
                 await self.nc.subscribe(f"state.engine.{self.shard}", cb=self._state)
                 log.info("engine_shard_caught_up", shard=self.shard, applied=self.replica.applied, replayed=self.replica.replayed)
             batch = await reader.batch()
-            out: list[list[Settlement]] = [[] for _ in outboxes]
-            market: list[MarketData] = []
-            inputs: list[msgspec.Raw] = []
-            logged: list[Trade | Report] = []
+            pending, events_in = Outputs(len(outboxes)), 0
             for inp in batch:
                 _, events = self.replica.apply(inp)
-                fresh_md = inp.seq > md.published_through  # else: sent before a restart
-                fresh_log = inp.seq > reports.published_through
-                if fresh_log:
-                    inputs.append(msgspec.Raw(inp.data))
-                for e in events:
-                    kind = type(e)
-                    if kind in SETTLED:
-                        k = layout.risk_of(e.owner)  # type: ignore[union-attr]
-                        if inp.seq > outboxes[k].published_through:
-                            out[k].append(e)  # type: ignore[arg-type]  # SETTLED: exactly these types
-                    if kind in MARKET_DATA_TYPES and fresh_md:
-                        market.append(e)  # type: ignore[arg-type]
-                    if kind in LOGGED and fresh_log:
-                        logged.append(e)  # type: ignore[arg-type]
-            through = batch[-1].seq
-            sends = [outboxes[k].publish(through, encode(Settle(settled, self.shard, through))) for k, settled in enumerate(out) if settled]
-            if market:
-                sends.append(md.publish(through, encode(MarketUpdates(market))))
-            if inputs:
-                sends.append(reports.publish(through, encode(Reports(inputs, logged))))
-            await asyncio.gather(*sends)
+                if events_in + len(events) > PART_EVENTS:  # (rare: a sweep of thousands of orders)
+                    if events_in:
+                        await self._publish(pending, inp.seq - 1)  # what came before it
+                        pending, events_in = Outputs(len(outboxes)), 0
+                    if len(events) > PART_EVENTS:  # one command's output, too large for one message
+                        alone = Outputs(len(outboxes))
+                        self._sort(inp, events, alone)
+                        await self._publish(alone, inp.seq)
+                        continue
+                events_in += len(events)
+                self._sort(inp, events, pending)
+            await self._publish(pending, batch[-1].seq)
             self.replica.snapshot_if_due()  # (its outputs for the batch are out: a restart after it publishes from the next)
+
+    def _sort(self, inp: Input, events: list[Event], out: Outputs) -> None:
+        """One input's events to the outputs that take them (those not published before a restart)."""
+        layout, outboxes = self.layout, self.outboxes
+        fresh_md = inp.seq > self.md.published_through  # else: sent before a restart
+        fresh_log = inp.seq > self.reports.published_through
+        if fresh_log:
+            out.inputs.append(msgspec.Raw(inp.data))
+        for e in events:
+            kind = type(e)
+            if kind in SETTLED:
+                k = layout.risk_of(e.owner)  # type: ignore[union-attr]
+                if inp.seq > outboxes[k].published_through:
+                    out.settled[k].append(e)  # type: ignore[arg-type]  # SETTLED: exactly these types
+            if kind in MARKET_DATA_TYPES and fresh_md:
+                out.market.append(e)  # type: ignore[arg-type]
+            if kind in LOGGED and fresh_log:
+                out.logged.append(e)  # type: ignore[arg-type]
+
+    async def _publish(self, out: Outputs, through: int) -> None:
+        """Each output's message for the inputs up to `through`, at once (each subject is
+        fenced on its own). One input's output over PART_EVENTS goes in parts, in order: a
+        settlement's part that is not the last says only the inputs before it are settled."""
+
+        async def send(outbox: Outbox, items: list, make: Callable[[list, bool, bool], Any]) -> None:
+            parts = [items[i : i + PART_EVENTS] for i in range(0, len(items), PART_EVENTS)] or [[]]
+            for i, part in enumerate(parts):
+                await outbox.publish(through, encode(make(part, i == 0, i == len(parts) - 1)), i, len(parts))
+
+        shard = self.shard
+        sends = [
+            send(self.outboxes[k], settled, lambda part, first, last: Settle(part, shard, through if last else through - 1))
+            for k, settled in enumerate(out.settled) if settled
+        ]  # fmt: skip
+        if out.market:
+            sends.append(send(self.md, out.market, lambda part, first, last: MarketUpdates(part)))
+        if out.inputs:
+            sends.append(send(self.reports, out.logged, lambda part, first, last: Reports(out.inputs if first else [], part)))
+        await asyncio.gather(*sends)
 
     async def _state(self, msg: Any) -> None:
         books = self.replica.books

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import structlog
 
 from cluster.nats import DUPLICATE_WINDOW
-from cluster.wire import INPUT_SEQ, STREAM, SUBJECTS
+from cluster.wire import INPUT_SEQ, PART, STREAM, SUBJECTS
 
 log = structlog.get_logger("cluster")
 MAX_BATCH = 2_000  # input messages applied before their outputs are published
@@ -209,42 +209,61 @@ class Outbox:
     """The only writer of one subject. It learns from the subject's last message which input
     it already published for (a restarted stage replays its input and must not publish
     again), and fences: each publish expects the subject's last sequence to be its own
-    previous one, so a second copy of the stage fails instead of interleaving."""
+    previous one, so a second copy of the stage fails instead of interleaving.
+
+    One input's output may go in several parts (header PART "<i>/<n>"): the input is
+    published once its last part is; a restart that finds only some of them stored sends
+    the rest (the parts are made from that one input's events alone: the same again)."""
 
     def __init__(self, js: Any, subject: str) -> None:
         self.js, self.subject = js, subject
         self.published_through = 0  # the last input seq whose output is in the stream
         self.last_seq = 0  # the stream sequence of this subject's last message
+        self.parts_out = 0  # of input published_through + 1's parts, how many are in the stream
 
     async def open(self) -> None:
         last = await last_message(self.js, self.subject)
         if last is None:  # nothing published yet
             return
+        headers = last.headers or {}
         self.last_seq = last.seq
-        self.published_through = int((last.headers or {}).get(INPUT_SEQ, 0))
+        self.published_through = int(headers.get(INPUT_SEQ, 0))
+        self.parts_out = 0
+        part, _, parts = headers.get(PART, "0/1").partition("/")
+        if int(part) + 1 < int(parts):  # only some of that input's parts are out
+            self.published_through -= 1  # (every input before it is: parts follow a flush)
+            self.parts_out = int(part) + 1
 
-    async def publish(self, input_seq: int, payload: bytes) -> None:
+    def _out(self, input_seq: int, part: int) -> bool:
+        if input_seq <= self.published_through:
+            return True
+        return input_seq == self.published_through + 1 and part < self.parts_out
+
+    async def publish(self, input_seq: int, payload: bytes, part: int = 0, parts: int = 1) -> None:
         """Publish once for input_seq (skipped if already published), retried until a quorum
         stores it: an output is never given up, since the input it came from is durable.
+        part/parts: this message is one of the input's output in several (sent in order).
 
         A fence that fails while the subject's last message is still our own is not another
         writer: a stream leader elected a moment ago may judge the expected sequence before it
         has applied its log (nats-server #6194, #7361; seen here when a NATS node was killed
         under load). That is tried again, FENCE_RECHECKS times at most."""
         for _ in range(FENCE_RECHECKS):
-            if input_seq <= self.published_through:
+            if self._out(input_seq, part):
                 return
             headers = {
-                "Nats-Msg-Id": f"{self.subject}:{input_seq}",
+                "Nats-Msg-Id": f"{self.subject}:{input_seq}" + (f".{part}" if parts > 1 else ""),
                 INPUT_SEQ: str(input_seq),
                 "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
             }
+            if parts > 1:
+                headers[PART] = f"{part}/{parts}"
             try:
                 ack = await publish_retried(self.js, self.subject, payload, headers)
             except Exception as exc:  # the fence: someone wrote since our last message
                 ours = self.last_seq
                 await self.open()  # ...or a timed-out try of ours was stored after all
-                if self.published_through >= input_seq:
+                if self._out(input_seq, part):
                     return
                 if self.last_seq != ours:
                     raise Fenced(f"{self.subject} has another writer") from None
@@ -252,6 +271,9 @@ class Outbox:
                 await asyncio.sleep(0.1)
                 continue
             self.last_seq = ack.seq
-            self.published_through = input_seq
+            if part + 1 < parts:
+                self.published_through, self.parts_out = input_seq - 1, part + 1
+            else:
+                self.published_through, self.parts_out = input_seq, 0
             return
         raise Fenced(f"{self.subject}: the stream kept refusing our own last sequence {self.last_seq}")

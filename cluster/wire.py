@@ -18,7 +18,8 @@ One stream, TICKLINE (3 replicas, every write fsync'd), holds every stage's inpu
 
 Each subject has exactly one writer (the <writer>/<risk> part names it), so a stage that
 restarts finds what it already published as the last message on its own subjects
-(header INPUT_SEQ), publishes nothing twice, and fences a second copy of itself with
+(header INPUT_SEQ, and PART for one input's output sent in several messages: a market
+order that sweeps tens of thousands of resting orders), publishes nothing twice, and fences a second copy of itself with
 Nats-Expected-Last-Subject-Sequence. Verdicts change no state and have many writers (every
 risk shard): they are published before the batch's orders (so a restarted shard knows
 they went out) with a Nats-Msg-Id, and stored: a gateway whose NATS connection broke
@@ -37,6 +38,7 @@ from protocol.messages import Canceled, Command, Fill, MarketData, Rejected, Rep
 STREAM = "TICKLINE"
 SUBJECTS = ["in.>", "orders.>", "verdicts.>", "md.>", "reports.>"]
 INPUT_SEQ = "Tickline-Input-Seq"  # header: the stream sequence of the input a message came from
+PART = "Tickline-Part"  # header "<i>/<n>": one input's output too large for one message, in n parts
 
 
 class Submit(msgspec.Struct, array_like=True, tag="submit"):
@@ -57,7 +59,9 @@ Settlement = Fill | Canceled | Replaced | Rejected
 
 class Settle(msgspec.Struct, array_like=True, tag="settle"):
     """An engine shard's matching events that move the money of one risk shard's accounts:
-    every such event of its input messages up to stream sequence `through`."""
+    every such event of its input messages up to stream sequence `through`. (One input's
+    events sent in parts: every part but the last has the previous input's `through`, so
+    the risk shard calls that input settled only once all of it is.)"""
 
     events: list[Settlement]
     engine: int

@@ -59,3 +59,29 @@ def test_another_writer_is_fenced() -> None:
 
     with pytest.raises(Fenced, match="another writer"):
         asyncio.run(scenario())
+
+
+def test_an_output_in_parts_is_resumed_after_a_restart_from_the_first_part_not_stored() -> None:
+    """One input's output too large for one message goes in parts; a stage that stopped
+    after some of them sends the rest once (and the next input's output after them)."""
+
+    async def scenario() -> tuple[list[bytes], list[str], tuple[int, int]]:
+        stream = Stream()
+        first = Outbox(stream, "reports.1")
+        await first.open()
+        await first.publish(5, b"a")
+        await first.publish(9, b"p0", 0, 3)
+        await first.publish(9, b"p1", 1, 3)  # ...and then the stage was killed
+        again = Outbox(stream, "reports.1")  # restarted: it replays input 9 and makes the same parts
+        await again.open()
+        state = (again.published_through, again.parts_out)
+        for i, part in enumerate((b"p0", b"p1", b"p2")):
+            await again.publish(9, part, i, 3)
+        await again.publish(9, b"p2", 2, 3)  # (out: skipped)
+        await again.publish(12, b"b")
+        return [m.data for m in stream.messages], [m.headers.get("Tickline-Part", "") for m in stream.messages], state
+
+    data, parts, state = asyncio.run(scenario())
+    assert data == [b"a", b"p0", b"p1", b"p2", b"b"]
+    assert parts == ["", "0/3", "1/3", "2/3", ""]
+    assert state == (8, 2)  # every input before 9 is out, and 2 of 9's parts
