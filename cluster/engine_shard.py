@@ -32,7 +32,8 @@ LOGGED = REPORT_TYPES | {Trade}  # what the trade log keeps of matching's events
 # Events in one message at most. A message must stay under the nodes' max_payload
 # (cluster/nats.py, 8 MiB), and one command's output has no bound: a market order that
 # sweeps 70,000 resting orders makes 70,000 trades and 140,000 fills. An event is at most
-# a few hundred bytes (names and client ids are 32 characters at most): ~1-4 MB a message.
+# a few hundred bytes (names and client ids are 32 characters at most), ~46 in the 70,000
+# sweep: ~0.7-4 MB a message.
 PART_EVENTS = 16_000
 
 
@@ -74,17 +75,14 @@ class EngineShard:
             pending, events_in = Outputs(len(outboxes)), 0
             for inp in batch:
                 _, events = self.replica.apply(inp)
-                if events_in + len(events) > PART_EVENTS:  # (rare: a sweep of thousands of orders)
-                    if events_in:
-                        await self._publish(pending, inp.seq - 1)  # what came before it
-                        pending, events_in = Outputs(len(outboxes)), 0
-                    if len(events) > PART_EVENTS:  # one command's output, too large for one message
-                        alone = Outputs(len(outboxes))
-                        self._sort(inp, events, alone)
-                        await self._publish(alone, inp.seq)
-                        continue
-                events_in += len(events)
+                if events_in and events_in + len(events) > PART_EVENTS:  # (rare: a sweep of thousands of orders)
+                    await self._publish(pending, inp.seq - 1)  # what came before it
+                    pending, events_in = Outputs(len(outboxes)), 0
                 self._sort(inp, events, pending)
+                events_in += len(events)
+                if events_in > PART_EVENTS:  # one command's output alone, too large for one message: in parts
+                    await self._publish(pending, inp.seq)
+                    pending, events_in = Outputs(len(outboxes)), 0
             await self._publish(pending, batch[-1].seq)
             self.replica.snapshot_if_due()  # (its outputs for the batch are out: a restart after it publishes from the next)
 

@@ -19,12 +19,13 @@ One stream, TICKLINE (3 replicas, every write fsync'd), holds every stage's inpu
 Each subject has exactly one writer (the <writer>/<risk> part names it), so a stage that
 restarts finds what it already published as the last message on its own subjects
 (header INPUT_SEQ, and PART for one input's output sent in several messages: a market
-order that sweeps tens of thousands of resting orders), publishes nothing twice, and fences a second copy of itself with
-Nats-Expected-Last-Subject-Sequence. Verdicts change no state and have many writers (every
-risk shard): they are published before the batch's orders (so a restarted shard knows
-they went out) with a Nats-Msg-Id, and stored: a gateway whose NATS connection broke
-for a moment still reads its refusals (plain NATS would have lost them, and its client's
-replies, held in request order behind the REJ, would have waited forever).
+order that sweeps tens of thousands of resting orders), publishes nothing twice, and
+fences a second copy of itself with Nats-Expected-Last-Subject-Sequence. Verdicts change
+no state and have many writers (every risk shard): they are published before the batch's
+orders (so a restarted shard knows they went out) with a Nats-Msg-Id, and stored: a
+gateway whose NATS connection broke for a moment still reads its refusals (plain NATS
+would have lost them, and its client's replies, held in request order behind the REJ,
+would have waited forever).
 """
 
 from __future__ import annotations
