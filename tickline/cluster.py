@@ -48,7 +48,7 @@ from exchange.transfers import terms as transfer_terms
 from exchange.transfers import unknown_account
 from gateway.desk import OrderDesk, SourceUnavailable
 from gateway.intake import StreamIntake
-from gateway.server import Gateway
+from gateway.server import MAX_BACKLOG, Gateway
 from journal.accounts import Accounts
 from journal.history import History
 from journal.layout import DataDir
@@ -86,6 +86,7 @@ class ClusterConfig:
     # Open orders one account may have: fixed for the cluster's life (a restarted risk shard
     # decides its input's tail again, and must decide it as it did).
     max_open_orders: int = MAX_OPEN_ORDERS
+    max_backlog: int = MAX_BACKLOG  # a gateway's commands not decided yet past which it stops reading (as serve's)
 
     def snapshots(self, role: str, index: int) -> Path:
         """Where a role keeps its snapshots (with snapshot_every 0 it writes none, but loads
@@ -240,7 +241,7 @@ class GatewayRole:
             check_password=self.accounts.check, market_source=self.history.answer, reports_source=self.history.reports,
             balances_source=self.balances, telemetry=self.telemetry,
         )  # fmt: skip (its Risk only names the assets: the balances are the risk shards')
-        self.gateway = Gateway(self.desk, telemetry=self.telemetry, backlog=lambda: intake.tickets - intake.through)
+        self.gateway = Gateway(self.desk, telemetry=self.telemetry, backlog=lambda: intake.tickets - intake.through, max_backlog=self.config.max_backlog)
 
     async def balances(self, account: str) -> list[tuple[str, int, int]]:
         """BALANCES, once the risk shard has settled what this gateway has shown the account."""
