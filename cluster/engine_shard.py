@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Coroutine
 
 import msgspec
 import structlog
 
 from cluster.replica import Replica
 from cluster.snapshots import RoleSnapshots
-from cluster.stream import Input, Outbox
+from cluster.stream import PART_ITEMS, Input, Outbox
 from cluster.wire import Layout, MarketUpdates, Reports, Settle, Settlement, encode, in_subject, md_subject, reports_subject
 from exchange.engine import combine_hashes
 from exchange.instruments import Instrument
@@ -29,12 +29,6 @@ from protocol.messages import MARKET_DATA_TYPES, REPORT_TYPES, Event, MarketData
 
 log = structlog.get_logger("engine")
 LOGGED = REPORT_TYPES | {Trade}  # what the trade log keeps of matching's events
-# Events in one message at most. A message must stay under the nodes' max_payload
-# (cluster/nats.py, 8 MiB), and one command's output has no bound: a market order that
-# sweeps 70,000 resting orders makes 70,000 trades and 140,000 fills. An event is at most
-# a few hundred bytes (names and client ids are 32 characters at most), ~46 in the 70,000
-# sweep: ~0.7-4 MB a message.
-PART_EVENTS = 16_000
 
 
 class Outputs:
@@ -75,12 +69,12 @@ class EngineShard:
             pending, events_in = Outputs(len(outboxes)), 0
             for inp in batch:
                 _, events = self.replica.apply(inp)
-                if events_in and events_in + len(events) > PART_EVENTS:  # (rare: a sweep of thousands of orders)
+                if events_in and events_in + len(events) > PART_ITEMS:  # (rare: a sweep of thousands of orders)
                     await self._publish(pending, inp.seq - 1)  # what came before it
                     pending, events_in = Outputs(len(outboxes)), 0
                 self._sort(inp, events, pending)
                 events_in += len(events)
-                if events_in > PART_EVENTS:  # one command's output alone, too large for one message: in parts
+                if events_in > PART_ITEMS:  # one command's output alone, too large for one message: in parts
                     await self._publish(pending, inp.seq)
                     pending, events_in = Outputs(len(outboxes)), 0
             await self._publish(pending, batch[-1].seq)
@@ -106,23 +100,18 @@ class EngineShard:
 
     async def _publish(self, out: Outputs, through: int) -> None:
         """Each output's message for the inputs up to `through`, at once (each subject is
-        fenced on its own). One input's output over PART_EVENTS goes in parts, in order: a
+        fenced on its own). One input's output over PART_ITEMS goes in parts, in order: a
         settlement's part that is not the last says only the inputs before it are settled."""
-
-        async def send(outbox: Outbox, items: list, make: Callable[[list, bool, bool], Any]) -> None:
-            parts = [items[i : i + PART_EVENTS] for i in range(0, len(items), PART_EVENTS)] or [[]]
-            for i, part in enumerate(parts):
-                await outbox.publish(through, encode(make(part, i == 0, i == len(parts) - 1)), i, len(parts))
-
         shard = self.shard
-        sends = [
-            send(self.outboxes[k], settled, lambda part, first, last: Settle(part, shard, through if last else through - 1))
-            for k, settled in enumerate(out.settled) if settled
-        ]  # fmt: skip
+
+        def settle(k: int, settled: list[Settlement]) -> Coroutine[Any, Any, None]:
+            return self.outboxes[k].publish_parts(through, len(settled), lambda a, b, last: encode(Settle(settled[a:b], shard, through if last else through - 1)))
+
+        sends = [settle(k, settled) for k, settled in enumerate(out.settled) if settled]
         if out.market:
-            sends.append(send(self.md, out.market, lambda part, first, last: MarketUpdates(part)))
+            sends.append(self.md.publish_parts(through, len(out.market), lambda a, b, last: encode(MarketUpdates(out.market[a:b]))))
         if out.inputs:
-            sends.append(send(self.reports, out.logged, lambda part, first, last: Reports(out.inputs if first else [], part)))
+            sends.append(self.reports.publish_parts(through, len(out.logged), lambda a, b, last: encode(Reports(out.inputs if a == 0 else [], out.logged[a:b]))))
         await asyncio.gather(*sends)
 
     async def _state(self, msg: Any) -> None:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, Coroutine, NamedTuple, cast
 
 import msgspec
 import structlog
 
 from cluster.snapshots import RoleSnapshots
-from cluster.stream import Outbox, Tail, publish_once
+from cluster.stream import PART_ITEMS, Outbox, Tail, parts, publish_once
 from cluster.wire import BalancesAnswer, Layout, Sequenced, Settle, Verdicts, decode_balances_ask, decode_in, encode, orders_subject
 from exchange.instruments import Instrument
 from exchange.risk import MAX_OPEN_ORDERS, Risk
@@ -110,7 +110,14 @@ class RiskShard:
                 self.risk.settle(msg.events)  # type: ignore[arg-type]
                 self.settled_through[msg.engine] = msg.through
                 if waiting:
+                    before = ([len(s.seqs) for s in out], {g: len(v.results) for g, v in verdicts.items()})
                     self._release(inp.seq, out, verdicts)
+                    if sum(len(s.seqs) for s in out) + sum(len(v.results) for v in verdicts.values()) > PART_ITEMS:
+                        # (rare: tens of thousands of orders freed at once) What came before
+                        # goes first; then this release alone, in parts if it is that large.
+                        await self._publish(*_cut(out, verdicts, before), inp.seq - 1)
+                        await self._publish(out, verdicts, inp.seq)
+                        out, verdicts = [Sequenced([], [], [], [], []) for _ in self.outboxes], {}
                 if self._asks_waiting:
                     self._answer_settled()
                 continue
@@ -125,14 +132,26 @@ class RiskShard:
                         waiting.setdefault(owner, deque()).append(Waiting(msg.gateway, token, cmd, inp.ts_ns, needs))
                         continue
                 self._decide(msg.gateway, token, cmd, inp.seq, inp.ts_ns, out, verdicts)
-        # Verdicts first: once any of the batch's orders is out, its verdicts are too (a
-        # restart then skips them); then one message per engine shard, at once (each
-        # subject is fenced on its own).
-        last = batch[-1].seq
-        if last > max(o.published_through for o in self.outboxes):
-            await asyncio.gather(*(publish_once(self.js, f"verdicts.{gateway}", last, encode(v)) for gateway, v in verdicts.items()))
-        await asyncio.gather(*(self.outboxes[e].publish(last, encode(s)) for e, s in enumerate(out) if s.seqs))
+        await self._publish(out, verdicts, batch[-1].seq)
         self.snapshot_if_due(commands)  # (the batch's outputs are out: a restart after it publishes from the next)
+
+    async def _publish(self, out: list[Sequenced], verdicts: dict[str, Verdicts], through: int) -> None:
+        """The outputs of the inputs through `through`. Verdicts first: once any of their
+        orders is out, the verdicts are too (a restart then skips them); then one message
+        per engine shard, at once (each subject is fenced on its own). Over PART_ITEMS, in
+        parts (then they hold one input's decisions alone: a restart makes the same parts)."""
+        if through > max(o.published_through for o in self.outboxes):
+            await asyncio.gather(*(self._verdicts(gateway, v, through) for gateway, v in verdicts.items() if v.results))
+
+        def send(e: int, s: Sequenced) -> Coroutine[Any, Any, None]:
+            return self.outboxes[e].publish_parts(through, len(s.seqs), lambda a, b, last: encode(s.part(a, b)))
+
+        await asyncio.gather(*(send(e, s) for e, s in enumerate(out) if s.seqs))
+
+    async def _verdicts(self, gateway: str, v: Verdicts, through: int) -> None:
+        bounds = parts(len(v.results))
+        for i, (a, b) in enumerate(bounds):
+            await publish_once(self.js, f"verdicts.{gateway}", through, encode(Verdicts(v.results[a:b])), i, len(bounds))
 
     def snapshot_if_due(self, commands: int) -> None:
         """After a batch of so many commands: the balances, holds, refs and counters, and
@@ -188,6 +207,7 @@ class RiskShard:
     def _count(self, cmd: Command) -> None:
         self.accepted += 1
 
+
     async def _balances(self, msg: Any) -> None:
         task = asyncio.create_task(self._answer_balances(msg))  # one that waits holds up no other
         self._asks.add(task)
@@ -218,3 +238,12 @@ class RiskShard:
         """For tests and operators: the state hash, every balance, the last input applied."""
         rows, _, _ = self.risk.state()
         await msg.respond(msgspec.json.encode({"hash": self.risk.state_hash(), "balances": rows, "applied": self.applied, "accepted": self.accepted}))
+
+
+def _cut(out: list[Sequenced], verdicts: dict[str, Verdicts], marks: tuple[list[int], dict[str, int]]) -> tuple[list[Sequenced], dict[str, Verdicts]]:
+    """Take what was decided before `marks` (the lengths then) out of `out` and `verdicts`."""
+    ends, results = marks
+    head = {g: Verdicts(v.results[: results.get(g, 0)]) for g, v in verdicts.items()}
+    for g, v in verdicts.items():
+        del v.results[: results.get(g, 0)]
+    return [s.cut(end) for s, end in zip(out, ends, strict=True)], head

@@ -25,6 +25,12 @@ MAX_BATCH = 2_000  # input messages applied before their outputs are published
 # shard's Settle, market data and reports) grows with its input, and NATS refuses a message
 # over its max_payload (cluster/nats.py: MAX_PAYLOAD) for good: the stage would retry it forever.
 MAX_BATCH_BYTES = 1024 * 1024
+# Items (events, commands, verdicts) in one output message at most. One input's output has
+# no bound: a market order that sweeps 70,000 resting orders makes 210,000 events, and one
+# settlement may free tens of thousands of orders that waited for it. An item is at most a
+# few hundred bytes (names and client ids are 32 characters at most; ~46 bytes an event in
+# the 70,000 sweep, ~140 a command with a 32-character id): ~0.7-4 MB a message.
+PART_ITEMS = 16_000
 PUBLISH_TIMEOUT = 2.0  # seconds for a quorum ack before the same message (same Msg-Id) is sent again
 
 
@@ -199,10 +205,16 @@ class Tail(Reader):
                 self.caught_up.set()
 
 
-async def publish_once(js: Any, subject: str, input_seq: int, payload: bytes) -> None:
-    """A message of many writers (no fence): stored once per (subject, input) within the
-    duplicate window."""
-    await publish_retried(js, subject, payload, {"Nats-Msg-Id": f"{subject}:{input_seq}", INPUT_SEQ: str(input_seq)})
+def parts(count: int) -> list[tuple[int, int]]:
+    """The (start, end) of each message for `count` items of one output: one, or PART_ITEMS each."""
+    return [(start, min(start + PART_ITEMS, count)) for start in range(0, count, PART_ITEMS)] or [(0, 0)]
+
+
+async def publish_once(js: Any, subject: str, input_seq: int, payload: bytes, part: int = 0, parts: int = 1) -> None:
+    """A message of many writers (no fence): stored once per (subject, input, part) within
+    the duplicate window."""
+    msg_id = f"{subject}:{input_seq}" + (f".{part}" if parts > 1 else "")
+    await publish_retried(js, subject, payload, {"Nats-Msg-Id": msg_id, INPUT_SEQ: str(input_seq)})
 
 
 class Outbox:
@@ -277,3 +289,10 @@ class Outbox:
                 self.published_through, self.parts_out = input_seq, 0
             return
         raise Fenced(f"{self.subject}: the stream kept refusing our own last sequence {self.last_seq}")
+
+    async def publish_parts(self, input_seq: int, count: int, make: Callable[[int, int, bool], bytes]) -> None:
+        """Publish `count` items of output for the inputs through input_seq: one message, or
+        parts (see `parts`), in order; make(start, end, last) gives a message's bytes."""
+        bounds = parts(count)
+        for i, (start, end) in enumerate(bounds):
+            await self.publish(input_seq, make(start, end, i == len(bounds) - 1), i, len(bounds))

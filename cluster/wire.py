@@ -105,6 +105,19 @@ class Sequenced(msgspec.Struct, array_like=True, tag="sequenced"):
     gateways: list[str]
     tokens: list[int]
 
+    def part(self, start: int, end: int) -> Sequenced:
+        """Commands start to end (all of them: this one, not a copy)."""
+        if start == 0 and end == len(self.seqs):
+            return self
+        return Sequenced(self.ts_ns[start:end], self.seqs[start:end], self.cmds[start:end], self.gateways[start:end], self.tokens[start:end])
+
+    def cut(self, end: int) -> Sequenced:
+        """Commands up to end, taken out of this one."""
+        head = Sequenced(self.ts_ns[:end], self.seqs[:end], self.cmds[:end], self.gateways[:end], self.tokens[:end])
+        for column in (self.ts_ns, self.seqs, self.cmds, self.gateways, self.tokens):
+            del column[:end]
+        return head
+
     def runs(self) -> list[tuple[int, list[Command], int]]:
         """The commands as journal batches (first id, commands, time): each run of ids one
         apart that was stored at one time (a Submit's; with k risk shards a shard's ids are

@@ -976,3 +976,63 @@ def test_one_market_order_that_sweeps_70000_resting_orders_is_settled_logged_and
         assert settled(after, {"usd locked": "locked=150.0000000", "trades": n}, within=60) == {"usd locked": "locked=150.0000000", "trades": n}
     finally:
         cluster.stop()
+
+
+def pipelined_in(cluster: Cluster, shard: int) -> int:
+    """How many commands with a client id the gateways have put on risk shard `shard`'s input."""
+    import asyncio
+
+    from cluster.stream import Reader, connect, last_message
+    from cluster.wire import Submit, decode_in
+    from tickline.cluster import ClusterConfig
+
+    async def count() -> int:
+        nc, js = await connect(ClusterConfig.load(cluster.dir).urls, "test")
+        try:
+            last, reader, n, seq = (await last_message(js, f"in.{shard}.>")).seq, Reader(js, f"in.{shard}.>"), 0, 0
+            await reader.start()
+            while seq < last:
+                for m in await reader.batch():
+                    seq, msg = m.seq, decode_in(m.data)
+                    n += sum(1 for cmd in msg.cmds if getattr(cmd, "client_id", None)) if isinstance(msg, Submit) else 0
+            await reader.stop()
+            return n
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def test_76000_orders_that_waited_for_one_settlement_are_all_decided_when_it_comes(tmp_path: Path) -> None:
+    """A risk shard decides an owner's new order only once it has settled what the owner's
+    gateway had shown it; while the engine shard is slow, the owner's later orders wait, and
+    the settlement that frees them decides all of them in one step. Here 76,000 pipelined
+    orders (32-character client ids: ~10.5 MB of accepted orders for the engine shard) wait
+    behind one fill: one message would be over the NATS nodes' max_payload (8 MiB), and
+    before the risk shard sent such an output in parts it retried that publish forever (and
+    the gateway turned every order down after 20 s). One gateway reads that many only with a
+    backlog above its default 8,000; several gateways' clients, or one owner's, get there."""
+    n, per = 76_000, 19_000
+    cluster = Cluster(tmp_path / "c", "--max-backlog", "200000").start(funded=["t1", "t2"])
+    try:
+        t1, t2 = cluster.client("t1"), cluster.client("t2")
+        assert t1.ask("SELL AAPL 1 100.00")[0].startswith("ACK")
+        engine = cluster.pids()[("engine", 0)]
+        os.kill(engine, signal.SIGSTOP)  # its settlement of the fill below is late
+        try:
+            assert [line.split()[0] for line in t2.ask("BUY AAPL 1 100.00", 2)] == ["ACK", "FILL"]  # (the gateway's own books)
+            pipes = [cluster.client("t2") for _ in range(n // per)]
+            for c, pipe in enumerate(pipes):
+                pipe.send("".join(f"BUY AAPL 1 1.00 id=c{c}-{i:029d}\n" for i in range(per)))
+            deadline = time.monotonic() + 15  # (the gateway refuses what waits 20 s)
+            while pipelined_in(cluster, 0) < n:
+                assert time.monotonic() < deadline, pipelined_in(cluster, 0)
+                time.sleep(0.5)
+        finally:
+            os.kill(engine, signal.SIGCONT)
+        for pipe in pipes:
+            replies = pipe.lines(per, timeout=120)
+            assert all(line.startswith("ACK") for line in replies), [line for line in replies if not line.startswith("ACK")][:3]
+        assert t2.ask("BUY AAPL 1 2.00")[0].startswith("ACK")  # and trading goes on
+    finally:
+        cluster.stop()
