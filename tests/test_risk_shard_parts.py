@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -79,7 +79,8 @@ def run(stream: Stream) -> None:
 
 
 def published(stream: Stream) -> tuple[list[tuple[int, str | None]], list[str], list[str | None]]:
-    orders = [(seq, cmd.client_id) for m in stream.on("orders.0.r0") for seq, cmd in zip(decode_sequenced(m.data).seqs, decode_sequenced(m.data).cmds, strict=True)]
+    sequenced = [decode_sequenced(m.data) for m in stream.on("orders.0.r0")]
+    orders = [(seq, cast(NewOrder, cmd).client_id) for s in sequenced for seq, cmd in zip(s.seqs, s.cmds, strict=True)]
     refusals = [text for m in stream.on("verdicts.g") for _, _, reason, text in decode_verdicts(m.data).results if reason]
     return orders, refusals, [m.headers.get(PART) for m in stream.on("orders.0.r0")]
 
