@@ -207,7 +207,6 @@ class RiskShard:
     def _count(self, cmd: Command) -> None:
         self.accepted += 1
 
-
     async def _balances(self, msg: Any) -> None:
         task = asyncio.create_task(self._answer_balances(msg))  # one that waits holds up no other
         self._asks.add(task)

@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--demo", action="store_true", help="with no accounts yet: create alice and bob, funded (as serve --demo)")
     up.add_argument("--max-open-orders", type=_at_least_one, help="open orders one account may have: set when the cluster is first brought up (default 1000000)")
     up.add_argument("--snapshot-every", type=int, default=100_000, help="commands each role applies between its snapshots (0: none written)")
-    up.add_argument("--max-backlog", type=_at_least_one, default=int(env("TICKLINE_MAX_BACKLOG", "8000")), help="a gateway's commands not decided yet past which it stops reading from its clients (TICKLINE_MAX_BACKLOG)")
+    up.add_argument(
+        "--max-backlog", type=_at_least_one, default=int(env("TICKLINE_MAX_BACKLOG", "8000")),
+        help="a gateway's commands not decided yet past which it stops reading from its clients (TICKLINE_MAX_BACKLOG)",
+    )  # fmt: skip
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
     down = steps.add_parser("down", help="stop what `up` started")
     role = steps.add_parser("role", help="run one role in the foreground (what `up` starts)")
