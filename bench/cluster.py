@@ -46,7 +46,7 @@ class ClusterProcesses:
         self.dir = directory
         self.port, self.md_port = free_ports(2)
         self.replayed: dict[str, int] = {}  # role -> commands its restart applied after its snapshot
-        self.cli("up", "--port", str(self.port), "--md-port", str(self.md_port), "--nats-port", str(free_nats_base()), *options)
+        self.cli("up", "--port", str(self.port), "--md-port", str(self.md_port), "--nats-port", str(free_nats_base((self.port, self.md_port))), *options)
 
     def cli(self, *args: str, stdin: str = "") -> str:
         done = subprocess.run(

@@ -62,16 +62,21 @@ def _ephemeral_start() -> int:
         return 32_768
 
 
-def free_nats_base() -> int:
+def free_nats_base(taken: tuple[int, ...] = ()) -> int:
     """A port p with p..p+2 and p+2000..p+2002 free: three nodes' client and route ports
-    as `tickline cluster up --nats-port p` lays them out (tests and benchmarks)."""
+    as `tickline cluster up --nats-port p` lays them out (tests and benchmarks), none of
+    them in `taken` (the gateway's and notifier's ports, chosen but not bound yet: a node
+    on the notifier's port failed a test's start with "address already in use")."""
     import socket
 
     while True:
         base = free_ports(1)[0]
+        layout = (base, base + 1, base + 2, base + 2000, base + 2001, base + 2002)
+        if set(layout) & set(taken):
+            continue
         socks = []
         try:
-            for port in (base, base + 1, base + 2, base + 2000, base + 2001, base + 2002):
+            for port in layout:
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", port))

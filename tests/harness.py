@@ -221,7 +221,7 @@ class Cluster:
         # (unsupervised unless asked: most tests kill a role and decide themselves when it comes back)
         self.options = options if supervise else (*options, "--no-supervise")
         self.port, self.md_port = free_ports(2)
-        self.nats_port = free_nats_base()
+        self.nats_port = free_nats_base((self.port, self.md_port))
 
     def start(self, funded: list[str] = ACCOUNTS) -> Cluster:
         create_accounts(self.dir, funded)
