@@ -1,6 +1,8 @@
 """Keeps a cluster's roles running: `tickline cluster up` leaves this behind, in a process of
 its own; it restarts any role that exits (kill -9, a crash, an out-of-memory kill) with a
-log line, and backs off while one keeps dying soon after it starts.
+log line, and backs off while one keeps dying soon after it starts. It also runs the
+cluster's chores on a schedule (`tickline cluster compact`, `cluster up --compact-every`),
+each a command of its own, so that one that hangs or fails never stops the restarting.
 
 A restarted role replays its input and publishes nothing twice (docs/SCALING.md), so
 restarting is always safe; what the back-off bounds is the CPU a role that cannot start
@@ -12,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import structlog
 
@@ -34,19 +36,48 @@ class Child:
     due: float | None = None  # when a dead one is to be started again
 
 
+@dataclass
+class Chore:
+    """A command run every `every` seconds, one run at a time; its stdout (one line) is
+    logged. A run still going after another `every` (at least CHORE_LIMIT) is killed."""
+
+    name: str
+    every: float
+    start: Callable[[], "subprocess.Popen[bytes]"]  # with stdout=PIPE
+    due: float = 0.0
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+
+
+CHORE_LIMIT = 60.0  # seconds a chore's run may take, at the least, before it is killed
+
+
 class Supervisor:
     """The roles' processes, and one pass of looking after them (check(), called a few
     times a second by run()). `start` starts one role; the clock is injectable for tests."""
 
     def __init__(
-        self, started: list[tuple[str, int, subprocess.Popen[bytes]]], start: Start, clock: Callable[[], float] = time.monotonic, since: float | None = None
+        self,
+        started: list[tuple[str, int, subprocess.Popen[bytes]]],
+        start: Start,
+        clock: Callable[[], float] = time.monotonic,
+        since: float | None = None,
+        chores: Sequence[Chore] = (),
     ) -> None:
         self.start, self.clock = start, clock
         since = clock() if since is None else since  # (when those were started)
         self.children = [Child(role, index, proc, since) for role, index, proc in started]
+        self.chores = chores
+        for chore in chores:  # (the first run one period after the roles started)
+            chore.due = since + chore.every
 
     def check(self) -> None:
         now = self.clock()
+        self._restart_dead(now)
+        for chore in self.chores:
+            self._run_chore(chore, now)
+
+    def _restart_dead(self, now: float) -> None:
         for child in self.children:
             if child.due is None:
                 code = child.proc.poll()  # (reaps it: no zombie is left behind)
@@ -63,10 +94,31 @@ class Supervisor:
                 child.started, child.due = now, None
                 log.warning("role_restarted", role=child.role, index=child.index, pid=child.proc.pid)
 
+    def _run_chore(self, chore: Chore, now: float) -> None:
+        if chore.proc is None:
+            if now >= chore.due:
+                chore.proc, chore.started = chore.start(), now
+            return
+        code = chore.proc.poll()
+        if code is None:
+            if now - chore.started >= max(chore.every, CHORE_LIMIT):
+                chore.proc.kill()  # (reaped at the next check, and logged then)
+                log.warning("chore_killed", chore=chore.name, ran_s=round(now - chore.started, 1))
+            return
+        assert chore.proc.stdout is not None
+        said = chore.proc.stdout.read().decode(errors="replace").strip()  # (one line: it fits the pipe)
+        chore.proc.stdout.close()
+        (log.info if code == 0 else log.warning)("chore_done", chore=chore.name, code=code, said=said, ran_s=round(now - chore.started, 1))
+        chore.proc, chore.due = None, chore.started + chore.every
+
     def run(self, stopping: Callable[[], bool], every: float = 0.1) -> None:
         """Until stopping() (a SIGTERM from `down`): the roles themselves are left to `down`,
         which stops them in their order once this has stopped restarting them."""
         while not stopping():
             self.check()
             time.sleep(every)
+        for chore in self.chores:  # (a compaction half done is safe to stop: docs/SCALING.md)
+            if chore.proc is not None:
+                chore.proc.kill()
+                chore.proc.wait()
         log.info("supervisor_stopped", roles=len(self.children))

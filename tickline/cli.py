@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         "--max-backlog", type=_at_least_one, default=int(env("TICKLINE_MAX_BACKLOG", "8000")),
         help="a gateway's commands not decided yet past which it stops reading from its clients (TICKLINE_MAX_BACKLOG)",
     )  # fmt: skip
+    up.add_argument(
+        "--compact-every", type=float, default=float(env("TICKLINE_COMPACT_EVERY", "600")), metavar="SECONDS",
+        help="the supervisor runs `cluster compact` this often (0: never; TICKLINE_COMPACT_EVERY)",
+    )  # fmt: skip
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
     down = steps.add_parser("down", help="stop what `up` started")
     role = steps.add_parser("role", help="run one role in the foreground (what `up` starts)")
@@ -276,7 +280,7 @@ def _cluster(args: argparse.Namespace) -> int:
             risk_shards=args.risk_shards, engines=engines, engine_shards=max(engines.values(), default=0) + 1,
             nats_ports=[(base + i, base + 2000 + i) for i in range(3)], instruments=args.instruments, supervise=not args.no_supervise,
             snapshot_every=args.snapshot_every, max_open_orders=args.max_open_orders or recorded or MAX_OPEN_ORDERS,  # (each at least 1 when given)
-            max_backlog=args.max_backlog,
+            max_backlog=args.max_backlog, compact_every=args.compact_every,
         )  # fmt: skip
         return cluster.up(config, demo=args.demo)
     if args.action == "down":

@@ -37,7 +37,7 @@ from cluster.risk_shard import RiskShard
 from cluster.snapshots import RoleSnapshots, StateSnapshots, StreamCompacted
 from cluster.stream import Input, Reader, Tail, connect, ensure_stream
 from cluster.submitter import Submitter
-from cluster.supervisor import Supervisor
+from cluster.supervisor import Chore, Supervisor
 from cluster.trade_log import ReportsTail
 from cluster.wire import BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
 from exchange.book import Book
@@ -87,6 +87,7 @@ class ClusterConfig:
     # decides its input's tail again, and must decide it as it did).
     max_open_orders: int = MAX_OPEN_ORDERS
     max_backlog: int = MAX_BACKLOG  # a gateway's commands not decided yet past which it stops reading (as serve's)
+    compact_every: float = 600.0  # seconds between the supervisor's runs of `cluster compact` (0: never)
 
     def snapshots(self, role: str, index: int) -> Path:
         """Where a role keeps its snapshots (with snapshot_every 0 it writes none, but loads
@@ -534,9 +535,17 @@ def supervise(config: ClusterConfig) -> int:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # (`up` has read its line and is gone)
     if failed is not None:
         return 1
-    log.info("supervising", roles=len(procs))
-    Supervisor(procs, lambda role, index: start_role(directory, role, index), since=since).run(lambda: bool(stopping))
+    log.info("supervising", roles=len(procs), compact_every_s=config.compact_every)
+    chores = [Chore("compact", config.compact_every, lambda: _command(directory, "compact"))] if config.compact_every > 0 else []
+    Supervisor(procs, lambda role, index: start_role(directory, role, index), since=since, chores=chores).run(lambda: bool(stopping))
     return 0
+
+
+def _command(directory: Path, action: str) -> subprocess.Popen[bytes]:
+    """`tickline cluster <action>` on this cluster, as the supervisor's chore: its one line
+    on a pipe, its errors in the supervisor's log (this process's stderr)."""
+    cmd = [sys.executable, "-m", "tickline.cli", "cluster", action, "--dir", str(directory)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
 
 def _demo_accounts(config: ClusterConfig) -> None:
