@@ -210,10 +210,10 @@ def parts(count: int) -> list[tuple[int, int]]:
     return [(start, min(start + PART_ITEMS, count)) for start in range(0, count, PART_ITEMS)] or [(0, 0)]
 
 
-async def publish_once(js: Any, subject: str, input_seq: int, payload: bytes, part: int = 0, parts: int = 1) -> None:
+async def publish_once(js: Any, subject: str, input_seq: int, payload: bytes, part: int = 0, of: int = 1) -> None:
     """A message of many writers (no fence): stored once per (subject, input, part) within
     the duplicate window."""
-    msg_id = f"{subject}:{input_seq}" + (f".{part}" if parts > 1 else "")
+    msg_id = f"{subject}:{input_seq}" + (f".{part}" if of > 1 else "")
     await publish_retried(js, subject, payload, {"Nats-Msg-Id": msg_id, INPUT_SEQ: str(input_seq)})
 
 
@@ -241,8 +241,8 @@ class Outbox:
         self.last_seq = last.seq
         self.published_through = int(headers.get(INPUT_SEQ, 0))
         self.parts_out = 0
-        part, _, parts = headers.get(PART, "0/1").partition("/")
-        if int(part) + 1 < int(parts):  # only some of that input's parts are out
+        part, _, of = headers.get(PART, "0/1").partition("/")
+        if int(part) + 1 < int(of):  # only some of that input's parts are out
             self.published_through -= 1  # (every input before it is: parts follow a flush)
             self.parts_out = int(part) + 1
 
@@ -251,10 +251,10 @@ class Outbox:
             return True
         return input_seq == self.published_through + 1 and part < self.parts_out
 
-    async def publish(self, input_seq: int, payload: bytes, part: int = 0, parts: int = 1) -> None:
+    async def publish(self, input_seq: int, payload: bytes, part: int = 0, of: int = 1) -> None:
         """Publish once for input_seq (skipped if already published), retried until a quorum
         stores it: an output is never given up, since the input it came from is durable.
-        part/parts: this message is one of the input's output in several (sent in order).
+        part, of: this message is part `part` of the input's output in `of` (sent in order).
 
         A fence that fails while the subject's last message is still our own is not another
         writer: a stream leader elected a moment ago may judge the expected sequence before it
@@ -264,12 +264,12 @@ class Outbox:
             if self._out(input_seq, part):
                 return
             headers = {
-                "Nats-Msg-Id": f"{self.subject}:{input_seq}" + (f".{part}" if parts > 1 else ""),
+                "Nats-Msg-Id": f"{self.subject}:{input_seq}" + (f".{part}" if of > 1 else ""),
                 INPUT_SEQ: str(input_seq),
                 "Nats-Expected-Last-Subject-Sequence": str(self.last_seq),
             }
-            if parts > 1:
-                headers[PART] = f"{part}/{parts}"
+            if of > 1:
+                headers[PART] = f"{part}/{of}"
             try:
                 ack = await publish_retried(self.js, self.subject, payload, headers)
             except Exception as exc:  # the fence: someone wrote since our last message
@@ -283,7 +283,7 @@ class Outbox:
                 await asyncio.sleep(0.1)
                 continue
             self.last_seq = ack.seq
-            if part + 1 < parts:
+            if part + 1 < of:
                 self.published_through, self.parts_out = input_seq - 1, part + 1
             else:
                 self.published_through, self.parts_out = input_seq, 0
