@@ -16,13 +16,17 @@ added since) refuses to start rather than build its state from a stream with a h
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cluster.snapshots import dropped_through, kept_snapshots, record_dropped
 from cluster.wire import STREAM
+
+STEP = 1_000  # stream sequences one purge drops at most
 
 
 @dataclass
@@ -59,10 +63,16 @@ async def compact(js: Any, snapshots_root: Path, roles: list[str], now: datetime
     if cut <= done:
         return Compaction(done, 0, before, "what the snapshots cover is younger than the stream's duplicate window")
     record_dropped(snapshots_root, cut)
-    for subject in sorted(info.state.subjects or {}):
-        last = await js.get_last_msg(STREAM, subject)
-        upto = min(cut + 1, int(last.seq))  # (purge drops below this sequence: the last one stays)
-        await js.purge_stream(STREAM, seq=upto, subject=subject)
+    ends = {subject: min(cut + 1, int((await js.get_last_msg(STREAM, subject)).seq)) for subject in sorted(info.state.subjects or {})}
+    # In steps of STEP sequences, oldest first, each followed by a pause as long as it took:
+    # one purge of ~110,000 messages stalled the stream's appends (ACK max 794 ms at 2,000
+    # orders/s; in steps of 1,000, 138 ms: docs/SCALING.md "Retention").
+    for bound in range(done + STEP, cut + STEP, STEP):
+        for subject, end in ends.items():
+            if end > bound - STEP:  # (purge drops below `seq`: each subject's last stays)
+                took = time.monotonic()
+                await js.purge_stream(STREAM, seq=min(bound, end), subject=subject)
+                await asyncio.sleep(time.monotonic() - took)
     after = (await js.stream_info(STREAM)).state.messages
     return Compaction(cut, before - after, after)
 

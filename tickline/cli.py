@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a gateway's commands not decided yet past which it stops reading from its clients (TICKLINE_MAX_BACKLOG)",
     )  # fmt: skip
     up.add_argument(
-        "--compact-every", type=float, default=float(env("TICKLINE_COMPACT_EVERY", "600")), metavar="SECONDS",
+        "--compact-every", type=float, default=float(env("TICKLINE_COMPACT_EVERY", "60")), metavar="SECONDS",
         help="the supervisor runs `cluster compact` this often (0: never; TICKLINE_COMPACT_EVERY)",
     )  # fmt: skip
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")

@@ -87,7 +87,7 @@ class ClusterConfig:
     # decides its input's tail again, and must decide it as it did).
     max_open_orders: int = MAX_OPEN_ORDERS
     max_backlog: int = MAX_BACKLOG  # a gateway's commands not decided yet past which it stops reading (as serve's)
-    compact_every: float = 600.0  # seconds between the supervisor's runs of `cluster compact` (0: never)
+    compact_every: float = 60.0  # seconds between the supervisor's runs of `cluster compact` (0: never)
 
     def snapshots(self, role: str, index: int) -> Path:
         """Where a role keeps its snapshots (with snapshot_every 0 it writes none, but loads
@@ -545,7 +545,7 @@ def _command(directory: Path, action: str) -> subprocess.Popen[bytes]:
     """`tickline cluster <action>` on this cluster, as the supervisor's chore: its one line
     on a pipe, its errors in the supervisor's log (this process's stderr)."""
     cmd = [sys.executable, "-m", "tickline.cli", "cluster", action, "--dir", str(directory)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))  # (behind the roles)
 
 
 def _demo_accounts(config: ClusterConfig) -> None:
