@@ -67,7 +67,7 @@ async def compact(js: Any, snapshots_root: Path, roles: list[str], now: datetime
     # In steps of STEP sequences, oldest first, each followed by a pause as long as it took:
     # one purge of ~110,000 messages stalled the stream's appends (ACK max 794 ms at 2,000
     # orders/s; in steps of 1,000, 138 ms: docs/SCALING.md "Retention").
-    for bound in range(done + STEP, cut + STEP, STEP):
+    for bound in range(done + STEP, cut + 1 + STEP, STEP):  # (the last at or past cut + 1)
         for subject, end in ends.items():
             if end > bound - STEP:  # (purge drops below `seq`: each subject's last stays)
                 took = time.monotonic()

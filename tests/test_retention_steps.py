@@ -43,17 +43,18 @@ class FakeStream:
 
 def test_the_purges_go_in_steps_oldest_first_and_keep_each_subjects_last_and_what_is_past_the_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retention, "STEP", 10)
-    monkeypatch.setattr(retention, "kept_snapshots", lambda directory: {"risk-0": [25, 40], "engine-0": [31]}[directory.name])
+    monkeypatch.setattr(retention, "kept_snapshots", lambda directory: {"risk-0": [30, 40], "engine-0": [31]}[directory.name])
     stream = FakeStream(50)
     done = asyncio.run(retention.compact(stream, tmp_path, ["risk-0", "engine-0"], now=NOW))
-    assert (done.through, done.why_not) == (25, "")
-    # q's messages below its last (none here) go in the first step; a, b and c's up to the cut
-    assert stream.purges == [("a", 10), ("b", 10), ("c", 10), ("q", 5), ("a", 20), ("b", 20), ("c", 20), ("a", 26), ("b", 26), ("c", 26)]
-    assert sorted(stream.subjects) == [5, *range(26, 51)] and done.dropped == 24 and done.left == 26
-    assert retention.dropped_through(tmp_path) == 25
+    assert (done.through, done.why_not) == (30, "")
+    # q's messages below its last (none here) go in the first step; a, b and c's through the cut
+    steps = [(subject, bound) for bound in (10, 20, 30, 31) for subject in "abc"]
+    assert stream.purges == steps[:3] + [("q", 5)] + steps[3:]
+    assert sorted(stream.subjects) == [5, *range(31, 51)] and done.dropped == 29 and done.left == 21
+    assert retention.dropped_through(tmp_path) == 30
 
     monkeypatch.setattr(retention, "kept_snapshots", lambda directory: {"risk-0": [40, 48], "engine-0": [45]}[directory.name])
     stream.purges.clear()
     done = asyncio.run(retention.compact(stream, tmp_path, ["risk-0", "engine-0"], now=NOW))  # from the last cut on
-    assert done.through == 40 and stream.purges == [("a", 35), ("b", 35), ("c", 35), ("a", 41), ("b", 41), ("c", 41)]
+    assert done.through == 40 and stream.purges == [(subject, bound) for bound in (40, 41) for subject in "abc"]
     assert sorted(stream.subjects) == [5, *range(41, 51)]
