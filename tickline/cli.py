@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     up.add_argument(
         "--compact-every", type=float, default=float(env("TICKLINE_COMPACT_EVERY", "60")), metavar="SECONDS",
-        help="the supervisor runs `cluster compact` this often (0: never; TICKLINE_COMPACT_EVERY)",
+        help="the supervisor runs `cluster compact` this often (default 60; 0: never; TICKLINE_COMPACT_EVERY)",
     )  # fmt: skip
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
     down = steps.add_parser("down", help="stop what `up` started")
