@@ -300,6 +300,11 @@ class Cluster:
         client.login(account)
         return client
 
+    @property
+    def urls(self) -> list[str]:
+        """The three NATS nodes' client addresses."""
+        return [f"nats://127.0.0.1:{self.nats_port + i}" for i in range(3)]
+
     def state(self, what: str) -> dict:
         """A role's own state (state.risk.<k>, state.engine.<e>) over NATS."""
         import json
@@ -307,7 +312,7 @@ class Cluster:
         import nats
 
         async def ask() -> dict:
-            nc = await nats.connect([f"nats://127.0.0.1:{self.nats_port + i}" for i in range(3)])
+            nc = await nats.connect(self.urls)
             try:
                 for _ in range(60):  # a restarted role answers once it has replayed its input
                     try:

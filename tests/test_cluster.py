@@ -818,7 +818,7 @@ def stream_messages(cluster: Cluster, window: float | None = None) -> int:
     import nats
 
     async def ask() -> int:
-        nc = await nats.connect([f"nats://127.0.0.1:{cluster.nats_port + i}" for i in range(3)])
+        nc = await nats.connect(cluster.urls)
         try:
             js = nc.jetstream()
             info = await js.stream_info("TICKLINE")

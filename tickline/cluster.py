@@ -511,8 +511,7 @@ def _start_supervisor(config: ClusterConfig) -> str | None:
     is up ("ready"), or says which did not start."""
     directory = Path(config.directory)
     out = open(directory / "supervisor.log", "ab")
-    cmd = [sys.executable, "-m", "tickline.cli", "cluster", "supervise", "--dir", str(directory)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=out, start_new_session=True)
+    proc = subprocess.Popen(_cli(directory, "supervise"), stdout=subprocess.PIPE, stderr=out, start_new_session=True)
     out.close()
     assert proc.stdout is not None
     answer = proc.stdout.readline().decode().strip()
@@ -544,8 +543,7 @@ def supervise(config: ClusterConfig) -> int:
 def _command(directory: Path, action: str) -> subprocess.Popen[bytes]:
     """`tickline cluster <action>` on this cluster, as the supervisor's chore: its one line
     on a pipe, its errors in the supervisor's log (this process's stderr)."""
-    cmd = [sys.executable, "-m", "tickline.cli", "cluster", action, "--dir", str(directory)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))  # (behind the roles)
+    return subprocess.Popen(_cli(directory, action), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))  # (behind the roles)
 
 
 def _demo_accounts(config: ClusterConfig) -> None:
@@ -560,10 +558,14 @@ def _demo_accounts(config: ClusterConfig) -> None:
 
 def start_role(directory: Path, role: str, index: int) -> subprocess.Popen[bytes]:
     out = open(directory / f"{role}-{index}.log", "ab")
-    cmd = [sys.executable, "-m", "tickline.cli", "cluster", "role", role, str(index), "--dir", str(directory)]
-    proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+    proc = subprocess.Popen(_cli(directory, "role", role, str(index)), stdout=out, stderr=out, start_new_session=True)
     out.close()
     return proc
+
+
+def _cli(directory: Path, *args: str) -> list[str]:
+    """The command line of `tickline cluster <args> --dir <directory>`."""
+    return [sys.executable, "-m", "tickline.cli", "cluster", *args, "--dir", str(directory)]
 
 
 def _size(path: Path) -> int:
