@@ -162,7 +162,7 @@ class LoadConnection:
                 i = _cid(line)
                 # Only an IOC or market order's fill measures latency: a resting order
                 # (or one replaced across the spread later) fills whenever it meets someone.
-                if i >= 0 and not filled[i] and self.takes[i]:
+                if 0 <= i < len(filled) and not filled[i] and self.takes[i]:
                     filled[i] = 1
                     stats.fill.append(int((now - planned[i]) * 1e6))
                 continue
@@ -173,7 +173,7 @@ class LoadConnection:
                 if stats.track_md and kind == b"ACK":
                     stats.ack_at[line.split(b" ", 2)[1]] = now
                 i = _cid(line)
-                if i >= 0 and not acked[i]:
+                if 0 <= i < len(acked) and not acked[i]:
                     acked[i] = 1
                     stats.ack.append(int((now - planned[i]) * 1e6))
             elif kind == b"REP" or kind == b"ERR" or (kind == b"CAN" and b"reason=user" in line):
@@ -238,6 +238,8 @@ def _md_summary(stats: Stats, subscribers: int) -> dict[str, float]:
 
 
 def _cid(line: bytes) -> int:
+    """The stream index in a reply's client id (id=c<index>), -1 if none. It may be past this
+    phase's stream: a login that traded in an earlier phase can still get that phase's FILLs."""
     j = line.find(b" id=c")
     if j < 0:
         return -1

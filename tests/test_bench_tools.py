@@ -65,3 +65,24 @@ def test_writer_benchmark_commits_every_command_of_the_mix() -> None:
     assert run.returncode == 0, run.stderr
     # 3,000 orders after two deposits for each owner they name, five to a journal record: a batch row each.
     assert "4,594 commands of the exchange-core mix" in run.stdout and "rows per command: audit batches 0.20 " in run.stdout, run.stdout
+
+
+def test_a_late_fill_from_an_earlier_phase_is_counted_not_fatal() -> None:
+    """A login reused across phases still gets the earlier phase's FILLs, with client ids
+    past this phase's (shorter) stream: the generator counts them and goes on."""
+    import socket
+    import time
+
+    from bench.load import LoadConnection, Stats
+    from bench.workload import make_stream
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        stats = Stats()
+        conn = LoadConnection(listener.getsockname()[1], make_stream(3, 1, 0), stats, window=0)
+        server, _ = listener.accept()
+        with server:
+            server.sendall(b"FILL 7 AAPL BUY 1 @ 150.00 id=c99999 trade=7-1\nACK 8 id=c88888\nACK 9 id=c0\n")
+            time.sleep(0.1)
+            conn.readable(time.perf_counter())
+        conn.close()
+    assert (stats.fills, stats.completed, len(stats.ack)) == (1, 2, 1)  # only c0 is this phase's request
