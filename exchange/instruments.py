@@ -19,6 +19,7 @@ from protocol.text import clip
 _DECIMAL = re.compile(r"([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 MAX_TEXT = 24  # characters in a price or quantity; anything longer is refused unread
 MAX_STEPS = 10**15  # the largest count of ticks or lots an order may carry
+TOO_LARGE = -2  # Step.count: a positive decimal, on the step, of more than MAX_STEPS steps
 
 
 _UNSEEN = -2  # not a count(): those are None, -1 or positive
@@ -49,7 +50,8 @@ class Step:
         self._formatted: dict[int, str] = {}
 
     def count(self, text: str) -> int | None:
-        """Exact count of steps in text; -1 if off the step; None if not a positive decimal."""
+        """Exact count of steps in text; -1 if off the step; TOO_LARGE past MAX_STEPS; None
+        if not a positive decimal (or longer than MAX_TEXT)."""
         steps = self._counted.get(text, _UNSEEN)  # None is a valid answer
         if steps != _UNSEEN:
             return steps
@@ -74,9 +76,9 @@ class Step:
         steps, rem = divmod(units, self.units)
         if rem:
             return -1
-        if steps <= 0 or steps > MAX_STEPS:
+        if steps <= 0:
             return None
-        return steps
+        return TOO_LARGE if steps > MAX_STEPS else steps
 
     def format(self, steps: int) -> str:
         """Canonical text: always exactly the step's number of decimals."""
@@ -93,6 +95,10 @@ class Step:
             self._formatted.clear()
         self._formatted[steps] = text
         return text
+
+
+def _not_a_number(text: str) -> str:
+    return f"longer than {MAX_TEXT} characters" if len(text) > MAX_TEXT else "not a positive decimal number"
 
 
 class MissingInstrument(Exception):
@@ -199,16 +205,20 @@ class Instrument:
 
     def parse_qty(self, text: str) -> int | Problem:
         lots = self.lot.count(text)
+        if lots == TOO_LARGE:  # (a number, only too large for an order: said as check() says it)
+            return self._qty_range(clip(text))
         if lots is None:
-            return Problem(Reason.BAD_QTY, f"quantity {clip(text)} is not a positive decimal number")
+            return Problem(Reason.BAD_QTY, f"quantity {clip(text)} is {_not_a_number(text)}")
         if lots < 0:
             return Problem(Reason.BAD_LOT, f"quantity {clip(text)} is not a multiple of the lot {self.lot.text}")
         return lots
 
     def parse_price(self, text: str) -> int | Problem:
         ticks = self.tick.count(text)
+        if ticks == TOO_LARGE:
+            return self._price_band(clip(text))
         if ticks is None:
-            return Problem(Reason.BAD_PRICE, f"price {clip(text)} is not a positive decimal number")
+            return Problem(Reason.BAD_PRICE, f"price {clip(text)} is {_not_a_number(text)}")
         if ticks < 0:
             return Problem(Reason.BAD_TICK, f"price {clip(text)} is not on the tick {self.tick.text}")
         return ticks
@@ -217,16 +227,16 @@ class Instrument:
 
     def check(self, qty: int, price: int | None) -> Problem | None:
         if qty < self.min_qty or qty > self.max_qty:
-            return Problem(
-                Reason.QTY_RANGE,
-                f"quantity {self.format_qty(qty)} is outside {self.format_qty(self.min_qty)}..{self.format_qty(self.max_qty)}",
-            )
+            return self._qty_range(self.format_qty(qty))
         if price is not None and (price < self.min_price or price > self.max_price):
-            return Problem(
-                Reason.PRICE_BAND,
-                f"price {self.format_price(price)} is outside the band {self.format_price(self.min_price)}..{self.format_price(self.max_price)}",
-            )
+            return self._price_band(self.format_price(price))
         return None
+
+    def _qty_range(self, qty: str) -> Problem:
+        return Problem(Reason.QTY_RANGE, f"quantity {qty} is outside {self.format_qty(self.min_qty)}..{self.format_qty(self.max_qty)}")
+
+    def _price_band(self, price: str) -> Problem:
+        return Problem(Reason.PRICE_BAND, f"price {price} is outside the band {self.format_price(self.min_price)}..{self.format_price(self.max_price)}")
 
     def format_qty(self, lots: int) -> str:
         return self.lot.format(lots)

@@ -67,7 +67,10 @@ def test_quantities_parse_exactly_and_format_canonically(symbol: str, text: str,
         ("AAPL", "١٥٠", Reason.BAD_PRICE),  # Arabic-Indic digits
         ("AAPL", "", Reason.BAD_PRICE),
         ("AAPL", "9" * 30, Reason.BAD_PRICE),
-        ("AAPL", "99999999999999999", Reason.BAD_PRICE),  # beyond the largest count
+        # A number, only beyond the largest count an order may carry: outside the band, as
+        # a price between the band's top and that count is.
+        ("AAPL", "99999999999999999", Reason.PRICE_BAND),
+        ("EUR-USD", "99999999999.00000", Reason.PRICE_BAND),
     ],
 )
 def test_bad_prices_are_rejected_with_a_reason(symbol: str, text: str, reason: Reason) -> None:
@@ -84,6 +87,8 @@ def test_bad_prices_are_rejected_with_a_reason(symbol: str, text: str, reason: R
         ("AAPL", "0", Reason.BAD_QTY),
         ("AAPL", "-5", Reason.BAD_QTY),
         ("AAPL", "ten", Reason.BAD_QTY),
+        ("AAPL", "9" * 20, Reason.QTY_RANGE),
+        ("AAPL", "9" * 30, Reason.BAD_QTY),  # longer than any number is read
     ],
 )
 def test_bad_quantities_are_rejected_with_a_reason(symbol: str, text: str, reason: Reason) -> None:
