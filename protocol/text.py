@@ -108,6 +108,7 @@ def _order(side: type[Buy] | type[Sell], args: list[str]) -> Request | BadReques
             "bad_request", f"usage: {verb} <symbol> <qty> [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=<client-order-id>] [oco=<client-order-id>]"
         )
     price = tif = None
+    at = False  # "@" came before the price ("BUY AAPL 10 @ 150.25", as people write it)
     options: dict[str, str] = {}  # id=, stop=, show=, oco=
     for token in args[2:]:
         if token[0] in _PRICE_START and price is None and tif is None and not options:
@@ -125,10 +126,16 @@ def _order(side: type[Buy] | type[Sell], args: list[str]) -> Request | BadReques
             tif = upper
         elif upper == "MKT" and price is None:
             price = "MKT"
+        elif token[0] == "@" and not at and price is None and tif is None and not options:
+            at, rest = True, token[1:]  # (tested after the common tokens: they pay nothing for it)
+            if rest:  # "@150.25"
+                price = "MKT" if rest.upper() == "MKT" else rest
         elif price is None and tif is None and not options:
             price = token
         else:
             return BadRequest("bad_request", f"unexpected {_show(token)}; expected [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=...] [oco=<id>]")
+    if at and price is None:
+        return BadRequest("bad_request", "'@' must be followed by a price")
     get = options.get
     return side(args[0].upper(), args[1], None if price == "MKT" else price, tif, get("id"), get("stop"), get("show"), get("oco"))
 

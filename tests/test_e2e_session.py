@@ -72,6 +72,13 @@ REPLIES = [
     ("BUY AAPL 1 NaN", "REJ bad_price price NaN is not a positive decimal number"),
     ("BUY AAPL 1 1e3", "REJ bad_price price 1e3 is not a positive decimal number"),
     ("BUY AAPL 2000000 150", "REJ qty_range quantity 2000000 is outside 1..1000000"),
+    # A number too large for any order is out of range too, said with the text as typed.
+    ("BUY AAPL 99999999999999999999999 150", "REJ qty_range quantity 99999999999999999999999 is outside 1..1000000"),
+    ("BUY AAPL 1 20000000000000", "REJ price_band price 20000000000000 is outside the band 0.01..10000000000000.00"),
+    ("BUY AAPL 1 150 STOP=99999999999999999999", "REJ price_band stop price 99999999999999999999 is outside the band 0.01..10000000000000.00"),
+    ("BUY AAPL 1234567890123456789012345 150", "REJ bad_qty quantity 123456789012345678901... is longer than 24 characters"),
+    ("BUY AAPL 10 @", "ERR bad_request '@' must be followed by a price"),
+    ("BUY AAPL 10 @ IOC", "ERR bad_request '@' must be followed by a price"),
     ("BUY AAPL 1 GTC", "REJ bad_tif a market order cannot be GTC"),
     ("BUY AAPL 1 POST", "REJ bad_tif a market order cannot be POST"),
     ("BUY AAPL 1 150 id=has/slash", "REJ bad_id a client order id is 1-32 of A-Z a-z 0-9 . _ : -"),
@@ -102,6 +109,14 @@ def test_rejects_that_need_an_open_order(server: Server) -> None:
     assert alice.ask("CANCEL id=x") == ["CANCELED 61 leaves=4 reason=user id=x"]
     # Once the order is gone its client id may be used again (cancel and replaces took 2-4).
     assert alice.ask("SELL AAPL 1 120 id=x") == ["ACK 65 SELL AAPL 1 120.00 GTC id=x"]
+
+
+def test_a_price_may_follow_an_at_sign_as_people_write_it(server: Server) -> None:
+    alice, bob = server.client(), server.client()
+    assert alice.ask("BUY AAPL 10 @ 150.25") == ["ACK 61 BUY AAPL 10 150.25 GTC"]
+    assert alice.ask("sell aapl 3 @151 id=s1") == ["ACK 62 SELL AAPL 3 151.00 GTC id=s1"]
+    assert bob.ask("BUY AAPL 2 @ MKT", 2) == ["ACK 63 BUY AAPL 2 MKT IOC", "FILL 63 AAPL BUY 2 151.00 leaves=0 trade=63-1 liq=R"]
+    assert alice.line() == "FILL 62 AAPL SELL 2 151.00 leaves=1 trade=63-1 liq=A id=s1"
 
 
 def test_order_types_over_the_wire(server: Server) -> None:
