@@ -585,11 +585,22 @@ def test_up_restarts_a_role_that_dies_with_a_log_line_and_down_stops_its_supervi
             time.sleep(0.5)
         orders = t1.ask("ORDERS")[0:1] + t1.until("END")
         assert sorted(re.findall(r"id=(\w)", " ".join(orders))) == ["a", "b"], orders
+        status = tickline_cli("cluster", "status", "--dir", str(cluster.dir))
+        lines = status.stdout.splitlines()
+        assert status.returncode == 0 and len(lines) == 1 + 3 + 1 + 5 + 1, status
+        for role in ("risk", "engine", "gateway"):
+            assert re.search(rf"^{role} 0 +pid {cluster.pids()[(role, 0)]} +running  restarted 1 time by the supervisor$", status.stdout, re.M), status.stdout
+        assert re.search(r"^notifier 0 +pid \d+ +running$", status.stdout, re.M) and lines[-1].startswith("stream TICKLINE: "), status.stdout
         serving = cluster_pids_alive(cluster)
         assert len(serving) >= 3 + 5 + 1, serving  # NATS nodes, roles (and the dead ones' successors), the supervisor
         assert tickline_cli("cluster", "down", "--dir", str(cluster.dir)).returncode == 0
         time.sleep(1.0)  # (what a supervisor still running would restart by now)
         assert not [pid for pid in serving if process_alive(pid)] and not cluster_pids_alive(cluster), "something still serves the directory"
+        status = tickline_cli("cluster", "status", "--dir", str(cluster.dir))
+        lines = status.stdout.splitlines()
+        assert status.returncode == 1 and lines[0] == f"cluster {cluster.dir}: down (`tickline cluster up --dir {cluster.dir}` starts it)", status
+        assert all(line.endswith("no pid        NOT RUNNING") for line in lines[1:-1]) and len(lines) == 11, status.stdout
+        assert lines[-1].startswith("stream: its NATS nodes do not answer"), status.stdout
     finally:
         cluster.stop()
 
@@ -946,6 +957,10 @@ def test_up_compacts_the_stream_every_compact_every_seconds_and_a_killed_role_co
                 time.sleep(0.1)
             assert log.read_text().count("snapshot_loaded") == loaded + 1, log.read_text()[-3000:]
         assert cluster.state("state.engine.0") == engine and cluster.state("state.risk.0")["balances"] == risk
+        status = tickline_cli("cluster", "status", "--dir", str(cluster.dir)).stdout
+        for role in ("tradelog", "risk", "engine", "gateway", "notifier"):  # (every role snapshots every 40 commands)
+            assert re.search(rf"^{role} 0 +pid \d+ +running .*snapshot through stream seq [\d,]+$", status, re.M), status
+        assert re.search(r"^stream TICKLINE: [\d,]+ messages, [\d,]+ bytes, seqs [\d,]+\.\.[\d,]+; compacted through [\d,]+$", status, re.M), status
         fills = cluster.client("t2").ask("SELL AAPL 2 140.00", 3)
         assert fills[0].startswith("ACK") and all(line.startswith("FILL") for line in fills[1:]), fills
     finally:

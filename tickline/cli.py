@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     deposit.add_argument("--ref", required=True, help="your unique id for this transfer")
     deposits = steps.add_parser("deposits", help="many at once: lines of <name> <asset> <amount> <ref> on stdin, a verdict line each")
     compact = steps.add_parser("compact", help="drop the stream's messages that every role's snapshots cover (docs/SCALING.md, Retention)")
-    for step in (up, down, role, supervise, deposit, deposits, compact):
+    status = steps.add_parser("status", help="each process: running or not, restarts, snapshots; the stream (exit 1 if anything is down)")
+    for step in (up, down, status, role, supervise, deposit, deposits, compact):
         step.add_argument("--dir", default=env("TICKLINE_CLUSTER_DIR", "var/cluster"), help="the cluster's files (TICKLINE_CLUSTER_DIR)")
 
     telemetry = commands.add_parser("telemetry", help="the running server's own figures: each stage's latency histogram (docs/PERFORMANCE.md)")
@@ -285,7 +286,13 @@ def _cluster(args: argparse.Namespace) -> int:
         return cluster.up(config, demo=args.demo)
     if args.action == "down":
         return cluster.down(Path(args.dir))
+    if not (Path(args.dir) / "cluster.json").exists():
+        raise OperatorError(f"no cluster in {args.dir} (no cluster.json): `tickline cluster up --dir {args.dir}` makes one")
     config = cluster.ClusterConfig.load(args.dir)
+    if args.action == "status":
+        lines, well = cluster.status(config)
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return 0 if well else 1
     if args.action == "supervise":
         return cluster.supervise(config)
     if args.action in ("deposit", "deposits"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,12 +35,12 @@ from cluster.nats import NatsCluster, process_alive
 from cluster.replica import Replica
 from cluster.retention import compact
 from cluster.risk_shard import RiskShard
-from cluster.snapshots import RoleSnapshots, StateSnapshots, StreamCompacted
+from cluster.snapshots import RoleSnapshots, StateSnapshots, StreamCompacted, dropped_through, kept_snapshots
 from cluster.stream import Input, Reader, Tail, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.supervisor import Chore, Supervisor
 from cluster.trade_log import ReportsTail
-from cluster.wire import BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
+from cluster.wire import STREAM, BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
 from exchange.book import Book
 from exchange.instruments import assets_of, load_instruments
 from exchange.risk import MAX_OPEN_ORDERS, SETTLED, Risk
@@ -603,6 +604,56 @@ def down(directory: Path) -> int:
     pids_file.unlink()
     sys.stdout.write("cluster down\n")
     return 0
+
+
+def status(config: ClusterConfig) -> tuple[list[str], bool]:
+    """`tickline cluster status`: each process the directory should have (NATS nodes, the
+    supervisor, the roles), whether it runs, how often the supervisor restarted it and how
+    far its newest snapshot reaches; then the stream. The lines, and whether all is well."""
+    directory = Path(config.directory)
+    latest: dict[tuple[str, int], int] = {}  # (role, index) -> its last registered pid (a restart registers its own)
+    if (directory / "pids").exists():
+        for words in (line.split() for line in (directory / "pids").read_text().splitlines() if line.strip()):
+            latest[(words[1], int(words[2]))] = int(words[0])
+    log_path = directory / "supervisor.log"
+    supervised = log_path.read_text(errors="replace").rpartition("event='supervising'")[2] if log_path.exists() else ""  # (since the last up)
+    restarts = re.findall(r"event='role_restarted' role='(\w+)' index=(\d+)", supervised)
+    lines = [
+        f"cluster {directory}: order entry {config.host}:{config.port}, market data {config.host}:{config.md_port}"
+        if latest else f"cluster {directory}: down (`tickline cluster up --dir {directory}` starts it)"
+    ]  # fmt: skip
+    expected = [("nats", i) for i in range(len(config.nats_ports))] + [("supervisor", 0)] * config.supervise + config.roles()
+    well = True
+    for role, index in expected:
+        pid = latest.get((role, index))
+        running = pid is not None and _ours(pid, directory)
+        well &= running
+        words = [f"{role} {index}".ljust(13), f"pid {pid:<8}" if pid else "no pid".ljust(12), "running" if running else "NOT RUNNING"]
+        if latest and (n := restarts.count((role, str(index)))):
+            words.append(f"restarted {n} time{'s' * (n > 1)} by the supervisor")
+        if kept := kept_snapshots(config.snapshots(role, index)) if role not in ("nats", "supervisor") else []:
+            words.append(f"snapshot through stream seq {max(kept):,}")
+        lines.append("  ".join(words))
+    try:
+        lines.append(asyncio.run(_stream_state(config)))
+    except ClusterDown as exc:
+        lines.append(f"stream: {exc}")
+        well = False
+    return lines, well
+
+
+async def _stream_state(config: ClusterConfig) -> str:
+    nc = await _connect_once(config)
+    try:
+        state = (await nc.jetstream().stream_info(STREAM)).state
+    except Exception as exc:  # (no stream yet, no quorum: a timeout)
+        raise ClusterDown(f"its stream does not answer ({type(exc).__name__})") from None
+    finally:
+        await nc.close()
+    dropped = dropped_through(config.snapshots_root)
+    return f"stream {STREAM}: {state.messages:,} messages, {state.bytes:,} bytes, seqs {state.first_seq:,}..{state.last_seq:,}" + (
+        f"; compacted through {dropped:,}" if dropped else ""
+    )
 
 
 def _cmdline(pid: int) -> str:
