@@ -313,6 +313,9 @@ class Book:
             if (type(e) is Fill or type(e) is Canceled) and e.order_id in pairs:
                 other_id = pairs.pop(e.order_id)
                 del pairs[other_id]
+                mine = self.order(e.order_id)
+                if mine is not None:  # (open still, after a partial fill: a plain order now)
+                    mine.oco = None
                 other = self.order(other_id)
                 if other is None:
                     continue
@@ -656,8 +659,13 @@ class Book:
             start = end
         for order in stops:
             self._pend(order)
-        paired = [*orders, *stops]
-        self.pairs = {o.order_id: cast(int, o.oco) for o in compress(paired, map(_oco, paired))}
+        everyone = [*orders, *stops]
+        paired = {o.order_id: o for o in compress(everyone, map(_oco, everyone))}
+        for o in paired.values():  # (a snapshot of an older version may name a partner long gone)
+            partner = paired.get(cast(int, o.oco))
+            if partner is None or partner.oco != o.order_id:
+                o.oco = None
+        self.pairs = {i: o.oco for i, o in paired.items() if o.oco is not None}
         self.md_seq, self.last = md_seq, last
         bid, ask = self.bids.best(), self.asks.best()
         self.quote = (bid, 0 if bid is None else self.bids.levels[bid].total, ask, 0 if ask is None else self.asks.levels[ask].total)

@@ -108,6 +108,9 @@ class NaiveBook:
             if isinstance(e, (Fill, Canceled)) and e.order_id in self.pairs:
                 other_id = self.pairs.pop(e.order_id)
                 del self.pairs[other_id]
+                mine = self.order(e.order_id)
+                if mine is not None:  # open still, after a partial fill: a plain order now
+                    mine.oco = None
                 other = self.order(other_id)
                 if other is not None:
                     other.oco = None

@@ -307,3 +307,7 @@ def test_the_two_orders_of_an_oco_pair_never_both_trade(stream: list[Command]) -
             order = book.order(oid)
             if order is not None and order.oco is not None:
                 assert book.order(other) is not None
+        open_orders = [*book.orders.values(), *book.stops.values()]
+        links = {o.order_id: o.oco for o in open_orders if o.oco is not None}
+        assert all(links.get(other) == oid for oid, other in links.items()), links  # both ways: a pair, or no link
+        assert book.pairs == links

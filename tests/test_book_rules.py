@@ -113,6 +113,10 @@ SCENARIOS: list[tuple[str, list[str], str, list[str], list[str]]] = [
      ["a SELL 10 @110", "a BUY 5 @90 OCO=1"], "b SELL 2 @90",
      ["accepted 3", "trade 3-1 2@90 maker=2 taker=3", "fill 2 2@90 leaves=3 A", "fill 3 2@90 leaves=0 R", "canceled 1 leaves=10 oco"],
      ["BUY 90: 2a:3"]),
+    ("the order of a pair that traded in part is a plain order once the other is canceled",
+     ["a SELL 10 @110", "a BUY 5 @90 OCO=1", "b SELL 2 @90"], "a REPLACE 2 2",
+     ["replaced 2 2@90 kept"],
+     ["BUY 90: 2a:2"]),
     ("canceling one order of a pair cancels the other",
      ["a SELL 10 @110", "a SELL 10 @120 OCO=1"], "a CANCEL 2",
      ["canceled 2 leaves=10 user", "canceled 1 leaves=10 oco"],
@@ -331,3 +335,20 @@ def test_depth_bbo_and_state_hash(book: str) -> None:
     assert book.state_hash() == before
     run("c REPLACE 3 1 @98")
     assert book.state_hash() != before
+
+
+def test_a_snapshot_that_names_a_partner_long_gone_loads_as_a_plain_order() -> None:
+    """Snapshots written before the fix above kept the link of a pair's surviving order to
+    the canceled one; rebuilt into the book's pairs, its next fill raised KeyError in matching."""
+    from exchange.book import Book, Order
+    from exchange.instruments import load_instruments
+    from protocol.messages import TIF, NewOrder, Side
+
+    book = Book(load_instruments()["ES"])
+    survivor = Order(61, Side.BUY, 4490 * 4, 4, TIF.GTC, "alice", "lo", oco=62, touched=True)
+    pair = [Order(70, Side.SELL, 4600 * 4, 1, TIF.GTC, "alice", None, oco=71), Order(71, Side.SELL, 4700 * 4, 1, TIF.GTC, "alice", None, oco=70)]
+    book.load([survivor, *pair], md_seq=9)
+    assert (survivor.oco, book.pairs) == (None, {70: 71, 71: 70})
+    events = book.apply(80, NewOrder("ES", Side.SELL, 1, 4490 * 4, TIF.GTC, "bob"))
+    assert [type(e).__name__ for e in events if type(e).__name__ in ("Fill", "Canceled")] == ["Fill", "Fill"]
+    assert survivor.leaves == 3

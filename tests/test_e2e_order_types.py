@@ -217,3 +217,29 @@ def test_an_oco_pair_locks_one_lot_of_funds_and_one_cancels_the_other_across_a_k
         assert alice.ask("CANCEL 66", 2) == ["CANCELED 66 leaves=1.00000 reason=user", "CANCELED 65 leaves=1.00000 reason=oco id=a"]
     finally:
         server.kill()
+
+
+def test_an_order_whose_oco_partner_was_canceled_by_its_partial_fill_is_a_plain_order_after_a_restart_too(tmp_path: Path) -> None:
+    """Found trying the server by hand: the order of a pair that traded in part kept naming
+    its canceled partner (ORDERS said oco=<dead id>, REPLACE was refused "one of an OCO
+    pair"), and once a snapshot held it so, its next fill after a restart crashed matching."""
+    server = Server(tmp_path / "data", "--snapshot-every", "2").start()
+    try:
+        alice, bob = server.client("t1"), server.client("t2")
+        assert alice.ask("BUY ES 5 4490 id=lo") == ["ACK 61 BUY ES 5 4490.00 GTC id=lo"]
+        assert alice.ask("SELL ES 5 4520 oco=lo id=hi") == ["ACK 62 SELL ES 5 4520.00 GTC id=hi oco=61"]
+        assert bob.ask("SELL ES 1 4490", 2)[1] == "FILL 63 ES SELL 1 4490.00 leaves=0 trade=63-1 liq=R"
+        assert alice.lines(2) == ["FILL 61 ES BUY 1 4490.00 leaves=4 trade=63-1 liq=A id=lo", "CANCELED 62 leaves=5 reason=oco id=hi"]
+        assert alice.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 61 BUY ES 4 4490.00 GTC id=lo", "END"]
+        server.logged("snapshot_written")
+        server.kill()
+        server.start()
+        alice, bob = server.client("t1"), server.client("t2")
+        assert alice.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 61 BUY ES 4 4490.00 GTC id=lo", "END"]
+        assert bob.ask("SELL ES 1 4490", 2)[1] == "FILL 64 ES SELL 1 4490.00 leaves=0 trade=64-1 liq=R"
+        assert alice.line() == "FILL 61 ES BUY 1 4490.00 leaves=3 trade=64-1 liq=A id=lo"
+        assert alice.ask("REPLACE id=lo 2") == ["REPLACED 61 2 4490.00 priority=kept id=lo"]
+        # No longer "one of an OCO pair already": refused, as any order that traded is.
+        assert alice.ask("SELL ES 1 4600 oco=lo") == ["REJ bad_oco order 61 has traded or been replaced: pair an untouched order"]
+    finally:
+        server.kill()
