@@ -19,19 +19,28 @@ from protocol.messages import Command, Event, OrderCommand, Transfer
 
 Sink = Callable[[list[Event]], None]
 Schedule = Callable[[Callable[[], None]], object]
+# A command whose matching raised (a bug): its seq, the command, the exception. The book may
+# be half way through it, so its matcher applies nothing more; the caller stops the server.
+OnFailure = Callable[[int, OrderCommand, Exception], None]
 # Commands applied per step: long enough to batch the sinks' work, short enough that
 # sockets are served within a few milliseconds (the rest goes in the next step): 500
 # commands and their sinks take ~15-25 ms at worst here (2,000 took up to 158 ms).
 DRAIN_SLICE = 500
 
 
+def _raise(seq: int, cmd: OrderCommand, exc: Exception) -> None:
+    raise exc
+
+
 class SymbolMatcher:
-    def __init__(self, book: Book, sinks: list[Sink], schedule: Schedule) -> None:
+    def __init__(self, book: Book, sinks: list[Sink], schedule: Schedule, on_failure: OnFailure = _raise) -> None:
         self.book = book
         self.sinks = sinks
         self.schedule = schedule
+        self.on_failure = on_failure
         self.inbox: deque[tuple[int, OrderCommand]] = deque()
         self._scheduled = False
+        self.failed = False
 
     def submit(self, seq: int, cmd: OrderCommand) -> None:
         self.inbox.append((seq, cmd))
@@ -48,12 +57,21 @@ class SymbolMatcher:
         """Apply up to `limit` queued commands, hand their events to the sinks, schedule a
         step for what remains; how many were applied."""
         self._scheduled = False
+        if self.failed:
+            return 0
         inbox, apply = self.inbox, self.book.apply
         events: list[Event] = []
         count = min(len(inbox), limit)
-        for _ in range(count):
-            seq, cmd = inbox.popleft()
-            events += apply(seq, cmd)
+        try:
+            for _ in range(count):
+                seq, cmd = inbox.popleft()
+                events += apply(seq, cmd)
+        except Exception as exc:  # the commands before it were applied whole: their events go out
+            self.failed = True
+            for sink in self.sinks:
+                sink(events)
+            self.on_failure(seq, cmd, exc)
+            return count
         for sink in self.sinks:
             sink(events)
         if inbox and not self._scheduled:
@@ -63,7 +81,7 @@ class SymbolMatcher:
 
     def drain_all(self) -> None:
         """Apply everything queued now (shutdown)."""
-        while self.inbox:
+        while self.inbox and not self.failed:
             self.drain()
 
 
@@ -71,9 +89,9 @@ class Matching:
     """Every symbol's matcher, and the one question the gateway asks of them all: has
     every command up to a sequence number been applied (its reports produced)?"""
 
-    def __init__(self, books: dict[str, Book], schedule: Schedule) -> None:
+    def __init__(self, books: dict[str, Book], schedule: Schedule, on_failure: OnFailure = _raise) -> None:
         self.sinks: list[Sink] = []  # shared by every matcher; filled by send_to
-        self.matchers = {symbol: SymbolMatcher(book, self.sinks, schedule) for symbol, book in books.items()}
+        self.matchers = {symbol: SymbolMatcher(book, self.sinks, schedule, on_failure) for symbol, book in books.items()}
         self._now: list[SymbolMatcher] = []  # queued for by submit(), applied by apply_now()
 
     def send_to(self, sinks: list[Sink]) -> None:

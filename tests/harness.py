@@ -51,9 +51,10 @@ def tickline_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedPr
 class Server:
     """`tickline serve` on a free port with its own data directory."""
 
-    def __init__(self, data_dir: Path, *extra: str, funded: bool = True) -> None:
+    def __init__(self, data_dir: Path, *extra: str, funded: bool = True, module: str = "tickline.cli") -> None:
         self.data_dir = data_dir
         self.extra = extra
+        self.module = module  # (tests.faulty_server: the same server with a fault to inject)
         self.funded = funded  # test accounts t1..t12 exist and hold FUNDS
         self._next_account = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,7 +66,7 @@ class Server:
     def start(self, timeout: float = 15.0) -> Server:
         if self.funded:
             create_accounts(self.data_dir)
-        cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(self.data_dir)]
+        cmd = [sys.executable, "-m", self.module, "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(self.data_dir)]
         cmd += ["--log-recovered-state", *self.extra]  # (the recovery tests compare it with a full replay)
         self.log = []
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

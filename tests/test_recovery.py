@@ -212,6 +212,29 @@ def test_a_dead_journal_writer_stops_the_server_and_acknowledges_nothing_more(tm
     server.stop()
 
 
+def test_a_bug_in_matching_stops_the_server_loudly_without_a_snapshot_and_the_restart_replays_the_order(tmp_path: Path) -> None:
+    """Found with the OCO snapshot bug (test_e2e_order_types.py): a KeyError in matching left
+    the server running and silent, every connection's requests unanswered forever, with
+    only asyncio's traceback on stderr. Now: one critical line naming the command, a BYE
+    to every client, no snapshot of the half-applied book, exit 1."""
+    data = tmp_path / "data"
+    server = Server(data, module="tests.faulty_server").start()
+    maker, taker = server.client("t1"), server.client("t2")
+    assert maker.ask("SELL ES 5 4500") == ["ACK 61 SELL ES 5 4500.00 GTC"]
+    assert taker.ask("BUY ES 2 4500 id=boom") == ["ACK 62 BUY ES 2 4500.00 GTC id=boom"]  # durable, then matching fails
+    assert taker.line() == "BYE shutting down after an internal error"
+    assert maker.line() == "BYE shutting down after an internal error"
+    assert server.proc is not None and server.proc.wait(15) == 1
+    failed = [line for line in server.log if "matching_failed" in line]
+    assert len(failed) == 1 and "seq=62" in failed[0] and "level='critical'" in failed[0], server.log[-20:]
+    assert not any("snapshot_written" in line for line in server.log[server.log.index(failed[0]) :])
+
+    server = Server(data, funded=False).start()  # the same journal, a book without the fault
+    maker = server.client("t1")
+    assert maker.ask("ORDERS", 3) == ["ORDERS 1", "ORDER 61 SELL ES 3 4500.00 GTC", "END"]  # order 62 was replayed
+    server.stop()
+
+
 def test_a_dead_trade_log_writer_costs_no_order_and_the_restart_fills_the_log(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = Server(data).start()

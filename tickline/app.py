@@ -21,6 +21,7 @@ import os
 import signal
 import ssl
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -48,7 +49,7 @@ from journal.tradelog import TradeLog
 from notifier.feed import feeds_of
 from notifier.server import Notifier
 from notifier.session import Limits
-from protocol.messages import Transfer
+from protocol.messages import OrderCommand, Transfer
 from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed, timed_call
 from telemetry.registry import Telemetry
 from tickline import __version__
@@ -110,8 +111,10 @@ class Serve:
         self.config, self.threads = config, threads
         self.data = DataDir(config.data_dir)
         self.telemetry = Telemetry()  # every stage records how long it takes (docs/PERFORMANCE.md)
-        self.stop = asyncio.Event()  # set by SIGINT/SIGTERM, or by a journal that can no longer write
+        self.stop = asyncio.Event()  # set by SIGINT/SIGTERM, by a journal that can no longer write, by a matching bug
         self.failures: list[BaseException] = []
+        self.broken = False  # matching raised: the books are not to be trusted (nor snapshotted)
+        self.snapshots: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -143,6 +146,20 @@ class Serve:
 
     def _journal_failed(self, exc: BaseException) -> None:
         self.failures.append(exc)
+        self.stop.set()
+
+    def _matching_failed(self, seq: int, cmd: OrderCommand, exc: Exception) -> None:
+        """A bug in matching: the book may be half way through the command. Nothing more is
+        matched or snapshotted, and the server stops (exit 1) rather than serve on, wedged
+        or wrong. The command is in the journal: a restart replays it (and meets the same bug
+        until it is fixed: fail-stop, as a real exchange halts a broken book)."""
+        frames = traceback.extract_tb(exc.__traceback__)  # (one line: innermost first)
+        at = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+        log.critical("matching_failed", seq=seq, command=repr(cmd)[:300], error=repr(exc)[:300], at=at)
+        self.broken = True
+        self.failures.append(exc)
+        if self.snapshots is not None:
+            self.snapshots.cancel()
         self.stop.set()
 
     def open_journal(self) -> None:
@@ -177,7 +194,7 @@ class Serve:
         journal, telemetry = self.journal, self.telemetry
         self.sequencer = Sequencer(self.risk, lambda: journal.next_seq, journal.append)
         self.step_us = telemetry.histogram("matching_step_us", "matching a durable batch (or what a symbol had left of one) and its sinks")
-        self.matching = Matching(self.books, timed(asyncio.get_running_loop().call_soon, self.step_us))
+        self.matching = Matching(self.books, timed(asyncio.get_running_loop().call_soon, self.step_us), self._matching_failed)
         self.intake = JournalIntake(self.sequencer, lambda: journal.durable_seq, self.matching.applied)
         matching = self.matching
         self.tradelog.handed_through = lambda: matching.applied_through(journal.durable_seq)  # the log records how far it is whole
@@ -287,14 +304,18 @@ class Serve:
         gateway.stop_accepting()
         self.admin.close()
         await self.journal.close()
-        self.matching.drain_all()
-        await asyncio.gather(gateway.close("shutting down", grace), notifier.close("shutting down", grace))
+        if not self.broken:
+            self.matching.drain_all()
+        bye = "shutting down after an internal error" if self.broken else "shutting down"
+        await asyncio.gather(gateway.close(bye, grace), notifier.close(bye, grace))
         if self.dashboard is not None:
             await self.dashboard.close()
+        assert self.snapshots is not None
         self.snapshots.cancel()
         if self.refill is not None:
             self.refill.cancel()
-        await self.snapshotter.take()
+        if not self.broken:
+            await self.snapshotter.take()
         await self.tradelog.close()
         await self.tradelog_task  # the market and accounts readers close as serve() returns (its exit stack)
         self.data.admin_socket.unlink(missing_ok=True)
