@@ -22,6 +22,7 @@ from __future__ import annotations
 import msgspec
 
 from protocol.requests import BadRequest
+from protocol.text import ORDER_ENTRY_VERBS
 
 KINDS = ("trades", "quotes", "book")
 
@@ -108,6 +109,8 @@ def parse_md_line(line: bytes) -> MdRequest | BadRequest | None:
     simple = simples.get(verb)
     if simple is not None and not args:
         return simple
+    if verb in ORDER_ENTRY_VERBS:
+        return BadRequest("unknown_command", f"{verb} is an order-entry command: this is the market-data port (order entry is on its own port, 7001 by default)")
     return BadRequest("unknown_command", f"unknown command {verb[:24]!r}; type HELP")
 
 

@@ -228,7 +228,14 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
         if args:
             return BadRequest("bad_request", f"{verb} takes no arguments")
         return simple
+    if verb in MARKET_DATA_VERBS:
+        return BadRequest("unknown_command", f"{verb} is a market-data command: this is the order-entry port (market data is on its own port, 7002 by default)")
     return BadRequest("unknown_command", f"unknown command {_show(verb)}; type HELP")
+
+
+# Each port's verbs, so that one typed on the other port is answered with where it goes.
+MARKET_DATA_VERBS = frozenset(("SUB", "UNSUB", "REPLAY"))
+ORDER_ENTRY_VERBS = frozenset(("BUY", "SELL", "CANCEL", "REPLACE", "BOOK", "ORDERS", "LOGIN", "BALANCES", "REPORTS", "SYMBOLS", "TICKER", "KLINES", "TRADES", "STATS"))
 
 
 _SIMPLE: dict[str, Request] = {

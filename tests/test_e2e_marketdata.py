@@ -97,6 +97,10 @@ def test_snapshot_and_increments_are_exact(server: Server) -> None:
     ]
     assert sub.ask("REPLAY AAPL from=1", 3) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 4 150.25 BUY trade=63-1 prev=0 seq=5", "END"]
     assert sub.ask("SUB NOPE") == ["ERR unknown_symbol no such symbol NOPE"]
+    # An order typed on this port: told where it goes (and nothing is subscribed or sent).
+    assert sub.ask("BUY AAPL 1 150") == [
+        "ERR unknown_command BUY is an order-entry command: this is the market-data port (order entry is on its own port, 7001 by default)"
+    ]
     assert sub.ask("UNSUB AAPL book") == ["UNSUBSCRIBED AAPL book"]
     trader.ask("BUY AAPL 1 149")  # a level below the top: book only (seq 8), now unsubscribed
     other.ask("SELL AAPL 1 150.00", 2)

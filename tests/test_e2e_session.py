@@ -50,6 +50,7 @@ def test_json_requests_get_json_replies_and_reports(server: Server) -> None:
 
 REPLIES = [
     ("FROB", "ERR unknown_command unknown command 'FROB'; type HELP"),
+    ("SUB AAPL", "ERR unknown_command SUB is a market-data command: this is the order-entry port (market data is on its own port, 7002 by default)"),
     ("BUY", "ERR bad_request usage: BUY <symbol> <qty> [<price>] [STOP=<price>] [SHOW=<qty>] [GTC|IOC|FOK|POST] [id=<client-order-id>] [oco=<client-order-id>]"),
     ("BUY AAPL 1 100 GTC IOC", "ERR bad_request time in force given twice (GTC and IOC)"),
     ("BUY AAPL 1 100 id=a id=b", "ERR bad_request id= given twice"),
