@@ -19,10 +19,10 @@ from protocol.text import clip
 _DECIMAL = re.compile(r"([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 MAX_TEXT = 24  # characters in a price or quantity; anything longer is refused unread
 MAX_STEPS = 10**15  # the largest count of ticks or lots an order may carry
-TOO_LARGE = -2  # Step.count: a positive decimal, on the step, of more than MAX_STEPS steps
+TOO_LARGE = -3  # Step.count: a positive decimal, on the step, of more than MAX_STEPS steps
 
 
-_UNSEEN = -2  # not a count(): those are None, -1 or positive
+_UNSEEN = -2  # not a count(): those are None, -1, TOO_LARGE or positive
 CACHE_SIZE = 65_536  # distinct texts remembered per step; prices and sizes repeat a lot
 
 
