@@ -142,6 +142,9 @@ def stops(port: int) -> list[str]:
     out += t11.ask("BOOK EUR-USD 1", 3) + t11.ask("BUY EUR-USD 25000 1.10000 IOC", 4) + t9.lines(2) + t10.lines(1) + t11.ask("BOOK EUR-USD 1", 3)
     out += t9.ask("SELL EUR-USD 1000 1.12000 id=tp") + t9.ask("SELL EUR-USD 1000 STOP=1.09000 oco=tp") + t9.ask("SELL EUR-USD 1000 1.2 oco=tp")
     out += t9.ask("CANCEL id=tp", 2) + t9.ask("CANCEL ALL", 2)
+    # A pair whose one order trades in part: the other goes, and the first is a plain order.
+    out += t9.ask("BUY EUR-USD 3000 1.05000 id=lo") + t9.ask("SELL EUR-USD 1000 1.15000 oco=lo id=hi")
+    out += t10.ask("SELL EUR-USD 1000 1.05000", 2) + t9.lines(2) + t9.ask("ORDERS", 3) + t9.ask("REPLACE id=lo 1000") + t9.ask("CANCEL ALL", 2)
     for c in (t9, t10, t11):
         c.close()
     return out
