@@ -436,13 +436,18 @@ def register(directory: Path, role: str, index: int) -> None:
             f.write(f"{os.getpid()} {role} {index}\n")
 
 
-def _serving(directory: Path) -> list[int]:
-    """The pids in <dir>/pids that are still this directory's processes (a pid the system
-    has since given to another program is not signalled)."""
+def _registered(directory: Path) -> list[tuple[int, str, int]]:
+    """<dir>/pids as (pid, role, index), in the order they registered (a restart adds its own)."""
     pids_file = directory / "pids"
     if not pids_file.exists():
         return []
-    pids = list(dict.fromkeys(int(line.split()[0]) for line in pids_file.read_text().splitlines() if line.strip()))
+    return [(int(pid), role, int(index)) for pid, role, index in (line.split() for line in pids_file.read_text().splitlines() if line.strip())]
+
+
+def _serving(directory: Path) -> list[int]:
+    """The pids in <dir>/pids that are still this directory's processes (a pid the system
+    has since given to another program is not signalled)."""
+    pids = list(dict.fromkeys(pid for pid, _, _ in _registered(directory)))
     return [pid for pid in pids if _ours(pid, directory)]
 
 
@@ -611,10 +616,7 @@ def status(config: ClusterConfig) -> tuple[list[str], bool]:
     supervisor, the roles), whether it runs, how often the supervisor restarted it and how
     far its newest snapshot reaches; then the stream. The lines, and whether all is well."""
     directory = Path(config.directory)
-    latest: dict[tuple[str, int], int] = {}  # (role, index) -> its last registered pid (a restart registers its own)
-    if (directory / "pids").exists():
-        for words in (line.split() for line in (directory / "pids").read_text().splitlines() if line.strip()):
-            latest[(words[1], int(words[2]))] = int(words[0])
+    latest = {(role, index): pid for pid, role, index in _registered(directory)}  # (the last registered wins)
     log_path = directory / "supervisor.log"
     supervised = log_path.read_text(errors="replace").rpartition("event='supervising'")[2] if log_path.exists() else ""  # (since the last up)
     restarts = re.findall(r"event='role_restarted' role='(\w+)' index=(\d+)", supervised)
