@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol.requests import BadRequest
+from protocol.requests import BadRequest, Number
 from protocol.text import ORDER_ENTRY_VERBS
 
 KINDS = ("trades", "quotes", "book")
@@ -40,7 +40,7 @@ class Unsubscribe(msgspec.Struct, frozen=True, tag="unsub", tag_field="op", forb
 
 class ReplayTrades(msgspec.Struct, frozen=True, tag="replay", tag_field="op", forbid_unknown_fields=True):
     symbol: str
-    from_seq: int = msgspec.field(name="from", default=1)
+    from_seq: Number = msgspec.field(name="from", default=1)
 
 
 class MdPing(msgspec.Struct, frozen=True, tag="ping", tag_field="op"):

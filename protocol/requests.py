@@ -8,7 +8,14 @@ The gateway turns them into exchange commands (integers) with the symbol's instr
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+# An order id, a journal sequence, a page size: at most 18 digits, in JSON as in text (an
+# integer past what msgpack, the journal and SQLite hold must never get past the codec).
+MAX_DIGITS = 18
+Number = Annotated[int, msgspec.Meta(ge=0, le=10**MAX_DIGITS - 1)]
 
 
 class _Request(msgspec.Struct, frozen=True, tag_field="op", forbid_unknown_fields=True):
@@ -38,7 +45,7 @@ class Sell(_Request, frozen=True, tag="sell"):
 
 
 class CancelOrder(_Request, frozen=True, tag="cancel"):
-    order_id: int | None = None
+    order_id: Number | None = None
     id: str | None = None  # cancel by client order id instead
 
 
@@ -48,14 +55,14 @@ class CancelAll(_Request, frozen=True, tag="cancel_all"):
 
 class ReplaceOrder(_Request, frozen=True, tag="replace"):
     qty: str
-    order_id: int | None = None
+    order_id: Number | None = None
     price: str | None = None  # None keeps the price
     id: str | None = None  # replace by client order id instead
 
 
 class BookQuery(_Request, frozen=True, tag="book"):
     symbol: str
-    levels: int = 10
+    levels: Number = 10
 
 
 class OrdersQuery(_Request, frozen=True, tag="orders"):
@@ -63,8 +70,8 @@ class OrdersQuery(_Request, frozen=True, tag="orders"):
     `symbol` if given, at most `limit` (the reply's `next` asks for the rest)."""
 
     symbol: str | None = None
-    limit: int = 1000
-    after: int = 0
+    limit: Number = 1000
+    after: Number = 0
 
 
 class SymbolsQuery(_Request, frozen=True, tag="symbols"):
@@ -99,7 +106,7 @@ class BalancesQuery(_Request, frozen=True, tag="balances"):
 class ReportsQuery(_Request, frozen=True, tag="reports"):
     """Every execution report for this owner caused by commands with a journal seq > since."""
 
-    since: int = 0
+    since: Number = 0
 
 
 class TickerQuery(_Request, frozen=True, tag="ticker"):
@@ -115,14 +122,14 @@ class KlinesQuery(_Request, frozen=True, tag="klines"):
     interval: str  # 1m 5m 15m 1h 1d
     from_: str | None = msgspec.field(name="from", default=None)
     to: str | None = None
-    limit: int = 500
+    limit: Number = 500
 
 
 class TradesQuery(_Request, frozen=True, tag="trades"):
     """A symbol's trades, newest first; before=<trade id> pages back."""
 
     symbol: str
-    limit: int = 50
+    limit: Number = 50
     before: str | None = None
 
 

@@ -10,6 +10,7 @@ import re
 from typing import Sequence
 
 from protocol.requests import (
+    MAX_DIGITS,
     BadRequest,
     BalancesQuery,
     BookQuery,
@@ -145,8 +146,10 @@ ORDER_OPTIONS = frozenset(("id", "stop", "show", "oco"))  # key=value tokens of 
 
 
 def _int_arg(text: str, what: str) -> int | BadRequest:
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+    if not (text.isascii() and text.isdigit()):
         return BadRequest("bad_request", f"{what} {_show(text)} is not a number")
+    if len(text) > MAX_DIGITS:
+        return BadRequest("bad_request", f"{what} {_show(text)} is too large (at most {MAX_DIGITS} digits)")
     return int(text)
 
 

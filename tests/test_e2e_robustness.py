@@ -66,6 +66,37 @@ def test_garbage_bytes_get_an_error_and_the_session_goes_on(server: Server) -> N
     ]
 
 
+def test_json_numbers_too_large_for_any_order_are_refused_and_the_trade_log_still_answers(server: Server) -> None:
+    # Reported from a session at nc: a JSON cancel of order 10^23 was refused as unknown,
+    # and its audit row (an integer msgpack cannot hold) stopped the trade log's writer
+    # task: from then on TRADES, TICKER and REPORTS never answered, on any connection.
+    client = server.client("t1")
+    huge = 10**23
+    client.send(
+        f'{{"op":"cancel","order_id":{huge}}}\n{{"op":"replace","order_id":-{huge},"qty":"1"}}\n'
+        f'{{"op":"orders","after":{huge}}}\n{{"op":"reports","since":-1}}\n'
+        f'{{"op":"trades","symbol":"AAPL","limit":{huge}}}\n{{"op":"book","symbol":"AAPL","levels":{huge}}}\n'
+    )
+    assert client.lines(6) == [
+        '{"type":"err","code":"bad_request","text":"Expected `int` <= 999999999999999999 - at `$.order_id`"}',
+        '{"type":"err","code":"bad_request","text":"Expected `int` >= 0 - at `$.order_id`"}',
+        '{"type":"err","code":"bad_request","text":"Expected `int` <= 999999999999999999 - at `$.after`"}',
+        '{"type":"err","code":"bad_request","text":"Expected `int` >= 0 - at `$.since`"}',
+        '{"type":"err","code":"bad_request","text":"Expected `int` <= 999999999999999999 - at `$.limit`"}',
+        '{"type":"err","code":"bad_request","text":"Expected `int` <= 999999999999999999 - at `$.levels`"}',
+    ]
+    assert client.ask("CANCEL 1234567890123456789") == ["ERR bad_request order id '1234567890123456789' is too large (at most 18 digits)"]
+    assert client.ask('{"op":"cancel","order_id":999999999999999999}') == [
+        '{"type":"rej","reason":"unknown_order","text":"order 999999999999999999 is not open","order_id":999999999999999999}'
+    ]
+    other = server.client("t2")
+    assert other.ask("TRADES AAPL", 2) == ["TRADES AAPL count=0", "END"]
+    subscriber = server.subscriber()
+    assert subscriber.ask(f'{{"op":"replay","symbol":"AAPL","from":{huge}}}') == [
+        '{"type":"err","code":"bad_request","text":"Expected `int` <= 999999999999999999 - at `$.from`"}'
+    ]
+
+
 def test_telnet_negotiation_bytes_are_ignored(server: Server) -> None:
     client = server.client()
     # IAC WILL ECHO, IAC SB NAWS ... IAC SE, then a command typed in telnet (CRLF).
