@@ -32,6 +32,7 @@ from exchange.instruments import Instrument
 from journal.records import encode_batch
 from journal.tradelog_writer import LENGTH, UNITS, Frame, Piece, committed_through, first_frame, to_upgrade
 from protocol.messages import REPORT_TYPES, Command, Event, Refusal, Report, Trade
+from telemetry.probes import raised_at
 from telemetry.registry import Telemetry
 
 log = structlog.get_logger("tradelog")
@@ -84,6 +85,7 @@ class TradeLog:
         self._closing = False
         self._encode = msgspec.msgpack.Encoder().encode
         self.behind_from: int | None = None  # first command whose rows were dropped
+        self.failed: str | None = None  # run() raised (a bug): what, for whoever waits for the log
         self.queued = 0  # units handed over so far (a command or a trade or a refusal each)
         self.committed = 0  # units the writer process has committed (a snapshot waits for these)
         t = telemetry or Telemetry()
@@ -194,7 +196,28 @@ class TradeLog:
         self._released.set()
 
     async def run(self) -> None:
-        """Every BATCH_WINDOW, what was handed over goes to the writer process, in frames."""
+        """Every BATCH_WINDOW, what was handed over goes to the writer process, in frames.
+
+        A bug here stops the log loudly, never silently: queries that wait for the log
+        answer an error instead of waiting forever, the exchange trades on, and the next
+        start refills the rows from the journal (the file's `through` stays where it was)."""
+        try:
+            await self._run()
+        except Exception as exc:
+            self.failed = repr(exc)[:300]
+            log.critical("tradelog_failed", error=self.failed, at=raised_at(exc), consequence="no trade-log rows until restarted")
+            await self._stop_writer()
+
+    async def _stop_writer(self) -> None:
+        """Close the writer's input: it commits what it has and exits."""
+        assert self._proc is not None and self._proc.stdin is not None
+        if not self._proc.stdin.is_closing():
+            self._proc.stdin.close()
+        await self._proc.wait()
+        if self._acks is not None:
+            await self._acks
+
+    async def _run(self) -> None:
         await self._released.wait()
         while True:
             await self._wake.wait()
@@ -226,12 +249,7 @@ class TradeLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), BATCH_WINDOW)
             self._hurry.clear()
-        assert self._proc is not None and self._proc.stdin is not None
-        if not self._proc.stdin.is_closing():
-            self._proc.stdin.close()
-        await self._proc.wait()
-        if self._acks is not None:
-            await self._acks
+        await self._stop_writer()
 
     async def _send(self, frame: Frame) -> None:
         assert self._proc is not None and self._proc.stdin is not None
@@ -265,6 +283,8 @@ class TradeLog:
         target = self.queued
         self.release()
         while self.committed < target:
+            if self.failed is not None:
+                raise RuntimeError(f"the trade log stopped: {self.failed}")
             if self._proc is not None and self._proc.returncode is not None:
                 raise RuntimeError(f"the trade log writer exited with {self._proc.returncode}")
             self._wake.set()

@@ -12,6 +12,8 @@ import asyncio
 import gc
 import os
 import time
+import traceback
+from pathlib import Path
 from typing import Callable
 
 from telemetry.histogram import Histogram
@@ -91,3 +93,9 @@ def resident_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def raised_at(exc: BaseException) -> str:
+    """Where an exception came from, innermost frame first, on one line (a log line's `at=`)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))

@@ -111,6 +111,30 @@ def test_the_trade_log_can_be_read_as_soon_as_it_is_opened(tmp_path: Path) -> No
     assert asyncio.run(main()) == ([], [])
 
 
+
+def test_a_trade_log_whose_hand_over_fails_says_so_to_whoever_waits_for_it(tmp_path: Path) -> None:
+    # A refusal naming order 10^23 (before the codec bounded JSON integers) made run() raise
+    # while encoding: every later TRADES or REPORTS waited for the log forever.
+    from exchange.instruments import load_instruments
+    from journal.tradelog import TradeLog
+    from protocol.messages import Refusal
+
+    async def main() -> str:
+        log = TradeLog(tmp_path / "trades.sqlite", load_instruments())
+        await log.open()
+        task = asyncio.get_running_loop().create_task(log.run())
+        log.on_refusal(Refusal("bob", "AAPL", "", "", None, None, None, "unknown_order", "not open", "cancel", 10**23))
+        try:
+            await asyncio.wait_for(log.wait_committed(), 5)
+        except RuntimeError as exc:
+            return str(exc)
+        finally:
+            await log.close()
+            await asyncio.wait_for(task, 5)
+        return "committed"
+
+    assert asyncio.run(main()) == "the trade log stopped: OverflowError(\"can't serialize ints < -2**63 or > 2**64 - 1\")"
+
 def test_a_cluster_trade_log_gets_each_command_with_its_own_id_and_time_from_a_sequenced_message() -> None:
     # (the trade-log role hands its writer journal records built from the stream's messages)
     cmds = [NewOrder("AAPL", Side.BUY, 1, 100 + i, TIF.GTC, f"u{i}") for i in range(6)]

@@ -21,7 +21,6 @@ import os
 import signal
 import ssl
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -50,7 +49,7 @@ from notifier.feed import feeds_of
 from notifier.server import Notifier
 from notifier.session import Limits
 from protocol.messages import OrderCommand, Transfer
-from telemetry.probes import GcPauses, LoopLag, resident_bytes, timed, timed_call
+from telemetry.probes import GcPauses, LoopLag, raised_at, resident_bytes, timed, timed_call
 from telemetry.registry import Telemetry
 from tickline import __version__
 from tickline.tuning import before_recovery, tune_runtime
@@ -153,9 +152,7 @@ class Serve:
         matched or snapshotted, and the server stops (exit 1) rather than serve on, wedged
         or wrong. The command is in the journal: a restart replays it (and meets the same bug
         until it is fixed: fail-stop, as a real exchange halts a broken book)."""
-        frames = traceback.extract_tb(exc.__traceback__)  # (one line: innermost first)
-        at = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
-        log.critical("matching_failed", seq=seq, command=repr(cmd)[:300], error=repr(exc)[:300], at=at)
+        log.critical("matching_failed", seq=seq, command=repr(cmd)[:300], error=repr(exc)[:300], at=raised_at(exc))
         self.broken = True
         self.failures.append(exc)
         if self.snapshots is not None:
