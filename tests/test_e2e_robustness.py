@@ -91,6 +91,9 @@ def test_json_numbers_too_large_for_any_order_are_refused_and_the_trade_log_stil
     ]
     other = server.client("t2")
     assert other.ask("TRADES AAPL", 2) == ["TRADES AAPL count=0", "END"]
+    huge_time, huge_trade = "9" * 23, "9" * 23 + "-1"
+    assert other.ask(f"KLINES AAPL 1m from={huge_time}") == [f"ERR bad_request from={huge_time} is not a time: ISO-8601 (UTC) or unix milliseconds"]
+    assert other.ask(f"TRADES AAPL before={huge_trade}") == [f"ERR bad_request before={huge_trade} is not a trade id (<seq>-<n>, as TRADES prints them)"]
     subscriber = server.subscriber()
     assert subscriber.ask(f'{{"op":"replay","symbol":"AAPL","from":{huge}}}') == [
         '{"type":"err","code":"bad_request","text":"Expected `int` <= 999999999999999999 - at `$.from`"}'
