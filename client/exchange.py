@@ -45,7 +45,8 @@ class OrderRejected(Exception):
 
 
 class RequestFailed(Exception):
-    """A query was answered with ERR (or the connection ended first)."""
+    """A query was answered with ERR (or the connection ended first), or a request would
+    have been (raised as it is made: see Exchange._send)."""
 
 
 class Exchange:
@@ -53,6 +54,7 @@ class Exchange:
         self._reader, self._writer = reader, writer
         self._encode = msgspec.json.Encoder().encode
         self._decode = msgspec.json.Decoder(R.Reply).decode
+        self._check = msgspec.json.Decoder(Q.Request).decode  # the server's own decoding of a request
         self.unexpected_lines = 0  # lines that did not decode as a reply: skipped
         self._prefix = secrets.token_hex(3)  # client order ids unique across this account's connections
         self._ids = itertools.count(1)
@@ -83,9 +85,9 @@ class Exchange:
         stop: str | None = None, show: str | None = None, oco: str | None = None,
     ) -> asyncio.Future[R.Ack]:  # fmt: skip
         cid = id or f"{self._prefix}-{next(self._ids)}"
+        self._send(kind(symbol, qty, price, tif, cid, stop, show, oco))  # (its answer is read by a later callback)
         future: asyncio.Future[R.Ack] = asyncio.get_running_loop().create_future()
         self._orders[cid] = future
-        self._send(kind(symbol, qty, price, tif, cid, stop, show, oco))
         return future
 
     async def cancel_all(self, symbol: str | None = None) -> int:
@@ -102,9 +104,9 @@ class Exchange:
         return self._about(order_id, Q.ReplaceOrder(qty, order_id, price), R.ReplacedReport)
 
     def _about(self, order_id: int, request: Q.Request, answer: type) -> asyncio.Future:
+        self._send(request)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._by_order.setdefault(order_id, deque()).append((answer, future))
-        self._send(request)
         return future
 
     async def drain(self) -> None:
@@ -151,9 +153,9 @@ class Exchange:
         await self._query(Q.Ping(), R.Pong)
 
     async def _query(self, request: Q.Request, expected: type[T]) -> T:
+        self._send(request)
         future: asyncio.Future[R.Reply] = asyncio.get_running_loop().create_future()
         self._queries.append(future)
-        self._send(request)
         reply = await future
         if isinstance(reply, R.Reject):
             raise OrderRejected(reply)
@@ -175,9 +177,17 @@ class Exchange:
     # ------------------------------------------------------------ the wire
 
     def _send(self, request: Q.Request) -> None:
+        """Send a request, or raise RequestFailed with the ERR the server would answer: a
+        request it cannot decode (a quantity given as a number, an order id past 18 digits)
+        gets an ERR that names no order, which no future waiting here could claim."""
         if self.closed.done():
             raise ConnectionError("the connection to the exchange is closed")
-        self._writer.write(self._encode(request) + b"\n")
+        line = self._encode(request)
+        try:
+            self._check(line)
+        except msgspec.ValidationError as exc:
+            raise RequestFailed(f"bad_request: {exc}") from None
+        self._writer.write(line + b"\n")
 
     async def _read(self) -> None:
         error: BaseException = ConnectionError("the exchange closed the connection")

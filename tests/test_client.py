@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from client import MarketData, OrderRejected, connect, market_data
+from client import MarketData, OrderRejected, RequestFailed, connect, market_data
 from protocol import marketdata as M
 from protocol import replies as R
 from tests.harness import PASSWORD, ROOT, Client, Server
@@ -190,6 +190,26 @@ def test_every_connection_gets_reports_in_its_own_form_and_the_client_never_dies
             assert (await algo.orders()).orders == []
 
     asyncio.run(main())
+
+
+def test_a_request_the_server_could_not_decode_fails_at_once_and_the_next_query_gets_its_own_answer(server: Server) -> None:
+    # Seen by hand: buy("AAPL", 10, "150.25") (an int quantity) or cancel(10**23) went out,
+    # the server answered an ERR that names no order, and the order's future waited
+    # forever, or a query waiting meanwhile took that ERR as its answer.
+    async def main() -> None:
+        async with connect("127.0.0.1", server.port, account="t1", password=PASSWORD) as ex:
+            pending = asyncio.ensure_future(ex.balances())
+            with pytest.raises(RequestFailed, match=r"^bad_request: Expected `str`, got `int` - at `\$.qty`$"):
+                ex.buy("AAPL", 10, "150.25")  # type: ignore[arg-type]
+            with pytest.raises(RequestFailed, match=r"^bad_request: Expected `int` <= 999999999999999999 - at `\$.order_id`$"):
+                ex.cancel(10**23)
+            with pytest.raises(RequestFailed, match=r"^bad_request: Expected `int`, got `str` - at `\$.levels`$"):
+                await ex.book("AAPL", "5")  # type: ignore[arg-type]
+            assert isinstance(await pending, R.BalancesReply)
+            assert (await ex.buy("AAPL", "1", "99.00")).price == "99.00"
+            assert isinstance(await ex.book("AAPL", 1), R.BookReply)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
 
 
 def test_the_client_places_stops_and_hears_them_fire(server: Server) -> None:
