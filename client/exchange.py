@@ -29,6 +29,7 @@ import msgspec
 from client.inbox import MAX_LINE, Inbox, close_stream
 from protocol import replies as R
 from protocol import requests as Q
+from protocol.text import MAX_LINE as LINE_LIMIT
 
 Report = R.FillReport | R.CanceledReport | R.ReplacedReport | R.TriggeredReport | R.Reject
 MAX_REPORTS = 100_000  # reports kept for reports() before the oldest are dropped (counted)
@@ -187,6 +188,8 @@ class Exchange:
             self._check(line)
         except msgspec.ValidationError as exc:
             raise RequestFailed(f"bad_request: {exc}") from None
+        if len(line) > LINE_LIMIT:
+            raise RequestFailed(f"line_too_long: a line may be at most {LINE_LIMIT} bytes")
         self._writer.write(line + b"\n")
 
     async def _read(self) -> None:

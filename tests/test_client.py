@@ -203,6 +203,8 @@ def test_a_request_the_server_could_not_decode_fails_at_once_and_the_next_query_
                 ex.buy("AAPL", 10, "150.25")  # type: ignore[arg-type]
             with pytest.raises(RequestFailed, match=r"^bad_request: Expected `int` <= 999999999999999999 - at `\$.order_id`$"):
                 ex.cancel(10**23)
+            with pytest.raises(RequestFailed, match=r"^line_too_long: a line may be at most 4096 bytes$"):
+                ex.sell("AAPL", "1", "99.00", id="x" * 5000)
             with pytest.raises(RequestFailed, match=r"^bad_request: Expected `int`, got `str` - at `\$.levels`$"):
                 await ex.book("AAPL", "5")  # type: ignore[arg-type]
             assert isinstance(await pending, R.BalancesReply)
