@@ -38,6 +38,9 @@ def test_an_operator_adds_funds_and_disables_accounts_and_a_ref_never_counts_twi
         assert (run.returncode, run.stdout) == (0, "account carol added\n")
         again = tickline("accounts", "add", "carol", "--password-stdin", "--data-dir", str(data), stdin="x\n")
         assert (again.returncode, again.stderr) == (1, "tickline: account carol exists already\n")
+        # Reported: without a terminal and without --password-stdin, a traceback (getpass's EOFError).
+        untyped = tickline("accounts", "add", "dave", "--data-dir", str(data), stdin="")
+        assert (untyped.returncode, untyped.stderr.splitlines()[-1]) == (1, "tickline: no password typed (to give one on standard input: --password-stdin)")
         assert stat.S_IMODE((data / "admin.sock").stat().st_mode) == 0o600
         assert stat.S_IMODE((data / "accounts.sqlite").stat().st_mode) == 0o600
 

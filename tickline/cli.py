@@ -360,8 +360,13 @@ def _accounts(args: argparse.Namespace) -> int:
             if args.password_stdin:
                 password = sys.stdin.readline().rstrip("\n")
             else:
-                password = getpass.getpass(f"password for {args.name}: ")
-                if getpass.getpass("again: ") != password:
+                try:
+                    password = getpass.getpass(f"password for {args.name}: ")
+                    again = getpass.getpass("again: ")
+                except EOFError:
+                    sys.stderr.write("\n")  # (after the prompt)
+                    raise OperatorError("no password typed (to give one on standard input: --password-stdin)") from None
+                if again != password:
                     raise OperatorError("the passwords differ")
             admin.add(args.name, password)
             sys.stdout.write(f"account {args.name} added\n")
