@@ -313,23 +313,32 @@ def test_the_two_orders_of_an_oco_pair_never_both_trade(stream: list[Command]) -
         assert book.pairs == links
 
 
+cod_orders = st.builds(lambda order: msgspec.structs.replace(order, cod=True), new_orders)
+other_symbol = st.builds(lambda order: msgspec.structs.replace(order, symbol="OTHER"), new_orders)
+named_orders = st.builds(lambda order, cid: msgspec.structs.replace(order, client_id=cid), new_orders, st.sampled_from(["x", "y"]))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.data())
-def test_moves_of_open_orders_make_exactly_the_events_of_the_general_path(data: st.DataObject) -> None:
-    # Most of a busy book's commands move an open order to a new price (Book._move, its fast
-    # path); the streams above rarely name an open order with its owner. Here a move names
-    # one (or its owner gets it wrong, or the price is where it is), and its events, market
-    # data included, must be those of a book without the fast path.
+def test_moves_new_orders_and_cancels_make_exactly_the_events_of_the_general_path(data: st.DataObject) -> None:
+    # Most of a busy book's commands move an open order to a new price, rest a new one or
+    # cancel one (Book._move, _post and _pull, its fast paths); the streams above rarely
+    # name an open order with its owner. Here a move or cancel names one (or its owner gets
+    # it wrong, or the price is where it is), and every command's events, market data
+    # included, must be those of a book without the fast paths.
     fast, general = Book(TEST), Book(TEST)
-    general._move = lambda seq, cmd: None  # type: ignore[method-assign]
+    general._move = general._post = general._pull = lambda seq, cmd: None  # type: ignore[method-assign]
     for seq in range(1, data.draw(st.integers(1, 80)) + 1):
         open_ids = sorted(fast.orders)
         if open_ids and data.draw(st.integers(0, 9)) < 6:
             order = fast.orders[data.draw(st.sampled_from(open_ids))]
             owner = data.draw(st.sampled_from([order.owner] * 4 + OWNERS))
-            cmd: Command = Replace("TEST", order.order_id, data.draw(qtys), data.draw(st.one_of(prices, st.none())), owner)
+            if data.draw(st.booleans()):
+                cmd: Command = Replace("TEST", order.order_id, data.draw(qtys), data.draw(st.one_of(prices, st.none())), owner)
+            else:
+                cmd = Cancel("TEST", order.order_id, owner)
         else:
-            cmd = data.draw(st.one_of(new_orders, new_orders, icebergs, stop_orders, oco_orders))
+            cmd = data.draw(st.one_of(new_orders, named_orders, icebergs, stop_orders, oco_orders, cod_orders, other_symbol))
         assert fast.apply(seq, cmd) == general.apply(seq, cmd), f"command {seq}: {cmd}"
         assert (fast.md_seq, fast.quote) == (general.md_seq, general.quote)
     assert fast.state_hash() == general.state_hash()
