@@ -181,6 +181,8 @@ class Book:
         self._match_no = 0  # how many so far (trade ids are <cause>-<n>: fired stops trade in the same command)
         self._hi, self._lo = 0, 0  # the highest and lowest price they printed at (0: none since the stops looked)
         self.pairs: dict[int, int] = {}  # OCO: order id -> the other's, both ways (from the orders' oco)
+        # A replace's or new order's terms in range, positive (check_replace's common case, for the fast paths).
+        self._ranges = (max(1, instrument.min_qty), instrument.max_qty, max(1, instrument.min_price), instrument.max_price)
 
     # ------------------------------------------------------------------ commands
 
@@ -283,8 +285,8 @@ class Book:
         if cmd.tif is not GTC or price is None or cmd.stop is not None or cmd.show is not None or cmd.oco is not None or cmd.symbol != self.symbol:
             return None
         qty = cmd.qty
-        inst = self.instrument
-        if not (0 < qty and inst.min_qty <= qty <= inst.max_qty and 0 < price and inst.min_price <= price <= inst.max_price):
+        least_qty, most_qty, least_price, most_price = self._ranges
+        if not (least_qty <= qty <= most_qty and least_price <= price <= most_price):
             return None
         side = cmd.side
         if side is BUY:
@@ -555,8 +557,8 @@ class Book:
         old_price = order.price
         assert old_price is not None  # a resting order has a price
         qty = cmd.qty
-        inst = self.instrument
-        if price == old_price or not (0 < qty and inst.min_qty <= qty <= inst.max_qty and 0 < price and inst.min_price <= price <= inst.max_price):
+        least_qty, most_qty, least_price, most_price = self._ranges
+        if price == old_price or not (least_qty <= qty <= most_qty and least_price <= price <= most_price):
             return None
         side = order.side
         if side is BUY:

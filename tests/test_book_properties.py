@@ -315,6 +315,10 @@ def test_the_two_orders_of_an_oco_pair_never_both_trade(stream: list[Command]) -
 
 cod_orders = st.builds(lambda order: msgspec.structs.replace(order, cod=True), new_orders)
 other_symbol = st.builds(lambda order: msgspec.structs.replace(order, symbol="OTHER"), new_orders)
+out_of_range_qtys, out_of_band = st.sampled_from([0, -1, 1001]), st.sampled_from([0, 10_001])  # (TEST: 1..1000 lots, 1..10000 ticks)
+off_limits = st.builds(
+    lambda order, qty, price: msgspec.structs.replace(order, qty=qty, price=price), new_orders, st.one_of(qtys, out_of_range_qtys), st.one_of(prices, out_of_band)
+)
 named_orders = st.builds(lambda order, cid: msgspec.structs.replace(order, client_id=cid), new_orders, st.sampled_from(["x", "y"]))
 
 
@@ -334,11 +338,12 @@ def test_moves_new_orders_and_cancels_make_exactly_the_events_of_the_general_pat
             order = fast.orders[data.draw(st.sampled_from(open_ids))]
             owner = data.draw(st.sampled_from([order.owner] * 4 + OWNERS))
             if data.draw(st.booleans()):
-                cmd: Command = Replace("TEST", order.order_id, data.draw(qtys), data.draw(st.one_of(prices, st.none())), owner)
+                qty, price = data.draw(st.one_of(qtys, qtys, qtys, out_of_range_qtys)), data.draw(st.one_of(prices, prices, st.none(), out_of_band))
+                cmd: Command = Replace("TEST", order.order_id, qty, price, owner)
             else:
                 cmd = Cancel("TEST", order.order_id, owner)
         else:
-            cmd = data.draw(st.one_of(new_orders, named_orders, icebergs, stop_orders, oco_orders, cod_orders, other_symbol))
+            cmd = data.draw(st.one_of(new_orders, named_orders, icebergs, stop_orders, oco_orders, cod_orders, other_symbol, off_limits))
         events = fast.apply(seq, cmd)
         assert events == general.apply(seq, cmd), f"command {seq}: {cmd}"
         assert [e for e in events if not isinstance(e, (BookLevelChanged, Quote))] == quiet.apply(seq, cmd)
