@@ -147,7 +147,8 @@ class Exchange:
         return (await self._query(Q.StatsQuery(), R.StatsReply)).figures
 
     async def reports_since(self, since: int) -> R.ReportsReply:
-        """Execution reports caused by commands after journal seq `since` (after a reconnect)."""
+        """Execution reports caused by commands after journal seq `since` (after a reconnect),
+        a page at a time: while the reply's `more` is true, ask again from its `through`."""
         return await self._query(Q.ReportsQuery(since), R.ReportsReply)
 
     async def ping(self) -> None:

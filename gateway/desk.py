@@ -30,7 +30,7 @@ from telemetry.registry import Telemetry
 log = structlog.get_logger("gateway")
 ADDED = Liquidity.ADDED
 # REPORTS: (owner, since) -> (the owner's report events after since, the seq they run through)
-ReportsSource = Callable[[str, int], Awaitable[tuple[list[Report], int]]]
+ReportsSource = Callable[[str, int], Awaitable[tuple[list[Report], int, bool]]]  # a page: reports, through, more
 MAX_BOOK_LEVELS = 1000
 ALL_ORDERS = OrdersQuery()  # the first page, every symbol
 MAX_ORDERS_PAGE = 10_000
@@ -258,12 +258,12 @@ class OrderDesk:
             return
 
         async def fetch() -> R.Reply:
-            events, through = await source(owner, since)
+            events, through, more = await source(owner, since)
             structs = []
             for e in events:
                 _, struct, fields = report_fields(e, self.instruments)
                 structs.append(cast(R.ReportStruct, struct(*fields)))
-            return R.ReportsReply(since, through, structs)
+            return R.ReportsReply(since, through, structs, more)
 
         self._lookup(fetch(), done, "reports", owner)
 

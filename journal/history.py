@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 
 from exchange.instruments import Instrument
 from journal.market import BestPrices, Market
-from journal.queries import Report, TradeRow, reports_of, trades_from
+from journal.queries import Report, TradeRow, reports_page, trades_from
 from protocol import replies as R
 from protocol.requests import MarketQuery
 
@@ -27,10 +27,11 @@ class History:
         self.market = Market(trades, instruments, best)
         self._opening = asyncio.Lock()
 
-    async def reports(self, owner: str, since: int) -> tuple[list[Report], int]:
-        """The owner's reports caused by commands after since, and the seq they run through."""
+    async def reports(self, owner: str, since: int) -> tuple[list[Report], int, bool]:
+        """A page of the owner's reports caused by commands after since, the seq they run
+        through, and whether there are more (journal/queries.py reports_page)."""
         through = await self.caught_up()
-        return await asyncio.to_thread(reports_of, self.trades, owner, since, through), through
+        return await asyncio.to_thread(reports_page, self.trades, owner, since, through)
 
     async def answer(self, query: MarketQuery) -> R.Reply:
         """TICKER, KLINES, TRADES."""

@@ -221,15 +221,37 @@ def order_line(row: dict) -> str:
 _decode_report = msgspec.msgpack.Decoder(Report).decode
 
 
+MAX_REPORTS_PAGE = 10_000  # REPORTS answers at most this many (and the whole of its first command's)
+_REPORTS_SQL = "SELECT r.seq, r.report FROM parts JOIN reports r ON r.part = parts.p AND r.owner = ? WHERE r.seq > ? AND r.seq <= ? ORDER BY r.seq, r.n"
+
+
 def reports_of(db: Path, owner: str, since: int, through: int) -> list[Report]:
     """An owner's execution reports caused by commands with since < seq <= through, in order."""
+    return reports_page(db, owner, since, through, None)[0]
+
+
+def reports_page(db: Path, owner: str, since: int, through: int, limit: int | None = MAX_REPORTS_PAGE) -> tuple[list[Report], int, bool]:
+    """Up to `limit` of those reports, whole commands: (the reports, the seq they run through,
+    whether there are more after it). A command whose reports alone are more than a page
+    comes whole (one sweep's fills: as many as the book had orders)."""
     if not db.exists():
-        return []
+        return [], through, False
     with connect_readonly(db) as conn:
         with_parts, args = _parts(since + 1, through)
-        sql = with_parts + "SELECT r.report FROM parts JOIN reports r ON r.part = parts.p AND r.owner = ? WHERE r.seq > ? AND r.seq <= ? ORDER BY r.seq, r.n"
-        rows = conn.execute(sql, [*args, owner, since, through])
-        return [_decode_report(r[0]) for r in rows]
+        rows = conn.execute(with_parts + _REPORTS_SQL + " LIMIT ?", [*args, owner, since, through, -1 if limit is None else limit + 1]).fetchall()
+        if limit is None or len(rows) <= limit:
+            return [_decode_report(r[1]) for r in rows], through, False
+        cut = rows[limit][0]  # the command of the first report left out
+        if rows[0][0] != cut:
+            return [_decode_report(r[1]) for r in rows[:limit] if r[0] < cut], cut - 1, True
+        # One command fills the page: all of its reports, and whether any come after it.
+        with_parts, args = _parts(cut, through)
+        whole: list[Report] = []
+        for seq, blob in conn.execute(with_parts + _REPORTS_SQL, [*args, owner, cut - 1, through]):
+            if seq != cut:
+                return whole, cut, True
+            whole.append(_decode_report(blob))
+        return whole, cut, False
 
 
 def outcome(conn: sqlite3.Connection, seq: int, owner: str, instruments: dict[str, Instrument], target: int | None = None) -> str:

@@ -164,6 +164,7 @@ class ReportsReply(_Reply, frozen=True, tag="reports"):
     since: int
     through: int  # pass it as since= next time to get only what is newer
     reports: list[ReportStruct]
+    more: bool = False  # a page (journal/queries.py MAX_REPORTS_PAGE): there are reports after through
 
 
 class TickerReply(_Reply, frozen=True, tag="ticker"):
@@ -362,7 +363,7 @@ def to_text(r: Reply) -> bytes:
     elif type(r) is StatsReply:
         s = "STATS " + " ".join(f"{k}={v}" for k, v in r.figures.items()) + "\n"
     elif type(r) is ReportsReply:
-        head = f"REPORTS since={r.since} through={r.through} count={len(r.reports)}\n".encode()
+        head = f"REPORTS since={r.since} through={r.through} count={len(r.reports)}{' more' if r.more else ''}\n".encode()
         return head + b"".join(to_text(x) for x in r.reports) + b"END\n"
     else:
         raise TypeError(f"not a reply: {r!r}")

@@ -261,3 +261,25 @@ def test_orders_come_a_page_at_a_time_so_a_big_book_never_makes_a_reply_too_big(
     assert c.ask('{"op":"orders","symbol":"AAPL","limit":1}') == [
         '{"type":"orders","orders":[{"order_id":62,"side":"BUY","symbol":"AAPL","qty":"1","price":"101.00","tif":"GTC"}],"next":62}'
     ]
+
+
+def test_reports_come_a_page_at_a_time_of_whole_commands(server: Server) -> None:
+    # Seen reading the code: REPORTS read every report of the account into one reply. An
+    # account with a million fills asked for ~100 MB at once, held in memory by each such
+    # request. Now at most 10,000 reports a page (of whole commands); `more` says there are
+    # more, and the page's through= is the next since=.
+    maker, taker = server.client("t1"), server.client("t2")
+    sell = maker.ask("SELL AAPL 10001 100")[0]
+    seq = int(sell.split()[1])
+    taker.send("BUY AAPL 1 100 IOC\n" * 10_001)
+    assert taker.lines(20_002, timeout=60)[-1] == f"FILL {seq + 10_001} AAPL BUY 1 100.00 leaves=0 trade={seq + 10_001}-1 liq=R"
+    assert maker.lines(10_001, timeout=60)[-1] == f"FILL {seq} AAPL SELL 1 100.00 leaves=0 trade={seq + 10_001}-1 liq=A"  # (live)
+    assert maker.ask("REPORTS since=0") == [f"REPORTS since=0 through={seq + 10_000} count=10000 more"]
+    page = maker.until("END", timeout=30)
+    assert len(page) == 10_001 and page[0] == f"FILL {seq} AAPL SELL 1 100.00 leaves=10000 trade={seq + 1}-1 liq=A"
+    assert maker.ask(f"REPORTS since={seq + 10_000}", 3) == [
+        f"REPORTS since={seq + 10_000} through={seq + 10_001} count=1",
+        f"FILL {seq} AAPL SELL 1 100.00 leaves=0 trade={seq + 10_001}-1 liq=A",
+        "END",
+    ]
+    assert maker.ask(f'{{"op":"reports","since":{seq + 9_999}}}')[0].startswith(f'{{"type":"reports","since":{seq + 9_999},"through":{seq + 10_001},"reports":[')

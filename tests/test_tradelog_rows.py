@@ -9,7 +9,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from journal.queries import order_line, orders, reports_of
+from journal.queries import order_line, orders, reports_of, reports_page
 from journal.records import encode_batch
 from journal.tradelog_writer import INTERVALS, Frame, IsoClock, Piece, Writer, create_tables, fold_candles, iso
 from protocol.messages import TIF, Cancel, Canceled, NewOrder, Reason, Refusal, Side, Transfer
@@ -172,3 +172,27 @@ def test_a_reader_upgrades_a_log_of_an_older_layout_before_it_reads(tmp_path: Pa
     conn.close()
     assert [r.seq for r in reports_of(db, "alice", 0, 10_000)] == [5000]
     assert [r.seq for r in reports_of(db, "alice", 4999, 5000)] == [5000]
+
+
+def test_a_page_of_reports_ends_between_commands_and_says_whether_there_are_more(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    create_tables(db).close()
+    writer = Writer(str(db))
+    writer.write(Frame(0, [], {"AAPL": ("0.01", "1")}, {"USD": "0.01", "AAPL": "1"}))
+    counts = {5: 3, 6: 1, 7: 2, 9: 1}  # command seq -> alice's reports it caused (a sweep: several)
+    reports = [canceled(seq, "alice") for seq, n in counts.items() for _ in range(n)] + [canceled(8, "bob")]
+    writer.write(Frame(len(reports), [msgspec.Raw(msgspec.msgpack.encode(Piece(reports=reports)))]))
+    writer.conn.close()
+
+    def page(since: int, limit: int) -> tuple[list[int], int, bool]:
+        got, through, more = reports_page(db, "alice", since, 10, limit)
+        return [r.seq for r in got], through, more
+
+    assert page(0, 2) == ([5, 5, 5], 5, True)  # one command's reports never split, even past the page
+    assert page(5, 2) == ([6], 6, True)  # 6 and one of 7's would split 7
+    assert page(6, 2) == ([7, 7], 8, True)  # through the command before the first one left out
+    assert page(7, 2) == ([9], 10, False)
+    assert page(0, 7) == ([5, 5, 5, 6, 7, 7, 9], 10, False) and page(0, 6) == ([5, 5, 5, 6, 7, 7], 8, True)
+    assert page(9, 2) == ([], 10, False) and reports_page(db, "bob", 0, 10, 1) == ([canceled(8, "bob")], 10, False)
+    assert page(6, 1) == ([7, 7], 7, True) and page(0, 1) == ([5, 5, 5], 5, True)  # one more command after it: more
+    assert reports_page(db, "alice", 6, 7, 1) == ([canceled(7, "alice")] * 2, 7, False)  # nothing after it up to through
