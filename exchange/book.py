@@ -294,11 +294,12 @@ class Book:
         else:
             half, other = self.asks, self.bids
         heap = other.heap
-        best = heap[0] * other.sign if heap else None
-        if best is not None and best not in other.levels:
+        if heap and (price >= heap[0] * other.sign if side is BUY else price <= heap[0] * other.sign):
+            # At or past the nearest opposite price the heap holds (live or dormant: the
+            # best live one is no nearer), so it may trade: against the best live one?
             best = other.best()
-        if best is not None and (price >= best if side is BUY else price <= best):
-            return None  # it trades
+            if best is not None and (price >= best if side is BUY else price <= best):
+                return None  # it trades
         symbol = self.symbol
         out: list[Event] = [Accepted(seq, symbol, side, qty, price, GTC, cmd.owner, cmd.client_id, None, None)]
         order = Order(seq, side, price, qty, GTC, cmd.owner, cmd.client_id)
@@ -566,11 +567,12 @@ class Book:
         else:
             half, other = self.asks, self.bids
         heap = other.heap
-        best = heap[0] * other.sign if heap else None
-        if best is not None and best not in other.levels:
+        if heap and (price >= heap[0] * other.sign if side is BUY else price <= heap[0] * other.sign):
+            # At or past the nearest opposite price the heap holds (live or dormant: the
+            # best live one is no nearer), so it may trade: against the best live one?
             best = other.best()
-        if best is not None and (price >= best if side is BUY else price <= best):
-            return None  # it trades
+            if best is not None and (price >= best if side is BUY else price <= best):
+                return None  # it trades
         order.touched = True
         levels = half.levels
         level = levels[old_price]

@@ -338,7 +338,10 @@ def test_moves_new_orders_and_cancels_make_exactly_the_events_of_the_general_pat
             order = fast.orders[data.draw(st.sampled_from(open_ids))]
             owner = data.draw(st.sampled_from([order.owner] * 4 + OWNERS))
             if data.draw(st.booleans()):
-                qty, price = data.draw(st.one_of(qtys, qtys, qtys, out_of_range_qtys)), data.draw(st.one_of(prices, prices, st.none(), out_of_band))
+                bid, ask = fast.bbo()
+                opposite = ask if order.side is Side.BUY else bid  # (a move to exactly its price trades)
+                touch = [st.just(opposite[0])] * 2 if opposite else []
+                qty, price = data.draw(st.one_of(qtys, qtys, qtys, out_of_range_qtys)), data.draw(st.one_of(prices, prices, st.none(), out_of_band, *touch))
                 cmd: Command = Replace("TEST", order.order_id, qty, price, owner)
             else:
                 cmd = Cancel("TEST", order.order_id, owner)
@@ -349,3 +352,26 @@ def test_moves_new_orders_and_cancels_make_exactly_the_events_of_the_general_pat
         assert [e for e in events if not isinstance(e, (BookLevelChanged, Quote))] == quiet.apply(seq, cmd)
         assert (fast.md_seq, fast.quote) == (general.md_seq, general.quote) == (quiet.md_seq, quiet.quote)
     assert fast.state_hash() == general.state_hash() == quiet.state_hash()
+
+
+def test_orders_moved_or_entered_at_exactly_the_opposite_best_trade_and_a_dormant_price_does_not_count() -> None:
+    # (the fast paths test the heap's top price first, live or dormant: each edge, both sides)
+    for side, mine, near, far in ((Side.BUY, 98, 101, 102), (Side.SELL, 105, 102, 101)):
+        other = Side.SELL if side is Side.BUY else Side.BUY
+        cases = [  # (the command, whether the near opposite order was canceled first, the price it trades at)
+            (NewOrder("TEST", side, 1, near, TIF.GTC, "a"), False, near),
+            (Replace("TEST", 1, 1, near, "a"), False, near),
+            (NewOrder("TEST", side, 1, near, TIF.GTC, "a"), True, None),  # near is dormant: it rests
+            (Replace("TEST", 1, 1, near, "a"), True, None),
+            (Replace("TEST", 1, 1, far, "a"), True, far),
+        ]
+        for cmd, cancel_near, traded_at in cases:
+            fast, general = Book(TEST), Book(TEST)
+            general._move = general._post = general._pull = lambda seq, cmd: None  # type: ignore[method-assign]
+            setup: list[Command] = [NewOrder("TEST", side, 1, mine, TIF.GTC, "a"), NewOrder("TEST", other, 1, near, TIF.GTC, "b"), NewOrder("TEST", other, 1, far, TIF.GTC, "b")]
+            if cancel_near:
+                setup.append(Cancel("TEST", 2, "b"))
+            for seq, c in enumerate([*setup, cmd], 1):
+                events = fast.apply(seq, c)
+                assert events == general.apply(seq, c), f"{side} {c}"
+            assert [e.price for e in events if isinstance(e, Trade)] == ([] if traded_at is None else [traded_at]), f"{side} {cmd}: {events}"
