@@ -12,7 +12,7 @@ Data layout (shaped by bench/engine.py; the hot path is replace, 82% of the stan
 - self.orders maps order_id -> Order for O(1) cancel and replace.
 - the commonest commands, done whole without the general path's list of touched levels:
   a plain resting order moved to a price where it does not trade (`_move`), a plain GTC
-  limit order that rests (`_post`), a cancel of a resting order (`_pull`): -18%
+  limit order that rests (`_post`), a cancel of a resting order (`_pull`): -19.5%
   instructions per command of the mix (bench/engine.py). A property test holds their
   events, market data included, to those of the general path.
 
