@@ -3,6 +3,7 @@ server process (issue: step 8)."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
@@ -273,3 +274,22 @@ def test_an_account_may_have_at_most_max_open_orders_and_a_restart_still_counts_
         assert c.ask("BUY AAPL 1 98.00")[0].startswith("ACK ")
     finally:
         server.kill()
+
+
+def test_the_command_line_refuses_a_port_or_a_count_out_of_range_and_a_directory_no_server_wrote(tmp_path: Path) -> None:
+    # Reported: `serve --port 99999` listened on 34463 (bind keeps the lowest 16 bits),
+    # TICKLINE_PORT=abc was a ValueError traceback, `--max-backlog -5` was taken, and
+    # `balances` on a mistyped --data-dir printed "balances after journal seq 0", exit 0.
+    port = tickline("serve", "--port", "99999", "--data-dir", str(tmp_path / "d"))
+    assert (port.returncode, port.stderr.splitlines()[-1]) == (2, "tickline serve: error: argument --port: '99999' is not a port: 0 (any) to 65535")
+    env = subprocess.run(
+        [sys.executable, "-m", "tickline.cli", "serve"], cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "TICKLINE_PORT": "abc"}
+    )
+    assert (env.returncode, env.stderr.splitlines()[-1]) == (2, "tickline serve: error: argument --port: 'abc' is not a port: 0 (any) to 65535")
+    backlog = tickline("serve", "--max-backlog", "-5", "--data-dir", str(tmp_path / "d"))
+    assert (backlog.returncode, backlog.stderr.splitlines()[-1]) == (2, "tickline serve: error: argument --max-backlog: '-5' is not a whole number of at least 1")
+    assert not (tmp_path / "d").exists()
+    nowhere = str(tmp_path / "typo")
+    for command in (("balances",), ("replay", "--verify")):
+        run = tickline(*command, "--data-dir", nowhere)
+        assert (run.returncode, run.stdout, run.stderr) == (1, "", f"tickline: no journal in {nowhere}: is --data-dir (or TICKLINE_DATA) the server's data directory?\n")

@@ -32,33 +32,33 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the exchange")
     _common(serve)
     serve.add_argument("--host", default=env("TICKLINE_HOST", "127.0.0.1"), help="order-entry address (TICKLINE_HOST)")
-    serve.add_argument("--port", type=int, default=int(env("TICKLINE_PORT", "7001")), help="order-entry port, 0 for any (TICKLINE_PORT)")
+    serve.add_argument("--port", type=_port, default=env("TICKLINE_PORT", "7001"), help="order-entry port, 0 for any (TICKLINE_PORT)")
     serve.add_argument("--md-host", default=env("TICKLINE_MD_HOST", "127.0.0.1"), help="market-data address (TICKLINE_MD_HOST)")
-    serve.add_argument("--md-port", type=int, default=int(env("TICKLINE_MD_PORT", "7002")), help="market-data port, 0 for any (TICKLINE_MD_PORT)")
+    serve.add_argument("--md-port", type=_port, default=env("TICKLINE_MD_PORT", "7002"), help="market-data port, 0 for any (TICKLINE_MD_PORT)")
     serve.add_argument("--web-host", default=env("TICKLINE_WEB_HOST", "127.0.0.1"), help="dashboard address (TICKLINE_WEB_HOST)")
-    serve.add_argument("--web-port", type=int, default=int(env("TICKLINE_WEB_PORT", "7080")), help="dashboard port, 0 for any (TICKLINE_WEB_PORT)")
+    serve.add_argument("--web-port", type=_port, default=env("TICKLINE_WEB_PORT", "7080"), help="dashboard port, 0 for any (TICKLINE_WEB_PORT)")
     serve.add_argument("--no-web", action="store_true", help="no dashboard, no /metrics")
-    serve.add_argument("--md-hard-cap", type=int, default=8 * 1024 * 1024, help="unread bytes before a subscriber is disconnected")
+    serve.add_argument("--md-hard-cap", type=_at_least_one, default=8 * 1024 * 1024, help="unread bytes before a subscriber is disconnected")
     serve.add_argument("--md-pause-deadline", type=float, default=10.0, help="seconds a subscriber may stop reading")
-    serve.add_argument("--snapshot-every", type=int, default=int(env("TICKLINE_SNAPSHOT_EVERY", "50000")), help="commands between snapshots, at most")
+    serve.add_argument("--snapshot-every", type=int, default=env("TICKLINE_SNAPSHOT_EVERY", "50000"), help="commands between snapshots, at most")
     serve.add_argument(
-        "--snapshot-interval", type=float, default=float(env("TICKLINE_SNAPSHOT_INTERVAL", "10")), help="seconds between snapshots, at most (when busy)"
+        "--snapshot-interval", type=float, default=env("TICKLINE_SNAPSHOT_INTERVAL", "10"), help="seconds between snapshots, at most (when busy)"
     )
-    serve.add_argument("--segment-mb", type=int, default=int(env("TICKLINE_SEGMENT_MB", "64")), help="journal segment size in MiB before rotating")
+    serve.add_argument("--segment-mb", type=_at_least_one, default=env("TICKLINE_SEGMENT_MB", "64"), help="journal segment size in MiB before rotating")
     serve.add_argument("--retention", choices=["keep", "delete"], default=env("TICKLINE_RETENTION", "keep"), help="journal segments covered by snapshots")
     serve.add_argument(
-        "--max-backlog", type=int, default=int(env("TICKLINE_MAX_BACKLOG", "8000")),
+        "--max-backlog", type=_at_least_one, default=env("TICKLINE_MAX_BACKLOG", "8000"),
         help="commands accepted and not yet matched before the server stops reading from clients (until half that)",
     )  # fmt: skip
     serve.add_argument(
         "--log-recovered-state", action="store_true",
         help="log the recovered state's hash at start, as `tickline replay` prints it (about 1 s per million open orders)",
     )  # fmt: skip
-    serve.add_argument("--max-connections", type=int, default=5000, help="order-entry connections in all")
-    serve.add_argument("--max-connections-per-address", type=int, default=500, help="order-entry connections from one client address")
+    serve.add_argument("--max-connections", type=_at_least_one, default=5000, help="order-entry connections in all")
+    serve.add_argument("--max-connections-per-address", type=_at_least_one, default=500, help="order-entry connections from one client address")
     serve.add_argument("--login-timeout", type=float, default=60.0, help="seconds an order-entry connection may stay without logging in (0: no limit)")
     serve.add_argument("--max-open-orders", type=_at_least_one, default=MAX_OPEN_ORDERS, help="open orders one account may have (resting, pending stops)")
-    serve.add_argument("--tradelog-max-rows", type=int, default=int(env("TICKLINE_TRADELOG_MAX_ROWS", "500000")), help="trade log queue bound")
+    serve.add_argument("--tradelog-max-rows", type=_at_least_one, default=env("TICKLINE_TRADELOG_MAX_ROWS", "500000"), help="trade log queue bound")
     serve.add_argument("--log-level", default=env("TICKLINE_LOG_LEVEL", "info"))
     serve.add_argument("--tls-cert", type=Path, default=env("TICKLINE_TLS_CERT"), help="certificate chain (PEM): both ports speak TLS")
     serve.add_argument("--tls-key", type=Path, default=env("TICKLINE_TLS_KEY"), help="its private key (PEM)")
@@ -87,23 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     cluster = commands.add_parser("cluster", help="the exchange as processes over a NATS JetStream cluster (docs/SCALING.md)")
     steps = cluster.add_subparsers(dest="action", required=True)
     up = steps.add_parser("up", help="start 3 NATS nodes and every role in the background")
-    up.add_argument("--gateways", type=int, default=1, help="gateway processes (all on --port)")
-    up.add_argument("--notifiers", type=int, default=1, help="market-data processes (all on --md-port)")
-    up.add_argument("--risk-shards", type=int, default=1, help="accounts are spread over these by hash")
+    up.add_argument("--gateways", type=_at_least_one, default=1, help="gateway processes (all on --port)")
+    up.add_argument("--notifiers", type=_at_least_one, default=1, help="market-data processes (all on --md-port)")
+    up.add_argument("--risk-shards", type=_at_least_one, default=1, help="accounts are spread over these by hash")
     up.add_argument("--engine", action="append", default=[], metavar="SYMBOL=SHARD", help="a symbol's engine shard (default 0); repeat")
-    up.add_argument("--port", type=int, default=int(env("TICKLINE_PORT", "7001")))
-    up.add_argument("--md-port", type=int, default=int(env("TICKLINE_MD_PORT", "7002")))
-    up.add_argument("--nats-port", type=int, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
+    up.add_argument("--port", type=_port, default=env("TICKLINE_PORT", "7001"))
+    up.add_argument("--md-port", type=_port, default=env("TICKLINE_MD_PORT", "7002"))
+    up.add_argument("--nats-port", type=_port, default=4222, help="the first NATS node's client port (+1, +2 for the others; routes at +2000)")
     up.add_argument("--instruments", default=env("TICKLINE_INSTRUMENTS"))
     up.add_argument("--demo", action="store_true", help="with no accounts yet: create alice and bob, funded (as serve --demo)")
     up.add_argument("--max-open-orders", type=_at_least_one, help="open orders one account may have: set when the cluster is first brought up (default 1000000)")
     up.add_argument("--snapshot-every", type=int, default=100_000, help="commands each role applies between its snapshots (0: none written)")
     up.add_argument(
-        "--max-backlog", type=_at_least_one, default=int(env("TICKLINE_MAX_BACKLOG", "8000")),
+        "--max-backlog", type=_at_least_one, default=env("TICKLINE_MAX_BACKLOG", "8000"),
         help="a gateway's commands not decided yet past which it stops reading from its clients (TICKLINE_MAX_BACKLOG)",
     )  # fmt: skip
     up.add_argument(
-        "--compact-every", type=float, default=float(env("TICKLINE_COMPACT_EVERY", "60")), metavar="SECONDS",
+        "--compact-every", type=float, default=env("TICKLINE_COMPACT_EVERY", "60"), metavar="SECONDS",
         help="the supervisor runs `cluster compact` this often (default 60; 0: never; TICKLINE_COMPACT_EVERY)",
     )  # fmt: skip
     up.add_argument("--no-supervise", action="store_true", help="start the roles and leave them: a role that dies stays down (by default a supervisor process restarts it)")
@@ -177,6 +177,13 @@ def _at_least_one(text: str) -> int:
     return int(text)
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 for any (bind would take 99999 as 34463: the lowest 16 bits)."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: 0 (any) to 65535")
+    return int(text)
+
+
 def _since(text: str) -> str:
     from journal.queries import since_value
 
@@ -203,6 +210,12 @@ def _not_a_cluster(data_dir: Path, why: str) -> None:
     """Refuse a `tickline cluster` directory where a serve data directory is meant."""
     if (Path(data_dir) / "cluster.json").exists():
         raise OperatorError(f"{data_dir} is a `tickline cluster` directory: {why}")
+
+
+def _has_journal(data_dir: Path) -> None:
+    """Refuse a directory no server has written (a mistyped --data-dir read as empty)."""
+    if not DataDir(data_dir).journal.is_dir():
+        raise OperatorError(f"no journal in {data_dir}: is --data-dir (or TICKLINE_DATA) the server's data directory?")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -404,6 +417,7 @@ def _balances(args: argparse.Namespace) -> int:
     else:
         from journal.recovery import latest_state
 
+        _has_journal(args.data_dir)
         engine, _, last = latest_state(args.data_dir, load_instruments(args.instruments))
         rows, assets = engine.risk.state()[0], engine.risk.assets
         sys.stdout.write(f"balances after journal seq {last}\n")
@@ -419,6 +433,7 @@ def _replay(args: argparse.Namespace) -> int:
     from journal.verify import verify
 
     _not_a_cluster(args.data_dir, "its journal is its JetStream stream, not files here; `tickline replay` reads a `tickline serve` data directory")
+    _has_journal(args.data_dir)
     v = verify(args.data_dir, load_instruments(args.instruments))
     out = sys.stdout.write
     out(f"journal: {v.commands:,} commands; full replay state {v.full_hash}\n")
