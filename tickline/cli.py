@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     _common(trades)
     trades.add_argument("--symbol")
     trades.add_argument("--since", type=_since, help="a journal sequence number or an ISO-8601 time (UTC unless it says)")
-    trades.add_argument("--limit", type=int)
+    trades.add_argument("--limit", type=_at_least_one)
 
     orders = commands.add_parser("orders", help="print the audit: every request (new, cancel, replace), journaled or refused, with its outcome")
     _common(orders)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     orders.add_argument("--symbol")
     orders.add_argument("--status", choices=["accepted", "rejected"])
     orders.add_argument("--since", type=_since, help="an order id or an ISO-8601 time (UTC unless it says)")
-    orders.add_argument("--limit", type=int)
+    orders.add_argument("--limit", type=_at_least_one)
 
     args = parser.parse_args(argv)
     from tickline.logs import configure
