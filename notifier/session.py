@@ -140,15 +140,21 @@ class Subscriber(asyncio.Protocol):
         if self.input_closed and self.transport is not None:
             self.transport.close()
 
-    def _subscribe(self, req: M.Subscribe, is_json: bool) -> None:
-        kinds = M.kinds_of(req.kinds)
-        symbols = list(self.nf.feeds) if req.symbol == "*" else [req.symbol]
+    def _kinds(self, symbol: str, kinds_text: str, is_json: bool) -> frozenset[str] | None:
+        """A SUB's or UNSUB's kinds, if they and the symbol exist (else the ERR is sent)."""
+        kinds = M.kinds_of(kinds_text)
         if kinds is None:
             self._reply(M.MdError("bad_request", "kinds are trades, quotes, book or all"), is_json)
+        elif symbol != "*" and symbol not in self.nf.feeds:
+            self._reply(M.MdError("unknown_symbol", f"no such symbol {symbol[:16]}"), is_json)
+            kinds = None
+        return kinds
+
+    def _subscribe(self, req: M.Subscribe, is_json: bool) -> None:
+        kinds = self._kinds(req.symbol, req.kinds, is_json)
+        if kinds is None:
             return
-        if req.symbol != "*" and req.symbol not in self.nf.feeds:
-            self._reply(M.MdError("unknown_symbol", f"no such symbol {req.symbol[:16]}"), is_json)
-            return
+        symbols = list(self.nf.feeds) if req.symbol == "*" else [req.symbol]
         self.json = req.json or is_json or self.json  # a JSON SUB gets JSON updates
         self.subs[req.symbol] = self.subs.get(req.symbol, frozenset()) | kinds
         named = ",".join(sorted(kinds))
@@ -167,7 +173,9 @@ class Subscriber(asyncio.Protocol):
         self.write(b"".join(out))
 
     def _unsubscribe(self, req: M.Unsubscribe, is_json: bool) -> None:
-        kinds = M.kinds_of(req.kinds) or frozenset()
+        kinds = self._kinds(req.symbol, req.kinds, is_json)  # (a typo must not look done)
+        if kinds is None:
+            return
         left = self.subs.get(req.symbol, frozenset()) - kinds
         if left:
             self.subs[req.symbol] = left

@@ -214,3 +214,14 @@ def test_a_local_book_from_snapshot_and_increments_equals_the_servers_book(serve
     mine = [f"BID {p} {bids[p]}" for p in sorted(bids, key=float, reverse=True)] + [f"ASK {p} {asks[p]}" for p in sorted(asks, key=float)]
     assert mine == expected[1:-1]
     assert expected[0] == f"BOOK ES bids={len(bids)} asks={len(asks)}"
+
+
+def test_unsub_of_a_symbol_or_kinds_that_do_not_exist_says_so(server: Server) -> None:
+    # Seen at nc: `UNSUB AAPLL` (a typo) answered UNSUBSCRIBED AAPLL all while AAPL's updates
+    # kept coming; a JSON unsub with kinds "bogus" answered unsubscribed too.
+    sub = server.subscriber()
+    assert sub.ask("SUB AAPL trades")[0] == "SUBSCRIBED AAPL trades seq=0"
+    assert sub.ask("UNSUB AAPLL") == ["ERR unknown_symbol no such symbol AAPLL"]
+    assert sub.ask('{"op":"unsub","symbol":"AAPL","kinds":"bogus"}') == ['{"type":"err","code":"bad_request","text":"kinds are trades, quotes, book or all"}']
+    assert sub.ask("UNSUB * all") == ["UNSUBSCRIBED * all"]
+    assert sub.ask("UNSUB AAPL") == ["UNSUBSCRIBED AAPL all"]
