@@ -177,6 +177,10 @@ def parse_line(line: bytes) -> Request | BadRequest | None:
         order_id = _int_arg(args[0], "order id")
         return order_id if isinstance(order_id, BadRequest) else CancelOrder(order_id)
     if verb == "REPLACE":
+        if len(args) > 2 and args[2][:1] == "@":  # "REPLACE 12 2 @ 101", as an order's price may be written
+            args = [*args[:2], *([args[2][1:]] if args[2] != "@" else []), *args[3:]]
+            if len(args) == 2:
+                return BadRequest("bad_request", "'@' must be followed by a price")
         if len(args) not in (2, 3):
             return BadRequest("bad_request", "usage: REPLACE <order-id> <qty> [<price>] | REPLACE id=<client-order-id> <qty> [<price>]")
         price = args[2] if len(args) == 3 else None

@@ -118,6 +118,10 @@ def test_a_price_may_follow_an_at_sign_as_people_write_it(server: Server) -> Non
     assert alice.ask("sell aapl 3 @151 id=s1") == ["ACK 62 SELL AAPL 3 151.00 GTC id=s1"]
     assert bob.ask("BUY AAPL 2 @ MKT", 2) == ["ACK 63 BUY AAPL 2 MKT IOC", "FILL 63 AAPL BUY 2 151.00 leaves=0 trade=63-1 liq=R"]
     assert alice.line() == "FILL 62 AAPL SELL 2 151.00 leaves=1 trade=63-1 liq=A id=s1"
+    # and in a REPLACE (seen at nc: "REPLACE id=s1 2 @ 152" answered the usage line)
+    assert alice.ask("REPLACE id=s1 2 @ 152") == ["REPLACED 62 2 152.00 priority=lost id=s1"]
+    assert alice.ask("REPLACE 61 5 @150.30") == ["REPLACED 61 5 150.30 priority=lost"]
+    assert alice.ask("REPLACE 61 5 @") == ["ERR bad_request '@' must be followed by a price"]
 
 
 def test_order_types_over_the_wire(server: Server) -> None:
