@@ -63,6 +63,7 @@ from telemetry.registry import Counter
 log = structlog.get_logger("gateway")
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,32}", re.ASCII)
+BAD_CLIENT_ID = "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"
 # Commands a client may have waiting for the disk before we stop reading from it.
 MAX_INFLIGHT = 20_000
 
@@ -454,7 +455,7 @@ class Connection:
         if not self.owner:
             return self._refuse(req, side, Problem(Reason.NOT_LOGGED_IN, NOT_LOGGED_IN.text), is_json), 0
         if cid is not None and not CLIENT_ID.fullmatch(cid):
-            return self._refuse(req, side, Problem(Reason.BAD_ID, "a client order id is 1-32 of A-Z a-z 0-9 . _ : -"), is_json), 0
+            return self._refuse(req, side, Problem(Reason.BAD_ID, BAD_CLIENT_ID), is_json), 0
         inst = desk.instruments.get(req.symbol.upper())
         if inst is None:
             return self._refuse(req, side, Problem(Reason.UNKNOWN_SYMBOL, f"no such symbol {clip(req.symbol)}; type SYMBOLS"), is_json), 0
@@ -538,10 +539,11 @@ class Connection:
         if order_id is None:
             if cid is None:
                 return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, "name the order: an order id or id=<client-order-id>")
+            if not CLIENT_ID.fullmatch(cid):
+                return 0, None, R.Reject(Reason.BAD_ID.value, BAD_CLIENT_ID)
             order_id = desk.orders.find_client_id(self.owner, cid)
             if order_id is None:
-                shown = cid if CLIENT_ID.fullmatch(cid) else None
-                return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, f"no open order has id {clip(cid)}", shown)
+                return 0, None, R.Reject(Reason.UNKNOWN_ORDER.value, f"no open order has id {cid}", cid)
         order = desk.orders.get(order_id)
         problem = check_owned(None if order is None else order.owner, order_id, self.owner)
         if problem is not None:

@@ -110,6 +110,10 @@ def test_rejects_that_need_an_open_order(server: Server) -> None:
     assert alice.ask("CANCEL id=x") == ["CANCELED 61 leaves=4 reason=user id=x"]
     # Once the order is gone its client id may be used again (cancel and replaces took 2-4).
     assert alice.ask("SELL AAPL 1 120 id=x") == ["ACK 65 SELL AAPL 1 120.00 GTC id=x"]
+    # A client id no order can have is refused as a BUY's is (was: "no open order has id ").
+    assert alice.ask("CANCEL id=") == ["REJ bad_id a client order id is 1-32 of A-Z a-z 0-9 . _ : -"]
+    assert alice.ask("REPLACE id=a/b 1") == ["REJ bad_id a client order id is 1-32 of A-Z a-z 0-9 . _ : -"]
+    assert alice.ask("CANCEL id=y") == ["REJ unknown_order id=y no open order has id y"]
 
 
 def test_a_price_may_follow_an_at_sign_as_people_write_it(server: Server) -> None:
