@@ -24,7 +24,7 @@ from exchange.instruments import Instrument
 from journal.tradelog_writer import INTERVALS
 from protocol import replies as R
 from protocol.messages import Reason
-from protocol.requests import MAX_DIGITS, KlinesQuery, MarketQuery, TickerQuery, TradesQuery
+from protocol.requests import KlinesQuery, MarketQuery, TickerQuery, TradesQuery, is_number
 
 MAX_LIMIT = 1000  # candles or trades in one answer
 LIMIT_ERROR = R.Error("bad_request", f"limit must be 1..{MAX_LIMIT}")
@@ -41,7 +41,7 @@ def utc(seconds: float) -> str:
 
 def parse_time(text: str) -> int | None:
     """from= / to=: unix milliseconds, or ISO-8601 (UTC unless an offset is given); unix seconds back."""
-    if _whole(text):  # (more digits than that: not a time SQLite's 64-bit integers hold)
+    if is_number(text):  # (more digits: not a time SQLite's 64-bit integers hold)
         return int(text) // 1000
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -50,11 +50,6 @@ def parse_time(text: str) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return int(moment.timestamp())
-
-
-def _whole(text: str) -> bool:
-    """A whole number SQLite can hold (as an order id or seq is: at most 18 digits)."""
-    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
 
 
 class Market:
@@ -161,7 +156,7 @@ class Market:
         where, args = "symbol = ?", [inst.symbol]
         if q.before is not None:
             seq, _, match_no = q.before.partition("-")
-            if not (_whole(seq) and _whole(match_no)):
+            if not (is_number(seq) and is_number(match_no)):
                 return R.Error("bad_request", f"before={q.before[:40]} is not a trade id (<seq>-<n>, as TRADES prints them)")
             found = await self._rows("SELECT md_seq FROM trades WHERE seq = ? AND match_no = ? AND symbol = ?", (int(seq), int(match_no), inst.symbol))
             if not found:

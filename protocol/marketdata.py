@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol.requests import BadRequest, Number
+from protocol.requests import BadRequest, Number, is_number
 from protocol.text import ORDER_ENTRY_VERBS
 
 KINDS = ("trades", "quotes", "book")
@@ -102,7 +102,7 @@ def parse_md_line(line: bytes) -> MdRequest | BadRequest | None:
         kinds = args[1].lower() if len(args) == 2 else "all"
         return Subscribe(args[0].upper(), kinds, as_json) if verb == "SUB" else Unsubscribe(args[0].upper(), kinds)
     if verb == "REPLAY":
-        if len(args) != 2 or not args[1].lower().startswith("from=") or not args[1][5:].isdigit() or len(args[1]) > 23:
+        if len(args) != 2 or not args[1].lower().startswith("from=") or not is_number(args[1][5:]):
             return BadRequest("bad_request", "usage: REPLAY <symbol> from=<seq>")
         return ReplayTrades(args[0].upper(), int(args[1][5:]))
     simples: dict[str, MdPing | MdHelp | MdQuit] = {"PING": MdPing(), "HELP": MdHelp(), "QUIT": MdQuit()}

@@ -18,6 +18,11 @@ MAX_DIGITS = 18
 Number = Annotated[int, msgspec.Meta(ge=0, le=10**MAX_DIGITS - 1)]
 
 
+def is_number(text: str) -> bool:
+    """Text that is a Number: ASCII digits (int() takes other scripts' too), at most MAX_DIGITS."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
+
+
 class _Request(msgspec.Struct, frozen=True, tag_field="op", forbid_unknown_fields=True):
     """Every request is a JSON object tagged by "op"; unknown fields are refused."""
 

@@ -31,6 +31,7 @@ from protocol.requests import (
     SymbolsQuery,
     TickerQuery,
     TradesQuery,
+    is_number,
 )
 
 MAX_LINE = 4096
@@ -146,11 +147,11 @@ ORDER_OPTIONS = frozenset(("id", "stop", "show", "oco"))  # key=value tokens of 
 
 
 def _int_arg(text: str, what: str) -> int | BadRequest:
-    if not (text.isascii() and text.isdigit()):
-        return BadRequest("bad_request", f"{what} {_show(text)} is not a number")
-    if len(text) > MAX_DIGITS:
+    if is_number(text):
+        return int(text)
+    if text.isascii() and text.isdigit():
         return BadRequest("bad_request", f"{what} {_show(text)} is too large (at most {MAX_DIGITS} digits)")
-    return int(text)
+    return BadRequest("bad_request", f"{what} {_show(text)} is not a number")
 
 
 def parse_line(line: bytes) -> Request | BadRequest | None:
