@@ -405,6 +405,24 @@ class Book:
                 self._take_off(other, touched)
                 self._kill(other, Reason.OCO, out)
 
+    def _cancel_other(self, maker: Order, level: Level, gone: list[Order], out: list[Event], touched: dict) -> None:
+        """A resting order of a pair traded: its other order goes now, before this sweep can
+        reach it (on the same side, at this price or a worse one) and trade both."""
+        pairs = self.pairs
+        other_id = pairs.pop(maker.order_id)
+        del pairs[other_id]
+        maker.oco = None
+        other = self.order(other_id)
+        if other is None:
+            return
+        other.oco = None
+        if other.stop is None and other.side is maker.side and other.price == level.price:
+            level.total -= other.leaves  # in the level being swept: it leaves after the pass, skipped till then
+            gone.append(other)
+        else:
+            self._take_off(other, touched)
+        self._kill(other, Reason.OCO, out)
+
     def _pend(self, order: Order) -> None:
         stop = order.stop
         assert stop is not None
@@ -662,6 +680,8 @@ class Book:
             gone: list[Order] = []
             sliced: list[Order] = []  # icebergs whose slice is gone: a new one, at the back of the level
             for maker in level.orders.values():
+                if not maker.leaves:  # the other order of a pair that traded just before it in this level: canceled
+                    continue
                 if maker.owner == owner:
                     level.total -= maker.leaves
                     gone.append(maker)
@@ -688,6 +708,8 @@ class Book:
                 out.append(Fill(taker.order_id, symbol, taker.side, qty, price, taker.leaves, tid, REMOVED, owner, taker.client_id, seq))
                 if not maker.leaves:
                     (sliced if maker.hidden else gone).append(maker)
+                if maker.oco is not None:
+                    self._cancel_other(maker, level, gone, out, touched)
                 if not taker.leaves:
                     break
             level_orders = level.orders

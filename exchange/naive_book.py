@@ -106,16 +106,20 @@ class NaiveBook:
     def cancel_pairs(self, out: list[Event], since: int) -> None:
         for e in out[since:]:
             if isinstance(e, (Fill, Canceled)) and e.order_id in self.pairs:
-                other_id = self.pairs.pop(e.order_id)
-                del self.pairs[other_id]
-                mine = self.order(e.order_id)
-                if mine is not None:  # open still, after a partial fill: a plain order now
-                    mine.oco = None
-                other = self.order(other_id)
-                if other is not None:
-                    other.oco = None
-                    self.withdraw(other)
-                    self.cancel(other, Reason.OCO, out)
+                self.cancel_other(e.order_id, out)
+
+    def cancel_other(self, order_id: int, out: list[Event]) -> None:
+        """One order of a pair traded or was canceled: the other one goes."""
+        other_id = self.pairs.pop(order_id)
+        del self.pairs[other_id]
+        mine = self.order(order_id)
+        if mine is not None:  # open still, after a partial fill: a plain order now
+            mine.oco = None
+        other = self.order(other_id)
+        if other is not None:
+            other.oco = None
+            self.withdraw(other)
+            self.cancel(other, Reason.OCO, out)
 
     def withdraw(self, order: NaiveOrder) -> None:
         """An open order leaves: a pending stop, or off the book."""
@@ -273,6 +277,8 @@ class NaiveBook:
                 queue.append(maker)
             elif maker.leaves == 0:
                 self.remove(maker)
+            if maker.order_id in self.pairs:  # its other order goes before the sweep can reach it
+                self.cancel_other(maker.order_id, out)
 
     def add(self, order: NaiveOrder) -> None:
         if order.show is not None and order.leaves > order.show:

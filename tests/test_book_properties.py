@@ -375,3 +375,45 @@ def test_orders_moved_or_entered_at_exactly_the_opposite_best_trade_and_a_dorman
                 events = fast.apply(seq, c)
                 assert events == general.apply(seq, c), f"{side} {c}"
             assert [e.price for e in events if isinstance(e, Trade)] == ([] if traded_at is None else [traded_at]), f"{side} {cmd}: {events}"
+
+
+resting_sells = st.lists(
+    st.tuples(st.sampled_from(["a", "a", "c"]), qtys, st.integers(100, 104), st.one_of(st.none(), st.integers(1, 4)), st.one_of(st.none(), st.integers(1, 8))),
+    min_size=2, max_size=8,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(Side), resting_sells, st.integers(1, 60), st.one_of(st.none(), st.integers(100, 104)))
+def test_a_sweep_through_a_side_never_trades_both_orders_of_a_pair(
+    side: Side, resting: list[tuple[str, int, int, int | None, int | None]], qty: int, limit: int | None
+) -> None:
+    """Pairs of one owner's orders on one side, at one price or several, then another
+    owner's order through them: once one order of a pair trades, the other is gone before
+    the sweep reaches it (the general stream above rarely builds this)."""
+    book, naive = Book(TEST), NaiveBook(TEST)
+    maker_side = Side.SELL if side is Side.BUY else Side.BUY
+    partner: dict[int, int] = {}
+
+    def both(seq: int, cmd: NewOrder) -> list:
+        events = book.apply(seq, cmd)
+        mine = [msgspec.structs.replace(e, md_seq=0) if isinstance(e, Trade) else e for e in events if not isinstance(e, (BookLevelChanged, Quote))]
+        assert mine == naive.apply(seq, cmd), f"command {seq}: {cmd}"  # the reference book agrees, event for event
+        return events
+
+    for seq, (owner, q, price, show, oco) in enumerate(resting, 1):
+        cmd = NewOrder("TEST", maker_side, q, price if maker_side is Side.SELL else 205 - price, TIF.GTC, owner, show=show, oco=oco)
+        if any(isinstance(e, Accepted) for e in both(seq, cmd)) and oco is not None:
+            partner[seq], partner[oco] = oco, seq
+    taker = NewOrder("TEST", side, qty, None if limit is None else limit if side is Side.BUY else 205 - limit, TIF.IOC if limit is None else TIF.GTC, "b")
+    events = both(len(resting) + 1, taker)
+    assert book.depth(10**6) == naive.depth(10**6)
+    traded = {e.order_id for e in events if isinstance(e, Fill)}
+    assert not [(i, j) for i, j in partner.items() if i in traded and j in traded], "both orders of a pair traded"
+    canceled = {e.order_id for e in events if isinstance(e, Canceled)}
+    assert all(partner[i] in canceled or book.order(partner[i]) is None for i in traded if i in partner)
+    for half in (book.bids, book.asks):
+        for level in half.levels.values():
+            assert all(o.leaves > 0 for o in level.orders.values()) and level.total == sum(o.leaves for o in level.orders.values())
+    assert_price_heaps_sound(book)
+    assert book.pairs == {o.order_id: o.oco for o in book.orders.values() if o.oco is not None}

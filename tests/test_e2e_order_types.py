@@ -243,3 +243,29 @@ def test_an_order_whose_oco_partner_was_canceled_by_its_partial_fill_is_a_plain_
         assert alice.ask("SELL ES 1 4600 oco=lo") == ["REJ bad_oco order 61 has traded or been replaced: pair an untouched order"]
     finally:
         server.kill()
+
+
+def test_a_sweep_through_both_orders_of_an_oco_pair_trades_only_the_first(server: Server) -> None:
+    """Found trying the server by hand: a BUY that reached both sells of a pair (at two
+    prices, or at one) traded both, though the pair had locked the funds of one: the other
+    was canceled only once the whole sweep was done."""
+    alice, bob = server.client("t1"), server.client("t2")
+    assert alice.ask("SELL ES 6 4500 id=a") == ["ACK 61 SELL ES 6 4500.00 GTC id=a"]
+    assert alice.ask("SELL ES 6 4501 id=b oco=a") == ["ACK 62 SELL ES 6 4501.00 GTC id=b oco=61"]
+    assert alice.ask("BALANCES", 7)[3] == "BALANCE ES available=99994 locked=6"  # one lock for the pair
+    assert bob.ask("BUY ES 10 4501", 2) == ["ACK 63 BUY ES 10 4501.00 GTC", "FILL 63 ES BUY 6 4500.00 leaves=4 trade=63-1 liq=R"]
+    assert alice.lines(2) == ["FILL 61 ES SELL 6 4500.00 leaves=0 trade=63-1 liq=A id=a", "CANCELED 62 leaves=6 reason=oco id=b"]
+    assert bob.ask("BOOK ES", 3) == ["BOOK ES bids=1 asks=0", "BID 4501.00 4", "END"]  # the rest of the BUY rests
+
+    # The same at one price: the pair's second order is next in the level's queue.
+    assert alice.ask("SELL ES 3 4510 id=c") == ["ACK 64 SELL ES 3 4510.00 GTC id=c"]
+    assert alice.ask("SELL ES 3 4510 SHOW=1 id=d oco=c") == ["ACK 65 SELL ES 3 4510.00 GTC show=1 id=d oco=64"]
+    assert bob.ask("SELL ES 1 4510") == ["ACK 66 SELL ES 1 4510.00 GTC"]
+    assert bob.ask("BUY ES 5 4510", 3) == [
+        "ACK 67 BUY ES 5 4510.00 GTC",
+        "FILL 67 ES BUY 3 4510.00 leaves=2 trade=67-1 liq=R",
+        "CANCELED 66 leaves=1 reason=self_trade",
+    ]
+    assert alice.lines(2) == ["FILL 64 ES SELL 3 4510.00 leaves=0 trade=67-1 liq=A id=c", "CANCELED 65 leaves=3 reason=oco id=d"]
+    assert bob.ask("BOOK ES", 4) == ["BOOK ES bids=2 asks=0", "BID 4510.00 2", "BID 4501.00 4", "END"]
+    assert alice.ask("BALANCES", 7)[3] == "BALANCE ES available=99991 locked=0"  # sold 6 + 3, as locked
