@@ -5,8 +5,8 @@ passes loop.call_soon). A durable batch is applied at once, up to DRAIN_SLICE co
 symbol; what is left runs as that symbol's own later steps of the loop, so a backlog never
 holds the loop for long and other work (sockets, the journal) is served in between. `drain`
 moves commands through Book.apply (which never awaits) and hands the events to the sinks
-it was given (execution reports, trade log, market data), one call per drained batch so
-that downstream work is batched too.
+it was given (execution reports, trade log, market data), one call per step (every
+symbol's events of a durable batch together) so that downstream work is batched too.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class SymbolMatcher:
         self.inbox: deque[tuple[int, OrderCommand]] = deque()
         self._scheduled = False
         self.failed = False
+        self._failure: tuple[int, OrderCommand, Exception] | None = None  # from take(), until reported
 
     def submit(self, seq: int, cmd: OrderCommand) -> None:
         self.inbox.append((seq, cmd))
@@ -56,11 +57,20 @@ class SymbolMatcher:
     def apply(self, limit: int) -> int:
         """Apply up to `limit` queued commands, hand their events to the sinks, schedule a
         step for what remains; how many were applied."""
+        events: list[Event] = []
+        count = self.take(limit, events)
+        for sink in self.sinks:
+            sink(events)
+        self.report_failure()
+        return count
+
+    def take(self, limit: int, events: list[Event]) -> int:
+        """Apply up to `limit` queued commands, their events onto `events` (the caller hands
+        them to the sinks, then calls report_failure); schedule a step for what remains."""
         self._scheduled = False
         if self.failed:
             return 0
         inbox, apply = self.inbox, self.book.apply
-        events: list[Event] = []
         count = min(len(inbox), limit)
         try:
             for _ in range(count):
@@ -68,16 +78,18 @@ class SymbolMatcher:
                 events += apply(seq, cmd)
         except Exception as exc:  # the commands before it were applied whole: their events go out
             self.failed = True
-            for sink in self.sinks:
-                sink(events)
-            self.on_failure(seq, cmd, exc)
+            self._failure = (seq, cmd, exc)
             return count
-        for sink in self.sinks:
-            sink(events)
         if inbox and not self._scheduled:
             self._scheduled = True
             self.schedule(self.drain)
         return count
+
+    def report_failure(self) -> None:
+        """After the sinks: a command that raised in take() stops the server (on_failure)."""
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            self.on_failure(*failure)
 
     def drain_all(self) -> None:
         """Apply everything queued now (shutdown)."""
@@ -93,6 +105,7 @@ class Matching:
         self.sinks: list[Sink] = []  # shared by every matcher; filled by send_to
         self.matchers = {symbol: SymbolMatcher(book, self.sinks, schedule, on_failure) for symbol, book in books.items()}
         self._now: list[SymbolMatcher] = []  # queued for by submit(), applied by apply_now()
+        self._inboxes = [m.inbox for m in self.matchers.values()]
 
     def send_to(self, sinks: list[Sink]) -> None:
         """Where each drained batch's events go, in this order."""
@@ -121,11 +134,17 @@ class Matching:
         an ACK finds its order on the book (under overload, up to a slice)."""
         now, self._now = self._now, []
         budget = DRAIN_SLICE
+        events: list[Event] = []  # every symbol's, in one call per sink: a sink's cost is per call too
         for m in now:
             if budget > 0:
-                budget -= m.apply(budget)
+                budget -= m.take(budget, events)
             else:
                 m.schedule(m.drain)  # claimed by submit: its turn comes in a later step
+        if now:
+            for sink in self.sinks:
+                sink(events)
+        for m in now:
+            m.report_failure()
 
     def applied(self, seq: int) -> bool:
         """Whether every command with a sequence <= seq that reached matching is applied.
@@ -142,7 +161,7 @@ class Matching:
 
     def queued(self) -> int:
         """Commands durable and waiting to be matched, over every symbol."""
-        return sum(len(m.inbox) for m in self.matchers.values())
+        return sum(map(len, self._inboxes))  # (asked at every socket read: no generator)
 
     def drain_all(self) -> None:
         """Apply everything queued now (shutdown)."""

@@ -138,8 +138,12 @@ class TradeLog:
         units = len(trades) + len(reports)
         if trades:
             self._trades.inc(len(trades))
-        first = trades[0].seq if trades else reports[0].seq if reports else None
-        if units and self._admit(units, first):
+        if not units:
+            return
+        first = trades[0].seq if trades else reports[0].seq
+        if self._pending + units > self.max_rows:  # dropped: where the log is behind from must be the lowest
+            first = min(e.seq for e in (*trades, *reports))  # (one step's events hold every symbol's, each in order)
+        if self._admit(units, first):
             self._put(units, first, Piece(trades=trades, reports=reports))
 
     def on_refusal(self, r: Refusal) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from exchange.book import Book
@@ -37,3 +38,38 @@ def test_the_commands_before_a_failing_one_are_reported_and_nothing_after_it_is_
     resting = book.order(1)
     assert len(out) == reported and resting is not None and resting.leaves == 3  # command 4 never matched
     assert not matching.applied(4) and len(failures) == 1
+
+
+def test_a_durable_batch_over_several_symbols_goes_to_each_sink_in_one_call_and_a_failure_after_it() -> None:
+    instruments = load_instruments()
+    es, aapl = Faulty(instruments["ES"]), Book(instruments["AAPL"])
+    calls: list[list[Event]] = []
+    order: list[str] = []
+    failures: list[int] = []
+    matching = Matching({"ES": es, "AAPL": aapl}, lambda step: None, lambda seq, cmd, exc: (failures.append(seq), order.append("failure")))
+    matching.send_to([lambda events: (calls.append(list(events)), order.append("sink"))])
+    matching.submit(1, [
+        NewOrder("ES", Side.SELL, 5, 18_000, TIF.GTC, "a"),
+        NewOrder("AAPL", Side.SELL, 3, 15_000, TIF.GTC, "a"),
+        NewOrder("ES", Side.BUY, 1, 18_000, TIF.GTC, "b", "boom"),
+        NewOrder("AAPL", Side.BUY, 2, 15_000, TIF.GTC, "b"),
+    ])  # fmt: skip
+    matching.apply_now()
+    assert len(calls) == 1  # both symbols' events, ES's (the first submitted) first
+    assert [(e.symbol, e.order_id, e.qty) for e in calls[0] if type(e) is Fill] == [("AAPL", 2, 2), ("AAPL", 4, 2)]
+    assert [getattr(e, "symbol", None) for e in calls[0]].index("AAPL") > 0
+    assert failures == [3] and order == ["sink", "failure"]  # ES's failure reported once its order 1's events went out
+
+
+def test_a_trade_log_that_drops_a_step_is_behind_from_its_lowest_seq_whatever_the_symbols_order() -> None:
+    from journal.tradelog import TradeLog
+
+    instruments = load_instruments()
+    aapl, es = Book(instruments["AAPL"]), Book(instruments["ES"])
+    aapl.apply(6, NewOrder("AAPL", Side.SELL, 1, 15_000, TIF.GTC, "a"))
+    es.apply(3, NewOrder("ES", Side.SELL, 1, 18_000, TIF.GTC, "a"))
+    # One step's events: AAPL's (a trade at seq 7), then ES's (a trade at seq 4).
+    events = aapl.apply(7, NewOrder("AAPL", Side.BUY, 1, 15_000, TIF.GTC, "b")) + es.apply(4, NewOrder("ES", Side.BUY, 1, 18_000, TIF.GTC, "b"))
+    log = TradeLog(Path("unused.sqlite"), instruments, max_rows=1)
+    log.on_events(events)  # over a bound of one row: dropped
+    assert log.behind_from == 4
