@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -192,6 +193,14 @@ def test_an_overloaded_trade_log_drops_rows_and_the_next_restart_fills_the_gap(t
 def child_processes(pid: int, module: str) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [int(c) for c in children if module in Path(f"/proc/{c}/cmdline").read_text().replace("\0", " ")]
+
+
+def test_the_journal_writer_runs_first_in_line_for_a_core_where_the_system_allows_it(server: Server) -> None:
+    assert server.proc is not None
+    [writer] = child_processes(server.proc.pid, "journal.journal_writer")
+    nice = int(Path(f"/proc/{writer}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    allowed = os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 30  # (or CAP_SYS_NICE: not in CI)
+    assert nice == (-10 if allowed else 0)
 
 
 def test_a_dead_journal_writer_stops_the_server_and_acknowledges_nothing_more(tmp_path: Path) -> None:
