@@ -750,11 +750,12 @@ class Book:
         """How much the taker could fill now (own orders excluded), stopping at its quantity."""
         want, limit, total, budget = taker.leaves, taker.price, 0, taker.budget
         half = self.asks if taker.side is BUY else self.bids
+        gone: set[int] = set()  # the other orders of pairs counted: the sweep cancels them (_cancel_other)
         for price in half.prices():
             if limit is not None and (price > limit if taker.side is BUY else price < limit):
                 break
             for maker in half.levels[price].orders.values():
-                if maker.owner != taker.owner:
+                if maker.owner != taker.owner and maker.order_id not in gone:
                     qty = maker.leaves + maker.hidden
                     if budget is not None:
                         qty = min(qty, budget // price)
@@ -762,6 +763,8 @@ class Book:
                     total += qty
                     if total >= want:
                         return total
+                    if maker.oco is not None and qty:
+                        gone.add(maker.oco)
         return total
 
     def budgeted(self, cmd: NewOrder) -> NewOrder:
@@ -778,14 +781,17 @@ class Book:
         """What buying qty at market would cost now, in lots x ticks (own orders skipped,
         as self-trade prevention cancels them); less if the book holds less."""
         cost = 0
+        gone: set[int] = set()  # as in _fillable: a pair trades one of its orders
         for price in self.asks.prices():
             for maker in self.asks.levels[price].orders.values():
-                if maker.owner != owner:
+                if maker.owner != owner and maker.order_id not in gone:
                     take = min(qty, maker.leaves + maker.hidden)
                     cost += take * price
                     qty -= take
                     if not qty:
                         return cost
+                    if maker.oco is not None:
+                        gone.add(maker.oco)
         return cost
 
     # ------------------------------------------------------------------ resting

@@ -229,15 +229,18 @@ class NaiveBook:
         book = self.asks if taker.side == Side.BUY else self.bids
         prices = list(book.keys()) if taker.side == Side.BUY else list(reversed(book.keys()))
         total, budget = 0, taker.budget
+        canceled: set[int] = set()  # a pair's other order, once one of it would trade
         for price in prices:
             if not self.acceptable(taker, price):
                 break
             for o in book[price]:
-                if o.owner != taker.owner:
+                if o.owner != taker.owner and o.order_id not in canceled:
                     qty = o.leaves + o.hidden if budget is None else min(o.leaves + o.hidden, budget // price)
                     if budget is not None:
                         budget -= qty * price
                     total += qty
+                    if qty and o.order_id in self.pairs:
+                        canceled.add(self.pairs[o.order_id])
         return total
 
     def match(self, seq: int, taker: NaiveOrder, out: list[Event]) -> None:

@@ -384,13 +384,14 @@ resting_sells = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(Side), resting_sells, st.integers(1, 60), st.one_of(st.none(), st.integers(100, 104)))
+@given(st.sampled_from(Side), resting_sells, st.one_of(st.none(), st.integers(1, 60)), st.one_of(st.none(), st.integers(100, 104)), st.sampled_from([TIF.GTC, TIF.IOC, TIF.FOK]))
 def test_a_sweep_through_a_side_never_trades_both_orders_of_a_pair(
-    side: Side, resting: list[tuple[str, int, int, int | None, int | None]], qty: int, limit: int | None
+    side: Side, resting: list[tuple[str, int, int, int | None, int | None]], drawn: int | None, limit: int | None, tif: TIF
 ) -> None:
     """Pairs of one owner's orders on one side, at one price or several, then another
     owner's order through them: once one order of a pair trades, the other is gone before
-    the sweep reaches it (the general stream above rarely builds this)."""
+    the sweep reaches it (the general stream above rarely builds this). A FOK counts a
+    pair's liquidity once: it fills whole or not at all; a market BUY is budgeted so."""
     book, naive = Book(TEST), NaiveBook(TEST)
     maker_side = Side.SELL if side is Side.BUY else Side.BUY
     partner: dict[int, int] = {}
@@ -405,8 +406,16 @@ def test_a_sweep_through_a_side_never_trades_both_orders_of_a_pair(
         cmd = NewOrder("TEST", maker_side, q, price if maker_side is Side.SELL else 205 - price, TIF.GTC, owner, show=show, oco=oco)
         if any(isinstance(e, Accepted) for e in both(seq, cmd)) and oco is not None:
             partner[seq], partner[oco] = oco, seq
-    taker = NewOrder("TEST", side, qty, None if limit is None else limit if side is Side.BUY else 205 - limit, TIF.IOC if limit is None else TIF.GTC, "b")
+    price = None if limit is None else limit if side is Side.BUY else 205 - limit
+    within = [o for o in book.resting() if o.side is maker_side and (price is None or (o.price <= price if side is Side.BUY else o.price >= price))]
+    qty = drawn or max(1, sum(o.leaves + o.hidden for o in within))  # (None: all the book shows within the limit, pairs twice)
+    taker = book.budgeted(NewOrder("TEST", side, qty, price, TIF.IOC if limit is None and tif is TIF.GTC else tif, "b"))
     events = both(len(resting) + 1, taker)
+    filled = sum(e.qty for e in events if isinstance(e, Fill) and e.owner == "b")
+    if taker.tif is TIF.FOK:
+        assert filled in (0, qty), f"a FOK filled {filled} of {qty}"
+    elif price is None and side is Side.BUY and filled < qty:  # its budget ran out only where the book did
+        assert not [o for o in book.resting() if o.side is Side.SELL and o.owner != "b"], "a market BUY budgeted short"
     assert book.depth(10**6) == naive.depth(10**6)
     traded = {e.order_id for e in events if isinstance(e, Fill)}
     assert not [(i, j) for i, j in partner.items() if i in traded and j in traded], "both orders of a pair traded"

@@ -269,3 +269,20 @@ def test_a_sweep_through_both_orders_of_an_oco_pair_trades_only_the_first(server
     assert alice.lines(2) == ["FILL 64 ES SELL 3 4510.00 leaves=0 trade=67-1 liq=A id=c", "CANCELED 65 leaves=3 reason=oco id=d"]
     assert bob.ask("BOOK ES", 4) == ["BOOK ES bids=2 asks=0", "BID 4510.00 2", "BID 4501.00 4", "END"]
     assert alice.ask("BALANCES", 7)[3] == "BALANCE ES available=99991 locked=0"  # sold 6 + 3, as locked
+
+
+def test_a_fok_and_a_market_buy_count_an_oco_pair_once(server: Server) -> None:
+    """Once a sweep cancels a pair's other order, a FOK that counted both orders filled in
+    part (1 of 2 here), and a market BUY budgeted for both came up short of the liquidity
+    behind them."""
+    alice, bob, carol = server.client("t1"), server.client("t2"), server.client("t3")
+    assert alice.ask("SELL ES 1 4500 id=a") == ["ACK 61 SELL ES 1 4500.00 GTC id=a"]
+    assert alice.ask("SELL ES 1 4501 id=b oco=a") == ["ACK 62 SELL ES 1 4501.00 GTC id=b oco=61"]
+    assert bob.ask("BUY ES 2 4501 FOK", 2) == ["ACK 63 BUY ES 2 4501.00 FOK", "CANCELED 63 leaves=2 reason=fok_unfilled"]
+    assert carol.ask("SELL ES 1 4502") == ["ACK 64 SELL ES 1 4502.00 GTC"]
+    assert bob.ask("BUY ES 2", 3) == [
+        "ACK 65 BUY ES 2 MKT IOC",
+        "FILL 65 ES BUY 1 4500.00 leaves=1 trade=65-1 liq=R",
+        "FILL 65 ES BUY 1 4502.00 leaves=0 trade=65-2 liq=R",  # budgeted 4500 + 4502, not 4500 + 4501
+    ]
+    assert alice.lines(2) == ["FILL 61 ES SELL 1 4500.00 leaves=0 trade=65-1 liq=A id=a", "CANCELED 62 leaves=1 reason=oco id=b"]
