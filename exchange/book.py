@@ -393,35 +393,36 @@ class Book:
         for i in range(since, len(out)):
             e = out[i]
             if (type(e) is Fill or type(e) is Canceled) and e.order_id in pairs:
-                other_id = pairs.pop(e.order_id)
-                del pairs[other_id]
-                mine = self.order(e.order_id)
-                if mine is not None:  # (open still, after a partial fill: a plain order now)
-                    mine.oco = None
-                other = self.order(other_id)
-                if other is None:
-                    continue
-                other.oco = None
-                self._take_off(other, touched)
-                self._kill(other, Reason.OCO, out)
+                other = self._unpair(e.order_id)
+                if other is not None:
+                    self._take_off(other, touched)
+                    self._kill(other, Reason.OCO, out)
 
     def _cancel_other(self, maker: Order, level: Level, gone: list[Order], out: list[Event], touched: dict) -> None:
         """A resting order of a pair traded: its other order goes now, before this sweep can
         reach it (on the same side, at this price or a worse one) and trade both."""
-        pairs = self.pairs
-        other_id = pairs.pop(maker.order_id)
-        del pairs[other_id]
-        maker.oco = None
-        other = self.order(other_id)
+        other = self._unpair(maker.order_id)
         if other is None:
             return
-        other.oco = None
         if other.stop is None and other.side is maker.side and other.price == level.price:
             level.total -= other.leaves  # in the level being swept: it leaves after the pass, skipped till then
             gone.append(other)
         else:
             self._take_off(other, touched)
         self._kill(other, Reason.OCO, out)
+
+    def _unpair(self, order_id: int) -> Order | None:
+        """order_id's pair ends: both orders are plain orders now (one open still after a
+        partial fill); the other one, if it is open, for the caller to cancel."""
+        pairs = self.pairs
+        other_id = pairs.pop(order_id)
+        del pairs[other_id]
+        mine, other = self.order(order_id), self.order(other_id)
+        if mine is not None:
+            mine.oco = None
+        if other is not None:
+            other.oco = None
+        return other
 
     def _pend(self, order: Order) -> None:
         stop = order.stop
@@ -747,25 +748,31 @@ class Book:
         return best is not None and (order.price is None or order.price <= best)
 
     def _fillable(self, taker: Order) -> int:
-        """How much the taker could fill now (own orders excluded), stopping at its quantity."""
+        """How much the taker could fill now, stopping at its quantity."""
         want, limit, total, budget = taker.leaves, taker.price, 0, taker.budget
-        half = self.asks if taker.side is BUY else self.bids
-        gone: set[int] = set()  # the other orders of pairs counted: the sweep cancels them (_cancel_other)
-        for price in half.prices():
-            if limit is not None and (price > limit if taker.side is BUY else price < limit):
+        buying = taker.side is BUY
+        for price, qty in self._liquidity(self.asks if buying else self.bids, taker.owner):
+            if limit is not None and (price > limit if buying else price < limit):
                 break
-            for maker in half.levels[price].orders.values():
-                if maker.owner != taker.owner and maker.order_id not in gone:
-                    qty = maker.leaves + maker.hidden
-                    if budget is not None:
-                        qty = min(qty, budget // price)
-                        budget -= qty * price
-                    total += qty
-                    if total >= want:
-                        return total
-                    if maker.oco is not None and qty:
-                        gone.add(maker.oco)
+            if budget is not None:
+                qty = min(qty, budget // price)
+                budget -= qty * price
+            total += qty
+            if total >= want:
+                break
         return total
+
+    def _liquidity(self, half: Half, owner: str) -> Iterator[tuple[int, int]]:
+        """(price, open quantity) of each order an order of owner's would meet on that side,
+        in the order it would meet them: never its own (self-trade prevention cancels them),
+        nor a pair's second order (the sweep cancels it once the first trades: _cancel_other)."""
+        gone: set[int] = set()
+        for price in half.prices():
+            for maker in half.levels[price].orders.values():
+                if maker.owner != owner and maker.order_id not in gone:
+                    yield price, maker.leaves + maker.hidden
+                    if maker.oco is not None:
+                        gone.add(maker.oco)
 
     def budgeted(self, cmd: NewOrder) -> NewOrder:
         """A market BUY with its budget (what the book would cost now; a stop: its trigger
@@ -778,20 +785,15 @@ class Book:
         return msgspec.structs.replace(cmd, budget=self.sweep_cost(cmd.qty, cmd.owner))
 
     def sweep_cost(self, qty: int, owner: str) -> int:
-        """What buying qty at market would cost now, in lots x ticks (own orders skipped,
-        as self-trade prevention cancels them); less if the book holds less."""
+        """What buying qty at market would cost now, in lots x ticks (as _liquidity meets the
+        asks); less if the book holds less."""
         cost = 0
-        gone: set[int] = set()  # as in _fillable: a pair trades one of its orders
-        for price in self.asks.prices():
-            for maker in self.asks.levels[price].orders.values():
-                if maker.owner != owner and maker.order_id not in gone:
-                    take = min(qty, maker.leaves + maker.hidden)
-                    cost += take * price
-                    qty -= take
-                    if not qty:
-                        return cost
-                    if maker.oco is not None:
-                        gone.add(maker.oco)
+        for price, available in self._liquidity(self.asks, owner):
+            take = min(qty, available)
+            cost += take * price
+            qty -= take
+            if not qty:
+                break
         return cost
 
     # ------------------------------------------------------------------ resting
