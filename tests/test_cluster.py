@@ -531,9 +531,11 @@ def test_kill_9_of_any_one_process_under_load_loses_no_acked_order_and_duplicate
         cluster.stop()
 
 
-def test_down_stops_a_role_started_by_hand_and_up_refuses_while_one_serves(tmp_path: Path) -> None:
+def test_down_stops_a_role_started_by_hand_and_up_and_a_second_copy_refuse_while_one_serves(tmp_path: Path) -> None:
     """Reported: a role restarted with `tickline cluster role ...` (as the docs say) kept
-    running after `cluster down`, and the next `up` started a second gateway on its port."""
+    running after `cluster down`, and the next `up` started a second gateway on its port.
+    The same came from a second `cluster role gateway 0` (say, after the supervisor had
+    restarted it already): two gateways shared the port and the snapshots' directory."""
     from tickline.cluster import start_role
 
     cluster = Cluster(tmp_path / "c").start(funded=["t1"])
@@ -547,6 +549,13 @@ def test_down_stops_a_role_started_by_hand_and_up_refuses_while_one_serves(tmp_p
             assert by_hand.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         assert cluster.client("t1").ask("PING") == ["PONG"]
+        second = tickline_cli("cluster", "role", "gateway", "0", "--dir", str(cluster.dir))
+        assert second.returncode == 1 and second.stdout == "", second
+        assert second.stderr == (
+            f"tickline: gateway 0 already runs for {cluster.dir} (pid {by_hand.pid}): a second copy would share its work; "
+            f"`tickline cluster down --dir {cluster.dir}` stops the cluster (or kill {by_hand.pid} to restart that role)\n"
+        ), second
+        assert log.read_text(errors="replace").count("order_entry_listening") == listened + 1
         again = tickline_cli("cluster", "up", "--dir", str(cluster.dir), "--port", str(cluster.port), "--md-port", str(cluster.md_port))
         assert again.returncode == 1 and again.stderr.startswith(f"tickline: a cluster is up in {cluster.dir}"), again
         assert tickline_cli("cluster", "down", "--dir", str(cluster.dir)).returncode == 0

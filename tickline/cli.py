@@ -325,7 +325,14 @@ def _cluster(args: argparse.Namespace) -> int:
         return 0
     import uvloop
 
-    return uvloop.run(cluster.run_role(config, args.role, args.index))
+    try:
+        claim = cluster.claim_role(Path(args.dir), args.role, args.index)  # (held until this process ends)
+    except cluster.RoleRunning as exc:
+        raise OperatorError(str(exc)) from None
+    try:
+        return uvloop.run(cluster.run_role(config, args.role, args.index))
+    finally:
+        claim.close()
 
 
 def _admin(data: DataDir, line: str, why: str) -> str:

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import structlog
 
@@ -421,6 +421,36 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
 
 
 # ---------------------------------------------------------------------- up / down
+
+
+class RoleRunning(Exception):
+    """Another process serves this role of this cluster already."""
+
+
+def claim_role(directory: Path, role: str, index: int) -> IO[str]:
+    """This process's claim on `<role> <index>` of the cluster in directory, held (an open,
+    locked file) until it exits: the kernel lets go of a dead one's, so a kill -9 frees it
+    for the restart. A second copy would take the same clients (a gateway's or notifier's
+    port is shared: SO_REUSEPORT) and write the same snapshots; it is refused instead,
+    naming the one that serves."""
+    import fcntl
+
+    claim = open(directory / f"{role}-{index}.lock", "a+")
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        claim.seek(0)
+        holder = claim.read().strip() or "?"
+        claim.close()
+        raise RoleRunning(
+            f"{role} {index} already runs for {directory} (pid {holder}): a second copy would share its work; "
+            f"`tickline cluster down --dir {directory}` stops the cluster (or kill {holder} to restart that role)"
+        ) from None
+    claim.seek(0)
+    claim.truncate()
+    claim.write(f"{os.getpid()}\n")
+    claim.flush()
+    return claim
 
 
 def register(directory: Path, role: str, index: int) -> None:
