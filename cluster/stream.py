@@ -133,6 +133,9 @@ class Input:
     ts_ns: int
     subject: str
     data: bytes
+    # The last input of its writer's (a stream sequence) whose output on this subject is all
+    # in the stream with it: its INPUT_SEQ header, one less for a part that is not the last.
+    through: int = 0
 
 
 class Reader:
@@ -150,7 +153,7 @@ class Reader:
 
         async def arrived(msg: Any) -> None:
             md = msg.metadata
-            await self.queue.put(Input(md.sequence.stream, int(md.timestamp.timestamp() * 1e9), msg.subject, msg.data))
+            await self.queue.put(Input(md.sequence.stream, int(md.timestamp.timestamp() * 1e9), msg.subject, msg.data, _through(msg.headers)))
 
         self._sub = await patiently(
             f"subscribe to {self.subject}",
@@ -174,6 +177,13 @@ class Reader:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+
+
+def _through(headers: dict[str, str] | None) -> int:
+    if not headers or INPUT_SEQ not in headers:
+        return 0
+    part, _, of = headers.get(PART, "0/1").partition("/")
+    return int(headers[INPUT_SEQ]) - (int(part) + 1 < int(of))
 
 
 class Tail(Reader):

@@ -184,6 +184,9 @@ class Layout(msgspec.Struct, frozen=True):
         return n * self.risk_shards + shard + 1
 
 
+LOGGED_SUBJECT = "logged.tradelog"  # request: how far the trade log's rows reach (cluster/trade_log.py Logged)
+
+
 def in_subject(shard: int, writer: str) -> str:
     return f"in.{shard}.{writer}"
 

@@ -709,6 +709,46 @@ def test_with_its_engine_shard_killed_balances_say_they_would_be_stale_rather_th
         cluster.stop()
 
 
+def test_reports_and_trades_never_answer_past_what_the_trade_log_has_written(tmp_path: Path) -> None:
+    """Found by hand: with the trade log down (or behind), REPORTS answered `through=` past a
+    fill the client had been sent, with the fill left out; a client that takes up from
+    through= never saw it again."""
+    cluster = Cluster(tmp_path / "c").start(funded=["t1", "t2"])
+    try:
+        t1, t2 = cluster.client("t1"), cluster.client("t2")
+        assert t1.ask("SELL AAPL 1 150.00")[0].startswith("ACK")
+        assert [line.split()[0] for line in t2.ask("BUY AAPL 1 150.00", 2)] == ["ACK", "FILL"]
+        assert t1.line().startswith("FILL 11 AAPL SELL 1 150.00")
+        logged = t1.ask("REPORTS since=0", 3)
+        assert re.fullmatch(r"REPORTS since=0 through=\d+ count=1", logged[0]) and logged[1].startswith("FILL") and logged[2] == "END", logged
+        writer = int((Path("/proc") / str(cluster.pids()[("tradelog", 0)]) / "task" / str(cluster.pids()[("tradelog", 0)]) / "children").read_text().split()[0])
+        os.kill(writer, signal.SIGSTOP)  # the trade log answers, its rows are not committed
+        try:
+            assert t1.ask("SELL AAPL 2 151.00")[0].startswith("ACK")
+            assert [line.split()[0] for line in t2.ask("BUY AAPL 2 151.00", 2)] == ["ACK", "FILL"]
+            assert t1.line().startswith("FILL")
+            started = time.monotonic()
+            behind = "ERR unavailable the trade log has not written all that engine shard 0 matched yet: the answer would leave some out; try again"
+            assert t1.ask("REPORTS since=0") == [behind]
+            assert 2.5 < time.monotonic() - started < 6
+            assert t1.ask("TRADES AAPL") == [behind]
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        reports = t1.ask("REPORTS since=0", 4)
+        assert reports[0].endswith("count=2") and [r.split()[2:6] for r in reports[1:3]] == [["AAPL", "SELL", "1", "150.00"], ["AAPL", "SELL", "2", "151.00"]], reports
+        cluster.kill("tradelog")
+        assert [line.split()[0] for line in t2.ask("SELL AAPL 1 152.00", 1)] == ["ACK"]
+        assert t1.ask("REPORTS since=0") == ["ERR unavailable the trade log did not answer (NoRespondersError); try again"]
+        cluster.restart("tradelog")
+        deadline = time.monotonic() + 30
+        while (trades := t1.ask("TRADES AAPL"))[0].startswith("ERR unavailable"):
+            assert time.monotonic() < deadline, trades
+            time.sleep(0.2)
+        assert trades == ["TRADES AAPL count=2"] and len(t1.until("END")) == 3, trades
+    finally:
+        cluster.stop()
+
+
 def test_the_whole_cluster_down_and_up_again_keeps_books_orders_balances_and_ids(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path / "c", "--risk-shards", "2").start(funded=["t1", "t2"])
     try:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+import msgspec
 import structlog
 
 from cluster.engine_shard import EngineShard
@@ -39,8 +40,8 @@ from cluster.snapshots import RoleSnapshots, StateSnapshots, StreamCompacted, dr
 from cluster.stream import Input, Reader, Tail, connect, ensure_stream
 from cluster.submitter import Submitter
 from cluster.supervisor import Chore, Supervisor
-from cluster.trade_log import ReportsTail
-from cluster.wire import STREAM, BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
+from cluster.trade_log import Logged, ReportsTail
+from cluster.wire import LOGGED_SUBJECT, STREAM, BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
 from exchange.book import Book
 from exchange.instruments import assets_of, load_instruments
 from exchange.risk import MAX_OPEN_ORDERS, SETTLED, Risk
@@ -65,6 +66,7 @@ from tickline.tuning import tune_runtime
 log = structlog.get_logger("cluster")
 DECISIONS_GRACE = 10.0  # seconds a stopping gateway waits for the risk shards' decisions on what it took
 RISK_SILENT = 3.0  # seconds without a risk shard's heartbeat (it sends one every 0.5 s) before a gateway calls it down
+LOGGED_WAIT = 3.0  # seconds REPORTS, TRADES, KLINES or TICKER waits for the trade log to write what the gateway has seen, before ERR unavailable
 DECISION_WAIT = 20.0  # seconds a new order or replace waits for a risk shard that answers but cannot decide (no quorum) before it is refused
 TRADELOG_BEHIND = 100_000  # rows handed to the trade log's writer and not committed before reading waits
 
@@ -154,7 +156,7 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
         elif role == "notifier":
             work, closers = await _notifier(config, index, js, instruments)
         elif role == "tradelog":
-            work, closers = await _tradelog(config, js, instruments)
+            work, closers = await _tradelog(config, nc, js, instruments)
         else:
             raise ValueError(f"no role {role}")
     except StreamCompacted as exc:  # (its input has a hole: no state can be built from it)
@@ -190,6 +192,7 @@ class GatewayRole:
         self.telemetry = Telemetry()
         self.events: list[Event] = []  # a stream batch's matching events, handed to the gateway after it
         self.money_seen: dict[str, dict[int, int]] = {}  # account -> engine shard -> input of its last money event here
+        self.applied_of: dict[int, int] = {}  # engine shard -> its last input applied here (what this gateway may have sent of it)
 
     async def start(self) -> asyncio.Task[Any]:
         self.build_intake()  # 1
@@ -234,8 +237,10 @@ class GatewayRole:
         self.accounts = Accounts(data.accounts)
         await self.accounts.open()
 
-        async def heard_of() -> int:
-            return intake.latest
+        async def heard_of() -> int:  # (REPORTS' through=: what the file holds all of)
+            latest = intake.latest
+            await self.logged(dict(self.applied_of))
+            return latest
 
         self.history = History(data.trades, self.instruments, lambda symbol: books[symbol].bbo(), heard_of)
         self.desk = OrderDesk(
@@ -260,6 +265,25 @@ class GatewayRole:
             shards = ", ".join(map(str, answer.behind))
             raise SourceUnavailable(f"engine shard {shards} has not settled what you were sent yet: the balances would be stale; try again")
         return answer.rows
+
+    async def logged(self, wanted: dict[int, int]) -> None:
+        """Once the trade log's file holds the rows of each engine shard's inputs through
+        `wanted` (those this gateway has applied, its replies and reports made from them):
+        the trade log is asked, for LOGGED_WAIT s at most."""
+        deadline = time.monotonic() + LOGGED_WAIT
+        while True:
+            try:
+                reply = await self.nc.request(LOGGED_SUBJECT, b"", timeout=LOGGED_WAIT)
+            except Exception as exc:  # (nats: a timeout, no responders)
+                raise SourceUnavailable(f"the trade log did not answer ({type(exc).__name__}); try again") from None
+            have = msgspec.msgpack.decode(reply.data, type=dict[int, int])
+            behind = sorted(e for e, through in wanted.items() if have.get(e, 0) < through)
+            if not behind:
+                return
+            if time.monotonic() >= deadline:
+                shards = ", ".join(map(str, behind))
+                raise SourceUnavailable(f"the trade log has not written all that engine shard {shards} matched yet: the answer would leave some out; try again")
+            await asyncio.sleep(0.01)
 
     def follow_the_stream(self) -> asyncio.Task[Any]:
         """3. What comes back, both from the stream: refusals (verdicts.<this gateway>), and
@@ -287,6 +311,7 @@ class GatewayRole:
             self.intake.sequenced(gw, ticket, seq, cmd)
         self.events.extend(made)
         engine, sessions_of = int(inp.subject.split(".")[1]), self.gateway.by_owner  # orders.<engine>.r<risk>
+        self.applied_of[engine] = inp.seq
         for e in made:  # only owners with a session here can have seen it (and ask)
             if type(e) in SETTLED and e.owner in sessions_of:  # type: ignore[union-attr]
                 self.money_seen.setdefault(e.owner, {})[engine] = inp.seq  # type: ignore[union-attr]
@@ -376,9 +401,9 @@ async def _notifier(config: ClusterConfig, index: int, js: Any, instruments: dic
     return following, [close]
 
 
-async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
+async def _tradelog(config: ClusterConfig, nc: Any, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
     """No books: the rows of what the engine shards' matching made (reports.>), from how far
-    the newest snapshot says the file holds."""
+    the newest snapshot says the file holds; and how far that is, to a gateway that asks."""
     tradelog = TradeLog(config.data.trades, instruments)
     await tradelog.open()
     writer = asyncio.create_task(tradelog.run())
@@ -386,18 +411,20 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
     tail = ReportsTail(js, snapshots)
     loaded = snapshots.load()
     tail.applied = loaded[0] if loaded is not None else 0
+    logged = Logged(loaded[1].get("logged", {}) if loaded is not None else {})
 
     async def follow() -> None:
         # Nothing is dropped here (tickline serve drops past max_rows and refills from its
         # journal): reading the stream waits while the writer is behind.
         while True:
-            for inputs, events in await tail.reports():
+            for engine, through, inputs, events in await tail.reports():
                 for s in inputs:
                     for first, cmds, ts in s.runs():  # their audit rows, their trades' time
                         tradelog.on_durable(first, len(cmds), encode_batch(first, cmds, ts))
                 tradelog.on_events(events)
+                logged.hand(tradelog.queued, engine, through)
             if snapshots.due():  # (written once the rows it covers are in the file)
-                snapshots.take(tail.applied, {}, tradelog.wait_committed)
+                snapshots.take(tail.applied, {"logged": logged.all()}, tradelog.wait_committed)
             while tradelog.queued - tradelog.committed > TRADELOG_BEHIND:
                 await tradelog.wait_committed()
 
@@ -406,7 +433,11 @@ async def _tradelog(config: ClusterConfig, js: Any, instruments: dict) -> tuple[
         await tradelog.wait_committed()
         log.info("tradelog_caught_up", applied=tail.applied, replayed=tail.replayed)
 
+    async def how_far(msg: Any) -> None:
+        await msg.respond(msgspec.msgpack.encode(logged.now(tradelog.committed)))
+
     await tail.begin()
+    await nc.subscribe(LOGGED_SUBJECT, cb=how_far)
     log.info("tradelog_started", path=str(config.data.trades))
     follow_task = asyncio.create_task(follow())
     announcing = asyncio.create_task(announce())
