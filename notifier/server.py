@@ -26,7 +26,7 @@ import structlog
 
 from netio.plumbing import close_all, listen
 from notifier.feed import SymbolFeed
-from notifier.session import Limits, Subscriber
+from notifier.session import Limits, Subscriber, TradeLogBehind
 from protocol import marketdata as M
 from protocol.messages import MARKET_DATA_TYPES, Event, MarketData
 
@@ -150,12 +150,22 @@ class Notifier:
         return None
 
     async def older_trades(self, symbol: str, from_seq: int, as_json: bool) -> list[bytes]:
-        """TRADE lines with seq >= from_seq: the trade log's, then memory's newer ones."""
+        """TRADE lines with seq >= from_seq: the trade log's, then memory's newer ones. Each
+        trade names the one before it (prev): one that names a trade in neither means the
+        trade log has not written it yet (behind, or down), and is said, not skipped."""
         rows = await self.replay_source(symbol, from_seq) if self.replay_source is not None else []
         encode = M.trade_json if as_json else M.trade_text
-        older = [encode(symbol, qty, price, aggr, tid, prev, seq) for seq, qty, price, aggr, tid, prev in rows]
-        last = rows[-1][0] if rows else from_seq - 1
-        return older + [u.json if as_json else u.text for u in self.feeds[symbol].recent if u.seq > last]
+        known = from_seq - 1  # every trade up to here is before from_seq or listed
+        older = []
+        for seq, qty, price, aggr, tid, prev in rows:
+            if prev > known:
+                raise TradeLogBehind(prev)
+            older.append(encode(symbol, qty, price, aggr, tid, prev, seq))
+            known = seq
+        newer = [u for u in self.feeds[symbol].recent if u.seq > known]
+        if newer and newer[0].prev > known:
+            raise TradeLogBehind(newer[0].prev)
+        return older + [u.json if as_json else u.text for u in newer]
 
     async def _watch_paused(self) -> None:
         while True:

@@ -18,6 +18,13 @@ from protocol.text import TOO_LONG, LineSplitter
 log = structlog.get_logger("notifier")
 
 
+class TradeLogBehind(Exception):
+    """REPLAY reached a trade neither the trade log's file nor memory holds yet."""
+
+    def __init__(self, missing: int) -> None:
+        super().__init__(f"the trade log has not written trade seq={missing} yet; try again")
+
+
 @dataclass(frozen=True)
 class Limits:
     """A subscriber's buffers: user-space high-water mark (past it: conflate), the kernel's
@@ -202,8 +209,11 @@ class Subscriber(asyncio.Protocol):
         self.replaying = False
         if task.cancelled() or self.transport is None or self.transport.is_closing():
             return
-        if task.exception() is not None:
-            log.error("replay_failed", peer=self.peer, error=repr(task.exception()))
+        failed = task.exception()
+        if isinstance(failed, TradeLogBehind):
+            self._reply(M.MdError("unavailable", str(failed)), is_json)
+        elif failed is not None:
+            log.error("replay_failed", peer=self.peer, error=repr(failed))
             self._reply(M.MdError("internal", "the trade log could not be read; try again"), is_json)
         else:
             self._send_replay(req, task.result(), is_json)

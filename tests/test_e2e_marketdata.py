@@ -225,3 +225,43 @@ def test_unsub_of_a_symbol_or_kinds_that_do_not_exist_says_so(server: Server) ->
     assert sub.ask('{"op":"unsub","symbol":"AAPL","kinds":"bogus"}') == ['{"type":"err","code":"bad_request","text":"kinds are trades, quotes, book or all"}']
     assert sub.ask("UNSUB * all") == ["UNSUBSCRIBED * all"]
     assert sub.ask("UNSUB AAPL") == ["UNSUBSCRIBED AAPL all"]
+
+
+def test_a_replay_the_trade_log_cannot_complete_yet_says_so_instead_of_skipping_trades(server: Server) -> None:
+    """Found in review: REPLAY joined the trade log's file to the 10,000 trades a symbol
+    keeps in memory; with the log behind by more than that (its writer stopped, or a
+    cluster's trade log down) the trades between them were left out without a word."""
+    import os
+    import signal
+
+    seller, buyer = server.client(), server.client()
+    assert seller.ask("SELL AAPL 1 1.00")[0].startswith("ACK") and buyer.ask("BUY AAPL 1 1.00", 2)[1].startswith("FILL")
+    assert seller.line().startswith("FILL") and buyer.ask("TRADES AAPL")[0] == "TRADES AAPL count=1"  # (in the file)
+    buyer.until("END")
+    assert server.proc is not None
+    children = (Path("/proc") / str(server.proc.pid) / "task" / str(server.proc.pid) / "children").read_text().split()
+    writer = next(int(pid) for pid in children if b"tradelog_writer" in (Path("/proc") / pid / "cmdline").read_bytes())
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        seller.send("SELL AAPL 1 1.00\n" * 10_050)
+        assert all(line.startswith("ACK") for line in seller.lines(10_050, timeout=60))
+        buyer.send("BUY AAPL 10050 1.00 IOC\n")
+        assert buyer.line().startswith("ACK") and len(buyer.lines(10_050, timeout=60)) == 10_050
+        md = server.subscriber()
+        md.send("REPLAY AAPL from=1\n")
+        gap = md.line(timeout=30)
+        assert re.fullmatch(r"ERR unavailable the trade log has not written trade seq=\d+ yet; try again", gap), gap
+        assert md.ask("PING") == ["PONG"]
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    assert buyer.ask("TRADES AAPL limit=1")[0] == "TRADES AAPL count=1"  # (once the log has caught up)
+    buyer.until("END")
+    md.send("REPLAY AAPL from=1\n")
+    assert md.line(timeout=30) == "REPLAY AAPL from=1 count=10051"
+    trades = md.lines(10_051, timeout=30)
+    known = 0
+    for line in trades:  # each names the one before it: none is missing
+        prev, seq = map(int, re.search(r" prev=(\d+) seq=(\d+)$", line).groups())  # type: ignore[union-attr]
+        assert prev == known, line
+        known = seq
+    assert md.line() == "END"
