@@ -282,6 +282,15 @@ class TradeLog:
     def healthy(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    def whole_through(self, seq: int) -> int:
+        """seq, or less: the last command whose rows the log will have once what was handed
+        over is committed (not past rows dropped at the bound, nor a refill under way)."""
+        if self.behind_from is not None:
+            seq = min(seq, self.behind_from - 1)
+        if self.capped_at is not None:
+            seq = min(seq, self.capped_at)
+        return seq
+
     async def wait_committed(self) -> None:
         """Wait until everything handed over so far is committed."""
         target = self.queued

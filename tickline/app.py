@@ -197,12 +197,14 @@ class Serve:
         self.tradelog.handed_through = lambda: matching.applied_through(journal.durable_seq)  # the log records how far it is whole
 
     async def _caught_up(self) -> int:
-        """Everything durable up to now, matched and committed to the trade log."""
+        """Everything durable up to now, matched and committed to the trade log: the seq
+        the log holds every row through (REPORTS' through=), which stops before rows it
+        dropped at its bound, or lacks until a refill, so that no reply claims them."""
         through = self.journal.durable_seq
         while not self.matching.applied(through):
             await asyncio.sleep(0.001)
         await self.tradelog.wait_committed()
-        return through
+        return self.tradelog.whole_through(through)
 
     async def build_order_entry(self) -> None:
         """4. The gateway: sessions log in to accounts and turn lines into commands for the
