@@ -30,9 +30,11 @@ class Replica(Tail):
         super().__init__(js, subject)
         self.snapshots = snapshots
         self.books: dict[str, Book] = {symbol: Book(inst, market_data) for symbol, inst in sorted(instruments.items())}
+        self.extra: dict[str, Any] = {}  # its owner's own state at the snapshot (JSON), as extra_of gave it
+        self.extra_of: Callable[[], dict[str, Any]] = dict
         loaded = snapshots.load() if snapshots is not None else None
         if loaded is not None:  # (before anything reads the books: a gateway's desk indexes them)
-            self.applied, engine, _ = loaded
+            self.applied, engine, self.extra = loaded
             for book in engine.books.values():
                 book.market_data = market_data
             self.books.update(engine.books)
@@ -51,7 +53,7 @@ class Replica(Tail):
     def snapshot_if_due(self, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
         """After a batch: the books as applied through now, every so many commands."""
         if self.snapshots is not None and self.snapshots.due():
-            self.snapshots.take(self.applied, self.books, None, {}, before_write)
+            self.snapshots.take(self.applied, self.books, None, self.extra_of(), before_write)
 
     async def follow(self, on_applied: OnApplied, after_batch: Callable[[], None] = lambda: None) -> None:
         """Apply every message as it comes, forever; after_batch once per batch."""

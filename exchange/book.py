@@ -26,7 +26,7 @@ import hashlib
 from heapq import heapify, heappop, heappush
 from itertools import compress, groupby
 from operator import attrgetter
-from typing import Iterator, cast
+from typing import Callable, Iterator, cast
 
 import msgspec
 
@@ -900,15 +900,17 @@ class Book:
         return hash_book(self.symbol, self.md_seq, self.encoded_orders(), self.encoded_stops(), self.last)
 
 
-def disconnected(books: dict[str, Book]) -> list[MassCancel]:
+def disconnected(books: dict[str, Book], entered_here: Callable[[int], bool] | None = None) -> list[MassCancel]:
     """After a restart no connection is left: the open orders entered with
-    cancel_on_disconnect, as one MassCancel per symbol and owner (in that order)."""
+    cancel_on_disconnect, as one MassCancel per symbol and owner (in that order). A
+    cluster's gateway asks for those entered through it (entered_here: by order id)."""
     out = []
     for symbol, book in sorted(books.items()):
         ids: dict[str, list[int]] = {}
         orders = [*book.orders.values(), *book.stops.values()]
         for o in compress(orders, map(attrgetter("cod"), orders)):  # (a restart looks at every open order: in C)
-            ids.setdefault(o.owner, []).append(o.order_id)
+            if entered_here is None or entered_here(o.order_id):
+                ids.setdefault(o.owner, []).append(o.order_id)
         out += [MassCancel(symbol, owner, sorted(mine), Reason.DISCONNECT) for owner, mine in sorted(ids.items())]
     return out
 

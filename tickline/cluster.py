@@ -42,7 +42,7 @@ from cluster.submitter import Submitter
 from cluster.supervisor import Chore, Supervisor
 from cluster.trade_log import Logged, ReportsTail
 from cluster.wire import LOGGED_SUBJECT, STREAM, BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
-from exchange.book import Book
+from exchange.book import Book, disconnected
 from exchange.instruments import assets_of, load_instruments
 from exchange.risk import MAX_OPEN_ORDERS, SETTLED, Risk
 from exchange.transfers import reply as transfer_reply
@@ -58,7 +58,7 @@ from journal.records import encode_batch
 from journal.tradelog import TradeLog
 from notifier.feed import SymbolFeed
 from notifier.server import Notifier
-from protocol.messages import Command, Event, OrderCommand, Problem, Reason, Transfer
+from protocol.messages import Command, Event, NewOrder, OrderCommand, Problem, Reason, Transfer
 from telemetry.registry import Telemetry
 from tickline import __version__
 from tickline.tuning import tune_runtime
@@ -193,6 +193,7 @@ class GatewayRole:
         self.events: list[Event] = []  # a stream batch's matching events, handed to the gateway after it
         self.money_seen: dict[str, dict[int, int]] = {}  # account -> engine shard -> input of its last money event here
         self.applied_of: dict[int, int] = {}  # engine shard -> its last input applied here (what this gateway may have sent of it)
+        self.entered_via: dict[int, int] = {}  # order id -> the gateway index it came through, for cancel_on_disconnect orders
 
     async def start(self) -> asyncio.Task[Any]:
         self.build_intake()  # 1
@@ -205,6 +206,8 @@ class GatewayRole:
         """1. The replica of every engine shard's books, and the intake: commands to the
         accounts' risk shards (grouped into one message per shard while one is in flight)."""
         self.replica = Replica(self.js, self.instruments, snapshots=_role_snapshots(self.config, "gateway", self.index, self.instruments), market_data=False)
+        self.entered_via = {order_id: index for order_id, index in self.replica.extra.get("entered_via", [])}
+        self.replica.extra_of = self._snapshot_extra
         submitter = Submitter(self.js, self.name, self.config.layout, self.money_seen.get)
         self.intake = StreamIntake(self.name, submitter.forward, self.unavailable)
         self.heard: dict[int, float] = {}  # risk shard -> when its last heartbeat came (alive.risk.<k>)
@@ -309,12 +312,35 @@ class GatewayRole:
     def _applied(self, inp: Input, s: Sequenced, made: list[Event]) -> None:
         for gw, ticket, seq, cmd in zip(s.gateways, s.tokens, s.seqs, s.cmds, strict=True):
             self.intake.sequenced(gw, ticket, seq, cmd)
+            if type(cmd) is NewOrder and cmd.cod:
+                self.entered_via[seq] = gateway_index(gw)
         self.events.extend(made)
         engine, sessions_of = int(inp.subject.split(".")[1]), self.gateway.by_owner  # orders.<engine>.r<risk>
         self.applied_of[engine] = inp.seq
         for e in made:  # only owners with a session here can have seen it (and ask)
             if type(e) in SETTLED and e.owner in sessions_of:  # type: ignore[union-attr]
                 self.money_seen.setdefault(e.owner, {})[engine] = inp.seq  # type: ignore[union-attr]
+
+    def _snapshot_extra(self) -> dict[str, Any]:
+        """What the books do not say: the gateway each open cancel_on_disconnect order came
+        through (forgotten once closed)."""
+        is_open = self.desk.orders.is_open
+        self.entered_via = {order_id: index for order_id, index in self.entered_via.items() if is_open(order_id)}
+        return {"entered_via": sorted(self.entered_via.items())}
+
+    async def cancel_what_the_last_run_left(self) -> None:
+        """Orders entered with cancel_on_disconnect through this gateway's index by its last
+        run (killed or stopped: every connection went with it) are canceled, as `tickline
+        serve`'s restart does, before it listens (their decisions waited for a while)."""
+        mine = self.index
+        cancels = disconnected(self.replica.books, lambda order_id: self.entered_via.get(order_id) == mine)
+        for cancel in cancels:
+            self.desk.submit(cancel)
+        intake, deadline = self.intake, time.monotonic() + DECISIONS_GRACE
+        while intake.advance() < intake.tickets and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if cancels:
+            log.info("disconnected_orders_canceled", orders=sum(len(c.order_ids or []) for c in cancels), undecided=intake.tickets - intake.advance())
 
     def _after_batch(self) -> None:
         """The batch's replies (ACKs, REJs), then its reports, then what waited for its
@@ -334,6 +360,7 @@ class GatewayRole:
         await _until_caught_up(self.replica, follow)
         await self.nc.subscribe("alive.risk.*", cb=self._heartbeat)
         self.since = time.monotonic()  # (a shard is given RISK_SILENT from now to be heard)
+        await self.cancel_what_the_last_run_left()
         host, port = await self.gateway.start(self.config.host, self.config.port, reuse_port=True)
         log.info("order_entry_listening", host=host, port=port, gateway=self.name, caught_up=self.replica.applied, replayed=self.replica.replayed)
         self.follow = follow
@@ -366,6 +393,12 @@ async def _until_caught_up(tail: Tail, follow: asyncio.Task[Any]) -> None:
     waiter = asyncio.create_task(tail.caught_up.wait())
     await asyncio.wait([follow, waiter], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
+
+
+def gateway_index(name: str) -> int:
+    """The index of a gateway incarnation's name, g<index>x<time> (-1: not a gateway's)."""
+    index, x, _ = name[1:].partition("x")
+    return int(index) if name[:1] == "g" and x and index.isdigit() else -1
 
 
 def _role_snapshots(config: ClusterConfig, role: str, index: int, instruments: dict) -> RoleSnapshots:
