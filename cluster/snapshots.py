@@ -155,18 +155,20 @@ class RoleSnapshots(Cadence):
             seq, time.time_ns(), [(s, b.md_seq, b.encoded_orders(), b.encoded_stops(), b.last) for s, b in sorted(books.items())],
             state, risk.terms_of(state[2]) if risk is not None else [],
         )  # fmt: skip
-        self.writing = asyncio.create_task(self._write(captured, extra, before_write))
+        # The counters too are encoded now: written later, in a thread, a dict the role goes on
+        # changing would say more than the state captured here (a restart then diverged).
+        self.writing = asyncio.create_task(self._write(captured, json.dumps(extra).encode(), before_write))
 
-    async def _write(self, captured: Captured, extra: dict[str, Any], before_write: Callable[[], Awaitable[None]] | None) -> None:
+    async def _write(self, captured: Captured, extra: bytes, before_write: Callable[[], Awaitable[None]] | None) -> None:
         if before_write is not None:
             await before_write()
         started = time.monotonic()
         await asyncio.to_thread(self._write_files, captured, extra)
         log.info("snapshot_written", seq=captured[0], books_bytes=sum(len(b[2]) for b in captured[2]), seconds=round(time.monotonic() - started, 3))
 
-    def _write_files(self, captured: Captured, extra: dict[str, Any]) -> None:
+    def _write_files(self, captured: Captured, extra: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        _write_json(counters_path(self.directory, captured[0]), extra)
+        write_whole(counters_path(self.directory, captured[0]), extra)
         write_snapshot(self.directory, captured)
         kept = {counters_path(self.directory, seq_of(p)) for p in prune(self.directory, KEEP)}
         for old in self.directory.glob("snap-*.json"):
