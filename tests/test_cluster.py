@@ -647,6 +647,23 @@ def test_an_account_may_have_at_most_max_open_orders_in_a_cluster_too_and_a_rest
         cluster.stop()
 
 
+def test_up_again_with_another_layout_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """Found while debugging: `cluster up --dir <d>` without the options <d> was made with
+    rewrote cluster.json with one risk shard and one engine shard; the roles then read a
+    stream written by two of each (a risk shard died on the first fill of an order it never
+    held, the gateway sent every account to shard 0). The layout is kept, as the limit is."""
+    from tickline.cluster import ClusterConfig
+
+    directory = tmp_path / "c"
+    ClusterConfig(str(directory), risk_shards=2, engines={"AAPL": 0, "BTC-USD": 1}, engine_shards=2).save()
+    changed = tickline_cli("cluster", "up", "--dir", str(directory), "--nats-port", "1")
+    assert (changed.returncode, changed.stderr) == (1, (
+        f"tickline: {directory} was brought up with --risk-shards 2 --engine AAPL=0 --engine BTC-USD=1;"
+        " a cluster keeps the layout it started with (its stream and snapshots are by shard): give the same options, or another --dir\n"
+    ))  # fmt: skip
+    assert not (directory / "nats").exists() and ClusterConfig.load(directory).risk_shards == 2
+
+
 def test_with_its_risk_shard_killed_a_gateway_answers_every_request_within_seconds(tmp_path: Path) -> None:
     """Reported: after kill -9 of the risk shard every request on the gateway (orders, BOOK,
     BALANCES, even PING) hung with no error until the shard was back."""

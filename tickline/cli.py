@@ -286,9 +286,16 @@ def _cluster(args: argparse.Namespace) -> int:
             symbol, _, shard = item.partition("=")
             engines[symbol.upper()] = int(shard)
         base = args.nats_port
-        recorded = cluster.ClusterConfig.load(args.dir).max_open_orders if (Path(args.dir) / "cluster.json").exists() else None
+        was = cluster.ClusterConfig.load(args.dir) if (Path(args.dir) / "cluster.json").exists() else None
+        recorded = was.max_open_orders if was is not None else None
         if None not in (recorded, args.max_open_orders) and recorded != args.max_open_orders:
             raise OperatorError(f"{args.dir} was brought up with --max-open-orders {recorded}; a cluster keeps the limit it started with")
+        if was is not None and (was.risk_shards, was.engines) != (args.risk_shards, engines):  # (the stream and snapshots are by shard)
+            options = " ".join([f"--risk-shards {was.risk_shards}", *(f"--engine {s}={e}" for s, e in sorted(was.engines.items()))])
+            raise OperatorError(
+                f"{args.dir} was brought up with {options}; a cluster keeps the layout it started with"
+                " (its stream and snapshots are by shard): give the same options, or another --dir"
+            )
         config = cluster.ClusterConfig(
             args.dir, port=args.port, md_port=args.md_port, gateways=args.gateways, notifiers=args.notifiers,
             risk_shards=args.risk_shards, engines=engines, engine_shards=max(engines.values(), default=0) + 1,
