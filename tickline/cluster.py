@@ -283,7 +283,8 @@ class GatewayRole:
         deadline = time.monotonic() + LOGGED_WAIT
         while True:
             try:
-                reply = await self.nc.request(LOGGED_SUBJECT, b"", timeout=LOGGED_WAIT)
+                # (no longer than what is left: a REPORTS answers within LOGGED_WAIT, not twice that)
+                reply = await self.nc.request(LOGGED_SUBJECT, b"", timeout=max(0.1, deadline - time.monotonic()))
             except Exception as exc:  # (nats: a timeout, no responders)
                 raise SourceUnavailable(f"the trade log did not answer ({type(exc).__name__}); try again") from None
             have = msgspec.msgpack.decode(reply.data, type=dict[int, int])
