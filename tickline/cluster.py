@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -60,6 +59,7 @@ from journal.tradelog import TradeLog
 from notifier.feed import SymbolFeed
 from notifier.server import Notifier
 from protocol.messages import Command, Event, NewOrder, OrderCommand, Problem, Reason, Transfer
+from telemetry.probes import raised_at
 from telemetry.registry import Telemetry
 from tickline import __version__
 from tickline.tuning import tune_runtime
@@ -167,19 +167,14 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
     done, _ = await asyncio.wait([work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     failed = work in done and work.exception() is not None
     if failed:
-        log.error("role_failed", role=role, index=index, error=repr(work.exception()), where=_where(work.exception()))
+        error = cast(BaseException, work.exception())
+        log.error("role_failed", role=role, index=index, error=repr(error), at=raised_at(error))
     for close in closers:  # each stops its own work in the order it needs (a gateway: its clients first)
         await close()
     work.cancel()
     await nc.close()
     log.info("stopped", role=role, index=index)
     return 1 if failed else 0
-
-
-def _where(exc: BaseException | None) -> str:
-    """Where an exception was raised, innermost frame last, on one line (a log line each)."""
-    frames = traceback.extract_tb(exc.__traceback__)[-4:] if exc is not None else []
-    return " > ".join(f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno}:{f.name}" for f in frames)
 
 
 async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
