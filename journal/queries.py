@@ -182,7 +182,14 @@ def audit_row(seq: int, ts: str, cmd: Command, instruments: dict[str, Instrument
     row |= {"owner": order.owner, "symbol": order.symbol, "side": "", "qty": "", "price": "", "tif": ""}
     if type(cmd) is NewOrder:
         price = "MKT" if cmd.price is None else inst.format_price(cmd.price)
-        return row | {"side": cmd.side.value, "qty": inst.format_qty(cmd.qty), "price": price, "tif": cmd.tif.value, "client_id": cmd.client_id, "kind": "new"}
+        row |= {"side": cmd.side.value, "qty": inst.format_qty(cmd.qty), "price": price, "tif": cmd.tif.value, "client_id": cmd.client_id, "kind": "new"}
+        if cmd.stop is not None:
+            row["stop"] = inst.format_price(cmd.stop)
+        if cmd.show is not None:
+            row["show"] = inst.format_qty(cmd.show)
+        if cmd.oco is not None:
+            row["oco"] = cmd.oco
+        return row
     if type(cmd) is Cancel:
         return row | {"kind": "cancel", "target": cmd.order_id}
     if type(cmd) is MassCancel:  # its order ids: the orders it canceled (the reports say)
@@ -208,10 +215,13 @@ def order_line(row: dict) -> str:
         body = f"{row['symbol']} order={target}"
     elif kind == "replace":
         body = f"{row['symbol']} order={target} qty={row['qty']}" + (f" price={row['price']}" if row["price"] else "")
+    elif kind == "cancel_all":  # one per symbol the owner had open orders in: which ones, the outcome says
+        body = row["symbol"]
     elif kind in ("deposit", "withdrawal"):  # the asset, the amount, the operator's ref
         return f"{head} {row['symbol']} {row['qty']} account={row['owner']} ref={row['client_id']}"
     else:
         body = f"{row['side']} {row['symbol']} {row['qty']} {row['price']} {row['tif'] or '-'}"
+        body += "".join(f" {key}={row[key]}" for key in ("stop", "show", "oco") if row.get(key) is not None)  # (journaled: from the command)
     cid = f" id={row['client_id']}" if row["client_id"] else ""
     why = f" reason={row['reason']} {row['text']}" if row["reason"] else ""
     outcome = f" -> {row['result']}" if row["result"] else ""

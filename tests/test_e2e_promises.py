@@ -285,6 +285,25 @@ def test_the_audit_lists_every_request_with_its_outcome(server: Server) -> None:
         assert refused.returncode == 2 and "is neither a sequence number nor an ISO-8601 time" in refused.stderr, refused
 
 
+def test_the_audit_shows_stops_icebergs_and_pairs_as_entered_and_a_cancel_all_by_its_symbol(server: Server) -> None:
+    # Seen by hand: a stop, an iceberg and an OCO pair were audited as plain orders, and
+    # CANCEL ALL as `CANCEL_ALL 18 <ts> accepted  AAPL   - owner=alice -> ...`.
+    c = server.client()
+    assert c.ask("SELL AAPL 10 151 SHOW=2 id=i1") == ["ACK 61 SELL AAPL 10 151.00 GTC show=2 id=i1"]
+    assert c.ask("BUY AAPL 5 STOP=152") == ["ACK 62 BUY AAPL 5 MKT IOC stop=152.00"]
+    assert c.ask("BUY AAPL 5 149 STOP=152 id=p1 oco=i1") == ["ACK 63 BUY AAPL 5 149.00 GTC stop=152.00 id=p1 oco=61"]
+    assert c.ask("CANCEL ALL", 4)[-1] == "CANCELED_ALL 3"
+    time.sleep(0.5)  # the trade log commits every 100 ms
+    lines = [line for line in tickline("orders", "--data-dir", str(server.data_dir)).stdout.splitlines() if not line.startswith("DEPOSIT")]
+    owner = c.owner
+    assert [re.sub(r" \S+\+00:00 ", " <ts> ", line) for line in lines] == [
+        f"ORDER 61 <ts> accepted SELL AAPL 10 151.00 GTC show=2 owner={owner} id=i1",  # (what later commands did to an
+        f"ORDER 62 <ts> accepted BUY AAPL 5 MKT IOC stop=152.00 owner={owner}",  # order is on their lines)
+        f"ORDER 63 <ts> accepted BUY AAPL 5 149.00 GTC stop=152.00 oco=61 owner={owner} id=p1",
+        f"CANCEL_ALL 64 <ts> accepted AAPL owner={owner} -> canceled user order=61, canceled user order=62, canceled user order=63",
+    ]
+
+
 def test_the_audit_names_the_order_each_outcome_is_about(server: Server) -> None:
     # Reported: `ORDER 62 -> canceled self_trade, canceled no_liquidity` put resting order 61's
     # self-trade cancel on order 62, and a cancel by an unknown client id printed order=None.
