@@ -144,9 +144,10 @@ class Asset:
         return self.unit.format(units)
 
     def parse(self, text: str) -> int | None:
-        """A positive amount in units, exactly; None if not one (or finer than the unit)."""
+        """A positive amount in units, exactly; TOO_LARGE past MAX_STEPS units; None if not
+        one (or finer than the unit)."""
         units = self.unit.count(text)
-        return units if units is not None and units > 0 else None
+        return units if units is not None and (units > 0 or units == TOO_LARGE) else None
 
 
 class Instrument:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from exchange.instruments import Asset
+from exchange.instruments import MAX_STEPS, TOO_LARGE, Asset
 from protocol.messages import Problem, Reason, Transfer
 from protocol.text import clip
 
@@ -34,6 +34,8 @@ def terms(verb: str, account: str, asset_name: str, amount_text: str, ref: str, 
         return Problem(Reason.UNKNOWN_ASSET, f"{clip(asset_name)} is not an asset here; assets: {' '.join(assets)}")
     negative = amount_text.startswith("-")
     amount = asset.parse(amount_text[1:] if negative else amount_text)
+    if amount == TOO_LARGE:
+        return Problem(Reason.BAD_AMOUNT, f"{clip(amount_text)} is more than one transfer may move: {asset.format(MAX_STEPS)} {asset.name}")
     if amount is None:
         return Problem(Reason.BAD_AMOUNT, f"{clip(amount_text)} is not a positive amount in units of {asset.unit.text} (a negative one: the other way)")
     if not REF.fullmatch(ref):

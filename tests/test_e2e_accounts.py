@@ -55,6 +55,10 @@ def test_an_operator_adds_funds_and_disables_accounts_and_a_ref_never_counts_twi
         assert tickline("accounts", "deposit", "carol", "USD", "0.00000001", "--ref", "r8", "--data-dir", str(data)).stdout == (
             "ERR bad_amount 0.00000001 is not a positive amount in units of 0.0000001 (a negative one: the other way)\n"
         )
+        # Seen by hand: an amount past the largest said it was "not a positive amount".
+        assert tickline("accounts", "deposit", "carol", "USD", "7000000000", "--ref", "r7", "--data-dir", str(data)).stdout == (
+            "ERR bad_amount 7000000000 is more than one transfer may move: 100000000.0000000 USD\n"
+        )
         assert tickline("accounts", "withdraw", "carol", "USD", "0.5", "--ref", "out-2", "--data-dir", str(data)).stdout == "OK 2 withdrawn\n"
         # Reported: a ref reused for another transfer answered "OK ... duplicate" and exited 0.
         reused = tickline("accounts", "withdraw", "carol", "USD", "1", "--ref", "wire-1", "--data-dir", str(data))
