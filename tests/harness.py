@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -44,8 +45,12 @@ def fund(data_dir: Path, names: list[str] = ACCOUNTS, funds: list[tuple[str, str
     return send_lines(data_dir / "admin.sock", lines)
 
 
-def tickline_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tickline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, input=stdin)
+def tickline_cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command line as an operator runs it (env: variables added to this process's)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tickline.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, input=stdin,
+        env=None if env is None else {**os.environ, **env},
+    )  # fmt: skip
 
 
 class Server:

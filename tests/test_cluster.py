@@ -324,11 +324,20 @@ def test_a_transfer_ref_is_applied_once_in_a_row_at_once_and_after_a_restart_in_
             f"OK {len(FUNDS) + 3} withdrawn", "ERR bad_request usage: <account> <asset> <amount> <ref>",
         ]  # fmt: skip
         assert cluster.transfer("nobody", "USD", "1", "x2") == "ERR unknown_account no account nobody; add it with: tickline accounts add nobody"
+        # `tickline accounts deposit|withdraw` given the cluster's directory (it said "no server is running")
+        for verb, amount, ref, said in (("deposit", "100", "x", "duplicate:"), ("withdraw", "2", "w", "withdrawn")):
+            run = tickline_cli("accounts", verb, "t1", "USD", amount, "--ref", ref, "--data-dir", str(cluster.dir))
+            assert run.returncode == 0 and run.stdout.split()[2] == said, run
         cluster.kill("risk")
+        # With its risk shard down a transfer says so in bounded time (it waited for ever, or
+        # with the NATS nodes down retried for ever); once the shard is back it is applied once.
+        late = tickline_cli("cluster", "deposit", "t1", "USD", "1", "--ref", "late", "--dir", str(cluster.dir), env={"TICKLINE_VERDICT_WAIT": "2"})
+        assert late.returncode == 1 and late.stdout.startswith("ERR unavailable no verdict from risk shard 0 within 2 s: the transfer may be in the stream"), late
         cluster.restart("risk")
         assert cluster.transfer("t1", "USD", "100", "x") == f"OK {len(FUNDS) + 1} duplicate: ref x was applied before; nothing changed"
+        assert cluster.transfer("t1", "USD", "1", "late") == f"OK {len(FUNDS) + 5} duplicate: ref late was applied before; nothing changed"
         usd = next(line for line in base if line.startswith("BALANCE USD"))
-        want = usd.replace("available=10000000.0000000", "available=10000102.0000000")
+        want = usd.replace("available=10000000.0000000", "available=10000101.0000000")
         assert settled(lambda: {"usd": [ln for ln in cluster.client("t1").ask("BALANCES", 6) if ln.startswith("BALANCE USD")]}, {"usd": [want]}) == {"usd": [want]}
     finally:
         cluster.stop()
@@ -834,6 +843,13 @@ def test_the_whole_cluster_down_and_up_again_keeps_books_orders_balances_and_ids
             assert refused.stderr.startswith(f"tickline: {cluster.dir} is a `tickline cluster` directory: its journal is its JetStream stream") or (
                 words == ["balances"] and refused.stderr.startswith(f"tickline: the cluster in {cluster.dir} is not running")
             ), refused.stderr
+        # ... and those that ask a running one (a deposit retried for ever; telemetry said "no server is running")
+        for words in (["cluster", "deposit", "t1", "USD", "1", "--ref", "r", "--dir"], ["accounts", "deposit", "t1", "USD", "1", "--ref", "r", "--data-dir"]):
+            refused = tickline_cli(*words, str(cluster.dir))
+            assert (refused.returncode, refused.stdout) == (1, ""), refused
+            assert refused.stderr == f"tickline: the cluster in {cluster.dir} is not running, its NATS nodes do not answer within 5 s: `tickline cluster up --dir {cluster.dir}`\n"
+        telemetry = tickline_cli("telemetry", "--data-dir", str(cluster.dir))
+        assert telemetry.returncode == 1 and telemetry.stderr.startswith(f"tickline: {cluster.dir} is a `tickline cluster` directory: its roles keep no telemetry yet")
         cluster.up()  # the same directory: the NATS nodes' stores, every role replaying
         assert state() == before
         # t1's risk shard numbers on from where it was (every second number: two shards)

@@ -9,10 +9,14 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exchange.risk import MAX_OPEN_ORDERS
 from journal.layout import DataDir
 from tickline import __version__
+
+if TYPE_CHECKING:
+    from tickline.cluster import ClusterConfig
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -320,9 +324,7 @@ def _cluster(args: argparse.Namespace) -> int:
             moves = [[args.name, args.asset, args.amount, args.ref]]
         else:  # a malformed line gets its own ERR line (exchange/transfers.py)
             moves = [line.split() for line in sys.stdin if line.strip()]
-        lines = asyncio.run(cluster.transfers(config, moves))
-        sys.stdout.write("".join(line + "\n" for line in lines))
-        return 0 if all(line.startswith("OK") for line in lines) else 1
+        return _cluster_transfers(config, moves, "DEPOSIT", args.dir)
     if args.action == "compact":
         try:
             said = asyncio.run(cluster.compact_stream(config))
@@ -358,6 +360,8 @@ def _admin(data: DataDir, line: str, why: str) -> str:
 def _telemetry(args: argparse.Namespace) -> int:
     import json
 
+    where = args.data_dir
+    _not_a_cluster(where, f"its roles keep no telemetry yet (docs/SCALING.md, Not built); `tickline cluster status --dir {where}` says what runs")
     text = _admin(DataDir(args.data_dir), "TELEMETRY RESET" if args.reset else "TELEMETRY", "the figures are the server's")
     if args.json or not text.startswith("{"):
         sys.stdout.write(text + "\n")
@@ -371,12 +375,31 @@ def _telemetry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_transfers(config: ClusterConfig, moves: list[list[str]], verb: str, where: str) -> int:
+    """Transfers through a cluster's risk shards (`cluster deposit(s)`, and `accounts
+    deposit|withdraw` given a cluster directory): a verdict line each."""
+    import asyncio
+
+    from tickline import cluster
+
+    try:
+        lines = asyncio.run(cluster.transfers(config, moves, verb))
+    except cluster.ClusterDown as exc:
+        raise OperatorError(f"the cluster in {where} is not running, {exc}: `tickline cluster up --dir {where}`") from None
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0 if all(line.startswith("OK") for line in lines) else 1
+
+
 def _accounts(args: argparse.Namespace) -> int:
     from journal.accounts import AccountAdmin
 
     data = DataDir(args.data_dir)
-    if args.action in ("deposit", "withdraw"):
+    if args.action in ("deposit", "withdraw") and (Path(args.data_dir) / "cluster.json").exists():
+        from tickline.cluster import ClusterConfig
 
+        config = ClusterConfig.load(args.data_dir)
+        return _cluster_transfers(config, [[args.name, args.asset, args.amount, args.ref]], args.action.upper(), args.data_dir)
+    if args.action in ("deposit", "withdraw"):
         line = f"{args.action.upper()} {args.name} {args.asset} {args.amount} {args.ref}"
         text = _admin(data, line, "a transfer is journaled by the server")
         sys.stdout.write(text + "\n")

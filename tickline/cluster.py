@@ -778,11 +778,11 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-async def transfers(config: ClusterConfig, moves: list[list[str]]) -> list[str]:
-    """Deposits (or, negative, withdrawals) through each account's risk shard, all sent at
-    once: the words (account, asset, amount, ref) of each; a reply line each, in order, as
-    `tickline accounts deposit` prints them (exchange/transfers.py): the same rules, the
-    ref applied once by the risk shard's sequencer."""
+async def transfers(config: ClusterConfig, moves: list[list[str]], verb: str = "DEPOSIT") -> list[str]:
+    """Deposits (or, negative, withdrawals; all withdrawals with verb WITHDRAW) through each
+    account's risk shard, all sent at once: the words (account, asset, amount, ref) of each;
+    a reply line each, in order, as `tickline accounts deposit` prints them
+    (exchange/transfers.py): the same rules, the ref applied once by the risk shard's sequencer."""
     assets = assets_of(load_instruments(Path(config.instruments) if config.instruments else None))
     answers: dict[int, str] = {}
     wanted: dict[int, Transfer] = {}
@@ -792,7 +792,7 @@ async def transfers(config: ClusterConfig, moves: list[list[str]]) -> list[str]:
         for token, words in enumerate(moves, 1):
             cmd: Transfer | Problem = Problem(Reason.BAD_REQUEST, "usage: <account> <asset> <amount> <ref>")
             if len(words) == 4:
-                cmd = transfer_terms("DEPOSIT", words[0], words[1], words[2], words[3], assets)
+                cmd = transfer_terms(verb, words[0], words[1], words[2], words[3], assets)
             if isinstance(cmd, Transfer) and not await accounts.exists(cmd.account):
                 cmd = unknown_account(cmd.account)
             if isinstance(cmd, Problem):
@@ -806,9 +806,14 @@ async def transfers(config: ClusterConfig, moves: list[list[str]]) -> list[str]:
     return [answers[token] for token in range(1, len(moves) + 1)]
 
 
+VERDICT_WAIT = float(os.environ.get("TICKLINE_VERDICT_WAIT", "60"))  # seconds a transfer waits for its risk shard's verdict
+
+
 async def _submit_transfers(config: ClusterConfig, wanted: dict[int, Transfer], answers: dict[int, str]) -> None:
-    """Each transfer to its account's risk shard; each verdict into answers, by token."""
-    nc, js = await connect(config.urls, "admin")
+    """Each transfer to its account's risk shard; each verdict into answers, by token (or,
+    none within VERDICT_WAIT, why not). ClusterDown if the NATS nodes do not answer."""
+    nc = await _connect_once(config)
+    js = nc.jetstream()
     name = f"admin{time.time_ns():x}"
     submitter = Submitter(js, name, config.layout)
     all_in = asyncio.Event()
@@ -828,7 +833,15 @@ async def _submit_transfers(config: ClusterConfig, wanted: dict[int, Transfer], 
     for token, cmd in wanted.items():
         submitter.forward(token, cmd)
     try:
-        await asyncio.wait_for(all_in.wait(), 60)
+        await asyncio.wait_for(all_in.wait(), VERDICT_WAIT)
+    except TimeoutError:  # (its risk shard down, or the stream without a quorum)
+        for token, cmd in wanted.items():
+            shard = config.layout.risk_of(cmd.account)
+            why = (
+                f"no verdict from risk shard {shard} within {VERDICT_WAIT:g} s: the transfer may be in the stream;"
+                " the same command again (the same ref) applies it at most once and says what became of it"
+            )
+            answers.setdefault(token, transfer_reply(cmd, Problem(Reason.UNAVAILABLE, why)))
     finally:
         reading.cancel()
         await nc.close()
