@@ -155,7 +155,7 @@ class Notifier:
         trade log has not written it yet (behind, or down), and is said, not skipped."""
         rows = await self.replay_source(symbol, from_seq) if self.replay_source is not None else []
         encode = M.trade_json if as_json else M.trade_text
-        known = from_seq - 1  # every trade up to here is before from_seq or listed
+        known = max(from_seq - 1, 0)  # every trade up to here is before from_seq or listed (prev=0: the first trade)
         older = []
         for seq, qty, price, aggr, tid, prev in rows:
             if prev > known:

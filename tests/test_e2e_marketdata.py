@@ -96,6 +96,8 @@ def test_snapshot_and_increments_are_exact(server: Server) -> None:
         "QUOTE AAPL 150.00 5 150.25 6 prev=4 seq=7",
     ]
     assert sub.ask("REPLAY AAPL from=1", 3) == ["REPLAY AAPL from=1 count=1", "TRADE AAPL 4 150.25 BUY trade=63-1 prev=0 seq=5", "END"]
+    # from=0 is every trade too (it said "ERR unavailable the trade log has not written trade seq=0 yet; try again")
+    assert sub.ask("REPLAY AAPL from=0", 3) == ["REPLAY AAPL from=0 count=1", "TRADE AAPL 4 150.25 BUY trade=63-1 prev=0 seq=5", "END"]
     assert sub.ask("SUB NOPE") == ["ERR unknown_symbol no such symbol NOPE"]
     # An order typed on this port: told where it goes (and nothing is subscribed or sent).
     assert sub.ask("BUY AAPL 1 150") == [
