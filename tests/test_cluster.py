@@ -220,6 +220,16 @@ class Tap:
         return per
 
 
+def once_available(ask: Callable[[], list[str]], within: float = 30.0) -> list[str]:
+    """ask() again while the answer is `ERR unavailable` or `REJ unavailable` (a role just
+    restarted, catching up), and return the first other one."""
+    deadline = time.monotonic() + within
+    while (got := ask())[0].startswith(("ERR unavailable", "REJ unavailable")):
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+    return got
+
+
 def settled(read: Callable[[], dict], want: dict, within: float = 15.0) -> dict:
     """read() until it equals want (a cluster settles balances and the trade log a few
     milliseconds after the reports), or its last answer."""
@@ -644,11 +654,7 @@ def test_an_account_may_have_at_most_max_open_orders_in_a_cluster_too_and_a_rest
         assert t1.ask("BUY AAPL 1 98.00") == [CAPPED]
         cluster.kill("risk")
         cluster.restart("risk")
-        deadline = time.monotonic() + 30
-        while (reply := t1.ask("BUY AAPL 1 98.00")[0]).startswith("REJ unavailable"):
-            assert time.monotonic() < deadline, reply
-            time.sleep(0.5)
-        assert reply == CAPPED  # counted again from its input
+        assert once_available(lambda: t1.ask("BUY AAPL 1 98.00")) == [CAPPED]  # counted again from its input
         cluster.stop()
         changed = tickline_cli("cluster", "up", "--max-open-orders", "5", "--dir", str(cluster.dir))
         assert (changed.returncode, changed.stderr) == (1, f"tickline: {cluster.dir} was brought up with --max-open-orders 3; a cluster keeps the limit it started with\n")
@@ -694,11 +700,7 @@ def test_with_its_risk_shard_killed_a_gateway_answers_every_request_within_secon
         assert t1.ask("BUY AAPL 1 102.00 id=c") == ["REJ unavailable id=c risk shard 0 is not answering: nothing was done; try again"]
         assert t1.ask("BALANCES") == ["ERR unavailable risk shard 0 is not answering; try again"]
         cluster.restart("risk")
-        deadline = time.monotonic() + 30
-        while (reply := t1.ask("BUY AAPL 1 99.00 id=d")[0]).startswith("REJ unavailable"):
-            assert time.monotonic() < deadline, reply
-            time.sleep(0.5)
-        assert reply.startswith("ACK")
+        assert once_available(lambda: t1.ask("BUY AAPL 1 99.00 id=d"))[0].startswith("ACK")
         orders = t1.ask("ORDERS")[0:1] + t1.until("END")
         assert sorted(re.findall(r"id=(\w)", " ".join(orders))) == ["a", "b", "d"], orders  # b took effect after all; c never was
     finally:
@@ -724,10 +726,7 @@ def test_with_its_engine_shard_killed_balances_say_they_would_be_stale_rather_th
         assert balances() == ["ERR unavailable engine shard 0 has not settled what you were sent yet: the balances would be stale; try again"]
         assert time.monotonic() - started < 5
         cluster.restart("engine")
-        deadline = time.monotonic() + 30
-        while (after := balances())[0].startswith("ERR unavailable"):
-            assert time.monotonic() < deadline, after
-            time.sleep(0.5)
+        after = once_available(balances)
         bought = {line.split()[1]: line.split()[2:] for line in after[1:-1]}
         held = {line.split()[1]: line.split()[2:] for line in before[1:-1]}
         assert bought["AAPL"] != held["AAPL"] and bought["USD"] != held["USD"], (before, after)  # settled: the share is there, the price paid
@@ -767,10 +766,7 @@ def test_reports_and_trades_never_answer_past_what_the_trade_log_has_written(tmp
         down = t1.ask("REPORTS since=0")  # (no responders; a timeout while NATS still routes to the dead subscription)
         assert re.fullmatch(r"ERR unavailable the trade log did not answer \((NoRespondersError|TimeoutError)\); try again", down[0]) and len(down) == 1, down
         cluster.restart("tradelog")
-        deadline = time.monotonic() + 30
-        while (trades := t1.ask("TRADES AAPL"))[0].startswith("ERR unavailable"):
-            assert time.monotonic() < deadline, trades
-            time.sleep(0.2)
+        trades = once_available(lambda: t1.ask("TRADES AAPL"))
         assert trades == ["TRADES AAPL count=2"] and len(t1.until("END")) == 3, trades
     finally:
         cluster.stop()
@@ -803,10 +799,7 @@ def test_a_gateway_that_comes_back_cancels_the_cancel_on_disconnect_orders_of_it
         cluster.up()
         watcher = cluster.client("t1")
         assert watcher.ask("ORDERS", 3) == ["ORDERS 1", f"ORDER {kept} BUY ES 1 4300.00 GTC", "END"]
-        deadline = time.monotonic() + 30  # (the trade log just started: REPORTS may say so for a while)
-        while (reports := watcher.ask(f"REPORTS since={again}"))[0].startswith("ERR unavailable"):
-            assert time.monotonic() < deadline, reports
-            time.sleep(0.2)
+        reports = once_available(lambda: watcher.ask(f"REPORTS since={again}"))  # (the trade log just started)
         assert reports[1:] + watcher.until("END") == [f"CANCELED {again} leaves=1 reason=disconnect", "END"], reports
     finally:
         cluster.stop()
