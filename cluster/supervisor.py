@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import structlog
 
@@ -26,11 +26,20 @@ STEADY = 60.0  # seconds a role must run for its next death to be restarted afte
 Start = Callable[[str, int], "subprocess.Popen[bytes]"]
 
 
+class Watched(Protocol):
+    """A role's process as the supervisor watches it: a child it started (Popen), or one that
+    already served when it started (tickline/cluster.py Adopted)."""
+
+    pid: int
+
+    def poll(self) -> int | str | None: ...  # None while it runs; then its exit code (or why unknown)
+
+
 @dataclass
 class Child:
     role: str
     index: int
-    proc: subprocess.Popen[bytes]
+    proc: Watched
     started: float
     delay: float = FIRST_DELAY  # before the next restart, should it die now
     due: float | None = None  # when a dead one is to be started again
@@ -58,7 +67,7 @@ class Supervisor:
 
     def __init__(
         self,
-        started: list[tuple[str, int, subprocess.Popen[bytes]]],
+        started: Sequence[tuple[str, int, Watched]],
         start: Start,
         clock: Callable[[], float] = time.monotonic,
         since: float | None = None,

@@ -8,6 +8,8 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ import pytest
 
 from cluster.nats import process_alive, server_binary
 from protocol.messages import Reason
-from tests.harness import ACCOUNTS, CAPPED, FUNDS, Client, Cluster, Server, create_accounts, fund, tickline_cli
+from tests.harness import ACCOUNTS, CAPPED, FUNDS, ROOT, Client, Cluster, Server, create_accounts, fund, tickline_cli
 
 if TYPE_CHECKING:
     from tickline.cluster import ClusterConfig
@@ -622,9 +624,37 @@ def test_up_restarts_a_role_that_dies_with_a_log_line_and_down_stops_its_supervi
         for role in ("risk", "engine", "gateway"):
             assert re.search(rf"^{role} 0 +pid {cluster.pids()[(role, 0)]} +running  restarted 1 time by the supervisor$", status.stdout, re.M), status.stdout
         assert re.search(r"^notifier 0 +pid \d+ +running$", status.stdout, re.M) and lines[-1].startswith("stream TICKLINE: "), status.stdout
+        # The supervisor itself killed: the roles serve on, and status says it is missing. One
+        # started by hand watches them (it started second copies, which were refused, and
+        # gave up; status then listed the refused copies' pids as the roles, NOT RUNNING).
+        os.kill(cluster.pids()[("supervisor", 0)], signal.SIGKILL)
+        roles = {role: cluster.pids()[(role, 0)] for role in ("tradelog", "risk", "engine", "gateway", "notifier")}
+        deadline = time.monotonic() + 10
+        while process_alive(cluster.pids()[("supervisor", 0)]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        status = tickline_cli("cluster", "status", "--dir", str(cluster.dir))
+        assert status.returncode == 1 and re.search(r"^supervisor 0 +pid \d+ +NOT RUNNING$", status.stdout, re.M), status.stdout
+        with open(cluster.dir / "supervisor.log", "ab") as log:
+            second = subprocess.Popen(
+                [sys.executable, "-m", "tickline.cli", "cluster", "supervise", "--dir", str(cluster.dir)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        assert second.stdout is not None and second.stdout.readline() == b"ready\n"
+        status = tickline_cli("cluster", "status", "--dir", str(cluster.dir))
+        assert status.returncode == 0, status.stdout
+        for role, pid in roles.items():
+            assert re.search(rf"^{role} 0 +pid {pid} +running$", status.stdout, re.M), status.stdout
+        os.kill(roles["notifier"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not ((pid := cluster.pids()[("notifier", 0)]) != roles["notifier"] and process_alive(pid)):
+            assert time.monotonic() < deadline, (cluster.dir / "supervisor.log").read_text()[-2000:]
+            time.sleep(0.1)
+        assert "event='role_restarted' role='notifier' index=0" in (cluster.dir / "supervisor.log").read_text().rpartition("event='roles_adopted'")[2]
         serving = cluster_pids_alive(cluster)
         assert len(serving) >= 3 + 5 + 1, serving  # NATS nodes, roles (and the dead ones' successors), the supervisor
         assert tickline_cli("cluster", "down", "--dir", str(cluster.dir)).returncode == 0
+        assert second.wait(10) == 0
         time.sleep(1.0)  # (what a supervisor still running would restart by now)
         assert not [pid for pid in serving if process_alive(pid)] and not cluster_pids_alive(cluster), "something still serves the directory"
         status = tickline_cli("cluster", "status", "--dir", str(cluster.dir))

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Container, cast
 
 import msgspec
 import structlog
@@ -39,7 +39,7 @@ from cluster.risk_shard import RiskShard
 from cluster.snapshots import RoleSnapshots, StateSnapshots, StreamCompacted, dropped_through, kept_snapshots
 from cluster.stream import Input, Reader, Tail, connect, ensure_stream
 from cluster.submitter import Submitter
-from cluster.supervisor import Chore, Supervisor
+from cluster.supervisor import Chore, Supervisor, Watched
 from cluster.trade_log import Logged, ReportsTail
 from cluster.wire import LOGGED_SUBJECT, STREAM, BalancesAsk, Layout, Sequenced, decode_balances_answer, decode_verdicts, encode
 from exchange.book import Book, disconnected
@@ -594,11 +594,12 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
     return 0
 
 
-def start_roles(config: ClusterConfig) -> tuple[list[tuple[str, int, subprocess.Popen[bytes]]], str | None]:
-    """Every role as a background process, then until each has caught up with the stream
-    (gateways and notifiers listen, shards answer): the processes, and what did not start."""
+def start_roles(config: ClusterConfig, running: Container[tuple[str, int]] = ()) -> tuple[list[tuple[str, int, subprocess.Popen[bytes]]], str | None]:
+    """Every role (but those running) as a background process, then until each has caught up
+    with the stream (gateways and notifiers listen, shards answer): the processes, and what
+    did not start."""
     directory = Path(config.directory)
-    roles = config.roles()
+    roles = [r for r in config.roles() if r not in running]
     logs_before = {(role, i): _size(directory / f"{role}-{i}.log") for role, i in roles}  # a restart appends
     procs = [(role, i, start_role(directory, role, i)) for role, i in roles]
     with open(directory / "pids", "a") as f:
@@ -631,16 +632,42 @@ def supervise(config: ClusterConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopping.append(signum))
     since = time.monotonic()
-    procs, failed = start_roles(config)
+    # Roles that serve already (this supervisor started by hand after the last one died)
+    # are watched, not started again: a second copy would be refused.
+    adopted = {(role, i): pid for role, i in config.roles() if (pid := role_holder(directory, role, i)) is not None}
+    procs, failed = start_roles(config, running=adopted)
     sys.stdout.write(f"{failed or 'ready'}\n")
     sys.stdout.flush()
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # (`up` has read its line and is gone)
     if failed is not None:
         return 1
-    log.info("supervising", roles=len(procs), compact_every_s=config.compact_every)
+    if adopted:
+        log.info("roles_adopted", roles=" ".join(f"{role}-{i}:{pid}" for (role, i), pid in adopted.items()))
+    watched: list[tuple[str, int, Watched]] = [*procs, *((role, i, Adopted(pid, directory)) for (role, i), pid in adopted.items())]
+    log.info("supervising", roles=len(watched), compact_every_s=config.compact_every)
     chores = [Chore("compact", config.compact_every, lambda: _command(directory, "compact"))] if config.compact_every > 0 else []
-    Supervisor(procs, lambda role, index: start_role(directory, role, index), since=since, chores=chores).run(lambda: bool(stopping))
+    Supervisor(watched, lambda role, index: start_role(directory, role, index), since=since, chores=chores).run(lambda: bool(stopping))
     return 0
+
+
+class Adopted:
+    """A role that served before this supervisor started: not its child, so watched by pid."""
+
+    def __init__(self, pid: int, directory: Path) -> None:
+        self.pid, self.directory = pid, directory
+
+    def poll(self) -> int | str | None:
+        return None if _ours(self.pid, self.directory) else "unknown (not this supervisor's child)"
+
+
+def role_holder(directory: Path, role: str, index: int) -> int | None:
+    """The pid of the process that serves `<role> <index>` (holds its claim), if one does."""
+    claim = directory / f"{role}-{index}.lock"
+    try:
+        holder = claim.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(holder) if holder.isdigit() and _ours(int(holder), directory) else None
 
 
 def _command(directory: Path, action: str) -> subprocess.Popen[bytes]:
@@ -713,7 +740,9 @@ def status(config: ClusterConfig) -> tuple[list[str], bool]:
     supervisor, the roles), whether it runs, how often the supervisor restarted it and how
     far its newest snapshot reaches; then the stream. The lines, and whether all is well."""
     directory = Path(config.directory)
-    latest = {(role, index): pid for pid, role, index in _registered(directory)}  # (the last registered wins)
+    registered = _registered(directory)
+    latest = {(role, index): pid for pid, role, index in registered}  # the last registered, unless an earlier one serves:
+    latest |= {(role, index): pid for pid, role, index in registered if _ours(pid, directory)}  # (a copy refused leaves its pid)
     log_path = directory / "supervisor.log"
     supervised = log_path.read_text(errors="replace").rpartition("event='supervising'")[2] if log_path.exists() else ""  # (since the last up)
     restarts = re.findall(r"event='role_restarted' role='(\w+)' index=(\d+)", supervised)
