@@ -394,12 +394,12 @@ def _accounts(args: argparse.Namespace) -> int:
     from journal.accounts import AccountAdmin
 
     data = DataDir(args.data_dir)
-    if args.action in ("deposit", "withdraw") and (Path(args.data_dir) / "cluster.json").exists():
-        from tickline.cluster import ClusterConfig
-
-        config = ClusterConfig.load(args.data_dir)
-        return _cluster_transfers(config, [[args.name, args.asset, args.amount, args.ref]], args.action.upper(), args.data_dir)
     if args.action in ("deposit", "withdraw"):
+        if (Path(args.data_dir) / "cluster.json").exists():  # through the account's risk shard
+            from tickline.cluster import ClusterConfig
+
+            moves = [[args.name, args.asset, args.amount, args.ref]]
+            return _cluster_transfers(ClusterConfig.load(args.data_dir), moves, args.action.upper(), args.data_dir)
         line = f"{args.action.upper()} {args.name} {args.asset} {args.amount} {args.ref}"
         text = _admin(data, line, "a transfer is journaled by the server")
         sys.stdout.write(text + "\n")

@@ -740,9 +740,7 @@ def status(config: ClusterConfig) -> tuple[list[str], bool]:
     supervisor, the roles), whether it runs, how often the supervisor restarted it and how
     far its newest snapshot reaches; then the stream. The lines, and whether all is well."""
     directory = Path(config.directory)
-    registered = _registered(directory)
-    latest = {(role, index): pid for pid, role, index in registered}  # the last registered, unless an earlier one serves:
-    latest |= {(role, index): pid for pid, role, index in registered if _ours(pid, directory)}  # (a copy refused leaves its pid)
+    latest = {(role, index): pid for pid, role, index in _registered(directory)}  # (the last registered wins)
     log_path = directory / "supervisor.log"
     supervised = log_path.read_text(errors="replace").rpartition("event='supervising'")[2] if log_path.exists() else ""  # (since the last up)
     restarts = re.findall(r"event='role_restarted' role='(\w+)' index=(\d+)", supervised)
@@ -753,7 +751,8 @@ def status(config: ClusterConfig) -> tuple[list[str], bool]:
     expected = [("nats", i) for i in range(len(config.nats_ports))] + [("supervisor", 0)] * config.supervise + config.roles()
     well = True
     for role, index in expected:
-        pid = latest.get((role, index))
+        # A role is served by the holder of its claim (a copy that was refused registered too)
+        pid = (role_holder(directory, role, index) if role not in ("nats", "supervisor") else None) or latest.get((role, index))
         running = pid is not None and _ours(pid, directory)
         well &= running
         words = [f"{role} {index}".ljust(13), f"pid {pid:<8}" if pid else "no pid".ljust(12), "running" if running else "NOT RUNNING"]
