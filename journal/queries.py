@@ -90,8 +90,9 @@ def orders(
         merged = heapq.merge(
             ((r["ts"], 0, r["order_id"], r) for r in journaled), ((r["ts"], 1, r["id"], r) for r in stored), ((r["ts"], 2, n, r) for n, r in enumerate(refused))
         )
+        outcome = Outcomes(conn, instruments)
         for _, _, _, row in itertools.islice(merged, limit or None):
-            result = outcome(conn, row["order_id"], row["owner"], instruments, row["target"]) if row["order_id"] is not None else ""
+            result = outcome(row["order_id"], row["owner"], row["target"]) if row["order_id"] is not None else ""
             yield {**row, "result": result}
 
 
@@ -228,11 +229,34 @@ def order_line(row: dict) -> str:
     return f"{head} {body} owner={row['owner']}{cid}{why}{outcome}"
 
 
-_decode_report = msgspec.msgpack.Decoder(Report).decode
+_decode_reports = msgspec.msgpack.Decoder(list[Report]).decode
 
 
 MAX_REPORTS_PAGE = 10_000  # REPORTS answers at most this many (and the whole of its first command's)
-_REPORTS_SQL = "SELECT r.seq, r.report FROM parts JOIN reports r ON r.part = parts.p AND r.owner = ? WHERE r.seq > ? AND r.seq <= ? ORDER BY r.seq, r.n"
+_GROUPS_SQL = (
+    "SELECT g.first_seq, g.reports FROM parts JOIN report_groups g ON g.part = parts.p AND g.owner = ? "
+    "WHERE g.last_seq > ? AND g.first_seq <= ? ORDER BY g.first_seq, g.last_seq"
+)
+
+
+def _reports(conn: sqlite3.Connection, owner: str, since: int, through: int) -> Iterator[tuple[int, Report]]:
+    """(seq, report) of an owner's reports with since < seq <= through, in seq order and, for
+    one seq, in the order matching made them. A refill may have stored a command's reports
+    in a second group: the first group that holds the command is the one read."""
+    with_parts, args = _parts(since + 1, through)
+    pending: list[tuple[int, int, int, Report]] = []  # (seq, group, position, report): a heap
+    holder: dict[int, int] = {}  # seq -> the group its reports are taken from
+    for group, (first_seq, blob) in enumerate(conn.execute(with_parts + _GROUPS_SQL, [*args, owner, since, through])):
+        while pending and pending[0][0] < first_seq:  # no later group holds a seq below its first
+            seq, *_, r = heapq.heappop(pending)
+            holder.pop(seq, None)
+            yield seq, r
+        for position, r in enumerate(_decode_reports(blob)):
+            if since < r.seq <= through and holder.setdefault(r.seq, group) == group:
+                heapq.heappush(pending, (r.seq, group, position, r))
+    while pending:
+        seq, *_, r = heapq.heappop(pending)
+        yield seq, r
 
 
 def reports_of(db: Path, owner: str, since: int, through: int) -> list[Report]:
@@ -247,35 +271,56 @@ def reports_page(db: Path, owner: str, since: int, through: int, limit: int | No
     if not db.exists():
         return [], through, False
     with connect_readonly(db) as conn:
-        with_parts, args = _parts(since + 1, through)
-        rows = conn.execute(with_parts + _REPORTS_SQL + " LIMIT ?", [*args, owner, since, through, -1 if limit is None else limit + 1]).fetchall()
+        found = _reports(conn, owner, since, through)
+        rows = list(found if limit is None else itertools.islice(found, limit + 1))
         if limit is None or len(rows) <= limit:
-            return [_decode_report(r[1]) for r in rows], through, False
+            return [r for _, r in rows], through, False
         cut = rows[limit][0]  # the command of the first report left out
         if rows[0][0] != cut:
-            return [_decode_report(r[1]) for r in rows[:limit] if r[0] < cut], cut - 1, True
+            return [r for seq, r in rows[:limit] if seq < cut], cut - 1, True
         # One command fills the page: all of its reports, and whether any come after it.
-        with_parts, args = _parts(cut, through)
-        whole: list[Report] = []
-        for seq, blob in conn.execute(with_parts + _REPORTS_SQL, [*args, owner, cut - 1, through]):
+        whole = [r for _, r in rows]
+        for seq, r in found:
             if seq != cut:
                 return whole, cut, True
-            whole.append(_decode_report(blob))
+            whole.append(r)
         return whole, cut, False
 
 
-def outcome(conn: sqlite3.Connection, seq: int, owner: str, instruments: dict[str, Instrument], target: int | None = None) -> str:
+class Outcomes:
     """What a command's reports to its owner said, e.g. "fill 4@150.25, canceled expired";
     a report about another of the owner's orders (a resting order canceled by self-trade
-    prevention) names it: "canceled self_trade order=28"."""
-    parts = []
-    for (blob,) in conn.execute("SELECT report FROM reports WHERE part = ? AND owner = ? AND seq = ? ORDER BY n", (seq >> PART_BITS, owner, seq)):
-        r = _decode_report(blob)
-        if r.order_id not in (seq, target, None):
-            parts.append(f"{_said(r, instruments)} order={r.order_id}")
-            continue
-        parts.append(_said(r, instruments))
-    return ", ".join(parts)
+    prevention) names it: "canceled self_trade order=28". An audit asks for one command
+    after another of the same groups: the last ones read are kept decoded."""
+
+    KEPT = 64  # decoded groups
+
+    def __init__(self, conn: sqlite3.Connection, instruments: dict[str, Instrument]) -> None:
+        self.conn, self.instruments = conn, instruments
+        self.groups: dict[tuple[str, int, int], dict[int, list[Report]]] = {}  # (owner, first seq, last seq) -> seq -> its reports
+
+    def __call__(self, seq: int, owner: str, target: int | None = None) -> str:
+        parts = []
+        for r in self.reports(seq, owner):
+            said = _said(r, self.instruments)
+            parts.append(f"{said} order={r.order_id}" if r.order_id not in (seq, target, None) else said)
+        return ", ".join(parts)
+
+    def reports(self, seq: int, owner: str) -> list[Report]:
+        sql = "SELECT first_seq, last_seq FROM report_groups WHERE part = ? AND owner = ? AND first_seq <= ? AND last_seq >= ? ORDER BY first_seq, last_seq"
+        for first_seq, last_seq in self.conn.execute(sql, (seq >> PART_BITS, owner, seq, seq)):
+            key = (owner, first_seq, last_seq)
+            by_seq = self.groups.get(key)
+            if by_seq is None:
+                if len(self.groups) >= self.KEPT:
+                    self.groups.clear()
+                sql = "SELECT reports FROM report_groups WHERE part = ? AND owner = ? AND first_seq = ? AND last_seq = ?"
+                by_seq = self.groups[key] = {}
+                for r in _decode_reports(self.conn.execute(sql, (seq >> PART_BITS, *key)).fetchone()[0]):
+                    by_seq.setdefault(r.seq, []).append(r)
+            if seq in by_seq:  # the first group that holds the command
+                return by_seq[seq]
+        return []
 
 
 def _said(r: Report, instruments: dict[str, Instrument]) -> str:

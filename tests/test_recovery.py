@@ -336,7 +336,7 @@ def test_a_lost_trade_log_is_refilled_while_the_server_serves_from_its_snapshot(
     maker.send("".join(f"SELL ES 1 {4500 + i}\n" for i in range(20)))
     maker.lines(20)
     taker.ask("BUY ES 20 MKT", 21)
-    assert server.stop() == 0
+    assert server.stop() == 0, "\n".join(server.log[-30:])
     before = [row["trade_id"] for row in trades(data / "trades.sqlite")]
     assert len(before) == 20
     for path in data.glob("trades.sqlite*"):

@@ -96,7 +96,7 @@ def test_an_owners_reports_and_audit_span_parts_and_a_log_written_before_parts_k
     db = tmp_path / "trades.sqlite"
     conn = create_tables(db)  # then reports and audit_owners as they were before parts: keyed by owner
     conn.executescript("""
-        DROP TABLE reports; DROP TABLE audit_owners;
+        DROP TABLE audit_owners;
         CREATE TABLE reports (seq INTEGER NOT NULL, n INTEGER NOT NULL, owner TEXT NOT NULL, report BLOB NOT NULL, PRIMARY KEY (owner, seq, n)) WITHOUT ROWID;
         CREATE TABLE audit_owners (owner TEXT NOT NULL, first_seq INTEGER NOT NULL, PRIMARY KEY (owner, first_seq)) WITHOUT ROWID;
     """)
@@ -163,7 +163,6 @@ def test_a_reader_upgrades_a_log_of_an_older_layout_before_it_reads(tmp_path: Pa
     db = tmp_path / "trades.sqlite"
     conn = create_tables(db)  # then as a log from before parts: keyed by owner, no layout number
     conn.executescript("""
-        DROP TABLE reports;
         CREATE TABLE reports (seq INTEGER NOT NULL, n INTEGER NOT NULL, owner TEXT NOT NULL, report BLOB NOT NULL, PRIMARY KEY (owner, seq, n)) WITHOUT ROWID;
         PRAGMA user_version = 0;
     """)
@@ -172,6 +171,56 @@ def test_a_reader_upgrades_a_log_of_an_older_layout_before_it_reads(tmp_path: Pa
     conn.close()
     assert [r.seq for r in reports_of(db, "alice", 0, 10_000)] == [5000]
     assert [r.seq for r in reports_of(db, "alice", 4999, 5000)] == [5000]
+
+
+def test_a_log_with_a_row_per_report_keeps_every_report_in_order_when_grouped(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    conn = create_tables(db)  # then as layout 1 had them: a row per report, by part
+    conn.executescript("""
+        CREATE TABLE reports (part INTEGER NOT NULL, seq INTEGER NOT NULL, n INTEGER NOT NULL, owner TEXT NOT NULL, report BLOB NOT NULL,
+                              PRIMARY KEY (part, owner, seq, n)) WITHOUT ROWID;
+        PRAGMA user_version = 1;
+    """)
+    old = [(4095, 1, "alice", 1), (4095, 2, "alice", 3), (4095, 3, "bob", 9), (4097, 1, "alice", 2), (7, 1, "alice", 5)]
+    rows = [(seq >> 12, seq, n, owner, msgspec.msgpack.encode(Canceled(seq, "AAPL", Side.BUY, qty, Reason.USER, owner, None, seq))) for seq, n, owner, qty in old]
+    conn.executemany("INSERT INTO reports VALUES (?,?,?,?,?)", rows)
+    conn.commit()
+    conn.close()
+    assert [(r.seq, r.leaves) for r in reports_of(db, "alice", 0, 10_000)] == [(7, 5), (4095, 1), (4095, 3), (4097, 2)]
+    assert [(r.seq, r.leaves) for r in reports_of(db, "bob", 4094, 4095)] == [(4095, 9)]
+    conn = create_tables(db)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'reports'").fetchall() == []
+    groups = conn.execute("SELECT part, owner, first_seq, last_seq FROM report_groups ORDER BY owner, part").fetchall()
+    assert groups == [(0, "alice", 7, 4095), (1, "alice", 4097, 4097), (0, "bob", 4095, 4095)]  # one per owner and part
+
+
+def test_reports_stored_again_by_a_refill_in_other_groups_are_read_once_in_order(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    writer = Writer(str(db))
+    writer.write(Frame(0, [], {"AAPL": ("0.01", "1")}, {"USD": "0.01", "AAPL": "1"}))
+    cmds = [NewOrder("AAPL", Side.BUY, 1, 15000, TIF.GTC, "alice") for _ in range(4)]
+    made = {seq: [canceled(seq, "alice")] for seq in (5, 6, 7, 8)}
+    made[5].append(Canceled(3, "AAPL", Side.BUY, 1, Reason.SELF_TRADE, "alice", None, 5))  # 5 canceled alice's resting 3 too
+
+    batches = {5: (5, encode_batch(5, cmds[:2], T0 + 5)), 7: (7, encode_batch(7, cmds[2:], T0 + 7))}  # the journal's
+
+    def frame(batch_seqs: list[int], seqs: list[int]) -> Frame:
+        reports = [r for seq in seqs for r in made[seq]]
+        piece = Piece(records=[batches[seq] for seq in batch_seqs], reports=reports)
+        return Frame(len(reports), [msgspec.Raw(msgspec.msgpack.encode(piece))])
+
+    writer.write(frame([5], [5, 6]))  # committed, then the server died before `through` passed them
+    writer.write(frame([], [6, 7]))  # a refill's frames: 6 again, with 7 in one group
+    writer.write(frame([5, 7], [5, 6, 7, 8]))  # and once more, all of them
+    writer.conn.close()
+
+    assert [(r.seq, r.order_id) for r in reports_of(db, "alice", 0, 10)] == [(5, 5), (5, 3), (6, 6), (7, 7), (8, 8)]
+    assert [(r.seq, r.order_id) for r in reports_of(db, "alice", 5, 7)] == [(6, 6), (7, 7)]
+    assert reports_page(db, "alice", 0, 10, 2) == (made[5], 5, True)
+    assert reports_page(db, "alice", 5, 10, 2) == (made[6] + made[7], 7, True)
+    assert [(row["order_id"], row["result"]) for row in orders(db, owner="alice")] == [
+        (5, "canceled user, canceled self_trade order=3"), (6, "canceled user"), (7, "canceled user"), (8, "canceled user")
+    ]  # fmt: skip
 
 
 def test_a_page_of_reports_ends_between_commands_and_says_whether_there_are_more(tmp_path: Path) -> None:
