@@ -407,3 +407,19 @@ class Proxies:
 
     def heal(self, node: int) -> None:
         self.partition(node, cut=False)
+
+
+def fills_by_owner(db: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """From a trade log: each owner's FILLs' trade ids as its reports have them, and as the
+    trades say they should be (one per trade it was a side of). Equal: none lost, none twice."""
+    from journal.queries import reports_of, trades
+    from protocol.messages import Fill
+
+    want: dict[str, list[str]] = {}
+    last = 0  # the last trade's command: no FILL comes after it
+    for row in trades(db):
+        for owner in (row["maker_owner"], row["taker_owner"]):
+            want.setdefault(owner, []).append(row["trade_id"])
+        last = max(last, row["seq"])
+    got = {owner: sorted(r.trade_id for r in reports_of(db, owner, 0, last) if type(r) is Fill) for owner in want}
+    return got, {owner: sorted(ids) for owner, ids in want.items()}

@@ -20,7 +20,7 @@ import pytest
 
 from cluster.nats import process_alive, server_binary
 from protocol.messages import Reason
-from tests.harness import ACCOUNTS, CAPPED, FUNDS, ROOT, Client, Cluster, Server, create_accounts, fund, tickline_cli
+from tests.harness import ACCOUNTS, CAPPED, FUNDS, ROOT, Client, Cluster, Server, create_accounts, fills_by_owner, fund, tickline_cli
 
 if TYPE_CHECKING:
     from tickline.cluster import ClusterConfig
@@ -547,6 +547,8 @@ def test_kill_9_of_any_one_process_under_load_loses_no_acked_order_and_duplicate
                 return sorted(row[0] for row in db.execute("SELECT trade_id FROM trades"))
 
         assert settled(logged, sorted(trade_ids)) == sorted(trade_ids)
+        got, want = fills_by_owner(cluster.dir / "trades.sqlite")  # and each side's FILL of each, once
+        assert got == want
         assert isinstance(settles[0], Settle)
     finally:
         cluster.stop()
