@@ -211,6 +211,7 @@ def match_no(t: Trade) -> int:
     return int(t.trade_id.rsplit("-", 1)[1])
 
 
+Stamped = tuple[Trade, int, int]  # a trade, its match number, its journal batch's commit time (ns)
 Candle = list[int]  # open, high, low, close (ticks), volume (lots), quote (lots x ticks), trades, first key, last key
 
 
@@ -385,8 +386,9 @@ class Writer:
         self.conn.execute("BEGIN IMMEDIATE")  # the write lock first: a refill (journal/refill.py) may write too
         if frame.instruments and not self.conn.execute("SELECT 1 FROM candles LIMIT 1").fetchone():
             self.rebuild_candles()  # a trade log from before candles were kept
-        self.add_candles(fold_candles(self.candle_trades(self.new_trades(piece.trades))))
-        self.conn.executemany(INSERT_TRADE, self.trade_rows(piece.trades))
+        trades = self.stamped(piece.trades)
+        self.add_candles(fold_candles(self.candle_trades(self.new_trades(trades))))
+        self.conn.executemany(INSERT_TRADE, self.trade_rows(trades))
         self.conn.executemany(INSERT_BATCH, self.batch_rows(batches, records))
         self.conn.executemany(INSERT_OWNER, self.owner_rows(batches))
         if piece.refusals:
@@ -396,26 +398,35 @@ class Writer:
             self.conn.execute(SET_THROUGH, (frame.through,))
         self.conn.execute("COMMIT")
 
-    def time_of(self, seq: int) -> str:
-        return self.iso(self.ns_of(seq))
-
     def ns_of(self, seq: int) -> int:
         """The commit time of the journal batch that holds seq."""
         i = bisect.bisect_left(self.last_seqs, seq)
         return self.times[i] if i < len(self.times) else time.time_ns()
 
-    def new_trades(self, trades: list[Trade]) -> list[Trade]:
+    def stamped(self, trades: list[Trade]) -> list[Stamped]:
+        """Each trade with its match number and time, worked out once (a command's trades
+        come together: one time for all of them)."""
+        out: list[Stamped] = []
+        seq, ns = -1, 0
+        for t in trades:
+            if t.seq != seq:
+                seq, ns = t.seq, self.ns_of(t.seq)
+            out.append((t, match_no(t), ns))
+        return out
+
+    def new_trades(self, trades: list[Stamped]) -> list[Stamped]:
         """The trades not in the log yet: only those count in the candles (recovery hands
         over a journal tail whose trades may be there already)."""
         if not trades:
             return trades
-        seqs = [t.seq for t in trades]
+        seqs = [t.seq for t, _, _ in trades]
         have = set(self.conn.execute("SELECT seq, match_no FROM trades WHERE seq BETWEEN ? AND ?", (min(seqs), max(seqs))))
-        return [t for t in trades if (t.seq, match_no(t)) not in have] if have else trades
+        return [s for s in trades if (s[0].seq, s[1]) not in have] if have else trades
 
-    def candle_trades(self, trades: list[Trade]) -> Iterable[tuple[str, int, int, int, int]]:
-        for t in trades:
-            yield t.symbol, t.seq << MATCH_BITS | match_no(t), self.ns_of(t.seq), t.price, t.qty
+    @staticmethod
+    def candle_trades(trades: list[Stamped]) -> Iterable[tuple[str, int, int, int, int]]:
+        for t, n, ns in trades:
+            yield t.symbol, t.seq << MATCH_BITS | n, ns, t.price, t.qty
 
     def rebuild_candles(self) -> None:
         """Candles from every trade already in the log (once, for a log made before them)."""
@@ -437,11 +448,14 @@ class Writer:
             rows.append((*key, c[0], c[1], c[2], c[3], str(c[4]), str(c[5]), c[6], c[7], c[8]))
         self.conn.executemany(INSERT_CANDLE, rows)
 
-    def trade_rows(self, trades: list[Trade]) -> Iterable[tuple]:
-        for t in trades:
+    def trade_rows(self, trades: list[Stamped]) -> Iterable[tuple]:
+        last_ns, ts = -1, ""
+        for t, n, ns in trades:
+            if ns != last_ns:
+                last_ns, ts = ns, self.iso(ns)
             inst = self.instruments[t.symbol]
             yield (
-                t.seq, match_no(t), t.trade_id, self.time_of(t.seq), t.symbol,
+                t.seq, n, t.trade_id, ts, t.symbol,
                 inst.format_qty(t.qty), inst.format_price(t.price), t.aggressor._value_,
                 t.maker_order_id, t.taker_order_id, t.maker_owner, t.taker_owner, t.md_seq,
             )  # fmt: skip
