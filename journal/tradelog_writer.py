@@ -295,7 +295,7 @@ def create_tables(db: str | Path) -> sqlite3.Connection:
     moved = "".join(f"INSERT OR IGNORE INTO {t} SELECT {UNPARTED[t].format(bits=PART_BITS)} FROM {t}_unparted; DROP TABLE {t}_unparted;" for t in unparted)
     conn.executescript(f"BEGIN IMMEDIATE; {renamed} {SCHEMA} {moved}")
     try:
-        if columns_of(conn, "reports"):  # a row per report (layouts 0 and 1): grouped as the writer groups them now
+        if row_per_report(conn):  # grouped as the writer groups them now
             conn.executemany(INSERT_REPORTS, grouped_reports(conn.execute("SELECT seq, owner, report FROM reports ORDER BY owner, seq, n")))
             conn.execute("DROP TABLE reports")
         conn.execute(f"PRAGMA user_version = {LAYOUT}")
@@ -319,6 +319,11 @@ def grouped_reports(rows: Iterable[tuple[int, str, bytes]]) -> Iterator[tuple[in
         yield part, owner, found[0][0], found[-1][0], msgspec.msgpack.encode([msgspec.Raw(blob) for _, _, blob in found])
 
 
+def row_per_report(conn: sqlite3.Connection) -> bool:
+    """A log of layout 0 or 1: a row per report (`reports`), which create_tables groups."""
+    return bool(columns_of(conn, "reports"))
+
+
 def columns_of(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
@@ -332,7 +337,7 @@ def to_upgrade(db: str | Path) -> list[str]:
     """The tables create_tables will move: those before parts, and a row per report."""
     conn = sqlite3.connect(db)
     try:
-        return unparted_tables(conn) + (["reports"] if columns_of(conn, "reports") else [])
+        return unparted_tables(conn) + (["reports"] if row_per_report(conn) else [])
     finally:
         conn.close()
 
