@@ -26,7 +26,7 @@ from exchange.book import Book
 from exchange.risk import Risk
 from journal import forked
 from journal.layout import DataDir, first_seq_of, segment_paths
-from journal.snapshots import capture, path_for, prune, seq_of, snapshot_now, write_snapshot
+from journal.snapshots import Captured, capture, path_for, prune, seq_of, snapshot_now, write_snapshot
 from journal.tradelog import TradeLog
 from telemetry.registry import Telemetry
 
@@ -71,6 +71,10 @@ class Snapshotter:
         self.retention = retention
         self.last_seq = last_seq
         self.hold_intake = hold_intake  # stop reading new commands while matching catches up
+        # The snapshot being written (by a thread or a forked child), in a task of its own: a
+        # cancel of run() at shutdown must not leave it writing the very file that the
+        # shutdown's snapshot (the same seq) writes too.
+        self.writing: asyncio.Task[Path | None] | None = None
         t = telemetry or Telemetry()
         self._h_capture = t.histogram("snapshot_capture_us", "the event loop's pause for one: a fork (where fork is missing: copying the books and balances)")
         self._h_write = t.histogram("snapshot_write_us", "copying, hashing, encoding and writing one, in the forked child (or hashing and writing in a thread)")
@@ -95,7 +99,10 @@ class Snapshotter:
             await asyncio.sleep(min(0.1, self.interval))  # (a second at 40,000 commands/s was most of a restart's tail)
 
     async def take(self, fork: bool = False) -> Path | None:
-        """Snapshot now: captured on the loop, or (fork) by a forked child."""
+        """Snapshot now: captured on the loop, or (fork) by a forked child. One being written
+        (its take canceled) is let finish first."""
+        if self.writing is not None and not self.writing.done():
+            await asyncio.wait([self.writing])
         started = time.perf_counter()
         try:
             while not self.quiescent():
@@ -118,6 +125,11 @@ class Snapshotter:
         self.risk.forget_transfers(seq)
         self.hold_intake(False)  # captured: the books may move on
         self._h_capture.record(int((time.perf_counter() - started) * 1e6))
+        self.writing = asyncio.ensure_future(self._write(seq, orders, child, captured))
+        return await asyncio.shield(self.writing)
+
+    async def _write(self, seq: int, orders: int, child: int | None, captured: Captured | None) -> Path | None:
+        """Wait for the thread or the child that writes it, then prune."""
         started = time.perf_counter()
         if child is None:
             assert captured is not None

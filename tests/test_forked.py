@@ -109,3 +109,49 @@ def test_the_snapshotter_writes_through_a_child_and_says_when_one_failed(tmp_pat
     with capture_logs() as logs:
         assert asyncio.run(snapshotter.take(fork=True)) is None
     assert [(e["event"], e["seq"], e["exit_code"]) for e in logs] == [("snapshot_failed", 3, 1)]
+
+
+@pytest.mark.parametrize("fork", [False, True], ids=["thread", "child"])
+def test_a_snapshot_canceled_while_it_is_written_is_let_finish_before_the_shutdown_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool
+) -> None:
+    """Found by test_recovery.py's refill test, about 1 run in 60: shutdown cancels the
+    snapshot task and takes one of its own, at the same seq. The canceled one's thread (or
+    child) went on writing snap-<seq>.tmp, the two renamed the same file, and the second
+    rename failed: the server exited 1 after a clean SIGTERM."""
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    import journal.snapshots
+    from exchange.engine import Engine
+    from exchange.instruments import load_instruments
+    from journal.snapshots import newest_valid
+    from journal.snapshotter import Snapshotter
+    from protocol.messages import TIF, NewOrder, Side, Transfer
+
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.3)  # long enough for the cancel and the second take to come meanwhile
+        real_fsync(fd)
+
+    monkeypatch.setattr(journal.snapshots.os, "fsync", slow_fsync)  # (the child inherits it)
+    instruments = load_instruments(None)
+    engine = Engine(instruments)
+    engine.apply(1, Transfer("alice", "USD", 10**9, "fund"))
+    engine.apply(2, NewOrder("AAPL", Side.BUY, 3, 15000, TIF.GTC, "alice"))
+    snapshotter = Snapshotter(tmp_path, engine.books, engine.risk, lambda: 2, lambda: True, SimpleNamespace(committed_through=0))  # type: ignore[arg-type]
+
+    async def shutdown_during_a_periodic_one() -> Path | None:
+        periodic = asyncio.create_task(snapshotter.take(fork=fork))
+        await asyncio.sleep(0.1)  # captured; its writer is at work
+        periodic.cancel()
+        return await snapshotter.take()
+
+    with capture_logs() as logs:
+        assert asyncio.run(shutdown_during_a_periodic_one()) is None  # the canceled one wrote seq 2: nothing new
+    assert [(e["event"], e["seq"]) for e in logs] == [("snapshot_written", 2)]
+    assert [p.name for p in (tmp_path / "snapshots").iterdir()] == ["snap-00000000000000000002.tls"]
+    restored, copy = next(newest_valid(tmp_path / "snapshots", instruments))
+    assert restored.seq == 2 and copy.state_hash() == engine.state_hash()
