@@ -166,7 +166,11 @@ class RiskShard:
 
     def _settled(self, needs: dict[int, int]) -> bool:
         """Has every engine shard's settlement reached what the owner was shown?"""
-        return not self._behind(needs)
+        settled = self.settled_through  # (per order of an owner who was sent money events: no list, no sort)
+        for engine, seq in needs.items():
+            if settled.get(engine, 0) < seq:
+                return False
+        return True
 
     def _behind(self, needs: dict[int, int]) -> list[int]:
         """The engine shards whose settlements have not reached what the owner was shown."""
