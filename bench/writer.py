@@ -114,14 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         db = Path(tmp) / "trades.sqlite"
         spent = [time_writer(frames, instruments, db) for _ in range(args.rounds)]
         rows = Writer(str(db)).conn
-        counts = {t: rows.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("audit_batches", "audit_owners", "report_groups", "trades")}
-        owner = rows.execute("SELECT min(owner) FROM audit_owners").fetchone()[0]
+        counts = {t: rows.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("audit_batches", "audit_owner_groups", "report_groups", "trades")}
+        owner = rows.execute("SELECT min(owner) FROM audit_owner_groups").fetchone()[0]
         rows.close()
         reads = time_reads(db, owner, n)
     per = sorted(s / n * 1e6 for s in spent)
     print(f"trade-log writer, {n:,} commands of {source} in {len(frames)} frames (pid {os.getpid()}):")
     print(
-        f"  rows per command: audit batches {counts['audit_batches'] / n:.2f} (owners of each {counts['audit_owners'] / n:.2f}),"
+        f"  rows per command: audit batches {counts['audit_batches'] / n:.2f} (owner groups {counts['audit_owner_groups'] / n:.2f}),"
         f" report groups {counts['report_groups'] / n:.2f}, trades {counts['trades'] / n:.2f}"
     )
     print(f"  CPU per command: {' / '.join(f'{p:.2f}' for p in per)} us (rounds, sorted); median {per[len(per) // 2]:.2f} us")

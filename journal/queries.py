@@ -148,8 +148,8 @@ def _journaled_rows(conn: sqlite3.Connection, instruments: dict[str, Instrument]
     if owner:
         last = conn.execute("SELECT coalesce(max(first_seq), 0) FROM audit_batches").fetchone()[0]
         with_parts, bounds = _parts(first, last)
-        sql = with_parts + "SELECT b.first_seq, b.ts, b.record FROM parts JOIN audit_owners o ON o.part = parts.p AND o.owner = ?"
-        sql, args = sql + " JOIN audit_batches b ON b.first_seq = o.first_seq", [*bounds, owner]
+        sql = with_parts + "SELECT b.first_seq, b.ts, b.record FROM parts JOIN audit_owner_groups o ON o.part = parts.p AND o.owner = ?"
+        sql, args = sql + " JOIN json_each(o.batches) j JOIN audit_batches b ON b.first_seq = j.value", [*bounds, owner]
     if value is not None and value.isdigit():
         sql, args = sql + " WHERE b.first_seq >= ?", args + [first]
     elif value is not None:
@@ -157,7 +157,11 @@ def _journaled_rows(conn: sqlite3.Connection, instruments: dict[str, Instrument]
     # A log from before audit_batches has its journaled rows in orders: a batch recovery
     # handed over again after the upgrade must not list them twice.
     old = conn.execute("SELECT max(order_id) FROM orders").fetchone()[0] or 0
+    listed = 0  # (a batch two groups name, after a refill, comes twice in a row)
     for first_seq, ts, record in conn.execute(sql + " ORDER BY b.ts, b.first_seq", args):
+        if first_seq == listed:
+            continue
+        listed = first_seq
         for batch_seq, _, cmds, _, _ in decode_records(record, first_seq):
             for seq, cmd in enumerate(cmds or [], batch_seq):
                 row = audit_row(seq, ts, cmd, instruments, assets)

@@ -96,7 +96,6 @@ def test_an_owners_reports_and_audit_span_parts_and_a_log_written_before_parts_k
     db = tmp_path / "trades.sqlite"
     conn = create_tables(db)  # then reports and audit_owners as they were before parts: keyed by owner
     conn.executescript("""
-        DROP TABLE audit_owners;
         CREATE TABLE reports (seq INTEGER NOT NULL, n INTEGER NOT NULL, owner TEXT NOT NULL, report BLOB NOT NULL, PRIMARY KEY (owner, seq, n)) WITHOUT ROWID;
         CREATE TABLE audit_owners (owner TEXT NOT NULL, first_seq INTEGER NOT NULL, PRIMARY KEY (owner, first_seq)) WITHOUT ROWID;
     """)
@@ -192,6 +191,29 @@ def test_a_log_with_a_row_per_report_keeps_every_report_in_order_when_grouped(tm
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'reports'").fetchall() == []
     groups = conn.execute("SELECT part, owner, first_seq, last_seq FROM report_groups ORDER BY owner, part").fetchall()
     assert groups == [(0, "alice", 7, 4095), (1, "alice", 4097, 4097), (0, "bob", 4095, 4095)]  # one per owner and part
+
+
+def test_a_log_with_a_row_per_batch_and_owner_lists_the_same_audit_when_grouped(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    conn = create_tables(db)  # then as layouts 1 and 2 had them: a row per batch and owner, by part
+    conn.executescript("""
+        CREATE TABLE audit_owners (part INTEGER NOT NULL, owner TEXT NOT NULL, first_seq INTEGER NOT NULL, PRIMARY KEY (part, owner, first_seq)) WITHOUT ROWID;
+        PRAGMA user_version = 2;
+        INSERT INTO instruments VALUES ('AAPL', '0.01', '1');
+    """)
+    owners = {2: ["alice"], 4094: ["bob", "alice"], 4096: ["alice", "alice"], 8200: ["bob"]}  # batches: their commands' owners
+    for first, names in owners.items():
+        cmds = [NewOrder("AAPL", Side.BUY, 1, 15000, TIF.GTC, name) for name in names]
+        conn.execute("INSERT INTO audit_batches VALUES (?,?,?)", (first, iso(T0 + first), encode_batch(first, cmds, T0 + first)))
+        conn.executemany("INSERT INTO audit_owners VALUES (?,?,?)", [(first >> 12, name, first) for name in set(names)])
+    conn.commit()
+    conn.close()
+    assert [row["order_id"] for row in orders(db, owner="alice")] == [2, 4095, 4096, 4097]
+    assert [row["order_id"] for row in orders(db, owner="bob", since="4095")] == [8200]
+    conn = create_tables(db)
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'audit_owners'").fetchall() == []
+    groups = conn.execute("SELECT part, owner, first_seq, last_seq, batches FROM audit_owner_groups ORDER BY owner, part").fetchall()
+    assert groups == [(0, "alice", 2, 4094, "[2,4094]"), (1, "alice", 4096, 4096, "[4096]"), (0, "bob", 4094, 4094, "[4094]"), (2, "bob", 8200, 8200, "[8200]")]
 
 
 def test_reports_stored_again_by_a_refill_in_other_groups_are_read_once_in_order(tmp_path: Path) -> None:
