@@ -164,7 +164,9 @@ class Connection:
         self.quitting = False  # QUIT read: BYE once everything before it is out
         self.input_closed = False  # EOF read: close once everything before it is out
         self.done = False  # nothing more to send after what the last call returned
-        self.backlog: list[bytes | None] = []  # lines read after a query that is waiting
+        # Lines read after a query that is waiting; None: no query waits. (An empty list is a
+        # query that was the last line of its read: what the next read brings waits too.)
+        self.backlog: list[bytes | None] | None = None
         self.on_ready: Callable[[], None] = lambda: None  # a lookup came back: call settle() again
         self.cancel_on_disconnect = False  # LOGIN ... cancel_on_disconnect: orders entered here go when it closes
         self.entered: list[int] = []  # those orders' ids (some closed since)
@@ -197,7 +199,7 @@ class Connection:
         if self.quitting or self.input_closed or self.done:
             return b""
         lines = self.splitter.feed(data)
-        if self.backlog:  # a query is waiting: what comes after it waits too
+        if self.backlog is not None:  # a query is waiting: what comes after it waits too
             self.backlog.extend(lines)
             return b""
         return self._process(lines)
@@ -250,12 +252,12 @@ class Connection:
             elif reply is not None:  # an immediate reply (an error, a refusal): in its place
                 items.append(reply)
             if self.quitting:
-                self.backlog = []
+                self.backlog = None
                 break
         out = sent + self._hold(items, need, count)
         if held and held[0].settle and not held[0].fetching and self.desk.intake.settled(held[0].seq):
             out += self._release(self.desk.intake.released())  # a REPORTS lookup can start now
-        if not self.backlog and self.input_closed and self.splitter.pending:
+        if self.backlog is None and self.input_closed and self.splitter.pending:
             out += self._incomplete_line()
         if self.quitting or self.input_closed:
             out += self._finish()
@@ -282,7 +284,7 @@ class Connection:
         if self.input_closed or self.done:
             return b""
         self.input_closed = True
-        if self.backlog:
+        if self.backlog is not None:
             return b""  # the backlog's end says it (see _process)
         return (self._incomplete_line() if self.splitter.pending else b"") + self._finish()
 
@@ -334,8 +336,8 @@ class Connection:
             held.popleft()
             for item in h.items:
                 out.append(item if isinstance(item, bytes) else item.render() if type(item) is Pending else self._answer(*item))  # type: ignore[misc]
-            if not held and self.backlog:  # the query that stopped reading has answered
-                backlog, self.backlog = self.backlog, []
+            if not held and self.backlog is not None:  # the query that stopped reading has answered
+                backlog, self.backlog = self.backlog, None
                 out.append(self._process(backlog))
         if not held and (self.quitting or self.input_closed) and not self.done:
             out.append(self._finish())
@@ -372,7 +374,7 @@ class Connection:
 
     def _finish(self) -> bytes:
         """After QUIT or EOF: done once nothing is held and every command is matched."""
-        if self.held or self.backlog or self.done or not self.desk.intake.settled(self.last_seq):
+        if self.held or self.backlog is not None or self.done or not self.desk.intake.settled(self.last_seq):
             return b""
         self.done = True
         if not self.quitting:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 from tests.harness import Client, Server
 
@@ -236,6 +237,22 @@ def test_replies_before_a_lookup_in_the_same_write_are_not_lost(server: Server) 
     anon = Client(server.port)
     anon.send("PING\nLOGIN t3 pw\nBUY AAPL 1 100\n")
     assert anon.lines(3) == ["PONG", "LOGGED_IN account=t3 open=0", "ACK 61 BUY AAPL 1 100.00 GTC"]
+
+
+def test_lines_that_come_in_a_later_read_wait_for_the_query_before_them(server: Server) -> None:
+    # Found in this session's QA: LOGIN, then an order in a write of its own a moment later
+    # (an algorithm that does not wait for LOGGED_IN), was refused not_logged_in, since the
+    # query was the last line of its read and the order was handled while the password was
+    # still being checked. The same with ORDERS: an order sent after it was journaled first.
+    anon = Client(server.port)
+    anon.send("LOGIN t3 pw\n")
+    time.sleep(0.002)
+    anon.send("BUY AAPL 1 100 id=after-login\n")
+    assert anon.lines(2) == ["LOGGED_IN account=t3 open=0", "ACK 61 BUY AAPL 1 100.00 GTC id=after-login"]
+    anon.send("ORDERS\n")
+    time.sleep(0.002)
+    anon.send("BUY AAPL 2 100\nPING\n")
+    assert anon.lines(5) == ["ORDERS 1", "ORDER 61 BUY AAPL 1 100.00 GTC id=after-login", "END", "ACK 62 BUY AAPL 2 100.00 GTC", "PONG"]
 
 
 def test_a_lookup_answered_at_once_keeps_its_place_and_nothing_comes_after_bye(server: Server) -> None:
