@@ -257,6 +257,29 @@ def test_a_bug_in_matching_stops_the_server_loudly_without_a_snapshot_and_the_re
     server.stop()
 
 
+def test_a_stalled_trade_log_writer_makes_reports_answer_unavailable_within_seconds_not_hang(tmp_path: Path) -> None:
+    """Seen under load (three test runs at once on two cores): the trade-log writer, at nice
+    19, got no CPU for seconds after a restart, and a REPORTS waited for it with no bound,
+    holding every later request of that connection. As a cluster gateway does, the answer
+    is now ERR unavailable after a bound; orders and other queries go on meanwhile."""
+    server = Server(tmp_path / "data").start()
+    try:
+        client = server.client()
+        assert server.proc is not None
+        [writer] = child_processes(server.proc.pid, "journal.tradelog_writer")
+        os.kill(writer, signal.SIGSTOP)
+        assert client.ask("BUY AAPL 1 100") == ["ACK 61 BUY AAPL 1 100.00 GTC"]  # handed over, never committed
+        started = time.monotonic()
+        [answer] = client.ask("REPORTS since=0")
+        assert answer.startswith("ERR unavailable the trade log has not written what this server has matched yet"), answer
+        assert 2 < time.monotonic() - started < 9
+        assert client.ask("PING") == ["PONG"]
+        os.kill(writer, signal.SIGCONT)
+        assert client.ask("REPORTS since=0", 2) == ["REPORTS since=0 through=61 count=0", "END"]
+    finally:
+        server.stop()
+
+
 def test_a_dead_trade_log_writer_costs_no_order_and_the_restart_fills_the_log(tmp_path: Path) -> None:
     data = tmp_path / "data"
     server = Server(data).start()

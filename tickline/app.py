@@ -34,7 +34,7 @@ from exchange.risk import MAX_OPEN_ORDERS
 from exchange.sequencer import Sequencer
 from exchange.transfers import terms as transfer_terms
 from gateway.admin import AdminServer
-from gateway.desk import OrderDesk
+from gateway.desk import OrderDesk, SourceUnavailable
 from gateway.intake import JournalIntake
 from gateway.server import Gateway
 from journal.accounts import AccountAdmin, Accounts
@@ -90,6 +90,10 @@ class Config:
 
 
 # make run's newcomers: (name, password) and what each is given.
+# Seconds REPORTS, TRADES, TICKER or KLINES waits for the trade log's writer (nice 19: on busy
+# cores it goes last) to commit what was handed over, before ERR unavailable (a cluster
+# gateway's LOGGED_WAIT is 3): a connection is never held for as long as the writer is starved.
+LOGGED_WAIT = 5.0
 DEMO_ACCOUNTS = [("alice", "alice"), ("bob", "bob")]
 DEMO_FUNDS = [("USD", "1000000"), ("AAPL", "1000"), ("BTC", "10"), ("ES", "100"), ("EUR", "1000000")]
 DEMO_TRANSFERS = [[name, asset, amount, f"demo:{name}:{asset}"] for name, _ in DEMO_ACCOUNTS for asset, amount in DEMO_FUNDS]
@@ -203,7 +207,12 @@ class Serve:
         through = self.journal.durable_seq
         while not self.matching.applied(through):
             await asyncio.sleep(0.001)
-        await self.tradelog.wait_committed()
+        try:
+            await asyncio.wait_for(self.tradelog.wait_committed(), LOGGED_WAIT)
+        except asyncio.TimeoutError:
+            raise SourceUnavailable(
+                f"the trade log has not written what this server has matched yet (its writer is {LOGGED_WAIT:g} s behind): the answer would leave some out; try again"
+            ) from None
         return self.tradelog.whole_through(through)
 
     async def build_order_entry(self) -> None:
