@@ -15,5 +15,19 @@ def server(tmp_path: Path) -> Iterator[Server]:
         yield srv
     finally:
         srv.kill()
-        # Captured output: pytest shows it only when the test failed.
-        print("server log, last lines:\n" + "\n".join(srv.log[-40:]))
+
+
+@pytest.fixture(autouse=True)
+def _servers_of_this_test() -> None:
+    Server.started.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows the last lines of every server it started (since its last start):
+    a failure seen once under load can then be read, not guessed at."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        for i, srv in enumerate(Server.started):
+            report.sections.append((f"server {i} log ({srv.data_dir}), last lines", "\n".join(srv.log[-40:])))

@@ -56,6 +56,8 @@ def tickline_cli(*args: str, stdin: str | None = None, env: dict[str, str] | Non
 class Server:
     """`tickline serve` on a free port with its own data directory."""
 
+    started: list[Server] = []  # this test's servers: a failed test shows their logs (conftest.py)
+
     def __init__(self, data_dir: Path, *extra: str, funded: bool = True, module: str = "tickline.cli") -> None:
         self.data_dir = data_dir
         self.extra = extra
@@ -74,6 +76,8 @@ class Server:
         cmd = [sys.executable, "-m", self.module, "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(self.data_dir)]
         cmd += ["--log-recovered-state", *self.extra]  # (the recovery tests compare it with a full replay)
         self.log = []
+        if self not in Server.started:
+            Server.started.append(self)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         ready = threading.Event()
 
