@@ -46,6 +46,13 @@ CANCELS_KEPT = 10_000  # cancelling commands whose count is kept for CANCEL ALL'
 
 
 
+# Seconds REPORTS, TRADES, TICKER or KLINES waits for the trade log to have written what the
+# asker may have seen, before ERR unavailable (SourceUnavailable), in both modes: its writer
+# (nice 19 in serve, a role of its own in a cluster) may be starved or down for longer, and
+# the connection's later requests wait behind the answer.
+LOGGED_WAIT = 3.0
+
+
 class SourceUnavailable(Exception):
     """A lookup's source (a cluster's risk shard) is not answering: said to the client as
     ERR unavailable with this text."""

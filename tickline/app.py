@@ -34,7 +34,7 @@ from exchange.risk import MAX_OPEN_ORDERS
 from exchange.sequencer import Sequencer
 from exchange.transfers import terms as transfer_terms
 from gateway.admin import AdminServer
-from gateway.desk import OrderDesk, SourceUnavailable
+from gateway.desk import LOGGED_WAIT, OrderDesk, SourceUnavailable
 from gateway.intake import JournalIntake
 from gateway.server import Gateway
 from journal.accounts import AccountAdmin, Accounts
@@ -90,10 +90,6 @@ class Config:
 
 
 # make run's newcomers: (name, password) and what each is given.
-# Seconds REPORTS, TRADES, TICKER or KLINES waits for the trade log's writer (nice 19: on busy
-# cores it goes last) to commit what was handed over, before ERR unavailable (a cluster
-# gateway's LOGGED_WAIT is 3): a connection is never held for as long as the writer is starved.
-LOGGED_WAIT = 5.0
 DEMO_ACCOUNTS = [("alice", "alice"), ("bob", "bob")]
 DEMO_FUNDS = [("USD", "1000000"), ("AAPL", "1000"), ("BTC", "10"), ("ES", "100"), ("EUR", "1000000")]
 DEMO_TRANSFERS = [[name, asset, amount, f"demo:{name}:{asset}"] for name, _ in DEMO_ACCOUNTS for asset, amount in DEMO_FUNDS]

@@ -48,7 +48,7 @@ from exchange.risk import MAX_OPEN_ORDERS, SETTLED, Risk
 from exchange.transfers import reply as transfer_reply
 from exchange.transfers import terms as transfer_terms
 from exchange.transfers import unknown_account
-from gateway.desk import OrderDesk, SourceUnavailable
+from gateway.desk import LOGGED_WAIT, OrderDesk, SourceUnavailable
 from gateway.intake import StreamIntake
 from gateway.server import MAX_BACKLOG, Gateway
 from journal.accounts import Accounts
@@ -67,7 +67,6 @@ from tickline.tuning import tune_runtime
 log = structlog.get_logger("cluster")
 DECISIONS_GRACE = 10.0  # seconds a stopping gateway waits for the risk shards' decisions on what it took
 RISK_SILENT = 3.0  # seconds without a risk shard's heartbeat (it sends one every 0.5 s) before a gateway calls it down
-LOGGED_WAIT = 3.0  # seconds REPORTS, TRADES, KLINES or TICKER waits for the trade log to write what the gateway has seen, before ERR unavailable
 DECISION_WAIT = 20.0  # seconds a new order or replace waits for a risk shard that answers but cannot decide (no quorum) before it is refused
 TRADELOG_BEHIND = 100_000  # rows handed to the trade log's writer and not committed before reading waits
 
