@@ -29,5 +29,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     if report.when == "call" and report.failed:
-        for i, srv in enumerate(Server.started):
-            report.sections.append((f"server {i} log ({srv.data_dir}), last lines", "\n".join(srv.log[-40:])))
+        for started in Server.started:
+            report.sections.extend(started.log_tail())

@@ -56,7 +56,7 @@ def tickline_cli(*args: str, stdin: str | None = None, env: dict[str, str] | Non
 class Server:
     """`tickline serve` on a free port with its own data directory."""
 
-    started: list[Server] = []  # this test's servers: a failed test shows their logs (conftest.py)
+    started: list[Server | Cluster] = []  # this test's servers and clusters: a failed test shows their logs (conftest.py)
 
     def __init__(self, data_dir: Path, *extra: str, funded: bool = True, module: str = "tickline.cli") -> None:
         self.data_dir = data_dir
@@ -69,6 +69,10 @@ class Server:
         self.md_port = 0
         self.web_port = 0
         self.log: list[str] = []
+
+    def log_tail(self, n: int = 40) -> list[tuple[str, str]]:
+        """The last n lines the server logged since its last start, for a failed test's report."""
+        return [(f"server log ({self.data_dir}), last lines", "\n".join(self.log[-n:]))]
 
     def start(self, timeout: float = 15.0) -> Server:
         if self.funded:
@@ -175,7 +179,10 @@ class Client:
             if remaining <= 0:
                 raise TimeoutError(f"no line within {timeout}s; have {self.buf[:200]!r}")
             self.sock.settimeout(remaining)
-            chunk = self.sock.recv(1 << 20)
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except TimeoutError:
+                raise TimeoutError(f"no line within {timeout}s; have {self.buf[:200]!r}") from None
             if not chunk:
                 raise EOFError(f"connection closed; have {self.buf[:200]!r}")
             self.buf += chunk
@@ -183,7 +190,13 @@ class Client:
         return line.decode()
 
     def lines(self, n: int, timeout: float = 10.0) -> list[str]:
-        return [self.line(timeout) for _ in range(n)]
+        out: list[str] = []
+        try:
+            while len(out) < n:
+                out.append(self.line(timeout))
+        except (TimeoutError, EOFError) as exc:  # (say what did come: "no 2nd line" after an ERR reads differently)
+            raise type(exc)(f"{len(out)} of {n} lines came: {out!r}; {exc}") from None
+        return out
 
     def until(self, last: str, timeout: float = 10.0) -> list[str]:
         out = []
@@ -233,7 +246,14 @@ class Cluster:
         self.port, self.md_port = free_ports(2)
         self.nats_port = free_nats_base((self.port, self.md_port))
 
+    def log_tail(self, n: int = 40) -> list[tuple[str, str]]:
+        """Each role's log, its last n lines, for a failed test's report."""
+        logs = sorted(self.dir.glob("*.log"))
+        return [(f"cluster {log.name} ({self.dir}), last lines", "\n".join(log.read_text(errors="replace").splitlines()[-n:])) for log in logs]
+
     def start(self, funded: list[str] = ACCOUNTS) -> Cluster:
+        if self not in Server.started:
+            Server.started.append(self)
         create_accounts(self.dir, funded)
         self.up()
         self.fund(funded)
