@@ -239,7 +239,7 @@ _decode_reports = msgspec.msgpack.Decoder(list[Report]).decode
 MAX_REPORTS_PAGE = 10_000  # REPORTS answers at most this many (and the whole of its first command's)
 _GROUPS_SQL = (
     "SELECT g.first_seq, g.reports FROM parts JOIN report_groups g ON g.part = parts.p AND g.owner = ? "
-    "WHERE g.last_seq > ? AND g.first_seq <= ? ORDER BY g.first_seq, g.last_seq"
+    "WHERE g.last_seq > ? AND g.first_seq <= ? ORDER BY g.first_seq, g.last_seq, g.digest"
 )
 
 
@@ -301,7 +301,7 @@ class Outcomes:
 
     def __init__(self, conn: sqlite3.Connection, instruments: dict[str, Instrument]) -> None:
         self.conn, self.instruments = conn, instruments
-        self.groups: dict[tuple[str, int, int], dict[int, list[Report]]] = {}  # (owner, first seq, last seq) -> seq -> its reports
+        self.groups: dict[tuple[str, int, int, int], dict[int, list[Report]]] = {}  # (owner, first seq, last seq, digest) -> seq -> its reports
 
     def __call__(self, seq: int, owner: str, target: int | None = None) -> str:
         parts = []
@@ -311,14 +311,17 @@ class Outcomes:
         return ", ".join(parts)
 
     def reports(self, seq: int, owner: str) -> list[Report]:
-        sql = "SELECT first_seq, last_seq FROM report_groups WHERE part = ? AND owner = ? AND first_seq <= ? AND last_seq >= ? ORDER BY first_seq, last_seq"
-        for first_seq, last_seq in self.conn.execute(sql, (seq >> PART_BITS, owner, seq, seq)):
-            key = (owner, first_seq, last_seq)
+        sql = (
+            "SELECT first_seq, last_seq, digest FROM report_groups WHERE part = ? AND owner = ? AND first_seq <= ? AND last_seq >= ?"
+            " ORDER BY first_seq, last_seq, digest"
+        )
+        for first_seq, last_seq, digest in self.conn.execute(sql, (seq >> PART_BITS, owner, seq, seq)):
+            key = (owner, first_seq, last_seq, digest)
             by_seq = self.groups.get(key)
             if by_seq is None:
                 if len(self.groups) >= self.KEPT:
                     self.groups.clear()
-                sql = "SELECT reports FROM report_groups WHERE part = ? AND owner = ? AND first_seq = ? AND last_seq = ?"
+                sql = "SELECT reports FROM report_groups WHERE part = ? AND owner = ? AND first_seq = ? AND last_seq = ? AND digest = ?"
                 by_seq = self.groups[key] = {}
                 for r in _decode_reports(self.conn.execute(sql, (seq >> PART_BITS, *key)).fetchone()[0]):
                     by_seq.setdefault(r.seq, []).append(r)

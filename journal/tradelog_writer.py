@@ -25,6 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, cast
+from zlib import crc32
 
 import msgspec
 
@@ -35,7 +36,34 @@ from protocol.messages import Command, OrderCommand, Refusal, Report, Trade, Tra
 LENGTH = struct.Struct("<I")
 UNITS = struct.Struct("<Q")
 
-SCHEMA = """
+# The two tables of groups, an owner's rows of one frame each. A frame need not hold every
+# command between its first and last seq (a cluster's engine shards, or two symbols'
+# matching queues, hand their output over each in its own order), so a refill, its frames
+# cut elsewhere, can make a group with the same first and last seq and more in it: the
+# digest of its content tells them apart (the same content again is still one row).
+OWNER_GROUPS = """
+CREATE TABLE IF NOT EXISTS audit_owner_groups (  -- the batches that hold an owner's commands (a transfer's: its account's), a row per owner and part per frame
+    part      INTEGER NOT NULL,     -- first_seq >> PART_BITS (see report_groups)
+    owner     TEXT    NOT NULL,
+    first_seq INTEGER NOT NULL,     -- the first and the last of those batches (their first_seq)
+    last_seq  INTEGER NOT NULL,
+    digest    INTEGER NOT NULL,     -- of batches: its length, its CRC (group_digest; 0 in a row from layout 3 or before)
+    batches   TEXT    NOT NULL,     -- JSON array of the batches' first_seq, ascending (read with json_each)
+    PRIMARY KEY (part, owner, first_seq, last_seq, digest)
+) WITHOUT ROWID;                    -- a refill may name a batch again in another group: readers take each batch once
+"""
+REPORT_GROUPS = """
+CREATE TABLE IF NOT EXISTS report_groups (  -- execution reports (REPORTS since=<seq>, audit outcomes): an owner's in one frame together
+    part      INTEGER NOT NULL,     -- first_seq >> PART_BITS: each commit inserts into the newest parts only (a group never spans two)
+    owner     TEXT    NOT NULL,
+    first_seq INTEGER NOT NULL,     -- the lowest and highest journal sequence of the commands that caused them
+    last_seq  INTEGER NOT NULL,
+    digest    INTEGER NOT NULL,     -- of reports (group_digest; 0 in a row from layout 3 or before)
+    reports   BLOB    NOT NULL,     -- msgpack array of the events (Fill, Canceled, ...), in the order matching made them: formatted when read
+    PRIMARY KEY (part, owner, first_seq, last_seq, digest)  -- an owner's reports: one seek per part (journal/queries.py)
+) WITHOUT ROWID;                    -- a refill may store a command's reports again in another group: readers take the first group's
+"""
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS trades (
     seq            INTEGER NOT NULL,  -- journal sequence of the command that traded
     match_no       INTEGER NOT NULL,  -- n-th match of that command
@@ -59,15 +87,7 @@ CREATE TABLE IF NOT EXISTS audit_batches (  -- the audit of journaled commands: 
     ts        TEXT    NOT NULL,     -- its commit time in the journal (UTC)
     record    BLOB    NOT NULL      -- the journal record (journal/records.py): its rows are made when read (journal/queries.py)
 );
-CREATE TABLE IF NOT EXISTS audit_owner_groups (  -- the batches that hold an owner's commands (a transfer's: its account's), a row per owner and part per frame
-    part      INTEGER NOT NULL,     -- first_seq >> PART_BITS (see report_groups)
-    owner     TEXT    NOT NULL,
-    first_seq INTEGER NOT NULL,     -- the first and the last of those batches (their first_seq)
-    last_seq  INTEGER NOT NULL,
-    batches   TEXT    NOT NULL,     -- JSON array of the batches' first_seq, ascending (read with json_each)
-    PRIMARY KEY (part, owner, first_seq, last_seq)
-) WITHOUT ROWID;                    -- a refill may name a batch again in another group: readers take each batch once
-CREATE TABLE IF NOT EXISTS assets (name TEXT PRIMARY KEY, unit TEXT NOT NULL);  -- to format a transfer's amount
+{OWNER_GROUPS}CREATE TABLE IF NOT EXISTS assets (name TEXT PRIMARY KEY, unit TEXT NOT NULL);  -- to format a transfer's amount
 CREATE TABLE IF NOT EXISTS refusal_batches (  -- the audit of refused requests: those of one writer transaction together
     id        INTEGER PRIMARY KEY,
     ts        TEXT    NOT NULL,     -- the first one's time (UTC)
@@ -96,15 +116,7 @@ CREATE TABLE IF NOT EXISTS orders (  -- the audit, as logs written before refusa
     target    INTEGER               -- the order a cancel or replace names
 );                                  -- the outcome: the reports of the same seq and owner (journal/queries.py)
 CREATE INDEX IF NOT EXISTS orders_by_owner ON orders (owner, id);
-CREATE TABLE IF NOT EXISTS report_groups (  -- execution reports (REPORTS since=<seq>, audit outcomes): an owner's in one frame together
-    part      INTEGER NOT NULL,     -- first_seq >> PART_BITS: each commit inserts into the newest parts only (a group never spans two)
-    owner     TEXT    NOT NULL,
-    first_seq INTEGER NOT NULL,     -- the lowest and highest journal sequence of the commands that caused them
-    last_seq  INTEGER NOT NULL,
-    reports   BLOB    NOT NULL,     -- msgpack array of the events (Fill, Canceled, ...), in the order matching made them: formatted when read
-    PRIMARY KEY (part, owner, first_seq, last_seq)  -- an owner's reports: one seek per part (journal/queries.py)
-) WITHOUT ROWID;                    -- a refill may store a command's reports again in another group: readers take the first group's
-CREATE TABLE IF NOT EXISTS instruments (symbol TEXT PRIMARY KEY, tick TEXT NOT NULL, lot TEXT NOT NULL);
+{REPORT_GROUPS}CREATE TABLE IF NOT EXISTS instruments (symbol TEXT PRIMARY KEY, tick TEXT NOT NULL, lot TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);  -- 'through': every command up to it has all its rows
 CREATE TABLE IF NOT EXISTS candles (  -- OHLCV per symbol and interval, kept as trades are committed (KLINES, TICKER)
     symbol    TEXT    NOT NULL,
@@ -134,7 +146,7 @@ COARSER = sorted(set(INTERVALS.values()) - {FINEST})  # each a multiple of FINES
 PART_BITS = 12
 # The tables' layout, as PRAGMA user_version (0: a log from before it was kept): a reader
 # of an older one has create_tables bring it up to date first.
-LAYOUT = 3  # 1: reports and audit_owners by part, refusal_batches; 2: report_groups; 3: audit_owner_groups
+LAYOUT = 4  # 1: reports and audit_owners by part, refusal_batches; 2: report_groups; 3: audit_owner_groups; 4: their digest
 MATCH_BITS = 20  # a trade's key: seq << MATCH_BITS | match_no (match_no < 2**20: a command matches fewer orders)
 INSERT_CANDLE = "INSERT OR REPLACE INTO candles VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 SELECT_CANDLE = "SELECT open, high, low, close, volume, quote, trades, first_key, last_key FROM candles WHERE symbol = ? AND interval = ? AND start = ?"
@@ -143,13 +155,13 @@ ADDED_COLUMNS = {"orders": ["kind TEXT NOT NULL DEFAULT 'new'", "target INTEGER"
 INSERT_TRADE = "INSERT OR IGNORE INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_REFUSALS = "INSERT INTO refusal_batches (ts, record) VALUES (?,?)"
 INSERT_REFUSAL_OWNER = "INSERT INTO refusal_owners VALUES (?,?)"
-INSERT_REPORTS = "INSERT OR IGNORE INTO report_groups VALUES (?,?,?,?,?)"
+INSERT_REPORTS = "INSERT OR IGNORE INTO report_groups VALUES (?,?,?,?,?,?)"
 INSERT_BATCH = "INSERT OR IGNORE INTO audit_batches VALUES (?,?,?)"
-INSERT_OWNERS = "INSERT OR IGNORE INTO audit_owner_groups VALUES (?,?,?,?,?)"
+INSERT_OWNERS = "INSERT OR IGNORE INTO audit_owner_groups VALUES (?,?,?,?,?,?)"
 # A log of layout 0-2 has a row per batch and owner (keyed by owner alone before parts: both
 # have these columns); create_tables groups them, one row per owner and part.
 GROUP_OLD_OWNERS = (
-    "INSERT OR IGNORE INTO audit_owner_groups SELECT first_seq >> {bits} AS p, owner, min(first_seq), max(first_seq), json_group_array(first_seq)"
+    "INSERT OR IGNORE INTO audit_owner_groups SELECT first_seq >> {bits} AS p, owner, min(first_seq), max(first_seq), 0, json_group_array(first_seq)"
     " FROM (SELECT owner, first_seq FROM audit_owners ORDER BY owner, first_seq) GROUP BY owner, p"
 ).format(bits=PART_BITS)
 MAX_TIMES = 100_000  # journal batch times remembered to stamp trades
@@ -298,6 +310,13 @@ def create_tables(db: str | Path) -> sqlite3.Connection:
     # (a second process that waited for it finds nothing left to group).
     conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA}")
     try:
+        for table, create in (("report_groups", REPORT_GROUPS), ("audit_owner_groups", OWNER_GROUPS)):
+            if "digest" not in columns_of(conn, table):  # layout 2 or 3: keyed without it (a key is made anew)
+                conn.execute(f"ALTER TABLE {table} RENAME TO {table}_3")
+                conn.execute(create)
+                kept = "reports" if table == "report_groups" else "batches"
+                conn.execute(f"INSERT INTO {table} SELECT part, owner, first_seq, last_seq, 0, {kept} FROM {table}_3")
+                conn.execute(f"DROP TABLE {table}_3")
         if row_per_report(conn):  # grouped as the writer groups them now
             conn.executemany(INSERT_REPORTS, grouped_reports(conn.execute("SELECT seq, owner, report FROM reports ORDER BY owner, seq, n")))
             conn.execute("DROP TABLE reports")
@@ -317,12 +336,19 @@ def create_tables(db: str | Path) -> sqlite3.Connection:
     return conn
 
 
-def grouped_reports(rows: Iterable[tuple[int, str, bytes]]) -> Iterator[tuple[int, str, int, int, bytes]]:
+def grouped_reports(rows: Iterable[tuple[int, str, bytes]]) -> Iterator[tuple[int, str, int, int, int, bytes]]:
     """report_groups rows from a row per report (seq, owner, the report as msgpack), in
     owner and seq order: one per owner and part."""
     for (owner, part), run in itertools.groupby(rows, key=lambda row: (row[1], row[0] >> PART_BITS)):
         found = list(run)
-        yield part, owner, found[0][0], found[-1][0], msgspec.msgpack.encode([msgspec.Raw(blob) for _, _, blob in found])
+        yield part, owner, found[0][0], found[-1][0], 0, msgspec.msgpack.encode([msgspec.Raw(blob) for _, _, blob in found])
+
+
+def group_digest(content: bytes) -> int:
+    """A group's rows, digested: part of its key (see OWNER_GROUPS). Its length, then its
+    CRC-32: a refill's group with more in it is always another key, and two of the same
+    length differ in their CRC (a 64-bit SHA-style digest cost the writer ~5% of its CPU)."""
+    return len(content) << 32 | crc32(content)
 
 
 def row_per_report(conn: sqlite3.Connection) -> bool:
@@ -340,10 +366,12 @@ def columns_of(conn: sqlite3.Connection, table: str) -> set[str]:
 
 
 def to_upgrade(db: str | Path) -> list[str]:
-    """The tables create_tables will group: a row per report, a row per batch and owner."""
+    """The tables create_tables will group (a row per report, a row per batch and owner) or
+    key anew (groups without a digest)."""
     conn = sqlite3.connect(db)
     try:
-        return (["reports"] if row_per_report(conn) else []) + (["audit_owners"] if row_per_batch_owner(conn) else [])
+        rekeyed = [table for table in ("report_groups", "audit_owner_groups") if columns_of(conn, table) and "digest" not in columns_of(conn, table)]
+        return (["reports"] if row_per_report(conn) else []) + (["audit_owners"] if row_per_batch_owner(conn) else []) + rekeyed
     finally:
         conn.close()
 
@@ -479,8 +507,8 @@ class Writer:
             yield first_seq, iso(ts_ns), record
 
     @staticmethod
-    def owner_rows(batches: list[tuple[int, list[Command], int]]) -> Iterable[tuple[int, str, int, int, str]]:
-        """(part, owner, first and last batch, the batches as a JSON array): a row per owner
+    def owner_rows(batches: list[tuple[int, list[Command], int]]) -> Iterable[tuple[int, str, int, int, int, str]]:
+        """(part, owner, first and last batch, digest, the batches as a JSON array): a row per owner
         and part in a frame. A row per batch and owner was a fifth of this process's time."""
         groups: dict[tuple[int, str], list[int]] = {}
         for first_seq, cmds, _ in batches:
@@ -492,10 +520,11 @@ class Writer:
                 else:
                     group.append(first_seq)
         for (part, owner), seqs in groups.items():
-            yield part, owner, seqs[0], seqs[-1], f"[{','.join(map(str, seqs))}]"
+            listed = f"[{','.join(map(str, seqs))}]"
+            yield part, owner, seqs[0], seqs[-1], group_digest(listed.encode()), listed
 
     def report_rows(self, reports: list[Report]) -> Iterable[tuple]:
-        """(part, owner, first seq, last seq, the reports as msgpack): a row per owner and
+        """(part, owner, first seq, last seq, digest, the reports as msgpack): a row per owner and
         part in a frame, kept raw. A row per report was a fifth of this process's time."""
         groups: dict[tuple[int, str], list[Report]] = {}
         for r in reports:
@@ -508,7 +537,8 @@ class Writer:
         encode = self.encode
         for (part, owner), group in groups.items():
             seqs = [r.seq for r in group]
-            yield part, owner, min(seqs), max(seqs), encode(group)
+            blob = encode(group)
+            yield part, owner, min(seqs), max(seqs), group_digest(blob), blob
 
     def add_refusals(self, refusals: list[tuple[int, Refusal]]) -> None:
         """The frame's refused requests as one row (a flood of them costs the writer one

@@ -245,6 +245,67 @@ def test_reports_stored_again_by_a_refill_in_other_groups_are_read_once_in_order
     ]  # fmt: skip
 
 
+def test_a_refill_whose_group_spans_the_same_seqs_with_more_in_it_keeps_them_all(tmp_path: Path) -> None:
+    """Found by the cluster's kill -9 test under load: a frame's rows need not hold every
+    command between its first and last seq (two engine shards, or two symbols' matching
+    queues, hand their outputs over in their own order). A frame committed before the trade
+    log was killed held alice's reports and batches of 5 and 8; the one read again after
+    the restart held 5, 6 and 8: the same first and last seq, the same key, and 6 was lost
+    (INSERT OR IGNORE)."""
+    db = tmp_path / "trades.sqlite"
+    writer = Writer(str(db))
+    writer.write(Frame(0, [], {"AAPL": ("0.01", "1")}, {"USD": "0.01", "AAPL": "1"}))
+
+    def frame(seqs: list[int]) -> Frame:
+        records = [(seq, encode_batch(seq, [NewOrder("AAPL", Side.BUY, 1, 15000, TIF.GTC, "alice")], T0 + seq)) for seq in seqs]
+        piece = Piece(records=records, reports=[canceled(seq, "alice") for seq in seqs])
+        return Frame(len(seqs), [msgspec.Raw(msgspec.msgpack.encode(piece))])
+
+    writer.write(frame([5, 8]))  # engine shard 0's, committed; then the trade log was killed
+    writer.write(frame([5, 6, 8]))  # read again from its snapshot: shard 1's 6 came in between
+    writer.write(frame([5, 8]))  # (and the same rows again change nothing)
+    writer.conn.close()
+
+    assert [r.seq for r in reports_of(db, "alice", 0, 10)] == [5, 6, 8]
+    assert [row["order_id"] for row in orders(db, owner="alice")] == [5, 6, 8]
+    conn = create_tables(db)
+    assert conn.execute("SELECT count(*) FROM report_groups").fetchone() == (2,)
+
+
+def test_a_log_of_layout_3_keeps_its_groups_and_then_tells_a_refills_apart(tmp_path: Path) -> None:
+    db = tmp_path / "trades.sqlite"
+    conn = create_tables(db)  # then the groups as layout 3 keyed them: no digest
+    conn.executescript("""
+        DROP TABLE report_groups; DROP TABLE audit_owner_groups;
+        CREATE TABLE report_groups (part INTEGER NOT NULL, owner TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                                    reports BLOB NOT NULL, PRIMARY KEY (part, owner, first_seq, last_seq)) WITHOUT ROWID;
+        CREATE TABLE audit_owner_groups (part INTEGER NOT NULL, owner TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                                         batches TEXT NOT NULL, PRIMARY KEY (part, owner, first_seq, last_seq)) WITHOUT ROWID;
+        PRAGMA user_version = 3;
+        INSERT INTO instruments VALUES ('AAPL', '0.01', '1');
+    """)
+    for seq in (5, 8):
+        conn.execute("INSERT INTO audit_batches VALUES (?,?,?)", (seq, iso(T0 + seq), encode_batch(seq, [NewOrder("AAPL", Side.BUY, 1, 15000, TIF.GTC, "alice")], T0 + seq)))
+    conn.execute("INSERT INTO report_groups VALUES (0, 'alice', 5, 8, ?)", (msgspec.msgpack.encode([canceled(5, "alice"), canceled(8, "alice")]),))
+    conn.execute("INSERT INTO audit_owner_groups VALUES (0, 'alice', 5, 8, '[5,8]')")
+    conn.commit()
+    conn.close()
+    assert [r.seq for r in reports_of(db, "alice", 0, 10)] == [5, 8]  # (read after the upgrade)
+    assert [row["order_id"] for row in orders(db, owner="alice")] == [5, 8]
+    conn = create_tables(db)
+    assert conn.execute("SELECT part, owner, first_seq, last_seq, digest FROM report_groups").fetchall() == [(0, "alice", 5, 8, 0)]
+    assert conn.execute("SELECT part, owner, first_seq, last_seq, digest, batches FROM audit_owner_groups").fetchall() == [(0, "alice", 5, 8, 0, "[5,8]")]
+    conn.close()
+
+    writer = Writer(str(db))  # a refill's frame: 5 to 8 again, with 6 in between
+    records = [(seq, encode_batch(seq, [NewOrder("AAPL", Side.BUY, 1, 15000, TIF.GTC, "alice")], T0 + seq)) for seq in (5, 6, 8)]
+    piece = Piece(records=records, reports=[canceled(seq, "alice") for seq in (5, 6, 8)])
+    writer.write(Frame(3, [msgspec.Raw(msgspec.msgpack.encode(piece))]))
+    writer.conn.close()
+    assert [r.seq for r in reports_of(db, "alice", 0, 10)] == [5, 6, 8]
+    assert [row["order_id"] for row in orders(db, owner="alice")] == [5, 6, 8]
+
+
 def test_a_page_of_reports_ends_between_commands_and_says_whether_there_are_more(tmp_path: Path) -> None:
     db = tmp_path / "trades.sqlite"
     create_tables(db).close()
