@@ -154,12 +154,37 @@ def _int_arg(text: str, what: str) -> int | BadRequest:
     return BadRequest("bad_request", f"{what} {_show(text)} is not a number")
 
 
+# The lines an algorithm sends most, written as it writes them (upper-case words one space
+# apart, a lower-case id=): one match in C instead of the tokenizer below, ~40% of a line's
+# parse. Anything else (lower case, more spaces, other options, an error) goes the general
+# way, which reads these lines the same (tests/test_protocol.py checks that both agree).
+_COMMON = re.compile(
+    r"(BUY|SELL) ([A-Z][A-Z0-9-]*) ([0-9.]+)(?: ([0-9.]+))?(?: (GTC|IOC|FOK|POST))?(?: id=([!-~]+))?"
+    rf"|CANCEL (?:id=([!-~]+)|([0-9]{{1,{MAX_DIGITS}}}))"
+    rf"|REPLACE (?:id=([!-~]+)|([0-9]{{1,{MAX_DIGITS}}})) ([0-9.]+)(?: ([0-9.]+))?",
+    re.ASCII,
+)
+
+
 def parse_line(line: bytes) -> Request | BadRequest | None:
     """One text line to a request; None for a blank line (ignored, no reply)."""
     try:
         text = line.decode("ascii")
     except UnicodeDecodeError:
         return BadRequest("bad_encoding", "the line is not ASCII text")
+    common = _COMMON.fullmatch(text)
+    if common is None:
+        return parse_words(text)
+    side, symbol, qty, price, tif, cid, cancel_cid, cancel_id, replace_cid, replace_id, new_qty, new_price = common.groups()
+    if side is not None:
+        return (Buy if side == "BUY" else Sell)(symbol, qty, price, tif, cid)
+    if new_qty is not None:
+        return ReplaceOrder(new_qty, None if replace_id is None else int(replace_id), new_price, replace_cid)
+    return CancelOrder(None if cancel_id is None else int(cancel_id), cancel_cid)
+
+
+def parse_words(text: str) -> Request | BadRequest | None:
+    """parse_line's general way: any line, split at whitespace, words in any case."""
     args = text.split()
     if not args:
         return None
