@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Awaitable, Callable, Coroutine, cast
 
 import structlog
@@ -94,7 +95,10 @@ class OrderDesk:
         self.orders = intake.orders  # accepted orders join it as the intake hears of them
         self.closing = False  # shutting down: no new commands
         self._fetches: set[asyncio.Task[None]] = set()
-        self._canceled_by: dict[int, int] = {}  # seq of a command -> orders it canceled (recent ones)
+        # seq of a command -> orders it canceled (recent ones), oldest first. Not a dict: the
+        # oldest key of a dict that loses its first ones is found by scanning past the holes
+        # they leave (next(iter(d)) cost ~3.8 us per CANCELED here, ~5% of the main thread).
+        self._canceled_by: OrderedDict[int, int] = OrderedDict()
         for book in books.values():
             self.orders.restore(book)
 
@@ -331,7 +335,7 @@ class OrderDesk:
                 canceled = self._canceled_by
                 canceled[e.seq] = canceled.get(e.seq, 0) + 1
                 if len(canceled) > CANCELS_KEPT:
-                    del canceled[next(iter(canceled))]
+                    canceled.popitem(last=False)
             elif type(e) is Triggered:
                 orders.fired(e.order_id)  # open still: a limit or market order from now on
             elif type(e) is Rejected:
