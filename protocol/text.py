@@ -156,8 +156,8 @@ def _int_arg(text: str, what: str) -> int | BadRequest:
 
 # The lines an algorithm sends most, written as it writes them (upper-case words one space
 # apart, a lower-case id=): one match in C instead of the tokenizer below, 27% fewer
-# instructions per line. Anything else (lower case, more spaces, other options, an error) goes the general
-# way, which reads these lines the same (tests/test_protocol.py checks that both agree).
+# instructions per line. Anything else (lower case, more spaces, other options, an error)
+# goes the general way, which reads these lines the same (tests/test_protocol.py checks).
 _COMMON = re.compile(
     r"(BUY|SELL) ([A-Z][A-Z0-9-]*) ([0-9.]+)(?: ([0-9.]+))?(?: (GTC|IOC|FOK|POST))?(?: id=([!-~]+))?"
     rf"|CANCEL (?:id=([!-~]+)|([0-9]{{1,{MAX_DIGITS}}}))"
