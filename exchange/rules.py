@@ -139,10 +139,12 @@ def order_terms(inst: Instrument, qty_text: str, price_text: str | None, tif_tex
 
     A limit order defaults to GTC, a market order to IOC; a market order may be IOC or FOK.
     """
-    parsed = quantity_and_price(inst, qty_text, price_text)
-    if isinstance(parsed, Problem):
+    # (every order: the steps' counts at once, and the calls that say what is wrong only if it is)
+    qty, price = inst.lot.count(qty_text), None if price_text is None else inst.tick.count(price_text)
+    if qty is None or qty < 1 or price_text is not None and (price is None or price < 1):
+        parsed = quantity_and_price(inst, qty_text, price_text)
+        assert isinstance(parsed, Problem)
         return parsed
-    qty, price = parsed
     tif_name = tif_text.upper() if tif_text is not None else ("GTC" if price is not None else "IOC")
     tif = TIF_BY_NAME.get(tif_name)
     if tif is None:
