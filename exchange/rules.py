@@ -127,6 +127,9 @@ def check_replace(inst: Instrument, qty: int, price: int) -> Problem | None:
 
 def quantity_and_price(inst: Instrument, qty_text: str, price_text: str | None) -> tuple[int, int | None] | Problem:
     """Lots and ticks (None: no price) from decimal text, exactly, or the first rule broken."""
+    lots, ticks = inst.lot.count(qty_text), None if price_text is None else inst.tick.count(price_text)
+    if lots is not None and lots > 0 and (price_text is None or ticks is not None and ticks > 0):
+        return lots, ticks  # (a replace's, mostly: order_terms asks the steps itself, as here)
     qty = inst.parse_qty(qty_text)
     if isinstance(qty, Problem):
         return qty
