@@ -127,9 +127,10 @@ def check_replace(inst: Instrument, qty: int, price: int) -> Problem | None:
 
 def quantity_and_price(inst: Instrument, qty_text: str, price_text: str | None) -> tuple[int, int | None] | Problem:
     """Lots and ticks (None: no price) from decimal text, exactly, or the first rule broken."""
+    # (every order and replace: the steps' counts at once; the calls that say what is wrong only if something is)
     lots, ticks = inst.lot.count(qty_text), None if price_text is None else inst.tick.count(price_text)
     if lots is not None and lots > 0 and (price_text is None or ticks is not None and ticks > 0):
-        return lots, ticks  # (a replace's, mostly: order_terms asks the steps itself, as here)
+        return lots, ticks
     qty = inst.parse_qty(qty_text)
     if isinstance(qty, Problem):
         return qty
@@ -142,12 +143,10 @@ def order_terms(inst: Instrument, qty_text: str, price_text: str | None, tif_tex
 
     A limit order defaults to GTC, a market order to IOC; a market order may be IOC or FOK.
     """
-    # (every order: the steps' counts at once, and the calls that say what is wrong only if it is)
-    qty, price = inst.lot.count(qty_text), None if price_text is None else inst.tick.count(price_text)
-    if qty is None or qty < 1 or price_text is not None and (price is None or price < 1):
-        parsed = quantity_and_price(inst, qty_text, price_text)
-        assert isinstance(parsed, Problem)
+    parsed = quantity_and_price(inst, qty_text, price_text)
+    if isinstance(parsed, Problem):
         return parsed
+    qty, price = parsed
     tif_name = tif_text.upper() if tif_text is not None else ("GTC" if price is not None else "IOC")
     tif = TIF_BY_NAME.get(tif_name)
     if tif is None:
