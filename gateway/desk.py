@@ -97,7 +97,8 @@ class OrderDesk:
         self._fetches: set[asyncio.Task[None]] = set()
         # seq of a command -> orders it canceled (recent ones), oldest first. Not a dict: the
         # oldest key of a dict that loses its first ones is found by scanning past the holes
-        # they leave (next(iter(d)) cost ~3.8 us per CANCELED here, ~5% of the main thread).
+        # they leave (next(iter(d)): ~3.8 us per CANCELED at 10,000 kept; py-spy put 1.6% of the
+        # closed loop's main thread on that line).
         self._canceled_by: OrderedDict[int, int] = OrderedDict()
         for book in books.values():
             self.orders.restore(book)

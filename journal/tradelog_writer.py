@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS report_groups (  -- execution reports (REPORTS since=
     PRIMARY KEY (part, owner, first_seq, last_seq, digest)  -- an owner's reports: one seek per part (journal/queries.py)
 ) WITHOUT ROWID;                    -- a refill may store a command's reports again in another group: readers take the first group's
 """
+GROUP_TABLES = {"report_groups": (REPORT_GROUPS, "reports"), "audit_owner_groups": (OWNER_GROUPS, "batches")}  # table: (its CREATE, its content)
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS trades (
     seq            INTEGER NOT NULL,  -- journal sequence of the command that traded
@@ -310,13 +311,12 @@ def create_tables(db: str | Path) -> sqlite3.Connection:
     # (a second process that waited for it finds nothing left to group).
     conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA}")
     try:
-        for table, create in (("report_groups", REPORT_GROUPS), ("audit_owner_groups", OWNER_GROUPS)):
-            if "digest" not in columns_of(conn, table):  # layout 2 or 3: keyed without it (a key is made anew)
-                conn.execute(f"ALTER TABLE {table} RENAME TO {table}_3")
-                conn.execute(create)
-                kept = "reports" if table == "report_groups" else "batches"
-                conn.execute(f"INSERT INTO {table} SELECT part, owner, first_seq, last_seq, 0, {kept} FROM {table}_3")
-                conn.execute(f"DROP TABLE {table}_3")
+        for table in groups_without_digest(conn):  # layout 2 or 3: keyed anew, digest 0
+            create, content = GROUP_TABLES[table]
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_3")
+            conn.execute(create)
+            conn.execute(f"INSERT INTO {table} SELECT part, owner, first_seq, last_seq, 0, {content} FROM {table}_3")
+            conn.execute(f"DROP TABLE {table}_3")
         if row_per_report(conn):  # grouped as the writer groups them now
             conn.executemany(INSERT_REPORTS, grouped_reports(conn.execute("SELECT seq, owner, report FROM reports ORDER BY owner, seq, n")))
             conn.execute("DROP TABLE reports")
@@ -362,6 +362,11 @@ def row_per_batch_owner(conn: sqlite3.Connection) -> bool:
     return bool(columns_of(conn, "audit_owners"))
 
 
+def groups_without_digest(conn: sqlite3.Connection) -> list[str]:
+    """The group tables of a log of layout 2 or 3 (keyed without a digest), which create_tables keys anew."""
+    return [table for table in GROUP_TABLES if (columns := columns_of(conn, table)) and "digest" not in columns]
+
+
 def columns_of(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
@@ -371,8 +376,7 @@ def to_upgrade(db: str | Path) -> list[str]:
     key anew (groups without a digest)."""
     conn = sqlite3.connect(db)
     try:
-        rekeyed = [table for table in ("report_groups", "audit_owner_groups") if columns_of(conn, table) and "digest" not in columns_of(conn, table)]
-        return (["reports"] if row_per_report(conn) else []) + (["audit_owners"] if row_per_batch_owner(conn) else []) + rekeyed
+        return (["reports"] if row_per_report(conn) else []) + (["audit_owners"] if row_per_batch_owner(conn) else []) + groups_without_digest(conn)
     finally:
         conn.close()
 
