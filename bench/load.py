@@ -270,6 +270,9 @@ class PhaseResult:
     send_lag_ms: dict[str, float] = field(default_factory=dict)  # open loop: the generator's own lateness
     telemetry: dict = field(default_factory=dict)  # the exchange's own figures for the phase (admin TELEMETRY)
     cpu_us_per_request: dict[str, float] = field(default_factory=dict)  # CPU time by thread/process over requests answered
+    # Resident memory by process, MiB: at the phase's start, at its end, the peak so far
+    memory_mib: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    memory_by_minute: list[float] = field(default_factory=list)  # the server's, MiB, at each minute of the phase
     profile: list[str] = field(default_factory=list)  # --profile: the top functions per process (bench/profile.py)
 
 
@@ -440,6 +443,12 @@ def breakdown(r: PhaseResult) -> list[str]:
     rows = [f"  {r.phase}: longest interval with no reply {r.silence_ms:.1f} ms"]
     if r.cpu_us_per_request:
         rows.append("    CPU per request answered (us): " + ", ".join(f"{k} {v:g}" for k, v in r.cpu_us_per_request.items()))
+    if r.memory_mib:
+        resting = r.telemetry.get("book_orders")
+        held = f"; {resting:,} orders in the books at the end" if isinstance(resting, int) else ""
+        rows.append("    resident memory, MiB (start -> end, peak): " + ", ".join(f"{k} {a:.0f} -> {b:.0f} ({peak:.0f})" for k, (a, b, peak) in r.memory_mib.items()) + held)
+    if len(r.memory_by_minute) > 1:
+        rows.append("    the server's resident memory at each minute, MiB: " + " ".join(f"{m:.0f}" for m in r.memory_by_minute))
     if r.profile:
         rows.append("    where it went (py-spy, own samples per function):")
         rows += r.profile
@@ -464,6 +473,58 @@ def user_system(stat_path: str) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def server_processes(pid: int) -> dict[str, int]:
+    """A server's process and its children (the journal's and the trade log's writers), by name."""
+    out = {"server": pid}
+    try:
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_text()
+            out["journal writer" if "journal_writer" in cmdline else "trade-log writer" if "tradelog_writer" in cmdline else "other child"] = int(child)
+    except OSError:
+        pass  # not Linux, or the server is gone
+    return out
+
+
+def memory_kib(pid: int) -> dict[str, tuple[int, int]]:
+    """Resident memory of a server's processes, by name: (now, peak) in KiB, from /proc."""
+    out: dict[str, tuple[int, int]] = {}
+    for name, p in server_processes(pid).items():
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{p}/status").read_text().splitlines() if ":" in line)
+            out[name] = (int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0]))
+        except (OSError, KeyError, ValueError):
+            continue
+    return out
+
+
+class MemoryWatch:
+    """The server's resident memory over a phase, read every `every` seconds in a thread:
+    a long phase shows whether memory levels off or keeps growing."""
+
+    def __init__(self, pid: int, every: float = 1.0) -> None:
+        self.pid, self.every = pid, every
+        self.start = memory_kib(pid)
+        self.samples: list[int] = []  # the server process's RSS, KiB, each `every` s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            self.samples.append(memory_kib(self.pid).get("server", (0, 0))[0])
+
+    def stop(self) -> dict[str, tuple[float, float, float]]:
+        """By process: (start, end, peak) in MiB."""
+        self._done.set()
+        self._thread.join()
+        return {k: (self.start.get(k, (now, 0))[0] / 1024, now / 1024, peak / 1024) for k, (now, peak) in memory_kib(self.pid).items()}
+
+    def by_minute(self) -> list[float]:
+        """The server's RSS at each whole minute of the phase, MiB."""
+        per_minute = max(1, round(60 / self.every))
+        return [kib / 1024 for kib in self.samples[per_minute - 1 :: per_minute]]
+
+
 def cpu_seconds(pid: int) -> dict[str, float]:
     """CPU time (user + system) of a server's threads and child processes, by name, from /proc."""
     out: dict[str, float] = {}
@@ -475,10 +536,9 @@ def cpu_seconds(pid: int) -> dict[str, float]:
         for tid in os.listdir(f"/proc/{pid}/task"):
             name = "server main thread" if tid == str(pid) else "server other threads"
             out[name] = out.get(name, 0.0) + times(f"/proc/{pid}/task/{tid}/stat")
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_text()
-            name = "journal writer" if "journal_writer" in cmdline else "trade-log writer" if "tradelog_writer" in cmdline else "other child"
-            out[name] = out.get(name, 0.0) + times(f"/proc/{child}/stat")
+        for name, child in server_processes(pid).items():
+            if child != pid:
+                out[name] = out.get(name, 0.0) + times(f"/proc/{child}/stat")
     except OSError:
         pass  # not Linux, or the server is gone
     return out
@@ -660,6 +720,7 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
                     profile_path = args.profile / f"{len(results) + 1}-{label.split(',')[0].replace(' ', '-').replace('/', '')}.txt"
                     sampler = profile.start(server.proc.pid, profile_path)
                 cpu_before, generator_before = cpu_seconds(server.proc.pid), time.process_time()
+                memory = MemoryWatch(server.proc.pid)
                 browser_before = tree_cpu_seconds(page.service.process.pid) if page is not None else 0.0
                 result = run_phase(
                     server.port, streams_by_size[per_conn], label, kind, rate, args.window, gap=gap / 1000,
@@ -673,6 +734,7 @@ def run_all(args: argparse.Namespace) -> list[PhaseResult]:
                 if page is not None:
                     cpu["browser (one page)"] = tree_cpu_seconds(page.service.process.pid) - browser_before
                 result.cpu_us_per_request = {k: round(v / max(result.completed, 1) * 1e6, 1) for k, v in cpu.items()}
+                result.memory_mib, result.memory_by_minute = memory.stop(), memory.by_minute()
                 if logins:
                     result.telemetry = server_telemetry(data)
                 results.append(result)

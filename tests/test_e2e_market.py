@@ -97,6 +97,7 @@ def test_stats_counts_orders_rejects_and_trades(server: Server) -> None:
     stats = dict(token.split("=") for token in taker.ask("STATS")[0].split()[1:])
     assert (stats["orders_total"], stats["rejects_total"], stats["rejects.bad_tick"], stats["trades_total"]) == ("4", "1", "1", "2")
     assert stats["journal_seq"] == "64" and stats["gateway_sessions"] == "2"
+    assert stats["book_orders"] == "2"  # the rest of the SELL at 150.50 and the bid at 149.00
     assert int(stats["journal_fsyncs_total"]) >= 1 and int(stats["memory_rss_bytes"]) > 10_000_000
 
 

@@ -270,6 +270,8 @@ class Serve:
         telemetry.gauge("journal_seq", lambda: journal.durable_seq, "the last command on disk")
         telemetry.gauge("md_subscribers", lambda: len(notifier.subscribers), "market-data connections (web pages included)")
         telemetry.gauge("memory_rss_bytes", resident_bytes, "the server process's resident memory")
+        books = self.books  # (what most of that memory holds, as orders rest)
+        telemetry.gauge("book_orders", lambda: sum(len(b.orders) + len(b.stops) for b in books.values()), "orders in the books, pending stops included")
         telemetry.count("journal_fsyncs_total", lambda: journal.commits, "journal group commits (one fdatasync each)")
         tls = tls_context(config.tls_cert, config.tls_key)
         await self.admin.start(self.data.admin_socket)
