@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-restart bench-crashloop bench-fanout bench-queries bench-jetstream bench-cluster cluster-up cluster-down install clean
+.PHONY: run test lint bench bench-engine bench-restart bench-crashloop bench-fanout bench-queries bench-memory bench-jetstream bench-cluster cluster-up cluster-down install clean
 
 $(STAMP): pyproject.toml web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-fanout: $(STAMP)
 
 bench-queries: $(STAMP)
 	$(PY) -m bench.queries
+
+bench-memory: $(STAMP)
+	$(PY) -m bench.memory
 
 bench-jetstream: $(STAMP)
 	$(PY) -m bench.jetstream

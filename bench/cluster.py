@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.fanout import measure_fanout
-from bench.load import BENCH_PASSWORD, ROOT, ServerProcess, bench_accounts, fund_accounts, run_phase, tree_cpu_seconds
+from bench.load import BENCH_PASSWORD, ROOT, ServerProcess, bench_accounts, fund_accounts, memory_kib, run_phase, tree_cpu_seconds
 from bench.workload import make_stream
 from cluster.nats import free_nats_base, free_ports, process_alive
 
@@ -117,6 +117,7 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
         before = {k: tree_cpu_seconds(p) for k, p in pids.items()}
         result = run_phase(port, streams, f"closed loop, {args.window} in flight x {args.connections}", label, None, args.window, logins=names)
         cpu = {k: (tree_cpu_seconds(p) - before[k]) / max(result.completed, 1) * 1e6 for k, p in pids.items()}
+        rss = {k: sum(now for now, _ in memory_kib(p).values()) / 1024 for k, p in pids.items()}  # (a process and its writers)
         paced = [make_stream(int(args.rate * args.duration) // args.connections, args.seed + 1, c) for c in range(args.connections)]
         steady = run_phase(port, paced, f"open loop {args.rate:,}/s", label, args.rate, 0, gap=0.0001, logins=others)
         if cluster is not None:
@@ -132,7 +133,7 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
             cluster.stop()
         shutil.rmtree(data, ignore_errors=True)
     return {"label": label, "orders_s": result.rate, "p50": result.ack_ms.get("p50", 0), "p99": result.ack_ms.get("p99", 0),
-            "completed": result.completed, "errors": result.errors, "cpu_us": cpu,
+            "completed": result.completed, "errors": result.errors, "cpu_us": cpu, "rss_mib": rss,
             "steady_p50": steady.ack_ms.get("p50", 0), "steady_p99": steady.ack_ms.get("p99", 0), "steady_rate": steady.rate}  # fmt: skip
 
 
@@ -234,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['label']:34} {r['orders_s']:9,.0f} {r['p50']:7.1f}ms {r['p99']:7.1f}ms  {r['steady_p50']:11.1f}ms {r['steady_p99']:5.1f}ms   {cpu}"
         )
+    print("resident memory after the closed loop, MiB, by process (with its writers)")
+    for r in results:
+        print(f"{r['label']:34} " + "  ".join(f"{k} {v:.0f}" for k, v in r["rss_mib"].items()))
     if not args.skip_fanout:
         for label, notifiers in [("tickline serve", None), ("cluster, 1 notifier", 1), ("cluster, 2 notifiers", 2)]:
             print(f"fan-out, {label}: " + fanout(args, notifiers).replace("\n", "\n    "))
