@@ -28,8 +28,18 @@ def test_load_generator_drives_both_servers_and_writes_its_report(tmp_path: Path
         assert row["ack_ms"]["p50"] > 0
     exchange = [r for r in report["results"] if r["server"] == "exchange"]
     assert all(r["fills"] > 0 for r in exchange)  # the mix really trades
+    # ...and its books hold what rested, which the memory line reports with each process's
+    assert all(r["telemetry"]["book_orders"] > 0 and r["memory_mib"]["server"][1] > 10 for r in exchange)
+    assert "resident memory, MiB (start -> end, peak): server" in run.stdout
     assert all(r["market_data"]["subscribers"] == 3 and r["market_data"]["trades"] > 0 for r in exchange)
     assert "market data," in run.stdout
+
+
+def test_memory_benchmark_counts_every_resting_order() -> None:
+    run = subprocess.run([sys.executable, "-m", "bench.memory", "--orders", "3000"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    rounds = [line.split() for line in run.stdout.splitlines() if "bytes per resting order" in line]
+    assert [words[0] for words in rounds] == ["without", "with"], run.stdout
 
 
 def test_engine_benchmark_prints_the_ratio() -> None:
