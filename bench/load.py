@@ -473,25 +473,27 @@ def user_system(stat_path: str) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def server_processes(pid: int) -> dict[str, int]:
-    """A server's process and its children (the journal's and the trade log's writers), by name."""
-    out = {"server": pid}
+def server_processes(pid: int) -> list[tuple[str, int]]:
+    """A server's process and its children (the journal's and the trade log's writers), named
+    (a name may come twice: "other child")."""
+    out = [("server", pid)]
     try:
         for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
             cmdline = Path(f"/proc/{child}/cmdline").read_text()
-            out["journal writer" if "journal_writer" in cmdline else "trade-log writer" if "tradelog_writer" in cmdline else "other child"] = int(child)
+            out.append(("journal writer" if "journal_writer" in cmdline else "trade-log writer" if "tradelog_writer" in cmdline else "other child", int(child)))
     except OSError:
         pass  # not Linux, or the server is gone
     return out
 
 
 def memory_kib(pid: int) -> dict[str, tuple[int, int]]:
-    """Resident memory of a server's processes, by name: (now, peak) in KiB, from /proc."""
+    """Resident memory of a server's processes, by name (summed over a name's): (now, peak) in KiB, from /proc."""
     out: dict[str, tuple[int, int]] = {}
-    for name, p in server_processes(pid).items():
+    for name, p in server_processes(pid):
         try:
             fields = dict(line.split(":", 1) for line in Path(f"/proc/{p}/status").read_text().splitlines() if ":" in line)
-            out[name] = (int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0]))
+            now, peak = out.get(name, (0, 0))
+            out[name] = (now + int(fields["VmRSS"].split()[0]), peak + int(fields["VmHWM"].split()[0]))
         except (OSError, KeyError, ValueError):
             continue
     return out
@@ -536,7 +538,7 @@ def cpu_seconds(pid: int) -> dict[str, float]:
         for tid in os.listdir(f"/proc/{pid}/task"):
             name = "server main thread" if tid == str(pid) else "server other threads"
             out[name] = out.get(name, 0.0) + times(f"/proc/{pid}/task/{tid}/stat")
-        for name, child in server_processes(pid).items():
+        for name, child in server_processes(pid):
             if child != pid:
                 out[name] = out.get(name, 0.0) + times(f"/proc/{child}/stat")
     except OSError:

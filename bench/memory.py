@@ -30,20 +30,20 @@ async def place(port: int, account: str, first: int, count: int, client_ids: boo
     await reader.readline()  # HELLO
     writer.write(f"LOGIN {account} {BENCH_PASSWORD}\n".encode())
     await reader.readline()
-    answered = 0
-    for i in range(first, first + count):
-        # Below any ask (none rests): 1.00-1.99, a hundred levels
-        writer.write(f"BUY AAPL 1 1.{i % 100:02d}{f' id=o{i}' if client_ids else ''}\n".encode())
-        while i - first + 1 - answered > WINDOW:
-            line = await reader.readline()
-            if not line.startswith(b"ACK"):
-                raise RuntimeError(f"order refused: {line.decode().strip()}")
-            answered += 1
-    while answered < count:
+
+    async def acked() -> None:
         line = await reader.readline()
         if not line.startswith(b"ACK"):
             raise RuntimeError(f"order refused: {line.decode().strip()}")
-        answered += 1
+
+    for i in range(count):
+        # Below any ask (none rests): 1.00-1.99, a hundred levels
+        n = first + i
+        writer.write(f"BUY AAPL 1 1.{n % 100:02d}{f' id=o{n}' if client_ids else ''}\n".encode())
+        if i >= WINDOW:
+            await acked()  # (the one WINDOW orders back)
+    for _ in range(min(count, WINDOW)):
+        await acked()
     writer.close()
 
 
