@@ -473,14 +473,18 @@ def user_system(stat_path: str) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+CHILDREN = (("journal_writer", "journal writer"), ("tradelog_writer", "trade-log writer"), ("snapshot_replica", "snapshot replica"))
+
+
 def server_processes(pid: int) -> list[tuple[str, int]]:
-    """A server's process and its children (the journal's and the trade log's writers), named
-    (a name may come twice: "other child")."""
+    """A server's process and its children (the journal's and the trade log's writers, the
+    snapshot replica), named (a name may come twice: "other child", a forked snapshot's)."""
     out = [("server", pid)]
     try:
         for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
             cmdline = Path(f"/proc/{child}/cmdline").read_text()
-            out.append(("journal writer" if "journal_writer" in cmdline else "trade-log writer" if "tradelog_writer" in cmdline else "other child", int(child)))
+            name = next((name for module, name in CHILDREN if module in cmdline), "other child")
+            out.append((name, int(child)))
     except OSError:
         pass  # not Linux, or the server is gone
     return out

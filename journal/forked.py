@@ -47,7 +47,7 @@ def start(work: Callable[[], object]) -> int | None:
     code = 1
     try:
         gc.disable()
-        _die_with(parent)
+        die_with(parent)
         os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 4096)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
@@ -66,7 +66,7 @@ async def wait(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above

@@ -27,7 +27,7 @@ import structlog
 
 from journal.journal_writer import REPLY
 from journal.layout import first_seq_of, fsync_dir, segment_path, segment_paths
-from journal.records import MAX_BATCH, decode_records, encode_batch
+from journal.records import HEADER, MAX_BATCH, MAX_PAYLOAD, decode_records, encode_batch
 from protocol.messages import Command
 from telemetry.registry import Telemetry
 
@@ -80,6 +80,77 @@ def read_journal(directory: Path, after: int = 0) -> Iterator[tuple[int, Command
         for seq, cmd in enumerate(cmds, first_seq):
             if seq > after:
                 yield seq, cmd
+
+
+Batch = tuple[int, list[Command], int]  # (first seq, commands, commit time ns)
+
+
+class JournalTail:
+    """Follows the journal while its writer appends: the batches after `after`, in order, as
+    they are written (not necessarily synced: sync() makes what was read durable). The
+    snapshot replica reads it (journal/snapshot_replica.py).
+
+    The writer only ever appends whole records, and makes the next segment (named by its
+    first seq) after its last write to the one before: a partial record at the end is one
+    being written, and once the next segment exists, what this one holds is final."""
+
+    CHUNK = 8 * 1024 * 1024  # read at most this much per call: a long tail comes in pieces
+
+    def __init__(self, directory: Path, after: int) -> None:
+        self.directory = directory
+        self.after = after  # records wholly at or before it are checksummed, not decoded
+        self.fd: int | None = None
+        self.name = ""
+        self.expect = 0  # the first seq of the next record
+        self.pending = b""  # read, not yet a whole record
+
+    def read(self) -> list[Batch]:
+        """Whole batches written since the last call (at most CHUNK bytes of them); [] if none."""
+        if self.fd is None:
+            segments = [p for p in segment_paths(self.directory) if first_seq_of(p) <= self.after + 1]
+            if not segments:
+                return []
+            self._open(segments[-1])
+        assert self.fd is not None
+        chunk = os.read(self.fd, self.CHUNK)
+        if not chunk:
+            following = segment_path(self.directory, self.expect)
+            if not following.exists():
+                return []
+            chunk = os.read(self.fd, self.CHUNK)  # what was written just before it was made
+            if not chunk:
+                if self.pending:
+                    raise JournalCorrupt(f"{self.name}: {len(self.pending)} undecodable bytes at the end, and {following.name} follows")
+                self._open(following)
+                return self.read()
+        return self._decode(self.pending + chunk if self.pending else chunk)
+
+    def sync(self) -> None:
+        """Everything read so far is on disk (the writer synced the segments before this one)."""
+        if self.fd is not None:
+            os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _open(self, path: Path) -> None:
+        self.close()
+        self.fd = os.open(path, os.O_RDONLY)
+        self.name, self.expect, self.pending = path.name, first_seq_of(path), b""
+
+    def _decode(self, data: bytes) -> list[Batch]:
+        out: list[Batch] = []
+        end = 0
+        for first_seq, count, cmds, ts_ns, end in decode_records(data, self.expect, skip_through=self.after):  # noqa: B007 (end is read after the loop)
+            self.expect = first_seq + count
+            if cmds is not None:
+                out.append((first_seq, cmds, ts_ns))
+        self.pending = data[end:]
+        if len(self.pending) > MAX_PAYLOAD + HEADER.size:
+            raise JournalCorrupt(f"{self.name}: undecodable bytes before seq {self.expect}")
+        return out
 
 
 def _recover_segment(path: Path) -> int:

@@ -74,8 +74,9 @@ def path_for(directory: Path, seq: int) -> Path:
     return directory / f"snap-{seq:020d}.tls"
 
 
-def write_snapshot(directory: Path, captured: Captured) -> Path:
-    """Hash, encode and write a captured snapshot atomically (runs in a worker thread)."""
+def write_snapshot(directory: Path, captured: Captured, temporary: str = ".tmp") -> Path:
+    """Hash, encode and write a captured snapshot atomically (runs in a worker thread). The
+    snapshot replica names its temporary files apart: the server's prune deletes strays of its own."""
     directory.mkdir(parents=True, exist_ok=True)
     seq, taken_ns, books, risk, ref_terms = captured
     state_hash = combine_hashes([*(hash_book(*book) for book in books), hash_risk(risk)])
@@ -86,7 +87,7 @@ def write_snapshot(directory: Path, captured: Captured) -> Path:
          "ref_terms": ref_terms}
     )
     final = path_for(directory, seq)
-    tmp = final.with_suffix(".tmp")
+    tmp = final.with_suffix(temporary)
     with open(tmp, "wb") as f:
         f.write(MAGIC + HEADER.pack(zlib.crc32(payload), len(payload)) + payload)
         f.flush()

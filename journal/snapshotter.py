@@ -16,9 +16,10 @@ the log's missing rows by replaying from it (journal/refill.py). Older snapshots
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import structlog
 
@@ -57,6 +58,7 @@ class Snapshotter:
         last_seq: int = 0,
         telemetry: Telemetry | None = None,
         hold_intake: Callable[[bool], None] = lambda on: None,
+        replica: Sequence[str] | None = None,
     ) -> None:
         self.directory = DataDir(data_dir).snapshots
         self.journal_dir = DataDir(data_dir).journal
@@ -71,6 +73,8 @@ class Snapshotter:
         self.retention = retention
         self.last_seq = last_seq
         self.hold_intake = hold_intake  # stop reading new commands while matching catches up
+        self.replica = replica  # the command that starts the snapshot replica; None: forked children
+        self.replica_ready = False  # it has caught up with the journal: the periodic snapshots are its
         # The snapshot being written (by a thread or a forked child), in a task of its own: a
         # cancel of run() at shutdown must not leave it writing the very file that the
         # shutdown's snapshot (the same seq) writes too.
@@ -84,19 +88,30 @@ class Snapshotter:
         last_time = loop.time()
         every = min(self.every, AFTER_RESTART)  # at once on start: a restart that replayed a tail snapshots now,
         first = True  # so that in a crash loop no restart replays what the one before it did
-        while True:
-            behind = self.durable_seq() - self.last_seq
-            if behind >= every or (behind > 0 and loop.time() - last_time >= self.interval):
-                # The first on the loop: a forked child copies every page it touches (~5 us
-                # each here), so with a big book it takes seconds, and a server killed every
-                # few seconds never completed one. Right after a restart a pause costs little.
-                if await self.take(fork=not first) is not None:
-                    last_time = loop.time()
-                    first = False
-                else:  # it failed (logged): not again at once (a fork each time)
-                    await asyncio.sleep(self.interval)
-            every = self.every
-            await asyncio.sleep(min(0.1, self.interval))  # (a second at 40,000 commands/s was most of a restart's tail)
+        replica: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if not first and self.replica is not None and replica is None:
+                    replica = asyncio.create_task(self._follow_replica())
+                if replica is not None and replica.done():  # it stopped (logged): forked children from now on
+                    replica = self.replica = None
+                behind = self.durable_seq() - self.last_seq
+                # Until the replica has caught up (a restart's tail, in a crash loop too), forked children.
+                if not self.replica_ready and (behind >= every or (behind > 0 and loop.time() - last_time >= self.interval)):
+                    # The first on the loop: a forked child copies every page it touches (~5 us
+                    # each here), so with a big book it takes seconds, and a server killed every
+                    # few seconds never completed one. Right after a restart a pause costs little.
+                    if await self.take(fork=not first) is not None:
+                        last_time = loop.time()
+                        first = False
+                    else:  # it failed (logged): not again at once (a fork each time)
+                        await asyncio.sleep(self.interval)
+                every = self.every
+                await asyncio.sleep(min(0.1, self.interval))  # (a second at 40,000 commands/s was most of a restart's tail)
+        finally:
+            if replica is not None:  # shutting down: the replica is stopped before the last snapshot is taken
+                replica.cancel()
+                await asyncio.gather(replica, return_exceptions=True)
 
     async def take(self, fork: bool = False) -> Path | None:
         """Snapshot now: captured on the loop, or (fork) by a forked child. One being written
@@ -140,14 +155,49 @@ class Snapshotter:
             log.error("snapshot_failed", seq=seq, exit_code=code)
             return None
         self._h_write.record(int((time.perf_counter() - started) * 1e6))
-        self.last_seq = seq
+        self._written(seq, path, orders)
+        return path
+
+    async def _follow_replica(self) -> None:
+        """The replica process (journal/snapshot_replica.py): a line once it has caught up
+        with the journal, then one per snapshot it wrote; until it stops (logged) or this is
+        canceled (then it is stopped)."""
+        assert self.replica is not None
+        proc = await asyncio.create_subprocess_exec(*self.replica, stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
+        log.info("snapshot_replica_started", pid=proc.pid)
+        assert proc.stdout is not None
+        try:
+            while line := await proc.stdout.readline():
+                words = line.split()
+                if words[0] == b"ready":
+                    self.replica_ready = True
+                    log.info("snapshot_replica_ready", seq=int(words[1]))
+                    continue
+                seq, orders, took = (int(word) for word in words)
+                if self.writing is not None and not self.writing.done():
+                    await asyncio.wait([self.writing])  # a forked child's, from before it caught up: its prune first
+                self._h_write.record(took)
+                self.risk.forget_transfers(seq)
+                self._written(seq, path_for(self.directory, seq), orders)
+        except BaseException:  # canceled (shutting down), or a line it should not have sent
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # (not once its output ended: a kill polls, and reaps it before asyncio can)
+            await proc.wait()
+            raise
+        finally:
+            self.replica_ready = False
+        code = await proc.wait()
+        log.error("snapshot_replica_stopped", exit_code=code, then="snapshots by forked children")
+
+    def _written(self, seq: int, path: Path, orders: int) -> None:
+        """A snapshot at seq is on disk: prune the older ones, and the journal they cover."""
+        self.last_seq = max(self.last_seq, seq)
         whole = self.tradelog.committed_through
         kept = prune(self.directory, self.keep, anchor_at_most=whole)
         log.info("snapshot_written", seq=seq, file=path.name, orders=orders)
         anchors = [seq_of(p) for p in kept if seq_of(p) <= whole]
         if self.retention == "delete" and len(kept) >= self.keep and anchors:
             self._delete_covered(min(anchors))
-        return path
 
     def _delete_covered(self, covered: int) -> None:
         """Delete journal segments wholly at or before `covered` (the oldest kept snapshot

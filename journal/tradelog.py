@@ -311,7 +311,8 @@ class TradeLog:
         tries again."""
         through = self.capped_at = self.recorded_through  # (recovery capped it already: rows after it were handed over)
         log.info("tradelog_refill_started", through=through, to=to)
-        args = [str(data_dir), str(through), str(to), *([str(instruments_file)] if instruments_file else [])]
+        # (absolute: it runs from the project's root, the server perhaps not)
+        args = [str(data_dir.resolve()), str(through), str(to), *([str(instruments_file.resolve())] if instruments_file else [])]
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "journal.refill", *args, cwd=Path(__file__).resolve().parent.parent)
         try:
             code = await proc.wait()

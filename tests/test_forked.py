@@ -155,3 +155,40 @@ def test_a_snapshot_canceled_while_it_is_written_is_let_finish_before_the_shutdo
     assert [p.name for p in (tmp_path / "snapshots").iterdir()] == ["snap-00000000000000000002.tls"]
     restored, copy = next(newest_valid(tmp_path / "snapshots", instruments))
     assert restored.seq == 2 and copy.state_hash() == engine.state_hash()
+
+
+def test_the_snapshotter_takes_the_replicas_snapshots_and_forks_once_it_stops(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from exchange.engine import Engine
+    from exchange.instruments import load_instruments
+    from journal.snapshotter import Snapshotter
+    from protocol.messages import TIF, NewOrder, Side, Transfer
+
+    instruments = load_instruments(None)
+    engine = Engine(instruments)
+    engine.apply(1, Transfer("alice", "USD", 10**9, "fund"))
+    engine.apply(2, NewOrder("AAPL", Side.BUY, 3, 15000, TIF.GTC, "alice"))
+    seq = [2]
+    replica = [sys.executable, "-c", "print('7 1 250', flush=True)"]  # one snapshot (at 7), then it exits
+    snapshotter = Snapshotter(
+        tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0),  # type: ignore[arg-type]
+        every=1, interval=0.05, replica=replica,
+    )  # fmt: skip
+
+    async def run() -> None:
+        task = asyncio.create_task(snapshotter.run())
+        while snapshotter.replica is not None or snapshotter.last_seq < 7:
+            await asyncio.sleep(0.01)
+        seq[0] = 9
+        while snapshotter.last_seq < 9:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    with capture_logs() as logs:
+        asyncio.run(asyncio.wait_for(run(), 10))
+    events = [(e["event"], e.get("seq", e.get("exit_code"))) for e in logs if e["event"] != "snapshot_replica_started"]
+    assert events == [("snapshot_written", 2), ("snapshot_written", 7), ("snapshot_replica_stopped", 0), ("snapshot_written", 9)]
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["snap-00000000000000000002.tls", "snap-00000000000000000009.tls"]

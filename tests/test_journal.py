@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cluster.wire import Sequenced
-from journal.journal import Journal, JournalCorrupt, read_journal, repair, segment_paths
+from journal.journal import Batch, Journal, JournalCorrupt, JournalTail, read_journal, repair, segment_paths
+from journal.layout import segment_path
 from journal.records import HEADER, decode_records, encode_batch
 from protocol.messages import TIF, Cancel, NewOrder, Side
 
@@ -145,3 +146,49 @@ def test_a_cluster_trade_log_gets_each_command_with_its_own_id_and_time_from_a_s
     back = [(seq, cmd, ts) for record in records for first, _, got, ts, _ in record for seq, cmd in enumerate(got or [], first)]
     assert [(seq, ts) for seq, _, ts in back] == list(zip(ids, times, strict=True))
     assert [cmd for _, cmd, _ in back] == cmds
+
+
+def test_a_tail_follows_the_writer_through_partial_writes_and_into_the_next_segment(tmp_path: Path) -> None:
+    records = [encode_batch(1 + 3 * i, [order(3 * i + k) for k in range(3)], 1_000 + i) for i in range(6)]  # seqs 1..18
+    tail = JournalTail(tmp_path, after=4)
+    assert tail.read() == []  # no segment yet
+
+    def firsts(batches: list[Batch]) -> list[int]:
+        return [first for first, _, _ in batches]
+
+    seen: list[Batch] = []
+    first_part = b"".join(records[:2])
+    with open(segment_path(tmp_path, 1), "ab") as f:
+        for i in range(0, len(first_part), 7):  # a few bytes at a time: a read may end anywhere
+            f.write(first_part[i : i + 7])
+            f.flush()
+            seen += tail.read()
+        assert firsts(seen) == [4]  # the record of seqs 1..3 is wholly before `after`: skipped
+        # The writer finishes this segment and starts the next before the tail looks again:
+        # what it wrote here last still comes first.
+        f.write(records[2])
+    segment_path(tmp_path, 10).write_bytes(records[3])
+    seen += tail.read() + tail.read() + tail.read()
+    assert firsts(seen) == [4, 7, 10]
+    with open(segment_path(tmp_path, 10), "ab") as f:
+        f.write(records[4] + records[5][:20])
+    seen += tail.read()
+    assert tail.read() == []  # half a record: not yet
+    with open(segment_path(tmp_path, 10), "ab") as f:
+        f.write(records[5][20:])
+    seen += tail.read()
+    assert firsts(seen) == [4, 7, 10, 13, 16]
+    assert [cmd for _, cmds, _ in seen for cmd in cmds] == [order(i) for i in range(3, 18)]
+    assert [ts for _, _, ts in seen] == [1_001, 1_002, 1_003, 1_004, 1_005]
+    tail.sync()
+    tail.close()
+
+
+def test_a_tail_refuses_a_segment_that_ends_in_garbage_once_another_follows(tmp_path: Path) -> None:
+    segment_path(tmp_path, 1).write_bytes(encode_batch(1, [order(0)], 0) + b"garbage")
+    tail = JournalTail(tmp_path, after=0)
+    assert [first for first, _, _ in tail.read()] == [1]
+    assert tail.read() == []  # (it may be a record being written)
+    segment_path(tmp_path, 2).write_bytes(encode_batch(2, [order(1)], 0))
+    with pytest.raises(JournalCorrupt):
+        tail.read()

@@ -378,3 +378,49 @@ def test_a_lost_trade_log_is_refilled_while_the_server_serves_from_its_snapshot(
     finally:
         server.stop()
     assert replay_verify(data).returncode == 0
+
+
+def test_the_periodic_snapshots_come_from_the_replica_and_it_dies_with_a_killed_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = Server(data, "--snapshot-every", "20", "--snapshot-interval", "0.2").start()
+    alice, bob = server.client(), server.client()
+    alice.send("".join(f"SELL AAPL 2 {150 + i % 7}.25\n" for i in range(30)))  # the first snapshot: on the loop
+    alice.lines(30)
+    replica = int(re.search(r"pid=(\d+)", server.logged("snapshot_replica_started")).group(1))  # type: ignore[union-attr]
+    bob.send("".join(f"BUY AAPL 1 {150 + i % 9}.25\n" for i in range(40)))  # some trade
+    acks: list[str] = []
+    while len(acks) < 40:
+        line = bob.line()
+        if line.startswith("ACK"):
+            acks.append(line)
+    last = int(acks[-1].split()[1])
+
+    def by_replica() -> list[int]:
+        since = next(i for i, line in enumerate(server.log) if "snapshot_replica_started" in line)
+        return [int(m.group(1)) for line in server.log[since:] if (m := re.search(r"snapshot_written' seq=(\d+)", line))]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and last not in by_replica():
+        time.sleep(0.05)
+    assert last in by_replica(), "\n".join(server.log[-20:])  # every 20 commands, and the rest within 0.2 s
+    server.kill()
+
+    def gone() -> bool:
+        status = Path(f"/proc/{replica}/status")
+        try:
+            return "State:\tZ" in status.read_text()
+        except FileNotFoundError:
+            return True
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not gone():
+        time.sleep(0.05)
+    assert gone()  # it dies with the server, as a forked child would
+
+    server = Server(data, "--log-recovered-state").start()
+    try:
+        assert f"snapshot_seq={last} replayed=0" in server.logged("recovered")
+        assert recovered_state(server) == full_replay_state(data)
+    finally:
+        server.stop()
+    assert replay_verify(data).returncode == 0

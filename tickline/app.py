@@ -43,6 +43,7 @@ from journal.journal import Journal
 from journal.layout import DataDir, DataDirLock
 from journal.queries import last_trade_seqs
 from journal.recovery import recover
+from journal.snapshot_replica import replica_command
 from journal.snapshotter import Snapshotter
 from journal.tradelog import TradeLog
 from notifier.feed import feeds_of
@@ -70,6 +71,7 @@ class Config:
     snapshot_interval: float = 10.0  # ...or seconds, whichever comes first: bounds the restart
     segment_bytes: int = 64 * 1024 * 1024  # journal segment size before rotating
     retention: str = "keep"  # journal segments a snapshot covers: keep | delete
+    snapshots_by: str = "replica"  # the periodic ones: replica (a process following the journal) | fork
     tradelog_max_rows: int = 500_000  # rows waiting for SQLite before they are dropped
     max_backlog: int = 8_000  # commands accepted and not yet matched before reading stops
     max_connections: int = 5_000  # order-entry connections in all...
@@ -297,6 +299,7 @@ class Serve:
             config.data_dir, self.books, self.risk, lambda: journal.durable_seq, lambda: intake.settled(journal.durable_seq), self.tradelog,
             every=config.snapshot_every, interval=config.snapshot_interval, retention=config.retention,
             last_seq=self.recovered.snapshot_seq, telemetry=self.telemetry, hold_intake=self.gateway.hold_intake,
+            replica=replica_command(config.data_dir, config.snapshot_every, config.snapshot_interval, config.instruments) if config.snapshots_by == "replica" else None,
         )  # fmt: skip
         self.snapshots = asyncio.create_task(self.snapshotter.run(), name="snapshots")
         refill_to = self.recovered.refill_to  # the trade log's rows before the snapshot, if it lacks some

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--snapshot-interval", type=float, default=env("TICKLINE_SNAPSHOT_INTERVAL", "10"), help="seconds between snapshots, at most (when busy)"
     )
+    serve.add_argument(
+        "--snapshots-by", choices=["replica", "fork"], default=env("TICKLINE_SNAPSHOTS_BY", "replica"),
+        help="who writes the periodic snapshots: a process following the journal (a copy of the books) or a forked child (no copy; it slows the server while it lives)",
+    )  # fmt: skip
     serve.add_argument("--segment-mb", type=_at_least_one, default=env("TICKLINE_SEGMENT_MB", "64"), help="journal segment size in MiB before rotating")
     serve.add_argument("--retention", choices=["keep", "delete"], default=env("TICKLINE_RETENTION", "keep"), help="journal segments covered by snapshots")
     serve.add_argument(
@@ -246,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
         config = Config(
             args.host, args.port, args.data_dir, args.instruments,
             snapshot_every=args.snapshot_every, snapshot_interval=args.snapshot_interval, segment_bytes=args.segment_mb * 1024 * 1024,
-            retention=args.retention, tradelog_max_rows=args.tradelog_max_rows, max_backlog=args.max_backlog,
+            retention=args.retention, snapshots_by=args.snapshots_by, tradelog_max_rows=args.tradelog_max_rows, max_backlog=args.max_backlog,
             md_host=args.md_host, md_port=args.md_port, md_hard_cap=args.md_hard_cap, md_pause_deadline=args.md_pause_deadline,
             tls_cert=args.tls_cert, tls_key=args.tls_key, demo=args.demo,
             web_host=args.web_host, web_port=None if args.no_web else args.web_port, max_connections=args.max_connections,
