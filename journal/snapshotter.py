@@ -39,6 +39,10 @@ log = structlog.get_logger("snapshots")
 QUIESCE_PATIENCE = 0.2
 # A restart that replayed at least this many commands takes a snapshot at once.
 AFTER_RESTART = 10_000
+# Periods (`every` commands) the newest snapshot may be behind the journal before the server
+# takes one itself although the replica follows: it runs below the server's priority, and a
+# client streaming flat out can starve it (the restart's tail must stay bounded).
+REPLICA_LAG = 2
 
 
 class Snapshotter:
@@ -96,8 +100,10 @@ class Snapshotter:
                 if replica is not None and replica.done():  # it stopped (logged): forked children from now on
                     replica = self.replica = None
                 behind = self.durable_seq() - self.last_seq
-                # Until the replica has caught up (a restart's tail, in a crash loop too), forked children.
-                if not self.replica_ready and (behind >= every or (behind > 0 and loop.time() - last_time >= self.interval)):
+                # Until the replica has caught up (a restart's tail, in a crash loop too), and
+                # while it lags a whole period behind (starved: overload), forked children.
+                due = behind >= every or (behind > 0 and loop.time() - last_time >= self.interval)
+                if (due and not self.replica_ready) or behind >= REPLICA_LAG * self.every:
                     # The first on the loop: a forked child copies every page it touches (~5 us
                     # each here), so with a big book it takes seconds, and a server killed every
                     # few seconds never completed one. Right after a restart a pause costs little.

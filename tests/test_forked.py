@@ -192,3 +192,45 @@ def test_the_snapshotter_takes_the_replicas_snapshots_and_forks_once_it_stops(tm
     events = [(e["event"], e.get("seq", e.get("exit_code"))) for e in logs if e["event"] != "snapshot_replica_started"]
     assert events == [("snapshot_written", 2), ("snapshot_written", 7), ("snapshot_replica_stopped", 0), ("snapshot_written", 9)]
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["snap-00000000000000000002.tls", "snap-00000000000000000009.tls"]
+
+
+def test_a_replica_that_falls_a_period_behind_is_helped_out_by_a_forked_snapshot(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from exchange.engine import Engine
+    from exchange.instruments import load_instruments
+    from journal.snapshotter import REPLICA_LAG, Snapshotter
+    from protocol.messages import TIF, NewOrder, Side, Transfer
+
+    instruments = load_instruments(None)
+    engine = Engine(instruments)
+    engine.apply(1, Transfer("alice", "USD", 10**9, "fund"))
+    engine.apply(2, NewOrder("AAPL", Side.BUY, 3, 15000, TIF.GTC, "alice"))
+    seq = [3]
+    starved = [sys.executable, "-c", "import time; print('ready 3', flush=True); time.sleep(60)"]  # caught up, then nothing
+    snapshotter = Snapshotter(
+        tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0),  # type: ignore[arg-type]
+        every=3, interval=3600, replica=starved,
+    )  # fmt: skip
+
+    async def run() -> int:
+        task = asyncio.create_task(snapshotter.run())
+        while not snapshotter.replica_ready:
+            await asyncio.sleep(0.01)
+        seq[0] = 3 + 3 * REPLICA_LAG - 1  # not yet a whole period more behind: the replica's to take
+        await asyncio.sleep(0.5)
+        assert snapshotter.last_seq == 3
+        seq[0] = 3 + 3 * REPLICA_LAG
+        while snapshotter.last_seq < seq[0]:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return snapshotter.last_seq
+
+    with capture_logs() as logs:
+        assert asyncio.run(asyncio.wait_for(run(), 10)) == 3 + 3 * REPLICA_LAG
+    assert [(e["event"], e.get("seq")) for e in logs if e["event"] != "snapshot_replica_started"] == [
+        ("snapshot_written", 3), ("snapshot_replica_ready", 3), ("snapshot_written", 3 + 3 * REPLICA_LAG),
+    ]  # fmt: skip

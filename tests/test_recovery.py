@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from journal.journal import read_journal, repair, segment_paths
 from journal.queries import trades
 from journal.snapshots import snapshot_paths
@@ -91,15 +93,17 @@ def _trader(port: int, seed: int, acked: set[int], stop: threading.Event) -> Non
         return
 
 
-def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("snapshots_by", ["replica", "fork"])
+def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, snapshots_by: str) -> None:
     # Traders on AAPL and ES share their USD; snapshots are taken live, under that load,
-    # every 300 commands. The state hash covers books and balances, so "recovered ==
-    # full replay" says a live snapshot's balances + the tail equal a serial replay's.
+    # every 300 commands (by the replica that follows the journal, or by forked children).
+    # The state hash covers books and balances, so "recovered == full replay" says a live
+    # snapshot's balances + the tail equal a serial replay's.
     data = tmp_path / "data"
     rng = random.Random(7)
     acked: set[int] = set()
     for round_no in range(3):
-        server = Server(data, "--snapshot-every", "300").start()
+        server = Server(data, "--snapshot-every", "300", "--snapshots-by", snapshots_by).start()
         if round_no:
             assert recovered_state(server) == full_replay_state(data)
         stop = threading.Event()
