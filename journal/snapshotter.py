@@ -2,12 +2,15 @@
 (whichever comes first, if anything happened), and at shutdown. Together they bound the
 journal tail a restart after kill -9 must replay, and so the time to restart.
 
-A snapshot must show the books after exactly the commands up to some seq: it is captured
-when every matching task has drained its queue (then everything durable is applied). The
-periodic ones are taken by a forked child that encodes and writes (fsync'd, renamed) its
-copy-on-write view of that moment while the event loop goes on (journal/forked.py); the
-first after a start and the one at shutdown are copied on the loop and written in a thread
-(as all are where fork is missing). It never waits for the trade log: the newest
+A snapshot must show the books after exactly the commands up to some seq. The periodic
+ones come from the snapshot replica (journal/snapshot_replica.py), a process that follows
+the journal with its own copy of the books, so that the server neither pauses nor shares
+its memory for them. The server takes one itself when every matching task has drained its
+queue (then everything durable is applied): the first after a start and the one at
+shutdown copied on the loop and written in a thread (as all are where fork is missing);
+periodic ones by a forked child that encodes and writes (fsync'd, renamed) its
+copy-on-write view of that moment while the event loop goes on (journal/forked.py), until
+the replica has caught up, while it lags, if it stops, and with `--snapshots-by fork`. It never waits for the trade log: the newest
 snapshot at or before what the log has whole is kept too, so that a restart can refill
 the log's missing rows by replaying from it (journal/refill.py). Older snapshots beyond
 `keep` are deleted; with retention "delete", journal segments that snapshot covers too.
@@ -85,20 +88,22 @@ class Snapshotter:
         self.writing: asyncio.Task[Path | None] | None = None
         t = telemetry or Telemetry()
         self._h_capture = t.histogram("snapshot_capture_us", "the event loop's pause for one: a fork (where fork is missing: copying the books and balances)")
-        self._h_write = t.histogram("snapshot_write_us", "copying, hashing, encoding and writing one, in the forked child (or hashing and writing in a thread)")
+        self._h_write = t.histogram("snapshot_write_us", "capturing, hashing, encoding and writing one: in the replica, or in a forked child (or hashing and writing in a thread)")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         last_time = loop.time()
         every = min(self.every, AFTER_RESTART)  # at once on start: a restart that replayed a tail snapshots now,
         first = True  # so that in a crash loop no restart replays what the one before it did
-        replica: asyncio.Task[None] | None = None
+        following: asyncio.Task[None] | None = None  # the replica's
         try:
             while True:
-                if not first and self.replica is not None and replica is None:
-                    replica = asyncio.create_task(self._follow_replica())
-                if replica is not None and replica.done():  # it stopped (logged): forked children from now on
-                    replica = self.replica = None
+                if not first and self.replica is not None and following is None:
+                    following = asyncio.create_task(self._follow_replica())
+                if following is not None and following.done():  # it stopped: forked children from now on
+                    if not following.cancelled() and (exc := following.exception()) is not None:
+                        log.error("snapshot_replica_failed", error=repr(exc)[:300], then="snapshots by forked children")
+                    following = self.replica = None
                 behind = self.durable_seq() - self.last_seq
                 # Until the replica has caught up (a restart's tail, in a crash loop too), and
                 # while it lags a whole period behind (starved: overload), forked children.
@@ -115,9 +120,9 @@ class Snapshotter:
                 every = self.every
                 await asyncio.sleep(min(0.1, self.interval))  # (a second at 40,000 commands/s was most of a restart's tail)
         finally:
-            if replica is not None:  # shutting down: the replica is stopped before the last snapshot is taken
-                replica.cancel()
-                await asyncio.gather(replica, return_exceptions=True)
+            if following is not None:  # shutting down: the replica is stopped before the last snapshot is taken
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
 
     async def take(self, fork: bool = False) -> Path | None:
         """Snapshot now: captured on the loop, or (fork) by a forked child. One being written

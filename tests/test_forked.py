@@ -10,10 +10,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from journal import forked
+
+if TYPE_CHECKING:
+    from exchange.engine import Engine
+    from exchange.instruments import Instrument
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,21 +85,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_the_snapshotter_writes_through_a_child_and_says_when_one_failed(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from structlog.testing import capture_logs
-
+def _an_engine() -> tuple[dict[str, Instrument], Engine]:
+    """An engine after two commands: alice funded, and her order resting."""
     from exchange.engine import Engine
     from exchange.instruments import load_instruments
-    from journal.snapshots import newest_valid
-    from journal.snapshotter import Snapshotter
     from protocol.messages import TIF, NewOrder, Side, Transfer
 
     instruments = load_instruments(None)
     engine = Engine(instruments)
     engine.apply(1, Transfer("alice", "USD", 10**9, "fund"))
     engine.apply(2, NewOrder("AAPL", Side.BUY, 3, 15000, TIF.GTC, "alice"))
+    return instruments, engine
+
+
+def test_the_snapshotter_writes_through_a_child_and_says_when_one_failed(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from journal.snapshots import newest_valid
+    from journal.snapshotter import Snapshotter
+
+    instruments, engine = _an_engine()
     seq = [2]
     snapshotter = Snapshotter(tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0))  # type: ignore[arg-type]
 
@@ -124,11 +136,8 @@ def test_a_snapshot_canceled_while_it_is_written_is_let_finish_before_the_shutdo
     from structlog.testing import capture_logs
 
     import journal.snapshots
-    from exchange.engine import Engine
-    from exchange.instruments import load_instruments
     from journal.snapshots import newest_valid
     from journal.snapshotter import Snapshotter
-    from protocol.messages import TIF, NewOrder, Side, Transfer
 
     real_fsync = os.fsync
 
@@ -137,10 +146,7 @@ def test_a_snapshot_canceled_while_it_is_written_is_let_finish_before_the_shutdo
         real_fsync(fd)
 
     monkeypatch.setattr(journal.snapshots.os, "fsync", slow_fsync)  # (the child inherits it)
-    instruments = load_instruments(None)
-    engine = Engine(instruments)
-    engine.apply(1, Transfer("alice", "USD", 10**9, "fund"))
-    engine.apply(2, NewOrder("AAPL", Side.BUY, 3, 15000, TIF.GTC, "alice"))
+    instruments, engine = _an_engine()
     snapshotter = Snapshotter(tmp_path, engine.books, engine.risk, lambda: 2, lambda: True, SimpleNamespace(committed_through=0))  # type: ignore[arg-type]
 
     async def shutdown_during_a_periodic_one() -> Path | None:
@@ -162,15 +168,9 @@ def test_the_snapshotter_takes_the_replicas_snapshots_and_forks_once_it_stops(tm
 
     from structlog.testing import capture_logs
 
-    from exchange.engine import Engine
-    from exchange.instruments import load_instruments
     from journal.snapshotter import Snapshotter
-    from protocol.messages import TIF, NewOrder, Side, Transfer
 
-    instruments = load_instruments(None)
-    engine = Engine(instruments)
-    engine.apply(1, Transfer("alice", "USD", 10**9, "fund"))
-    engine.apply(2, NewOrder("AAPL", Side.BUY, 3, 15000, TIF.GTC, "alice"))
+    _, engine = _an_engine()
     seq = [2]
     replica = [sys.executable, "-c", "print('7 1 250', flush=True)"]  # one snapshot (at 7), then it exits
     snapshotter = Snapshotter(
@@ -199,15 +199,9 @@ def test_a_replica_that_falls_a_period_behind_is_helped_out_by_a_forked_snapshot
 
     from structlog.testing import capture_logs
 
-    from exchange.engine import Engine
-    from exchange.instruments import load_instruments
     from journal.snapshotter import REPLICA_LAG, Snapshotter
-    from protocol.messages import TIF, NewOrder, Side, Transfer
 
-    instruments = load_instruments(None)
-    engine = Engine(instruments)
-    engine.apply(1, Transfer("alice", "USD", 10**9, "fund"))
-    engine.apply(2, NewOrder("AAPL", Side.BUY, 3, 15000, TIF.GTC, "alice"))
+    _, engine = _an_engine()
     seq = [3]
     starved = [sys.executable, "-c", "import time; print('ready 3', flush=True); time.sleep(60)"]  # caught up, then nothing
     snapshotter = Snapshotter(
@@ -234,3 +228,33 @@ def test_a_replica_that_falls_a_period_behind_is_helped_out_by_a_forked_snapshot
     assert [(e["event"], e.get("seq")) for e in logs if e["event"] != "snapshot_replica_started"] == [
         ("snapshot_written", 3), ("snapshot_replica_ready", 3), ("snapshot_written", 3 + 3 * REPLICA_LAG),
     ]  # fmt: skip
+
+
+def test_a_replica_that_says_something_else_is_stopped_and_forked_children_take_over(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from journal.snapshotter import Snapshotter
+
+    _, engine = _an_engine()
+    seq = [2]
+    confused = [sys.executable, "-c", "import time; print('snapshot 7 written', flush=True); time.sleep(60)"]
+    snapshotter = Snapshotter(
+        tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0),  # type: ignore[arg-type]
+        every=1, interval=0.05, replica=confused,
+    )  # fmt: skip
+
+    async def run() -> None:
+        task = asyncio.create_task(snapshotter.run())
+        while snapshotter.replica is not None or snapshotter.last_seq < 2:
+            await asyncio.sleep(0.01)
+        seq[0] = 4
+        while snapshotter.last_seq < 4:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    with capture_logs() as logs:
+        asyncio.run(asyncio.wait_for(run(), 10))
+    assert [e["event"] for e in logs if e["event"] != "snapshot_replica_started"] == ["snapshot_written", "snapshot_replica_failed", "snapshot_written"]
+    assert "ValueError" in next(e["error"] for e in logs if e["event"] == "snapshot_replica_failed")
