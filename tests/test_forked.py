@@ -19,6 +19,7 @@ from journal import forked
 if TYPE_CHECKING:
     from exchange.engine import Engine
     from exchange.instruments import Instrument
+    from journal.snapshotter import Snapshotter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,51 +164,61 @@ def test_a_snapshot_canceled_while_it_is_written_is_let_finish_before_the_shutdo
     assert restored.seq == 2 and copy.state_hash() == engine.state_hash()
 
 
-def test_the_snapshotter_takes_the_replicas_snapshots_and_forks_once_it_stops(tmp_path: Path) -> None:
+def _with_a_replica(tmp_path: Path, seq: list[int], code: str, **options: float) -> Snapshotter:
+    """A snapshotter of _an_engine()'s books whose replica is this Python code."""
     from types import SimpleNamespace
-
-    from structlog.testing import capture_logs
 
     from journal.snapshotter import Snapshotter
 
     _, engine = _an_engine()
-    seq = [2]
-    replica = [sys.executable, "-c", "print('7 1 250', flush=True)"]  # one snapshot (at 7), then it exits
-    snapshotter = Snapshotter(
+    return Snapshotter(
         tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0),  # type: ignore[arg-type]
-        every=1, interval=0.05, replica=replica,
+        replica=[sys.executable, "-c", code], **options,  # type: ignore[arg-type]
     )  # fmt: skip
+
+
+def _until_the_replica_stops_then_to(snapshotter: Snapshotter, seq: list[int], stopped_at: int, then: int) -> list[dict[str, object]]:
+    """Run it until the replica has stopped with the newest snapshot at `stopped_at`; then
+    until one at `then` (a forked child's); the log events but the replica's start."""
+    from structlog.testing import capture_logs
 
     async def run() -> None:
         task = asyncio.create_task(snapshotter.run())
-        while snapshotter.replica is not None or snapshotter.last_seq < 7:
+        while snapshotter.replica is not None or snapshotter.last_seq < stopped_at:
             await asyncio.sleep(0.01)
-        seq[0] = 9
-        while snapshotter.last_seq < 9:
+        seq[0] = then
+        while snapshotter.last_seq < then:
             await asyncio.sleep(0.01)
         task.cancel()
 
     with capture_logs() as logs:
         asyncio.run(asyncio.wait_for(run(), 10))
-    events = [(e["event"], e.get("seq", e.get("exit_code"))) for e in logs if e["event"] != "snapshot_replica_started"]
+    return [e for e in logs if e["event"] != "snapshot_replica_started"]
+
+
+def test_the_snapshotter_takes_the_replicas_snapshots_and_forks_once_it_stops(tmp_path: Path) -> None:
+    seq = [2]
+    snapshotter = _with_a_replica(tmp_path, seq, "print('7 1 250', flush=True)", every=1, interval=0.05)  # one snapshot (at 7), then it exits
+    events = [(e["event"], e.get("seq", e.get("exit_code"))) for e in _until_the_replica_stops_then_to(snapshotter, seq, 7, 9)]
     assert events == [("snapshot_written", 2), ("snapshot_written", 7), ("snapshot_replica_stopped", 0), ("snapshot_written", 9)]
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["snap-00000000000000000002.tls", "snap-00000000000000000009.tls"]
 
 
-def test_a_replica_that_falls_a_period_behind_is_helped_out_by_a_forked_snapshot(tmp_path: Path) -> None:
-    from types import SimpleNamespace
+def test_a_replica_that_says_something_else_is_stopped_and_forked_children_take_over(tmp_path: Path) -> None:
+    seq = [2]
+    confused = "import time; print('snapshot 7 written', flush=True); time.sleep(60)"
+    events = _until_the_replica_stops_then_to(_with_a_replica(tmp_path, seq, confused, every=1, interval=0.05), seq, 2, 4)
+    assert [(e["event"], e.get("seq")) for e in events] == [("snapshot_written", 2), ("snapshot_replica_failed", None), ("snapshot_written", 4)]
+    assert "ValueError" in str(events[1]["error"])
 
+
+def test_a_replica_that_falls_a_period_behind_is_helped_out_by_a_forked_snapshot(tmp_path: Path) -> None:
     from structlog.testing import capture_logs
 
-    from journal.snapshotter import REPLICA_LAG, Snapshotter
+    from journal.snapshotter import REPLICA_LAG
 
-    _, engine = _an_engine()
     seq = [3]
-    starved = [sys.executable, "-c", "import time; print('ready 3', flush=True); time.sleep(60)"]  # caught up, then nothing
-    snapshotter = Snapshotter(
-        tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0),  # type: ignore[arg-type]
-        every=3, interval=3600, replica=starved,
-    )  # fmt: skip
+    snapshotter = _with_a_replica(tmp_path, seq, "import time; print('ready 3', flush=True); time.sleep(60)", every=3, interval=3600)  # caught up, then nothing
 
     async def run() -> int:
         task = asyncio.create_task(snapshotter.run())
@@ -228,33 +239,3 @@ def test_a_replica_that_falls_a_period_behind_is_helped_out_by_a_forked_snapshot
     assert [(e["event"], e.get("seq")) for e in logs if e["event"] != "snapshot_replica_started"] == [
         ("snapshot_written", 3), ("snapshot_replica_ready", 3), ("snapshot_written", 3 + 3 * REPLICA_LAG),
     ]  # fmt: skip
-
-
-def test_a_replica_that_says_something_else_is_stopped_and_forked_children_take_over(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from structlog.testing import capture_logs
-
-    from journal.snapshotter import Snapshotter
-
-    _, engine = _an_engine()
-    seq = [2]
-    confused = [sys.executable, "-c", "import time; print('snapshot 7 written', flush=True); time.sleep(60)"]
-    snapshotter = Snapshotter(
-        tmp_path, engine.books, engine.risk, lambda: seq[0], lambda: True, SimpleNamespace(committed_through=0),  # type: ignore[arg-type]
-        every=1, interval=0.05, replica=confused,
-    )  # fmt: skip
-
-    async def run() -> None:
-        task = asyncio.create_task(snapshotter.run())
-        while snapshotter.replica is not None or snapshotter.last_seq < 2:
-            await asyncio.sleep(0.01)
-        seq[0] = 4
-        while snapshotter.last_seq < 4:
-            await asyncio.sleep(0.01)
-        task.cancel()
-
-    with capture_logs() as logs:
-        asyncio.run(asyncio.wait_for(run(), 10))
-    assert [e["event"] for e in logs if e["event"] != "snapshot_replica_started"] == ["snapshot_written", "snapshot_replica_failed", "snapshot_written"]
-    assert "ValueError" in next(e["error"] for e in logs if e["event"] == "snapshot_replica_failed")
