@@ -604,7 +604,8 @@ def start_roles(config: ClusterConfig, running: Container[tuple[str, int]] = ())
     with open(directory / "pids", "a") as f:
         f.write("".join(f"{p.pid} {role} {i}\n" for role, i, p in procs))
     for role, i, proc in procs:
-        if role != "tradelog" and not _wait_ready(directory / f"{role}-{i}.log", logs_before[(role, i)], proc):
+        # (the trade log too: until it listens, a gateway's REPORTS and TRADES answer "unavailable")
+        if not _wait_ready(directory / f"{role}-{i}.log", logs_before[(role, i)], proc):
             return procs, f"the {role} {i} did not start; see {directory}/{role}-{i}.log"
     return procs, None
 
