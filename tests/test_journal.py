@@ -136,6 +136,45 @@ def test_a_trade_log_whose_hand_over_fails_says_so_to_whoever_waits_for_it(tmp_p
 
     assert asyncio.run(main()) == "the trade log stopped: OverflowError(\"can't serialize ints < -2**63 or > 2**64 - 1\")"
 
+
+def test_a_flood_of_refusals_is_handed_over_in_pieces_and_audited_whole(tmp_path: Path) -> None:
+    # While the writer process was behind, refusals piled up and were encoded at the next
+    # tick as one piece on the event loop: 86,000 of them stopped the loop for 155 ms.
+    from exchange.instruments import load_instruments
+    from journal.queries import orders
+    from journal.tradelog import REFUSALS_PER_PIECE, TradeLog
+    from protocol.messages import Refusal
+
+    n = 2 * REFUSALS_PER_PIECE + 34
+
+    def refusal(i: int, target: int = 7) -> Refusal:
+        return Refusal(f"u{i % 3}", "AAPL", "", "", None, None, f"c{i}", "unknown_order", "not open", "cancel", target)
+
+    async def main() -> tuple[list[int], str]:
+        log = TradeLog(tmp_path / "trades.sqlite", load_instruments())
+        await log.open()
+        for i in range(n):  # the writer task not running yet: as if its frames waited in drain
+            log.on_refusal(refusal(i))
+        pieces = [units for units, _, _ in log._queue]
+        task = asyncio.get_running_loop().create_task(log.run())
+        await asyncio.wait_for(log.wait_committed(), 5)
+        for i in range(REFUSALS_PER_PIECE - 1):  # then one piece fails to encode, at its last refusal
+            log.on_refusal(refusal(i))
+        log.on_refusal(refusal(0, target=10**23))  # (the gateway that refused it sees nothing)
+        try:
+            await asyncio.wait_for(log.wait_committed(), 5)
+            stopped = "committed"
+        except RuntimeError as exc:
+            stopped = str(exc)
+        await log.close()
+        await asyncio.wait_for(task, 5)
+        return pieces, stopped
+
+    pieces, stopped = asyncio.run(main())
+    assert pieces == [REFUSALS_PER_PIECE, REFUSALS_PER_PIECE]  # the 34 left wait for the tick
+    assert [row["client_id"] for row in orders(tmp_path / "trades.sqlite")] == [f"c{i}" for i in range(n)]
+    assert stopped == "the trade log stopped: OverflowError(\"can't serialize ints < -2**63 or > 2**64 - 1\")"
+
 def test_a_cluster_trade_log_gets_each_command_with_its_own_id_and_time_from_a_sequenced_message() -> None:
     # (the trade-log role hands its writer journal records built from the stream's messages)
     cmds = [NewOrder("AAPL", Side.BUY, 1, 100 + i, TIF.GTC, f"u{i}") for i in range(6)]
