@@ -8,9 +8,11 @@ ids and refusals: the state is rebuilt by replaying it from its first message.
 
 A new order or replace whose owner has been shown a fill, cancel or replace that is not
 settled here yet (Submit.seen: the engine shard's settlement is in flight) waits for that
-settlement, and the owner's later commands wait behind it: what a CANCELED freed pays for
-the next order, as in `tickline serve`. Whether a command waits depends only on the input,
-so a replay decides it at the same point; a snapshot keeps what waits.
+settlement if the owner cannot pay for it now, and the owner's later commands wait behind
+it: what a CANCELED freed pays for the next order, as in `tickline serve`. (Settlements
+only give back, so a new order that can be paid now is decided now; a replace or an OCO
+order, whose lock depends on another's, waits.) Whether a command waits depends only on
+the input, so a replay decides it at the same point; a snapshot keeps what waits.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from cluster.wire import BalancesAnswer, Layout, Sequenced, Settle, Verdicts, de
 from exchange.instruments import Instrument
 from exchange.risk import MAX_OPEN_ORDERS, Risk
 from exchange.sequencer import Sequencer
-from protocol.messages import Command, NewOrder, OrderCommand, Problem, Replace, Transfer
+from protocol.messages import Command, NewOrder, OrderCommand, Problem, Reason, Replace, Transfer
 
 log = structlog.get_logger("risk")
+# Refusals that an owner's settlements in flight may turn into an acceptance.
+SETTLING_PAYS = frozenset({Reason.INSUFFICIENT_FUNDS, Reason.TOO_MANY_ORDERS})
 BALANCES_WAIT = 2.0  # seconds a BALANCES waits for the settlements its asker has seen (then: stale, say so)
 
 
@@ -129,7 +133,9 @@ class RiskShard:
                     owner = cast(OrderCommand, cmd).owner
                     needs = msg.seen.get(owner) if type(cmd) is NewOrder or type(cmd) is Replace else None
                     if owner in waiting or needs is not None and not self._settled(needs):
-                        waiting.setdefault(owner, deque()).append(Waiting(msg.gateway, token, cmd, inp.ts_ns, needs))
+                        # ...unless it can be paid now and the settlements cannot change its lock.
+                        if owner in waiting or not _pays_alone(cmd) or not self._decide(msg.gateway, token, cmd, inp.seq, inp.ts_ns, out, verdicts, short_waits=True):
+                            waiting.setdefault(owner, deque()).append(Waiting(msg.gateway, token, cmd, inp.ts_ns, needs))
                         continue
                 self._decide(msg.gateway, token, cmd, inp.seq, inp.ts_ns, out, verdicts)
         await self._publish(out, verdicts, batch[-1].seq)
@@ -188,17 +194,23 @@ class RiskShard:
             if not queue:
                 del waiting[owner]
 
-    def _decide(self, gateway: str, token: int, cmd: Command, input_seq: int, ts_ns: int, out: list[Sequenced], verdicts: dict[str, Verdicts]) -> None:
+    def _decide(
+        self, gateway: str, token: int, cmd: Command, input_seq: int, ts_ns: int, out: list[Sequenced], verdicts: dict[str, Verdicts], short_waits: bool = False
+    ) -> bool:
         """Hold, number or refuse one command, while input input_seq is applied; an accepted
-        order goes to its engine shard's message, a refusal to its gateway's verdicts."""
+        order goes to its engine shard's message, a refusal to its gateway's verdicts.
+        short_waits: a refusal for want of funds or of an open-order place is not made
+        (False: nothing changed), as the settlements in flight may pay for it."""
         seq = self.sequencer.step(cmd)
         if type(seq) is Problem:  # (a duplicate transfer's carries the seq it was applied as)
+            if short_waits and seq.reason in SETTLING_PAYS:
+                return False
             verdicts.setdefault(gateway, Verdicts([])).results.append((token, seq.seq, seq.reason._value_, seq.text))
-            return
+            return True
         seq = cast(int, seq)
         if type(cmd) is Transfer:  # nothing to match: the sender hears here
             verdicts.setdefault(gateway, Verdicts([])).results.append((token, seq, "", ""))
-            return
+            return True
         e = self.layout.engine_of(cast(OrderCommand, cmd).symbol)
         if input_seq > self.outboxes[e].published_through:  # else: published before a restart
             s = out[e]
@@ -207,6 +219,7 @@ class RiskShard:
             s.cmds.append(cmd)
             s.gateways.append(gateway)
             s.tokens.append(token)
+        return True
 
     def _count(self, cmd: Command) -> None:
         self.accepted += 1
@@ -241,6 +254,16 @@ class RiskShard:
         """For tests and operators: the state hash, every balance, the last input applied."""
         rows, _, _ = self.risk.state()
         await msg.respond(msgspec.json.encode({"hash": self.risk.state_hash(), "balances": rows, "applied": self.applied, "accepted": self.accepted}))
+
+
+def _pays_alone(cmd: Command) -> bool:
+    """Whether a command's hold is the same before and after the owner's settlements in
+    flight: a new order's is, unless it is one of an OCO pair (its lock depends on the
+    other order's, which a fill may have closed); a replace's depends on what its order
+    still holds. Settlements only give back (a fill's proceeds and price improvement, a
+    cancel's lock, an open-order place), so such an order that can be paid now would be
+    paid after them too, the same lock: decided at once, it changes nothing but the wait."""
+    return type(cmd) is NewOrder and cmd.oco is None
 
 
 def _cut(out: list[Sequenced], verdicts: dict[str, Verdicts], marks: tuple[list[int], dict[str, int]]) -> tuple[list[Sequenced], dict[str, Verdicts]]:

@@ -1217,32 +1217,43 @@ def pipelined_in(cluster: Cluster, shard: int) -> int:
 
 
 def test_76000_orders_that_waited_for_one_settlement_are_all_decided_when_it_comes(tmp_path: Path) -> None:
-    """A risk shard decides an owner's new order only once it has settled what the owner's
-    gateway had shown it; while the engine shard is slow, the owner's later orders wait, and
-    the settlement that frees them decides all of them in one step. Here 76,000 pipelined
-    orders (32-character client ids: ~10.5 MB of accepted orders for the engine shard) wait
-    behind one fill: one message would be over the NATS nodes' max_payload (8 MiB), and
-    before the risk shard sent such an output in parts it retried that publish forever (and
-    the gateway turned every order down after 20 s). One gateway reads that many only with a
+    """A risk shard decides an owner's new order that only the settlement of what the
+    owner's gateway had shown it can pay once it has settled that much; while the engine
+    shard is slow, the owner's later orders wait behind it, and the settlement that frees
+    them decides all of them in one step. Here 76,000 pipelined orders (32-character client
+    ids: ~10.5 MB of accepted orders for the engine shard) wait behind a SELL of what one
+    fill bought: one message would be over the NATS nodes' max_payload (8 MiB), and before
+    the risk shard sent such an output in parts it retried that publish forever (and the
+    gateway turned every order down after 20 s). One gateway reads that many only with a
     backlog above its default 8,000; several gateways' clients, or one owner's, get there."""
     n, per = 76_000, 19_000
-    cluster = Cluster(tmp_path / "c", "--max-backlog", "200000").start(funded=["t1", "t2"])
+    cluster = Cluster(tmp_path / "c", "--max-backlog", "200000").start(funded=["t1"])
     try:
+        create_accounts(cluster.dir, ["t2"])
+        cluster.fund(["t2"], [("USD", f"{100 + 1 + n + 2}")])  # the orders below; no AAPL but the one it buys
         t1, t2 = cluster.client("t1"), cluster.client("t2")
         assert t1.ask("SELL AAPL 1 100.00")[0].startswith("ACK")
         engine = cluster.pids()[("engine", 0)]
         os.kill(engine, signal.SIGSTOP)  # its settlement of the fill below is late
         try:
             assert [line.split()[0] for line in t2.ask("BUY AAPL 1 100.00", 2)] == ["ACK", "FILL"]  # (the gateway's own books)
+            # What the owner can pay now is decided now: settlements only give back.
+            assert t2.ask("BUY AAPL 1 1.00 id=now")[0].startswith("ACK")
+            t2.send("SELL AAPL 1 500.00 id=first\n")  # paid by that fill alone: it waits for its settlement
+            deadline = time.monotonic() + 15
+            while pipelined_in(cluster, 0) < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
             pipes = [cluster.client("t2") for _ in range(n // per)]
             for c, pipe in enumerate(pipes):
                 pipe.send("".join(f"BUY AAPL 1 1.00 id=c{c}-{i:029d}\n" for i in range(per)))
             deadline = time.monotonic() + 15  # (the gateway refuses what waits 20 s)
-            while pipelined_in(cluster, 0) < n:
+            while pipelined_in(cluster, 0) < n + 2:
                 assert time.monotonic() < deadline, pipelined_in(cluster, 0)
                 time.sleep(0.5)
         finally:
             os.kill(engine, signal.SIGCONT)
+        assert t2.lines(1, timeout=60)[0].startswith("ACK")
         for pipe in pipes:
             replies = pipe.lines(per, timeout=120)
             assert all(line.startswith("ACK") for line in replies), [line for line in replies if not line.startswith("ACK")][:3]

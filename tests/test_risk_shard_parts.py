@@ -17,7 +17,7 @@ from cluster.risk_shard import RiskShard
 from cluster.stream import Input
 from cluster.wire import PART, Layout, Settle, Submit, decode_sequenced, decode_verdicts, encode
 from exchange.instruments import load_instruments
-from protocol.messages import TIF, NewOrder, Side, Transfer
+from protocol.messages import TIF, Canceled, NewOrder, Reason, Side, Transfer
 
 
 class Crash(BaseException):
@@ -53,17 +53,19 @@ class Stream:
 
 
 def inputs() -> list[Input]:
-    """t1 and t2 funded (USD 100,000 each); two orders of t1's, decided at once; 11 of t2's
-    that wait for engine shard 0's settlement through input 3 (its gateway had shown t2 a
-    fill from it), the 6th too dear for t2's funds; then that Settle."""
+    """t1 and t2 funded (USD 100,000 and 10,000); two orders of t1's and one of t2's that
+    locks all of t2's funds, decided at once; 11 of t2's that wait for engine shard 0's
+    settlement through input 3 (its gateway had shown t2 the cancel of that order, which
+    pays for them), the 6th too dear for t2's funds; then that Settle."""
     early = [NewOrder("AAPL", Side.BUY, 1, 10_000, TIF.GTC, "t1", f"p{i}") for i in range(2)]
+    early.append(NewOrder("AAPL", Side.BUY, 100, 10_000, TIF.GTC, "t2", "all"))  # order id 5
     waiting = [NewOrder("AAPL", Side.BUY, 1, 10_000 + i, TIF.GTC, "t2", f"c{i}") for i in range(11)]
     waiting[5] = NewOrder("AAPL", Side.BUY, 1000, 10_000, TIF.GTC, "t2", "dear")
     messages = [
-        Submit("g", [1, 2], [Transfer("t1", "USD", 10**12, "fund1"), Transfer("t2", "USD", 10**12, "fund2")]),
-        Submit("g", [3, 4], list(early)),
-        Submit("g", list(range(5, 16)), list(waiting), {"t2": {0: 3}}),
-        Settle([], 0, 3),
+        Submit("g", [1, 2], [Transfer("t1", "USD", 10**12, "fund1"), Transfer("t2", "USD", 10**11, "fund2")]),
+        Submit("g", [3, 4, 5], list(early)),
+        Submit("g", list(range(6, 17)), list(waiting), {"t2": {0: 3}}),
+        Settle([Canceled(5, "AAPL", Side.BUY, 100, Reason.USER, "t2", "all", 6)], 0, 3),
     ]
     return [Input(i + 1, 1_000 + i, "in.0.x", encode(m)) for i, m in enumerate(messages)]
 
@@ -95,7 +97,7 @@ def test_a_large_release_goes_in_parts_and_a_restart_between_them_sends_the_rest
     whole = Stream()
     run(whole)
     orders, refusals, parts = published(whole)
-    assert [client_id for _, client_id in orders] == ["p0", "p1"] + [f"c{i}" for i in range(11) if i != 5]
+    assert [client_id for _, client_id in orders] == ["p0", "p1", "all"] + [f"c{i}" for i in range(11) if i != 5]
     assert len(refusals) == 1 and refusals[0].startswith("needs 100000.0000000 USD"), refusals
     # What came before the release first, alone; then the release's 10 orders, 3 a message.
     assert parts == [None, "0/4", "1/4", "2/4", "3/4"]
