@@ -32,6 +32,7 @@ from typing import Iterable
 
 import msgspec
 
+from exchange.idmap import IdMap
 from exchange.instruments import Asset, Instrument, assets_of
 from protocol.messages import (
     Canceled,
@@ -100,7 +101,7 @@ class Risk:
         # (account, asset) -> [available, locked]. The lists live as long as the Risk:
         # holds keep references to them (one dict lookup less per command).
         self.balances: dict[tuple[str, str], list[int]] = {}
-        self.holds: dict[int, Hold] = {}  # open order id -> its hold
+        self.holds: IdMap[Hold] = IdMap()  # open order id -> its hold (split by id range: no long resize)
         self.open_orders: dict[str, int] = {}  # account -> its holds (derived from them: not in a snapshot)
         self.pending: dict[int, tuple[Hold, int]] = {}  # a replace's seq -> (its order's hold, what it locked) until it takes effect
         self.refs: dict[str, int] = {}  # transfer ref -> its seq
@@ -320,7 +321,7 @@ class Risk:
         """Restore a snapshot's state: per hold only C (map and zip over its group's columns)."""
         balances, hold_groups, refs = state
         self.balances = {(acct, asset): [avail, locked] for acct, asset, avail, locked in balances}
-        self.holds = mine = dict[int, Hold]()
+        self.holds = mine = IdMap[Hold]()
         self.open_orders = counts = dict[str, int]()
         for acct, asset, symbol, buy, ids, helds, prices, ocos in hold_groups:
             counts[acct] = counts.get(acct, 0) + len(ids)
@@ -328,7 +329,7 @@ class Risk:
             unit = inst.quote_per_lot_tick if buy else inst.base_per_lot
             n, bal = len(ids), self.balance(acct, asset)
             made = map(Hold, repeat(acct, n), repeat(asset, n), helds, prices, repeat(buy, n), repeat(inst, n), repeat(unit, n), repeat(bal, n), repeat(None, n), ocos)
-            mine.update(zip(ids, made, strict=True))
+            mine.update_sorted(ids, made)  # (ids ascending: a group's column)
         self.refs = dict(refs)
 
     def state_hash(self) -> str:

@@ -23,6 +23,7 @@ from typing import cast
 import msgspec
 
 from exchange.book import Book, Order
+from exchange.idmap import IdMap
 from protocol.messages import NewOrder
 
 
@@ -43,7 +44,7 @@ class OwnerOrders:
 
 class OpenOrders:
     def __init__(self) -> None:
-        self.by_id: dict[int, NewOrder] = {}  # (a NewOrder is untracked by the collector: one per open order)
+        self.by_id: IdMap[NewOrder] = IdMap()  # (split by id range: no long resize; a NewOrder is untracked by the collector)
         self.restored_through = 0  # the largest id resting at the restart: one not in by_id may be in a book
         self.books: dict[str, Book] = {}  # the books that had orders resting at the restart
         self.owners: dict[str, OwnerOrders] = {}
