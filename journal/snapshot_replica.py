@@ -1,6 +1,6 @@
 """The snapshot replica: a process that follows the journal and writes the periodic snapshots.
 
-    python -m journal.snapshot_replica <data dir> <every> <interval> [<instruments file>]
+    python -m journal.snapshot_replica <data dir> <every> <interval ms> [<instruments file>]
     (started by journal.snapshotter.Snapshotter once the server listens)
 
 Why not a forked child of the server: while a child shares the server's memory, every
@@ -19,7 +19,7 @@ It tells the server on stdout, one line each:
     <seq> <orders> <us>           a snapshot at seq is written: its resting orders, and the
                                   microseconds it took to capture and write
 
-every `every` commands, or `interval` seconds if any came. A snapshot claims every command
+every `every` commands, or `interval` seconds (given in milliseconds) if any came. A snapshot claims every command
 up to its seq: before writing one this process syncs the journal segment it read (the
 server's writer may not have yet). The server prunes old ones and may drop covered journal
 segments. This process dies with the server (as a forked child would) and exits 1 on
@@ -88,7 +88,7 @@ def follow(data_dir: Path, every: int, interval: float, instruments_file: str | 
 def replica_command(data_dir: Path, every: int, interval: float, instruments_file: Path | None) -> list[str]:
     """How the server starts this process (from the project's root: the paths made absolute)."""
     paths = [data_dir.resolve(), *([instruments_file.resolve()] if instruments_file else [])]
-    return [sys.executable, "-m", "journal.snapshot_replica", str(paths[0]), str(every), str(interval), *map(str, paths[1:])]
+    return [sys.executable, "-m", "journal.snapshot_replica", str(paths[0]), str(every), str(round(interval * 1000)), *map(str, paths[1:])]
 
 
 def main(argv: list[str]) -> int:
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
     die_with(parent)
     report = os.fdopen(os.dup(1), "w", buffering=1)  # one line per snapshot, to the server
     os.dup2(2, 1)  # anything else printed (structlog's default logger: a skipped snapshot) goes to stderr
-    data_dir, every, interval = Path(argv[0]), int(argv[1]), float(argv[2])
+    data_dir, every, interval = Path(argv[0]), int(argv[1]), int(argv[2]) / 1000  # (ms: whole numbers on the command line)
     try:
         return follow(data_dir, every, interval, argv[3] if len(argv) > 3 else None, parent, report)
     except BrokenPipeError:  # the server is gone (killed: this process is about to be) or stopping
