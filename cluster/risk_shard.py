@@ -132,9 +132,10 @@ class RiskShard:
                     # An owner's commands are decided in their order: behind one that waits, they wait.
                     owner = cast(OrderCommand, cmd).owner
                     needs = msg.seen.get(owner) if type(cmd) is NewOrder or type(cmd) is Replace else None
-                    if owner in waiting or needs is not None and not self._settled(needs):
+                    behind = owner in waiting
+                    if behind or needs is not None and not self._settled(needs):
                         # ...unless it can be paid now and the settlements cannot change its lock.
-                        if owner in waiting or not _pays_alone(cmd) or not self._decide(msg.gateway, token, cmd, inp.seq, inp.ts_ns, out, verdicts, short_waits=True):
+                        if behind or not _pays_alone(cmd) or not self._decide(msg.gateway, token, cmd, inp.seq, inp.ts_ns, out, verdicts, short_waits=True):
                             waiting.setdefault(owner, deque()).append(Waiting(msg.gateway, token, cmd, inp.ts_ns, needs))
                         continue
                 self._decide(msg.gateway, token, cmd, inp.seq, inp.ts_ns, out, verdicts)

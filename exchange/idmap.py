@@ -72,15 +72,9 @@ class IdMap(Generic[V]):
     def __len__(self) -> int:
         return self._len
 
-    def __bool__(self) -> bool:
-        return self._len > 0
-
     def __iter__(self) -> Iterator[int]:
         for part in self._ranges.values():
             yield from part
-
-    def keys(self) -> Iterator[int]:
-        return iter(self)
 
     def values(self) -> Iterator[V]:
         for part in self._ranges.values():

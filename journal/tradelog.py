@@ -84,7 +84,7 @@ class TradeLog:
         # frame is ever encoded whole on the event loop. (units, first journal seq, piece)
         self._queue: deque[tuple[int, int | None, bytes]] = deque()
         self._refusals: list[tuple[int, Refusal]] = []  # at most REFUSALS_PER_PIECE
-        self._unencodable: Exception | None = None  # a piece of refusals failed to encode: run() raises it
+        self._unencodable: Exception | None = None  # a piece failed to encode: run() raises it
         self._pending = 0  # units waiting to be sent
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()  # someone waits for the log: send now, not at the window's end
@@ -158,12 +158,8 @@ class TradeLog:
         when REFUSALS_PER_PIECE have come, whichever is first."""
         if self._admit(1, None):
             self._refusals.append((time.time_ns(), r))
-            if len(self._refusals) >= REFUSALS_PER_PIECE and self._unencodable is None:
-                try:
-                    self._put_refusals()
-                except Exception as exc:  # (the gateway must not see the log's bug: run() raises it)
-                    self._unencodable = exc
-                    self._wake.set()
+            if len(self._refusals) >= REFUSALS_PER_PIECE:
+                self._put_refusals()
 
     def _put_refusals(self) -> None:
         refusals, self._refusals = self._refusals, []
@@ -182,7 +178,13 @@ class TradeLog:
         self._fed_through = first_seq + count - 1
 
     def _put(self, units: int, first_seq: int | None, piece: Piece) -> None:
-        self._queue.append((units, first_seq, self._encode(piece)))
+        """Encoded where it is handed over (the gateway, matching); one that cannot be is
+        the log's bug, not its caller's: the log stops (run() raises it) and trading goes on."""
+        if self._unencodable is None:
+            try:
+                self._queue.append((units, first_seq, self._encode(piece)))
+            except Exception as exc:
+                self._unencodable = exc
         self._wake.set()
 
     def _admit(self, units: int, seq: int | None) -> bool:
@@ -243,10 +245,10 @@ class TradeLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._unencodable is not None:
-                raise self._unencodable
             if self._refusals:
                 self._put_refusals()
+            if self._unencodable is not None:
+                raise self._unencodable
             through = self.handed_through() if self._queue else 0  # (before popping: what is queued covers it)
             if self.behind_from is not None:
                 through = min(through, self.behind_from - 1)
