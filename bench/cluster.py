@@ -119,7 +119,10 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
         cpu = {k: (tree_cpu_seconds(p) - before[k]) / max(result.completed, 1) * 1e6 for k, p in pids.items()}
         rss = {k: sum(now for now, _ in memory_kib(p).values()) / 1024 for k, p in pids.items()}  # (a process and its writers)
         paced = [make_stream(int(args.rate * args.duration) // args.connections, args.seed + 1, c) for c in range(args.connections)]
+        before, machine_before = {k: tree_cpu_seconds(p) for k, p in pids.items()}, machine_ticks()
         steady = run_phase(port, paced, f"open loop {args.rate:,}/s", label, args.rate, 0, gap=0.0001, logins=others)
+        steady_cpu = {k: (tree_cpu_seconds(p) - before[k]) / max(steady.completed, 1) * 1e6 for k, p in pids.items()}
+        busy, kernel = machine_share(machine_before, machine_ticks())
         if cluster is not None:
             for k, p in pids.items():
                 if not process_alive(p):
@@ -134,7 +137,20 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
         shutil.rmtree(data, ignore_errors=True)
     return {"label": label, "orders_s": result.rate, "p50": result.ack_ms.get("p50", 0), "p99": result.ack_ms.get("p99", 0),
             "completed": result.completed, "errors": result.errors, "cpu_us": cpu, "rss_mib": rss,
-            "steady_p50": steady.ack_ms.get("p50", 0), "steady_p99": steady.ack_ms.get("p99", 0), "steady_rate": steady.rate}  # fmt: skip
+            "steady_p50": steady.ack_ms.get("p50", 0), "steady_p99": steady.ack_ms.get("p99", 0), "steady_rate": steady.rate,
+            "steady_cpu_us": steady_cpu, "steady_busy": busy, "steady_kernel": kernel}  # fmt: skip
+
+
+def machine_ticks() -> tuple[int, int, int]:
+    """The machine's CPU time so far, in ticks: (all, idle and iowait, kernel and interrupts)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4], fields[2] + fields[5] + fields[6]
+
+
+def machine_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> tuple[float, float]:
+    """Of the CPU time between two machine_ticks(): the share busy, and the share in the kernel."""
+    total = max(after[0] - before[0], 1)
+    return 1 - (after[1] - before[1]) / total, (after[2] - before[2]) / total
 
 
 ROLES = ["tradelog", "risk", "engine", "notifier", "gateway"]
@@ -235,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['label']:34} {r['orders_s']:9,.0f} {r['p50']:7.1f}ms {r['p99']:7.1f}ms  {r['steady_p50']:11.1f}ms {r['steady_p99']:5.1f}ms   {cpu}"
         )
+    # Why the cluster's ACK at this rate depends on the machine: its CPU per order is several
+    # times the closed loop's (small batches: each stage publishes as soon as its previous
+    # publish is stored, so messages per second follow the latency, not the orders).
+    print(f"open loop at {args.rate:,}/s: how busy the machine was (all {os.cpu_count()} CPUs), and CPU us per order, by process")
+    for r in results:
+        cpu = "  ".join(f"{k} {v:.0f}" for k, v in r["steady_cpu_us"].items())
+        print(f"{r['label']:34} busy {r['steady_busy']:4.0%} (kernel {r['steady_kernel']:3.0%})   {cpu}")
     print("resident memory after the closed loop, MiB, by process (with its writers)")
     for r in results:
         print(f"{r['label']:34} " + "  ".join(f"{k} {v:.0f}" for k, v in r["rss_mib"].items()))
