@@ -879,10 +879,24 @@ class ClusterDown(Exception):
     """The cluster's processes do not answer."""
 
 
+async def _listening(port: int) -> bool:
+    """Whether something accepts a TCP connection on 127.0.0.1:port within a second."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
 async def _connect_once(config: ClusterConfig) -> Any:
-    """A command's own connection: ClusterDown if the nodes do not answer."""
+    """A command's own connection: ClusterDown if the nodes do not answer (at once if none
+    of them is listening: a stopped cluster is said to be so without a wait)."""
     import nats
 
+    ports = [client for client, _ in config.nats_ports]
+    if not any(await asyncio.gather(*(_listening(port) for port in ports))):
+        raise ClusterDown(f"no NATS node of it is listening (127.0.0.1 ports {', '.join(map(str, ports))})")
     try:  # (nats.connect retries a refused first connection for ever: the deadline is ours)
         return await asyncio.wait_for(nats.connect(config.urls, connect_timeout=1, max_reconnect_attempts=0, error_cb=_quiet_error), 5)
     except Exception as exc:  # (nats raises its own kinds, and OSError)
