@@ -94,6 +94,34 @@ async def ensure_stream(js: Any, replicas: int = 3) -> None:
     await patiently("stream", attempt)
 
 
+async def stream_ready(urls: list[str], timeout: float = 20.0) -> None:
+    """The stream made and answering (its leader elected), before any stage starts: stages
+    that each made it at once raced, and a question asked while its leader was still being
+    elected went unanswered for the client's whole 5 s timeout (`cluster up` took 8-14 s).
+    Asked here with 1 s timeouts, until a question is answered or `timeout` has passed."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    nc = await nats.connect(urls, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+    try:
+        js = nc.jetstream(timeout=1)
+        await asyncio.wait_for(ensure_stream(js), timeout)
+        while True:
+            try:
+                await js.get_last_msg(STREAM, "in.>")
+                return
+            except NotFoundError:  # (answered: nothing stored yet)
+                return
+            except Exception:
+                if loop.time() > deadline:
+                    raise TimeoutError(f"the stream {STREAM} did not answer within {timeout:g} s") from None
+                await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
 async def last_message(js: Any, subject: str) -> Any:
     """The stream's last message on subject (wildcards allowed), None if there is none.
     Only "none" is taken for none: a stage that took a timeout for "nothing published

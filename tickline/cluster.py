@@ -37,7 +37,7 @@ from cluster.replica import Replica
 from cluster.retention import compact
 from cluster.risk_shard import RiskShard
 from cluster.snapshots import RoleSnapshots, StateSnapshots, StreamCompacted, dropped_through, kept_snapshots
-from cluster.stream import Input, Reader, Tail, connect, ensure_stream
+from cluster.stream import Input, Reader, Tail, connect, ensure_stream, stream_ready
 from cluster.submitter import Submitter
 from cluster.supervisor import Chore, Supervisor, Watched
 from cluster.trade_log import Logged, ReportsTail
@@ -576,6 +576,7 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
         nats.start_node(node, detach=True)
     try:
         asyncio.run(nats.wait_ready())
+        asyncio.run(stream_ready(config.urls))
     except TimeoutError as exc:
         nats.stop()
         sys.stderr.write(f"tickline: {exc}\n")
