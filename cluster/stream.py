@@ -94,11 +94,12 @@ async def ensure_stream(js: Any, replicas: int = 3) -> None:
     await patiently("stream", attempt)
 
 
-async def stream_ready(urls: list[str], timeout: float = 20.0) -> None:
+async def stream_ready(urls: list[str], timeout: float = 120.0) -> None:
     """The stream made and answering (its leader elected), before any stage starts: stages
     that each made it at once raced, and a question asked while its leader was still being
     elected went unanswered for the client's whole 5 s timeout (`cluster up` took 8-14 s).
-    Asked here with 1 s timeouts, until a question is answered or `timeout` has passed."""
+    Asked here with 1 s timeouts, until a question is answered or `timeout` has passed (as
+    long as `up` gives each role to catch up: a large stream's store is read at a restart)."""
     import nats
     from nats.js.errors import NotFoundError
 
