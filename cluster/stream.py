@@ -105,7 +105,7 @@ async def stream_ready(urls: list[str], timeout: float = 120.0) -> None:
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    nc = await nats.connect(urls, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+    nc = await asyncio.wait_for(nats.connect(urls, max_reconnect_attempts=-1, reconnect_time_wait=0.25), timeout)
     try:
         js = nc.jetstream(timeout=1)
         await asyncio.wait_for(ensure_stream(js), timeout)
