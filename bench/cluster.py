@@ -116,12 +116,12 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
             port, pids = cluster.port, cluster.pids()
         before = {k: tree_cpu_seconds(p) for k, p in pids.items()}
         result = run_phase(port, streams, f"closed loop, {args.window} in flight x {args.connections}", label, None, args.window, logins=names)
-        cpu = {k: (tree_cpu_seconds(p) - before[k]) / max(result.completed, 1) * 1e6 for k, p in pids.items()}
+        cpu = cpu_per_order(pids, before, result.completed)
         rss = {k: sum(now for now, _ in memory_kib(p).values()) / 1024 for k, p in pids.items()}  # (a process and its writers)
         paced = [make_stream(int(args.rate * args.duration) // args.connections, args.seed + 1, c) for c in range(args.connections)]
         before, machine_before = {k: tree_cpu_seconds(p) for k, p in pids.items()}, machine_ticks()
         steady = run_phase(port, paced, f"open loop {args.rate:,}/s", label, args.rate, 0, gap=0.0001, logins=others)
-        steady_cpu = {k: (tree_cpu_seconds(p) - before[k]) / max(steady.completed, 1) * 1e6 for k, p in pids.items()}
+        steady_cpu = cpu_per_order(pids, before, steady.completed)
         busy, kernel = machine_share(machine_before, machine_ticks())
         if cluster is not None:
             for k, p in pids.items():
@@ -139,6 +139,11 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
             "completed": result.completed, "errors": result.errors, "cpu_us": cpu, "rss_mib": rss,
             "steady_p50": steady.ack_ms.get("p50", 0), "steady_p99": steady.ack_ms.get("p99", 0), "steady_rate": steady.rate,
             "steady_cpu_us": steady_cpu, "steady_busy": busy, "steady_kernel": kernel}  # fmt: skip
+
+
+def cpu_per_order(pids: dict[str, int], before: dict[str, float], orders: int) -> dict[str, float]:
+    """Each process's CPU us (its children's included) since `before`, per order answered."""
+    return {k: (tree_cpu_seconds(p) - before[k]) / max(orders, 1) * 1e6 for k, p in pids.items()}
 
 
 def machine_ticks() -> tuple[int, int, int]:

@@ -186,7 +186,7 @@ class NatsCluster:
             try:
                 nc = await nats.connect(self.urls, connect_timeout=1, max_reconnect_attempts=0, error_cb=_quiet)
                 try:
-                    await nc.jetstream().account_info()
+                    await nc.jetstream(timeout=1).account_info()  # (unanswered while no meta leader: ask again, not after 5 s)
                     return
                 finally:
                     await nc.close()

@@ -98,27 +98,19 @@ async def stream_ready(urls: list[str], timeout: float = 120.0) -> None:
     """The stream made and answering (its leader elected), before any stage starts: stages
     that each made it at once raced, and a question asked while its leader was still being
     elected went unanswered for the client's whole 5 s timeout (`cluster up` took 8-14 s).
-    Asked here with 1 s timeouts, until a question is answered or `timeout` has passed (as
-    long as `up` gives each role to catch up: a large stream's store is read at a restart)."""
+    Asked here with 1 s timeouts, for `timeout` at most (as long as `up` gives each role to
+    catch up: a large stream's store is read at a restart)."""
     import nats
-    from nats.js.errors import NotFoundError
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    async def made_and_answering(js: Any) -> None:
+        await ensure_stream(js)
+        await last_message(js, "in.>")  # (any answer, "none" too: its leader is elected)
+
     nc = await asyncio.wait_for(nats.connect(urls, max_reconnect_attempts=-1, reconnect_time_wait=0.25), timeout)
     try:
-        js = nc.jetstream(timeout=1)
-        await asyncio.wait_for(ensure_stream(js), timeout)
-        while True:
-            try:
-                await js.get_last_msg(STREAM, "in.>")
-                return
-            except NotFoundError:  # (answered: nothing stored yet)
-                return
-            except Exception:
-                if loop.time() > deadline:
-                    raise TimeoutError(f"the stream {STREAM} did not answer within {timeout:g} s") from None
-                await asyncio.sleep(0.05)
+        await asyncio.wait_for(made_and_answering(nc.jetstream(timeout=1)), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"the stream {STREAM} did not answer within {timeout:g} s") from None
     finally:
         await nc.close()
 
