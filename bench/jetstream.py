@@ -71,13 +71,13 @@ async def run(args: argparse.Namespace) -> None:
                     sent, spent, lat = await phase(js, f"{name}.orders", per_message, args.seconds, args.in_flight)
                     p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
                     print(f"{replicas:>8} {per_message:>10} {sent / spent:>10,.0f} {sent * per_message / spent:>11,.0f} {p50:>11.2f} {p99:>8.2f}")
-            await cost_per_write(nc, js, [n.proc.pid for n in cluster.nodes if n.proc is not None], args.writes)
+            await cost_per_write(js, [n.proc.pid for n in cluster.nodes if n.proc is not None], args.writes)
             await nc.close()
         finally:
             cluster.stop()
 
 
-async def cost_per_write(nc: object, js: object, pids: list[int], writes: int) -> None:
+async def cost_per_write(js: object, pids: list[int], writes: int) -> None:
     """NATS CPU per quorum write (3 replicas), by how the messages are grouped."""
     from nats.js.api import StorageType, StreamConfig
 
@@ -87,10 +87,11 @@ async def cost_per_write(nc: object, js: object, pids: list[int], writes: int) -
     print(f"{'how':<44} {'ms a write':>10} {'NATS CPU ms a write':>20} {'a message':>10}")
 
     async def measure(label: str, k: int, together: bool, readers: int = 0) -> None:
-        subs = [await js.subscribe(f"cost.{label}.>", ordered_consumer=True, cb=_ignore) for _ in range(readers)]  # type: ignore[attr-defined]
+        row = f"r{k}{together:d}{readers}"  # (each row its own subjects and Msg-Ids)
+        subs = [await js.subscribe(f"cost.{row}.>", ordered_consumer=True, cb=_ignore) for _ in range(readers)]  # type: ignore[attr-defined]
         before, t0 = sum(map(tree_cpu_seconds, pids)), time.perf_counter()
         for i in range(writes):
-            sends = [js.publish(f"cost.{label}.{j}", payload, headers={"Nats-Msg-Id": f"{label}:{i}:{j}"}) for j in range(k)]  # type: ignore[attr-defined]
+            sends = [js.publish(f"cost.{row}.{j}", payload, headers={"Nats-Msg-Id": f"{row}:{i}:{j}"}) for j in range(k)]  # type: ignore[attr-defined]
             if together:
                 await asyncio.gather(*sends)
             else:
@@ -99,12 +100,12 @@ async def cost_per_write(nc: object, js: object, pids: list[int], writes: int) -
         spent, cpu = time.perf_counter() - t0, sum(map(tree_cpu_seconds, pids)) - before
         for sub in subs:
             await sub.unsubscribe()
-        print(f"{label.replace('_', ' '):<44} {spent / writes * 1000:>10.2f} {cpu / writes * 1000:>20.2f} {cpu / writes / k * 1000:>10.2f}")
+        print(f"{label:<44} {spent / writes * 1000:>10.2f} {cpu / writes * 1000:>20.2f} {cpu / writes / k * 1000:>10.2f}")
 
-    await measure("1_message", 1, True)
-    await measure("3_messages_at_once", 3, True)
-    await measure("3_messages_one_after_another", 3, False)
-    await measure("1_message,_3_readers_following", 1, True, readers=3)
+    await measure("1 message", 1, True)
+    await measure("3 messages at once", 3, True)
+    await measure("3 messages one after another", 3, False)
+    await measure("1 message, 3 readers following", 1, True, readers=3)
 
 
 async def _ignore(msg: object) -> None:
