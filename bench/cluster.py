@@ -6,7 +6,9 @@ For `tickline serve` and for `tickline cluster up` with 1 or 2 gateways and 1 or
 shards (3 NATS nodes, every write fsync'd, all on this machine): the same seeded
 closed-loop stream as `make bench` (bench/workload.py), durable orders/s, ACK p50/p99,
 and the CPU each process spent per order (from /proc, its child processes included: the
-journal's and the trade log's writers), so what each stage costs per order can be read off. Then market-data fan-out to 1,000 subscribers with 1 and 2
+journal's and the trade log's writers), so what each stage costs per order can be read off;
+then, for each, an open loop at --rate (2,000/s) for --duration (30 s): its ACK latency, how
+busy the machine was, and each process's CPU per order there. Then market-data fan-out to 1,000 subscribers with 1 and 2
 notifier processes (bench/fanout.py's measurement: kernel receive timestamps). Then each
 role's restart: --restart-orders (1,000,000) orders through a cluster, then kill -9 of each
 role in turn and the time until it is back (listening, or caught up with the stream). Last,
