@@ -144,7 +144,8 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
 
 
 def cpu_per_order(pids: dict[str, int], before: dict[str, float], orders: int) -> dict[str, float]:
-    """Each process's CPU us (its children's included) since `before`, per order answered."""
+    """Each process's CPU us (its children's included) since `before`, per order answered
+    (or per trade fanned out)."""
     return {k: (tree_cpu_seconds(p) - before[k]) / max(orders, 1) * 1e6 for k, p in pids.items()}
 
 
@@ -198,32 +199,32 @@ def restarts(args: argparse.Namespace) -> dict[str, float]:
 
 
 def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
+    """bench/fanout.py's measurement against `tickline serve` (notifiers None) or a cluster
+    with that many notifiers; then the CPU per trade of the processes that fan out."""
     data = Path(tempfile.mkdtemp(prefix="tickline-bench-fanout-"))
     names = bench_accounts(data, 2)
+    server: ServerProcess | None = None
+    cluster: ClusterProcesses | None = None
     try:
         if notifiers is None:
             server = ServerProcess("exchange", data, web=False)
-            try:
-                fund_accounts(data, names)
-                started = tree_cpu_seconds(server.proc.pid)
-                report = measure_fanout(server.port, server.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
-                per_trade = (tree_cpu_seconds(server.proc.pid) - started) / (args.fanout_rate * args.fanout_seconds) * 1000
-                return f"{report}\nCPU per trade: tickline serve {per_trade:.2f} ms"
-            finally:
-                server.stop()
-        cluster = ClusterProcesses(data / "cluster", ["--notifiers", str(notifiers)])
-        try:
+            fund_accounts(data, names)
+            port, md_port, pids = server.port, server.md_port, {"tickline serve": server.proc.pid}
+        else:
+            cluster = ClusterProcesses(data / "cluster", ["--notifiers", str(notifiers)])
             shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
             cluster.fund(names)
+            port, md_port = cluster.port, cluster.md_port
             pids = {k: p for k, p in cluster.pids().items() if k.startswith("notifier")}
-            before = {k: tree_cpu_seconds(p) for k, p in pids.items()}
-            report = measure_fanout(cluster.port, cluster.md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
-            trades = args.fanout_rate * args.fanout_seconds
-            cpu = "  ".join(f"{k} {(tree_cpu_seconds(p) - before[k]) / trades * 1000:.2f} ms" for k, p in pids.items())
-            return f"{report}\nCPU per trade: {cpu}"
-        finally:
-            cluster.stop()
+        before = {k: tree_cpu_seconds(p) for k, p in pids.items()}
+        report = measure_fanout(port, md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
+        per_trade = cpu_per_order(pids, before, int(args.fanout_rate * args.fanout_seconds))  # (us per trade)
+        return f"{report}\nCPU per trade: " + "  ".join(f"{k} {us / 1000:.2f} ms" for k, us in per_trade.items())
     finally:
+        if server is not None:
+            server.stop()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -102,17 +102,19 @@ async def stream_ready(urls: list[str], timeout: float = 120.0) -> None:
     catch up: a large stream's store is read at a restart)."""
     import nats
 
-    async def made_and_answering(js: Any) -> None:
-        await ensure_stream(js)
-        await last_message(js, "in.>")  # (any answer, "none" too: its leader is elected)
+    async def made_and_answering() -> None:
+        nc = await nats.connect(urls, max_reconnect_attempts=-1, reconnect_time_wait=0.25)
+        try:
+            js = nc.jetstream(timeout=1)
+            await ensure_stream(js)
+            await last_message(js, "in.>")  # (any answer, "none" too: its leader is elected)
+        finally:
+            await nc.close()
 
-    nc = await asyncio.wait_for(nats.connect(urls, max_reconnect_attempts=-1, reconnect_time_wait=0.25), timeout)
-    try:
-        await asyncio.wait_for(made_and_answering(nc.jetstream(timeout=1)), timeout)
+    try:  # (one deadline for connecting and asking)
+        await asyncio.wait_for(made_and_answering(), timeout)
     except TimeoutError:
         raise TimeoutError(f"the stream {STREAM} did not answer within {timeout:g} s") from None
-    finally:
-        await nc.close()
 
 
 async def last_message(js: Any, subject: str) -> Any:
