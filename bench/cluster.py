@@ -30,7 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from bench.fanout import measure_fanout
 from bench.load import BENCH_PASSWORD, ROOT, ServerProcess, bench_accounts, fund_accounts, memory_kib, run_phase, tree_cpu_seconds
@@ -98,6 +100,31 @@ class ClusterProcesses:
         self.cli("down")
 
 
+@contextmanager
+def exchange(data: Path, names: list[str], options: list[str] | None) -> Iterator[tuple[int, int, dict[str, int], ClusterProcesses | None]]:
+    """`tickline serve` (options None) or `cluster up` with these options on data's accounts,
+    names funded: its order-entry and market-data ports, the pids of the processes that do
+    its work, the cluster. Stopped, and data removed, after."""
+    server: ServerProcess | None = None
+    cluster: ClusterProcesses | None = None
+    try:
+        if options is None:
+            server = ServerProcess("exchange", data, web=False)
+            fund_accounts(data, names)
+            yield server.port, server.md_port, {"tickline serve": server.proc.pid}, None
+        else:
+            cluster = ClusterProcesses(data / "cluster", options)
+            shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
+            cluster.fund(names)
+            yield cluster.port, cluster.md_port, cluster.pids(), cluster
+    finally:
+        if server is not None:
+            server.stop()
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def throughput(args: argparse.Namespace, label: str, options: list[str] | None) -> dict:
     """One closed-loop run: options None is `tickline serve`, else `cluster up` options."""
     data = Path(tempfile.mkdtemp(prefix="tickline-bench-cluster-"))
@@ -105,17 +132,7 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
     names, others = everyone[: args.connections], everyone[args.connections :]  # the open loop's own: no late FILL of the closed loop's
     per_conn = args.orders // args.connections
     streams = [make_stream(per_conn, args.seed, c) for c in range(args.connections)]
-    server = ServerProcess("exchange", data, web=False) if options is None else None
-    cluster = ClusterProcesses(data / "cluster", options) if options is not None else None
-    try:
-        if server is not None:
-            fund_accounts(data, everyone)
-            port, pids = server.port, {"tickline serve": server.proc.pid}
-        else:
-            assert cluster is not None
-            shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
-            cluster.fund(everyone)
-            port, pids = cluster.port, cluster.pids()
+    with exchange(data, everyone, options) as (port, _, pids, cluster):
         before = {k: tree_cpu_seconds(p) for k, p in pids.items()}
         result = run_phase(port, streams, f"closed loop, {args.window} in flight x {args.connections}", label, None, args.window, logins=names)
         cpu = cpu_per_order(pids, before, result.completed)
@@ -131,12 +148,6 @@ def throughput(args: argparse.Namespace, label: str, options: list[str] | None) 
                     role, i = k.split()
                     log_tail = (cluster.dir / f"{role}-{i}.log").read_text(errors="replace")[-3000:] if role != "nats" else ""
                     sys.stderr.write(f"{label}: {k} exited during the run:\n{log_tail}\n")
-    finally:
-        if server is not None:
-            server.stop()
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(data, ignore_errors=True)
     return {"label": label, "orders_s": result.rate, "p50": result.ack_ms.get("p50", 0), "p99": result.ack_ms.get("p99", 0),
             "completed": result.completed, "errors": result.errors, "cpu_us": cpu, "rss_mib": rss,
             "steady_p50": steady.ack_ms.get("p50", 0), "steady_p99": steady.ack_ms.get("p99", 0), "steady_rate": steady.rate,
@@ -203,29 +214,13 @@ def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
     with that many notifiers; then the CPU per trade of the processes that fan out."""
     data = Path(tempfile.mkdtemp(prefix="tickline-bench-fanout-"))
     names = bench_accounts(data, 2)
-    server: ServerProcess | None = None
-    cluster: ClusterProcesses | None = None
-    try:
-        if notifiers is None:
-            server = ServerProcess("exchange", data, web=False)
-            fund_accounts(data, names)
-            port, md_port, pids = server.port, server.md_port, {"tickline serve": server.proc.pid}
-        else:
-            cluster = ClusterProcesses(data / "cluster", ["--notifiers", str(notifiers)])
-            shutil.copy(data / "accounts.sqlite", cluster.dir / "accounts.sqlite")
-            cluster.fund(names)
-            port, md_port = cluster.port, cluster.md_port
-            pids = {k: p for k, p in cluster.pids().items() if k.startswith("notifier")}
+    with exchange(data, names, None if notifiers is None else ["--notifiers", str(notifiers)]) as (port, md_port, pids, cluster):
+        if cluster is not None:
+            pids = {k: p for k, p in pids.items() if k.startswith("notifier")}
         before = {k: tree_cpu_seconds(p) for k, p in pids.items()}
         report = measure_fanout(port, md_port, names, args.subscribers, args.fanout_rate, args.fanout_seconds, BENCH_PASSWORD)
         per_trade = cpu_per_order(pids, before, int(args.fanout_rate * args.fanout_seconds))  # (us per trade)
-        return f"{report}\nCPU per trade: " + "  ".join(f"{k} {us / 1000:.2f} ms" for k, us in per_trade.items())
-    finally:
-        if server is not None:
-            server.stop()
-        if cluster is not None:
-            cluster.stop()
-        shutil.rmtree(data, ignore_errors=True)
+    return f"{report}\nCPU per trade: " + "  ".join(f"{k} {us / 1000:.2f} ms" for k, us in per_trade.items())
 
 
 def main(argv: list[str] | None = None) -> int:
