@@ -1,6 +1,6 @@
 """The cluster against the single process, in one run (make bench-cluster).
 
-    python -m bench.cluster [--orders 40000] [--window 200] [--connections 8]
+    python -m bench.cluster [--orders 400000] [--window 200] [--connections 8]
 
 For `tickline serve` and for `tickline cluster up` with 1 or 2 gateways and 1 or 2 engine
 shards (3 NATS nodes, every write fsync'd, all on this machine): the same seeded
@@ -225,7 +225,7 @@ def fanout(args: argparse.Namespace, notifiers: int | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--orders", type=int, default=40_000)
+    parser.add_argument("--orders", type=int, default=400_000, help="closed loop: orders in all (~12 s a configuration here; 1 s phases gave ratios a fifth apart)")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--window", type=int, default=200, help="requests in flight per connection")
     parser.add_argument("--seed", type=int, default=7)
