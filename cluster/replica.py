@@ -9,7 +9,7 @@ shard, on md.<engine> and reports.<engine>: they keep no books.)
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, cast
+from typing import Any, Callable, cast
 
 from cluster.snapshots import RoleSnapshots
 from cluster.stream import Input, Tail
@@ -50,10 +50,10 @@ class Replica(Tail):
             self.snapshots.applied(len(s.seqs))
         return s, events
 
-    def snapshot_if_due(self, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
+    def snapshot_if_due(self) -> None:
         """After a batch: the books as applied through now, every so many commands."""
         if self.snapshots is not None and self.snapshots.due():
-            self.snapshots.take(self.applied, self.books, None, self.extra_of(), before_write)
+            self.snapshots.take(self.applied, self.books, None, self.extra_of())
 
     async def follow(self, on_applied: OnApplied, after_batch: Callable[[], None] = lambda: None) -> None:
         """Apply every message as it comes, forever; after_batch once per batch."""
