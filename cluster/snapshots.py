@@ -34,7 +34,7 @@ from exchange.engine import Engine
 from exchange.instruments import Instrument
 from exchange.risk import Risk
 from journal import forked
-from journal.snapshots import Captured, newest_valid, path_for, prune, seq_of, snapshot_paths, write_snapshot
+from journal.snapshots import Captured, capture, newest_valid, path_for, prune, seq_of, snapshot_paths, write_snapshot
 
 log = structlog.get_logger("cluster")
 CRC = struct.Struct(">I")
@@ -156,11 +156,11 @@ class RoleSnapshots(Cadence):
         self.since = 0
         counters = json.dumps(extra).encode()  # (now: the dict goes on changing)
         started = time.monotonic()
-        pid = forked.start(lambda: self._write_files(_capture(seq, books, risk), counters))
+        pid = forked.start(lambda: self._write_files(capture(books, risk, seq, all_holds=True), counters))
         if pid is not None:
             self.writing = asyncio.create_task(self._wait(pid, seq, started, time.monotonic() - started))
             return
-        captured = _capture(seq, books, risk)
+        captured = capture(books, risk, seq, all_holds=True)
         self.writing = asyncio.create_task(self._write(captured, counters, started))
 
     async def _wait(self, pid: int, seq: int, started: float, paused: float) -> None:
@@ -182,14 +182,6 @@ class RoleSnapshots(Cadence):
         for old in self.directory.glob("snap-*.json"):
             if old not in kept:
                 old.unlink(missing_ok=True)
-
-
-def _capture(seq: int, books: dict[str, Book], risk: Risk | None) -> Captured:
-    state = risk.state() if risk is not None else ([], [], [])
-    return (
-        seq, time.time_ns(), [(s, b.md_seq, b.encoded_orders(), b.encoded_stops(), b.last) for s, b in sorted(books.items())],
-        state, risk.terms_of(state[2]) if risk is not None else [],
-    )  # fmt: skip
 
 
 class StateSnapshots(Cadence):

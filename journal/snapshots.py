@@ -56,12 +56,16 @@ _decode = msgspec.msgpack.Decoder(Snapshot).decode
 Captured = tuple[int, int, list[tuple[str, int, bytes, bytes, int | None]], RiskState, list[tuple[str, str, str, int]]]
 
 
-def capture(books: dict[str, Book], risk: Risk, seq: int) -> Captured:
+def capture(books: dict[str, Book], risk: Risk | None, seq: int, all_holds: bool = False) -> Captured:
     """The books (encoded: the copy is made in C) and the balances (plain tuples) after
     exactly the commands up to seq (every one of them matched), taken on the event loop;
-    hash and write elsewhere."""
+    hash and write elsewhere. all_holds: every hold as it is (a cluster role's seq is a
+    stream sequence, not a journal one its holds' ids could be cut at); risk None: books only
+    (a cluster's engine shard or gateway)."""
     books_now = [(s, b.md_seq, b.encoded_orders(), b.encoded_stops(), b.last) for s, b in sorted(books.items())]
-    state = risk.state(through=seq)
+    if risk is None:
+        return seq, time.time_ns(), books_now, ([], [], []), []
+    state = risk.state() if all_holds else risk.state(through=seq)
     return seq, time.time_ns(), books_now, state, risk.terms_of(state[2])
 
 

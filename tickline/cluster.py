@@ -574,6 +574,7 @@ def up(config: ClusterConfig, demo: bool = False) -> int:
     nats.directory.mkdir(parents=True, exist_ok=True)
     for node in nats.nodes:
         nats.start_node(node, detach=True)
+
     async def ready() -> None:  # the nodes, then the stream: before any role starts
         await nats.wait_ready()
         await stream_ready(config.urls)
