@@ -32,6 +32,7 @@ from typing import Iterable
 
 import msgspec
 
+from exchange.holds import Hold
 from exchange.idmap import IdMap
 from exchange.instruments import Asset, Instrument, assets_of
 from protocol.messages import (
@@ -60,28 +61,6 @@ MAKER = Liquidity.ADDED
 _seq_of = itemgetter(0)
 _hold_key = attrgetter("account", "asset", "inst.symbol", "buy")
 SETTLED = frozenset((Replaced, Fill, Canceled, Rejected))  # the events that move money
-
-
-class Hold(msgspec.Struct, gc=False):
-    """What is locked for one open order: `held` units of the asset it pays with, whose
-    balance (`bal`, the account's [available, locked] list) it keeps a reference to.
-
-    A Struct, not a class with __init__: one is made per order, and a Struct is made in C
-    (~4x faster here); gc=False: it refers to no object that could refer back to it."""
-
-    account: str
-    asset: str
-    held: int
-    price: int | None
-    buy: bool
-    inst: Instrument
-    unit: int  # what one lot x tick (a BUY) or one lot (a SELL) locks
-    bal: list[int]
-    got: list[int] | None = None  # the balance of what it receives, once it first trades
-    # The second order of an OCO pair paying with the same asset locks only what it needs
-    # beyond the first's lock (the pair never both trade); this is the first's id until it
-    # trades and takes that lock over.
-    oco: int | None = None
 
 
 # (account, asset, available, locked), sorted; the holds by (account, asset, symbol, buy), as

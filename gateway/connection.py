@@ -24,13 +24,13 @@ import re
 from collections import deque
 from typing import Callable, Protocol, Sequence, cast
 
-import msgspec
 import structlog
 
 from exchange.instruments import Instrument
 from exchange.rules import check_not_pending, check_owned, order_terms, replace_terms, show_terms, stop_terms
 from gateway.intake import Decision, Intake
 from gateway.orders import OpenOrders
+from gateway.queries import CancelAllDone
 from protocol import replies as R
 from protocol.messages import Cancel, Command, MassCancel, NewOrder, Problem, Reason, Refusal, Replace, Side
 from protocol.requests import (
@@ -107,12 +107,6 @@ class Desk(Protocol):
 def encode(reply: R.Reply, json: bool) -> bytes:
     """A reply in the form of the request it answers."""
     return R.to_json(reply) if json else R.to_text(reply)
-
-
-class CancelAllDone(msgspec.Struct, frozen=True):
-    """CANCEL ALL's reply, a query held until its commands (tickets) are matched."""
-
-    tickets: list[int]
 
 
 Query = (
