@@ -3,8 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+NATIVE := $(VENV)/.native
+# The hot path's modules (tickline/tuning.py NATIVE_MODULES) are compiled against these.
+CORE_SOURCES := $(shell find protocol exchange gateway journal notifier telemetry netio -name '*.py' 2>/dev/null) tickline/tuning.py
+# The pure-Python run of `make test`: the core's own tests and the order types end to end.
+PURE_TESTS := tests/test_book_properties.py tests/test_book_rules.py tests/test_connection.py tests/test_matching.py \
+	tests/test_protocol.py tests/test_risk.py tests/test_e2e_order_types.py tests/test_e2e_session.py tests/test_e2e_promises.py
 
-.PHONY: run test lint bench bench-engine bench-restart bench-crashloop bench-fanout bench-queries bench-memory bench-jetstream bench-cluster cluster-up cluster-down install clean
+.PHONY: run test test-pure native pure lint bench bench-engine bench-restart bench-crashloop bench-fanout bench-queries bench-memory bench-jetstream bench-cluster cluster-up cluster-down install clean
 
 $(STAMP): pyproject.toml web/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -15,14 +21,44 @@ $(STAMP): pyproject.toml web/package-lock.json
 	else echo "npm not found: the dashboard will run without its candle chart (install Node.js and npm, then make install)"; fi
 	touch $(STAMP)
 
-install: $(STAMP)
+# The hot path compiled with mypyc (Debian: gcc; the Python headers come with Python).
+# TICKLINE_NATIVE=0 keeps it pure Python; without a compiler it stays pure, and says so.
+$(NATIVE): $(STAMP) $(CORE_SOURCES)
+	@$(MAKE) --no-print-directory pure
+	@if [ "$${TICKLINE_NATIVE:-1}" = 0 ]; then echo "TICKLINE_NATIVE=0: the hot path runs as pure Python"; \
+	elif ! command -v $${CC:-gcc} >/dev/null; then echo "no C compiler (Debian: apt-get install gcc): the hot path runs as pure Python"; \
+		[ "$${TICKLINE_REQUIRE_NATIVE:-0}" = 0 ]; \
+	else echo "compiling the hot path with mypyc (about a minute; make pure undoes it)"; \
+		if ! $(VENV)/bin/mypyc $$($(PY) -m tickline.tuning) > $(VENV)/native.log 2>&1; then \
+			tail -20 $(VENV)/native.log; $(MAKE) --no-print-directory pure; \
+			echo "compiling failed (all of it in $(VENV)/native.log): the hot path runs as pure Python"; \
+			[ "$${TICKLINE_REQUIRE_NATIVE:-0}" = 0 ]; fi; fi
+	touch $(NATIVE)
 
-run: $(STAMP)
+native: $(NATIVE)
+
+# Back to pure Python: Python imports a compiled module whenever its file is there.
+pure:
+	rm -rf build $(NATIVE) *__mypyc.*.so
+	find protocol exchange gateway -name '*.so' -delete
+
+install: $(STAMP) $(NATIVE)
+
+run: $(STAMP) $(NATIVE)
 	@echo "tickline: order entry on 127.0.0.1:7001, market data on 127.0.0.1:7002, dashboard at http://127.0.0.1:7080/"
 	$(VENV)/bin/tickline serve --demo
 
-test: lint
+test: lint $(NATIVE)
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-pure
+
+# The same sources as pure Python, in a copy without the compiled files.
+test-pure: $(STAMP)
+	rm -rf $(VENV)/pure && mkdir -p $(VENV)/pure
+	tar -cf - --exclude=./.venv --exclude=./.git --exclude=./var --exclude=./build --exclude='*.so' \
+		--exclude=./web/node_modules --exclude='.*_cache' --exclude=./.hypothesis . | tar -xf - -C $(VENV)/pure
+	cd $(VENV)/pure && $(CURDIR)/$(PY) -c "from tickline.tuning import native_modules; assert not native_modules()[0]"
+	cd $(VENV)/pure && $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(PURE_TESTS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -61,5 +97,5 @@ cluster-up: $(STAMP)
 cluster-down: $(STAMP)
 	$(PY) -m tickline.cli cluster down
 
-clean:
+clean: pure
 	rm -rf $(VENV) var web/node_modules

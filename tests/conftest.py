@@ -6,6 +6,14 @@ from typing import Iterator
 import pytest
 
 from tests.harness import Server
+from tickline.tuning import native_modules
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compiled modules older than their sources would test yesterday's code."""
+    stale = native_modules()[1]
+    if stale:
+        pytest.exit(f"compiled modules older than their sources: {', '.join(stale)}; run `make native` (or `make pure`)", returncode=2)
 
 
 @pytest.fixture
