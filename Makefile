@@ -40,7 +40,7 @@ native: $(NATIVE)
 # Back to pure Python: Python imports a compiled module whenever its file is there.
 pure:
 	rm -rf build $(NATIVE) *__mypyc.*.so
-	find protocol exchange gateway -name '*.so' -delete
+	find protocol exchange gateway journal notifier -name '*.so' -delete
 
 install: $(STAMP) $(NATIVE)
 

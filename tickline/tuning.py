@@ -17,8 +17,9 @@ import structlog
 # native`; `make pure` removes the compiled files, TICKLINE_NATIVE=0 skips them). The same
 # source runs either way; compiled, the closed loop's main thread took ~20% less CPU per
 # order and 10,000/s ~9% less (docs/PERFORMANCE.md). Left out: modules that define
-# msgspec Structs (mypyc drops a Struct's class options: gc=False, frozen, tags), which is
-# why exchange/holds.py and gateway/queries.py are modules of their own.
+# msgspec Structs (mypyc drops a Struct's class options: gc=False, frozen, tags; compiled,
+# notifier/feed.py's Update crashed the server), which is why exchange/holds.py and
+# gateway/queries.py are modules of their own.
 NATIVE_MODULES = (
     "protocol.text",
     "exchange.rules",
@@ -29,6 +30,10 @@ NATIVE_MODULES = (
     "gateway.desk",
     "gateway.connection",
     "gateway.server",
+    "journal.records",
+    "journal.journal",
+    "journal.tradelog",
+    "notifier.server",
 )
 log = structlog.get_logger()
 
