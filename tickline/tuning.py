@@ -15,11 +15,11 @@ import structlog
 
 # The modules every order passes through, compiled with mypyc by `make install` (`make
 # native`; `make pure` removes the compiled files, TICKLINE_NATIVE=0 skips them). The same
-# source runs either way; compiled, the closed loop's main thread took ~20% less CPU per
-# order and 10,000/s ~9% less (docs/PERFORMANCE.md). Left out: modules that define
-# msgspec Structs (mypyc drops a Struct's class options: gc=False, frozen, tags; compiled,
-# notifier/feed.py's Update crashed the server), which is why exchange/holds.py and
-# gateway/queries.py are modules of their own.
+# source runs either way; compiled, the closed loop's main thread took ~18% less CPU per
+# order, and at 10,000/s 0-10% less (docs/PERFORMANCE.md, "twenty-third session").
+# Left out: modules that define msgspec Structs (mypyc drops a Struct's class options:
+# gc=False, frozen, tags; compiled, notifier/feed.py's Update crashed the server), which
+# is why exchange/holds.py and gateway/queries.py are modules of their own.
 NATIVE_MODULES = (
     "protocol.text",
     "exchange.rules",
