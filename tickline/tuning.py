@@ -19,7 +19,8 @@ import structlog
 # order, and at 10,000/s 0-10% less (docs/PERFORMANCE.md, "twenty-third session").
 # Left out: modules that define msgspec Structs (mypyc drops a Struct's class options:
 # gc=False, frozen, tags; compiled, notifier/feed.py's Update crashed the server), which
-# is why exchange/holds.py and gateway/queries.py are modules of their own.
+# is why exchange/holds.py and gateway/queries.py are modules of their own; and
+# cluster/risk_shard.py, whose NamedTuple msgspec could no longer read from a snapshot.
 NATIVE_MODULES = (
     "protocol.text",
     "exchange.rules",
@@ -34,6 +35,12 @@ NATIVE_MODULES = (
     "journal.journal",
     "journal.tradelog",
     "notifier.server",
+    "cluster.stream",
+    "cluster.submitter",
+    "cluster.replica",
+    "cluster.engine_shard",
+    "cluster.market_data",
+    "cluster.trade_log",
 )
 log = structlog.get_logger()
 
