@@ -28,7 +28,7 @@ $(NATIVE): $(STAMP) $(CORE_SOURCES)
 	@if [ "$${TICKLINE_NATIVE:-1}" = 0 ]; then echo "TICKLINE_NATIVE=0: the hot path runs as pure Python"; \
 	elif ! command -v $${CC:-gcc} >/dev/null; then echo "no C compiler (Debian: apt-get install gcc): the hot path runs as pure Python"; \
 		[ "$${TICKLINE_REQUIRE_NATIVE:-0}" = 0 ]; \
-	else echo "compiling the hot path with mypyc (~20 s on 2 vCPUs; make pure undoes it)"; \
+	else echo "compiling the hot path with mypyc (about a minute; make pure undoes it)"; \
 		if ! $(VENV)/bin/mypyc $$($(PY) -m tickline.tuning) > $(VENV)/native.log 2>&1; then \
 			tail -20 $(VENV)/native.log; $(MAKE) --no-print-directory pure; \
 			echo "compiling failed (all of it in $(VENV)/native.log): the hot path runs as pure Python"; \
