@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native
 # The hot path's modules (tickline/tuning.py NATIVE_MODULES) are compiled against these.
-CORE_SOURCES := $(shell find protocol exchange gateway journal notifier cluster telemetry netio -name '*.py' 2>/dev/null) tickline/tuning.py
+CORE_DIRS := protocol exchange gateway journal notifier cluster telemetry netio
+CORE_SOURCES := $(shell find $(CORE_DIRS) -name '*.py' 2>/dev/null) tickline/tuning.py
 # The pure-Python run of `make test`: the core's own tests and the order types end to end.
 PURE_TESTS := tests/test_book_properties.py tests/test_book_rules.py tests/test_connection.py tests/test_matching.py \
 	tests/test_protocol.py tests/test_risk.py tests/test_e2e_order_types.py tests/test_e2e_session.py tests/test_e2e_promises.py
@@ -40,7 +41,7 @@ native: $(NATIVE)
 # Back to pure Python: Python imports a compiled module whenever its file is there.
 pure:
 	rm -rf build $(NATIVE) *__mypyc.*.so
-	find protocol exchange gateway journal notifier cluster -name '*.so' -delete
+	find $(CORE_DIRS) -name '*.so' -delete
 
 install: $(STAMP) $(NATIVE)
 

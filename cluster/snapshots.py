@@ -156,23 +156,14 @@ class RoleSnapshots(Cadence):
         self.since = 0
         counters = json.dumps(extra).encode()  # (now: the dict goes on changing)
         started = time.monotonic()
-        pid = forked.start(lambda: self._write_files(capture(books, risk, seq, all_holds=True), counters))
-        if pid is not None:
-            self.writing = asyncio.create_task(self._wait(pid, seq, started, time.monotonic() - started))
-            return
-        captured = capture(books, risk, seq, all_holds=True)
-        self.writing = asyncio.create_task(self._write(captured, counters, started))
+        written = forked.elsewhere(lambda: capture(books, risk, seq, all_holds=True), lambda captured: self._write_files(captured, counters))
+        self.writing = asyncio.create_task(self._wait(written, seq, started, time.monotonic() - started))
 
-    async def _wait(self, pid: int, seq: int, started: float, paused: float) -> None:
-        code = await forked.wait(pid)
-        if code == 0:
+    async def _wait(self, written: Awaitable[int], seq: int, started: float, paused: float) -> None:
+        if (code := await written) == 0:
             log.info("snapshot_written", seq=seq, seconds=round(time.monotonic() - started, 3), loop_paused_ms=round(paused * 1000, 1))
         else:  # (the next one is due after as many commands again)
             log.warning("snapshot_failed", seq=seq, exit_code=code)
-
-    async def _write(self, captured: Captured, counters: bytes, started: float) -> None:
-        await asyncio.to_thread(self._write_files, captured, counters)
-        log.info("snapshot_written", seq=captured[0], seconds=round(time.monotonic() - started, 3), forked=False)
 
     def _write_files(self, captured: Captured, extra: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,9 @@ import os
 import signal
 import traceback
 import warnings
-from typing import Callable
+from typing import Any, Callable, Coroutine, TypeVar
+
+T = TypeVar("T")
 
 PR_SET_PDEATHSIG = 1
 
@@ -58,6 +60,21 @@ def start(work: Callable[[], object]) -> int | None:
             os.write(2, traceback.format_exc().encode())
     finally:
         os._exit(code)
+
+
+def elsewhere(capture: Callable[[], T], write: Callable[[T], object], fork: bool = True) -> Coroutine[Any, Any, int]:
+    """Capture the state of this moment and write it away from the event loop: a forked
+    child captures from its copy-on-write view and writes (the loop pauses for the fork
+    only); where the system cannot fork, or fork is False, captured here and written in a
+    thread. Await what it returns: 0 once written, else the child's exit code (a thread's
+    exception is raised)."""
+    pid = start(lambda: write(capture())) if fork else None
+    return wait(pid) if pid is not None else _in_thread(write, capture())
+
+
+async def _in_thread(write: Callable[[T], object], captured: T) -> int:
+    await asyncio.to_thread(write, captured)
+    return 0
 
 
 async def wait(pid: int) -> int:

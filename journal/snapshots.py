@@ -70,7 +70,7 @@ def capture(books: dict[str, Book], risk: Risk | None, seq: int, all_holds: bool
 
 
 def snapshot_now(directory: Path, books: dict[str, Book], risk: Risk, seq: int) -> Path:
-    """Capture and write in one go (a forked child's work, and benchmarks')."""
+    """Capture and write in one go (bench/restart.py's snapshots)."""
     return write_snapshot(directory, capture(books, risk, seq))
 
 

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 import structlog
 
@@ -30,7 +30,7 @@ from exchange.book import Book
 from exchange.risk import Risk
 from journal import forked
 from journal.layout import DataDir, first_seq_of, segment_paths
-from journal.snapshots import Captured, capture, path_for, prune, seq_of, snapshot_now, write_snapshot
+from journal.snapshots import capture, path_for, prune, seq_of, write_snapshot
 from journal.tradelog import TradeLog
 from telemetry.registry import Telemetry
 
@@ -145,27 +145,21 @@ class Snapshotter:
             return None  # nothing new since the last one
         started = time.perf_counter()
         orders = sum(len(book.orders) for book in self.books.values())
-        # A child captures from its copy of this moment; without one, the copy is made here.
-        child = forked.start(lambda: snapshot_now(self.directory, self.books, self.risk, seq)) if fork else None
-        captured = None if child is not None else capture(self.books, self.risk, seq)
+        written = forked.elsewhere(lambda: capture(self.books, self.risk, seq), lambda captured: write_snapshot(self.directory, captured), fork)
         self.risk.forget_transfers(seq)
         self.hold_intake(False)  # captured: the books may move on
         self._h_capture.record(int((time.perf_counter() - started) * 1e6))
-        self.writing = asyncio.ensure_future(self._write(seq, orders, child, captured))
+        self.writing = asyncio.ensure_future(self._write(seq, orders, written))
         return await asyncio.shield(self.writing)
 
-    async def _write(self, seq: int, orders: int, child: int | None, captured: Captured | None) -> Path | None:
+    async def _write(self, seq: int, orders: int, written: Awaitable[int]) -> Path | None:
         """Wait for the thread or the child that writes it, then prune."""
         started = time.perf_counter()
-        if child is None:
-            assert captured is not None
-            path = await asyncio.to_thread(write_snapshot, self.directory, captured)
-        elif (code := await forked.wait(child)) == 0:
-            path = path_for(self.directory, seq)
-        else:
+        if (code := await written) != 0:
             log.error("snapshot_failed", seq=seq, exit_code=code)
             return None
         self._h_write.record(int((time.perf_counter() - started) * 1e6))
+        path = path_for(self.directory, seq)
         self._written(seq, path, orders)
         return path
 

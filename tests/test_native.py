@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -20,7 +21,7 @@ def test_ci_runs_the_suite_on_the_compiled_modules() -> None:
 def test_no_compiled_module_defines_a_struct() -> None:
     """mypyc drops a Struct's class options (gc=False, frozen, tags) in a module it compiles."""
     for name in NATIVE_MODULES:
-        module = __import__(name, fromlist=["_"])
+        module = importlib.import_module(name)
         defined = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, msgspec.Struct) and v.__module__ == name]
         assert defined == [], name
     assert sys.modules["exchange.holds"].Hold.__struct_config__.gc is False

@@ -42,6 +42,7 @@ NATIVE_MODULES = (
     "cluster.market_data",
     "cluster.trade_log",
 )
+ROOT = Path(__file__).resolve().parent.parent
 log = structlog.get_logger()
 
 
@@ -98,13 +99,17 @@ def native_modules() -> tuple[list[str], list[str]]:
         if origin is None or origin.suffix != ".so":
             continue
         compiled.append(name)
-        source = origin.parent / f"{name.rpartition('.')[2]}.py"
+        source = source_of(name)
         if source.exists() and source.stat().st_mtime > origin.stat().st_mtime:
             stale.append(name)
     return compiled, stale
 
 
+def source_of(name: str) -> Path:
+    """A module's source file, beside its compiled one (relative to the tree's root)."""
+    return ROOT.joinpath(*name.split(".")).with_suffix(".py")
+
+
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parent.parent
     for name in NATIVE_MODULES:
-        print(root.joinpath(*name.split(".")).with_suffix(".py").relative_to(root))
+        print(source_of(name).relative_to(ROOT))
