@@ -33,6 +33,7 @@ from gateway.orders import OpenOrders
 from gateway.queries import CancelAllDone
 from protocol import replies as R
 from protocol.messages import Cancel, Command, MassCancel, NewOrder, Problem, Reason, Refusal, Replace, Side
+from protocol.reply_text import ack_text
 from protocol.requests import (
     BadRequest,
     BalancesQuery,
@@ -503,7 +504,7 @@ class Connection:
         fields = (order_id, side._value_, inst.symbol, inst.format_qty(qty), "MKT" if price is None else inst.format_price(price), tif, cid)
         stop_text = None if stop is None else inst.format_price(stop)
         show_text = None if show is None else inst.format_qty(show)
-        return R.to_json(R.Ack(*fields, stop_text, show_text, oco)) if is_json else R.ack_text(*fields, stop_text, show_text, oco)
+        return R.to_json(R.Ack(*fields, stop_text, show_text, oco)) if is_json else ack_text(*fields, stop_text, show_text, oco)
 
     def _refuse(self, req: Buy | Sell, side: Side, problem: Problem, is_json: bool) -> bytes:
         """REJ for an order that is not journaled, and its row in the order audit."""

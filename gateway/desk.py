@@ -24,6 +24,7 @@ from gateway.logins import LoginThrottle
 from netio.plumbing import address_of
 from protocol import replies as R
 from protocol.messages import Canceled, Command, Event, Fill, Liquidity, NewOrder, Problem, Reason, Refusal, Rejected, Replaced, Report, Side, Triggered
+from protocol.reply_text import canceled_text, fill_text, reject_text, replaced_text, triggered_text
 from protocol.requests import BalancesQuery, BookQuery, KlinesQuery, Login, MarketQuery, OrdersQuery, ReportsQuery, Request, StatsQuery, SymbolsQuery, TickerQuery, TradesQuery
 from protocol.text import clip
 from telemetry.registry import Telemetry
@@ -361,16 +362,16 @@ def report_fields(e: Report, instruments: dict[str, Instrument]) -> tuple[Callab
             e.order_id, e.symbol, e.side._value_, inst.format_qty(e.qty), inst.format_price(e.price), inst.format_qty(e.leaves),
             e.trade_id, "A" if e.liquidity is ADDED else "R", e.client_id,
         )  # fmt: skip
-        return R.fill_text, R.FillReport, fields
+        return fill_text, R.FillReport, fields
     if type(e) is Canceled:
-        return R.canceled_text, R.CanceledReport, (e.order_id, instruments[e.symbol].format_qty(e.leaves), e.reason._value_, e.client_id)
+        return canceled_text, R.CanceledReport, (e.order_id, instruments[e.symbol].format_qty(e.leaves), e.reason._value_, e.client_id)
     if type(e) is Replaced:
         inst = instruments[e.symbol]
         priority = "kept" if e.priority_kept else "lost"
-        return R.replaced_text, R.ReplacedReport, (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)
+        return replaced_text, R.ReplacedReport, (e.order_id, inst.format_qty(e.qty), inst.format_price(e.price), priority, e.client_id)
     if type(e) is Triggered:
         inst = instruments[e.symbol]
         price = "MKT" if e.price is None else inst.format_price(e.price)
-        return R.triggered_text, R.TriggeredReport, (e.order_id, e.symbol, e.side._value_, inst.format_qty(e.qty), price, inst.format_price(e.stop), e.client_id)
+        return triggered_text, R.TriggeredReport, (e.order_id, e.symbol, e.side._value_, inst.format_qty(e.qty), price, inst.format_price(e.stop), e.client_id)
     assert type(e) is Rejected
-    return R.reject_text, R.Reject, (e.reason._value_, e.text, e.client_id, e.order_id)
+    return reject_text, R.Reject, (e.reason._value_, e.text, e.client_id, e.order_id)

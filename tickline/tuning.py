@@ -17,12 +17,17 @@ import structlog
 # native`; `make pure` removes the compiled files, TICKLINE_NATIVE=0 skips them). The same
 # source runs either way; compiled, the closed loop's main thread took ~18% less CPU per
 # order, and at 10,000/s 0-10% less (docs/PERFORMANCE.md, "twenty-third session").
+# exchange/book.py compiled was no faster (bench/engine.py 749k against 756k commands/s
+# pure, 2026-12-07): its time goes to reading and writing Structs' fields either way.
 # Left out: modules that define msgspec Structs (mypyc drops a Struct's class options:
 # gc=False, frozen, tags; compiled, notifier/feed.py's Update crashed the server), which
-# is why exchange/holds.py and gateway/queries.py are modules of their own; and
+# is why exchange/holds.py, exchange/instrument_spec.py and gateway/queries.py are modules
+# of their own, and protocol/reply_text.py formats what protocol/replies.py defines; and
 # cluster/risk_shard.py, whose NamedTuple msgspec could no longer read from a snapshot.
 NATIVE_MODULES = (
     "protocol.text",
+    "protocol.reply_text",
+    "exchange.instruments",
     "exchange.rules",
     "exchange.risk",
     "exchange.matching",
