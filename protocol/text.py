@@ -40,6 +40,10 @@ TOO_LONG = None  # the marker LineSplitter.feed emits for a line over MAX_LINE
 # IAC SB ... IAC SE | IAC WILL/WONT/DO/DONT <option> | IAC <command>
 _TELNET = re.compile(rb"\xff\xfa.*?\xff\xf0|\xff[\xfb-\xfe].|\xff[\xf0-\xff]", re.DOTALL)
 TIFS = frozenset(("GTC", "IOC", "FOK", "POST"))
+# Single bytes looked for as ints: `b"\r" in data` makes CPython 3.11's bytes.__contains__
+# try the needle as an int first, raise a TypeError and clear it (~2,000 instructions,
+# 3 a packet: 4% of an order at 10,000/s by callgrind); `13 in data` is a memchr.
+NUL, CR, IAC = 0, 13, 255
 
 
 class LineSplitter:
@@ -57,7 +61,7 @@ class LineSplitter:
         self._discarding = False
 
     def feed(self, data: bytes) -> Sequence[bytes | None]:
-        if b"\x00" in data:  # telnet's bare Enter is CR NUL (RFC 854): an end of line
+        if NUL in data:  # telnet's bare Enter is CR NUL (RFC 854): an end of line
             data = data.replace(b"\r\x00", b"\n")
             if data[:1] == b"\x00" and self._partial.endswith(b"\r"):  # CR at the end of the last packet
                 data = b"\n" + data[1:]
@@ -65,7 +69,7 @@ class LineSplitter:
         tail = parts.pop()  # after the last LF: an incomplete line (often b"")
         if (
             parts and not self._partial and not self._discarding and not tail
-            and b"\r" not in data and b"\xff" not in data
+            and CR not in data and IAC not in data
             and (len(data) <= self.limit or max(map(len, parts)) <= self.limit)
         ):  # fmt: skip
             return parts  # the common case: whole plain lines, none too long
@@ -83,7 +87,7 @@ class LineSplitter:
                 if len(line) > self.limit:
                     out.append(TOO_LONG)
                     continue
-                if b"\xff" in line:
+                if IAC in line:
                     line = _TELNET.sub(b"", line)
                 out.append(line)
         if self._discarding:
