@@ -161,7 +161,12 @@ class Matching:
 
     def queued(self) -> int:
         """Commands durable and waiting to be matched, over every symbol."""
-        return sum(map(len, self._inboxes))  # (asked at every socket read: no generator)
+        # (asked at every socket read: compiled, a loop is ~10x cheaper than sum(map(len, ...)),
+        # whose builtins mypyc calls generically: 2.9k instructions a read by callgrind)
+        n = 0
+        for inbox in self._inboxes:
+            n += len(inbox)
+        return n
 
     def drain_all(self) -> None:
         """Apply everything queued now (shutdown)."""
