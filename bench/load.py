@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import select
+import shlex
 import shutil
 import socket
 import subprocess
@@ -582,12 +583,17 @@ def pin_generator() -> int | None:
     return cpus[-1]
 
 
+# A command the exchange server runs under (valgrind, for bench/callgrind.py); unset: none.
+SERVER_WRAPPER = "TICKLINE_BENCH_SERVER_WRAPPER"
+
+
 class ServerProcess:
     def __init__(self, kind: str, data_dir: Path, web: bool = True) -> None:
         self.kind = kind
         if kind == "exchange":
             cmd = [sys.executable, "-m", "tickline.cli", "serve", "--port", "0", "--md-port", "0", "--web-port", "0", "--data-dir", str(data_dir)]
             cmd += [] if web else ["--no-web"]
+            cmd = shlex.split(os.environ.get(SERVER_WRAPPER, "")) + cmd  # (bench/callgrind.py)
             pattern, stream = r"port=(\d+)", "stderr"
         else:
             cmd = [sys.executable, "-m", "bench.baseline", "--port", "0"]
