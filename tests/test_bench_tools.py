@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,3 +98,27 @@ def test_a_late_fill_from_an_earlier_phase_is_counted_not_fatal() -> None:
             conn.readable(time.perf_counter())
         conn.close()
     assert (stats.fills, stats.completed, len(stats.ack)) == (1, 2, 1)  # only c0 is this phase's request
+
+
+def test_the_load_generator_starts_the_exchange_under_the_wrapper_it_is_given(tmp_path: Path) -> None:
+    """bench/callgrind.py runs the server under valgrind this way: the wrapper's words, then
+    the server's command line."""
+    mark = tmp_path / "wrapped"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--only", "exchange", "--window", "0", "--rates", "500", "--duration", "1",
+         "--connections", "1", "--web", "off", "--data-dir", str(tmp_path / "data"), "--json", str(tmp_path / "load.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={**os.environ, "TICKLINE_BENCH_SERVER_WRAPPER": f"sh -c 'echo \"$@\" > {mark}; exec \"$@\"' wrapper"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert " -m tickline.cli serve " in mark.read_text()
+
+
+def test_callgrind_costs_are_each_function_s_own_not_its_callees() -> None:
+    from bench.callgrind import self_costs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        # (the format valgrind writes with --compress-strings=no: a call's cost line follows calls=)
+        out.write_text("events: Ir\nfn=main\n1 10\ncfn=work\ncalls=2 5\n2 700\n3 5\nfn=work\n5 350\n6 350\n")
+        assert self_costs(out) == {"main": 15, "work": 700}
