@@ -174,9 +174,17 @@ class Reader:
         """Deliver from the message after stream sequence `after` (a snapshot's), or from the first."""
         from nats.js.api import ConsumerConfig, DeliverPolicy
 
+        last = after
+
         async def arrived(msg: Any) -> None:
+            nonlocal last
             md = msg.metadata
-            await self.queue.put(Input(md.sequence.stream, int(md.timestamp.timestamp() * 1e9), msg.subject, msg.data, _through(msg.headers)))
+            seq = md.sequence.stream
+            if seq <= last:  # delivered again (an ordered consumer recreated from behind): applied once
+                log.warning("input_redelivered", subject=self.subject, seq=seq, last=last)
+                return
+            last = seq
+            await self.queue.put(Input(seq, int(md.timestamp.timestamp() * 1e9), msg.subject, msg.data, _through(msg.headers)))
 
         self._sub = await patiently(
             f"subscribe to {self.subject}",

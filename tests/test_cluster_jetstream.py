@@ -187,3 +187,31 @@ def test_a_stream_made_before_md_gets_its_subject_and_keeps_its_messages(tmp_pat
             cluster.stop()
 
     asyncio.run(main())
+
+
+def test_a_stage_applies_a_message_delivered_again_once() -> None:
+    """An ordered consumer recreated from behind (nats.py does so after a missed heartbeat
+    or a consumer-sequence gap) may deliver again what the stage has: its Reader passes on
+    each stream sequence once, in increasing order, from after its snapshot's."""
+    from types import SimpleNamespace
+
+    from cluster.stream import Reader
+
+    class Js:
+        async def subscribe(self, subject: str, **kwargs: Any) -> object:
+            self.deliver = kwargs["cb"]
+            return object()
+
+    def message(seq: int) -> SimpleNamespace:
+        metadata = SimpleNamespace(sequence=SimpleNamespace(stream=seq), timestamp=SimpleNamespace(timestamp=lambda: 1.0))
+        return SimpleNamespace(metadata=metadata, subject="orders.0.r0", data=b"%d" % seq, headers=None)
+
+    async def main() -> list[int]:
+        js = Js()
+        reader = Reader(js, "orders.0.>")
+        await reader.start(after=10)
+        for seq in (9, 10, 11, 12, 11, 12, 13):
+            await js.deliver(message(seq))
+        return [inp.seq for inp in await reader.batch()]
+
+    assert asyncio.run(main()) == [11, 12, 13]
