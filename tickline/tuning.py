@@ -111,7 +111,7 @@ def native_modules() -> tuple[list[str], list[str]]:
 
 
 def source_of(name: str) -> Path:
-    """A module's source file, beside its compiled one (relative to the tree's root)."""
+    """A module's source file, beside its compiled one (under the tree's root, ROOT)."""
     return ROOT.joinpath(*name.split(".")).with_suffix(".py")
 
 
