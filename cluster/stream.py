@@ -194,6 +194,13 @@ class Reader:
                 deliver_policy=None if after else DeliverPolicy.ALL,
             ),
         )  # fmt: skip
+        # nats.py recreates a lost ordered consumer (a missed heartbeat: its node was killed)
+        # from the stream sequence after the last it received, or from 1 if none has come yet:
+        # a stage restarted from its snapshot would be sent the whole stream again (refused
+        # above, one by one). It is told where this Reader started instead.
+        jsi = getattr(getattr(self._sub, "_sub", None), "_jsi", None)
+        if jsi is not None and getattr(jsi, "_sseq", after) < after:
+            jsi._sseq = after
 
     async def batch(self) -> list[Input]:
         queue = self.queue

@@ -215,3 +215,38 @@ def test_a_stage_applies_a_message_delivered_again_once() -> None:
         return [inp.seq for inp in await reader.batch()]
 
     assert asyncio.run(main()) == [11, 12, 13]
+
+
+def test_a_stage_whose_consumer_is_lost_before_its_first_message_resumes_after_its_snapshot(tmp_path: Path) -> None:
+    """A stage restarted from its snapshot at stream sequence 10 whose ordered consumer is
+    lost (its node killed) before a new message came: nats.py recreates it from where the
+    Reader started, not from the stream's first message (which it did: all 10 again)."""
+    from structlog.testing import capture_logs
+
+    from cluster.stream import Reader, connect, ensure_stream
+
+    cluster = three_nodes(tmp_path)
+
+    async def main() -> tuple[list[int], list[dict[str, Any]]]:
+        await cluster.start()
+        nc, js = await connect(cluster.urls, "test")
+        try:
+            await ensure_stream(js)
+            for i in range(10):
+                await eventually(lambda i=i: js.publish("orders.0.r0", b"%d" % i, headers={"Nats-Msg-Id": str(i)}, timeout=1), 15)
+            reader = Reader(js, "orders.0.>")
+            with capture_logs() as logs:
+                await reader.start(after=10)
+                await js.delete_consumer("TICKLINE", reader._sub._consumer)
+                await asyncio.sleep(6)  # two missed heartbeats (2 s each): recreated
+                await eventually(lambda: js.publish("orders.0.r0", b"new", headers={"Nats-Msg-Id": "new"}, timeout=1), 15)
+                first = await asyncio.wait_for(reader.batch(), 10)
+                await asyncio.sleep(0.5)
+            return [inp.seq for inp in first] + [inp.seq for inp in [reader.queue.get_nowait() for _ in range(reader.queue.qsize())]], logs
+        finally:
+            await nc.close()
+            cluster.stop()
+
+    seqs, logs = asyncio.run(main())
+    assert seqs == [11]
+    assert [e for e in logs if e["event"] == "input_redelivered"] == []
