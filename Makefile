@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NATIVE := $(VENV)/.native
+NATIVE_PTH := tickline-native.pth
 # The hot path's modules (tickline/tuning.py NATIVE_MODULES) are compiled against these.
 CORE_DIRS := protocol exchange gateway journal notifier cluster telemetry netio
 CORE_SOURCES := $(shell find $(CORE_DIRS) -name '*.py' 2>/dev/null) tickline/tuning.py
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml web/package-lock.json
 
 # The hot path compiled with mypyc (Debian: gcc; the Python headers come with Python).
 # TICKLINE_NATIVE=0 keeps it pure Python; without a compiler it stays pure, and says so.
-$(NATIVE): $(STAMP) $(CORE_SOURCES)
+$(NATIVE): $(STAMP) $(CORE_SOURCES) Makefile
 	@$(MAKE) --no-print-directory pure
 	@if [ "$${TICKLINE_NATIVE:-1}" = 0 ]; then echo "TICKLINE_NATIVE=0: the hot path runs as pure Python"; \
 	elif ! command -v $${CC:-gcc} >/dev/null; then echo "no C compiler (Debian: apt-get install gcc): the hot path runs as pure Python"; \
@@ -34,13 +35,16 @@ $(NATIVE): $(STAMP) $(CORE_SOURCES)
 			tail -20 $(VENV)/native.log; $(MAKE) --no-print-directory pure; \
 			echo "compiling failed (all of it in $(VENV)/native.log): the hot path runs as pure Python"; \
 			[ "$${TICKLINE_REQUIRE_NATIVE:-0}" = 0 ]; fi; fi
+	@# The compiled modules share one library at the project's root (*__mypyc*.so), which the
+	@# editable install does not map: named on sys.path, `tickline` runs from any directory.
+	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], '$(NATIVE_PTH)').write_text('$(CURDIR)\n')"
 	touch $(NATIVE)
 
 native: $(NATIVE)
 
 # Back to pure Python: Python imports a compiled module whenever its file is there.
 pure:
-	rm -rf build $(NATIVE) *__mypyc.*.so
+	rm -rf build $(NATIVE) *__mypyc.*.so $(VENV)/lib/python*/site-packages/$(NATIVE_PTH)
 	find $(CORE_DIRS) -name '*.so' -delete
 
 install: $(STAMP) $(NATIVE)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -26,3 +28,12 @@ def test_no_compiled_module_defines_a_struct() -> None:
         assert defined == [], name
     assert sys.modules["exchange.holds"].Hold.__struct_config__.gc is False
     assert sys.modules["gateway.queries"].CancelAllDone.__struct_config__.frozen is True
+
+
+def test_the_installed_command_runs_from_any_directory(tmp_path: Path) -> None:
+    """The compiled modules import one shared library at the project's root, which a
+    directory other than the project's would not find: `make native` names the root in a
+    .pth file of the venv. (Pure, there is nothing to find.)"""
+    tickline = Path(sys.executable).parent / "tickline"
+    done = subprocess.run([str(tickline), "balances", "--data-dir", str(tmp_path / "data")], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (1, f"tickline: no journal in {tmp_path / 'data'}: is --data-dir (or TICKLINE_DATA) the server's data directory?\n")
