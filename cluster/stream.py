@@ -11,6 +11,7 @@ a message goes through alone.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -41,11 +42,43 @@ class Fenced(Exception):
     """Another copy of this stage wrote to its subject: this one must stop."""
 
 
+ERROR_REPEAT_S = 60.0  # an error said again no sooner than this (with how often it came meanwhile)
+ERROR_KINDS = 64  # errors remembered at most (then forgotten, and said again when they come)
+
+
+class ErrorLog:
+    """nats.py's errors, each one said when it first comes and then once a minute at most,
+    with how often it came meanwhile: a client retries every 0.25 s per node, and a role
+    whose nodes were down wrote ~12 lines a second for as long as they were."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.said_at: dict[str, float] = {}  # error -> when it was last said
+        self.repeated: dict[str, int] = {}  # error -> how often it came since
+
+    def said(self, exc: Exception) -> None:
+        error, now = repr(exc)[:200], self.clock()
+        said_at = self.said_at.get(error)
+        if said_at is not None and now - said_at < ERROR_REPEAT_S:
+            self.repeated[error] += 1
+            return
+        if said_at is None:
+            if len(self.said_at) >= ERROR_KINDS:
+                self.said_at.clear()
+                self.repeated.clear()
+            log.warning("nats_error", error=error)
+        else:
+            log.warning("nats_error", error=error, repeated=self.repeated[error])
+        self.said_at[error], self.repeated[error] = now, 0
+
+
 async def connect(urls: list[str], name: str) -> tuple[Any, Any]:
     import nats
 
-    async def quiet(exc: Exception) -> None:
-        log.warning("nats_error", error=repr(exc)[:200])
+    errors = ErrorLog()
+
+    async def quiet(exc: Exception) -> None:  # (nats.py takes a coroutine function only)
+        errors.said(exc)
 
     nc = await nats.connect(urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25, error_cb=quiet)
     return nc, nc.jetstream()

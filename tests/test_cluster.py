@@ -1280,3 +1280,31 @@ def test_76000_orders_that_waited_for_one_settlement_are_all_decided_when_it_com
         assert t2.ask("BUY AAPL 1 2.00")[0].startswith("ACK")  # and trading goes on
     finally:
         cluster.stop()
+
+
+def test_a_role_whose_nats_nodes_are_down_stops_on_sigterm_and_logs_the_refusals_once_a_while(tmp_path: Path) -> None:
+    """Seen: a role started while its cluster's NATS nodes were down waited for them forever,
+    did not stop on SIGTERM (it only listened once connected), and logged every refused
+    connection: ~12 lines a second for as long as it ran (24,000 in half an hour)."""
+    from cluster.nats import free_ports
+    from tickline.cluster import ClusterConfig, start_role
+
+    ports = free_ports(8)
+    config = ClusterConfig(str(tmp_path / "c"), port=ports[6], md_port=ports[7], nats_ports=list(zip(ports[:3], ports[3:6], strict=True)))
+    config.save()
+    log = tmp_path / "c" / "engine-0.log"
+    role = start_role(tmp_path / "c", "engine", 0)
+    try:
+        deadline = time.monotonic() + 30
+        while "nats_error" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3.0)  # ~36 refusals (3 nodes, every 0.25 s)
+        role.send_signal(signal.SIGTERM)
+        assert role.wait(timeout=10) == 0
+    finally:
+        if role.poll() is None:
+            role.kill()
+    lines = log.read_text().splitlines()
+    refusals = [line for line in lines if "nats_error" in line]
+    assert len(refusals) == 1 and "ConnectionRefusedError" in refusals[0], refusals
+    assert "event='stopped' role='engine' index=0" in lines[-1], lines[-3:]

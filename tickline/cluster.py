@@ -139,6 +139,35 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait())
+    # A signal stops a role that is still starting too: it may wait for its NATS nodes forever.
+    starting = asyncio.create_task(_start_role(config, role, index))
+    await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        log.info("stopped", role=role, index=index, started=False)
+        return 0
+    try:
+        nc, work, closers = starting.result()
+    except StreamCompacted as exc:  # (its input has a hole: no state can be built from it)
+        log.error("role_cannot_start", role=role, index=index, why=str(exc))
+        return 2
+    done, _ = await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
+    failed = work in done and work.exception() is not None
+    if failed:
+        error = cast(BaseException, work.exception())
+        log.error("role_failed", role=role, index=index, error=repr(error), at=raised_at(error))
+    for close in closers:  # each stops its own work in the order it needs (a gateway: its clients first)
+        await close()
+    work.cancel()
+    await nc.close()
+    log.info("stopped", role=role, index=index)
+    return 1 if failed else 0
+
+
+async def _start_role(config: ClusterConfig, role: str, index: int) -> tuple[Any, asyncio.Task[Any], list[Any]]:
+    """Connected, the stream there, the role's state loaded and its work started: (the NATS
+    connection, the work, what stops it in order)."""
     nc, js = await connect(config.urls, f"{role}-{index}")
     await ensure_stream(js)
     instruments = load_instruments(Path(config.instruments) if config.instruments else None)
@@ -159,21 +188,10 @@ async def run_role(config: ClusterConfig, role: str, index: int) -> int:
             work, closers = await _tradelog(config, nc, js, instruments)
         else:
             raise ValueError(f"no role {role}")
-    except StreamCompacted as exc:  # (its input has a hole: no state can be built from it)
-        log.error("role_cannot_start", role=role, index=index, why=str(exc))
+    except BaseException:  # (StreamCompacted, or cancelled by a signal)
         await nc.close()
-        return 2
-    done, _ = await asyncio.wait([work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    failed = work in done and work.exception() is not None
-    if failed:
-        error = cast(BaseException, work.exception())
-        log.error("role_failed", role=role, index=index, error=repr(error), at=raised_at(error))
-    for close in closers:  # each stops its own work in the order it needs (a gateway: its clients first)
-        await close()
-    work.cancel()
-    await nc.close()
-    log.info("stopped", role=role, index=index)
-    return 1 if failed else 0
+        raise
+    return nc, work, closers
 
 
 async def _gateway(config: ClusterConfig, index: int, nc: Any, js: Any, instruments: dict) -> tuple[asyncio.Task[Any], list[Any]]:
