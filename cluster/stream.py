@@ -42,43 +42,46 @@ class Fenced(Exception):
     """Another copy of this stage wrote to its subject: this one must stop."""
 
 
-ERROR_REPEAT_S = 60.0  # an error said again no sooner than this (with how often it came meanwhile)
-ERROR_KINDS = 64  # errors remembered at most (then forgotten, and said again when they come)
+REPEAT_S = 60.0  # a warning said again no sooner than this (with how often it came meanwhile)
+REPEAT_KINDS = 256  # warnings remembered at most (then forgotten, and said again when they come)
 
 
-class ErrorLog:
-    """nats.py's errors, each one said when it first comes and then once a minute at most,
-    with how often it came meanwhile: a client retries every 0.25 s per node, and a role
-    whose nodes were down wrote ~12 lines a second for as long as they were."""
+class Repeats:
+    """Warnings that come again and again while a node is down, each said when it first
+    comes and then once a minute at most, with how often it came meanwhile: a client
+    retries every 0.25 s per node, and a stage's publish every 0.1 s, so a role whose nodes
+    were down wrote ~12 lines a second for as long as they were."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.said_at: dict[str, float] = {}  # error -> when it was last said
-        self.repeated: dict[str, int] = {}  # error -> how often it came since
+        self.said_at: dict[tuple[str, str, str], float] = {}  # (event, what, error) -> when it was last said
+        self.repeated: dict[tuple[str, str, str], int] = {}  # -> how often it came since
 
-    def said(self, exc: Exception) -> None:
-        error, now = repr(exc)[:200], self.clock()
-        said_at = self.said_at.get(error)
-        if said_at is not None and now - said_at < ERROR_REPEAT_S:
-            self.repeated[error] += 1
+    def warn(self, event: str, what: str, error: str) -> None:
+        key, now = (event, what, error), self.clock()
+        said_at = self.said_at.get(key)
+        if said_at is not None and now - said_at < REPEAT_S:
+            self.repeated[key] += 1
             return
+        fields = {"what": what} if what else {}
         if said_at is None:
-            if len(self.said_at) >= ERROR_KINDS:
+            if len(self.said_at) >= REPEAT_KINDS:
                 self.said_at.clear()
                 self.repeated.clear()
-            log.warning("nats_error", error=error)
+            log.warning(event, **fields, error=error)
         else:
-            log.warning("nats_error", error=error, repeated=self.repeated[error])
-        self.said_at[error], self.repeated[error] = now, 0
+            log.warning(event, **fields, error=error, repeated=self.repeated[key])
+        self.said_at[key], self.repeated[key] = now, 0
+
+
+_repeats = Repeats()  # (one per process: its connection's errors and its stages' retries)
 
 
 async def connect(urls: list[str], name: str) -> tuple[Any, Any]:
     import nats
 
-    errors = ErrorLog()
-
     async def quiet(exc: Exception) -> None:  # (nats.py takes a coroutine function only)
-        errors.said(exc)
+        _repeats.warn("nats_error", "", repr(exc)[:200])
 
     nc = await nats.connect(urls, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.25, error_cb=quiet)
     return nc, nc.jetstream()
@@ -97,7 +100,7 @@ async def patiently(what: str, attempt: Callable[[], Awaitable[T]], pause: float
         except Final as final:
             raise final.error from None
         except Exception as exc:
-            log.warning("jetstream_retry", what=what, error=repr(exc)[:120])
+            _repeats.warn("jetstream_retry", what, repr(exc)[:120])
             await asyncio.sleep(pause)
 
 

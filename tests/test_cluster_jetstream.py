@@ -252,24 +252,28 @@ def test_a_stage_whose_consumer_is_lost_before_its_first_message_resumes_after_i
     assert [e for e in logs if e["event"] == "input_redelivered"] == []
 
 
-def test_a_nats_error_is_said_when_it_first_comes_then_once_a_minute_with_how_often_it_came() -> None:
+def test_a_warning_that_comes_again_and_again_is_said_when_it_first_comes_then_once_a_minute_with_how_often() -> None:
     from structlog.testing import capture_logs
 
-    from cluster.stream import ErrorLog
+    from cluster.stream import Repeats
 
     now = [0.0]
-    errors = ErrorLog(clock=lambda: now[0])
-    refused, timeout = ConnectionRefusedError(111, "Connection refused"), TimeoutError()
+    repeats = Repeats(clock=lambda: now[0])
+    refused = "ConnectionRefusedError(111, 'Connection refused')"
     with capture_logs() as logs:
         for t in [0.0, 0.25, 0.5, 10.0, 59.9, 60.0, 60.25, 130.0]:
             now[0] = t
-            errors.said(refused)
+            repeats.warn("nats_error", "", refused)
             if t == 0.5:
-                errors.said(timeout)
-    said = [(e["error"], e.get("repeated")) for e in logs if e["event"] == "nats_error"]
+                repeats.warn("nats_error", "", "TimeoutError()")
+                repeats.warn("jetstream_retry", "publish to md.0", "TimeoutError()")
+                repeats.warn("jetstream_retry", "publish to md.1", "TimeoutError()")
+    said = [(e["event"], e.get("what"), e["error"], e.get("repeated")) for e in logs]
     assert said == [
-        ("ConnectionRefusedError(111, 'Connection refused')", None),
-        ("TimeoutError()", None),
-        ("ConnectionRefusedError(111, 'Connection refused')", 4),  # at 60.0: 0.25, 0.5, 10 and 59.9 since
-        ("ConnectionRefusedError(111, 'Connection refused')", 1),  # at 130: 60.25 since
+        ("nats_error", None, refused, None),
+        ("nats_error", None, "TimeoutError()", None),
+        ("jetstream_retry", "publish to md.0", "TimeoutError()", None),
+        ("jetstream_retry", "publish to md.1", "TimeoutError()", None),
+        ("nats_error", None, refused, 4),  # at 60.0: 0.25, 0.5, 10 and 59.9 since
+        ("nats_error", None, refused, 1),  # at 130: 60.25 since
     ]
