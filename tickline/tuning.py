@@ -23,7 +23,9 @@ import structlog
 # gc=False, frozen, tags; compiled, notifier/feed.py's Update crashed the server), which
 # is why exchange/holds.py, exchange/instrument_spec.py and gateway/queries.py are modules
 # of their own, and protocol/reply_text.py formats what protocol/replies.py defines; and
-# cluster/risk_shard.py, whose NamedTuple msgspec could no longer read from a snapshot.
+# cluster/risk_shard.py, whose NamedTuple msgspec could no longer read from a snapshot
+# (with it moved out, the compiled shard was no faster: 4 us per order either way, its
+# work being exchange/risk.py's; docs/SCALING.md, 2026-12-08).
 NATIVE_MODULES = (
     "protocol.text",
     "protocol.reply_text",
